@@ -1,0 +1,584 @@
+//! The resource registry: every kind capstan serves, with the facts discovery, routing,
+//! storage keys and decoding need.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Whether a resource lives in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Namespaced resource.
+    Namespaced,
+    /// Cluster-scoped resource.
+    Cluster,
+}
+
+/// A subresource of a resource (`pods/status`, `deployments/scale`...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subresource {
+    /// Name, e.g. `status`.
+    pub name: &'static str,
+    /// Group of the kind it answers with.
+    pub group: &'static str,
+    /// Version of the kind it answers with.
+    pub version: &'static str,
+    /// Kind it answers with.
+    pub kind: &'static str,
+    /// Verbs it supports.
+    pub verbs: &'static [&'static str],
+}
+
+/// Round-trips a JSON object through its typed model: checks field types and normalises.
+pub type RoundTrip = fn(Value) -> Result<Value, serde_json::Error>;
+
+/// One served resource.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceInfo {
+    /// API group (`""` for core).
+    pub group: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// Kind.
+    pub kind: &'static str,
+    /// Kind of the list type.
+    pub list_kind: &'static str,
+    /// Plural resource name, used in URLs.
+    pub plural: &'static str,
+    /// Singular name.
+    pub singular: &'static str,
+    /// Short names (`po`, `deploy`...).
+    pub short_names: &'static [&'static str],
+    /// Categories (`all`).
+    pub categories: &'static [&'static str],
+    /// Scope.
+    pub scope: Scope,
+    /// Verbs.
+    pub verbs: &'static [&'static str],
+    /// Subresources.
+    pub subresources: &'static [Subresource],
+    /// Whether objects are stored (false for review-style resources that only answer a
+    /// create).
+    pub stored: bool,
+    /// Typed round trip.
+    pub round_trip: RoundTrip,
+}
+
+impl ResourceInfo {
+    /// `apps/v1`, or `v1` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `deployments.apps`, or `pods` for the core group (as in upstream error messages).
+    pub fn group_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// Whether the resource is namespaced.
+    pub fn namespaced(&self) -> bool {
+        self.scope == Scope::Namespaced
+    }
+
+    /// The subresource called `name`, if any.
+    pub fn subresource(&self, name: &str) -> Option<&'static Subresource> {
+        self.subresources.iter().find(|s| s.name == name)
+    }
+
+    /// Whether `verb` is allowed on the main resource.
+    pub fn has_verb(&self, verb: &str) -> bool {
+        self.verbs.contains(&verb)
+    }
+
+    /// Whether the kind has a status subresource (main-resource writes then ignore status).
+    pub fn has_status(&self) -> bool {
+        self.subresource("status").is_some()
+    }
+}
+
+fn rt<T: Serialize + DeserializeOwned>(v: Value) -> Result<Value, serde_json::Error> {
+    let typed: T = serde_json::from_value(v)?;
+    serde_json::to_value(typed)
+}
+
+/// Verbs of an ordinary stored resource.
+pub const ALL_VERBS: &[&str] =
+    &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
+const CREATE_ONLY: &[&str] = &["create"];
+
+const fn status(group: &'static str, version: &'static str, kind: &'static str) -> Subresource {
+    Subresource { name: "status", group, version, kind, verbs: STATUS_VERBS }
+}
+const fn scale() -> Subresource {
+    Subresource { name: "scale", group: "autoscaling", version: "v1", kind: "Scale", verbs: STATUS_VERBS }
+}
+
+macro_rules! res {
+    ($group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, $ty:ty,
+     short = [$($short:expr),*], cats = [$($cat:expr),*], $scope:ident, subs = [$($sub:expr),*]) => {
+        ResourceInfo {
+            group: $group,
+            version: $version,
+            kind: $kind,
+            list_kind: concat!($kind, "List"),
+            plural: $plural,
+            singular: $singular,
+            short_names: &[$($short),*],
+            categories: &[$($cat),*],
+            scope: Scope::$scope,
+            verbs: ALL_VERBS,
+            subresources: &[$($sub),*],
+            stored: true,
+            round_trip: rt::<$ty>,
+        }
+    };
+}
+
+use k8s_openapi::api::{
+    apps::v1 as apps, authorization::v1 as authz, batch::v1 as batch, coordination::v1 as coordination,
+    core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac, storage::v1 as storage,
+};
+
+const POD_SUBS: &[Subresource] = &[
+    status("", "v1", "Pod"),
+    Subresource { name: "binding", group: "", version: "v1", kind: "Binding", verbs: CREATE_ONLY },
+    Subresource { name: "eviction", group: "policy", version: "v1", kind: "Eviction", verbs: CREATE_ONLY },
+    Subresource { name: "log", group: "", version: "v1", kind: "Pod", verbs: &["get"] },
+    Subresource { name: "exec", group: "", version: "v1", kind: "PodExecOptions", verbs: &["create", "get"] },
+    Subresource {
+        name: "attach",
+        group: "",
+        version: "v1",
+        kind: "PodAttachOptions",
+        verbs: &["create", "get"],
+    },
+    Subresource {
+        name: "portforward",
+        group: "",
+        version: "v1",
+        kind: "PodPortForwardOptions",
+        verbs: &["create", "get"],
+    },
+];
+
+/// Every resource capstan serves, in discovery order.
+pub static RESOURCES: &[ResourceInfo] = &[
+    // core/v1
+    res!(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        core::Namespace,
+        short = ["ns"],
+        cats = [],
+        Cluster,
+        subs = [status("", "v1", "Namespace")]
+    ),
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        list_kind: "PodList",
+        plural: "pods",
+        singular: "pod",
+        short_names: &["po"],
+        categories: &["all"],
+        scope: Scope::Namespaced,
+        verbs: ALL_VERBS,
+        subresources: POD_SUBS,
+        stored: true,
+        round_trip: rt::<core::Pod>,
+    },
+    res!(
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        "node",
+        core::Node,
+        short = ["no"],
+        cats = [],
+        Cluster,
+        subs = [status("", "v1", "Node")]
+    ),
+    res!(
+        "",
+        "v1",
+        "Service",
+        "services",
+        "service",
+        core::Service,
+        short = ["svc"],
+        cats = ["all"],
+        Namespaced,
+        subs = [status("", "v1", "Service")]
+    ),
+    res!(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        core::Endpoints,
+        short = ["ep"],
+        cats = [],
+        Namespaced,
+        subs = []
+    ),
+    res!(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        core::ConfigMap,
+        short = ["cm"],
+        cats = [],
+        Namespaced,
+        subs = []
+    ),
+    res!("", "v1", "Secret", "secrets", "secret", core::Secret, short = [], cats = [], Namespaced, subs = []),
+    res!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        core::ServiceAccount,
+        short = ["sa"],
+        cats = [],
+        Namespaced,
+        subs = [Subresource {
+            name: "token",
+            group: "authentication.k8s.io",
+            version: "v1",
+            kind: "TokenRequest",
+            verbs: CREATE_ONLY
+        }]
+    ),
+    res!("", "v1", "Event", "events", "event", core::Event, short = ["ev"], cats = [], Namespaced, subs = []),
+    res!(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        core::PersistentVolume,
+        short = ["pv"],
+        cats = [],
+        Cluster,
+        subs = [status("", "v1", "PersistentVolume")]
+    ),
+    res!(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        core::PersistentVolumeClaim,
+        short = ["pvc"],
+        cats = [],
+        Namespaced,
+        subs = [status("", "v1", "PersistentVolumeClaim")]
+    ),
+    res!(
+        "",
+        "v1",
+        "ResourceQuota",
+        "resourcequotas",
+        "resourcequota",
+        core::ResourceQuota,
+        short = ["quota"],
+        cats = [],
+        Namespaced,
+        subs = [status("", "v1", "ResourceQuota")]
+    ),
+    res!(
+        "",
+        "v1",
+        "LimitRange",
+        "limitranges",
+        "limitrange",
+        core::LimitRange,
+        short = ["limits"],
+        cats = [],
+        Namespaced,
+        subs = []
+    ),
+    // apps/v1
+    res!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        apps::Deployment,
+        short = ["deploy"],
+        cats = ["all"],
+        Namespaced,
+        subs = [status("apps", "v1", "Deployment"), scale()]
+    ),
+    res!(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        apps::ReplicaSet,
+        short = ["rs"],
+        cats = ["all"],
+        Namespaced,
+        subs = [status("apps", "v1", "ReplicaSet"), scale()]
+    ),
+    res!(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        apps::StatefulSet,
+        short = ["sts"],
+        cats = ["all"],
+        Namespaced,
+        subs = [status("apps", "v1", "StatefulSet"), scale()]
+    ),
+    res!(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        apps::DaemonSet,
+        short = ["ds"],
+        cats = ["all"],
+        Namespaced,
+        subs = [status("apps", "v1", "DaemonSet")]
+    ),
+    res!(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+        apps::ControllerRevision,
+        short = [],
+        cats = [],
+        Namespaced,
+        subs = []
+    ),
+    // batch/v1
+    res!(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        "job",
+        batch::Job,
+        short = [],
+        cats = ["all"],
+        Namespaced,
+        subs = [status("batch", "v1", "Job")]
+    ),
+    res!(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        "cronjob",
+        batch::CronJob,
+        short = ["cj"],
+        cats = ["all"],
+        Namespaced,
+        subs = [status("batch", "v1", "CronJob")]
+    ),
+    // coordination.k8s.io/v1
+    res!(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        "lease",
+        coordination::Lease,
+        short = [],
+        cats = [],
+        Namespaced,
+        subs = []
+    ),
+    // discovery.k8s.io/v1
+    res!(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        discovery::EndpointSlice,
+        short = [],
+        cats = [],
+        Namespaced,
+        subs = []
+    ),
+    // rbac.authorization.k8s.io/v1
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        "roles",
+        "role",
+        rbac::Role,
+        short = [],
+        cats = [],
+        Namespaced,
+        subs = []
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        rbac::RoleBinding,
+        short = [],
+        cats = [],
+        Namespaced,
+        subs = []
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        "clusterrole",
+        rbac::ClusterRole,
+        short = [],
+        cats = [],
+        Cluster,
+        subs = []
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        rbac::ClusterRoleBinding,
+        short = [],
+        cats = [],
+        Cluster,
+        subs = []
+    ),
+    // storage.k8s.io/v1
+    res!(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        "storageclass",
+        storage::StorageClass,
+        short = ["sc"],
+        cats = [],
+        Cluster,
+        subs = []
+    ),
+    // authorization.k8s.io/v1: reviews answer a create and are not stored
+    ResourceInfo {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectAccessReview",
+        list_kind: "SelfSubjectAccessReviewList",
+        plural: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        short_names: &[],
+        categories: &[],
+        scope: Scope::Cluster,
+        verbs: CREATE_ONLY,
+        subresources: &[],
+        stored: false,
+        round_trip: rt::<authz::SelfSubjectAccessReview>,
+    },
+    ResourceInfo {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectRulesReview",
+        list_kind: "SelfSubjectRulesReviewList",
+        plural: "selfsubjectrulesreviews",
+        singular: "selfsubjectrulesreview",
+        short_names: &[],
+        categories: &[],
+        scope: Scope::Cluster,
+        verbs: CREATE_ONLY,
+        subresources: &[],
+        stored: false,
+        round_trip: rt::<authz::SelfSubjectRulesReview>,
+    },
+];
+
+/// Finds a resource by group, version and plural name.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// Finds a resource by group and kind (any version).
+pub fn find_kind(group: &str, kind: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
+}
+
+/// The served group/versions, in discovery order: `("", "v1")` first.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in RESOURCES {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+/// Splits an `apiVersion` into group and version.
+pub fn split_api_version(api_version: &str) -> (&str, &str) {
+    match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups() {
+        assert_eq!(find("apps", "v1", "deployments").map(|r| r.kind), Some("Deployment"));
+        assert!(find("", "v1", "deployments").is_none());
+        assert_eq!(find_kind("", "Pod").map(|r| r.plural), Some("pods"));
+        assert_eq!(group_versions()[0], ("", "v1"));
+        assert_eq!(split_api_version("apps/v1"), ("apps", "v1"));
+        assert_eq!(split_api_version("v1"), ("", "v1"));
+    }
+
+    #[test]
+    fn plurals_are_unique_per_group() {
+        for (i, a) in RESOURCES.iter().enumerate() {
+            for b in &RESOURCES[i + 1..] {
+                assert!(!(a.group == b.group && a.plural == b.plural), "{}", a.plural);
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip_rejects_wrong_types() {
+        let pod = find("", "v1", "pods").unwrap();
+        let bad = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": "x"}});
+        assert!((pod.round_trip)(bad).is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! capstan's API service and its HTTPS gateway.
+//!
+//! The gateway owns the only path to the store: requests are authenticated (TLS client
+//! certificates or bearer tokens), authorized through the [`auth::Authorizer`] hook, decoded,
+//! defaulted, validated and written in one store transaction by the [`service::ApiService`];
+//! lists and watches are answered from the [`cache::Cache`], which tails the store's change
+//! log. Every error leaves as a Kubernetes `Status` (see [`status`]).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! let store = Arc::new(capstan_storage::RedbStore::open(std::path::Path::new("/tmp/x/state.redb"))?);
+//! let pki = capstan_gateway::pki::Pki::load_or_create(std::path::Path::new("/tmp/x/pki"), &[])?;
+//! let cfg = capstan_gateway::Config { listen: "127.0.0.1:6443".parse()?, ..capstan_gateway::Config::new(pki) };
+//! let running = capstan_gateway::start(cfg, store).await?;
+//! println!("serving on {}", running.addr);
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod cache;
+pub mod discovery;
+pub mod http;
+pub mod keys;
+pub mod pki;
+pub mod service;
+pub mod status;
+
+use auth::User;
+use capstan_storage::Store;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Settings of the gateway.
+#[derive(Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Certificates.
+    pub pki: pki::Pki,
+    /// Largest accepted request body (3 MiB as upstream).
+    pub max_body_bytes: usize,
+    /// Events kept in the watch cache.
+    pub watch_cache_events: usize,
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Static bearer tokens.
+    pub tokens: HashMap<String, User>,
+}
+
+impl Config {
+    /// Defaults around a PKI.
+    pub fn new(pki: pki::Pki) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            pki,
+            max_body_bytes: 3 * 1024 * 1024,
+            watch_cache_events: 100_000,
+            workers: 2,
+            tokens: HashMap::new(),
+        }
+    }
+}
+
+/// Errors while starting the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS set-up failed.
+    #[error("failed to set up TLS: {0}")]
+    Tls(String),
+    /// Binding the listener failed.
+    #[error("failed to listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API service could not start.
+    #[error("failed to start the API service: {0}")]
+    Service(#[from] status::ApiError),
+}
+
+/// A running gateway.
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The HTTP server (await it, or stop it through its handle).
+    pub server: actix_web::dev::Server,
+    /// The API service, for in-process callers.
+    pub service: Arc<service::ApiService>,
+}
+
+fn tls_config(pki: &pki::Pki) -> Result<rustls::ServerConfig, StartError> {
+    let tls = |e: String| StartError::Tls(e);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pki.ca_cert.as_bytes()) {
+        let c = c.map_err(|e| tls(format!("failed to read CA certificate: {e}")))?;
+        roots.add(c).map_err(|e| tls(format!("failed to add CA certificate: {e}")))?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| tls(format!("failed to build client verifier: {e}")))?;
+    let chain: Vec<_> = rustls_pemfile::certs(&mut pki.server_cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls(format!("failed to read serving certificate: {e}")))?;
+    let key = rustls_pemfile::private_key(&mut pki.server_key.as_bytes())
+        .map_err(|e| tls(format!("failed to read serving key: {e}")))?
+        .ok_or_else(|| tls("no private key in the serving key file".into()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(format!("invalid serving certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// The user a verified client certificate names: CN is the user, each O a group.
+pub fn user_from_cert(der: &[u8]) -> Option<User> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let cn = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    Some(User::new(cn, groups))
+}
+
+fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_rt::net::TcpStream>;
+    if let Some(tls) = conn.downcast_ref::<Tls>() {
+        let (_, session) = tls.get_ref();
+        let user =
+            session.peer_certificates().and_then(|c| c.first()).and_then(|c| user_from_cert(c.as_ref()));
+        ext.insert(http::PeerIdentity(user));
+    }
+}
+
+/// Starts the API service and the HTTPS server. Must run inside an actix system.
+pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, StartError> {
+    let cache = cache::Cache::start(store.clone(), config.watch_cache_events).await?;
+    let service = Arc::new(service::ApiService::new(store, cache, Arc::new(auth::MastersOnly)));
+    service.bootstrap().await?;
+    let tls = tls_config(&config.pki)?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let gateway = actix_web::web::Data::new(http::Gateway {
+        service: service.clone(),
+        server_address: addr.to_string(),
+        max_body_bytes: config.max_body_bytes,
+        tokens: config.tokens.clone(),
+    });
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(gateway.clone())
+            .app_data(actix_web::web::PayloadConfig::new(config.max_body_bytes + 1))
+            .default_service(actix_web::web::to(http::dispatch))
+    })
+    .workers(config.workers.max(1))
+    .on_connect(on_connect)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen_rustls_0_23(listener, tls)
+    .map_err(|source| StartError::Bind { addr, source })?
+    .run();
+    Ok(Running { addr, server, service })
+}

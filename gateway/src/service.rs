@@ -1,0 +1,1433 @@
+//! The API service: one code path for every caller (HTTP today, the bus next).
+//!
+//! authorize → decode (typed round trip) → default → validate → admission → one store
+//! transaction guarded by the object's revision (409 on conflict). Reads of single
+//! objects go to the store; lists and watches are served from the [`Cache`].
+
+use crate::auth::{Attributes, Authorizer, Decision, User};
+use crate::cache::{decode_stored, Cache, Event, EventKind};
+use crate::keys;
+use crate::status::{success_status, ApiError, ApiResult};
+use capstan_api::selectors::{FieldSelector, LabelSelector};
+use capstan_api::{meta, registry, ResourceInfo};
+use capstan_storage::{Op, Precondition, Store, Txn};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The namespaces that exist from the start and cannot be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// How unknown fields in a request body are treated (`fieldValidation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them and warn.
+    #[default]
+    Warn,
+    /// Reject the request with 400.
+    Strict,
+}
+
+impl FieldValidation {
+    /// Parses the query parameter.
+    pub fn parse(s: &str) -> ApiResult<FieldValidation> {
+        match s {
+            "" | "Warn" => Ok(FieldValidation::Warn),
+            "Ignore" => Ok(FieldValidation::Ignore),
+            "Strict" => Ok(FieldValidation::Strict),
+            other => Err(ApiError::BadRequest(format!(
+                "fieldValidation parameter unsupported: {other}; supported values: Ignore, Warn, Strict"
+            ))),
+        }
+    }
+}
+
+/// Options of a write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// `dryRun=All`: do everything except persisting.
+    pub dry_run: bool,
+    /// `fieldManager`.
+    pub field_manager: Option<String>,
+    /// `fieldValidation`.
+    pub field_validation: FieldValidation,
+    /// `force` (server-side apply).
+    pub force: bool,
+}
+
+/// `DeleteOptions`.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// `dryRun: ["All"]`.
+    pub dry_run: bool,
+    /// `gracePeriodSeconds`.
+    pub grace_period_seconds: Option<i64>,
+    /// `propagationPolicy`.
+    pub propagation_policy: Option<String>,
+    /// `preconditions.uid`.
+    pub precondition_uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub precondition_rv: Option<String>,
+}
+
+impl DeleteOptions {
+    /// Reads a `DeleteOptions` body (may be empty), merged with query parameters.
+    pub fn from_json(body: Option<&Value>) -> ApiResult<DeleteOptions> {
+        let mut o = DeleteOptions::default();
+        let Some(b) = body else { return Ok(o) };
+        if b.is_null() {
+            return Ok(o);
+        }
+        if !b.is_object() {
+            return Err(ApiError::BadRequest("DeleteOptions must be a JSON object".into()));
+        }
+        if let Some(d) = b.get("dryRun") {
+            let arr = d.as_array().ok_or_else(|| ApiError::BadRequest("dryRun must be a list".into()))?;
+            for v in arr {
+                match v.as_str() {
+                    Some("All") => o.dry_run = true,
+                    other => {
+                        return Err(ApiError::BadRequest(format!(
+                            "dryRun: unsupported value {other:?}; supported values: \"All\""
+                        )))
+                    }
+                }
+            }
+        }
+        if let Some(g) = b.get("gracePeriodSeconds").filter(|v| !v.is_null()) {
+            o.grace_period_seconds = Some(
+                g.as_i64()
+                    .ok_or_else(|| ApiError::BadRequest("gracePeriodSeconds must be an integer".into()))?,
+            );
+        }
+        if let Some(p) = b.get("propagationPolicy").filter(|v| !v.is_null()) {
+            let p = p
+                .as_str()
+                .ok_or_else(|| ApiError::BadRequest("propagationPolicy must be a string".into()))?;
+            if !matches!(p, "Orphan" | "Background" | "Foreground") {
+                return Err(ApiError::BadRequest(format!(
+                    "propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+                )));
+            }
+            o.propagation_policy = Some(p.to_string());
+        }
+        if let Some(pre) = b.get("preconditions").filter(|v| !v.is_null()) {
+            o.precondition_uid = pre.get("uid").and_then(Value::as_str).map(str::to_string);
+            o.precondition_rv = pre.get("resourceVersion").and_then(Value::as_str).map(str::to_string);
+        }
+        Ok(o)
+    }
+}
+
+/// Options of a list or watch.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Parsed `labelSelector`.
+    pub label_selector: LabelSelector,
+    /// Parsed `fieldSelector`.
+    pub field_selector: FieldSelector,
+    /// `limit` (0: none).
+    pub limit: usize,
+    /// `continue`.
+    pub continue_token: Option<String>,
+    /// `resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `resourceVersionMatch`.
+    pub resource_version_match: Option<String>,
+}
+
+/// A page of a list.
+pub struct ListPage {
+    /// The items, with resourceVersion set.
+    pub items: Vec<Arc<Value>>,
+    /// The revision of the list.
+    pub revision: u64,
+    /// The continue token, when more items remain.
+    pub continue_token: Option<String>,
+}
+
+/// The patch types of `PATCH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    /// `application/json-patch+json`.
+    Json,
+    /// `application/merge-patch+json`.
+    Merge,
+    /// `application/strategic-merge-patch+json`.
+    Strategic,
+    /// `application/apply-patch+yaml`.
+    Apply,
+}
+
+/// The result of a write: the object, whether it was created, and warnings.
+pub struct WriteResult {
+    /// The object as stored (or as it would be, under dry run).
+    pub object: Value,
+    /// Whether the write created the object (201).
+    pub created: bool,
+    /// Warnings for the `Warning` header.
+    pub warnings: Vec<String>,
+}
+
+/// The API service.
+pub struct ApiService {
+    store: Arc<dyn Store>,
+    cache: Arc<Cache>,
+    authorizer: Arc<dyn Authorizer>,
+}
+
+const MAX_UPDATE_RETRIES: usize = 32;
+
+fn now_rfc3339() -> String {
+    let now = jiff::Timestamp::now();
+    // metav1.Time has whole seconds.
+    jiff::Timestamp::from_second(now.as_second()).map(|t| t.to_string()).unwrap_or_else(|_| now.to_string())
+}
+
+fn random_suffix(n: usize) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = uuid::Uuid::new_v4();
+    bytes.as_bytes().iter().take(n).map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect()
+}
+
+fn parse_rv(s: &str) -> ApiResult<u64> {
+    s.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version: {s:?}")))
+}
+
+/// Continue tokens: base64 of `{"rv":N,"start":"<key suffix>"}`.
+fn encode_continue(revision: u64, next_key: &[u8]) -> String {
+    use base64::Engine;
+    let body = json!({"rv": revision, "start": String::from_utf8_lossy(next_key)});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string())
+}
+
+fn decode_continue(token: &str) -> ApiResult<(u64, Vec<u8>)> {
+    use base64::Engine;
+    let bad = || ApiError::BadRequest("continue key is not valid: illegal base64 data".into());
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rv = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
+    let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
+    Ok((rv, start.as_bytes().to_vec()))
+}
+
+/// Paths of fields present in `input` but dropped by the typed round trip.
+fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>, depth: usize) {
+    if depth > 64 || out.len() > 32 {
+        return;
+    }
+    match (input, output) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match b.get(k) {
+                    None if !v.is_null() => out.push(p),
+                    Some(w) => unknown_fields(v, w, &p, out, depth + 1),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (v, w)) in a.iter().zip(b.iter()).enumerate() {
+                unknown_fields(v, w, &format!("{path}[{i}]"), out, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn spec_of(obj: &Value) -> Value {
+    // Everything except metadata and status counts as "spec" for generation purposes.
+    match obj.as_object() {
+        Some(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        None => Value::Null,
+    }
+}
+
+fn uses_generation(res: &ResourceInfo) -> bool {
+    !matches!(
+        res.kind,
+        "ConfigMap"
+            | "Secret"
+            | "Event"
+            | "Endpoints"
+            | "EndpointSlice"
+            | "Lease"
+            | "ServiceAccount"
+            | "Namespace"
+            | "Node"
+    )
+}
+
+impl ApiService {
+    /// A service over `store`, answering lists and watches from `cache`.
+    pub fn new(store: Arc<dyn Store>, cache: Arc<Cache>, authorizer: Arc<dyn Authorizer>) -> ApiService {
+        ApiService { store, cache, authorizer }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The watch cache.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// Checks authorization; 403 in upstream's wording when denied.
+    pub fn authorize(
+        &self,
+        user: &User,
+        verb: &str,
+        res: &ResourceInfo,
+        subresource: Option<&str>,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> ApiResult<()> {
+        let attrs = Attributes {
+            verb: verb.to_string(),
+            group: res.group.to_string(),
+            resource: res.plural.to_string(),
+            subresource: subresource.unwrap_or("").to_string(),
+            namespace: namespace.unwrap_or("").to_string(),
+            name: name.unwrap_or("").to_string(),
+        };
+        match self.authorizer.authorize(user, &attrs) {
+            Decision::Allow(_) => Ok(()),
+            Decision::Deny(_) => {
+                let what = match subresource {
+                    Some(s) => format!("{}/{}", res.plural, s),
+                    None => res.plural.to_string(),
+                };
+                let scope = match namespace {
+                    Some(ns) if res.namespaced() => format!(" in the namespace \"{ns}\""),
+                    _ => " at the cluster scope".to_string(),
+                };
+                Err(ApiError::forbidden(
+                    res,
+                    name.unwrap_or(""),
+                    &format!(
+                        "User \"{}\" cannot {} resource \"{}\" in API group \"{}\"{}",
+                        user.name, verb, what, res.group, scope
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The authorizer's raw decision (for access reviews).
+    pub fn decide(&self, user: &User, attrs: &Attributes) -> Decision {
+        self.authorizer.authorize(user, attrs)
+    }
+
+    /// Creates the system namespaces if they are missing.
+    pub async fn bootstrap(&self) -> ApiResult<()> {
+        let Some(ns_res) = registry::find("", "v1", "namespaces") else {
+            return Err(ApiError::Internal("namespaces are not registered".into()));
+        };
+        for ns in SYSTEM_NAMESPACES {
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match self.create(&User::system(), ns_res, None, body, &WriteOptions::default()).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn read(&self, key: &[u8]) -> ApiResult<Option<(Value, u64)>> {
+        match self.store.get(key).await? {
+            None => Ok(None),
+            Some(kv) => match decode_stored(&kv.value, kv.mod_revision) {
+                Some(v) => Ok(Some((v, kv.mod_revision))),
+                None => Err(ApiError::Internal("stored object could not be decoded".into())),
+            },
+        }
+    }
+
+    fn check_namespace_arg(res: &ResourceInfo, namespace: Option<&str>) -> ApiResult<()> {
+        if res.namespaced() && namespace.is_none() {
+            return Err(ApiError::BadRequest(format!(
+                "the server could not find the requested resource: {} must be addressed in a namespace",
+                res.plural
+            )));
+        }
+        Ok(())
+    }
+
+    /// GET of one object.
+    pub async fn get(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<Value> {
+        self.authorize(user, "get", res, None, namespace, Some(name))?;
+        Self::check_namespace_arg(res, namespace)?;
+        let key = keys::object_key(res, namespace, name);
+        match self.read(&key).await? {
+            Some((v, _)) => Ok(v),
+            None => Err(ApiError::not_found(res, name)),
+        }
+    }
+
+    /// LIST, from the watch cache, with selectors and paging.
+    pub async fn list(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<ListPage> {
+        self.authorize(user, "list", res, None, namespace, None)?;
+        let mut start = keys::prefix(res, namespace);
+        let end = capstan_storage::prefix_end(&start);
+        let mut min_rev = None;
+        if let Some(tok) = &opts.continue_token {
+            let (rv, next) = decode_continue(tok)?;
+            if !next.starts_with(&start) {
+                return Err(ApiError::BadRequest(
+                    "continue key is not valid: it does not match this request".into(),
+                ));
+            }
+            start = next;
+            min_rev = Some(rv);
+        }
+        // Consistency: unset resourceVersion means "most recent": wait for the cache to
+        // catch up to the store. "0" means any; N means not older than N.
+        let target = match (opts.resource_version.as_deref(), min_rev) {
+            (_, Some(rv)) => Some(rv),
+            (None, None) | (Some(""), None) => Some(self.store.current_revision().await?),
+            (Some("0"), None) => None,
+            (Some(rv), None) => Some(parse_rv(rv)?),
+        };
+        if let Some(t) = target {
+            self.cache.wait_for(t, Duration::from_secs(3)).await?;
+        }
+        let name = opts.field_selector.exact_name().map(str::to_string);
+        let (items, revision, next) = self.cache.list(&start, &end, opts.limit, |obj| {
+            if let Some(n) = &name {
+                if meta::name(obj) != Some(n) {
+                    return false;
+                }
+            }
+            opts.label_selector.matches(&meta::labels(obj)) && opts.field_selector.matches(obj)
+        });
+        let revision = min_rev.unwrap_or(revision).max(if min_rev.is_some() { 0 } else { revision });
+        Ok(ListPage { items, revision, continue_token: next.map(|k| encode_continue(revision, &k)) })
+    }
+
+    /// Decodes, checks and normalises a request body for `res`.
+    fn decode_body(
+        res: &ResourceInfo,
+        body: Value,
+        validation: FieldValidation,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<Value> {
+        if !body.is_object() {
+            return Err(ApiError::BadRequest(format!(
+                "{} in version \"{}\" cannot be handled as a {}: the body must be a JSON object",
+                res.kind, res.version, res.kind
+            )));
+        }
+        if let Some(k) = body.get("kind").and_then(Value::as_str) {
+            if k != res.kind {
+                return Err(ApiError::BadRequest(format!(
+                    "the API version in the data ({}) does not match the expected API version ({}) or kind {k} does not match {}",
+                    body.get("apiVersion").and_then(Value::as_str).unwrap_or(""),
+                    res.api_version(),
+                    res.kind
+                )));
+            }
+        }
+        if let Some(av) = body.get("apiVersion").and_then(Value::as_str) {
+            if av != res.api_version() {
+                return Err(ApiError::BadRequest(format!(
+                    "the API version in the data ({av}) does not match the expected API version ({})",
+                    res.api_version()
+                )));
+            }
+        }
+        let input = body.clone();
+        let mut out = (res.round_trip)(body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {}",
+                res.kind, res.version, res.kind, e
+            ))
+        })?;
+        if validation != FieldValidation::Ignore {
+            let mut unknown = Vec::new();
+            unknown_fields(&input, &out, "", &mut unknown, 0);
+            unknown.retain(|f| f != "status" || !input["status"].as_object().is_some_and(|m| m.is_empty()));
+            if !unknown.is_empty() {
+                if validation == FieldValidation::Strict {
+                    let list: Vec<String> =
+                        unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+                    return Err(ApiError::BadRequest(format!(
+                        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                        res.kind,
+                        res.version,
+                        res.kind,
+                        list.join(", ")
+                    )));
+                }
+                for f in unknown {
+                    warnings.push(format!("unknown field \"{f}\""));
+                }
+            }
+        }
+        if let Some(o) = out.as_object_mut() {
+            o.insert("apiVersion".into(), json!(res.api_version()));
+            o.insert("kind".into(), json!(res.kind));
+        }
+        Ok(out)
+    }
+
+    fn validate(res: &ResourceInfo, old: Option<&Value>, new: &Value) -> ApiResult<()> {
+        let causes = match old {
+            None => capstan_api::validation::validate_create(res, new),
+            Some(o) => capstan_api::validation::validate_update(res, o, new),
+        };
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(res.kind, res.group, meta::name(new).unwrap_or(""), causes))
+        }
+    }
+
+    async fn namespace_exists(&self, ns: &str) -> ApiResult<Value> {
+        let Some(ns_res) = registry::find("", "v1", "namespaces") else {
+            return Err(ApiError::Internal("namespaces are not registered".into()));
+        };
+        match self.read(&keys::object_key(ns_res, None, ns)).await? {
+            Some((v, _)) => Ok(v),
+            None => Err(ApiError::namespace_not_found(ns)),
+        }
+    }
+
+    /// Admission and create-time preparation shared by create and create-on-apply.
+    fn prepare_create(&self, res: &ResourceInfo, obj: &mut Value, now: &str) {
+        if let Some(m) = meta::metadata_mut(obj) {
+            m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            m.insert("creationTimestamp".into(), json!(now));
+            m.remove("resourceVersion");
+            m.remove("deletionTimestamp");
+            m.remove("deletionGracePeriodSeconds");
+            m.remove("selfLink");
+            if uses_generation(res) {
+                m.insert("generation".into(), json!(1));
+            } else {
+                m.remove("generation");
+            }
+        }
+        if res.has_status() && res.kind != "Namespace" && res.kind != "Node" {
+            if let Some(o) = obj.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        match res.kind {
+            "Pod" => {
+                obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(obj)});
+                if obj["spec"].get("serviceAccountName").and_then(Value::as_str).is_none() {
+                    obj["spec"]["serviceAccountName"] = json!("default");
+                }
+            }
+            "Namespace" => {
+                obj["status"] = json!({"phase": "Active"});
+            }
+            "Service" => self.allocate_service_ips(obj),
+            _ => {}
+        }
+    }
+
+    fn allocate_service_ips(&self, obj: &mut Value) {
+        let ty = obj["spec"].get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+        if ty == "ExternalName" {
+            return;
+        }
+        let want = obj["spec"].get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+        if want != "None" && want.is_empty() {
+            let Some(svc) = registry::find("", "v1", "services") else { return };
+            let prefix = keys::prefix(svc, None);
+            let end = capstan_storage::prefix_end(&prefix);
+            let (all, _, _) = self.cache.list(&prefix, &end, 0, |_| true);
+            let used: std::collections::HashSet<String> = all
+                .iter()
+                .filter_map(|s| s["spec"].get("clusterIP").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            let bytes = *uuid::Uuid::new_v4().as_bytes();
+            let mut n = u32::from(bytes[0]) << 8 | u32::from(bytes[1]);
+            for _ in 0..65536 {
+                let ip = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
+                if n & 0xff != 0 && n & 0xff != 255 && n != 1 && !used.contains(&ip) {
+                    obj["spec"]["clusterIP"] = json!(ip);
+                    obj["spec"]["clusterIPs"] = json!([ip]);
+                    break;
+                }
+                n = (n + 1) & 0xffff;
+            }
+        } else if want == "None" {
+            obj["spec"]["clusterIPs"] = json!(["None"]);
+        }
+        obj["spec"]["ipFamilies"] = json!(["IPv4"]);
+        if ty == "NodePort" || ty == "LoadBalancer" {
+            if let Some(ports) = obj["spec"].get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports {
+                    if p.get("nodePort").and_then(Value::as_i64).is_none() {
+                        let b = uuid::Uuid::new_v4();
+                        let r = u16::from_le_bytes([b.as_bytes()[0], b.as_bytes()[1]]);
+                        p["nodePort"] = json!(30000 + i64::from(r % 2768));
+                    }
+                }
+            }
+        }
+        if obj.get("status").is_none() {
+            obj["status"] = json!({"loadBalancer": {}});
+        }
+    }
+
+    /// POST: creates an object.
+    pub async fn create(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> ApiResult<WriteResult> {
+        self.authorize(user, "create", res, None, namespace, None)?;
+        if !res.has_verb("create") {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "create is not supported on resources of kind {:?}",
+                res.plural
+            )));
+        }
+        Self::check_namespace_arg(res, namespace)?;
+        let mut warnings = Vec::new();
+        let mut obj = Self::decode_body(res, body, opts.field_validation, &mut warnings)?;
+        // Namespace in body must agree with the URL.
+        if res.namespaced() {
+            let url_ns = namespace.unwrap_or("");
+            match meta::namespace(&obj) {
+                Some(ns) if !ns.is_empty() && ns != url_ns => return Err(ApiError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                        .into(),
+                )),
+                _ => meta::set_meta_str(&mut obj, "namespace", url_ns),
+            }
+        } else {
+            meta::remove_meta(&mut obj, "namespace");
+        }
+        if meta::name(&obj).unwrap_or("").is_empty() {
+            if let Some(g) =
+                meta::meta_str(&obj, "generateName").filter(|g| !g.is_empty()).map(str::to_string)
+            {
+                meta::set_meta_str(&mut obj, "name", &format!("{g}{}", random_suffix(5)));
+            }
+        }
+        let name = meta::name(&obj).unwrap_or("").to_string();
+        let now = now_rfc3339();
+        capstan_api::defaults::apply_defaults(res, &mut obj);
+        self.prepare_create(res, &mut obj, &now);
+        Self::validate(res, None, &obj)?;
+        if let Some(ns) = namespace.filter(|_| res.namespaced()) {
+            let nsobj = self.namespace_exists(ns).await?;
+            if nsobj.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some_and(|v| !v.is_null()) {
+                return Err(ApiError::forbidden(
+                    res,
+                    &name,
+                    &format!("unable to create new content in namespace {ns} because it is being terminated"),
+                ));
+            }
+        }
+        if let Some(m) = &opts.field_manager {
+            capstan_api::ssa::record_update(None, &mut obj, m, &now);
+        }
+        let key = keys::object_key(res, namespace, &name);
+        if opts.dry_run {
+            if self.store.get(&key).await?.is_some() {
+                return Err(ApiError::already_exists(res, &name));
+            }
+            return Ok(WriteResult { object: obj, created: true, warnings });
+        }
+        let value = encode(&obj)?;
+        match self.store.commit(Txn::single(Op::put(key, value, Precondition::Absent))).await {
+            Ok(r) => {
+                let rev = r.revisions.first().copied().unwrap_or(0);
+                meta::set_meta_str(&mut obj, "resourceVersion", &rev.to_string());
+                Ok(WriteResult { object: obj, created: true, warnings })
+            }
+            Err(capstan_storage::Error::PreconditionFailed { .. }) => {
+                Err(ApiError::already_exists(res, &name))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The read-modify-write loop behind update, patch and the subresources. `mutate` gets
+    /// the current object (None when absent) and returns the new one; when the caller
+    /// pinned a resourceVersion a conflict is returned instead of retrying.
+    #[allow(clippy::too_many_arguments)]
+    async fn guaranteed_update<F>(
+        &self,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &WriteOptions,
+        allow_create: bool,
+        status_only: bool,
+        mut mutate: F,
+    ) -> ApiResult<WriteResult>
+    where
+        F: FnMut(Option<&Value>, &mut Vec<String>) -> ApiResult<(Value, bool)>,
+    {
+        Self::check_namespace_arg(res, namespace)?;
+        let key = keys::object_key(res, namespace, name);
+        for _ in 0..MAX_UPDATE_RETRIES {
+            let mut warnings = Vec::new();
+            let current = self.read(&key).await?;
+            let Some((old, old_rev)) = current else {
+                if !allow_create {
+                    return Err(ApiError::not_found(res, name));
+                }
+                let (mut obj, _) = mutate(None, &mut warnings)?;
+                let nm = meta::name(&obj).unwrap_or("").to_string();
+                if nm != name {
+                    return Err(ApiError::BadRequest(format!(
+                        "the name of the object ({nm}) does not match the name on the URL ({name})"
+                    )));
+                }
+                if let Some(ns) = namespace.filter(|_| res.namespaced()) {
+                    meta::set_meta_str(&mut obj, "namespace", ns);
+                    self.namespace_exists(ns).await?;
+                }
+                let now = now_rfc3339();
+                capstan_api::defaults::apply_defaults(res, &mut obj);
+                self.prepare_create(res, &mut obj, &now);
+                Self::validate(res, None, &obj)?;
+                if opts.dry_run {
+                    return Ok(WriteResult { object: obj, created: true, warnings });
+                }
+                match self
+                    .store
+                    .commit(Txn::single(Op::put(key.clone(), encode(&obj)?, Precondition::Absent)))
+                    .await
+                {
+                    Ok(r) => {
+                        let rev = r.revisions.first().copied().unwrap_or(0);
+                        meta::set_meta_str(&mut obj, "resourceVersion", &rev.to_string());
+                        return Ok(WriteResult { object: obj, created: true, warnings });
+                    }
+                    Err(capstan_storage::Error::PreconditionFailed { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let (mut new, pinned) = mutate(Some(&old), &mut warnings)?;
+            // Identity and server-owned metadata come from the stored object.
+            if let Some(rv) = meta::meta_str(&new, "resourceVersion").filter(|s| !s.is_empty()) {
+                if parse_rv(rv).ok() != Some(old_rev) {
+                    return Err(ApiError::conflict(res, name));
+                }
+            }
+            if meta::name(&new).is_some_and(|n| n != name) {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    meta::name(&new).unwrap_or("")
+                )));
+            }
+            if let Some(uid) = meta::meta_str(&new, "uid").filter(|u| !u.is_empty()) {
+                if Some(uid) != meta::meta_str(&old, "uid") {
+                    return Err(ApiError::conflict_msg(
+                        res,
+                        name,
+                        format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                            meta::meta_str(&old, "uid").unwrap_or("")
+                        ),
+                    ));
+                }
+            }
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "name",
+            ] {
+                match old.get("metadata").and_then(|m| m.get(f)) {
+                    Some(v) => {
+                        if let Some(m) = meta::metadata_mut(&mut new) {
+                            m.insert(f.to_string(), v.clone());
+                        }
+                    }
+                    None => meta::remove_meta(&mut new, f),
+                }
+            }
+            if status_only {
+                // Only status changes: everything else from the stored object.
+                let status = new.get("status").cloned();
+                let mut merged = old.clone();
+                match status {
+                    Some(s) => merged["status"] = s,
+                    None => {
+                        if let Some(o) = merged.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+                // Keep metadata changes to labels/annotations out of status writes.
+                new = merged;
+            } else if res.has_status() {
+                match old.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        if let Some(o) = new.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+            }
+            capstan_api::defaults::apply_defaults(res, &mut new);
+            if uses_generation(res) {
+                let g = meta::generation(&old).max(1);
+                let g = if spec_of(&old) != spec_of(&new) { g + 1 } else { g };
+                if let Some(m) = meta::metadata_mut(&mut new) {
+                    m.insert("generation".into(), json!(g));
+                }
+            }
+            // A deleting object may lose finalizers but not gain new ones.
+            let deleting =
+                old.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some_and(|v| !v.is_null());
+            if deleting {
+                let old_f = meta::finalizers(&old);
+                if meta::finalizers(&new).iter().any(|f| !old_f.contains(f)) {
+                    return Err(ApiError::invalid(
+                        res.kind,
+                        res.group,
+                        name,
+                        vec![capstan_api::Cause::forbidden(
+                            "metadata.finalizers",
+                            "no new finalizers can be added if the object is being deleted",
+                        )],
+                    ));
+                }
+            }
+            meta::remove_meta(&mut new, "resourceVersion");
+            Self::validate(res, Some(&old), &new)?;
+            if let Some(m) = &opts.field_manager {
+                capstan_api::ssa::record_update(Some(&old), &mut new, m, &now_rfc3339());
+            }
+            let mut old_cmp = old.clone();
+            meta::remove_meta(&mut old_cmp, "resourceVersion");
+            if new == old_cmp {
+                // No-op writes keep the resourceVersion (as upstream).
+                return Ok(WriteResult { object: old, created: false, warnings });
+            }
+            if opts.dry_run {
+                meta::set_meta_str(&mut new, "resourceVersion", &old_rev.to_string());
+                return Ok(WriteResult { object: new, created: false, warnings });
+            }
+            let finished = deleting && meta::finalizers(&new).is_empty();
+            let op = if finished {
+                Op::Delete {
+                    key: key.clone(),
+                    precondition: Precondition::ModRevision(old_rev),
+                    last_value: Some(encode(&new)?),
+                }
+            } else {
+                Op::put(key.clone(), encode(&new)?, Precondition::ModRevision(old_rev))
+            };
+            match self.store.commit(Txn::single(op)).await {
+                Ok(r) => {
+                    let rev = r.revisions.first().copied().unwrap_or(0);
+                    meta::set_meta_str(&mut new, "resourceVersion", &rev.to_string());
+                    if finished && res.kind == "Namespace" {
+                        // Nothing else to do: contents were removed before the finalizer went.
+                    }
+                    return Ok(WriteResult { object: new, created: false, warnings });
+                }
+                Err(capstan_storage::Error::PreconditionFailed { .. }) => {
+                    if pinned {
+                        return Err(ApiError::conflict(res, name));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
+
+    /// PUT: replaces an object (or its status with `status_only`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        body: Value,
+        opts: &WriteOptions,
+        status_only: bool,
+    ) -> ApiResult<WriteResult> {
+        self.authorize(user, "update", res, status_only.then_some("status"), namespace, Some(name))?;
+        let mut warnings = Vec::new();
+        let obj = Self::decode_body(res, body, opts.field_validation, &mut warnings)?;
+        if meta::name(&obj).unwrap_or("").is_empty() {
+            return Err(ApiError::BadRequest("name is required in the object's metadata".into()));
+        }
+        if res.namespaced() {
+            if let Some(ns) = meta::namespace(&obj).filter(|n| !n.is_empty()) {
+                if Some(ns) != namespace {
+                    return Err(ApiError::BadRequest(
+                        "the namespace of the provided object does not match the namespace sent on the request".into(),
+                    ));
+                }
+            }
+        }
+        let pinned = meta::meta_str(&obj, "resourceVersion").is_some_and(|s| !s.is_empty());
+        let mut r = self
+            .guaranteed_update(res, namespace, name, opts, false, status_only, |_, _| {
+                Ok((obj.clone(), pinned))
+            })
+            .await?;
+        r.warnings.extend(warnings);
+        Ok(r)
+    }
+
+    /// PATCH of the object (or its status).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        patch_type: PatchType,
+        patch: Value,
+        opts: &WriteOptions,
+        status_only: bool,
+    ) -> ApiResult<WriteResult> {
+        self.authorize(user, "patch", res, status_only.then_some("status"), namespace, Some(name))?;
+        let manager = opts.field_manager.clone().unwrap_or_default();
+        if patch_type == PatchType::Apply {
+            if manager.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
+                ));
+            }
+            if !patch.is_object() {
+                return Err(ApiError::BadRequest("apply patch must be an object".into()));
+            }
+        }
+        let now = now_rfc3339();
+        let validation = opts.field_validation;
+        let allow_create = patch_type == PatchType::Apply;
+        let pinned = patch
+            .get("metadata")
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty());
+        let mut inner_opts = opts.clone();
+        if patch_type == PatchType::Apply {
+            // Apply records ownership itself.
+            inner_opts.field_manager = None;
+        }
+        self.guaranteed_update(
+            res,
+            namespace,
+            name,
+            &inner_opts,
+            allow_create,
+            status_only,
+            |current, warnings| {
+                let patched = match (patch_type, current) {
+                    (PatchType::Apply, cur) => {
+                        let mut applied = Self::decode_body(res, patch.clone(), validation, warnings)?;
+                        if let Some(ns) = namespace.filter(|_| res.namespaced()) {
+                            meta::set_meta_str(&mut applied, "namespace", ns);
+                        }
+                        capstan_api::ssa::apply(
+                            cur, &applied, &manager, opts.force, &now, res.group, res.kind,
+                        )
+                        .map_err(|e| ssa_error(res, name, e))?
+                    }
+                    (_, None) => return Err(ApiError::not_found(res, name)),
+                    (PatchType::Merge, Some(cur)) => {
+                        capstan_api::patch::merge_patch(cur, &patch).map_err(patch_error)?
+                    }
+                    (PatchType::Json, Some(cur)) => {
+                        capstan_api::patch::json_patch(cur, &patch).map_err(patch_error)?
+                    }
+                    (PatchType::Strategic, Some(cur)) => {
+                        capstan_api::patch::strategic_merge_patch(cur, &patch, res.group, res.kind)
+                            .map_err(patch_error)?
+                    }
+                };
+                let decoded = if patch_type == PatchType::Apply {
+                    patched
+                } else {
+                    Self::decode_body(res, patched, FieldValidation::Ignore, warnings)?
+                };
+                Ok((decoded, pinned))
+            },
+        )
+        .await
+    }
+
+    /// DELETE of one object.
+    pub async fn delete(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<(Value, bool)> {
+        self.authorize(user, "delete", res, None, namespace, Some(name))?;
+        Self::check_namespace_arg(res, namespace)?;
+        if res.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
+            return Err(ApiError::forbidden(res, name, "this namespace may not be deleted"));
+        }
+        let key = keys::object_key(res, namespace, name);
+        for _ in 0..MAX_UPDATE_RETRIES {
+            let Some((obj, rev)) = self.read(&key).await? else {
+                return Err(ApiError::not_found(res, name));
+            };
+            if let Some(uid) = &opts.precondition_uid {
+                if meta::meta_str(&obj, "uid") != Some(uid.as_str()) {
+                    return Err(ApiError::conflict_msg(
+                        res,
+                        name,
+                        format!(
+                            "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                            res.group_resource(),
+                            meta::meta_str(&obj, "uid").unwrap_or("")
+                        ),
+                    ));
+                }
+            }
+            if let Some(prv) = &opts.precondition_rv {
+                if parse_rv(prv).ok() != Some(rev) {
+                    return Err(ApiError::conflict_msg(
+                        res,
+                        name,
+                        format!(
+                            "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: ResourceVersion in precondition: {prv}, ResourceVersion in object meta: {rev}",
+                            res.group_resource()
+                        ),
+                    ));
+                }
+            }
+            let mut finalizers = meta::finalizers(&obj);
+            if opts.propagation_policy.as_deref() == Some("Orphan")
+                && !finalizers.iter().any(|f| f == "orphan")
+            {
+                // Orphaning is carried out by the garbage collector; without dependents it is immediate.
+            }
+            let graceful_pod = res.kind == "Pod"
+                && obj["spec"].get("nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
+                && opts.grace_period_seconds != Some(0)
+                && obj["status"]
+                    .get("phase")
+                    .and_then(Value::as_str)
+                    .is_none_or(|p| p != "Succeeded" && p != "Failed");
+            let namespace_with_content = res.kind == "Namespace";
+            if namespace_with_content && !finalizers.iter().any(|f| f == "kubernetes") {
+                // The namespace finalizer lives in spec.finalizers; tracked separately below.
+            }
+            let already_deleting =
+                obj.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some_and(|v| !v.is_null());
+            if !finalizers.is_empty() || graceful_pod || namespace_with_content {
+                // Graceful: mark and keep.
+                let mut new = obj.clone();
+                if !already_deleting {
+                    if let Some(m) = meta::metadata_mut(&mut new) {
+                        m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+                        let grace = if graceful_pod {
+                            opts.grace_period_seconds
+                                .or_else(|| {
+                                    obj["spec"].get("terminationGracePeriodSeconds").and_then(Value::as_i64)
+                                })
+                                .unwrap_or(30)
+                        } else {
+                            0
+                        };
+                        m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                    }
+                    if opts.propagation_policy.as_deref() == Some("Foreground")
+                        && !finalizers.iter().any(|f| f == "foregroundDeletion")
+                    {
+                        finalizers.push("foregroundDeletion".into());
+                        if let Some(m) = meta::metadata_mut(&mut new) {
+                            m.insert("finalizers".into(), json!(finalizers));
+                        }
+                    }
+                    if namespace_with_content {
+                        new["status"]["phase"] = json!("Terminating");
+                    }
+                }
+                if opts.dry_run {
+                    return Ok((new, false));
+                }
+                if already_deleting && !namespace_with_content {
+                    return Ok((obj, false));
+                }
+                meta::remove_meta(&mut new, "resourceVersion");
+                match self
+                    .store
+                    .commit(Txn::single(Op::put(key.clone(), encode(&new)?, Precondition::ModRevision(rev))))
+                    .await
+                {
+                    Ok(r) => {
+                        let nrev = r.revisions.first().copied().unwrap_or(0);
+                        meta::set_meta_str(&mut new, "resourceVersion", &nrev.to_string());
+                        if namespace_with_content {
+                            Box::pin(self.finalize_namespace(name)).await?;
+                            // The namespace may now be gone.
+                            return Ok((new, false));
+                        }
+                        return Ok((new, false));
+                    }
+                    Err(capstan_storage::Error::PreconditionFailed { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if opts.dry_run {
+                return Ok((obj, true));
+            }
+            let mut last = obj.clone();
+            meta::remove_meta(&mut last, "resourceVersion");
+            match self
+                .store
+                .commit(Txn::single(Op::Delete {
+                    key: key.clone(),
+                    precondition: Precondition::ModRevision(rev),
+                    last_value: Some(encode(&last)?),
+                }))
+                .await
+            {
+                Ok(r) => {
+                    let nrev = r.revisions.first().copied().unwrap_or(0);
+                    meta::set_meta_str(&mut last, "resourceVersion", &nrev.to_string());
+                    return Ok((last, true));
+                }
+                Err(capstan_storage::Error::PreconditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
+
+    /// Removes everything in a terminating namespace, then the namespace itself.
+    /// (Stands in for the namespace controller until the controllers land.)
+    fn finalize_namespace<'a>(&'a self, ns: &'a str) -> capstan_storage::BoxFuture<'a, ApiResult<()>> {
+        Box::pin(self.finalize_namespace_inner(ns))
+    }
+
+    async fn finalize_namespace_inner(&self, ns: &str) -> ApiResult<()> {
+        let system = User::system();
+        for res in registry::RESOURCES.iter().filter(|r| r.namespaced() && r.stored) {
+            let prefix = keys::prefix(res, Some(ns));
+            let end = capstan_storage::prefix_end(&prefix);
+            let (items, _, _) = self.cache.list(&prefix, &end, 0, |_| true);
+            for item in items {
+                let Some(n) = meta::name(&item) else { continue };
+                let opts = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
+                match self.delete(&system, res, Some(ns), n, &opts).await {
+                    Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let Some(ns_res) = registry::find("", "v1", "namespaces") else { return Ok(()) };
+        let key = keys::object_key(ns_res, None, ns);
+        if let Some((obj, rev)) = self.read(&key).await? {
+            if meta::finalizers(&obj).is_empty() {
+                let mut last = obj.clone();
+                meta::remove_meta(&mut last, "resourceVersion");
+                match self
+                    .store
+                    .commit(Txn::single(Op::Delete {
+                        key,
+                        precondition: Precondition::ModRevision(rev),
+                        last_value: Some(encode(&last)?),
+                    }))
+                    .await
+                {
+                    Ok(_) | Err(capstan_storage::Error::PreconditionFailed { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// DELETE of a collection.
+    pub async fn delete_collection(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        list_opts: &ListOptions,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Value> {
+        self.authorize(user, "deletecollection", res, None, namespace, None)?;
+        let page = self.list(user, res, namespace, list_opts).await?;
+        let mut items = Vec::new();
+        for item in page.items {
+            let Some(n) = meta::name(&item) else { continue };
+            let ns = meta::namespace(&item);
+            match self.delete(user, res, ns.or(namespace), n, opts).await {
+                Ok((obj, _)) => items.push(obj),
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": {}, "items": items}))
+    }
+
+    /// GET of the scale subresource.
+    pub async fn get_scale(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<Value> {
+        self.authorize(user, "get", res, Some("scale"), namespace, Some(name))?;
+        let key = keys::object_key(res, namespace, name);
+        let Some((obj, _)) = self.read(&key).await? else { return Err(ApiError::not_found(res, name)) };
+        Ok(to_scale(&obj))
+    }
+
+    /// PUT or PATCH of the scale subresource: `f` turns the current Scale into the new one.
+    pub async fn update_scale(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &WriteOptions,
+        verb: &str,
+        f: impl Fn(&Value) -> ApiResult<Value>,
+    ) -> ApiResult<Value> {
+        self.authorize(user, verb, res, Some("scale"), namespace, Some(name))?;
+        let r = self
+            .guaranteed_update(res, namespace, name, opts, false, false, |cur, _| {
+                let Some(cur) = cur else { return Err(ApiError::not_found(res, name)) };
+                let scale = f(&to_scale(cur))?;
+                let replicas =
+                    scale.get("spec").and_then(|s| s.get("replicas")).and_then(Value::as_i64).unwrap_or(0);
+                if replicas < 0 {
+                    return Err(ApiError::invalid(
+                        "Scale",
+                        "autoscaling",
+                        name,
+                        vec![capstan_api::Cause::invalid(
+                            "spec.replicas",
+                            format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                        )],
+                    ));
+                }
+                let pinned = scale
+                    .get("metadata")
+                    .and_then(|m| m.get("resourceVersion"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|rv| !rv.is_empty() && Some(rv) != meta::meta_str(cur, "resourceVersion"));
+                if pinned {
+                    return Err(ApiError::conflict(res, name));
+                }
+                let mut new = cur.clone();
+                new["spec"]["replicas"] = json!(replicas);
+                Ok((new, false))
+            })
+            .await?;
+        Ok(to_scale(&r.object))
+    }
+
+    /// `pods/binding`: assigns a pod to a node.
+    pub async fn bind(&self, user: &User, namespace: &str, name: &str, body: &Value) -> ApiResult<Value> {
+        let Some(pods) = registry::find("", "v1", "pods") else {
+            return Err(ApiError::Internal("pods not registered".into()));
+        };
+        self.authorize(user, "create", pods, Some("binding"), Some(namespace), Some(name))?;
+        let node = body
+            .get("target")
+            .and_then(|t| t.get("name"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid("Binding", "", name, vec![capstan_api::Cause::required("target.name")])
+            })?
+            .to_string();
+        self.guaranteed_update(pods, Some(namespace), name, &WriteOptions::default(), false, false, |cur, _| {
+            let Some(cur) = cur else { return Err(ApiError::not_found(pods, name)) };
+            if cur["spec"].get("nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+                return Err(ApiError::conflict_msg(
+                    pods,
+                    name,
+                    format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{}\"", cur["spec"]["nodeName"].as_str().unwrap_or("")),
+                ));
+            }
+            let mut new = cur.clone();
+            new["spec"]["nodeName"] = json!(node);
+            Ok((new, false))
+        })
+        .await?;
+        Ok(success_status(None))
+    }
+
+    /// Events for a watch of `res` in `namespace` after `revision`, with selectors applied
+    /// (including the transitions that make an object enter or leave the selection).
+    pub fn watch_events(
+        &self,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+        after: u64,
+        max: usize,
+    ) -> ApiResult<(Vec<(EventKind, Arc<Value>, u64)>, u64)> {
+        let prefix = keys::prefix(res, namespace);
+        let matches =
+            |obj: &Value| opts.label_selector.matches(&meta::labels(obj)) && opts.field_selector.matches(obj);
+        let (events, scanned) =
+            self.cache.events_after(after, max, |e: &Event| e.key.starts_with(&prefix))?;
+        let mut out = Vec::new();
+        for e in events {
+            let now = matches(&e.object);
+            let before = e.prev.as_deref().is_some_and(matches);
+            let kind = match (e.kind, before, now) {
+                (EventKind::Deleted, _, true) => Some(EventKind::Deleted),
+                (EventKind::Deleted, true, false) => Some(EventKind::Deleted),
+                (EventKind::Added, _, true) => Some(EventKind::Added),
+                (EventKind::Modified, true, true) => Some(EventKind::Modified),
+                (EventKind::Modified, false, true) => Some(EventKind::Added),
+                (EventKind::Modified, true, false) => Some(EventKind::Deleted),
+                _ => None,
+            };
+            if let Some(k) = kind {
+                out.push((k, e.object.clone(), e.revision));
+            }
+        }
+        Ok((out, scanned))
+    }
+}
+
+fn qos_class(pod: &Value) -> &'static str {
+    let containers = pod["spec"].get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let req = c.get("resources").and_then(|r| r.get("requests")).and_then(Value::as_object);
+        let lim = c.get("resources").and_then(|r| r.get("limits")).and_then(Value::as_object);
+        if req.is_some_and(|m| !m.is_empty()) || lim.is_some_and(|m| !m.is_empty()) {
+            any = true;
+        }
+        for r in ["cpu", "memory"] {
+            let l = lim.and_then(|m| m.get(r));
+            let q = req.and_then(|m| m.get(r)).or(l);
+            if l.is_none() || q != l {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed && !containers.is_empty() {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+fn to_scale(obj: &Value) -> Value {
+    let replicas = obj["spec"].get("replicas").and_then(Value::as_i64).unwrap_or(0);
+    let status_replicas = obj["status"].get("replicas").and_then(Value::as_i64).unwrap_or(0);
+    let selector = obj["spec"]
+        .get("selector")
+        .map(|s| {
+            capstan_api::selectors::LabelSelector::from_label_selector_json(s)
+                .map(|ls| ls.to_string())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let m = obj.get("metadata").cloned().unwrap_or(Value::Object(Map::new()));
+    let mut md = Map::new();
+    for f in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+        if let Some(v) = m.get(f) {
+            md.insert(f.into(), v.clone());
+        }
+    }
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": md,
+        "spec": {"replicas": replicas},
+        "status": {"replicas": status_replicas, "selector": selector},
+    })
+}
+
+fn patch_error(e: capstan_api::patch::PatchError) -> ApiError {
+    match e {
+        capstan_api::patch::PatchError::Malformed(m) => ApiError::BadRequest(m),
+        capstan_api::patch::PatchError::Failed(m) => ApiError::Invalid {
+            message: m.clone(),
+            details: crate::status::Details {
+                causes: vec![("FieldValueInvalid".into(), m, String::new())],
+                ..Default::default()
+            },
+        },
+    }
+}
+
+fn ssa_error(res: &ResourceInfo, name: &str, e: capstan_api::ssa::ApplyError) -> ApiError {
+    match e {
+        capstan_api::ssa::ApplyError::Invalid(m) => ApiError::BadRequest(m),
+        capstan_api::ssa::ApplyError::Conflicts(cs) => {
+            let lines: Vec<String> = cs
+                .iter()
+                .map(|c| format!("conflict with \"{}\" using {}: {}", c.manager, c.api_version, c.field))
+                .collect();
+            let message = if lines.len() == 1 {
+                format!("Apply failed with 1 conflict: {}", lines[0])
+            } else {
+                format!("Apply failed with {} conflicts: {}", lines.len(), lines.join("\n"))
+            };
+            ApiError::Conflict {
+                message,
+                details: crate::status::Details {
+                    name: name.to_string(),
+                    group: res.group.to_string(),
+                    kind: res.plural.to_string(),
+                    causes: cs
+                        .into_iter()
+                        .map(|c| {
+                            (
+                                "FieldManagerConflict".to_string(),
+                                format!("conflict with \"{}\" using {}", c.manager, c.api_version),
+                                c.field,
+                            )
+                        })
+                        .collect(),
+                    retry_after_seconds: None,
+                },
+            }
+        }
+    }
+}
+
+/// Encodes an object for the store (msgpack, named fields).
+pub fn encode(obj: &Value) -> ApiResult<Vec<u8>> {
+    rmp_serde::to_vec_named(obj).map_err(|e| ApiError::Internal(format!("failed to encode object: {e}")))
+}

@@ -1,0 +1,32 @@
+//! The configuration file, parsed once at the edge. Precedence: flags > environment >
+//! file > defaults (clap handles flags and environment; the file fills what they leave).
+
+use anyhow::Context;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The YAML configuration file shared by `capstan up` and `capstan gateway`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileConfig {
+    /// Directory for the store, certificates and kubeconfig.
+    pub data_dir: Option<PathBuf>,
+    /// Listen address of the gateway.
+    pub listen: Option<String>,
+    /// Store URL (`redb:PATH` or `fdb:CLUSTER_FILE`).
+    pub store: Option<String>,
+    /// HTTP worker threads.
+    pub workers: Option<usize>,
+    /// Events kept in the watch cache.
+    pub watch_cache_events: Option<usize>,
+}
+
+impl FileConfig {
+    /// Reads the file, or defaults when no file was named.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+        let Some(p) = path else { return Ok(FileConfig::default()) };
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("failed to read config file {}", p.display()))?;
+        serde_yaml_ng::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))
+    }
+}

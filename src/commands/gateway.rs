@@ -1,0 +1,75 @@
+//! `capstan gateway`: the API service and HTTPS gateway on a chosen store.
+
+use super::config::FileConfig;
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Flags of `capstan gateway`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Store: `redb:PATH` or `fdb:CLUSTER_FILE` (needs the `fdb` build).
+    #[arg(long, env = "CAPSTAN_STORE")]
+    store: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "CAPSTAN_LISTEN")]
+    listen: Option<String>,
+    /// Directory holding (or receiving) the cluster certificates.
+    #[arg(long, env = "CAPSTAN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// YAML configuration file.
+    #[arg(long, env = "CAPSTAN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn open_store(url: &str) -> anyhow::Result<Arc<dyn capstan_storage::Store>> {
+    if let Some(path) = url.strip_prefix("redb:") {
+        let s = capstan_storage::RedbStore::open(std::path::Path::new(path))
+            .with_context(|| format!("failed to open the store at {path}"))?;
+        return Ok(Arc::new(s));
+    }
+    if let Some(_cluster_file) = url.strip_prefix("fdb:") {
+        #[cfg(feature = "fdb")]
+        {
+            let s = capstan_storage::FdbStore::open(Some(std::path::Path::new(_cluster_file)), b"capstan")
+                .with_context(|| format!("failed to open FoundationDB with {_cluster_file}"))?;
+            return Ok(Arc::new(s));
+        }
+        #[cfg(not(feature = "fdb"))]
+        bail!("this capstan was built without FoundationDB support; rebuild with `--features fdb`");
+    }
+    bail!("invalid --store {url:?}: want redb:PATH or fdb:CLUSTER_FILE")
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.config.as_deref())?;
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".capstan"));
+    let store_url = args
+        .store
+        .or(file.store)
+        .unwrap_or_else(|| format!("redb:{}", data_dir.join("state.redb").display()));
+    let listen: SocketAddr = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:6443".into())
+        .parse()
+        .context("invalid --listen address (want IP:PORT)")?;
+    let store = open_store(&store_url)?;
+    let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &[listen.ip().to_string()])?;
+    let mut cfg = capstan_gateway::Config::new(pki);
+    cfg.listen = listen;
+    if let Some(w) = file.workers {
+        cfg.workers = w;
+    }
+    actix_rt::System::new().block_on(async move {
+        let running = capstan_gateway::start(cfg, store).await?;
+        println!("capstan gateway listening on https://{}", running.addr);
+        let handle = running.server.handle();
+        let task = actix_rt::spawn(running.server);
+        super::shutdown_signal().await;
+        handle.stop(true).await;
+        let _ = task.await;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,58 @@
+//! One module per subcommand; `main` parses flags and hands off.
+
+mod config;
+mod gateway;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+/// capstan: a Kubernetes-compatible cluster manager.
+#[derive(Parser, Debug)]
+#[command(name = "capstan", version, about)]
+struct Cli {
+    /// Log filter (as RUST_LOG), e.g. `info` or `capstan_gateway=debug`.
+    #[arg(long, global = true, env = "CAPSTAN_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a whole single-machine cluster in one process (embedded store).
+    Up(up::Args),
+    /// Run the API service and HTTPS gateway against a store.
+    Gateway(gateway::Args),
+}
+
+/// Entry point of the binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = cli.log.clone().unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    // One crypto provider for every TLS user in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Up(a) => up::run(a),
+        Command::Gateway(a) => gateway::run(a),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

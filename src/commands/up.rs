@@ -1,0 +1,72 @@
+//! `capstan up`: the all-in-one single-machine cluster.
+
+use super::config::FileConfig;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Flags of `capstan up`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Directory for the store, certificates and kubeconfig.
+    #[arg(long, env = "CAPSTAN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address the API server listens on (port 0 picks a free port).
+    #[arg(long, env = "CAPSTAN_LISTEN")]
+    listen: Option<String>,
+    /// YAML configuration file.
+    #[arg(long, env = "CAPSTAN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.config.as_deref())?;
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".capstan"));
+    let listen: SocketAddr = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:6443".into())
+        .parse()
+        .context("invalid --listen address (want IP:PORT)")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("failed to create data dir {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    let hosts = vec![listen.ip().to_string()];
+    let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &hosts)?;
+    let store_path = data_dir.join("state.redb");
+    let store = capstan_storage::RedbStore::open(&store_path)
+        .with_context(|| format!("failed to open the store at {}", store_path.display()))?;
+    let store: Arc<dyn capstan_storage::Store> = Arc::new(store);
+    let mut cfg = capstan_gateway::Config::new(pki.clone());
+    cfg.listen = listen;
+    if let Some(w) = file.workers {
+        cfg.workers = w;
+    }
+    if let Some(n) = file.watch_cache_events {
+        cfg.watch_cache_events = n;
+    }
+    actix_rt::System::new().block_on(async move {
+        let started = std::time::Instant::now();
+        let running = capstan_gateway::start(cfg, store).await?;
+        let host = if running.addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            running.addr.ip().to_string()
+        };
+        let server_url = format!("https://{}:{}", host, running.addr.port());
+        let kubeconfig = data_dir.join("admin.kubeconfig");
+        std::fs::write(&kubeconfig, pki.admin_kubeconfig(&server_url))
+            .with_context(|| format!("failed to write {}", kubeconfig.display()))?;
+        let handle = running.server.handle();
+        let server = running.server;
+        let server_task = actix_rt::spawn(server);
+        println!("capstan is ready at {server_url} (started in {} ms)", started.elapsed().as_millis());
+        println!("export KUBECONFIG={}", kubeconfig.display());
+        super::shutdown_signal().await;
+        tracing::info!("shutting down");
+        handle.stop(true).await;
+        let _ = server_task.await;
+        anyhow::Ok(())
+    })
+}
