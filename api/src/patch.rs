@@ -140,13 +140,12 @@ pub fn list_strategy(group: &str, kind: &str, path: &[&str]) -> ListStrategy {
 /// Whether the map at `path` is atomic for server-side apply (owned and replaced as a
 /// whole), as label selectors are.
 pub fn atomic_map(group: &str, kind: &str, path: &[&str]) -> bool {
-    match (group, kind, path) {
+    matches!(
+        (group, kind, path),
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet", ["spec", "selector"])
-        | ("batch", "Job", ["spec", "selector"])
-        | ("", "Service", ["spec", "selector"])
-        | ("", "ReplicationController", ["spec", "selector"]) => true,
-        _ => false,
-    }
+            | ("batch", "Job", ["spec", "selector"])
+            | ("", "Service" | "ReplicationController", ["spec", "selector"])
+    )
 }
 
 // ---------------------------------------------------------------------------------------

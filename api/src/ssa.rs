@@ -349,7 +349,7 @@ impl Schema<'_> {
                 Pe::Val(v) => {
                     let Value::Array(items) = cur else { return };
                     if last {
-                        items.retain(|it| it.to_string() != *v);
+                        items.retain(|it| serde_json::to_string(it).ok().as_deref() != Some(v.as_str()));
                     }
                     return;
                 }
@@ -491,6 +491,15 @@ fn owns_at_or_below(set: &BTreeSet<FPath>, p: &FPath) -> bool {
     set.range(p.clone()..).next().is_some_and(|q| q.starts_with(p))
 }
 
+/// Whether `p` names a key field of a keyed list item (`k:{"name":"x"}` then `f:name`),
+/// which lives as long as the item does.
+fn is_key_field(p: &[Pe]) -> bool {
+    match p {
+        [.., Pe::Key(k), Pe::Field(f)] => k.contains(&format!("{}:", Value::String(f.clone()))),
+        _ => false,
+    }
+}
+
 fn group_kind(obj: &Value) -> (String, String) {
     let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let (group, _) = crate::registry::split_api_version(api_version);
@@ -577,13 +586,17 @@ pub fn apply(
     let mut merged = schema.merge(live, applied, &mut Vec::new(), 0)?;
     // Fields this manager no longer applies, and nobody else owns, go away. Deepest
     // first, so that removing a list item does not hide its fields.
-    let mut dropped: Vec<&FPath> = previous
+    let dropped: BTreeSet<&FPath> = previous
         .iter()
         .filter(|p| !applied_set.contains(*p) && !owns_at_or_below(&others, p))
         .filter(|p| !applied_set.iter().any(|a| a.starts_with(p)))
+        .filter(|p| !is_key_field(p))
         .collect();
-    dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in dropped {
+    for p in &dropped {
+        // Removing an ancestor removes this too.
+        if (1..p.len()).any(|n| dropped.contains(&p[..n].to_vec())) {
+            continue;
+        }
         schema.remove(&mut merged, p);
     }
 
@@ -834,7 +847,8 @@ mod tests {
         assert!(create["fieldsV1"]["f:spec"].get("f:replicas").is_none());
         assert!(create["fieldsV1"]["f:metadata"].get("f:labels").is_none());
         let edit = entry(&new, "kubectl-edit", "Update").unwrap();
-        assert_eq!(edit["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+        // The emptied labels map is itself a (leaf) field now.
+        assert_eq!(edit["fieldsV1"], json!({"f:metadata": {"f:labels": {}}, "f:spec": {"f:replicas": {}}}));
         assert_eq!(edit["time"], T1);
         // A no-op write adds nothing.
         let mut same = new.clone();
@@ -854,6 +868,22 @@ mod tests {
         m2["metadata"]["finalizers"] = json!(["example.com/b"]);
         let out2 = apply_d(Some(&out), &m2, "other", false).unwrap();
         assert_eq!(out2["metadata"]["finalizers"], json!(["example.com/a", "example.com/b"]));
+    }
+
+    #[test]
+    fn last_applied_sync_touches_only_the_annotation() {
+        let live = apply_d(None, &manifest(2), "kubectl", false).unwrap();
+        let sync = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default",
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}}});
+        let out = apply_d(Some(&live), &sync, "kubectl-last-applied", false).unwrap();
+        assert_eq!(out["spec"], live["spec"]);
+        assert_eq!(out["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"], "{}");
+        assert_eq!(out["metadata"]["managedFields"].as_array().unwrap().len(), 2);
+        // Re-applying the same manifest is a no-op for the object.
+        let again = apply_d(Some(&out), &manifest(2), "kubectl", false).unwrap();
+        assert_eq!(again["spec"], live["spec"]);
+        assert_eq!(again["metadata"]["annotations"], out["metadata"]["annotations"]);
     }
 
     #[test]

@@ -99,6 +99,20 @@ impl Query {
         }
     }
 
+    /// Write options; without `fieldManager`, ordinary writes are attributed to the client's
+    /// user-agent name (as upstream), apply requires it explicitly.
+    fn write_options_for(&self, req: &HttpRequest, apply: bool) -> ApiResult<WriteOptions> {
+        let mut o = self.write_options()?;
+        if o.field_manager.is_none() && !apply {
+            let ua = header_str(req, header::USER_AGENT);
+            let name: String = ua.split('/').next().unwrap_or("").chars().filter(|c| !c.is_control()).take(128).collect();
+            if !name.is_empty() {
+                o.field_manager = Some(name);
+            }
+        }
+        Ok(o)
+    }
+
     fn write_options(&self) -> ApiResult<WriteOptions> {
         let dry_run = match self.get("dryRun") {
             None | Some("") => false,
@@ -543,7 +557,7 @@ async fn resource(
             if !res.stored {
                 return review(gw, user, res, obj);
             }
-            let opts = q.write_options()?;
+            let opts = q.write_options_for(req, false)?;
             let r = svc.create(user, res, ns, obj, &opts).await?;
             Ok(with_warnings(object_response(StatusCode::CREATED, res, r.object, out), &r.warnings))
         }
@@ -563,7 +577,7 @@ async fn resource(
             let status_only = t.subresource.is_some();
             let body = read_body(payload, gw.max_body_bytes).await?;
             let obj = decode_object(req, &body)?;
-            let opts = q.write_options()?;
+            let opts = q.write_options_for(req, false)?;
             let r = svc.update(user, res, ns, name, obj, &opts, status_only).await?;
             let code = if r.created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(with_warnings(object_response(code, res, r.object, out), &r.warnings))
@@ -572,7 +586,7 @@ async fn resource(
             let status_only = t.subresource.is_some();
             let body = read_body(payload, gw.max_body_bytes).await?;
             let (pt, patch) = decode_patch(req, &body)?;
-            let opts = q.write_options()?;
+            let opts = q.write_options_for(req, pt == PatchType::Apply)?;
             if pt != PatchType::Apply && q.get("force").is_some() {
                 return Err(ApiError::BadRequest(
                     "force: Forbidden: may not be specified for non-apply patch".into(),
@@ -599,14 +613,14 @@ async fn resource(
         (&Method::PUT, Some(name), Some("scale")) => {
             let body = read_body(payload, gw.max_body_bytes).await?;
             let obj = decode_object(req, &body)?;
-            let opts = q.write_options()?;
+            let opts = q.write_options_for(req, false)?;
             let v = svc.update_scale(user, res, ns, name, &opts, "update", |_| Ok(obj.clone())).await?;
             Ok(json_response(StatusCode::OK, &v))
         }
         (&Method::PATCH, Some(name), Some("scale")) => {
             let body = read_body(payload, gw.max_body_bytes).await?;
             let (pt, patch) = decode_patch(req, &body)?;
-            let opts = q.write_options()?;
+            let opts = q.write_options_for(req, false)?;
             let v = svc
                 .update_scale(user, res, ns, name, &opts, "patch", |cur| match pt {
                     PatchType::Json => capstan_api::patch::json_patch(cur, &patch)

@@ -4,9 +4,7 @@
 //! and, when the plan succeeds, write what it says. Keeping this logic in one place is what
 //! makes the two backends behave identically under the conformance suite.
 
-use crate::{
-    Change, ChangeKind, CommitResult, Error, KeyValue, Lease, Op, Precondition, Result, Txn,
-};
+use crate::{Change, ChangeKind, CommitResult, Error, KeyValue, Lease, Op, Precondition, Result, Txn};
 use std::collections::HashMap;
 
 /// Version byte of the object record encoding.
@@ -70,10 +68,7 @@ fn read_u64(b: &[u8]) -> u64 {
 #[cfg_attr(not(feature = "fdb"), allow(dead_code))]
 pub(crate) fn decode_u64(what: &str, raw: &[u8]) -> Result<u64> {
     if raw.len() != 8 {
-        return Err(Error::Backend(format!(
-            "corrupt {what}: expected 8 bytes, found {}",
-            raw.len()
-        )));
+        return Err(Error::Backend(format!("corrupt {what}: expected 8 bytes, found {}", raw.len())));
     }
     Ok(read_u64(raw))
 }
@@ -126,11 +121,7 @@ pub(crate) fn touched_keys(txn: &Txn) -> Vec<Vec<u8>> {
 /// Evaluates `txn` against `current` (the stored state of every key in [`touched_keys`])
 /// with the revision counter at `revision`. Ops see the effects of earlier ops of the same
 /// transaction. Fails with [`Error::PreconditionFailed`] without side effects.
-pub(crate) fn plan(
-    txn: &Txn,
-    mut current: HashMap<Vec<u8>, Option<Stored>>,
-    revision: u64,
-) -> Result<Plan> {
+pub(crate) fn plan(txn: &Txn, mut current: HashMap<Vec<u8>, Option<Stored>>, revision: u64) -> Result<Plan> {
     let mut rev = revision;
     let mut revisions = Vec::with_capacity(txn.ops.len());
     let mut previous = Vec::with_capacity(txn.ops.len());
@@ -146,10 +137,7 @@ pub(crate) fn plan(
             Precondition::ModRevision(r) => cur.is_some() && cur_mod == r,
         };
         if !ok {
-            return Err(Error::PreconditionFailed {
-                index,
-                current: cur_mod,
-            });
+            return Err(Error::PreconditionFailed { index, current: cur_mod });
         }
         previous.push(cur.clone().map(|s| s.into_kv(key.to_vec())));
         match op {
@@ -169,11 +157,7 @@ pub(crate) fn plan(
                 });
                 current.insert(
                     key.to_vec(),
-                    Some(Stored {
-                        create_revision,
-                        mod_revision: rev,
-                        value: value.clone(),
-                    }),
+                    Some(Stored { create_revision, mod_revision: rev, value: value.clone() }),
                 );
                 revisions.push(rev);
             }
@@ -206,15 +190,7 @@ pub(crate) fn plan(
             })
             .collect()
     };
-    Ok(Plan {
-        result: CommitResult {
-            revisions,
-            previous,
-        },
-        writes,
-        changes,
-        last_revision: rev,
-    })
+    Ok(Plan { result: CommitResult { revisions, previous }, writes, changes, last_revision: rev })
 }
 
 /// Rough number of bytes a transaction will write (objects plus change log).
@@ -223,9 +199,9 @@ pub(crate) fn txn_write_bytes(txn: &Txn) -> usize {
         .iter()
         .map(|op| match op {
             Op::Put { key, value, .. } => 2 * (key.len() + value.len()) + 64,
-            Op::Delete {
-                key, last_value, ..
-            } => 2 * key.len() + last_value.as_ref().map_or(0, Vec::len) + 64,
+            Op::Delete { key, last_value, .. } => {
+                2 * key.len() + last_value.as_ref().map_or(0, Vec::len) + 64
+            }
         })
         .sum()
 }
@@ -244,29 +220,18 @@ pub(crate) fn acquire(
         None => 1,
         Some(l) if l.holder == holder => l.token,
         Some(l) if l.expired_at(now_ms) => l.token + 1,
-        Some(l) => {
-            return Err(Error::LeaseHeld {
-                name: name.to_string(),
-                holder: l.holder,
-            })
-        }
+        Some(l) => return Err(Error::LeaseHeld { name: name.to_string(), holder: l.holder }),
     };
-    Ok(Lease {
-        name: name.to_string(),
-        holder: holder.to_string(),
-        token,
-        expires_at_ms,
-    })
+    Ok(Lease { name: name.to_string(), holder: holder.to_string(), token, expires_at_ms })
 }
 
 /// The release rule: when `holder` holds the lease with `token`, the lease is kept (so the
 /// fencing token keeps growing) but marked expired. Returns the lease to store, if any.
 pub(crate) fn release(existing: Option<Lease>, holder: &str, token: u64) -> Option<Lease> {
     match existing {
-        Some(l) if l.holder == holder && l.token == token && l.expires_at_ms != 0 => Some(Lease {
-            expires_at_ms: 0,
-            ..l
-        }),
+        Some(l) if l.holder == holder && l.token == token && l.expires_at_ms != 0 => {
+            Some(Lease { expires_at_ms: 0, ..l })
+        }
         _ => None,
     }
 }

@@ -78,19 +78,12 @@ async fn commit1(s: &dyn Store, op: Op) -> u64 {
 
 fn expect_precondition(r: crate::Result<crate::CommitResult>, index: usize, current: u64) {
     match r {
-        Err(Error::PreconditionFailed {
-            index: i,
-            current: c,
-        }) => {
-            assert_eq!(
-                (i, c),
-                (index, current),
-                "failing op index and current revision"
-            );
+        Err(Error::PreconditionFailed { index: i, current: c }) => {
+            assert_eq!((i, c), (index, current), "failing op index and current revision");
         }
-        other => panic!(
-            "expected PreconditionFailed {{ index: {index}, current: {current} }}, got {other:?}"
-        ),
+        other => {
+            panic!("expected PreconditionFailed {{ index: {index}, current: {current} }}, got {other:?}")
+        }
     }
 }
 
@@ -111,69 +104,37 @@ pub async fn crud(s: &dyn Store) {
     let r1 = commit1(s, put("/a", "1", Precondition::None)).await;
     assert_eq!(r1, 1, "the first mutation gets revision 1");
     let kv = s.get(b"/a").await.unwrap().expect("present");
-    assert_eq!(
-        (kv.key.as_slice(), kv.value.as_slice()),
-        (&b"/a"[..], &b"1"[..])
-    );
+    assert_eq!((kv.key.as_slice(), kv.value.as_slice()), (&b"/a"[..], &b"1"[..]));
     assert_eq!((kv.create_revision, kv.mod_revision), (r1, r1));
 
-    let res = s
-        .commit(Txn::single(put("/a", "2", Precondition::None)))
-        .await
-        .unwrap();
+    let res = s.commit(Txn::single(put("/a", "2", Precondition::None))).await.unwrap();
     let r2 = res.revisions[0];
     assert_eq!(r2, r1 + 1);
     let prev = res.previous[0].clone().expect("previous value");
-    assert_eq!(
-        (
-            prev.value.as_slice(),
-            prev.mod_revision,
-            prev.create_revision
-        ),
-        (&b"1"[..], r1, r1)
-    );
+    assert_eq!((prev.value.as_slice(), prev.mod_revision, prev.create_revision), (&b"1"[..], r1, r1));
     let kv = s.get(b"/a").await.unwrap().expect("present");
-    assert_eq!(
-        (kv.value.as_slice(), kv.create_revision, kv.mod_revision),
-        (&b"2"[..], r1, r2)
-    );
+    assert_eq!((kv.value.as_slice(), kv.create_revision, kv.mod_revision), (&b"2"[..], r1, r2));
     assert_eq!(s.current_revision().await.unwrap(), r2);
 
-    let res = s
-        .commit(Txn::single(del("/a", Precondition::None)))
-        .await
-        .unwrap();
+    let res = s.commit(Txn::single(del("/a", Precondition::None))).await.unwrap();
     let r3 = res.revisions[0];
     assert_eq!(r3, r2 + 1);
-    assert_eq!(
-        res.previous[0].as_ref().map(|kv| kv.value.clone()),
-        Some(b"2".to_vec())
-    );
+    assert_eq!(res.previous[0].as_ref().map(|kv| kv.value.clone()), Some(b"2".to_vec()));
     assert!(s.get(b"/a").await.unwrap().is_none());
 
     let r4 = commit1(s, put("/a", "3", Precondition::Absent)).await;
     let kv = s.get(b"/a").await.unwrap().expect("present");
-    assert_eq!(
-        (kv.create_revision, kv.mod_revision),
-        (r4, r4),
-        "a recreated key starts over"
-    );
+    assert_eq!((kv.create_revision, kv.mod_revision), (r4, r4), "a recreated key starts over");
     assert_eq!(s.current_revision().await.unwrap(), r4);
 }
 
 /// Deleting an absent key without a guard is a no-op with revision 0 and no change.
 pub async fn delete_absent_key(s: &dyn Store) {
     let r1 = commit1(s, put("/x", "1", Precondition::None)).await;
-    let res = s
-        .commit(Txn::single(del("/missing", Precondition::None)))
-        .await
-        .unwrap();
+    let res = s.commit(Txn::single(del("/missing", Precondition::None))).await.unwrap();
     assert_eq!(res.revisions, vec![0]);
     assert_eq!(res.previous, vec![None]);
-    let res = s
-        .commit(Txn::single(del("/missing", Precondition::Absent)))
-        .await
-        .unwrap();
+    let res = s.commit(Txn::single(del("/missing", Precondition::Absent))).await.unwrap();
     assert_eq!(res.revisions, vec![0]);
     assert_eq!(s.current_revision().await.unwrap(), r1);
     assert_eq!(s.changes(0, 0).await.unwrap().len(), 1);
@@ -182,54 +143,16 @@ pub async fn delete_absent_key(s: &dyn Store) {
 /// Absent, Exists and ModRevision guards, with the failing index and current revision.
 pub async fn preconditions(s: &dyn Store) {
     let r1 = commit1(s, put("/k", "1", Precondition::Absent)).await;
-    expect_precondition(
-        s.commit(Txn::single(put("/k", "x", Precondition::Absent)))
-            .await,
-        0,
-        r1,
-    );
-    expect_precondition(
-        s.commit(Txn::single(put("/none", "x", Precondition::Exists)))
-            .await,
-        0,
-        0,
-    );
-    expect_precondition(
-        s.commit(Txn::single(put(
-            "/none",
-            "x",
-            Precondition::ModRevision(r1),
-        )))
-        .await,
-        0,
-        0,
-    );
+    expect_precondition(s.commit(Txn::single(put("/k", "x", Precondition::Absent))).await, 0, r1);
+    expect_precondition(s.commit(Txn::single(put("/none", "x", Precondition::Exists))).await, 0, 0);
+    expect_precondition(s.commit(Txn::single(put("/none", "x", Precondition::ModRevision(r1)))).await, 0, 0);
     let r2 = commit1(s, put("/k", "2", Precondition::ModRevision(r1))).await;
     assert!(r2 > r1);
-    expect_precondition(
-        s.commit(Txn::single(put("/k", "x", Precondition::ModRevision(r1))))
-            .await,
-        0,
-        r2,
-    );
+    expect_precondition(s.commit(Txn::single(put("/k", "x", Precondition::ModRevision(r1)))).await, 0, r2);
     let r3 = commit1(s, put("/k", "3", Precondition::Exists)).await;
-    expect_precondition(
-        s.commit(Txn::single(del("/k", Precondition::ModRevision(r2))))
-            .await,
-        0,
-        r3,
-    );
-    expect_precondition(
-        s.commit(Txn::single(del("/k", Precondition::Absent))).await,
-        0,
-        r3,
-    );
-    expect_precondition(
-        s.commit(Txn::single(del("/none", Precondition::Exists)))
-            .await,
-        0,
-        0,
-    );
+    expect_precondition(s.commit(Txn::single(del("/k", Precondition::ModRevision(r2)))).await, 0, r3);
+    expect_precondition(s.commit(Txn::single(del("/k", Precondition::Absent))).await, 0, r3);
+    expect_precondition(s.commit(Txn::single(del("/none", Precondition::Exists))).await, 0, 0);
     let before = s.current_revision().await.unwrap();
     assert_eq!(before, r3, "failed transactions consume no revision");
     let r4 = commit1(s, del("/k", Precondition::ModRevision(r3))).await;
@@ -275,10 +198,7 @@ pub async fn all_or_nothing(s: &dyn Store) {
     };
     let res = s.commit(txn).await.unwrap();
     assert_eq!(res.revisions, vec![base + 1, base + 2, 0, base + 3]);
-    assert_eq!(
-        res.previous.iter().map(Option::is_some).collect::<Vec<_>>(),
-        vec![false, false, false, true]
-    );
+    assert_eq!(res.previous.iter().map(Option::is_some).collect::<Vec<_>>(), vec![false, false, false, true]);
     assert!(s.get(b"/a").await.unwrap().is_some());
     assert!(s.get(b"/base").await.unwrap().is_none());
     assert_eq!(s.changes(base, 0).await.unwrap().len(), 3);
@@ -297,37 +217,20 @@ pub async fn ops_see_earlier_ops(s: &dyn Store) {
     assert_eq!(res.revisions, vec![1, 2, 3]);
     assert_eq!(res.previous[0], None);
     assert_eq!(
-        res.previous[2]
-            .as_ref()
-            .map(|kv| (kv.value.clone(), kv.mod_revision)),
+        res.previous[2].as_ref().map(|kv| (kv.value.clone(), kv.mod_revision)),
         Some((b"2".to_vec(), 2))
     );
     let kv = s.get(b"/n").await.unwrap().expect("present");
-    assert_eq!(
-        (kv.value.as_slice(), kv.create_revision, kv.mod_revision),
-        (&b"3"[..], 1, 3)
-    );
+    assert_eq!((kv.value.as_slice(), kv.create_revision, kv.mod_revision), (&b"3"[..], 1, 3));
     let ch = s.changes(0, 0).await.unwrap();
-    let kinds: Vec<_> = ch
-        .iter()
-        .map(|c| (c.revision, c.kind, c.prev_revision))
-        .collect();
+    let kinds: Vec<_> = ch.iter().map(|c| (c.revision, c.kind, c.prev_revision)).collect();
     assert_eq!(
         kinds,
-        vec![
-            (1, ChangeKind::Create, 0),
-            (2, ChangeKind::Update, 1),
-            (3, ChangeKind::Update, 2)
-        ]
+        vec![(1, ChangeKind::Create, 0), (2, ChangeKind::Update, 1), (3, ChangeKind::Update, 2)]
     );
     // Put then delete in one transaction.
     let res = s
-        .commit(Txn {
-            ops: vec![
-                put("/t", "x", Precondition::Absent),
-                del("/t", Precondition::Exists),
-            ],
-        })
+        .commit(Txn { ops: vec![put("/t", "x", Precondition::Absent), del("/t", Precondition::Exists)] })
         .await
         .unwrap();
     assert_eq!(res.revisions, vec![4, 5]);
@@ -338,15 +241,9 @@ pub async fn ops_see_earlier_ops(s: &dyn Store) {
 pub async fn revision_order(s: &dyn Store) {
     let mut last = 0;
     for i in 0..20 {
-        let ops = (0..3)
-            .map(|j| put(&format!("/r/{i}/{j}"), "v", Precondition::None))
-            .collect();
+        let ops = (0..3).map(|j| put(&format!("/r/{i}/{j}"), "v", Precondition::None)).collect();
         let res = s.commit(Txn { ops }).await.unwrap();
-        assert_eq!(
-            res.revisions,
-            vec![last + 1, last + 2, last + 3],
-            "per-op consecutive revisions"
-        );
+        assert_eq!(res.revisions, vec![last + 1, last + 2, last + 3], "per-op consecutive revisions");
         last = res.revisions[2];
         assert_eq!(s.current_revision().await.unwrap(), last);
     }
@@ -363,18 +260,11 @@ pub async fn range_limit_and_more(s: &dyn Store) {
     let cur = s.current_revision().await.unwrap();
     let end = prefix_end(b"/r/");
     let all = s.range(b"/r/", &end, 0).await.unwrap();
-    let keys: Vec<_> = all
-        .kvs
-        .iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-        .collect();
+    let keys: Vec<_> = all.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect();
     assert_eq!(keys, vec!["/r/a", "/r/b", "/r/c", "/r/d", "/r/e"]);
     assert!(!all.more);
     assert_eq!(all.revision, cur);
-    assert!(all
-        .kvs
-        .iter()
-        .all(|kv| kv.value == kv.key && kv.mod_revision <= cur));
+    assert!(all.kvs.iter().all(|kv| kv.value == kv.key && kv.mod_revision <= cur));
 
     let page = s.range(b"/r/", &end, 2).await.unwrap();
     assert_eq!(page.kvs.len(), 2);
@@ -385,20 +275,13 @@ pub async fn range_limit_and_more(s: &dyn Store) {
     next.push(0);
     let page2 = s.range(&next, &end, 2).await.unwrap();
     assert_eq!(
-        page2
-            .kvs
-            .iter()
-            .map(|kv| kv.key.clone())
-            .collect::<Vec<_>>(),
+        page2.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
         vec![b"/r/c".to_vec(), b"/r/d".to_vec()]
     );
     assert!(page2.more);
     let exact = s.range(b"/r/", &end, 5).await.unwrap();
     assert_eq!(exact.kvs.len(), 5);
-    assert!(
-        !exact.more,
-        "a limit equal to the number of keys leaves nothing more"
-    );
+    assert!(!exact.more, "a limit equal to the number of keys leaves nothing more");
     // End is exclusive; an empty or inverted range is empty.
     let r = s.range(b"/r/a", b"/r/c", 0).await.unwrap();
     assert_eq!(r.kvs.len(), 2);
@@ -411,10 +294,7 @@ pub async fn range_snapshot(s: &dyn Store) {
     let writer = async {
         for i in 0..40 {
             let v = i.to_string();
-            let ops = vec![
-                put("/snap/x", &v, Precondition::None),
-                put("/snap/y", &v, Precondition::None),
-            ];
+            let ops = vec![put("/snap/x", &v, Precondition::None), put("/snap/y", &v, Precondition::None)];
             s.commit(Txn { ops }).await.unwrap();
         }
     };
@@ -427,10 +307,7 @@ pub async fn range_snapshot(s: &dyn Store) {
             assert_eq!(r.kvs.len(), 2, "both keys are written together");
             assert_eq!(r.kvs[0].value, r.kvs[1].value, "range mixes two snapshots");
             assert!(r.kvs.iter().all(|kv| kv.mod_revision <= r.revision));
-            assert_eq!(
-                r.kvs[1].mod_revision, r.revision,
-                "the snapshot revision is the latest commit"
-            );
+            assert_eq!(r.kvs[1].mod_revision, r.revision, "the snapshot revision is the latest commit");
             tokio::task::yield_now().await;
         }
     };
@@ -446,73 +323,22 @@ pub async fn change_log(s: &dyn Store) {
     let ch = s.changes(0, 0).await.unwrap();
     let got: Vec<_> = ch
         .iter()
-        .map(|c| {
-            (
-                c.revision,
-                c.kind,
-                c.key.clone(),
-                c.value.clone(),
-                c.create_revision,
-                c.prev_revision,
-            )
-        })
+        .map(|c| (c.revision, c.kind, c.key.clone(), c.value.clone(), c.create_revision, c.prev_revision))
         .collect();
     assert_eq!(
         got,
         vec![
-            (
-                r1,
-                ChangeKind::Create,
-                b"/c/a".to_vec(),
-                b"v1".to_vec(),
-                r1,
-                0
-            ),
-            (
-                r2,
-                ChangeKind::Update,
-                b"/c/a".to_vec(),
-                b"v2".to_vec(),
-                r1,
-                r1
-            ),
-            (
-                r3,
-                ChangeKind::Create,
-                b"/c/b".to_vec(),
-                b"w1".to_vec(),
-                r3,
-                0
-            ),
-            (
-                r4,
-                ChangeKind::Delete,
-                b"/c/a".to_vec(),
-                b"v2".to_vec(),
-                r1,
-                r2
-            ),
+            (r1, ChangeKind::Create, b"/c/a".to_vec(), b"v1".to_vec(), r1, 0),
+            (r2, ChangeKind::Update, b"/c/a".to_vec(), b"v2".to_vec(), r1, r1),
+            (r3, ChangeKind::Create, b"/c/b".to_vec(), b"w1".to_vec(), r3, 0),
+            (r4, ChangeKind::Delete, b"/c/a".to_vec(), b"v2".to_vec(), r1, r2),
         ]
     );
-    assert_eq!(
-        s.changes(r1, 0).await.unwrap().first().map(|c| c.revision),
-        Some(r2)
-    );
+    assert_eq!(s.changes(r1, 0).await.unwrap().first().map(|c| c.revision), Some(r2));
     assert_eq!(s.changes(0, 2).await.unwrap().len(), 2);
-    assert_eq!(
-        s.changes(r2, 1)
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| c.revision)
-            .collect::<Vec<_>>(),
-        vec![r3]
-    );
+    assert_eq!(s.changes(r2, 1).await.unwrap().iter().map(|c| c.revision).collect::<Vec<_>>(), vec![r3]);
     assert!(s.changes(r4, 0).await.unwrap().is_empty());
-    assert!(
-        s.changes(r4 + 100, 0).await.unwrap().is_empty(),
-        "reading past the end is empty"
-    );
+    assert!(s.changes(r4 + 100, 0).await.unwrap().is_empty(), "reading past the end is empty");
 }
 
 /// A delete records the stored final value, or the caller's `last_value`.
@@ -528,10 +354,7 @@ pub async fn delete_records_final_value(s: &dyn Store) {
     let r2 = commit1(s, op).await;
     let ch = s.changes(r - 1, 0).await.unwrap();
     assert_eq!(ch.len(), 2);
-    assert_eq!(
-        (ch[0].kind, ch[0].value.as_slice()),
-        (ChangeKind::Delete, &b"stored"[..])
-    );
+    assert_eq!((ch[0].kind, ch[0].value.as_slice()), (ChangeKind::Delete, &b"stored"[..]));
     assert_eq!((ch[1].revision, ch[1].kind), (r2, ChangeKind::Delete));
     assert_eq!(ch[1].value, b"final-with-deletion-timestamp");
 }
@@ -542,17 +365,10 @@ pub async fn compaction(s: &dyn Store) {
         commit1(s, put(&format!("/k{i}"), "v", Precondition::None)).await;
     }
     assert_eq!(s.compacted_revision().await.unwrap(), 0);
-    assert_eq!(
-        s.compact(5).await.unwrap(),
-        4,
-        "compact(before) removes revisions < before"
-    );
+    assert_eq!(s.compact(5).await.unwrap(), 4, "compact(before) removes revisions < before");
     assert_eq!(s.compacted_revision().await.unwrap(), 4);
     let ch = s.changes(4, 0).await.unwrap();
-    assert_eq!(
-        ch.iter().map(|c| c.revision).collect::<Vec<_>>(),
-        (5..=10).collect::<Vec<_>>()
-    );
+    assert_eq!(ch.iter().map(|c| c.revision).collect::<Vec<_>>(), (5..=10).collect::<Vec<_>>());
     for after in [0, 3] {
         match s.changes(after, 0).await {
             Err(Error::Compacted { requested, oldest }) => {
@@ -568,21 +384,10 @@ pub async fn compaction(s: &dyn Store) {
     assert_eq!(s.compact(1_000).await.unwrap(), 10);
     assert_eq!(s.compacted_revision().await.unwrap(), 10);
     assert!(s.changes(10, 0).await.unwrap().is_empty());
-    assert!(matches!(
-        s.changes(9, 0).await,
-        Err(Error::Compacted { .. })
-    ));
+    assert!(matches!(s.changes(9, 0).await, Err(Error::Compacted { .. })));
     let r = commit1(s, put("/after", "v", Precondition::None)).await;
     assert_eq!(r, 11, "the revision counter is unaffected by compaction");
-    assert_eq!(
-        s.changes(10, 0)
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| c.revision)
-            .collect::<Vec<_>>(),
-        vec![11]
-    );
+    assert_eq!(s.changes(10, 0).await.unwrap().iter().map(|c| c.revision).collect::<Vec<_>>(), vec![11]);
 }
 
 /// Acquire, renew, held by another, release, reacquire with a bigger token.
@@ -611,28 +416,15 @@ pub async fn leases(s: &dyn Store) {
 
     // Release by a non-holder or with a wrong token does nothing.
     s.release_lease("leader", "bob", a.token).await.unwrap();
-    s.release_lease("leader", "alice", a.token + 7)
-        .await
-        .unwrap();
-    assert!(matches!(
-        s.acquire_lease("leader", "bob", ttl).await,
-        Err(Error::LeaseHeld { .. })
-    ));
+    s.release_lease("leader", "alice", a.token + 7).await.unwrap();
+    assert!(matches!(s.acquire_lease("leader", "bob", ttl).await, Err(Error::LeaseHeld { .. })));
 
     s.release_lease("leader", "alice", a.token).await.unwrap();
-    let released = s
-        .get_lease("leader")
-        .await
-        .unwrap()
-        .expect("a released lease keeps its token");
+    let released = s.get_lease("leader").await.unwrap().expect("a released lease keeps its token");
     assert!(released.expired_at(crate::model::now_ms()));
     let b = s.acquire_lease("leader", "bob", ttl).await.unwrap();
     assert_eq!(b.holder, "bob");
-    assert_eq!(
-        b.token,
-        a.token + 1,
-        "a new holder gets the next fencing token"
-    );
+    assert_eq!(b.token, a.token + 1, "a new holder gets the next fencing token");
     s.release_lease("missing", "x", 1).await.unwrap();
     assert!(s.get_lease("missing").await.unwrap().is_none());
 }
@@ -641,27 +433,18 @@ pub async fn leases(s: &dyn Store) {
 pub async fn lease_expiry_takeover(s: &dyn Store) {
     let short = Duration::from_millis(200);
     let a = s.acquire_lease("relay", "alice", short).await.unwrap();
-    assert!(matches!(
-        s.acquire_lease("relay", "bob", short).await,
-        Err(Error::LeaseHeld { .. })
-    ));
+    assert!(matches!(s.acquire_lease("relay", "bob", short).await, Err(Error::LeaseHeld { .. })));
     // A real delay: let the TTL pass on the wall clock.
     let wait = a.expires_at_ms.saturating_sub(crate::model::now_ms()) + 50;
     tokio::time::sleep(Duration::from_millis(wait)).await;
-    let b = s
-        .acquire_lease("relay", "bob", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let b = s.acquire_lease("relay", "bob", Duration::from_secs(30)).await.unwrap();
     assert_eq!(b.holder, "bob");
     assert!(b.token > a.token, "takeover grows the fencing token");
     match s.acquire_lease("relay", "alice", short).await {
         Err(Error::LeaseHeld { holder, .. }) => assert_eq!(holder, "bob"),
         other => panic!("expected LeaseHeld, got {other:?}"),
     }
-    assert_eq!(
-        s.get_lease("relay").await.unwrap().map(|l| l.holder),
-        Some("bob".to_string())
-    );
+    assert_eq!(s.get_lease("relay").await.unwrap().map(|l| l.holder), Some("bob".to_string()));
 }
 
 /// 8 concurrent workers × 200 compare-and-swap increments of one key lose no update.
@@ -674,14 +457,8 @@ pub async fn concurrent_cas_increments(s: &dyn Store) {
         for _ in 0..PER_WORKER {
             loop {
                 let kv = s.get(b"/counter").await.unwrap().expect("counter exists");
-                let n: u64 = String::from_utf8_lossy(&kv.value)
-                    .parse()
-                    .expect("counter value");
-                let op = put(
-                    "/counter",
-                    &(n + 1).to_string(),
-                    Precondition::ModRevision(kv.mod_revision),
-                );
+                let n: u64 = String::from_utf8_lossy(&kv.value).parse().expect("counter value");
+                let op = put("/counter", &(n + 1).to_string(), Precondition::ModRevision(kv.mod_revision));
                 match s.commit(Txn::single(op)).await {
                     Ok(_) => break,
                     Err(Error::PreconditionFailed { index: 0, current }) => {
@@ -697,11 +474,7 @@ pub async fn concurrent_cas_increments(s: &dyn Store) {
     let conflicts: u64 = join_all((0..WORKERS).map(worker)).await.into_iter().sum();
     tracing::debug!(conflicts, "cas increments done");
     let kv = s.get(b"/counter").await.unwrap().expect("counter exists");
-    assert_eq!(
-        kv.value,
-        (WORKERS * PER_WORKER).to_string().into_bytes(),
-        "lost update"
-    );
+    assert_eq!(kv.value, (WORKERS * PER_WORKER).to_string().into_bytes(), "lost update");
     assert_eq!(kv.mod_revision, 1 + WORKERS * PER_WORKER);
     let ch = s.changes(0, 0).await.unwrap();
     assert_eq!(ch.len() as u64, 1 + WORKERS * PER_WORKER);
@@ -711,21 +484,14 @@ pub async fn concurrent_cas_increments(s: &dyn Store) {
 pub async fn many_concurrent_commits(s: &dyn Store) {
     const N: u64 = 500;
     let results = join_all((0..N).map(|i| async move {
-        s.commit(Txn::single(put(
-            &format!("/many/{i:04}"),
-            &i.to_string(),
-            Precondition::Absent,
-        )))
-        .await
-        .map(|r| r.revisions[0])
+        s.commit(Txn::single(put(&format!("/many/{i:04}"), &i.to_string(), Precondition::Absent)))
+            .await
+            .map(|r| r.revisions[0])
     }))
     .await;
     let revs: BTreeSet<u64> = results.into_iter().map(|r| r.expect("commit")).collect();
     assert_eq!(revs.len() as u64, N, "revisions are distinct");
-    assert_eq!(
-        revs.iter().copied().collect::<Vec<_>>(),
-        (1..=N).collect::<Vec<_>>()
-    );
+    assert_eq!(revs.iter().copied().collect::<Vec<_>>(), (1..=N).collect::<Vec<_>>());
     assert_eq!(s.current_revision().await.unwrap(), N);
     let all = s.range(b"/many/", &prefix_end(b"/many/"), 0).await.unwrap();
     assert_eq!(all.kvs.len() as u64, N);
@@ -756,9 +522,7 @@ pub async fn subscribe_commits(s: &dyn Store) {
         .expect("store alive");
     assert_eq!(seen, last);
     // A failed transaction does not notify with a new revision.
-    let _ = s
-        .commit(Txn::single(put("/w", "x", Precondition::Absent)))
-        .await;
+    let _ = s.commit(Txn::single(put("/w", "x", Precondition::Absent))).await;
     assert_eq!(*rx.borrow(), last);
     // A fresh subscriber starts at the current revision.
     assert_eq!(*s.subscribe_commits().borrow(), last);

@@ -17,8 +17,7 @@
 use crate::codec::{self, Stored};
 use crate::model::{duration_ms, now_ms};
 use crate::{
-    prefix_end, BoxFuture, Change, CommitResult, Error, KeyValue, Lease, RangeResult, Result,
-    Store, Txn,
+    prefix_end, BoxFuture, Change, CommitResult, Error, KeyValue, Lease, RangeResult, Result, Store, Txn,
 };
 use foundationdb::options::{DatabaseOption, StreamingMode};
 use foundationdb::{Database, FdbBindingError, FdbError, RangeOption, RetryableTransaction};
@@ -58,8 +57,7 @@ fn ensure_network() -> Result<()> {
         // crate is the only place that boots the FDB network), and the guard is kept in
         // `NETWORK_GUARD` until `stop_network` drops it; a process that exits without
         // calling it is torn down by the OS, which FDB tolerates for an aborted process.
-        let guard = unsafe { builder.boot() }
-            .map_err(|e| format!("failed to start the fdb network: {e}"))?;
+        let guard = unsafe { builder.boot() }.map_err(|e| format!("failed to start the fdb network: {e}"))?;
         if let Ok(mut g) = NETWORK_GUARD.lock() {
             *g = Some(guard);
         }
@@ -113,27 +111,17 @@ impl FdbStore {
         ensure_network()?;
         let path = match cluster_file {
             Some(p) => Some(p.to_str().ok_or_else(|| {
-                Error::Backend(format!(
-                    "cluster file path {} is not valid utf-8",
-                    p.display()
-                ))
+                Error::Backend(format!("cluster file path {} is not valid utf-8", p.display()))
             })?),
             None => None,
         };
         let db = Database::new(path).map_err(|e| {
-            Error::Backend(format!(
-                "failed to open fdb database {}: {e}",
-                path.unwrap_or("(default)")
-            ))
+            Error::Backend(format!("failed to open fdb database {}: {e}", path.unwrap_or("(default)")))
         })?;
         db.set_option(DatabaseOption::TransactionTimeout(TXN_TIMEOUT_MS))
             .map_err(|e| Error::Backend(format!("failed to set fdb transaction timeout: {e}")))?;
         let (commits, _) = watch::channel(0);
-        Ok(FdbStore {
-            db: Arc::new(db),
-            prefix: prefix.to_vec(),
-            commits,
-        })
+        Ok(FdbStore { db: Arc::new(db), prefix: prefix.to_vec(), commits })
     }
 
     /// Removes every key under this store's prefix (test teardown, decommissioning).
@@ -208,12 +196,7 @@ impl FdbStore {
         out
     }
 
-    async fn read_u64(
-        &self,
-        trx: &RetryableTransaction,
-        key: &[u8],
-        snapshot: bool,
-    ) -> TxResult<u64> {
+    async fn read_u64(&self, trx: &RetryableTransaction, key: &[u8], snapshot: bool) -> TxResult<u64> {
         match trx.get(key, snapshot).await? {
             Some(v) => Ok(codec::decode_u64("fdb counter", &v)?),
             None => Ok(0),
@@ -250,12 +233,7 @@ impl FdbStore {
     }
 
     /// Reads the data of the blob whose stored value at `base` is `stored`.
-    async fn read_blob(
-        &self,
-        trx: &RetryableTransaction,
-        base: &[u8],
-        stored: &[u8],
-    ) -> TxResult<Vec<u8>> {
+    async fn read_blob(&self, trx: &RetryableTransaction, base: &[u8], stored: &[u8]) -> TxResult<Vec<u8>> {
         match stored.split_first() {
             Some((&BLOB_INLINE, rest)) => Ok(rest.to_vec()),
             Some((&BLOB_SPLIT, count)) => {
@@ -265,9 +243,7 @@ impl FdbStore {
                     return Err(corrupt(base).into());
                 };
                 let chunks = self.chunk_prefix(base);
-                let parts = self
-                    .scan(trx, chunks.clone(), prefix_end(&chunks), 0)
-                    .await?;
+                let parts = self.scan(trx, chunks.clone(), prefix_end(&chunks), 0).await?;
                 if parts.len() != n {
                     return Err(corrupt(base).into());
                 }
@@ -308,11 +284,7 @@ impl FdbStore {
         }
     }
 
-    async fn read_object(
-        &self,
-        trx: &RetryableTransaction,
-        key: &[u8],
-    ) -> TxResult<Option<Stored>> {
+    async fn read_object(&self, trx: &RetryableTransaction, key: &[u8]) -> TxResult<Option<Stored>> {
         let full = self.object_key(key);
         match trx.get(&full, false).await? {
             Some(raw) => {
@@ -369,8 +341,7 @@ impl FdbStore {
                     let full = self.object_key(key);
                     match state {
                         Some(s) => {
-                            let raw =
-                                codec::encode_object(s.create_revision, s.mod_revision, &s.value);
+                            let raw = codec::encode_object(s.create_revision, s.mod_revision, &s.value);
                             self.write_blob(&trx, &full, &raw);
                         }
                         None => self.clear_blob(&trx, &full),
@@ -392,18 +363,13 @@ impl FdbStore {
 }
 
 fn corrupt(key: &[u8]) -> Error {
-    Error::Backend(format!(
-        "corrupt fdb record at {}",
-        String::from_utf8_lossy(key)
-    ))
+    Error::Backend(format!("corrupt fdb record at {}", String::from_utf8_lossy(key)))
 }
 
 impl Store for FdbStore {
     fn get<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Result<Option<KeyValue>>> {
         Box::pin(async move {
-            let s = self
-                .run(|trx, _| async move { self.read_object(&trx, key).await })
-                .await?;
+            let s = self.run(|trx, _| async move { self.read_object(&trx, key).await }).await?;
             Ok(s.map(|s| s.into_kv(key.to_vec())))
         })
     }
@@ -417,32 +383,19 @@ impl Store for FdbStore {
         Box::pin(self.run(move |trx, _| async move {
             let revision = self.read_u64(&trx, &self.meta_key("rev"), false).await?;
             if start >= end {
-                return Ok(RangeResult {
-                    kvs: Vec::new(),
-                    revision,
-                    more: false,
-                });
+                return Ok(RangeResult { kvs: Vec::new(), revision, more: false });
             }
             let want = if limit == 0 { 0 } else { limit + 1 };
-            let raw = self
-                .scan(&trx, self.object_key(start), self.object_key(end), want)
-                .await?;
+            let raw = self.scan(&trx, self.object_key(start), self.object_key(end), want).await?;
             let more = limit != 0 && raw.len() > limit;
             let mut kvs = Vec::with_capacity(raw.len());
             let skip = self.prefix.len() + 1;
-            for (full, v) in raw
-                .into_iter()
-                .take(if limit == 0 { usize::MAX } else { limit })
-            {
+            for (full, v) in raw.into_iter().take(if limit == 0 { usize::MAX } else { limit }) {
                 let record = self.read_blob(&trx, &full, &v).await?;
                 let key = full[skip..].to_vec();
                 kvs.push(codec::decode_object(&key, &record)?.into_kv(key));
             }
-            Ok(RangeResult {
-                kvs,
-                revision,
-                more,
-            })
+            Ok(RangeResult { kvs, revision, more })
         }))
     }
 
@@ -453,9 +406,7 @@ impl Store for FdbStore {
     fn current_revision(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             let rev = self
-                .run(
-                    |trx, _| async move { self.read_u64(&trx, &self.meta_key("rev"), false).await },
-                )
+                .run(|trx, _| async move { self.read_u64(&trx, &self.meta_key("rev"), false).await })
                 .await?;
             // Keep the commit watch no older than what this handle has seen.
             self.notify(rev);
@@ -470,24 +421,16 @@ impl Store for FdbStore {
             let end = prefix_end(&self.key(b'l', b""));
             // Several transactions, one page each (see the module docs).
             while let Some(from) = next {
-                let page = if limit == 0 {
-                    LOG_PAGE
-                } else {
-                    (limit - out.len()).min(LOG_PAGE)
-                };
+                let page = if limit == 0 { LOG_PAGE } else { (limit - out.len()).min(LOG_PAGE) };
                 let batch = self
                     .run(|trx, _| {
                         let end = end.clone();
                         async move {
-                            let compacted = self
-                                .read_u64(&trx, &self.meta_key("compacted"), false)
-                                .await?;
+                            let compacted = self.read_u64(&trx, &self.meta_key("compacted"), false).await?;
                             if from - 1 < compacted {
-                                return Err(Error::Compacted {
-                                    requested: from,
-                                    oldest: compacted + 1,
-                                }
-                                .into());
+                                return Err(
+                                    Error::Compacted { requested: from, oldest: compacted + 1 }.into()
+                                );
                             }
                             let raw = self.scan(&trx, self.log_key(from), end, page).await?;
                             let mut changes = Vec::with_capacity(raw.len());
@@ -523,19 +466,17 @@ impl Store for FdbStore {
             // Two range clears, however many entries: FDB clears ranges cheaply.
             let end = target + 1;
             trx.clear_range(&self.log_key(0), &self.log_key(end));
-            trx.clear_range(
-                &self.chunk_prefix(&self.log_key(0)),
-                &self.chunk_prefix(&self.log_key(end)),
-            );
+            trx.clear_range(&self.chunk_prefix(&self.log_key(0)), &self.chunk_prefix(&self.log_key(end)));
             Ok(target)
         }))
     }
 
     fn compacted_revision(&self) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(self.run(|trx, _| async move {
-            self.read_u64(&trx, &self.meta_key("compacted"), false)
-                .await
-        }))
+        Box::pin(
+            self.run(
+                move |trx, _| async move { self.read_u64(&trx, &self.meta_key("compacted"), false).await },
+            ),
+        )
     }
 
     fn acquire_lease<'a>(
@@ -553,12 +494,7 @@ impl Store for FdbStore {
         }))
     }
 
-    fn release_lease<'a>(
-        &'a self,
-        name: &'a str,
-        holder: &'a str,
-        token: u64,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn release_lease<'a>(&'a self, name: &'a str, holder: &'a str, token: u64) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.run(move |trx, _| async move {
             let existing = self.read_lease(&trx, name).await?;
             if let Some(lease) = codec::release(existing, holder, token) {

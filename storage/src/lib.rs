@@ -30,8 +30,94 @@
 //! Durable: the objects, the change log from the compaction point on, the revision
 //! counter, the compaction point and the leases. An acknowledged commit survives `kill -9`
 //! (redb commits with `Durability::Immediate`; many waiting commits share one fsync through
-//! group commit). Rebuilt on start: nothing in this crate; the gateway's watch cache is
-//! rebuilt from a list plus the change log.
+//! group commit; FDB acknowledges only durable commits). Rebuilt on start: only small
+//! in-memory state described per backend below; the gateway's watch cache is rebuilt from a
+//! list plus the change log.
+//!
+//! # Encodings shared by both backends
+//!
+//! * Object record: `[0x01][create_revision u64 BE][mod_revision u64 BE][value bytes]` (a
+//!   17-byte fixed header, then the caller's value untouched).
+//! * Change-log key: the revision as 8 bytes big-endian, so byte order is revision order.
+//!   Change-log value: the [`Change`] as named msgpack (`rmp_serde::to_vec_named`).
+//! * Lease: the [`Lease`] as named msgpack. A released lease is kept, expired (expiry 0),
+//!   so the next holder's fencing token is still one more than the last one.
+//! * Revisions: one `u64` counter. Each mutating op of a transaction takes the next value, so
+//!   a transaction of n mutations gets n consecutive revisions. A delete of an absent key
+//!   with [`Precondition::None`] (or `Absent`) takes no revision (0) and writes no change.
+//!   Failed transactions take none either, so the log has no gaps.
+//! * Compaction: `compact(before)` sets the compaction point to
+//!   `min(before - 1, current_revision)` (it never moves back) and returns it; it is what
+//!   [`Store::compacted_revision`] reports. `changes(after, _)` with `after` below the point
+//!   fails with [`Error::Compacted`] `{ requested: after + 1, oldest: point + 1 }`. The point
+//!   is written in the same transaction that starts deleting, and readers check it in their
+//!   snapshot, so a reader never sees a partially deleted log.
+//!
+//! # redb backend layout
+//!
+//! One redb file with four tables:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `objects` | user key bytes | object record |
+//! | `changes` | revision, u64 BE (8 bytes) | named msgpack [`Change`] |
+//! | `meta` | `"current_revision"`, `"compacted_revision"` | `u64` |
+//! | `leases` | lease name | named msgpack [`Lease`] |
+//!
+//! A single writer thread owns all write transactions: it drains pending requests (commits,
+//! compactions, lease writes; up to [`RedbConfig::max_batch`]), evaluates each one on its own
+//! (a failed precondition fails only that request and writes nothing for it), commits once
+//! with `Durability::Immediate` and answers every waiter. Reads run on tokio's blocking
+//! pool in redb MVCC read transactions: a [`Store::range`] and its revision come from one
+//! snapshot. Compaction deletes at most [`RedbConfig::compact_chunk`] log entries per write
+//! transaction, interleaved with commits; `compact` answers when they are all gone.
+//!
+//! Rebuilt on start: the writer loads the revision counter and compaction point from `meta`
+//! into memory, the commit watch ([`Store::subscribe_commits`]) starts at the stored
+//! revision, and a compaction interrupted by a crash (point written, entries left below it)
+//! is finished in the background.
+//!
+//! # FoundationDB backend layout (feature `fdb`)
+//!
+//! Every key starts with the store's prefix `P` (one byte string per cluster; tests use a
+//! fresh one per case):
+//!
+//! | key | value |
+//! |---|---|
+//! | `P 'o' <user key>` | blob of the object record |
+//! | `P 'l' <revision u64 BE>` | blob of the named msgpack [`Change`] |
+//! | `P 'm' "rev"`, `P 'm' "compacted"` | `u64` BE |
+//! | `P 'e' <lease name>` | named msgpack [`Lease`] |
+//! | `P 'x' <u32 BE length of k> <k> <chunk u32 BE>` | chunk of a large blob stored at `P k` |
+//!
+//! A blob is `[0x00][data]` when the data is under 90 000 bytes, else `[0x01][chunk count u32
+//! BE]` with the data split under `P 'x'` (FDB values are limited to 100 kB).
+//!
+//! Revisions come from the `P 'm' "rev"` counter, read and rewritten by every committing
+//! transaction: simple and serializable, but commits conflict on that key and FDB's retry
+//! loop serializes them (commit versionstamps would remove the hot key, but give gapped,
+//! 80-bit revisions known only after commit, which do not fit per-op consecutive revisions
+//! or `ModRevision` preconditions). Transactions over ~9 MB fail with [`Error::TooLarge`]
+//! (FDB's limit is 10 MB). [`Store::changes`] pages the log over several transactions; a
+//! [`Store::range`] is one snapshot and must finish within FDB's 5 s transaction window, so
+//! page LISTs with `limit`. Compaction is two range clears plus the new point, in one
+//! transaction. A commit whose outcome FDB reports as unknown (`commit_unknown_result`) is
+//! not replayed: it fails with [`Error::Backend`] and the caller retries under its own
+//! preconditions.
+//!
+//! Rebuilt on start: nothing; the commit watch starts at 0 and follows commits (and
+//! `current_revision` reads) made through the handle. The FDB client network is booted
+//! once per process by the first `FdbStore::open`; call `stop_fdb_network` before exiting.
+//!
+//! # Testing
+//!
+//! `cargo test -p capstan-storage` runs the conformance suite ([`conformance`]) against
+//! redb. Against FoundationDB as well (needs `libfdb_c` and a cluster; each case runs under
+//! a fresh prefix):
+//!
+//! ```text
+//! CAPSTAN_FDB_CLUSTER_FILE=/etc/foundationdb/fdb.cluster cargo test -p capstan-storage --features fdb --test conformance
+//! ```
 //!
 //! # Example
 //!
@@ -39,10 +125,14 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use capstan_storage::{RedbStore, Store, Txn, Op, Precondition};
 //! let dir = std::env::temp_dir().join(format!("capstan-doc-{}", std::process::id()));
+//! # std::fs::remove_dir_all(&dir).ok();
 //! let store = RedbStore::open(&dir.join("doc.redb")).unwrap();
-//! let rev = store.commit(Txn::single(Op::put(b"/a".to_vec(), b"1".to_vec(), Precondition::Absent))).await.unwrap();
+//! let put = Op::put(b"/a".to_vec(), b"1".to_vec(), Precondition::Absent);
+//! let res = store.commit(Txn::single(put)).await.unwrap();
 //! let kv = store.get(b"/a").await.unwrap().unwrap();
-//! assert_eq!(kv.mod_revision, rev.revisions[0]);
+//! assert_eq!(kv.mod_revision, res.revisions[0]);
+//! assert_eq!(store.current_revision().await.unwrap(), res.revisions[0]);
+//! drop(store);
 //! # std::fs::remove_dir_all(&dir).ok();
 //! # });
 //! ```
@@ -58,9 +148,7 @@ pub mod conformance;
 mod fdb_store;
 
 pub use error::{Error, Result};
-pub use model::{
-    Change, ChangeKind, CommitResult, KeyValue, Lease, Op, Precondition, RangeResult, Txn,
-};
+pub use model::{Change, ChangeKind, CommitResult, KeyValue, Lease, Op, Precondition, RangeResult, Txn};
 pub use redb_store::{Config as RedbConfig, RedbStore};
 
 #[cfg(feature = "fdb")]
@@ -95,12 +183,15 @@ pub trait Store: Send + Sync + 'static {
     fn current_revision(&self) -> BoxFuture<'_, Result<u64>>;
 
     /// Changes with revision strictly greater than `after`, in revision order, at most
-    /// `limit` of them. Returns [`Error::Compacted`] if some of those revisions were
-    /// compacted away.
+    /// `limit` of them (0 means no limit). Returns [`Error::Compacted`]
+    /// `{ requested: after + 1, oldest: compacted_revision() + 1 }` if some of those
+    /// revisions were compacted away, i.e. when `after < compacted_revision()`.
     fn changes(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Change>>>;
 
     /// Removes change-log entries with revision lower than `before`. Readers asking for
-    /// them afterwards get [`Error::Compacted`]. Returns the new compaction point.
+    /// them afterwards get [`Error::Compacted`]. Returns the new compaction point, the
+    /// highest removed revision: `min(before - 1, current_revision)`, never lower than the
+    /// previous point (the same value [`Store::compacted_revision`] then reports).
     fn compact(&self, before: u64) -> BoxFuture<'_, Result<u64>>;
 
     /// The oldest revision still readable from the change log is `compacted_revision() + 1`.
@@ -116,13 +207,9 @@ pub trait Store: Send + Sync + 'static {
         ttl: std::time::Duration,
     ) -> BoxFuture<'a, Result<Lease>>;
 
-    /// Releases the lease if `holder` holds it with `token`; otherwise does nothing.
-    fn release_lease<'a>(
-        &'a self,
-        name: &'a str,
-        holder: &'a str,
-        token: u64,
-    ) -> BoxFuture<'a, Result<()>>;
+    /// Releases the lease if `holder` holds it with `token`; otherwise does nothing. The
+    /// released lease stays stored as expired, so fencing tokens keep growing.
+    fn release_lease<'a>(&'a self, name: &'a str, holder: &'a str, token: u64) -> BoxFuture<'a, Result<()>>;
 
     /// Reads the lease `name`, expired or not.
     fn get_lease<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lease>>>;

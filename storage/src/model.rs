@@ -69,20 +69,12 @@ pub enum Op {
 impl Op {
     /// A put.
     pub fn put(key: Vec<u8>, value: Vec<u8>, precondition: Precondition) -> Op {
-        Op::Put {
-            key,
-            value,
-            precondition,
-        }
+        Op::Put { key, value, precondition }
     }
 
     /// A delete that records the stored value as the final state.
     pub fn delete(key: Vec<u8>, precondition: Precondition) -> Op {
-        Op::Delete {
-            key,
-            precondition,
-            last_value: None,
-        }
+        Op::Delete { key, precondition, last_value: None }
     }
 
     /// The key this op touches.
@@ -207,10 +199,7 @@ mod serde_bytes_compat {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = a.next_element::<u8>()? {
                     out.push(b);

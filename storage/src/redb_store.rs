@@ -9,9 +9,7 @@
 
 use crate::codec::{self, Stored};
 use crate::model::{duration_ms, now_ms};
-use crate::{
-    BoxFuture, Change, CommitResult, Error, KeyValue, Lease, RangeResult, Result, Store, Txn,
-};
+use crate::{BoxFuture, Change, CommitResult, Error, KeyValue, Lease, RangeResult, Result, Store, Txn};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,37 +48,16 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            max_batch: 256,
-            compact_chunk: 10_000,
-            max_txn_bytes: 64 << 20,
-            cache_size: None,
-        }
+        Config { max_batch: 256, compact_chunk: 10_000, max_txn_bytes: 64 << 20, cache_size: None }
     }
 }
 
 /// A request to the writer thread.
 enum Request {
-    Commit {
-        txn: Txn,
-        reply: oneshot::Sender<Result<CommitResult>>,
-    },
-    Compact {
-        before: u64,
-        reply: oneshot::Sender<Result<u64>>,
-    },
-    Acquire {
-        name: String,
-        holder: String,
-        ttl_ms: u64,
-        reply: oneshot::Sender<Result<Lease>>,
-    },
-    Release {
-        name: String,
-        holder: String,
-        token: u64,
-        reply: oneshot::Sender<Result<()>>,
-    },
+    Commit { txn: Txn, reply: oneshot::Sender<Result<CommitResult>> },
+    Compact { before: u64, reply: oneshot::Sender<Result<u64>> },
+    Acquire { name: String, holder: String, ttl_ms: u64, reply: oneshot::Sender<Result<Lease>> },
+    Release { name: String, holder: String, token: u64, reply: oneshot::Sender<Result<()>> },
 }
 
 /// State shared between the handle and the writer thread.
@@ -117,43 +94,31 @@ impl RedbStore {
     pub fn open_with(path: &Path, config: Config) -> Result<RedbStore> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
-                Error::Backend(format!(
-                    "failed to create directory {}: {e}",
-                    parent.display()
-                ))
+                Error::Backend(format!("failed to create directory {}: {e}", parent.display()))
             })?;
         }
         let mut builder = Database::builder();
         if let Some(bytes) = config.cache_size {
             builder.set_cache_size(bytes);
         }
-        let db = builder.create(path).map_err(|e| {
-            Error::Backend(format!("failed to open redb file {}: {e}", path.display()))
-        })?;
+        let db = builder
+            .create(path)
+            .map_err(|e| Error::Backend(format!("failed to open redb file {}: {e}", path.display())))?;
 
         // Create the tables and read the counters.
         let (current, compacted) = {
-            let mut wtx = db
-                .begin_write()
-                .map_err(backend("failed to begin write transaction"))?;
-            wtx.set_durability(Durability::Immediate)
-                .map_err(backend("failed to set durability"))?;
+            let mut wtx = db.begin_write().map_err(backend("failed to begin write transaction"))?;
+            wtx.set_durability(Durability::Immediate).map_err(backend("failed to set durability"))?;
             let counters = {
-                wtx.open_table(OBJECTS)
-                    .map_err(backend("failed to open objects table"))?;
-                wtx.open_table(CHANGES)
-                    .map_err(backend("failed to open change log table"))?;
-                wtx.open_table(LEASES)
-                    .map_err(backend("failed to open leases table"))?;
-                let meta = wtx
-                    .open_table(META)
-                    .map_err(backend("failed to open meta table"))?;
+                wtx.open_table(OBJECTS).map_err(backend("failed to open objects table"))?;
+                wtx.open_table(CHANGES).map_err(backend("failed to open change log table"))?;
+                wtx.open_table(LEASES).map_err(backend("failed to open leases table"))?;
+                let meta = wtx.open_table(META).map_err(backend("failed to open meta table"))?;
                 let current = read_meta(&meta, META_CURRENT)?;
                 let compacted = read_meta(&meta, META_COMPACTED)?;
                 (current, compacted)
             };
-            wtx.commit()
-                .map_err(backend("failed to commit table creation"))?;
+            wtx.commit().map_err(backend("failed to commit table creation"))?;
             counters
         };
         if compacted > current {
@@ -188,11 +153,7 @@ impl RedbStore {
                 w.run();
             })
             .map_err(|e| Error::Backend(format!("failed to start redb writer thread: {e}")))?;
-        Ok(RedbStore {
-            shared,
-            tx: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
-        })
+        Ok(RedbStore { shared, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
     }
 
     /// The file this store lives in.
@@ -221,10 +182,7 @@ impl RedbStore {
     }
 
     /// Sends a request to the writer and waits for its answer.
-    async fn request<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
-    ) -> Result<T> {
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
@@ -247,10 +205,7 @@ impl RedbStore {
         }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let rtx = shared
-                .db
-                .begin_read()
-                .map_err(backend("failed to begin read transaction"))?;
+            let rtx = shared.db.begin_read().map_err(backend("failed to begin read transaction"))?;
             f(&rtx)
         })
         .await
@@ -265,10 +220,7 @@ impl Drop for RedbStore {
 }
 
 fn read_meta(meta: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64> {
-    Ok(meta
-        .get(key)
-        .map_err(backend("failed to read meta table"))?
-        .map_or(0, |g| g.value()))
+    Ok(meta.get(key).map_err(backend("failed to read meta table"))?.map_or(0, |g| g.value()))
 }
 
 fn read_object(
@@ -281,10 +233,7 @@ fn read_object(
     }
 }
 
-fn read_lease(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    name: &str,
-) -> Result<Option<Lease>> {
+fn read_lease(table: &impl ReadableTable<&'static str, &'static [u8]>, name: &str) -> Result<Option<Lease>> {
     match table.get(name).map_err(backend("failed to read lease"))? {
         Some(g) => Ok(Some(codec::decode_lease(g.value())?)),
         None => Ok(None),
@@ -373,58 +322,36 @@ impl Writer {
                 }
             }
             self.group_commit(batch);
-            if disconnected && !self.cleanup {
-                return;
-            }
             if disconnected {
-                // Finish the compaction cleanup quickly, then stop.
-                while self.cleanup {
-                    if !self.group_commit(Vec::new()) {
-                        break;
-                    }
-                }
+                // Every queued request was answered. A compaction cleanup still running is
+                // finished by the next open (its compaction point is already durable).
                 return;
             }
         }
     }
 
-    /// Applies `batch` (and one compaction chunk) in one write transaction. Returns whether
-    /// the transaction committed.
-    fn group_commit(&mut self, batch: Vec<Request>) -> bool {
+    /// Applies `batch` (and one compaction chunk) in one write transaction.
+    fn group_commit(&mut self, batch: Vec<Request>) {
         let mut replies = Vec::with_capacity(batch.len());
         let mut revision = self.revision;
         let mut compacted = self.compacted;
         let mut chunk_done = false;
         let outcome: Result<()> = (|| {
-            let mut wtx = self
-                .shared
-                .db
-                .begin_write()
-                .map_err(backend("failed to begin write transaction"))?;
-            wtx.set_durability(Durability::Immediate)
-                .map_err(backend("failed to set durability"))?;
+            let mut wtx =
+                self.shared.db.begin_write().map_err(backend("failed to begin write transaction"))?;
+            wtx.set_durability(Durability::Immediate).map_err(backend("failed to set durability"))?;
             {
                 let mut t = Tables {
-                    objects: wtx
-                        .open_table(OBJECTS)
-                        .map_err(backend("failed to open objects table"))?,
-                    changes: wtx
-                        .open_table(CHANGES)
-                        .map_err(backend("failed to open change log table"))?,
-                    meta: wtx
-                        .open_table(META)
-                        .map_err(backend("failed to open meta table"))?,
-                    leases: wtx
-                        .open_table(LEASES)
-                        .map_err(backend("failed to open leases table"))?,
+                    objects: wtx.open_table(OBJECTS).map_err(backend("failed to open objects table"))?,
+                    changes: wtx.open_table(CHANGES).map_err(backend("failed to open change log table"))?,
+                    meta: wtx.open_table(META).map_err(backend("failed to open meta table"))?,
+                    leases: wtx.open_table(LEASES).map_err(backend("failed to open leases table"))?,
                 };
                 for req in batch {
                     replies.push(self.apply(&mut t, req, &mut revision, &mut compacted)?);
                 }
                 if revision != self.revision {
-                    t.meta
-                        .insert(META_CURRENT, revision)
-                        .map_err(backend("failed to write meta table"))?;
+                    t.meta.insert(META_CURRENT, revision).map_err(backend("failed to write meta table"))?;
                 }
                 if compacted != self.compacted {
                     t.meta
@@ -435,8 +362,7 @@ impl Writer {
                     chunk_done = self.compact_chunk(&mut t, compacted)?;
                 }
             }
-            wtx.commit()
-                .map_err(backend("failed to commit write transaction"))?;
+            wtx.commit().map_err(backend("failed to commit write transaction"))?;
             Ok(())
         })();
         match outcome {
@@ -458,7 +384,6 @@ impl Writer {
                         drop(tx.send(Ok(v)));
                     }
                 }
-                true
             }
             Err(e) => {
                 let msg = match e {
@@ -469,9 +394,15 @@ impl Writer {
                 for r in replies {
                     r.fail(&msg);
                 }
-                // Compactions from earlier batches stay queued: their compaction point is
-                // durable and the cleanup is retried by the next group commit.
-                false
+                // Stop the background cleanup instead of retrying it in a loop: entries below
+                // the durable compaction point are invisible to readers, and the next
+                // compaction or the next open deletes them.
+                if self.cleanup {
+                    self.cleanup = false;
+                    for (tx, _) in self.compact_waiters.drain(..) {
+                        drop(tx.send(Err(Error::Backend(msg.clone()))));
+                    }
+                }
             }
         }
     }
@@ -503,12 +434,7 @@ impl Writer {
                     Reply::Compact(reply, Ok(v))
                 }
             }
-            Request::Acquire {
-                name,
-                holder,
-                ttl_ms,
-                reply,
-            } => {
+            Request::Acquire { name, holder, ttl_ms, reply } => {
                 let existing = read_lease(&t.leases, &name)?;
                 let r = codec::acquire(existing.clone(), &name, &holder, ttl_ms, now_ms());
                 if let Ok(lease) = &r {
@@ -519,12 +445,7 @@ impl Writer {
                 }
                 Reply::Acquire(reply, r)
             }
-            Request::Release {
-                name,
-                holder,
-                token,
-                reply,
-            } => {
+            Request::Release { name, holder, token, reply } => {
                 let existing = read_lease(&t.leases, &name)?;
                 if let Some(lease) = codec::release(existing, &holder, token) {
                     let raw = codec::encode_lease(&lease)?;
@@ -539,12 +460,7 @@ impl Writer {
 
     /// Plans and writes one transaction. The outer `Result` is a redb failure, the inner
     /// one the transaction's own answer.
-    fn apply_txn(
-        &self,
-        t: &mut Tables<'_>,
-        txn: &Txn,
-        revision: &mut u64,
-    ) -> Result<Result<CommitResult>> {
+    fn apply_txn(&self, t: &mut Tables<'_>, txn: &Txn, revision: &mut u64) -> Result<Result<CommitResult>> {
         let size = codec::txn_write_bytes(txn);
         if size > self.config.max_txn_bytes {
             return Ok(Err(Error::TooLarge(format!(
@@ -570,9 +486,7 @@ impl Writer {
                         .map_err(backend("failed to write object"))?;
                 }
                 None => {
-                    t.objects
-                        .remove(key.as_slice())
-                        .map_err(backend("failed to delete object"))?;
+                    t.objects.remove(key.as_slice()).map_err(backend("failed to delete object"))?;
                 }
             }
         }
@@ -593,10 +507,8 @@ impl Writer {
         let chunk = self.config.compact_chunk.max(1);
         let mut keys: Vec<Vec<u8>> = Vec::new();
         {
-            let range = t
-                .changes
-                .range::<&[u8]>(..end.as_slice())
-                .map_err(backend("failed to scan change log"))?;
+            let range =
+                t.changes.range::<&[u8]>(..end.as_slice()).map_err(backend("failed to scan change log"))?;
             for item in range.take(chunk + 1) {
                 let (k, _) = item.map_err(backend("failed to scan change log"))?;
                 keys.push(k.value().to_vec());
@@ -604,9 +516,7 @@ impl Writer {
         }
         let done = keys.len() <= chunk;
         for k in keys.iter().take(chunk) {
-            t.changes
-                .remove(k.as_slice())
-                .map_err(backend("failed to compact change log"))?;
+            t.changes.remove(k.as_slice()).map_err(backend("failed to compact change log"))?;
         }
         Ok(done)
     }
@@ -616,9 +526,7 @@ impl Store for RedbStore {
     fn get<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Result<Option<KeyValue>>> {
         let key = key.to_vec();
         Box::pin(self.read(move |rtx| {
-            let objects = rtx
-                .open_table(OBJECTS)
-                .map_err(backend("failed to open objects table"))?;
+            let objects = rtx.open_table(OBJECTS).map_err(backend("failed to open objects table"))?;
             Ok(read_object(&objects, &key)?.map(|s| s.into_kv(key)))
         }))
     }
@@ -631,16 +539,12 @@ impl Store for RedbStore {
     ) -> BoxFuture<'a, Result<RangeResult>> {
         let (start, end) = (start.to_vec(), end.to_vec());
         Box::pin(self.read(move |rtx| {
-            let meta = rtx
-                .open_table(META)
-                .map_err(backend("failed to open meta table"))?;
+            let meta = rtx.open_table(META).map_err(backend("failed to open meta table"))?;
             let revision = read_meta(&meta, META_CURRENT)?;
             let mut kvs = Vec::new();
             let mut more = false;
             if start < end {
-                let objects = rtx
-                    .open_table(OBJECTS)
-                    .map_err(backend("failed to open objects table"))?;
+                let objects = rtx.open_table(OBJECTS).map_err(backend("failed to open objects table"))?;
                 let range = objects
                     .range::<&[u8]>(start.as_slice()..end.as_slice())
                     .map_err(backend("failed to scan objects"))?;
@@ -655,11 +559,7 @@ impl Store for RedbStore {
                     kvs.push(s.into_kv(key));
                 }
             }
-            Ok(RangeResult {
-                kvs,
-                revision,
-                more,
-            })
+            Ok(RangeResult { kvs, revision, more })
         }))
     }
 
@@ -678,22 +578,15 @@ impl Store for RedbStore {
 
     fn changes(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Change>>> {
         Box::pin(self.read(move |rtx| {
-            let meta = rtx
-                .open_table(META)
-                .map_err(backend("failed to open meta table"))?;
+            let meta = rtx.open_table(META).map_err(backend("failed to open meta table"))?;
             let compacted = read_meta(&meta, META_COMPACTED)?;
             if after < compacted {
-                return Err(Error::Compacted {
-                    requested: after + 1,
-                    oldest: compacted + 1,
-                });
+                return Err(Error::Compacted { requested: after + 1, oldest: compacted + 1 });
             }
             let Some(first) = after.checked_add(1) else {
                 return Ok(Vec::new());
             };
-            let log = rtx
-                .open_table(CHANGES)
-                .map_err(backend("failed to open change log table"))?;
+            let log = rtx.open_table(CHANGES).map_err(backend("failed to open change log table"))?;
             let range = log
                 .range::<&[u8]>(first.to_be_bytes().as_slice()..)
                 .map_err(backend("failed to scan change log"))?;
@@ -715,9 +608,7 @@ impl Store for RedbStore {
 
     fn compacted_revision(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.read(|rtx| {
-            let meta = rtx
-                .open_table(META)
-                .map_err(backend("failed to open meta table"))?;
+            let meta = rtx.open_table(META).map_err(backend("failed to open meta table"))?;
             read_meta(&meta, META_COMPACTED)
         }))
     }
@@ -729,35 +620,18 @@ impl Store for RedbStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Lease>> {
         let (name, holder, ttl_ms) = (name.to_string(), holder.to_string(), duration_ms(ttl));
-        Box::pin(self.request(move |reply| Request::Acquire {
-            name,
-            holder,
-            ttl_ms,
-            reply,
-        }))
+        Box::pin(self.request(move |reply| Request::Acquire { name, holder, ttl_ms, reply }))
     }
 
-    fn release_lease<'a>(
-        &'a self,
-        name: &'a str,
-        holder: &'a str,
-        token: u64,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn release_lease<'a>(&'a self, name: &'a str, holder: &'a str, token: u64) -> BoxFuture<'a, Result<()>> {
         let (name, holder) = (name.to_string(), holder.to_string());
-        Box::pin(self.request(move |reply| Request::Release {
-            name,
-            holder,
-            token,
-            reply,
-        }))
+        Box::pin(self.request(move |reply| Request::Release { name, holder, token, reply }))
     }
 
     fn get_lease<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lease>>> {
         let name = name.to_string();
         Box::pin(self.read(move |rtx| {
-            let leases = rtx
-                .open_table(LEASES)
-                .map_err(backend("failed to open leases table"))?;
+            let leases = rtx.open_table(LEASES).map_err(backend("failed to open leases table"))?;
             read_lease(&leases, &name)
         }))
     }

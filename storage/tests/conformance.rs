@@ -116,10 +116,7 @@ mod fdb_support {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let prefix = format!("capstan-test/{}/{nanos}/{case}/", std::process::id());
-        Some(
-            FdbStore::open(Some(std::path::Path::new(&cluster)), prefix.as_bytes())
-                .expect("open fdb store"),
-        )
+        Some(FdbStore::open(Some(std::path::Path::new(&cluster)), prefix.as_bytes()).expect("open fdb store"))
     }
 
     /// Removes the case's prefix.
@@ -151,18 +148,11 @@ async fn redb_state_survives_reopen() {
     {
         let s = open(&path);
         for i in 0..5 {
-            let op = Op::put(
-                format!("/k{i}").into_bytes(),
-                b"v".to_vec(),
-                Precondition::None,
-            );
+            let op = Op::put(format!("/k{i}").into_bytes(), b"v".to_vec(), Precondition::None);
             s.commit(Txn::single(op)).await.unwrap();
         }
         assert_eq!(s.compact(3).await.unwrap(), 2);
-        lease = s
-            .acquire_lease("l", "a", std::time::Duration::from_secs(60))
-            .await
-            .unwrap();
+        lease = s.acquire_lease("l", "a", std::time::Duration::from_secs(60)).await.unwrap();
         // Opening the same file twice in one process fails cleanly.
         match RedbStore::open(&path) {
             Err(Error::Backend(msg)) => {
@@ -176,21 +166,11 @@ async fn redb_state_survives_reopen() {
     assert_eq!(s.current_revision().await.unwrap(), 5);
     assert_eq!(*s.subscribe_commits().borrow(), 5);
     assert_eq!(s.compacted_revision().await.unwrap(), 2);
-    assert!(matches!(
-        s.changes(1, 0).await,
-        Err(Error::Compacted { .. })
-    ));
+    assert!(matches!(s.changes(1, 0).await, Err(Error::Compacted { .. })));
     assert_eq!(s.changes(2, 0).await.unwrap().len(), 3);
     assert_eq!(s.get(b"/k4").await.unwrap().unwrap().mod_revision, 5);
     assert_eq!(s.get_lease("l").await.unwrap(), Some(lease));
-    let r = s
-        .commit(Txn::single(Op::put(
-            b"/k9".to_vec(),
-            b"v".to_vec(),
-            Precondition::None,
-        )))
-        .await
-        .unwrap();
+    let r = s.commit(Txn::single(Op::put(b"/k9".to_vec(), b"v".to_vec(), Precondition::None))).await.unwrap();
     assert_eq!(r.revisions, vec![6]);
 }
 
@@ -202,45 +182,27 @@ async fn redb_group_commit_shares_fsyncs() {
     let before = s.write_transactions();
     let n = 500u64;
     let results = futures::future::join_all((0..n).map(|i| {
-        let op = Op::put(
-            format!("/g/{i}").into_bytes(),
-            b"v".to_vec(),
-            Precondition::Absent,
-        );
+        let op = Op::put(format!("/g/{i}").into_bytes(), b"v".to_vec(), Precondition::Absent);
         s.commit(Txn::single(op))
     }))
     .await;
     assert!(results.iter().all(Result::is_ok));
     let txns = s.write_transactions() - before;
-    assert!(
-        txns < n / 2,
-        "{n} concurrent commits took {txns} write transactions"
-    );
+    eprintln!("{n} concurrent commits used {txns} write transactions");
+    assert!(txns < n / 2, "{n} concurrent commits took {txns} write transactions");
 }
 
 /// Compaction in small chunks removes every old entry and keeps the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redb_chunked_compaction() {
     let dir = TempDir::new("chunks");
-    let config = RedbConfig {
-        compact_chunk: 7,
-        ..RedbConfig::default()
-    };
+    let config = RedbConfig { compact_chunk: 7, ..RedbConfig::default() };
     let s = RedbStore::open_with(&dir.file(), config).unwrap();
-    let ops = (0..100).map(|i| {
-        Op::put(
-            format!("/c/{i}").into_bytes(),
-            b"v".to_vec(),
-            Precondition::None,
-        )
-    });
+    let ops = (0..100).map(|i| Op::put(format!("/c/{i}").into_bytes(), b"v".to_vec(), Precondition::None));
     s.commit(Txn { ops: ops.collect() }).await.unwrap();
     let before = s.write_transactions();
     assert_eq!(s.compact(91).await.unwrap(), 90);
-    assert!(
-        s.write_transactions() - before >= 90 / 7,
-        "compaction ran in chunks"
-    );
+    assert!(s.write_transactions() - before >= 90 / 7, "compaction ran in chunks");
     let ch = s.changes(90, 0).await.unwrap();
     assert_eq!(ch.first().map(|c| c.revision), Some(91));
     assert_eq!(ch.len(), 10);
@@ -251,28 +213,12 @@ async fn redb_chunked_compaction() {
 async fn redb_closed_store() {
     let dir = TempDir::new("closed");
     let s = open(&dir.file());
-    s.commit(Txn::single(Op::put(
-        b"/a".to_vec(),
-        b"v".to_vec(),
-        Precondition::None,
-    )))
-    .await
-    .unwrap();
+    s.commit(Txn::single(Op::put(b"/a".to_vec(), b"v".to_vec(), Precondition::None))).await.unwrap();
     s.close();
     assert!(matches!(s.get(b"/a").await, Err(Error::Closed)));
-    let r = s
-        .commit(Txn::single(Op::put(
-            b"/b".to_vec(),
-            b"v".to_vec(),
-            Precondition::None,
-        )))
-        .await;
+    let r = s.commit(Txn::single(Op::put(b"/b".to_vec(), b"v".to_vec(), Precondition::None))).await;
     assert!(matches!(r, Err(Error::Closed)));
-    assert!(matches!(
-        s.acquire_lease("l", "h", std::time::Duration::from_secs(1))
-            .await,
-        Err(Error::Closed)
-    ));
+    assert!(matches!(s.acquire_lease("l", "h", std::time::Duration::from_secs(1)).await, Err(Error::Closed)));
     drop(s);
     // The file is free again once the store is closed.
     let s = open(&dir.file());
@@ -313,11 +259,7 @@ fn redb_acknowledged_commits_survive_kill_9() {
         assert!(cur >= *acked.iter().max().unwrap());
         for rev in acked {
             let kv = s.get(format!("/kill/{rev}").as_bytes()).await.unwrap();
-            assert_eq!(
-                kv.map(|kv| kv.mod_revision),
-                Some(rev),
-                "acknowledged revision {rev} lost"
-            );
+            assert_eq!(kv.map(|kv| kv.mod_revision), Some(rev), "acknowledged revision {rev} lost");
         }
     });
 }
@@ -334,11 +276,7 @@ fn kill_9_child() {
         // Keys are named after the revision they will get: one committer, in order.
         let mut next = s.current_revision().await.unwrap() + 1;
         loop {
-            let op = Op::put(
-                format!("/kill/{next}").into_bytes(),
-                vec![7; 512],
-                Precondition::Absent,
-            );
+            let op = Op::put(format!("/kill/{next}").into_bytes(), vec![7; 512], Precondition::Absent);
             let r = s.commit(Txn::single(op)).await.unwrap();
             assert_eq!(r.revisions[0], next);
             println!("acked {next}");

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what capstan needs on a Debian machine. Sourced by scripts/up and scripts/test.
+# Usage: deps.sh [run|test]
+set -euo pipefail
+what="${1:-run}"
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+
+if ! have cargo; then
+  echo "capstan: cargo is missing; install Rust (>= 1.90) with rustup: https://rustup.rs" >&2
+  exit 1
+fi
+have cc || need_apt+=(build-essential)
+# kubectl: Debian's kubernetes-client package when none is installed.
+have kubectl || need_apt+=(kubernetes-client)
+if [ "$what" = test ]; then
+  # libclang for `cargo check --features fdb` (bindgen).
+  ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
+    || need_apt+=(libclang-dev)
+  have python3 || need_apt+=(python3 python3-pip)
+fi
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "capstan: installing ${need_apt[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ "$what" = test ]; then
+  if ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
+    echo "capstan: installing the Python kubernetes client" >&2
+    python3 -m pip install -q kubernetes 2>/dev/null || python3 -m pip install -q --break-system-packages kubernetes
+  fi
+fi

@@ -1,0 +1,180 @@
+//! Test harness: starts the real `capstan` binary on a free loopback port with its own
+//! data directory, drives the real `kubectl` against it, and stops it by PID on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A running `capstan up`.
+pub struct Cluster {
+    child: Option<Child>,
+    /// Data directory (kept across restarts).
+    pub dir: tempfile::TempDir,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The API server URL.
+    pub url: String,
+    listen: String,
+}
+
+impl Cluster {
+    /// Starts a cluster on a free port.
+    pub fn start() -> Cluster {
+        let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
+        let mut c = Cluster {
+            child: None,
+            kubeconfig: dir.path().join("admin.kubeconfig"),
+            dir,
+            url: String::new(),
+            listen: "127.0.0.1:0".into(),
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["up", "--data-dir"])
+            .arg(self.dir.path())
+            .args(["--listen", &self.listen])
+            .env("CAPSTAN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn capstan up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("capstan is ready at ") {
+                    let url = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(url);
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(60)).expect("capstan up did not become ready in 60 s");
+        // Later restarts reuse the same port so the kubeconfig stays valid.
+        self.listen = url.trim_start_matches("https://").to_string();
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// The PID of the server process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `kill -9` the server and wait for it to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Runs kubectl against the cluster with its own discovery cache.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with(args, &[], None)
+    }
+
+    /// Runs kubectl with extra environment and optional stdin.
+    pub fn kubectl_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("kubectl is installed");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            let mut s = child.stdin.take().expect("stdin");
+            s.write_all(input.as_bytes()).expect("write stdin");
+        }
+        child.wait_with_output().expect("kubectl runs")
+    }
+
+    /// Runs kubectl, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl, asserts failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Writes a file in the data directory and returns its path.
+    pub fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, contents).expect("write file");
+        p
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Ask politely, then force.
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
