@@ -84,8 +84,12 @@ fn server_side_apply_and_conflict() {
     let out = c.ok(&["apply", "--server-side", "-f", f.to_str().unwrap()]);
     assert!(out.contains("deployment.apps/web serverside-applied"), "{out}");
     let d = json(&c, &["get", "deploy", "web", "--show-managed-fields"]);
-    let managers: Vec<&str> =
-        d["metadata"]["managedFields"].as_array().unwrap().iter().filter_map(|m| m["manager"].as_str()).collect();
+    let managers: Vec<&str> = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
     assert!(managers.contains(&"kubectl"), "{managers:?}");
     // Another manager takes replicas, then kubectl's apply with a different value conflicts.
     c.ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"spec":{"replicas":5}}"#]);
@@ -138,7 +142,10 @@ fn get_forms() {
     let describe = c.ok(&["describe", "cm", "cfg"]);
     assert!(describe.contains("Name:") && describe.contains("cfg"), "{describe}");
     let api = c.ok(&["api-resources"]);
-    assert!(api.lines().any(|l| l.starts_with("deployments") && l.contains("deploy") && l.contains("apps/v1")), "{api}");
+    assert!(
+        api.lines().any(|l| l.starts_with("deployments") && l.contains("deploy") && l.contains("apps/v1")),
+        "{api}"
+    );
     let explain = c.ok(&["explain", "pod.spec.containers"]);
     assert!(explain.contains("FIELD: containers"), "{explain}");
     let paged = c.ok(&["get", "ns", "--chunk-size=1", "-o", "name"]);
@@ -158,15 +165,38 @@ fn label_annotate_patch_scale_edit() {
     c.ok(&["label", "cm", "cfg", "team-"]);
     assert!(json(&c, &["get", "cm", "cfg"])["metadata"]["labels"].get("team").is_none());
 
-    c.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.29"}]}}}}"#]);
+    c.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.29"}]}}}}"#,
+    ]);
     let d = json(&c, &["get", "deploy", "web"]);
     assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.29");
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80, "strategic merge kept the port");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80,
+        "strategic merge kept the port"
+    );
     c.ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"spec":{"replicas":4}}"#]);
     assert_eq!(json(&c, &["get", "deploy", "web"])["spec"]["replicas"], 4);
-    c.ok(&["patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":5}]"#]);
+    c.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":5}]"#,
+    ]);
     assert_eq!(json(&c, &["get", "deploy", "web"])["spec"]["replicas"], 5);
-    let bad = c.fails(&["patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"test","path":"/spec/replicas","value":9}]"#]);
+    let bad = c.fails(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"test","path":"/spec/replicas","value":9}]"#,
+    ]);
     assert!(bad.contains("invalid") && bad.contains("test"), "{bad}");
 
     let gen_before = json(&c, &["get", "deploy", "web"])["metadata"]["generation"].as_i64().unwrap();
@@ -195,10 +225,8 @@ fn errors_conflict_already_exists_invalid() {
     assert!(err.contains("Conflict") && err.contains("the object has been modified"), "{err}");
     let err = c.fails(&["create", "-f", f.to_str().unwrap()]);
     assert!(err.contains("AlreadyExists") && err.contains("configmaps \"cfg\" already exists"), "{err}");
-    let bad = c.file(
-        "bad.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\ndata:\n  a: b\n",
-    );
+    let bad =
+        c.file("bad.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\ndata:\n  a: b\n");
     let err = c.fails(&["create", "-f", bad.to_str().unwrap()]);
     assert!(err.contains("is invalid") && err.contains("metadata.name"), "{err}");
     let err = c.fails(&["create", "configmap", "x", "-n", "missing-ns", "--from-literal=a=b"]);
@@ -211,9 +239,15 @@ fn errors_conflict_already_exists_invalid() {
 fn generators_and_auth() {
     let c = Cluster::start();
     assert!(c.ok(&["create", "namespace", "ns1"]).contains("namespace/ns1 created"));
-    assert!(c.ok(&["create", "configmap", "cm1", "-n", "ns1", "--from-literal=a=b"]).contains("configmap/cm1 created"));
-    assert!(c.ok(&["create", "secret", "generic", "s1", "-n", "ns1", "--from-literal=a=b"]).contains("secret/s1 created"));
-    assert!(c.ok(&["create", "deployment", "d1", "--image=nginx", "--replicas=2"]).contains("deployment.apps/d1 created"));
+    assert!(c
+        .ok(&["create", "configmap", "cm1", "-n", "ns1", "--from-literal=a=b"])
+        .contains("configmap/cm1 created"));
+    assert!(c
+        .ok(&["create", "secret", "generic", "s1", "-n", "ns1", "--from-literal=a=b"])
+        .contains("secret/s1 created"));
+    assert!(c
+        .ok(&["create", "deployment", "d1", "--image=nginx", "--replicas=2"])
+        .contains("deployment.apps/d1 created"));
     let s = json(&c, &["get", "secret", "s1", "-n", "ns1"]);
     assert_eq!(s["data"]["a"], "Yg==");
     assert_eq!(s["type"], "Opaque");
@@ -298,7 +332,8 @@ fn delete_with_finalizer_waits() {
     });
     assert!(del.try_wait().unwrap().is_none(), "kubectl delete returned while the finalizer was present");
     c.ok(&["patch", "cm", "f1", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
-    let status = wait_for("kubectl delete to return", Duration::from_secs(20), || del.try_wait().ok().flatten());
+    let status =
+        wait_for("kubectl delete to return", Duration::from_secs(20), || del.try_wait().ok().flatten());
     assert!(status.success());
     let err = c.fails(&["get", "cm", "f1"]);
     assert!(err.contains("not found"), "{err}");

@@ -170,6 +170,12 @@ impl Cache {
         self.head.send_replace(rev);
     }
 
+    /// One object from the cache, if present (it may lag the store by a few milliseconds).
+    pub fn get(&self, key: &[u8]) -> Option<Arc<Value>> {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        st.objects.get(key).cloned()
+    }
+
     /// The revision the cache has caught up to.
     pub fn revision(&self) -> u64 {
         *self.head.borrow()

@@ -105,7 +105,8 @@ impl Query {
         let mut o = self.write_options()?;
         if o.field_manager.is_none() && !apply {
             let ua = header_str(req, header::USER_AGENT);
-            let name: String = ua.split('/').next().unwrap_or("").chars().filter(|c| !c.is_control()).take(128).collect();
+            let name: String =
+                ua.split('/').next().unwrap_or("").chars().filter(|c| !c.is_control()).take(128).collect();
             if !name.is_empty() {
                 o.field_manager = Some(name);
             }

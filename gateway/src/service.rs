@@ -422,7 +422,8 @@ impl ApiService {
             }
             opts.label_selector.matches(&meta::labels(obj)) && opts.field_selector.matches(obj)
         });
-        let revision = min_rev.unwrap_or(revision).max(if min_rev.is_some() { 0 } else { revision });
+        // Continued pages report the revision of the first page, as upstream.
+        let revision = min_rev.unwrap_or(revision);
         Ok(ListPage { items, revision, continue_token: next.map(|k| encode_continue(revision, &k)) })
     }
 
@@ -508,7 +509,13 @@ impl ApiService {
         let Some(ns_res) = registry::find("", "v1", "namespaces") else {
             return Err(ApiError::Internal("namespaces are not registered".into()));
         };
-        match self.read(&keys::object_key(ns_res, None, ns)).await? {
+        let key = keys::object_key(ns_res, None, ns);
+        // The cache answers almost always; a namespace created a moment ago may not be in
+        // it yet, so a miss falls back to the store.
+        if let Some(v) = self.cache.get(&key) {
+            return Ok((*v).clone());
+        }
+        match self.read(&key).await? {
             Some((v, _)) => Ok(v),
             None => Err(ApiError::namespace_not_found(ns)),
         }
@@ -540,6 +547,7 @@ impl ApiService {
                 if obj["spec"].get("serviceAccountName").and_then(Value::as_str).is_none() {
                     obj["spec"]["serviceAccountName"] = json!("default");
                 }
+                add_default_tolerations(obj);
             }
             "Namespace" => {
                 obj["status"] = json!({"phase": "Active"});
@@ -1321,6 +1329,25 @@ impl ApiService {
             }
         }
         Ok((out, scanned))
+    }
+}
+
+/// Upstream's DefaultTolerationSeconds admission: pods tolerate not-ready and
+/// unreachable nodes for 300 s unless they say otherwise.
+fn add_default_tolerations(pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else { return };
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let present = list.iter().any(|t| {
+            let k = t.get("key").and_then(Value::as_str);
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            (k == Some(key) || (k.is_none() && t.get("operator").and_then(Value::as_str) == Some("Exists")))
+                && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !present {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
     }
 }
 
