@@ -18,11 +18,7 @@ pub fn apply_defaults(res: &ResourceInfo, obj: &mut Value) {
         ("", "Pod") => pod(obj),
         ("", "Service") => service(obj),
         ("", "Namespace") => namespace(obj),
-        ("", "Secret") => {
-            if let Some(o) = obj.as_object_mut() {
-                set_str(o, "type", "Opaque");
-            }
-        }
+        ("", "Secret") => secret(obj),
         ("", "PersistentVolumeClaim") => pvc(obj),
         ("", "PersistentVolume") => pv(obj),
         ("", "Endpoints") => endpoints(obj),
@@ -402,6 +398,39 @@ fn namespace(obj: &mut Value) {
     }
 }
 
+/// Secret: type Opaque, and `stringData` merged into `data` (upstream's conversion does
+/// this, so a stored Secret never has `stringData`).
+fn secret(obj: &mut Value) {
+    let Some(o) = obj.as_object_mut() else { return };
+    set_str(o, "type", "Opaque");
+    let Some(Value::Object(string_data)) = o.remove("stringData") else { return };
+    if let Some(data) = child(o, "data") {
+        for (k, v) in string_data {
+            if let Some(text) = v.as_str() {
+                data.insert(k, Value::String(base64(text.as_bytes())));
+            }
+        }
+    }
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn pvc_map(o: &mut Map<String, Value>) {
     if let Some(spec) = child(o, "spec") {
         set_str(spec, "volumeMode", "Filesystem");
@@ -729,7 +758,9 @@ mod tests {
         let cj = defaulted("batch", "cronjobs", json!({"spec": {"schedule": "* * * * *"}}));
         assert_eq!(cj["spec"]["concurrencyPolicy"], "Allow");
         assert_eq!(cj["spec"]["successfulJobsHistoryLimit"], 3);
-        let sec = defaulted("", "secrets", json!({}));
+        let sec = defaulted("", "secrets", json!({"stringData": {"a": "hello", "b": "hi"}}));
         assert_eq!(sec["type"], "Opaque");
+        assert_eq!(sec["data"], json!({"a": "aGVsbG8=", "b": "aGk="}));
+        assert!(sec.get("stringData").is_none());
     }
 }

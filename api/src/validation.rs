@@ -1,17 +1,74 @@
 //! Upstream validation for the served kinds. Errors are [`Cause`]s; the gateway answers
 //! them with 422 Invalid.
+//!
+//! Field paths and messages follow upstream's `field.ErrorList` rendering (`ErrorBody`):
+//! `Required value`, `Invalid value: "Foo_bar": a lowercase RFC 1123 subdomain must...`,
+//! `Unsupported value: "X": supported values: "SCTP", "TCP", "UDP"`, and so on. The checks
+//! mirror `pkg/apis/core/validation`, `pkg/apis/apps/validation`,
+//! `pkg/apis/batch/validation`, `pkg/apis/rbac/validation` and apimachinery's name rules,
+//! run on objects that have already been defaulted.
+
+mod errs;
+mod kinds;
+mod meta;
+mod names;
+mod pod;
+mod update;
 
 use crate::{Cause, ResourceInfo};
 use serde_json::Value;
 
 /// Validates an object about to be created.
 pub fn validate_create(res: &ResourceInfo, obj: &Value) -> Vec<Cause> {
-    let _ = (res, obj);
-    Vec::new()
+    let mut e = errs::Errs::default();
+    if res.stored {
+        let rule = kinds::name_rule(res.group, res.kind);
+        meta::object_meta(&mut e, obj, rule, res.namespaced());
+        kinds::validate(&mut e, res.group, res.kind, obj);
+    } else {
+        review(&mut e, res.kind, obj);
+    }
+    e.0
 }
 
 /// Validates an update of `old` to `new` (including immutable fields).
 pub fn validate_update(res: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cause> {
-    let _ = old;
-    validate_create(res, new)
+    let mut causes = validate_create(res, new);
+    if res.stored {
+        let mut e = errs::Errs::default();
+        update::validate(&mut e, res.group, res.kind, old, new);
+        if res.kind == "Pod" && res.group.is_empty() {
+            // Ephemeral containers are added through their own subresource; on a plain
+            // update an unchanged list is fine.
+            causes.retain(|c| c.field != "spec.ephemeralContainers");
+        }
+        causes.extend(e.0);
+    }
+    causes
 }
+
+/// The access reviews: exactly one kind of attributes.
+fn review(e: &mut errs::Errs, kind: &str, obj: &Value) {
+    if kind != "SelfSubjectAccessReview" {
+        return;
+    }
+    let spec = obj.get("spec");
+    let ra = errs::get(spec, "resourceAttributes");
+    let nra = errs::get(spec, "nonResourceAttributes");
+    match (ra, nra) {
+        (Some(_), Some(n)) => e.invalid(
+            "spec.nonResourceAttributes",
+            &errs::json_value(Some(n)),
+            "cannot be specified in combination with resourceAttributes",
+        ),
+        (None, None) => e.invalid(
+            "spec.resourceAttributes",
+            "\"null\"",
+            "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+        ),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,17 +1,17 @@
 //! The HTTPS gateway: Kubernetes REST paths, content negotiation, Table output and
 //! watch streams on top of the [`ApiService`].
 
-use crate::auth::{Attributes, Decision, User};
+use crate::auth::User;
 use crate::cache::EventKind;
 use crate::discovery;
-use crate::service::{ApiService, DeleteOptions, FieldValidation, ListOptions, PatchType, WriteOptions};
-use crate::status::{success_status, ApiError, ApiResult};
+use crate::dispatch::{self, not_found_path, parse_target, Query, Reply, Target, Verb};
+use crate::service::{ApiService, ListOptions, PatchType};
+use crate::status::{ApiError, ApiResult};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use capstan_api::selectors::{FieldSelector, LabelSelector};
-use capstan_api::{meta, registry, ResourceInfo};
+use capstan_api::{meta, ResourceInfo};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -59,7 +59,7 @@ fn with_warnings(mut resp: HttpResponse, warnings: &[String]) -> HttpResponse {
     resp
 }
 
-fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> &'a str {
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> &str {
     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
@@ -80,96 +80,6 @@ fn authenticate(req: &HttpRequest, gw: &Gateway) -> ApiResult<User> {
 fn query_pairs(req: &HttpRequest) -> ApiResult<Vec<(String, String)>> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("invalid query string: {e}")))
-}
-
-struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
-    }
-
-    fn flag(&self, k: &str) -> ApiResult<bool> {
-        match self.get(k) {
-            None | Some("") | Some("false") | Some("0") => Ok(false),
-            Some("true") | Some("1") => Ok(true),
-            Some(v) => {
-                Err(ApiError::BadRequest(format!("invalid value for {k}: {v:?}: must be true or false")))
-            }
-        }
-    }
-
-    /// Write options; without `fieldManager`, ordinary writes are attributed to the client's
-    /// user-agent name (as upstream), apply requires it explicitly.
-    fn write_options_for(&self, req: &HttpRequest, apply: bool) -> ApiResult<WriteOptions> {
-        let mut o = self.write_options()?;
-        if o.field_manager.is_none() && !apply {
-            let ua = header_str(req, header::USER_AGENT);
-            let name: String =
-                ua.split('/').next().unwrap_or("").chars().filter(|c| !c.is_control()).take(128).collect();
-            if !name.is_empty() {
-                o.field_manager = Some(name);
-            }
-        }
-        Ok(o)
-    }
-
-    fn write_options(&self) -> ApiResult<WriteOptions> {
-        let dry_run = match self.get("dryRun") {
-            None | Some("") => false,
-            Some("All") => true,
-            Some(other) => {
-                return Err(ApiError::BadRequest(format!(
-                    "dryRun: Unsupported value: \"{other}\": supported values: \"All\""
-                )))
-            }
-        };
-        let field_manager = self.get("fieldManager").filter(|s| !s.is_empty()).map(str::to_string);
-        if let Some(m) = &field_manager {
-            if m.len() > 128 || m.chars().any(|c| c.is_control()) {
-                return Err(ApiError::BadRequest(
-                    "fieldManager: Invalid value: must be at most 128 printable characters".into(),
-                ));
-            }
-        }
-        Ok(WriteOptions {
-            dry_run,
-            field_manager,
-            field_validation: FieldValidation::parse(self.get("fieldValidation").unwrap_or(""))?,
-            force: self.flag("force")?,
-        })
-    }
-
-    fn list_options(&self, res: &ResourceInfo) -> ApiResult<ListOptions> {
-        let label_selector = LabelSelector::parse(self.get("labelSelector").unwrap_or(""))
-            .map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?;
-        let field_selector =
-            FieldSelector::parse(self.get("fieldSelector").unwrap_or(""), res.group, res.kind)
-                .map_err(ApiError::BadRequest)?;
-        let limit = match self.get("limit") {
-            None | Some("") => 0,
-            Some(l) => {
-                l.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid limit: {l:?}")))?.max(0)
-                    as usize
-            }
-        };
-        let rvm = self.get("resourceVersionMatch").filter(|s| !s.is_empty()).map(str::to_string);
-        if let Some(m) = &rvm {
-            if m != "NotOlderThan" && m != "Exact" {
-                return Err(ApiError::BadRequest(format!(
-                    "resourceVersionMatch: Unsupported value: \"{m}\": supported values: \"Exact\", \"NotOlderThan\""
-                )));
-            }
-        }
-        Ok(ListOptions {
-            label_selector,
-            field_selector,
-            limit,
-            continue_token: self.get("continue").filter(|s| !s.is_empty()).map(str::to_string),
-            resource_version: self.get("resourceVersion").map(str::to_string),
-            resource_version_match: rvm,
-        })
-    }
 }
 
 /// Reads the body with the size limit.
@@ -226,23 +136,7 @@ fn decode_object(req: &HttpRequest, body: &[u8]) -> ApiResult<Value> {
     }
 }
 
-fn decode_patch(req: &HttpRequest, body: &[u8]) -> ApiResult<(PatchType, Value)> {
-    let mt = media_type(req);
-    let pt = match mt.as_str() {
-        "application/json-patch+json" => PatchType::Json,
-        "application/merge-patch+json" => PatchType::Merge,
-        "application/strategic-merge-patch+json" => PatchType::Strategic,
-        "application/apply-patch+yaml" | "application/apply-patch+json" => PatchType::Apply,
-        other => {
-            return Err(unsupported_media(
-                other,
-                "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
-            ))
-        }
-    };
-    if body.is_empty() {
-        return Err(ApiError::BadRequest("the patch body is empty".into()));
-    }
+fn decode_patch(pt: PatchType, body: &[u8]) -> ApiResult<Value> {
     let v = if pt == PatchType::Apply { parse_yaml(body)? } else { parse_json(body)? };
     match (pt, &v) {
         (PatchType::Json, Value::Array(_)) => {}
@@ -252,7 +146,7 @@ fn decode_patch(req: &HttpRequest, body: &[u8]) -> ApiResult<(PatchType, Value)>
         (_, Value::Object(_)) => {}
         _ => return Err(ApiError::BadRequest("patch body must be a JSON object".into())),
     }
-    Ok((pt, v))
+    Ok(v)
 }
 
 /// What the client accepts back.
@@ -354,70 +248,6 @@ fn object_response(code: StatusCode, res: &ResourceInfo, obj: Value, out: Output
     }
 }
 
-/// A parsed resource path.
-struct Target {
-    res: &'static ResourceInfo,
-    namespace: Option<String>,
-    name: Option<String>,
-    subresource: Option<String>,
-}
-
-fn not_found_path() -> ApiError {
-    ApiError::NotFound { message: "the server could not find the requested resource".into(), details: None }
-}
-
-fn parse_target(group: &str, version: &str, segs: &[&str]) -> ApiResult<Target> {
-    let find = |plural: &str| registry::find(group, version, plural).ok_or_else(not_found_path);
-    let target = match segs {
-        ["namespaces", ns, plural, rest @ ..]
-            if registry::find(group, version, plural).is_some_and(|r| r.namespaced()) =>
-        {
-            let res = find(plural)?;
-            match rest {
-                [] => Target { res, namespace: Some(ns.to_string()), name: None, subresource: None },
-                [name] => Target {
-                    res,
-                    namespace: Some(ns.to_string()),
-                    name: Some(name.to_string()),
-                    subresource: None,
-                },
-                [name, sub] => Target {
-                    res,
-                    namespace: Some(ns.to_string()),
-                    name: Some(name.to_string()),
-                    subresource: Some(sub.to_string()),
-                },
-                _ => return Err(not_found_path()),
-            }
-        }
-        [plural] => Target { res: find(plural)?, namespace: None, name: None, subresource: None },
-        [plural, name] => {
-            let res = find(plural)?;
-            if res.namespaced() {
-                return Err(not_found_path());
-            }
-            Target { res, namespace: None, name: Some(name.to_string()), subresource: None }
-        }
-        [plural, name, sub] => {
-            let res = find(plural)?;
-            if res.namespaced() {
-                return Err(not_found_path());
-            }
-            Target { res, namespace: None, name: Some(name.to_string()), subresource: Some(sub.to_string()) }
-        }
-        _ => return Err(not_found_path()),
-    };
-    if let Some(s) = &target.subresource {
-        if target.res.subresource(s).is_none() {
-            return Err(not_found_path());
-        }
-    }
-    if target.name.as_deref() == Some("") {
-        return Err(not_found_path());
-    }
-    Ok(target)
-}
-
 /// The catch-all handler: every request goes through here.
 pub async fn dispatch(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
     match handle(&req, payload, &gw).await {
@@ -478,7 +308,7 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
         _ => return Err(not_found_path()),
     };
     let target = parse_target(group, version, rest)?;
-    resource(req, payload, gw, &user, &q, target).await
+    resource(req, payload, gw, &user, q, target).await
 }
 
 fn is_health(p: &str) -> bool {
@@ -510,250 +340,81 @@ async fn resource(
     payload: web::Payload,
     gw: &Gateway,
     user: &User,
-    q: &Query,
+    q: Query,
     t: Target,
 ) -> ApiResult<HttpResponse> {
-    let svc = &gw.service;
     let res = t.res;
-    let ns = t.namespace.as_deref();
+    let out = output(req, &q)?;
     let method = req.method().clone();
-    let out = output(req, q)?;
-    if !res.stored && !(method == Method::POST && t.name.is_none()) {
-        return Err(ApiError::MethodNotAllowed(format!(
-            "the server does not allow this method on the requested resource ({})",
-            res.plural
-        )));
-    }
-    match (&method, t.name.as_deref(), t.subresource.as_deref()) {
-        // Collections.
-        (&Method::GET, None, None) => {
+    let collection = t.name.is_none();
+    let verb = match (&method, collection) {
+        (&Method::GET, true) if q.flag("watch")? => {
             let opts = q.list_options(res)?;
-            if q.flag("watch")? {
-                svc.authorize(user, "watch", res, None, ns, None)?;
-                return watch(gw, res, ns, opts, q, out);
-            }
-            let page = svc.list(user, res, ns, &opts).await?;
-            let resp = match out {
-                Output::Json => {
-                    let items: Vec<&Value> = page.items.iter().map(|a| a.as_ref()).collect();
-                    let mut md = json!({"resourceVersion": page.revision.to_string()});
-                    if let Some(c) = &page.continue_token {
-                        md["continue"] = json!(c);
-                    }
-                    json_response(
-                        StatusCode::OK,
-                        &json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": md, "items": items}),
-                    )
-                }
-                Output::Table { .. } => {
-                    let t = table(res, &page.items, page.revision, page.continue_token.as_deref(), out, true);
-                    HttpResponse::Ok().content_type(TABLE_CT).body(serde_json::to_vec(&t).unwrap_or_default())
-                }
-            };
-            Ok(resp)
+            gw.service.authorize(user, "watch", res, None, t.namespace.as_deref(), None)?;
+            return watch(gw, res, t.namespace.as_deref(), opts, &q, out);
         }
-        (&Method::POST, None, None) => {
-            let body = read_body(payload, gw.max_body_bytes).await?;
-            let obj = decode_object(req, &body)?;
-            if !res.stored {
-                return review(gw, user, res, obj);
-            }
-            let opts = q.write_options_for(req, false)?;
-            let r = svc.create(user, res, ns, obj, &opts).await?;
-            Ok(with_warnings(object_response(StatusCode::CREATED, res, r.object, out), &r.warnings))
-        }
-        (&Method::DELETE, None, None) => {
-            let body = read_body(payload, gw.max_body_bytes).await?;
-            let dopts = delete_options(req, &body, q)?;
-            let lopts = q.list_options(res)?;
-            let v = svc.delete_collection(user, res, ns, &lopts, &dopts).await?;
-            Ok(json_response(StatusCode::OK, &v))
-        }
-        // Single objects.
-        (&Method::GET, Some(name), None) => {
-            let obj = svc.get(user, res, ns, name).await?;
-            Ok(object_response(StatusCode::OK, res, obj, out))
-        }
-        (&Method::PUT, Some(name), None | Some("status")) => {
-            let status_only = t.subresource.is_some();
-            let body = read_body(payload, gw.max_body_bytes).await?;
-            let obj = decode_object(req, &body)?;
-            let opts = q.write_options_for(req, false)?;
-            let r = svc.update(user, res, ns, name, obj, &opts, status_only).await?;
-            let code = if r.created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok(with_warnings(object_response(code, res, r.object, out), &r.warnings))
-        }
-        (&Method::PATCH, Some(name), None | Some("status")) => {
-            let status_only = t.subresource.is_some();
-            let body = read_body(payload, gw.max_body_bytes).await?;
-            let (pt, patch) = decode_patch(req, &body)?;
-            let opts = q.write_options_for(req, pt == PatchType::Apply)?;
-            if pt != PatchType::Apply && q.get("force").is_some() {
-                return Err(ApiError::BadRequest(
-                    "force: Forbidden: may not be specified for non-apply patch".into(),
-                ));
-            }
-            let r = svc.patch(user, res, ns, name, pt, patch, &opts, status_only).await?;
-            let code = if r.created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok(with_warnings(object_response(code, res, r.object, out), &r.warnings))
-        }
-        (&Method::DELETE, Some(name), None) => {
-            let body = read_body(payload, gw.max_body_bytes).await?;
-            let dopts = delete_options(req, &body, q)?;
-            let (obj, _) = svc.delete(user, res, ns, name, &dopts).await?;
-            Ok(json_response(StatusCode::OK, &obj))
-        }
-        (&Method::GET, Some(name), Some("status")) => {
-            svc.authorize(user, "get", res, Some("status"), ns, Some(name))?;
-            let obj = svc.get(&User::system(), res, ns, name).await?;
-            Ok(object_response(StatusCode::OK, res, obj, out))
-        }
-        (&Method::GET, Some(name), Some("scale")) => {
-            Ok(json_response(StatusCode::OK, &svc.get_scale(user, res, ns, name).await?))
-        }
-        (&Method::PUT, Some(name), Some("scale")) => {
-            let body = read_body(payload, gw.max_body_bytes).await?;
-            let obj = decode_object(req, &body)?;
-            let opts = q.write_options_for(req, false)?;
-            let v = svc.update_scale(user, res, ns, name, &opts, "update", |_| Ok(obj.clone())).await?;
-            Ok(json_response(StatusCode::OK, &v))
-        }
-        (&Method::PATCH, Some(name), Some("scale")) => {
-            let body = read_body(payload, gw.max_body_bytes).await?;
-            let (pt, patch) = decode_patch(req, &body)?;
-            let opts = q.write_options_for(req, false)?;
-            let v = svc
-                .update_scale(user, res, ns, name, &opts, "patch", |cur| match pt {
-                    PatchType::Json => capstan_api::patch::json_patch(cur, &patch)
-                        .map_err(|e| ApiError::BadRequest(e.to_string())),
-                    _ => capstan_api::patch::merge_patch(cur, &patch)
-                        .map_err(|e| ApiError::BadRequest(e.to_string())),
-                })
-                .await?;
-            Ok(json_response(StatusCode::OK, &v))
-        }
-        (&Method::POST, Some(name), Some("binding")) => {
-            let body = read_body(payload, gw.max_body_bytes).await?;
-            let obj = decode_object(req, &body)?;
-            let v = svc.bind(user, ns.unwrap_or(""), name, &obj).await?;
-            Ok(json_response(StatusCode::CREATED, &v))
-        }
-        (&Method::POST, Some(name), Some("eviction")) => {
-            let body = read_body(payload, gw.max_body_bytes).await?;
-            let obj = decode_object(req, &body)?;
-            svc.authorize(user, "create", res, Some("eviction"), ns, Some(name))?;
-            let dopts = DeleteOptions::from_json(obj.get("deleteOptions"))?;
-            svc.delete(&User::system(), res, ns, name, &dopts).await?;
-            Ok(json_response(StatusCode::CREATED, &success_status(None)))
-        }
-        (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) => {
-            svc.authorize(user, if sub == "log" { "get" } else { "create" }, res, Some(sub), ns, Some(name))?;
-            let pod = svc.get(&User::system(), res, ns, name).await?;
-            let node = pod["spec"].get("nodeName").and_then(Value::as_str).unwrap_or("");
-            Err(ApiError::BadRequest(if node.is_empty() {
-                format!("pod {name} is not scheduled to a node yet")
-            } else {
-                format!("the node agent of {node} does not serve {sub} yet")
-            }))
-        }
-        _ => Err(ApiError::MethodNotAllowed(format!(
-            "the server does not allow this method on the requested resource ({} {})",
-            method,
-            req.path()
-        ))),
-    }
-}
-
-fn delete_options(req: &HttpRequest, body: &[u8], q: &Query) -> ApiResult<DeleteOptions> {
-    let v = if body.is_empty() { None } else { Some(decode_object(req, body)?) };
-    let mut o = DeleteOptions::from_json(v.as_ref())?;
-    if q.get("dryRun") == Some("All") {
-        o.dry_run = true;
-    }
-    if let Some(g) = q.get("gracePeriodSeconds") {
-        o.grace_period_seconds =
-            Some(g.parse().map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds: {g:?}")))?);
-    }
-    if let Some(p) = q.get("propagationPolicy") {
-        o.propagation_policy = Some(p.to_string());
-    }
-    Ok(o)
-}
-
-/// SelfSubjectAccessReview and SelfSubjectRulesReview.
-fn review(gw: &Gateway, user: &User, res: &ResourceInfo, obj: Value) -> ApiResult<HttpResponse> {
-    let spec = obj.get("spec").cloned().unwrap_or(json!({}));
-    let mut out = obj.clone();
-    out["apiVersion"] = json!(res.api_version());
-    out["kind"] = json!(res.kind);
-    if out.get("metadata").is_none() {
-        out["metadata"] = json!({});
-    }
-    match res.kind {
-        "SelfSubjectAccessReview" => {
-            let (attrs, nonresource) = if let Some(ra) = spec.get("resourceAttributes") {
-                let s = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                (
-                    Attributes {
-                        verb: s("verb"),
-                        group: s("group"),
-                        resource: s("resource"),
-                        subresource: s("subresource"),
-                        namespace: s("namespace"),
-                        name: s("name"),
-                    },
-                    false,
-                )
-            } else if let Some(nr) = spec.get("nonResourceAttributes") {
-                let s = |k: &str| nr.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                (
-                    Attributes {
-                        verb: s("verb"),
-                        group: String::new(),
-                        resource: s("path"),
-                        subresource: String::new(),
-                        namespace: String::new(),
-                        name: String::new(),
-                    },
-                    true,
-                )
-            } else {
-                return Err(ApiError::invalid(
-                    res.kind,
-                    res.group,
-                    "",
-                    vec![capstan_api::Cause::invalid(
-                        "spec.resourceAttributes",
-                        "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
-                    )],
-                ));
-            };
-            let _ = nonresource;
-            let status = match gw.service.decide(user, &attrs) {
-                Decision::Allow(r) => json!({"allowed": true, "reason": r}),
-                Decision::Deny(r) => json!({"allowed": false, "reason": r}),
-            };
-            out["status"] = status;
-        }
+        (&Method::GET, true) => Verb::List,
+        (&Method::GET, false) => Verb::Get,
+        (&Method::POST, _) => Verb::Create,
+        (&Method::PUT, false) => Verb::Update,
+        (&Method::PATCH, false) => Verb::Patch(dispatch::patch_type(header_str(req, header::CONTENT_TYPE))?),
+        (&Method::DELETE, true) => Verb::DeleteCollection,
+        (&Method::DELETE, false) => Verb::Delete,
         _ => {
-            let probe = Attributes {
-                verb: "*".into(),
-                group: "*".into(),
-                resource: "*".into(),
-                subresource: String::new(),
-                namespace: spec.get("namespace").and_then(Value::as_str).unwrap_or("").to_string(),
-                name: String::new(),
-            };
-            let all = matches!(gw.service.decide(user, &probe), Decision::Allow(_));
-            out["status"] = if all {
-                json!({"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-                       "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false})
-            } else {
-                json!({"resourceRules": [], "nonResourceRules": [], "incomplete": false})
-            };
+            return Err(ApiError::MethodNotAllowed(format!(
+                "the server does not allow this method on the requested resource ({} {})",
+                method,
+                req.path()
+            )))
         }
+    };
+    let raw = match verb {
+        Verb::Get | Verb::List => Bytes::new(),
+        _ => read_body(payload, gw.max_body_bytes).await?,
+    };
+    let body = match verb {
+        Verb::Get | Verb::List => None,
+        _ if raw.is_empty() => None,
+        Verb::Patch(pt) => Some(decode_patch(pt, &raw)?),
+        _ => Some(decode_object(req, &raw)?),
+    };
+    let request = dispatch::Request {
+        verb,
+        target: t,
+        query: q,
+        body,
+        user_agent: header_str(req, header::USER_AGENT).to_string(),
+    };
+    match dispatch::dispatch(&gw.service, user, request).await? {
+        Reply::Object { code, object, warnings } => {
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            let is_status = object.get("kind").and_then(Value::as_str) == Some("Status");
+            let out =
+                if is_status || !matches!(verb, Verb::Get | Verb::Create | Verb::Update | Verb::Patch(_)) {
+                    Output::Json
+                } else {
+                    out
+                };
+            Ok(with_warnings(object_response(code, res, object, out), &warnings))
+        }
+        Reply::List(page) => Ok(match out {
+            Output::Json => {
+                let items: Vec<&Value> = page.items.iter().map(|a| a.as_ref()).collect();
+                let mut md = json!({"resourceVersion": page.revision.to_string()});
+                if let Some(c) = &page.continue_token {
+                    md["continue"] = json!(c);
+                }
+                json_response(
+                    StatusCode::OK,
+                    &json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": md, "items": items}),
+                )
+            }
+            Output::Table { .. } => {
+                let t = table(res, &page.items, page.revision, page.continue_token.as_deref(), out, true);
+                HttpResponse::Ok().content_type(TABLE_CT).body(serde_json::to_vec(&t).unwrap_or_default())
+            }
+        }),
     }
-    Ok(json_response(StatusCode::CREATED, &out))
 }
 
 struct WatchState {

@@ -148,6 +148,9 @@ pub struct ListPage {
     pub continue_token: Option<String>,
 }
 
+/// One event of a watch: its type, the object, and the revision.
+pub type WatchEvent = (EventKind, Arc<Value>, u64);
+
 /// The patch types of `PATCH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchType {
@@ -644,8 +647,9 @@ impl ApiService {
         }
         let name = meta::name(&obj).unwrap_or("").to_string();
         let now = now_rfc3339();
-        capstan_api::defaults::apply_defaults(res, &mut obj);
+        // Identity first: defaulting derives Job selectors from the uid.
         self.prepare_create(res, &mut obj, &now);
+        capstan_api::defaults::apply_defaults(res, &mut obj);
         Self::validate(res, None, &obj)?;
         if let Some(ns) = namespace.filter(|_| res.namespaced()) {
             let nsobj = self.namespace_exists(ns).await?;
@@ -719,8 +723,8 @@ impl ApiService {
                     self.namespace_exists(ns).await?;
                 }
                 let now = now_rfc3339();
-                capstan_api::defaults::apply_defaults(res, &mut obj);
                 self.prepare_create(res, &mut obj, &now);
+                capstan_api::defaults::apply_defaults(res, &mut obj);
                 Self::validate(res, None, &obj)?;
                 if opts.dry_run {
                     return Ok(WriteResult { object: obj, created: true, warnings });
@@ -801,6 +805,17 @@ impl ApiService {
                     None => {
                         if let Some(o) = new.as_object_mut() {
                             o.remove("status");
+                        }
+                    }
+                }
+            }
+            if res.kind == "Service" {
+                // Allocated addresses stay unless the client names them.
+                for f in ["clusterIP", "clusterIPs", "ipFamilies"] {
+                    let empty = new["spec"].get(f).is_none_or(|v| v.is_null() || v.as_str() == Some(""));
+                    if empty {
+                        if let Some(v) = old["spec"].get(f) {
+                            new["spec"][f] = v.clone();
                         }
                     }
                 }
@@ -1220,6 +1235,7 @@ impl ApiService {
     }
 
     /// PUT or PATCH of the scale subresource: `f` turns the current Scale into the new one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update_scale(
         &self,
         user: &User,
@@ -1305,7 +1321,7 @@ impl ApiService {
         opts: &ListOptions,
         after: u64,
         max: usize,
-    ) -> ApiResult<(Vec<(EventKind, Arc<Value>, u64)>, u64)> {
+    ) -> ApiResult<(Vec<WatchEvent>, u64)> {
         let prefix = keys::prefix(res, namespace);
         let matches =
             |obj: &Value| opts.label_selector.matches(&meta::labels(obj)) && opts.field_selector.matches(obj);
@@ -1346,7 +1362,9 @@ fn add_default_tolerations(pod: &mut Value) {
                 && (effect.is_empty() || effect == "NoExecute")
         });
         if !present {
-            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            list.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}),
+            );
         }
     }
 }

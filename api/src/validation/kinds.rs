@@ -41,7 +41,13 @@ pub(crate) fn validate(e: &mut Errs, group: &str, kind: &str, obj: &Value) {
                     if let Some(m) = names::port_num(port) {
                         e.invalid(&format!("subsets[{i}].ports[{j}].port"), &port.to_string(), m);
                     }
-                    one_of(e, &format!("subsets[{i}].ports[{j}].protocol"), st(Some(p), "protocol"), &["SCTP", "TCP", "UDP"], false);
+                    one_of(
+                        e,
+                        &format!("subsets[{i}].ports[{j}].protocol"),
+                        st(Some(p), "protocol"),
+                        &["SCTP", "TCP", "UDP"],
+                        false,
+                    );
                 }
             }
         }
@@ -62,10 +68,8 @@ pub(crate) fn validate(e: &mut Errs, group: &str, kind: &str, obj: &Value) {
             one_of(e, "addressType", st(Some(obj), "addressType"), &["IPv4", "IPv6", "FQDN"], true);
         }
         ("rbac.authorization.k8s.io", "Role") => rules(e, obj, true),
-        ("rbac.authorization.k8s.io", "ClusterRole") => {
-            if get(Some(obj), "aggregationRule").is_none() {
-                rules(e, obj, false);
-            }
+        ("rbac.authorization.k8s.io", "ClusterRole") if get(Some(obj), "aggregationRule").is_none() => {
+            rules(e, obj, false)
         }
         ("rbac.authorization.k8s.io", "RoleBinding") => binding(e, obj, true),
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => binding(e, obj, false),
@@ -77,7 +81,13 @@ pub(crate) fn validate(e: &mut Errs, group: &str, kind: &str, obj: &Value) {
                 e.invalid_msgs("provisioner", prov, names::qualified_name(&prov.to_lowercase()));
             }
             one_of(e, "reclaimPolicy", st(Some(obj), "reclaimPolicy"), &["Delete", "Retain"], false);
-            one_of(e, "volumeBindingMode", st(Some(obj), "volumeBindingMode"), &["Immediate", "WaitForFirstConsumer"], false);
+            one_of(
+                e,
+                "volumeBindingMode",
+                st(Some(obj), "volumeBindingMode"),
+                &["Immediate", "WaitForFirstConsumer"],
+                false,
+            );
         }
         _ => {}
     }
@@ -104,7 +114,11 @@ fn template_matches(e: &mut Errs, sel: Option<&Value>, template: Option<&Value>,
     let (Some(sel), Some(t)) = (sel, template) else { return };
     let labels = t.get("metadata").and_then(|m| m.get("labels"));
     if !meta::selector_matches(sel, labels.and_then(Value::as_object)) {
-        e.invalid(&format!("{path}.metadata.labels"), &go_map(labels), "`selector` does not match template `labels`");
+        e.invalid(
+            &format!("{path}.metadata.labels"),
+            &go_map(labels),
+            "`selector` does not match template `labels`",
+        );
     }
 }
 
@@ -115,7 +129,7 @@ fn restart_always(e: &mut Errs, template: Option<&Value>, path: &str) {
     }
 }
 
-fn workload_common(e: &mut Errs, spec: Option<&Value>, empty_msg: &str) -> Option<()> {
+fn workload_common(e: &mut Errs, spec: Option<&Value>, empty_msg: &str) {
     e.nonnegative(spec, "replicas", "spec.replicas");
     e.nonnegative(spec, "minReadySeconds", "spec.minReadySeconds");
     e.nonnegative(spec, "revisionHistoryLimit", "spec.revisionHistoryLimit");
@@ -124,14 +138,16 @@ fn workload_common(e: &mut Errs, spec: Option<&Value>, empty_msg: &str) -> Optio
     pod::template(e, template, "spec.template", Ctx::Template);
     template_matches(e, sel, template, "spec.template");
     restart_always(e, template, "spec.template");
-    Some(())
 }
 
 fn deployment(e: &mut Errs, spec: Option<&Value>) {
     workload_common(e, spec, "empty selector is invalid for deployment");
     let template = get(spec, "template");
     if get(template.and_then(|t| t.get("spec")), "activeDeadlineSeconds").is_some() {
-        e.forbidden("spec.template.spec.activeDeadlineSeconds", "activeDeadlineSeconds in ReplicaSet is not Supported");
+        e.forbidden(
+            "spec.template.spec.activeDeadlineSeconds",
+            "activeDeadlineSeconds in ReplicaSet is not Supported",
+        );
     }
     let strategy = get(spec, "strategy");
     let ty = st(strategy, "type");
@@ -149,7 +165,11 @@ fn deployment(e: &mut Errs, spec: Option<&Value>) {
         if pds < 0 {
             e.invalid("spec.progressDeadlineSeconds", &pds.to_string(), "must be greater than or equal to 0");
         } else if pds <= int(spec, "minReadySeconds").unwrap_or(0) {
-            e.invalid("spec.progressDeadlineSeconds", &pds.to_string(), "must be greater than minReadySeconds");
+            e.invalid(
+                "spec.progressDeadlineSeconds",
+                &pds.to_string(),
+                "must be greater than minReadySeconds",
+            );
         }
     }
 }
@@ -165,7 +185,8 @@ fn int_or_percent(v: Option<&Value>) -> Option<(i64, bool)> {
 fn positive_int_or_percent(e: &mut Errs, v: Option<&Value>, p: &str) {
     match v {
         Some(Value::String(s)) => {
-            let ok = s.strip_suffix('%').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let ok =
+                s.strip_suffix('%').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
             if !ok {
                 e.invalid(
                     p,
@@ -174,12 +195,10 @@ fn positive_int_or_percent(e: &mut Errs, v: Option<&Value>, p: &str) {
                 );
             }
         }
-        Some(n) => {
-            if n.as_i64().unwrap_or(0) < 0 {
-                e.invalid(p, &go_int_or_string(v), "must be greater than or equal to 0");
-            }
+        Some(n) if n.as_i64().unwrap_or(0) < 0 => {
+            e.invalid(p, &go_int_or_string(v), "must be greater than or equal to 0");
         }
-        None => {}
+        _ => {}
     }
 }
 
@@ -202,14 +221,20 @@ fn rolling_update(e: &mut Errs, ru: &Value, p: &str) {
 fn replica_set(e: &mut Errs, spec: Option<&Value>) {
     workload_common(e, spec, "empty selector is invalid for deployment");
     if get(get(spec, "template").and_then(|t| t.get("spec")), "activeDeadlineSeconds").is_some() {
-        e.forbidden("spec.template.spec.activeDeadlineSeconds", "activeDeadlineSeconds in ReplicaSet is not Supported");
+        e.forbidden(
+            "spec.template.spec.activeDeadlineSeconds",
+            "activeDeadlineSeconds in ReplicaSet is not Supported",
+        );
     }
 }
 
 fn stateful_set(e: &mut Errs, spec: Option<&Value>) {
     workload_common(e, spec, "empty selector is invalid for statefulset");
     if get(get(spec, "template").and_then(|t| t.get("spec")), "activeDeadlineSeconds").is_some() {
-        e.forbidden("spec.template.spec.activeDeadlineSeconds", "activeDeadlineSeconds in StatefulSet is not Supported");
+        e.forbidden(
+            "spec.template.spec.activeDeadlineSeconds",
+            "activeDeadlineSeconds in StatefulSet is not Supported",
+        );
     }
     let pmp = st(spec, "podManagementPolicy");
     if !pmp.is_empty() && pmp != "OrderedReady" && pmp != "Parallel" {
@@ -236,7 +261,13 @@ fn stateful_set(e: &mut Errs, spec: Option<&Value>) {
     }
     let retention = get(spec, "persistentVolumeClaimRetentionPolicy");
     for k in ["whenDeleted", "whenScaled"] {
-        one_of(e, &format!("spec.persistentVolumeClaimRetentionPolicy.{k}"), st(retention, k), &["Retain", "Delete"], false);
+        one_of(
+            e,
+            &format!("spec.persistentVolumeClaimRetentionPolicy.{k}"),
+            st(retention, k),
+            &["Retain", "Delete"],
+            false,
+        );
     }
     e.nonnegative(get(spec, "ordinals"), "start", "spec.ordinals.start");
     for (i, t) in ar(spec, "volumeClaimTemplates").iter().enumerate() {
@@ -259,7 +290,10 @@ fn daemon_set(e: &mut Errs, spec: Option<&Value>) {
     template_matches(e, sel, template, "spec.template");
     restart_always(e, template, "spec.template");
     if get(template.and_then(|t| t.get("spec")), "activeDeadlineSeconds").is_some() {
-        e.forbidden("spec.template.spec.activeDeadlineSeconds", "activeDeadlineSeconds in DaemonSet is not Supported");
+        e.forbidden(
+            "spec.template.spec.activeDeadlineSeconds",
+            "activeDeadlineSeconds in DaemonSet is not Supported",
+        );
     }
     let us = get(spec, "updateStrategy");
     match st(us, "type") {
@@ -274,7 +308,9 @@ fn daemon_set(e: &mut Errs, spec: Option<&Value>) {
 
 /// `ValidateJobSpec` at `path` (`spec` or `spec.jobTemplate.spec`).
 pub(crate) fn job_spec(e: &mut Errs, spec: Option<&Value>, path: &str, is_job: bool) {
-    for k in ["parallelism", "completions", "activeDeadlineSeconds", "backoffLimit", "ttlSecondsAfterFinished"] {
+    for k in
+        ["parallelism", "completions", "activeDeadlineSeconds", "backoffLimit", "ttlSecondsAfterFinished"]
+    {
         e.nonnegative(spec, k, &format!("{path}.{k}"));
     }
     let mode = st(spec, "completionMode");
@@ -314,14 +350,28 @@ fn cron_job(e: &mut Errs, obj: &Value) {
     if schedule.is_empty() {
         e.required("spec.schedule", "");
     } else if schedule.contains("TZ") {
-        e.invalid_str("spec.schedule", schedule, "cannot use TZ or CRON_TZ in schedule, use timeZone field instead");
+        e.invalid_str(
+            "spec.schedule",
+            schedule,
+            "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+        );
     } else if !schedule.starts_with('@') {
         let fields = schedule.split_whitespace().count();
         if fields != 5 {
-            e.invalid_str("spec.schedule", schedule, &format!("expected exactly 5 fields, found {fields}: {schedule}"));
+            e.invalid_str(
+                "spec.schedule",
+                schedule,
+                &format!("expected exactly 5 fields, found {fields}: {schedule}"),
+            );
         }
     }
-    one_of(e, "spec.concurrencyPolicy", st(spec, "concurrencyPolicy"), &["Allow", "Forbid", "Replace"], false);
+    one_of(
+        e,
+        "spec.concurrencyPolicy",
+        st(spec, "concurrencyPolicy"),
+        &["Allow", "Forbid", "Replace"],
+        false,
+    );
     for k in ["startingDeadlineSeconds", "successfulJobsHistoryLimit", "failedJobsHistoryLimit"] {
         e.nonnegative(spec, k, &format!("spec.{k}"));
     }
@@ -355,7 +405,11 @@ fn service(e: &mut Errs, spec: Option<&Value>) {
         e.required("spec.ports", "");
     }
     if !cluster_ip.is_empty() && !headless && !names::is_ip(cluster_ip) {
-        e.invalid_str("spec.clusterIPs[0]", cluster_ip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)");
+        e.invalid_str(
+            "spec.clusterIPs[0]",
+            cluster_ip,
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        );
     }
     let require_name = ports.len() > 1;
     let mut port_names = HashSet::new();
@@ -419,7 +473,12 @@ const MAX_SECRET_SIZE: usize = 1024 * 1024;
 /// Decoded length of base64 text.
 fn b64_len(s: &str) -> usize {
     let pad = s.bytes().rev().take_while(|b| *b == b'=').count();
-    (s.len() / 4 * 3).saturating_sub(pad) + match s.len() % 4 { 2 => 1, 3 => 2, _ => 0 }
+    (s.len() / 4 * 3).saturating_sub(pad)
+        + match s.len() % 4 {
+            2 => 1,
+            3 => 2,
+            _ => 0,
+        }
 }
 
 fn config_map(e: &mut Errs, obj: &Value) {
@@ -462,7 +521,8 @@ fn secret(e: &mut Errs, obj: &Value) {
         e.too_long("data", MAX_SECRET_SIZE);
     }
     let has = |k: &str| {
-        data.is_some_and(|d| d.contains_key(k)) || ob(Some(obj), "stringData").is_some_and(|d| d.contains_key(k))
+        data.is_some_and(|d| d.contains_key(k))
+            || ob(Some(obj), "stringData").is_some_and(|d| d.contains_key(k))
     };
     match st(Some(obj), "type") {
         "kubernetes.io/service-account-token" => {
@@ -471,27 +531,15 @@ fn secret(e: &mut Errs, obj: &Value) {
                 e.required("metadata.annotations[kubernetes.io/service-account.name]", "");
             }
         }
-        "kubernetes.io/dockercfg" => {
-            if !has(".dockercfg") {
-                e.required("data[.dockercfg]", "");
-            }
+        "kubernetes.io/dockercfg" if !has(".dockercfg") => e.required("data[.dockercfg]", ""),
+        "kubernetes.io/dockerconfigjson" if !has(".dockerconfigjson") => {
+            e.required("data[.dockerconfigjson]", "")
         }
-        "kubernetes.io/dockerconfigjson" => {
-            if !has(".dockerconfigjson") {
-                e.required("data[.dockerconfigjson]", "");
-            }
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            e.required("data[username]", "");
+            e.required("data[password]", "");
         }
-        "kubernetes.io/basic-auth" => {
-            if !has("username") && !has("password") {
-                e.required("data[username]", "");
-                e.required("data[password]", "");
-            }
-        }
-        "kubernetes.io/ssh-auth" => {
-            if !has("ssh-privatekey") {
-                e.required("data[ssh-privatekey]", "");
-            }
-        }
+        "kubernetes.io/ssh-auth" if !has("ssh-privatekey") => e.required("data[ssh-privatekey]", ""),
         "kubernetes.io/tls" => {
             if !has("tls.key") {
                 e.required("data[tls.key]", "");
@@ -518,7 +566,8 @@ pub(crate) fn pvc_spec(e: &mut Errs, spec: Option<&Value>, path: &str) {
             e.not_supported(&format!("{path}.accessModes"), m, ACCESS_MODES);
         }
     }
-    let storage = ob(get(spec, "resources"), "requests").and_then(|r| r.get("storage")).and_then(Value::as_str);
+    let storage =
+        ob(get(spec, "resources"), "requests").and_then(|r| r.get("storage")).and_then(Value::as_str);
     match storage {
         None => e.required(&format!("{path}.resources[storage]"), ""),
         Some(s) => match names::quantity(s) {
@@ -531,9 +580,28 @@ pub(crate) fn pvc_spec(e: &mut Errs, spec: Option<&Value>, path: &str) {
 
 /// The persistent volume source keys of a PV spec.
 pub(crate) const PV_SOURCES: &[&str] = &[
-    "awsElasticBlockStore", "azureDisk", "azureFile", "cephfs", "cinder", "csi", "fc", "flexVolume",
-    "flocker", "gcePersistentDisk", "glusterfs", "hostPath", "iscsi", "local", "nfs",
-    "photonPersistentDisk", "portworxVolume", "quobyte", "rbd", "scaleIO", "storageos", "vsphereVolume",
+    "awsElasticBlockStore",
+    "azureDisk",
+    "azureFile",
+    "cephfs",
+    "cinder",
+    "csi",
+    "fc",
+    "flexVolume",
+    "flocker",
+    "gcePersistentDisk",
+    "glusterfs",
+    "hostPath",
+    "iscsi",
+    "local",
+    "nfs",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "quobyte",
+    "rbd",
+    "scaleIO",
+    "storageos",
+    "vsphereVolume",
 ];
 
 fn pv(e: &mut Errs, spec: Option<&Value>) {
@@ -591,9 +659,16 @@ fn rules(e: &mut Errs, obj: &Value, namespaced: bool) {
         if !urls.is_empty() {
             let v = go_strings(get(r, "nonResourceURLs"));
             if namespaced {
-                e.invalid(&format!("{p}.nonResourceURLs"), &v, "namespaced rules cannot apply to non-resource URLs");
+                e.invalid(
+                    &format!("{p}.nonResourceURLs"),
+                    &v,
+                    "namespaced rules cannot apply to non-resource URLs",
+                );
             }
-            if !ar(r, "apiGroups").is_empty() || !ar(r, "resources").is_empty() || !ar(r, "resourceNames").is_empty() {
+            if !ar(r, "apiGroups").is_empty()
+                || !ar(r, "resources").is_empty()
+                || !ar(r, "resourceNames").is_empty()
+            {
                 e.invalid(
                     &format!("{p}.nonResourceURLs"),
                     &v,

@@ -99,7 +99,10 @@ pub(crate) fn label_selector(e: &mut Errs, sel: &Value, path: &str) {
         match st(Some(expr), "operator") {
             "In" | "NotIn" => {
                 if values.is_empty() {
-                    e.required(&format!("{p}.values"), "must be specified when `operator` is 'In' or 'NotIn'");
+                    e.required(
+                        &format!("{p}.values"),
+                        "must be specified when `operator` is 'In' or 'NotIn'",
+                    );
                 }
             }
             "Exists" | "DoesNotExist" => {
@@ -146,4 +149,3 @@ pub(crate) fn selector_matches(sel: &Value, labels: Option<&Map<String, Value>>)
         }
     })
 }
-

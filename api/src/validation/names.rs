@@ -199,7 +199,11 @@ pub(crate) fn path_segment_name(s: &str) -> Vec<String> {
 
 /// `IsValidPortNum`.
 pub(crate) fn port_num(n: i64) -> Option<&'static str> {
-    if (1..=65535).contains(&n) { None } else { Some("must be between 1 and 65535, inclusive") }
+    if (1..=65535).contains(&n) {
+        None
+    } else {
+        Some("must be between 1 and 65535, inclusive")
+    }
 }
 
 /// `IsValidPortName` (IANA service names).

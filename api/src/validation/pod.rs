@@ -53,16 +53,32 @@ pub(crate) fn spec(e: &mut Errs, s: Option<&Value>, path: &str, ctx: Ctx) {
 
     let restart = st(s, "restartPolicy");
     if !(restart.is_empty() && ctx == Ctx::JobTemplate) {
-        one_of(e, &format!("{path}.restartPolicy"), restart, &["Always", "OnFailure", "Never"], ctx != Ctx::JobTemplate);
+        one_of(
+            e,
+            &format!("{path}.restartPolicy"),
+            restart,
+            &["Always", "OnFailure", "Never"],
+            ctx != Ctx::JobTemplate,
+        );
     }
     let dns = st(s, "dnsPolicy");
-    one_of(e, &format!("{path}.dnsPolicy"), dns, &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"], false);
+    one_of(
+        e,
+        &format!("{path}.dnsPolicy"),
+        dns,
+        &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
+        false,
+    );
     if dns == "None" && get(s, "dnsConfig").is_none() {
         e.required(&format!("{path}.dnsConfig"), "must provide `dnsConfig` when `dnsPolicy` is None");
     }
     if let Some(ads) = int(s, "activeDeadlineSeconds") {
         if !(1..=i64::from(i32::MAX)).contains(&ads) {
-            e.invalid(&format!("{path}.activeDeadlineSeconds"), &ads.to_string(), "must be between 1 and 2147483647, inclusive");
+            e.invalid(
+                &format!("{path}.activeDeadlineSeconds"),
+                &ads.to_string(),
+                "must be between 1 and 2147483647, inclusive",
+            );
         }
     }
     meta::labels(e, s.and_then(|s| s.get("nodeSelector")), &format!("{path}.nodeSelector"));
@@ -94,11 +110,36 @@ pub(crate) fn one_of(e: &mut Errs, path: &str, v: &str, valid: &[&str], required
 }
 
 const VOLUME_SOURCES: &[&str] = &[
-    "awsElasticBlockStore", "azureDisk", "azureFile", "cephfs", "cinder", "configMap", "csi",
-    "downwardAPI", "emptyDir", "ephemeral", "fc", "flexVolume", "flocker", "gcePersistentDisk",
-    "gitRepo", "glusterfs", "hostPath", "image", "iscsi", "nfs", "persistentVolumeClaim",
-    "photonPersistentDisk", "portworxVolume", "projected", "quobyte", "rbd", "scaleIO", "secret",
-    "storageos", "vsphereVolume",
+    "awsElasticBlockStore",
+    "azureDisk",
+    "azureFile",
+    "cephfs",
+    "cinder",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "fc",
+    "flexVolume",
+    "flocker",
+    "gcePersistentDisk",
+    "gitRepo",
+    "glusterfs",
+    "hostPath",
+    "image",
+    "iscsi",
+    "nfs",
+    "persistentVolumeClaim",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "projected",
+    "quobyte",
+    "rbd",
+    "scaleIO",
+    "secret",
+    "storageos",
+    "vsphereVolume",
 ];
 
 fn volumes<'a>(e: &mut Errs, s: Option<&'a Value>, path: &str) -> HashSet<&'a str> {
@@ -185,7 +226,13 @@ fn container<'a>(
     } else if image.trim() != image {
         e.invalid_str(&format!("{p}.image"), image, "must not have leading or trailing whitespace");
     }
-    one_of(e, &format!("{p}.imagePullPolicy"), st(c, "imagePullPolicy"), &["Always", "IfNotPresent", "Never"], false);
+    one_of(
+        e,
+        &format!("{p}.imagePullPolicy"),
+        st(c, "imagePullPolicy"),
+        &["Always", "IfNotPresent", "Never"],
+        false,
+    );
     one_of(
         e,
         &format!("{p}.terminationMessagePolicy"),
@@ -221,7 +268,11 @@ fn container<'a>(
             if let Some(m) = names::port_num(hp) {
                 e.invalid(&format!("{pp}.hostPort"), &hp.to_string(), m);
             } else if host_network && hp != cp {
-                e.invalid(&format!("{pp}.hostPort"), &hp.to_string(), "must match `containerPort` when `hostNetwork` is true");
+                e.invalid(
+                    &format!("{pp}.hostPort"),
+                    &hp.to_string(),
+                    "must match `containerPort` when `hostNetwork` is true",
+                );
             }
         }
         one_of(e, &format!("{pp}.protocol"), st(port, "protocol"), PROTOCOLS, false);
@@ -285,7 +336,9 @@ fn probe(e: &mut Errs, pr: &Value, p: &str, success_must_be_one: bool) {
             }
         }
     }
-    for k in ["initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"] {
+    for k in
+        ["initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"]
+    {
         e.nonnegative(Some(pr), k, &format!("{p}.{k}"));
     }
     if success_must_be_one {
@@ -329,7 +382,8 @@ fn resources(e: &mut Errs, r: Option<&Value>, p: &str) {
         let Some(m) = m else { continue };
         for (name, qty) in m {
             let fp = format!("{p}.{which}[{name}]");
-            let standard = STANDARD_CONTAINER_RESOURCES.contains(&name.as_str()) || name.starts_with("hugepages-");
+            let standard =
+                STANDARD_CONTAINER_RESOURCES.contains(&name.as_str()) || name.starts_with("hugepages-");
             let extended = name.contains('/') && !name.contains("kubernetes.io/");
             if !standard && !extended {
                 let msgs = names::qualified_name(name);
@@ -356,7 +410,8 @@ fn resources(e: &mut Errs, r: Option<&Value>, p: &str) {
         let Some(lim) = limits.get(name) else { continue };
         let (rs, ls) = (req.as_str().unwrap_or(""), lim.as_str().unwrap_or(""));
         let (Some(rv), Some(lv)) = (names::quantity(rs), names::quantity(ls)) else { continue };
-        let overcommit = !name.starts_with("hugepages-") && (!name.contains('/') || name.contains("kubernetes.io/"));
+        let overcommit =
+            !name.starts_with("hugepages-") && (!name.contains('/') || name.contains("kubernetes.io/"));
         let rp = format!("{p}.requests");
         if !overcommit && rv != lv {
             e.invalid_str(&rp, rs, &format!("must be equal to {name} limit of {ls}"));
@@ -381,7 +436,11 @@ fn toleration(e: &mut Errs, t: &Value, p: &str) {
         );
     }
     if get(t, "tolerationSeconds").is_some() && st(t, "effect") != "NoExecute" {
-        e.invalid_str(&format!("{p}.effect"), st(t, "effect"), "effect must be 'NoExecute' when `tolerationSeconds` is set");
+        e.invalid_str(
+            &format!("{p}.effect"),
+            st(t, "effect"),
+            "effect must be 'NoExecute' when `tolerationSeconds` is set",
+        );
     }
     match op {
         "" | "Equal" => {
@@ -396,5 +455,11 @@ fn toleration(e: &mut Errs, t: &Value, p: &str) {
         }
         other => e.not_supported(&format!("{p}.operator"), other, &["Equal", "Exists"]),
     }
-    one_of(e, &format!("{p}.effect"), st(t, "effect"), &["NoSchedule", "PreferNoSchedule", "NoExecute"], false);
+    one_of(
+        e,
+        &format!("{p}.effect"),
+        st(t, "effect"),
+        &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+        false,
+    );
 }

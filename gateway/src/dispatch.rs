@@ -1,0 +1,452 @@
+//! One transport-neutral request path: HTTP and bus callers both build a [`Request`] and
+//! get a [`Reply`] from [`dispatch`]; only watches, logs and streams are transport-specific.
+
+use crate::auth::{Attributes, Decision, User};
+use crate::service::{
+    ApiService, DeleteOptions, FieldValidation, ListOptions, ListPage, PatchType, WriteOptions,
+};
+use crate::status::{success_status, ApiError, ApiResult};
+use capstan_api::selectors::{FieldSelector, LabelSelector};
+use capstan_api::{registry, ResourceInfo};
+use serde_json::{json, Value};
+
+/// The verbs of [`dispatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// GET of one object.
+    Get,
+    /// GET of a collection.
+    List,
+    /// POST.
+    Create,
+    /// PUT.
+    Update,
+    /// PATCH of the given type.
+    Patch(PatchType),
+    /// DELETE of one object.
+    Delete,
+    /// DELETE of a collection.
+    DeleteCollection,
+}
+
+/// A decoded API request.
+pub struct Request {
+    /// What to do.
+    pub verb: Verb,
+    /// Where.
+    pub target: Target,
+    /// Query parameters.
+    pub query: Query,
+    /// The decoded body (object, patch or DeleteOptions).
+    pub body: Option<Value>,
+    /// The client's user-agent (default field manager).
+    pub user_agent: String,
+}
+
+/// The answer to a [`Request`].
+pub enum Reply {
+    /// One object (or a Status) with its HTTP code and warnings.
+    Object {
+        /// HTTP code.
+        code: u16,
+        /// The object.
+        object: Value,
+        /// Warnings for the `Warning` header.
+        warnings: Vec<String>,
+    },
+    /// A page of a list.
+    List(ListPage),
+}
+
+fn object(code: u16, object: Value) -> Reply {
+    Reply::Object { code, object, warnings: Vec::new() }
+}
+
+/// The patch type named by a content type.
+pub fn patch_type(content_type: &str) -> ApiResult<PatchType> {
+    match content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchType::Apply),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {other:?})"
+        ))),
+    }
+}
+
+fn delete_options(body: Option<&Value>, q: &Query) -> ApiResult<DeleteOptions> {
+    let mut o = DeleteOptions::from_json(body)?;
+    if q.get("dryRun") == Some("All") {
+        o.dry_run = true;
+    }
+    if let Some(g) = q.get("gracePeriodSeconds") {
+        o.grace_period_seconds =
+            Some(g.parse().map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds: {g:?}")))?);
+    }
+    if let Some(p) = q.get("propagationPolicy") {
+        o.propagation_policy = Some(p.to_string());
+    }
+    Ok(o)
+}
+
+fn required_body(body: Option<Value>) -> ApiResult<Value> {
+    body.ok_or_else(|| ApiError::BadRequest("the request body is empty".into()))
+}
+
+fn method_not_allowed(res: &ResourceInfo) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "the server does not allow this method on the requested resource ({})",
+        res.plural
+    ))
+}
+
+/// Serves one request through the API service.
+pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<Reply> {
+    let Request { verb, target: t, query: q, body, user_agent } = req;
+    let res = t.res;
+    let ns = t.namespace.as_deref();
+    if !(res.stored || verb == Verb::Create && t.name.is_none()) {
+        return Err(method_not_allowed(res));
+    }
+    match (verb, t.name.as_deref(), t.subresource.as_deref()) {
+        (Verb::List, None, None) => {
+            let opts = q.list_options(res)?;
+            Ok(Reply::List(svc.list(user, res, ns, &opts).await?))
+        }
+        (Verb::Create, None, None) => {
+            let obj = required_body(body)?;
+            if !res.stored {
+                return Ok(object(201, review(svc, user, res, obj)?));
+            }
+            let opts = q.write_options_for(&user_agent, false)?;
+            let r = svc.create(user, res, ns, obj, &opts).await?;
+            Ok(Reply::Object { code: 201, object: r.object, warnings: r.warnings })
+        }
+        (Verb::DeleteCollection, None, None) => {
+            let dopts = delete_options(body.as_ref(), &q)?;
+            let lopts = q.list_options(res)?;
+            Ok(object(200, svc.delete_collection(user, res, ns, &lopts, &dopts).await?))
+        }
+        (Verb::Get, Some(name), None) => Ok(object(200, svc.get(user, res, ns, name).await?)),
+        (Verb::Update, Some(name), None | Some("status")) => {
+            let status_only = t.subresource.is_some();
+            let opts = q.write_options_for(&user_agent, false)?;
+            let r = svc.update(user, res, ns, name, required_body(body)?, &opts, status_only).await?;
+            Ok(Reply::Object {
+                code: if r.created { 201 } else { 200 },
+                object: r.object,
+                warnings: r.warnings,
+            })
+        }
+        (Verb::Patch(pt), Some(name), None | Some("status")) => {
+            let status_only = t.subresource.is_some();
+            let opts = q.write_options_for(&user_agent, pt == PatchType::Apply)?;
+            if pt != PatchType::Apply && q.get("force").is_some() {
+                return Err(ApiError::BadRequest(
+                    "force: Forbidden: may not be specified for non-apply patch".into(),
+                ));
+            }
+            let r = svc.patch(user, res, ns, name, pt, required_body(body)?, &opts, status_only).await?;
+            Ok(Reply::Object {
+                code: if r.created { 201 } else { 200 },
+                object: r.object,
+                warnings: r.warnings,
+            })
+        }
+        (Verb::Delete, Some(name), None) => {
+            let dopts = delete_options(body.as_ref(), &q)?;
+            let (obj, _) = svc.delete(user, res, ns, name, &dopts).await?;
+            Ok(object(200, obj))
+        }
+        (Verb::Get, Some(name), Some("status")) => {
+            svc.authorize(user, "get", res, Some("status"), ns, Some(name))?;
+            Ok(object(200, svc.get(&User::system(), res, ns, name).await?))
+        }
+        (Verb::Get, Some(name), Some("scale")) => Ok(object(200, svc.get_scale(user, res, ns, name).await?)),
+        (Verb::Update, Some(name), Some("scale")) => {
+            let obj = required_body(body)?;
+            let opts = q.write_options_for(&user_agent, false)?;
+            Ok(object(
+                200,
+                svc.update_scale(user, res, ns, name, &opts, "update", |_| Ok(obj.clone())).await?,
+            ))
+        }
+        (Verb::Patch(pt), Some(name), Some("scale")) => {
+            let patch = required_body(body)?;
+            let opts = q.write_options_for(&user_agent, false)?;
+            let v = svc
+                .update_scale(user, res, ns, name, &opts, "patch", |cur| match pt {
+                    PatchType::Json => capstan_api::patch::json_patch(cur, &patch)
+                        .map_err(|e| ApiError::BadRequest(e.to_string())),
+                    _ => capstan_api::patch::merge_patch(cur, &patch)
+                        .map_err(|e| ApiError::BadRequest(e.to_string())),
+                })
+                .await?;
+            Ok(object(200, v))
+        }
+        (Verb::Create, Some(name), Some("binding")) => {
+            Ok(object(201, svc.bind(user, ns.unwrap_or(""), name, &required_body(body)?).await?))
+        }
+        (Verb::Create, Some(name), Some("eviction")) => {
+            let obj = required_body(body)?;
+            svc.authorize(user, "create", res, Some("eviction"), ns, Some(name))?;
+            let dopts = DeleteOptions::from_json(obj.get("deleteOptions"))?;
+            svc.delete(&User::system(), res, ns, name, &dopts).await?;
+            Ok(object(201, success_status(None)))
+        }
+        (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) => {
+            svc.authorize(user, if sub == "log" { "get" } else { "create" }, res, Some(sub), ns, Some(name))?;
+            let pod = svc.get(&User::system(), res, ns, name).await?;
+            let node = pod["spec"].get("nodeName").and_then(Value::as_str).unwrap_or("");
+            Err(ApiError::BadRequest(if node.is_empty() {
+                format!("pod {name} is not scheduled to a node yet")
+            } else {
+                format!("the node agent of {node} does not serve {sub} yet")
+            }))
+        }
+        _ => Err(method_not_allowed(res)),
+    }
+}
+
+/// Query parameters of a request, as ordered pairs.
+#[derive(Debug, Clone, Default)]
+pub struct Query(pub Vec<(String, String)>);
+
+impl Query {
+    /// The first value of `k`.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+    }
+
+    /// A boolean parameter.
+    pub fn flag(&self, k: &str) -> ApiResult<bool> {
+        match self.get(k) {
+            None | Some("") | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(v) => {
+                Err(ApiError::BadRequest(format!("invalid value for {k}: {v:?}: must be true or false")))
+            }
+        }
+    }
+
+    /// Write options; without `fieldManager`, ordinary writes are attributed to the client's
+    /// user-agent name (as upstream), apply requires it explicitly.
+    pub fn write_options_for(&self, user_agent: &str, apply: bool) -> ApiResult<WriteOptions> {
+        let mut o = self.write_options()?;
+        if o.field_manager.is_none() && !apply {
+            let ua = user_agent;
+            let name: String =
+                ua.split('/').next().unwrap_or("").chars().filter(|c| !c.is_control()).take(128).collect();
+            if !name.is_empty() {
+                o.field_manager = Some(name);
+            }
+        }
+        Ok(o)
+    }
+
+    /// `dryRun`, `fieldManager`, `fieldValidation`, `force`.
+    pub fn write_options(&self) -> ApiResult<WriteOptions> {
+        let dry_run = match self.get("dryRun") {
+            None | Some("") => false,
+            Some("All") => true,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "dryRun: Unsupported value: \"{other}\": supported values: \"All\""
+                )))
+            }
+        };
+        let field_manager = self.get("fieldManager").filter(|s| !s.is_empty()).map(str::to_string);
+        if let Some(m) = &field_manager {
+            if m.len() > 128 || m.chars().any(|c| c.is_control()) {
+                return Err(ApiError::BadRequest(
+                    "fieldManager: Invalid value: must be at most 128 printable characters".into(),
+                ));
+            }
+        }
+        Ok(WriteOptions {
+            dry_run,
+            field_manager,
+            field_validation: FieldValidation::parse(self.get("fieldValidation").unwrap_or(""))?,
+            force: self.flag("force")?,
+        })
+    }
+
+    /// Selectors, paging and resourceVersion of a list or watch.
+    pub fn list_options(&self, res: &ResourceInfo) -> ApiResult<ListOptions> {
+        let label_selector = LabelSelector::parse(self.get("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?;
+        let field_selector =
+            FieldSelector::parse(self.get("fieldSelector").unwrap_or(""), res.group, res.kind)
+                .map_err(ApiError::BadRequest)?;
+        let limit = match self.get("limit") {
+            None | Some("") => 0,
+            Some(l) => {
+                l.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid limit: {l:?}")))?.max(0)
+                    as usize
+            }
+        };
+        let rvm = self.get("resourceVersionMatch").filter(|s| !s.is_empty()).map(str::to_string);
+        if let Some(m) = &rvm {
+            if m != "NotOlderThan" && m != "Exact" {
+                return Err(ApiError::BadRequest(format!(
+                    "resourceVersionMatch: Unsupported value: \"{m}\": supported values: \"Exact\", \"NotOlderThan\""
+                )));
+            }
+        }
+        Ok(ListOptions {
+            label_selector,
+            field_selector,
+            limit,
+            continue_token: self.get("continue").filter(|s| !s.is_empty()).map(str::to_string),
+            resource_version: self.get("resourceVersion").map(str::to_string),
+            resource_version_match: rvm,
+        })
+    }
+}
+
+/// A parsed resource path.
+pub struct Target {
+    /// Field.
+    pub res: &'static ResourceInfo,
+    /// Field.
+    pub namespace: Option<String>,
+    /// Field.
+    pub name: Option<String>,
+    /// Field.
+    pub subresource: Option<String>,
+}
+
+/// 404 for paths that name nothing.
+pub fn not_found_path() -> ApiError {
+    ApiError::NotFound { message: "the server could not find the requested resource".into(), details: None }
+}
+
+/// Parses the segments after `/api/v1` or `/apis/<g>/<v>`.
+pub fn parse_target(group: &str, version: &str, segs: &[&str]) -> ApiResult<Target> {
+    let find = |plural: &str| registry::find(group, version, plural).ok_or_else(not_found_path);
+    let target = match segs {
+        ["namespaces", ns, plural, rest @ ..]
+            if registry::find(group, version, plural).is_some_and(|r| r.namespaced()) =>
+        {
+            let res = find(plural)?;
+            match rest {
+                [] => Target { res, namespace: Some(ns.to_string()), name: None, subresource: None },
+                [name] => Target {
+                    res,
+                    namespace: Some(ns.to_string()),
+                    name: Some(name.to_string()),
+                    subresource: None,
+                },
+                [name, sub] => Target {
+                    res,
+                    namespace: Some(ns.to_string()),
+                    name: Some(name.to_string()),
+                    subresource: Some(sub.to_string()),
+                },
+                _ => return Err(not_found_path()),
+            }
+        }
+        [plural] => Target { res: find(plural)?, namespace: None, name: None, subresource: None },
+        [plural, name] => {
+            let res = find(plural)?;
+            if res.namespaced() {
+                return Err(not_found_path());
+            }
+            Target { res, namespace: None, name: Some(name.to_string()), subresource: None }
+        }
+        [plural, name, sub] => {
+            let res = find(plural)?;
+            if res.namespaced() {
+                return Err(not_found_path());
+            }
+            Target { res, namespace: None, name: Some(name.to_string()), subresource: Some(sub.to_string()) }
+        }
+        _ => return Err(not_found_path()),
+    };
+    if let Some(s) = &target.subresource {
+        if target.res.subresource(s).is_none() {
+            return Err(not_found_path());
+        }
+    }
+    if target.name.as_deref() == Some("") {
+        return Err(not_found_path());
+    }
+    Ok(target)
+}
+
+/// SelfSubjectAccessReview and SelfSubjectRulesReview.
+fn review(svc: &ApiService, user: &User, res: &ResourceInfo, obj: Value) -> ApiResult<Value> {
+    let spec = obj.get("spec").cloned().unwrap_or(json!({}));
+    let mut out = obj.clone();
+    out["apiVersion"] = json!(res.api_version());
+    out["kind"] = json!(res.kind);
+    if out.get("metadata").is_none() {
+        out["metadata"] = json!({});
+    }
+    match res.kind {
+        "SelfSubjectAccessReview" => {
+            let (attrs, nonresource) = if let Some(ra) = spec.get("resourceAttributes") {
+                let s = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                (
+                    Attributes {
+                        verb: s("verb"),
+                        group: s("group"),
+                        resource: s("resource"),
+                        subresource: s("subresource"),
+                        namespace: s("namespace"),
+                        name: s("name"),
+                    },
+                    false,
+                )
+            } else if let Some(nr) = spec.get("nonResourceAttributes") {
+                let s = |k: &str| nr.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                (
+                    Attributes {
+                        verb: s("verb"),
+                        group: String::new(),
+                        resource: s("path"),
+                        subresource: String::new(),
+                        namespace: String::new(),
+                        name: String::new(),
+                    },
+                    true,
+                )
+            } else {
+                return Err(ApiError::invalid(
+                    res.kind,
+                    res.group,
+                    "",
+                    vec![capstan_api::Cause::invalid(
+                        "spec.resourceAttributes",
+                        "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                    )],
+                ));
+            };
+            let _ = nonresource;
+            let status = match svc.decide(user, &attrs) {
+                Decision::Allow(r) => json!({"allowed": true, "reason": r}),
+                Decision::Deny(r) => json!({"allowed": false, "reason": r}),
+            };
+            out["status"] = status;
+        }
+        _ => {
+            let probe = Attributes {
+                verb: "*".into(),
+                group: "*".into(),
+                resource: "*".into(),
+                subresource: String::new(),
+                namespace: spec.get("namespace").and_then(Value::as_str).unwrap_or("").to_string(),
+                name: String::new(),
+            };
+            let all = matches!(svc.decide(user, &probe), Decision::Allow(_));
+            out["status"] = if all {
+                json!({"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                       "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false})
+            } else {
+                json!({"resourceRules": [], "nonResourceRules": [], "incomplete": false})
+            };
+        }
+    }
+    Ok(out)
+}
