@@ -156,8 +156,22 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
         }
         (Verb::Delete, Some(name), None) => {
             let dopts = delete_options(body.as_ref(), &q)?;
-            let (obj, _) = svc.delete(user, res, ns, name, &dopts).await?;
-            Ok(object(200, obj))
+            let (obj, deleted) = svc.delete(user, res, ns, name, &dopts).await?;
+            if !deleted {
+                // Deletion is pending (finalizers, graceful termination).
+                return Ok(object(202, obj));
+            }
+            // As upstream: a few kinds return the deleted object, the rest a Status.
+            if matches!(res.kind, "Pod" | "Service" | "ServiceAccount" | "StorageClass" | "PersistentVolume" | "Namespace") {
+                return Ok(object(200, obj));
+            }
+            let details = json!({
+                "name": name,
+                "group": res.group,
+                "kind": res.plural,
+                "uid": obj.get("metadata").and_then(|m| m.get("uid")).cloned().unwrap_or(Value::Null),
+            });
+            Ok(object(200, success_status(Some(details))))
         }
         (Verb::Get, Some(name), Some("status")) => {
             svc.authorize(user, "get", res, Some("status"), ns, Some(name))?;

@@ -21,12 +21,14 @@
 #![allow(clippy::result_large_err)]
 
 pub mod auth;
+pub mod busapi;
 pub mod cache;
 pub mod discovery;
 pub mod dispatch;
 pub mod http;
 pub mod keys;
 pub mod pki;
+pub mod relay;
 pub mod service;
 pub mod status;
 
@@ -51,6 +53,8 @@ pub struct Config {
     pub workers: usize,
     /// Static bearer tokens.
     pub tokens: HashMap<String, User>,
+    /// The bus: when set, the gateway serves the API on it and runs the event relay.
+    pub bus: Option<Arc<dyn capstan_bus::Bus>>,
 }
 
 impl Config {
@@ -63,6 +67,7 @@ impl Config {
             watch_cache_events: 100_000,
             workers: 2,
             tokens: HashMap::new(),
+            bus: None,
         }
     }
 }
@@ -150,6 +155,16 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     let cache = cache::Cache::start(store.clone(), config.watch_cache_events).await?;
     let service = Arc::new(service::ApiService::new(store, cache, Arc::new(auth::MastersOnly)));
     service.bootstrap().await?;
+    if let Some(bus) = &config.bus {
+        let holder = format!("gateway-{}-{}", std::process::id(), uuid::Uuid::new_v4());
+        tokio::spawn(relay::run(service.store().clone(), bus.clone(), holder));
+        let (b, s) = (bus.clone(), service.clone());
+        tokio::spawn(async move {
+            if let Err(e) = busapi::run(b, s).await {
+                tracing::error!("bus API stopped: {e}");
+            }
+        });
+    }
     let tls = tls_config(&config.pki)?;
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;

@@ -1,0 +1,760 @@
+//! The NATS backend, on `async-nats` and JetStream.
+//!
+//! Core publish/subscribe/request map directly onto NATS. The event stream is the JetStream
+//! stream [`StreamSettings::name`] (default [`subjects::EVENT_STREAM`]) over
+//! `capstan.v1.events.>`; see the crate docs for its configuration and guarantees.
+//!
+//! An event consumer is an ephemeral pull consumer (no acks, in memory) that this module
+//! drives itself, tracking the stream sequence of the last message it handed out. Whenever
+//! the consumer may have lost continuity (reconnect, server restart, missed heartbeats, a
+//! consumer sequence that skipped, the consumer deleted for inactivity) it is recreated
+//! from the next stream sequence, so nothing is lost or repeated while the stream still
+//! holds it; if the stream dropped messages the consumer had not read yet, the stream
+//! yields [`StreamItem::Gap`].
+
+use crate::{
+    subjects, BoxFuture, Bus, Error, EventStream, Message, Result, StartAt, StreamItem, Subscription,
+};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
+    stream,
+};
+use async_nats::{ConnectOptions, Event, HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The header carrying an event's revision (also sent as `Nats-Msg-Id`).
+pub const REVISION_HEADER: &str = "Capstan-Revision";
+
+/// How many messages one pull request asks for.
+const PULL_BATCH: usize = 256;
+/// How long one pull request waits on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// The idle heartbeat asked for in pull requests.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a consumer may be silent (no message, heartbeat or status) before it is
+/// considered lost and recreated.
+const STALE_AFTER: Duration = Duration::from_secs(12);
+/// The server deletes an event consumer nobody has pulled from for this long.
+const CONSUMER_INACTIVE: Duration = Duration::from_secs(60);
+/// How often a consumer at most asks the stream whether it dropped messages the consumer
+/// skipped over (see [`EventConsumer::validate`]).
+const VALIDATE_EVERY: Duration = Duration::from_secs(1);
+
+/// How the client authenticates to the NATS server.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A user name and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// An nkey seed (`SU...`).
+    NkeySeed(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::UserPassword { user, .. } => {
+                f.debug_struct("UserPassword").field("user", user).field("password", &"<redacted>").finish()
+            }
+            Credentials::NkeySeed(_) => f.debug_tuple("NkeySeed").field(&"<redacted>").finish(),
+        }
+    }
+}
+
+/// TLS to the NATS server (rustls with the `ring` provider).
+///
+/// Install `rustls::crypto::ring::default_provider()` as the process default before
+/// connecting when more than one rustls provider is compiled in.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificates to trust; without it the system roots are used.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that verify clients.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// The JetStream stream holding events.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// The stream name. Default [`subjects::EVENT_STREAM`].
+    pub name: String,
+    /// Events older than this are dropped. Default 24 h.
+    pub max_age: Duration,
+    /// At most this many events are kept; the oldest are dropped first. Default 10,000,000.
+    pub max_messages: i64,
+    /// At most this many bytes are kept (-1: unlimited). Default unlimited.
+    pub max_bytes: i64,
+    /// How long JetStream remembers message ids (revisions) to drop re-sent events.
+    /// Default 2 min.
+    pub duplicate_window: Duration,
+    /// Keep the stream in memory instead of on disk (tests). Default false.
+    pub memory: bool,
+    /// Replicas (clustered JetStream). Default 1.
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            name: subjects::EVENT_STREAM.to_string(),
+            max_age: Duration::from_secs(24 * 3600),
+            max_messages: 10_000_000,
+            max_bytes: -1,
+            duplicate_window: Duration::from_secs(120),
+            memory: false,
+            replicas: 1,
+        }
+    }
+}
+
+/// Settings of a [`NatsBus`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Server URL(s), e.g. `nats://127.0.0.1:4222` (comma-separated for several).
+    pub url: String,
+    /// The connection name shown by the server (e.g. `capstan-gateway-1`).
+    pub name: String,
+    /// Credentials, if the server requires them.
+    pub credentials: Option<Credentials>,
+    /// TLS, if wanted; the server must then offer TLS.
+    pub tls: Option<TlsConfig>,
+    /// Messages buffered per subscription before the client drops them (reported as a
+    /// slow consumer). Default 65,536 (the client's own default is far lower).
+    pub subscription_capacity: usize,
+    /// Timeout of the initial connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Timeout of JetStream API calls and publish acknowledgements. Default 5 s.
+    pub jetstream_timeout: Duration,
+    /// The event stream, created or updated on connect.
+    pub stream: StreamSettings,
+}
+
+impl Config {
+    /// Default settings for a server URL.
+    pub fn new(url: impl Into<String>) -> Config {
+        Config {
+            url: url.into(),
+            name: "capstan".to_string(),
+            credentials: None,
+            tls: None,
+            subscription_capacity: 65_536,
+            connect_timeout: Duration::from_secs(5),
+            jetstream_timeout: Duration::from_secs(5),
+            stream: StreamSettings::default(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new("nats://127.0.0.1:4222")
+    }
+}
+
+/// The bus on a NATS server. Share it behind an `Arc`.
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream_name: String,
+    /// Counts (re)connections; event consumers recreate themselves when it changes.
+    connections: watch::Receiver<u64>,
+    /// The highest revision this process knows to be in the stream (a local dedupe guard
+    /// that also works beyond JetStream's duplicate window).
+    last_appended: Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus").field("stream", &self.stream_name).finish_non_exhaustive()
+    }
+}
+
+fn backend(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Backend(format!("{context}: {e}"))
+}
+
+fn on_event(connections: &watch::Sender<u64>, event: Event) {
+    match event {
+        Event::Connected => {
+            tracing::info!("connected to nats");
+            connections.send_modify(|n| *n += 1);
+        }
+        Event::Disconnected => tracing::warn!("disconnected from nats, reconnecting"),
+        Event::SlowConsumer(sid) => {
+            tracing::warn!(sid, "nats client dropped messages for a slow subscription")
+        }
+        Event::LameDuckMode => tracing::warn!("nats server entered lame duck mode"),
+        Event::ServerError(e) => tracing::warn!(error = %e, "nats server error"),
+        Event::ClientError(e) => tracing::warn!(error = %e, "nats client error"),
+        Event::Draining => tracing::info!("nats connection draining"),
+        Event::Closed => tracing::info!("nats connection closed"),
+    }
+}
+
+fn stream_config(s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: s.name.clone(),
+        subjects: vec![subjects::all_events()],
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: s.max_age,
+        max_messages: s.max_messages,
+        max_bytes: s.max_bytes,
+        duplicate_window: s.duplicate_window,
+        storage: if s.memory { stream::StorageType::Memory } else { stream::StorageType::File },
+        num_replicas: s.replicas.max(1),
+        allow_direct: true,
+        description: Some("capstan events: one message per change, message id = revision".to_string()),
+        ..Default::default()
+    }
+}
+
+/// The revision of a stored event: `Capstan-Revision`, else `Nats-Msg-Id`.
+fn revision_of(headers: Option<&HeaderMap>) -> Option<u64> {
+    let h = headers?;
+    h.get(REVISION_HEADER)
+        .or_else(|| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .and_then(|v| v.as_str().trim().parse().ok())
+}
+
+impl NatsBus {
+    /// Connects, and creates or updates the event stream.
+    pub async fn connect(config: Config) -> Result<NatsBus> {
+        let (tx, connections) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        let mut opts = match &config.credentials {
+            None => ConnectOptions::new(),
+            Some(Credentials::UserPassword { user, password }) => {
+                ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            Some(Credentials::NkeySeed(seed)) => ConnectOptions::with_nkey(seed.clone()),
+        };
+        opts = opts
+            .name(&config.name)
+            .subscription_capacity(config.subscription_capacity.max(1))
+            .connection_timeout(config.connect_timeout)
+            .request_timeout(Some(config.jetstream_timeout))
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move { on_event(&tx, event) }
+            });
+        if let Some(tls) = &config.tls {
+            opts = opts.require_tls(true);
+            if let Some(ca) = &tls.ca_file {
+                opts = opts.add_root_certificates(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.client_cert {
+                opts = opts.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        let client = opts
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| Error::Connect { url: config.url.clone(), message: e.to_string() })?;
+        let js = jetstream::ContextBuilder::new().timeout(config.jetstream_timeout).build(client.clone());
+        js.create_or_update_stream(stream_config(&config.stream))
+            .await
+            .map_err(|e| backend(&format!("failed to create or update stream {}", config.stream.name), e))?;
+        Ok(NatsBus {
+            client,
+            js,
+            stream_name: config.stream.name,
+            connections,
+            last_appended: Mutex::new(None),
+        })
+    }
+
+    /// The underlying client, for what the [`Bus`] trait does not cover.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    async fn stream(&self) -> Result<stream::Stream<()>> {
+        self.js.get_stream_no_info(&self.stream_name).await.map_err(|e| backend("invalid stream name", e))
+    }
+
+    fn cached_last(&self) -> Option<u64> {
+        *self.last_appended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember_appended(&self, revision: u64) {
+        let mut last = self.last_appended.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some(last.map_or(revision, |l| l.max(revision)));
+    }
+
+    async fn do_append(&self, subject: String, payload: Bytes, revision: u64) -> Result<()> {
+        if !subjects::is_event_subject(&subject) {
+            return Err(Error::InvalidSubject(subject));
+        }
+        let last = match self.cached_last() {
+            Some(l) => l,
+            None => {
+                let l = self.do_last_revision().await?;
+                self.remember_appended(l);
+                l
+            }
+        };
+        if revision <= last {
+            return Ok(());
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, revision.to_string().as_str());
+        headers.insert(REVISION_HEADER, revision.to_string().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| publish_error(&subject, e))?
+            .await
+            .map_err(|e| publish_error(&subject, e))?;
+        if ack.duplicate {
+            tracing::debug!(revision, "event already in the stream, dropped as a duplicate");
+        }
+        self.remember_appended(revision);
+        Ok(())
+    }
+
+    async fn do_last_revision(&self) -> Result<u64> {
+        let stream = self.stream().await?;
+        let info = stream.get_info().await.map_err(|e| backend("failed to read event stream info", e))?;
+        if info.state.messages == 0 {
+            return Ok(0);
+        }
+        let seq = info.state.last_sequence;
+        let msg = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| backend(&format!("failed to read event at stream sequence {seq}"), e))?;
+        revision_of(Some(&msg.headers))
+            .ok_or_else(|| Error::Backend(format!("event at stream sequence {seq} has no revision header")))
+    }
+
+    async fn do_events(&self, filter: String, start: StartAt) -> Result<EventStream> {
+        if !subjects::is_valid_pattern(&filter) {
+            return Err(Error::InvalidSubject(filter));
+        }
+        let stream = self.stream().await?;
+        let mut connections = self.connections.clone();
+        connections.mark_unchanged();
+        let (next_seq, min_revision, gap) = start_position(&stream, start).await?;
+        let mut consumer = EventConsumer {
+            client: self.client.clone(),
+            js: self.js.clone(),
+            stream,
+            filter,
+            connections,
+            next_seq,
+            min_revision,
+            consumer: None,
+            consumer_seq: 0,
+            skipped_from: None,
+            last_validation: None,
+            pending: VecDeque::new(),
+            failures: 0,
+        };
+        if gap {
+            consumer.pending.push_back(StreamItem::Gap);
+        }
+        // Fail early (bad filter, missing stream) rather than retrying forever.
+        consumer.create().await?;
+        Ok(Box::pin(futures::stream::unfold(consumer, |mut c| async move {
+            let item = c.next().await;
+            Some((item, c))
+        })))
+    }
+}
+
+fn publish_error(subject: &str, e: jetstream::context::PublishError) -> Error {
+    match e.kind() {
+        jetstream::context::PublishErrorKind::TimedOut => Error::Timeout { subject: subject.to_string() },
+        _ => backend(&format!("failed to append event on {subject}"), e),
+    }
+}
+
+/// Where a consumer starts: `(first stream sequence, minimum revision, history missing)`.
+async fn start_position(stream: &stream::Stream<()>, start: StartAt) -> Result<(u64, u64, bool)> {
+    // The first retained message can be dropped while we search; retry a few times.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let info = stream.get_info().await.map_err(|e| backend("failed to read event stream info", e))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let r = match start {
+            StartAt::New => return Ok((last + 1, 0, false)),
+            StartAt::AfterRevision(r) => r,
+        };
+        if info.state.messages == 0 {
+            // Nothing retained: nothing to replay, and nothing to compare `r` with.
+            return Ok((last + 1, r, false));
+        }
+        match search(stream, first, last, r).await {
+            Ok((seq, first_revision)) => {
+                let missing = first > 1 && r.saturating_add(1) < first_revision;
+                return Ok((seq, r, missing));
+            }
+            Err(e) if attempts < 3 => {
+                tracing::debug!(error = %e, "event stream changed during the start search, retrying");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The first sequence in `first..=last` whose revision is above `r` (`last + 1` if none),
+/// and the revision at `first`. Revisions increase with the stream sequence (the relay
+/// appends in order), so this is a binary search.
+async fn search(stream: &stream::Stream<()>, first: u64, last: u64, r: u64) -> Result<(u64, u64)> {
+    let rev_at = |seq: u64| async move {
+        let msg = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| backend(&format!("failed to read event at stream sequence {seq}"), e))?;
+        revision_of(Some(&msg.headers))
+            .ok_or_else(|| Error::Backend(format!("event at stream sequence {seq} has no revision header")))
+    };
+    let first_revision = rev_at(first).await?;
+    if first_revision > r {
+        return Ok((first, first_revision));
+    }
+    if rev_at(last).await? <= r {
+        return Ok((last + 1, first_revision));
+    }
+    // Invariant: rev(lo) <= r < rev(hi).
+    let (mut lo, mut hi) = (first, last);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if rev_at(mid).await? <= r {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok((hi, first_revision))
+}
+
+/// One live pull consumer: the server-side consumer and the inbox its messages arrive on.
+struct Live {
+    consumer: PullConsumer,
+    inbox: async_nats::Subscriber,
+    inbox_subject: String,
+    /// Messages still owed by the outstanding pull request.
+    outstanding: usize,
+    /// When the last message, heartbeat or status arrived.
+    last_heard: Instant,
+}
+
+/// Drives one event consumer and tracks its position.
+struct EventConsumer {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream<()>,
+    filter: String,
+    connections: watch::Receiver<u64>,
+    /// The stream sequence to continue from.
+    next_seq: u64,
+    /// Events at or below this revision are never handed out (again).
+    min_revision: u64,
+    consumer: Option<Live>,
+    /// The consumer sequence of the last message from the current consumer.
+    consumer_seq: u64,
+    /// The stream sequence before the earliest skip over sequences not yet checked
+    /// against the stream's first sequence.
+    skipped_from: Option<u64>,
+    last_validation: Option<Instant>,
+    pending: VecDeque<StreamItem>,
+    failures: u32,
+}
+
+enum Step {
+    Message(async_nats::Message),
+    Reconnected,
+    Stale,
+    Closed,
+}
+
+impl EventConsumer {
+    async fn next(&mut self) -> StreamItem {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return item;
+            }
+            if self.consumer.is_none() {
+                if self.failures > 0 {
+                    let backoff = Duration::from_millis(100 * 2u64.pow(self.failures.min(5)));
+                    tokio::time::sleep(backoff.min(Duration::from_secs(3))).await;
+                }
+                if let Err(e) = self.create().await {
+                    self.failures += 1;
+                    tracing::warn!(error = %e, filter = %self.filter, "failed to create event consumer, retrying");
+                    continue;
+                }
+            }
+            if let Err(e) = self.pump().await {
+                tracing::warn!(error = %e, filter = %self.filter, next_seq = self.next_seq, "event consumer lost, recreating");
+                self.drop_consumer();
+                self.failures += 1;
+            }
+        }
+    }
+
+    /// Creates the server-side consumer from `next_seq` and sends the first pull.
+    async fn create(&mut self) -> Result<()> {
+        self.drop_consumer();
+        let consumer: PullConsumer = self
+            .stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: self.next_seq.max(1) },
+                ack_policy: AckPolicy::None,
+                filter_subject: self.filter.clone(),
+                inactive_threshold: CONSUMER_INACTIVE,
+                memory_storage: true,
+                num_replicas: 1,
+                description: Some("capstan event consumer".to_string()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend(&format!("failed to create event consumer for {}", self.filter), e))?;
+        let inbox_subject = self.client.new_inbox();
+        let inbox = self
+            .client
+            .subscribe(inbox_subject.clone())
+            .await
+            .map_err(|e| backend("failed to subscribe to the consumer inbox", e))?;
+        self.consumer =
+            Some(Live { consumer, inbox, inbox_subject, outstanding: 0, last_heard: Instant::now() });
+        self.consumer_seq = 0;
+        // Messages between the last one handed out and the first retained one may have
+        // been dropped: check before trusting the new consumer's first message.
+        self.skipped_from.get_or_insert(self.next_seq.saturating_sub(1));
+        self.last_validation = None;
+        self.pull().await
+    }
+
+    fn drop_consumer(&mut self) {
+        if let Some(live) = self.consumer.take() {
+            // Best effort: the server also deletes it after `CONSUMER_INACTIVE`.
+            let stream = self.stream.clone();
+            let name = live.consumer.cached_info().name.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    stream.delete_consumer(&name).await.ok();
+                });
+            }
+        }
+    }
+
+    async fn pull(&mut self) -> Result<()> {
+        let Some(live) = self.consumer.as_mut() else { return Ok(()) };
+        live.consumer
+            .request_batch(
+                pull::BatchConfig {
+                    batch: PULL_BATCH,
+                    expires: Some(PULL_EXPIRES),
+                    idle_heartbeat: PULL_HEARTBEAT,
+                    ..Default::default()
+                },
+                live.inbox_subject.clone().into(),
+            )
+            .await
+            .map_err(|e| backend("failed to send a pull request", e))?;
+        live.outstanding = PULL_BATCH;
+        Ok(())
+    }
+
+    /// Waits for the next message, status or event, and handles it.
+    async fn pump(&mut self) -> Result<()> {
+        let Some(live) = self.consumer.as_mut() else { return Ok(()) };
+        let deadline = tokio::time::Instant::from_std(live.last_heard + STALE_AFTER);
+        let step = tokio::select! {
+            // Drain what already arrived before concluding anything from the timer.
+            biased;
+            m = live.inbox.next() => m.map_or(Step::Closed, Step::Message),
+            changed = self.connections.changed() => {
+                if changed.is_err() {
+                    return Err(Error::Closed);
+                }
+                Step::Reconnected
+            }
+            _ = tokio::time::sleep_until(deadline) => Step::Stale,
+        };
+        let msg = match step {
+            Step::Message(m) => m,
+            Step::Reconnected => return Err(Error::Backend("reconnected to nats".to_string())),
+            Step::Stale => {
+                return Err(Error::Backend("no message or heartbeat from the consumer".to_string()))
+            }
+            Step::Closed => return Err(Error::Closed),
+        };
+        live.last_heard = Instant::now();
+        match msg.status {
+            None | Some(StatusCode::OK) => {}
+            Some(StatusCode::IDLE_HEARTBEAT) => {
+                // Idle: a good moment to check skipped sequences.
+                return self.validate().await;
+            }
+            Some(StatusCode::TIMEOUT) => {
+                // The pull request expired; ask again.
+                self.validate().await?;
+                return self.pull().await;
+            }
+            Some(status) => {
+                return Err(Error::Backend(format!(
+                    "consumer returned status {status}: {}",
+                    msg.description.as_deref().unwrap_or("")
+                )));
+            }
+        }
+        live.outstanding = live.outstanding.saturating_sub(1);
+        let refill = live.outstanding == 0;
+        let js_msg = jetstream::Message { message: msg, context: self.js.clone() };
+        let (stream_seq, consumer_seq) = {
+            let info = js_msg.info().map_err(|e| backend("event without jetstream metadata", e))?;
+            (info.stream_sequence, info.consumer_sequence)
+        };
+        if consumer_seq != self.consumer_seq + 1 {
+            return Err(Error::Backend(format!(
+                "consumer sequence skipped from {} to {consumer_seq}",
+                self.consumer_seq
+            )));
+        }
+        self.consumer_seq = consumer_seq;
+        if stream_seq > self.next_seq {
+            // Sequences in between did not match the filter, or were dropped by the limits
+            // before we read them; `validate` tells which.
+            self.skipped_from.get_or_insert(self.next_seq.saturating_sub(1));
+        }
+        self.next_seq = stream_seq + 1;
+        self.failures = 0;
+        let message = js_msg.message;
+        match revision_of(message.headers.as_ref()) {
+            Some(revision) if revision > self.min_revision => {
+                self.min_revision = revision;
+                self.pending.push_back(StreamItem::Event {
+                    subject: message.subject.to_string(),
+                    payload: message.payload,
+                    revision,
+                });
+            }
+            Some(revision) => {
+                tracing::debug!(
+                    revision,
+                    stream_seq,
+                    "skipping an event at or below the consumer's revision"
+                );
+            }
+            None => {
+                tracing::warn!(stream_seq, subject = %message.subject, "skipping an event without revision")
+            }
+        }
+        if refill {
+            self.validate().await?;
+            self.pull().await?;
+        } else if self.skipped_from.is_some() {
+            self.validate().await?;
+        }
+        Ok(())
+    }
+
+    /// Checks skipped stream sequences: if the stream's first sequence is now past the
+    /// earliest skip, messages may have been dropped before this consumer read them, so a
+    /// [`StreamItem::Gap`] is queued (after the events already queued; the consumer relists
+    /// either way). Rate limited, so a filtered consumer (which skips all the time) costs
+    /// at most one stream info request per [`VALIDATE_EVERY`].
+    async fn validate(&mut self) -> Result<()> {
+        let Some(from) = self.skipped_from else { return Ok(()) };
+        if self.last_validation.is_some_and(|t| t.elapsed() < VALIDATE_EVERY) {
+            return Ok(());
+        }
+        let info =
+            self.stream.get_info().await.map_err(|e| backend("failed to read event stream info", e))?;
+        self.last_validation = Some(Instant::now());
+        self.skipped_from = None;
+        // Everything below `first` is gone. The consumer handed out everything it wanted up
+        // to `from` and has since skipped over sequences it did not receive: if some of
+        // those are gone, they may have been dropped before the consumer got to them.
+        let first = info.state.first_sequence;
+        if first > from + 1 {
+            tracing::warn!(filter = %self.filter, from, first, "event stream dropped messages before this consumer read them");
+            self.pending.push_back(StreamItem::Gap);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EventConsumer {
+    fn drop(&mut self) {
+        self.drop_consumer();
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish(&self, subject: String, payload: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if !subjects::is_valid_subject(&subject) {
+                return Err(Error::InvalidSubject(subject));
+            }
+            self.client
+                .publish(subject.clone(), payload)
+                .await
+                .map_err(|e| backend(&format!("failed to publish on {subject}"), e))
+        })
+    }
+
+    fn subscribe(&self, subject: String, queue_group: Option<String>) -> BoxFuture<'_, Result<Subscription>> {
+        Box::pin(async move {
+            if !subjects::is_valid_pattern(&subject) {
+                return Err(Error::InvalidSubject(subject));
+            }
+            let sub = match queue_group {
+                None => self.client.subscribe(subject.clone()).await,
+                Some(group) => self.client.queue_subscribe(subject.clone(), group).await,
+            }
+            .map_err(|e| backend(&format!("failed to subscribe to {subject}"), e))?;
+            Ok(Box::pin(sub.map(|m| Message {
+                subject: m.subject.to_string(),
+                payload: m.payload,
+                reply: m.reply.map(|r| r.to_string()),
+            })) as Subscription)
+        })
+    }
+
+    fn request(&self, subject: String, payload: Bytes, timeout: Duration) -> BoxFuture<'_, Result<Bytes>> {
+        Box::pin(async move {
+            if !subjects::is_valid_subject(&subject) {
+                return Err(Error::InvalidSubject(subject));
+            }
+            let req = async_nats::Request::new().payload(payload).timeout(Some(timeout));
+            match self.client.send_request(subject.clone(), req).await {
+                Ok(m) => Ok(m.payload),
+                Err(e) => Err(match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => Error::NoResponders { subject },
+                    async_nats::RequestErrorKind::TimedOut => Error::Timeout { subject },
+                    _ => backend(&format!("request on {subject} failed"), e),
+                }),
+            }
+        })
+    }
+
+    fn append_event(&self, subject: String, payload: Bytes, revision: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.do_append(subject, payload, revision))
+    }
+
+    fn last_event_revision(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.do_last_revision())
+    }
+
+    fn events(&self, filter: String, start: StartAt) -> BoxFuture<'_, Result<EventStream>> {
+        Box::pin(self.do_events(filter, start))
+    }
+}

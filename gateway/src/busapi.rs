@@ -1,0 +1,119 @@
+//! The API service on the bus: request/reply on `capstan.v1.api.<identity>`, served by
+//! every gateway in one queue group through the same [`dispatch`] path as HTTP.
+//!
+//! The caller's identity is the last subject token(s). With NATS, each role's credentials
+//! may publish only to its own subject, so the subject is proof of identity; the
+//! in-process bus is trusted.
+
+use crate::auth::User;
+use crate::dispatch::{self, parse_target, Query, Reply, Verb};
+use crate::service::ApiService;
+use crate::status::{ApiError, ApiResult};
+use capstan_bus::{subjects, ApiRequest, ApiResponse, Bus, Message};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The user a bus identity stands for.
+pub fn user_for_identity(identity: &str) -> User {
+    match identity.split_once('.') {
+        // Node restriction arrives with RBAC; until then nodes act as masters.
+        Some(("node", name)) => {
+            User::new(format!("system:node:{name}"), vec!["system:nodes".into(), "system:masters".into()])
+        }
+        _ => match identity {
+            "controllers" => User::new("system:kube-controller-manager", vec!["system:masters".into()]),
+            "scheduler" => User::new("system:kube-scheduler", vec!["system:masters".into()]),
+            other => User::new(format!("system:bus:{other}"), vec!["system:masters".into()]),
+        },
+    }
+}
+
+fn verb(req: &ApiRequest) -> ApiResult<Verb> {
+    Ok(match req.verb.as_str() {
+        "get" => Verb::Get,
+        "list" => Verb::List,
+        "create" => Verb::Create,
+        "update" => Verb::Update,
+        "patch" => Verb::Patch(dispatch::patch_type(req.content_type.as_deref().unwrap_or(""))?),
+        "delete" => Verb::Delete,
+        "deletecollection" => Verb::DeleteCollection,
+        other => return Err(ApiError::BadRequest(format!("unsupported verb {other:?} on the bus"))),
+    })
+}
+
+/// Serves one decoded request.
+pub async fn serve(svc: &ApiService, user: &User, req: ApiRequest) -> ApiResponse {
+    match serve_inner(svc, user, req).await {
+        Ok(r) => r,
+        Err(e) => ApiResponse { code: e.code(), body: e.to_status() },
+    }
+}
+
+async fn serve_inner(svc: &ApiService, user: &User, req: ApiRequest) -> ApiResult<ApiResponse> {
+    let verb = verb(&req)?;
+    let mut segs: Vec<&str> = Vec::new();
+    if let Some(ns) = req.namespace.as_deref().filter(|n| !n.is_empty()) {
+        segs.extend(["namespaces", ns]);
+    }
+    segs.push(&req.resource);
+    if let Some(n) = req.name.as_deref() {
+        segs.push(n);
+    }
+    if let Some(s) = req.subresource.as_deref() {
+        segs.push(s);
+    }
+    let target = parse_target(&req.group, &req.version, &segs)?;
+    let r = dispatch::Request {
+        verb,
+        target,
+        query: Query(req.query),
+        body: req.body,
+        user_agent: String::new(),
+    };
+    let res = r.target.res;
+    Ok(match dispatch::dispatch(svc, user, r).await? {
+        Reply::Object { code, object, .. } => ApiResponse { code, body: object },
+        Reply::List(page) => {
+            let items: Vec<&Value> = page.items.iter().map(|a| a.as_ref()).collect();
+            let mut md = json!({"resourceVersion": page.revision.to_string()});
+            if let Some(c) = &page.continue_token {
+                md["continue"] = json!(c);
+            }
+            ApiResponse {
+                code: 200,
+                body: json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": md, "items": items}),
+            }
+        }
+    })
+}
+
+async fn handle(bus: Arc<dyn Bus>, svc: Arc<ApiService>, msg: Message) {
+    let Some(reply) = msg.reply else { return };
+    let identity = msg.subject.strip_prefix(&format!("{}.api.", subjects::PREFIX)).unwrap_or("");
+    let user = user_for_identity(identity);
+    let resp = match ApiRequest::from_bytes(&msg.payload) {
+        Ok(req) => serve(&svc, &user, req).await,
+        Err(e) => {
+            let err = ApiError::BadRequest(format!("failed to decode bus request: {e}"));
+            ApiResponse { code: err.code(), body: err.to_status() }
+        }
+    };
+    match resp.to_bytes() {
+        Ok(b) => {
+            if let Err(e) = bus.publish(reply, b).await {
+                tracing::warn!("failed to send a bus API reply: {e}");
+            }
+        }
+        Err(e) => tracing::warn!("failed to encode a bus API reply: {e}"),
+    }
+}
+
+/// Serves API requests from the bus until the subscription ends.
+pub async fn run(bus: Arc<dyn Bus>, svc: Arc<ApiService>) -> capstan_bus::Result<()> {
+    let mut sub = bus.subscribe(subjects::api_all(), Some(subjects::API_QUEUE.to_string())).await?;
+    while let Some(msg) = sub.next().await {
+        tokio::spawn(handle(bus.clone(), svc.clone(), msg));
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The event relay: the store's change log → the bus's event stream.
+//!
+//! Exactly one relay is active in a cluster: it holds the store lease `relay`. It resumes
+//! from the last revision the event stream holds, appends every object change in revision
+//! order (message id = revision, so a change appended twice is stored once) and retries
+//! from the same revision after a bus failure, so integrators see no gap and no reordering.
+
+use crate::cache::decode_stored;
+use capstan_bus::{subjects, Bus, EventEnvelope};
+use capstan_storage::{ChangeKind, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The lease that elects the active relay.
+pub const LEASE: &str = "capstan/relay";
+
+const TTL: Duration = Duration::from_secs(10);
+
+/// Splits an object key into (group, resource, namespace, name).
+fn parse_key(key: &[u8]) -> Option<(String, String, Option<String>, String)> {
+    let s = std::str::from_utf8(key).ok()?.strip_prefix("/registry/")?;
+    let parts: Vec<&str> = s.split('/').collect();
+    let group = |g: &str| if g == "core" { String::new() } else { g.to_string() };
+    match parts.as_slice() {
+        [g, r, ns, name] => Some((group(g), r.to_string(), Some(ns.to_string()), name.to_string())),
+        [g, r, name] => Some((group(g), r.to_string(), None, name.to_string())),
+        _ => None,
+    }
+}
+
+/// Runs the relay until the store closes. `holder` identifies this process.
+pub async fn run(store: Arc<dyn Store>, bus: Arc<dyn Bus>, holder: String) {
+    let mut commits = store.subscribe_commits();
+    loop {
+        // Become the active relay.
+        let lease = match store.acquire_lease(LEASE, &holder, TTL).await {
+            Ok(l) => l,
+            Err(capstan_storage::Error::Closed) => return,
+            Err(e) => {
+                tracing::debug!("relay standing by: {e}");
+                tokio::time::sleep(TTL / 3).await;
+                continue;
+            }
+        };
+        tracing::info!(token = lease.token, "event relay active");
+        let mut renew_at = tokio::time::Instant::now() + TTL / 3;
+        let mut after = loop {
+            match bus.last_event_revision().await {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!("relay cannot read the event stream yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        'active: loop {
+            if tokio::time::Instant::now() >= renew_at {
+                match store.acquire_lease(LEASE, &holder, TTL).await {
+                    Ok(_) => renew_at = tokio::time::Instant::now() + TTL / 3,
+                    Err(capstan_storage::Error::Closed) => return,
+                    Err(e) => {
+                        tracing::warn!("relay lost its lease: {e}");
+                        break 'active;
+                    }
+                }
+            }
+            let changes = match store.changes(after, 1024).await {
+                Ok(c) => c,
+                Err(capstan_storage::Error::Compacted { oldest, .. }) => {
+                    tracing::error!(after, oldest, "event stream fell behind compaction; events were lost, consumers must relist");
+                    after = oldest.saturating_sub(1);
+                    continue;
+                }
+                Err(capstan_storage::Error::Closed) => return,
+                Err(e) => {
+                    tracing::warn!("relay failed to read the change log: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if changes.is_empty() {
+                tokio::select! {
+                    r = commits.changed() => { if r.is_err() { return; } }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            for c in changes {
+                let Some((group, resource, ns, name)) = parse_key(&c.key) else {
+                    after = c.revision;
+                    continue;
+                };
+                let Some(object) = decode_stored(&c.value, c.revision) else {
+                    tracing::warn!(revision = c.revision, "relay skipped an undecodable object");
+                    after = c.revision;
+                    continue;
+                };
+                let type_ = match c.kind {
+                    ChangeKind::Create => "ADDED",
+                    ChangeKind::Update => "MODIFIED",
+                    ChangeKind::Delete => "DELETED",
+                };
+                let env = EventEnvelope { type_: type_.into(), revision: c.revision, object };
+                let payload = match env.to_bytes() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(revision = c.revision, "relay failed to encode an event: {e}");
+                        after = c.revision;
+                        continue;
+                    }
+                };
+                let subject = subjects::event(&group, &resource, ns.as_deref(), &name);
+                // Retry the same revision until the bus takes it: no gaps, no reordering.
+                let mut backoff = Duration::from_millis(50);
+                loop {
+                    match bus.append_event(subject.clone(), payload.clone(), c.revision).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(revision = c.revision, "relay failed to append an event, retrying: {e}");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            if tokio::time::Instant::now() >= renew_at {
+                                continue 'active;
+                            }
+                        }
+                    }
+                }
+                after = c.revision;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert_eq!(
+            parse_key(b"/registry/core/pods/default/x"),
+            Some((String::new(), "pods".into(), Some("default".into()), "x".into()))
+        );
+        assert_eq!(parse_key(b"/registry/apps/deployments/ns/d").map(|k| k.0), Some("apps".into()));
+        assert_eq!(parse_key(b"/registry/core/nodes/n1").map(|k| k.2), Some(None));
+        assert_eq!(parse_key(b"/other"), None);
+    }
+}
