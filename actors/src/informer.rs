@@ -62,6 +62,39 @@ impl Change {
 /// A change handler.
 pub type Handler = Arc<dyn Fn(&Change) + Send + Sync>;
 
+/// One informer per resource, shared by every actor of a process.
+pub struct Informers {
+    client: ApiClient,
+    map: Mutex<std::collections::HashMap<Gvr, Arc<Informer>>>,
+}
+
+impl Informers {
+    /// An empty set of informers using `client`.
+    pub fn new(client: ApiClient) -> Arc<Informers> {
+        Arc::new(Informers { client, map: Mutex::new(std::collections::HashMap::new()) })
+    }
+
+    /// The (started) informer for `gvr`.
+    pub fn get(&self, gvr: Gvr) -> Arc<Informer> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(gvr)
+            .or_insert_with(|| {
+                let inf = Informer::new(self.client.clone(), gvr);
+                inf.start();
+                inf
+            })
+            .clone()
+    }
+
+    /// Waits until every informer created so far has synced.
+    pub async fn wait_synced(&self) {
+        let all: Vec<Arc<Informer>> = self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for i in all {
+            i.wait_synced().await;
+        }
+    }
+}
+
 /// A local cache of one resource.
 pub struct Informer {
     client: ApiClient,
@@ -99,9 +132,15 @@ impl Informer {
         self.gvr
     }
 
-    /// Registers a handler (call before [`Informer::start`] to see every object).
+    /// Registers a handler. It first sees every object already cached (as `Applied`
+    /// with no old version), then every change.
     pub fn on_change(&self, h: Handler) {
-        self.handlers.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+        let mut handlers = self.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        let current: Vec<Arc<Value>> = self.list();
+        for obj in current {
+            h(&Change::Applied { old: None, new: obj });
+        }
+        handlers.push(h);
     }
 
     /// Runs the informer on the current runtime until the returned handle is aborted.
@@ -144,9 +183,9 @@ impl Informer {
     }
 
     fn notify(&self, changes: &[Change]) {
-        let handlers = self.handlers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let handlers = self.handlers.lock().unwrap_or_else(|e| e.into_inner());
         for c in changes {
-            for h in &handlers {
+            for h in handlers.iter() {
                 h(c);
             }
         }

@@ -16,9 +16,13 @@
 //! ```
 
 pub mod client;
+pub mod controllers;
+pub mod events;
 pub mod informer;
 pub mod runtime;
+pub mod scheduler;
+pub mod simnodes;
 
 pub use client::{ApiClient, ClientError, Gvr};
-pub use informer::{Change, Informer, Key};
+pub use informer::{Change, Informer, Informers, Key};
 pub use runtime::{Action, Controller, Enqueue, ReconcileError, Reconciler};

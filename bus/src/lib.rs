@@ -18,6 +18,62 @@
 //! * API requests: `capstan.v1.api.<identity>` with an [`ApiRequest`] payload answered by
 //!   an [`ApiResponse`]; `<identity>` names the caller (see [`subjects::api_request`]).
 //!
+//! # Delivery guarantees
+//!
+//! * **Core messages** ([`Bus::publish`], [`Bus::subscribe`]) are at most once, as in
+//!   NATS: a subscriber whose queue is full (`subscription_capacity`, default 65,536)
+//!   loses messages; both backends log it (`NatsBus` through the client's slow-consumer
+//!   event). Use requests with retries, or the event stream, for anything that matters.
+//! * **Requests** ([`Bus::request`]) get [`Error::NoResponders`] at once when nobody is
+//!   subscribed to the subject and [`Error::Timeout`] when no reply arrives in time.
+//! * **Events** ([`Bus::append_event`], [`Bus::events`]) are ordered by revision and
+//!   delivered at most once per consumer and never silently lost: an [`EventStream`]
+//!   yields every retained event with a revision above its start, in order, each once,
+//!   across reconnects and server restarts; where it cannot prove that, it yields
+//!   [`StreamItem::Gap`] and continues, and the consumer relists. A gap is reported when the
+//!   requested history is older than what is retained (the start revision is below the
+//!   first retained event's revision - 1 and something was dropped), or when the stream
+//!   dropped events the consumer had not read yet (a consumer that far behind). The gap may
+//!   come a little after the point it refers to; relisting repairs either way. Appending
+//!   a revision at or below the last appended one stores nothing.
+//!
+//! # The JetStream stream ([`NatsBus`])
+//!
+//! [`NatsBus::connect`] creates the stream, or updates it to the configured settings
+//! ([`StreamSettings`], in [`NatsConfig::stream`]):
+//!
+//! | setting | value |
+//! |---|---|
+//! | name | `CAPSTAN_EVENTS` ([`subjects::EVENT_STREAM`]) |
+//! | subjects | `capstan.v1.events.>` |
+//! | retention | limits, discard old |
+//! | max age | 24 h |
+//! | max messages | 10,000,000 |
+//! | max bytes | unlimited |
+//! | duplicate window | 2 min |
+//! | storage | file, 1 replica; direct get allowed |
+//!
+//! Each event is one message on its object's subject, with headers `Nats-Msg-Id` and
+//! [`REVISION_HEADER`] (`Capstan-Revision`) both set to the revision, published with
+//! JetStream and acknowledged before [`Bus::append_event`] returns. A revision re-sent
+//! within the duplicate window is dropped by JetStream; [`NatsBus`] also skips revisions at
+//! or below the last one it knows to be stored, and every consumer skips revisions at or
+//! below the last one it yielded, so a duplicate stored after the window never reaches
+//! an informer. [`Bus::last_event_revision`] reads the header of the stream's last message
+//! (0 when the stream holds none, including when everything aged out).
+//!
+//! [`Bus::events`] finds its first stream sequence by binary search over the stored
+//! revisions (they increase with the sequence because the relay appends in order), then
+//! reads through an ephemeral, unacknowledged pull consumer filtered by the pattern. It
+//! tracks the stream sequence it has reached and recreates the consumer from there after a
+//! reconnect, a server restart, missed heartbeats or a skipped consumer sequence; the
+//! stream itself never ends or fails (backend errors are logged and retried with back-off),
+//! only [`Bus::events`] returns an error if the first consumer cannot be created. Only
+//! features of nats-server 2.9 are used (one filter subject per consumer).
+//!
+//! [`InProcBus`] keeps the last 1,000,000 events ([`InProcConfig::max_events`]) in memory
+//! with the same semantics; each consumer reads the shared log with its own cursor.
+//!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use capstan_bus::{Bus, InProcBus};

@@ -511,6 +511,21 @@ impl EventConsumer {
     /// Creates the server-side consumer from `next_seq` and sends the first pull.
     async fn create(&mut self) -> Result<()> {
         self.drop_consumer();
+        let info =
+            self.stream.get_info().await.map_err(|e| backend("failed to read event stream info", e))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        if last.saturating_add(1) < self.next_seq {
+            // The stream is behind this consumer: it was deleted and created again.
+            tracing::warn!(filter = %self.filter, next_seq = self.next_seq, last, "event stream was reset");
+            self.pending.push_back(StreamItem::Gap);
+            self.next_seq = first;
+        } else if first > self.next_seq {
+            // Events this consumer had not read yet were dropped by the limits meanwhile.
+            tracing::warn!(filter = %self.filter, next_seq = self.next_seq, first, "event stream dropped events before this consumer read them");
+            self.pending.push_back(StreamItem::Gap);
+            self.next_seq = first;
+        }
+        self.skipped_from = None;
         let consumer: PullConsumer = self
             .stream
             .create_consumer(pull::Config {
@@ -534,11 +549,12 @@ impl EventConsumer {
         self.consumer =
             Some(Live { consumer, inbox, inbox_subject, outstanding: 0, last_heard: Instant::now() });
         self.consumer_seq = 0;
-        // Messages between the last one handed out and the first retained one may have
-        // been dropped: check before trusting the new consumer's first message.
-        self.skipped_from.get_or_insert(self.next_seq.saturating_sub(1));
         self.last_validation = None;
-        self.pull().await
+        if let Err(e) = self.pull().await {
+            self.drop_consumer();
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn drop_consumer(&mut self) {

@@ -19,6 +19,10 @@ pub struct FileConfig {
     pub workers: Option<usize>,
     /// Events kept in the watch cache.
     pub watch_cache_events: Option<usize>,
+    /// NATS server URL for the bus (`capstan up` uses an in-process bus without it).
+    pub nats: Option<String>,
+    /// Simulated nodes to run with `capstan up`.
+    pub sim_nodes: Option<usize>,
 }
 
 impl FileConfig {

@@ -21,6 +21,9 @@ pub struct Args {
     /// YAML configuration file.
     #[arg(long, env = "CAPSTAN_CONFIG")]
     config: Option<PathBuf>,
+    /// NATS server URL: serve the API on the bus and relay events to it.
+    #[arg(long, env = "CAPSTAN_NATS")]
+    nats: Option<String>,
 }
 
 fn open_store(url: &str) -> anyhow::Result<Arc<dyn capstan_storage::Store>> {
@@ -62,7 +65,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(w) = file.workers {
         cfg.workers = w;
     }
+    let nats = args.nats.or(file.nats);
     actix_rt::System::new().block_on(async move {
+        if let Some(url) = nats.as_deref() {
+            cfg.bus = Some(super::roles::connect_bus(Some(url), "capstan-gateway").await?);
+        }
         let running = capstan_gateway::start(cfg, store).await?;
         println!("capstan gateway listening on https://{}", running.addr);
         let handle = running.server.handle();

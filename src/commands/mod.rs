@@ -1,7 +1,11 @@
 //! One module per subcommand; `main` parses flags and hands off.
 
 mod config;
+mod controllers;
 mod gateway;
+mod roles;
+mod scheduler;
+mod sim_nodes;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +27,12 @@ enum Command {
     Up(up::Args),
     /// Run the API service and HTTPS gateway against a store.
     Gateway(gateway::Args),
+    /// Run a member of the controller pool (over NATS).
+    Controllers(controllers::Args),
+    /// Run the scheduler (over NATS).
+    Scheduler(scheduler::Args),
+    /// Run simulated nodes for scale tests (over NATS).
+    SimNodes(sim_nodes::Args),
 }
 
 /// Entry point of the binary.
@@ -38,6 +48,9 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(a) => up::run(a),
         Command::Gateway(a) => gateway::run(a),
+        Command::Controllers(a) => controllers::run(a),
+        Command::Scheduler(a) => scheduler::run(a),
+        Command::SimNodes(a) => sim_nodes::run(a),
     }
 }
 

@@ -18,6 +18,12 @@ pub struct Args {
     /// YAML configuration file.
     #[arg(long, env = "CAPSTAN_CONFIG")]
     config: Option<PathBuf>,
+    /// Use this NATS server as the bus instead of the in-process one.
+    #[arg(long, env = "CAPSTAN_NATS")]
+    nats: Option<String>,
+    /// Also run this many simulated nodes (for trying out workloads without containers).
+    #[arg(long, env = "CAPSTAN_SIM_NODES")]
+    sim_nodes: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -46,9 +52,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(n) = file.watch_cache_events {
         cfg.watch_cache_events = n;
     }
+    let nats = args.nats.or(file.nats);
+    let sim_nodes = args.sim_nodes.or(file.sim_nodes).unwrap_or(0);
     actix_rt::System::new().block_on(async move {
         let started = std::time::Instant::now();
+        let bus = super::roles::connect_bus(nats.as_deref(), "capstan-up").await?;
+        cfg.bus = Some(bus.clone());
         let running = capstan_gateway::start(cfg, store).await?;
+        let _informers = super::roles::start_controllers(bus.clone());
+        super::roles::start_scheduler(bus.clone());
+        super::roles::start_sim_nodes(bus, sim_nodes, "sim-");
         let host = if running.addr.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {

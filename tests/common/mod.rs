@@ -30,11 +30,17 @@ pub struct Cluster {
     /// The API server URL.
     pub url: String,
     listen: String,
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// Starts a cluster on a free port.
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// Starts a cluster with extra `capstan up` flags (e.g. `--sim-nodes 3`).
+    pub fn start_with(extra: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
         let mut c = Cluster {
             child: None,
@@ -42,6 +48,7 @@ impl Cluster {
             dir,
             url: String::new(),
             listen: "127.0.0.1:0".into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         c.spawn();
         c
@@ -52,6 +59,7 @@ impl Cluster {
             .args(["up", "--data-dir"])
             .arg(self.dir.path())
             .args(["--listen", &self.listen])
+            .args(&self.extra)
             .env("CAPSTAN_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

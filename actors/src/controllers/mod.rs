@@ -1,0 +1,55 @@
+//! The controllers of the controller manager. Each module exposes
+//! `start(ctx: &Ctx)`, which registers its informer handlers and starts its actor.
+
+use crate::client::ApiClient;
+use crate::events::Recorder;
+use crate::informer::Informers;
+use crate::runtime::Partition;
+use std::sync::Arc;
+
+pub mod cronjob;
+pub mod daemonset;
+pub mod deployment;
+pub mod endpoints;
+pub mod gc;
+pub mod job;
+pub mod namespace;
+pub mod nodelifecycle;
+pub mod replicaset;
+pub mod serviceaccount;
+pub mod statefulset;
+
+/// What every controller gets.
+#[derive(Clone)]
+pub struct Ctx {
+    /// API over the bus.
+    pub client: ApiClient,
+    /// Shared informers.
+    pub informers: Arc<Informers>,
+    /// Which keys this pool member owns (None: all).
+    pub partition: Option<Partition>,
+    /// Event recorder.
+    pub recorder: Recorder,
+}
+
+impl Ctx {
+    /// Whether this member owns `key` (`namespace/name`).
+    pub fn owns(&self, key: &str) -> bool {
+        self.partition.as_ref().is_none_or(|p| p(key))
+    }
+}
+
+/// Starts every controller. Must run inside an actix system.
+pub fn start_all(ctx: &Ctx) {
+    replicaset::start(ctx);
+    deployment::start(ctx);
+    gc::start(ctx);
+    namespace::start(ctx);
+    nodelifecycle::start(ctx);
+    job::start(ctx);
+    cronjob::start(ctx);
+    daemonset::start(ctx);
+    statefulset::start(ctx);
+    endpoints::start(ctx);
+    serviceaccount::start(ctx);
+}

@@ -1,0 +1,19 @@
+//! `capstan scheduler`: the scheduler, on a NATS bus.
+
+/// Flags of `capstan scheduler`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// NATS server URL.
+    #[arg(long, env = "CAPSTAN_NATS")]
+    nats: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    actix_rt::System::new().block_on(async move {
+        let bus = super::roles::connect_bus(Some(&args.nats), "capstan-scheduler").await?;
+        super::roles::start_scheduler(bus);
+        println!("capstan scheduler running");
+        super::shutdown_signal().await;
+        anyhow::Ok(())
+    })
+}
