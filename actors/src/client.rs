@@ -213,7 +213,12 @@ impl ApiClient {
     }
 
     /// Every object (paged), with the list's resourceVersion.
-    pub async fn list_all(&self, r: Gvr, ns: Option<&str>, label_selector: Option<&str>) -> Result<(Vec<Value>, u64)> {
+    pub async fn list_all(
+        &self,
+        r: Gvr,
+        ns: Option<&str>,
+        label_selector: Option<&str>,
+    ) -> Result<(Vec<Value>, u64)> {
         let mut items = Vec::new();
         let mut cont: Option<String> = None;
         let mut rv = 0;
@@ -239,7 +244,8 @@ impl ApiClient {
 
     /// PUT (with the object's resourceVersion as precondition).
     pub async fn update(&self, r: Gvr, ns: Option<&str>, obj: Value) -> Result<Value> {
-        let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("").to_string();
+        let name =
+            obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("").to_string();
         let mut req = Self::req("update", r, ns, Some(&name));
         req.body = Some(obj);
         self.call(req).await
@@ -247,7 +253,8 @@ impl ApiClient {
 
     /// PUT of the status subresource.
     pub async fn update_status(&self, r: Gvr, ns: Option<&str>, obj: Value) -> Result<Value> {
-        let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("").to_string();
+        let name =
+            obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("").to_string();
         let mut req = Self::req("update", r, ns, Some(&name));
         req.subresource = Some("status".into());
         req.body = Some(obj);
@@ -278,7 +285,13 @@ impl ApiClient {
     }
 
     /// DELETE with a propagation policy (`Background`, `Foreground`, `Orphan`).
-    pub async fn delete(&self, r: Gvr, ns: Option<&str>, name: &str, propagation: Option<&str>) -> Result<Value> {
+    pub async fn delete(
+        &self,
+        r: Gvr,
+        ns: Option<&str>,
+        name: &str,
+        propagation: Option<&str>,
+    ) -> Result<Value> {
         let mut req = Self::req("delete", r, ns, Some(name));
         if let Some(p) = propagation {
             req.body = Some(json!({"propagationPolicy": p}));
@@ -287,7 +300,14 @@ impl ApiClient {
     }
 
     /// DELETE with a uid precondition (deletes only that incarnation of the object).
-    pub async fn delete_uid(&self, r: Gvr, ns: Option<&str>, name: &str, uid: &str, grace: Option<i64>) -> Result<Value> {
+    pub async fn delete_uid(
+        &self,
+        r: Gvr,
+        ns: Option<&str>,
+        name: &str,
+        uid: &str,
+        grace: Option<i64>,
+    ) -> Result<Value> {
         let mut req = Self::req("delete", r, ns, Some(name));
         let mut body = json!({"preconditions": {"uid": uid}});
         if let Some(g) = grace {

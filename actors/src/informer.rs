@@ -88,7 +88,8 @@ impl Informers {
 
     /// Waits until every informer created so far has synced.
     pub async fn wait_synced(&self) {
-        let all: Vec<Arc<Informer>> = self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let all: Vec<Arc<Informer>> =
+            self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for i in all {
             i.wait_synced().await;
         }
@@ -179,7 +180,12 @@ impl Informer {
     pub fn list_ns(&self, ns: &str) -> Vec<Arc<Value>> {
         let prefix = format!("{ns}/");
         let end = format!("{ns}0"); // '0' follows '/'
-        self.cache.read().unwrap_or_else(|e| e.into_inner()).range(prefix..end).map(|(_, v)| v.clone()).collect()
+        self.cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .range(prefix..end)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     fn notify(&self, changes: &[Change]) {
@@ -249,7 +255,8 @@ impl Informer {
             };
             backoff = Duration::from_millis(100);
             self.replace(items, rv);
-            let mut stream = match self.client.bus().events(filter.clone(), StartAt::AfterRevision(rv)).await {
+            let mut stream = match self.client.bus().events(filter.clone(), StartAt::AfterRevision(rv)).await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(resource = self.gvr.resource, "informer cannot follow events: {e}");

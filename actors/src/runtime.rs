@@ -176,7 +176,8 @@ impl<R: Reconciler> Handler<Finished> for Controller<R> {
             Err(e) => {
                 let n = self.failures.entry(key.clone()).or_insert(0);
                 *n = n.saturating_add(1);
-                let delay = Duration::from_millis(5u64.saturating_mul(1u64 << (*n).min(13))).min(Duration::from_secs(30));
+                let delay = Duration::from_millis(5u64.saturating_mul(1u64 << (*n).min(13)))
+                    .min(Duration::from_secs(30));
                 tracing::debug!(controller = self.reconciler.name(), key = %key, "reconcile failed (retry in {delay:?}): {e}");
                 let k = key.clone();
                 ctx.run_later(delay, move |act, ctx| {

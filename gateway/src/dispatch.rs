@@ -162,7 +162,10 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
                 return Ok(object(202, obj));
             }
             // As upstream: a few kinds return the deleted object, the rest a Status.
-            if matches!(res.kind, "Pod" | "Service" | "ServiceAccount" | "StorageClass" | "PersistentVolume" | "Namespace") {
+            if matches!(
+                res.kind,
+                "Pod" | "Service" | "ServiceAccount" | "StorageClass" | "PersistentVolume" | "Namespace"
+            ) {
                 return Ok(object(200, obj));
             }
             let details = json!({

@@ -55,6 +55,9 @@ pub struct Config {
     pub tokens: HashMap<String, User>,
     /// The bus: when set, the gateway serves the API on it and runs the event relay.
     pub bus: Option<Arc<dyn capstan_bus::Bus>>,
+    /// The relay lease holder name. A process that owns its store alone (redb) uses a
+    /// fixed name so a restart takes the lease over at once; by default it is unique.
+    pub relay_holder: Option<String>,
 }
 
 impl Config {
@@ -68,6 +71,7 @@ impl Config {
             workers: 2,
             tokens: HashMap::new(),
             bus: None,
+            relay_holder: None,
         }
     }
 }
@@ -156,7 +160,10 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     let service = Arc::new(service::ApiService::new(store, cache, Arc::new(auth::MastersOnly)));
     service.bootstrap().await?;
     if let Some(bus) = &config.bus {
-        let holder = format!("gateway-{}-{}", std::process::id(), uuid::Uuid::new_v4());
+        let holder = config
+            .relay_holder
+            .clone()
+            .unwrap_or_else(|| format!("gateway-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
         tokio::spawn(relay::run(service.store().clone(), bus.clone(), holder));
         let (b, s) = (bus.clone(), service.clone());
         tokio::spawn(async move {

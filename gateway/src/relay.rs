@@ -67,7 +67,11 @@ pub async fn run(store: Arc<dyn Store>, bus: Arc<dyn Bus>, holder: String) {
             let changes = match store.changes(after, 1024).await {
                 Ok(c) => c,
                 Err(capstan_storage::Error::Compacted { oldest, .. }) => {
-                    tracing::error!(after, oldest, "event stream fell behind compaction; events were lost, consumers must relist");
+                    tracing::error!(
+                        after,
+                        oldest,
+                        "event stream fell behind compaction; events were lost, consumers must relist"
+                    );
                     after = oldest.saturating_sub(1);
                     continue;
                 }
@@ -116,7 +120,10 @@ pub async fn run(store: Arc<dyn Store>, bus: Arc<dyn Bus>, holder: String) {
                     match bus.append_event(subject.clone(), payload.clone(), c.revision).await {
                         Ok(()) => break,
                         Err(e) => {
-                            tracing::warn!(revision = c.revision, "relay failed to append an event, retrying: {e}");
+                            tracing::warn!(
+                                revision = c.revision,
+                                "relay failed to append an event, retrying: {e}"
+                            );
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(2));
                             if tokio::time::Instant::now() >= renew_at {

@@ -14,7 +14,9 @@ pub async fn connect_bus(url: Option<&str>, name: &str) -> anyhow::Result<Arc<dy
         Some(u) => {
             let mut cfg = capstan_bus::NatsConfig::new(u);
             cfg.name = name.to_string();
-            let bus = capstan_bus::NatsBus::connect(cfg).await.with_context(|| format!("failed to connect to NATS at {u}"))?;
+            let bus = capstan_bus::NatsBus::connect(cfg)
+                .await
+                .with_context(|| format!("failed to connect to NATS at {u}"))?;
             Ok(Arc::new(bus))
         }
     }

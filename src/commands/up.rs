@@ -58,6 +58,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let bus = super::roles::connect_bus(nats.as_deref(), "capstan-up").await?;
         cfg.bus = Some(bus.clone());
+        // This process owns the store file alone: a restart may take the relay over at once.
+        cfg.relay_holder = Some("capstan-up".into());
         let running = capstan_gateway::start(cfg, store).await?;
         let _informers = super::roles::start_controllers(bus.clone());
         super::roles::start_scheduler(bus.clone());
