@@ -1356,6 +1356,7 @@ struct Tally {
     findings: Vec<Finding>,
     non_status_raw: usize,
     retries: usize,
+    notes: Vec<String>,
 }
 
 impl Tally {
@@ -1420,7 +1421,13 @@ async fn worker(client: Client, anon: Client, reqs: Vec<Req>) -> Tally {
                         t.count(cat, r.status.to_string());
                     }
                     Ok(Err(_)) => t.count(cat, "closed".into()),
-                    Err(_) => t.count(cat, "no answer in 10 s".into()),
+                    Err(_) => {
+                        t.count(cat, "no answer in 10 s".into());
+                        t.notes.push(format!(
+                            "no answer in 10 s (not counted as a failure): {}",
+                            req.describe()
+                        ));
+                    }
                 }
             }
             Req::Http { cat, method, path, headers, body, anon: is_anon } => {
@@ -1541,6 +1548,7 @@ fn malformed_requests_never_break_the_server() {
             all.findings.extend(part.findings);
             all.non_status_raw += part.non_status_raw;
             all.retries += part.retries;
+            all.notes.extend(part.notes);
         }
         // The server still serves.
         let mut c = client.open().await.expect("connect after the run");
@@ -1564,6 +1572,9 @@ fn malformed_requests_never_break_the_server() {
         tally.non_status_raw,
         tally.retries
     );
+    for n in &tally.notes {
+        eprintln!("note: {n}");
+    }
     if !tally.findings.is_empty() {
         let mut msg = format!("{} problems:\n", tally.findings.len());
         for f in tally.findings.iter().take(40) {

@@ -58,6 +58,9 @@ pub struct Config {
     /// The relay lease holder name. A process that owns its store alone (redb) uses a
     /// fixed name so a restart takes the lease over at once; by default it is unique.
     pub relay_holder: Option<String>,
+    /// Revisions of change log kept behind the newest (older ones are compacted away;
+    /// watchers and event-stream readers behind them get 410 and relist).
+    pub change_log_retention: u64,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             tokens: HashMap::new(),
             bus: None,
             relay_holder: None,
+            change_log_retention: 100_000,
         }
     }
 }
@@ -154,17 +158,45 @@ fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
     }
 }
 
+/// Compacts the change log once a minute, keeping `retention` revisions and everything
+/// the relay has not published yet. With many gateways every one runs this; compaction
+/// is idempotent.
+async fn compactor(store: Arc<dyn Store>, retention: u64, relayed: Arc<std::sync::atomic::AtomicU64>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let current = match store.current_revision().await {
+            Ok(c) => c,
+            Err(capstan_storage::Error::Closed) => return,
+            Err(e) => {
+                tracing::warn!("compactor cannot read the revision: {e}");
+                continue;
+            }
+        };
+        let keep_from = current.saturating_sub(retention).min(relayed.load(std::sync::atomic::Ordering::Relaxed));
+        if keep_from > 1 {
+            match store.compact(keep_from).await {
+                Ok(point) => tracing::debug!(point, "compacted the change log"),
+                Err(capstan_storage::Error::Closed) => return,
+                Err(e) => tracing::warn!("failed to compact the change log: {e}"),
+            }
+        }
+    }
+}
+
 /// Starts the API service and the HTTPS server. Must run inside an actix system.
 pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, StartError> {
     let cache = cache::Cache::start(store.clone(), config.watch_cache_events).await?;
     let service = Arc::new(service::ApiService::new(store, cache, Arc::new(auth::MastersOnly)));
     service.bootstrap().await?;
+    // With a bus, the change log is kept until the relay has published it.
+    let relayed = Arc::new(std::sync::atomic::AtomicU64::new(if config.bus.is_some() { 0 } else { u64::MAX }));
+    tokio::spawn(compactor(service.store().clone(), config.change_log_retention, relayed.clone()));
     if let Some(bus) = &config.bus {
         let holder = config
             .relay_holder
             .clone()
             .unwrap_or_else(|| format!("gateway-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
-        tokio::spawn(relay::run(service.store().clone(), bus.clone(), holder));
+        tokio::spawn(relay::run(service.store().clone(), bus.clone(), holder, relayed));
         let (b, s) = (bus.clone(), service.clone());
         tokio::spawn(async move {
             if let Err(e) = busapi::run(b, s).await {

@@ -8,6 +8,7 @@
 use crate::cache::decode_stored;
 use capstan_bus::{subjects, Bus, EventEnvelope};
 use capstan_storage::{ChangeKind, Store};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +29,10 @@ fn parse_key(key: &[u8]) -> Option<(String, String, Option<String>, String)> {
     }
 }
 
-/// Runs the relay until the store closes. `holder` identifies this process.
-pub async fn run(store: Arc<dyn Store>, bus: Arc<dyn Bus>, holder: String) {
+/// Runs the relay until the store closes. `holder` identifies this process; `progress`
+/// is set to the last revision known to be in the event stream (the compactor keeps the
+/// change log from there on).
+pub async fn run(store: Arc<dyn Store>, bus: Arc<dyn Bus>, holder: String, progress: Arc<AtomicU64>) {
     let mut commits = store.subscribe_commits();
     loop {
         // Become the active relay.
@@ -54,6 +57,7 @@ pub async fn run(store: Arc<dyn Store>, bus: Arc<dyn Bus>, holder: String) {
             }
         };
         'active: loop {
+            progress.store(after, Ordering::Relaxed);
             if tokio::time::Instant::now() >= renew_at {
                 match store.acquire_lease(LEASE, &holder, TTL).await {
                     Ok(_) => renew_at = tokio::time::Instant::now() + TTL / 3,

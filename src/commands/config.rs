@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub nats: Option<String>,
     /// Simulated nodes to run with `capstan up`.
     pub sim_nodes: Option<usize>,
+    /// Revisions of change log kept (older ones are compacted).
+    pub change_log_retention: Option<u64>,
 }
 
 impl FileConfig {

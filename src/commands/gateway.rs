@@ -65,6 +65,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(w) = file.workers {
         cfg.workers = w;
     }
+    if let Some(r) = file.change_log_retention {
+        cfg.change_log_retention = r;
+    }
     let nats = args.nats.or(file.nats);
     actix_rt::System::new().block_on(async move {
         if let Some(url) = nats.as_deref() {

@@ -49,6 +49,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(w) = file.workers {
         cfg.workers = w;
     }
+    if let Some(r) = file.change_log_retention {
+        cfg.change_log_retention = r;
+    }
     if let Some(n) = file.watch_cache_events {
         cfg.watch_cache_events = n;
     }
