@@ -19,6 +19,7 @@ if [ "$what" = test ]; then
   ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
     || need_apt+=(libclang-dev)
   have python3 || need_apt+=(python3 python3-pip)
+  [ -x /usr/sbin/nats-server ] || have nats-server || need_apt+=(nats-server)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -30,8 +31,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if [ "$what" = test ]; then
-  if ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
-    echo "capstan: installing the Python kubernetes client" >&2
-    python3 -m pip install -q kubernetes 2>/dev/null || python3 -m pip install -q --break-system-packages kubernetes
+  if ! python3 -c 'import kubernetes, nats, msgpack' >/dev/null 2>&1; then
+    echo "capstan: installing the Python kubernetes, nats-py and msgpack packages" >&2
+    python3 -m pip install -q kubernetes nats-py msgpack 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages kubernetes nats-py msgpack
   fi
 fi
