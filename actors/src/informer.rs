@@ -86,6 +86,14 @@ impl Informers {
             .clone()
     }
 
+    /// Replays every cached object to every handler (after a partition change).
+    pub fn resync_all(&self) {
+        let all: Vec<Arc<Informer>> = self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for i in all {
+            i.resync();
+        }
+    }
+
     /// Waits until every informer created so far has synced.
     pub async fn wait_synced(&self) {
         let all: Vec<Arc<Informer>> =
@@ -186,6 +194,13 @@ impl Informer {
             .range(prefix..end)
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// Replays every cached object to the handlers as `Applied` (old = new).
+    pub fn resync(&self) {
+        let changes: Vec<Change> =
+            self.list().into_iter().map(|o| Change::Applied { old: Some(o.clone()), new: o }).collect();
+        self.notify(&changes);
     }
 
     fn notify(&self, changes: &[Change]) {

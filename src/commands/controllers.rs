@@ -6,12 +6,30 @@ pub struct Args {
     /// NATS server URL.
     #[arg(long, env = "CAPSTAN_NATS")]
     nats: String,
+    /// Partitions shared by the pool (every member must use the same number). Without
+    /// it this process reconciles everything.
+    #[arg(long, env = "CAPSTAN_PARTITIONS")]
+    partitions: Option<u32>,
+    /// This member's id in the pool (default: hostname and PID).
+    #[arg(long, env = "CAPSTAN_MEMBER")]
+    member: Option<String>,
+    /// Seconds after which a silent member's partitions are taken over.
+    #[arg(long, default_value_t = 10)]
+    lease_seconds: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     actix_rt::System::new().block_on(async move {
         let bus = super::roles::connect_bus(Some(&args.nats), "capstan-controllers").await?;
-        let _informers = super::roles::start_controllers(bus);
+        let pool = args.partitions.map(|partitions| capstan_actors::pool::Config {
+            member: args.member.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            }),
+            partitions,
+            lease_duration: std::time::Duration::from_secs(args.lease_seconds.max(1)),
+        });
+        let _informers = super::roles::start_controllers(bus, pool);
         println!("capstan controllers running");
         super::shutdown_signal().await;
         anyhow::Ok(())

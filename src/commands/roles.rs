@@ -22,15 +22,18 @@ pub async fn connect_bus(url: Option<&str>, name: &str) -> anyhow::Result<Arc<dy
     }
 }
 
-/// Starts the controller manager on `bus`.
-pub fn start_controllers(bus: Arc<dyn Bus>) -> Arc<Informers> {
+/// Starts the controller manager on `bus`; with `pool`, as a member of a controller
+/// pool that shares partitions with the other members.
+pub fn start_controllers(bus: Arc<dyn Bus>, pool: Option<capstan_actors::pool::Config>) -> Arc<Informers> {
     let client = ApiClient::new(bus, "controllers");
     let informers = Informers::new(client.clone());
+    let partition =
+        pool.map(|cfg| capstan_actors::pool::join(client.clone(), informers.clone(), cfg).partition());
     let ctx = Ctx {
         recorder: Recorder::new(client.clone(), "controller-manager"),
         client,
         informers: informers.clone(),
-        partition: None,
+        partition,
     };
     controllers::start_all(&ctx);
     informers
