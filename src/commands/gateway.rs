@@ -60,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("invalid --listen address (want IP:PORT)")?;
     let store = open_store(&store_url)?;
     let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &[listen.ip().to_string()])?;
-    let mut cfg = capstan_gateway::Config::new(pki);
+    let mut cfg = capstan_gateway::Config::new(pki.clone());
     cfg.listen = listen;
     if let Some(w) = file.workers {
         cfg.workers = w;
@@ -74,7 +74,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cfg.bus = Some(super::roles::connect_bus(Some(url), "capstan-gateway").await?);
         }
         let running = capstan_gateway::start(cfg, store).await?;
-        println!("capstan gateway listening on https://{}", running.addr);
+        let host = if running.addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            running.addr.ip().to_string()
+        };
+        let url = format!("https://{}:{}", host, running.addr.port());
+        let kubeconfig = data_dir.join("admin.kubeconfig");
+        std::fs::write(&kubeconfig, pki.admin_kubeconfig(&url))
+            .with_context(|| format!("failed to write {}", kubeconfig.display()))?;
+        println!("capstan gateway listening on {url}");
+        println!("export KUBECONFIG={}", kubeconfig.display());
         let handle = running.server.handle();
         let task = actix_rt::spawn(running.server);
         super::shutdown_signal().await;

@@ -33,6 +33,8 @@ pub struct Cluster {
     pub url: String,
     listen: String,
     extra: Vec<String>,
+    /// `up` or `gateway`.
+    role: &'static str,
 }
 
 impl Cluster {
@@ -51,6 +53,7 @@ impl Cluster {
             url: String::new(),
             listen: "127.0.0.1:0".into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            role: "up",
         };
         c.spawn();
         c
@@ -58,7 +61,7 @@ impl Cluster {
 
     fn spawn(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-            .args(["up", "--data-dir"])
+            .args([self.role, "--data-dir"])
             .arg(self.dir.path())
             .args(["--listen", &self.listen])
             .args(&self.extra)
@@ -71,7 +74,10 @@ impl Cluster {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("capstan is ready at ") {
+                let ready = line
+                    .strip_prefix("capstan is ready at ")
+                    .or_else(|| line.strip_prefix("capstan gateway listening on "));
+                if let Some(rest) = ready {
                     let url = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(url);
                 }
@@ -82,6 +88,23 @@ impl Cluster {
         self.listen = url.trim_start_matches("https://").to_string();
         self.url = url;
         self.child = Some(child);
+    }
+
+    /// Starts `capstan gateway` alone (redb store in its data dir) with extra flags,
+    /// e.g. `--nats URL`.
+    pub fn start_gateway(extra: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
+        let mut c = Cluster {
+            child: None,
+            kubeconfig: dir.path().join("admin.kubeconfig"),
+            dir,
+            url: String::new(),
+            listen: "127.0.0.1:0".into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            role: "gateway",
+        };
+        c.spawn();
+        c
     }
 
     /// The PID of the server process.
@@ -165,6 +188,62 @@ impl Cluster {
     /// The data directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Another capstan process (controllers, scheduler, sim-nodes), killed on drop.
+pub struct Role {
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Role {
+    /// Starts `capstan <args>` and waits for its `running` line on stdout.
+    pub fn start(args: &[&str]) -> Role {
+        let mut r = Role { child: None, args: args.iter().map(|s| s.to_string()).collect() };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(&self.args)
+            .env("CAPSTAN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn capstan role");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("running") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60)).expect("capstan role did not start in 60 s");
+        self.child = Some(child);
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }
 
