@@ -299,7 +299,8 @@ fn wrong_types(out: &mut Vec<Req>) {
     let ns_specific: Vec<(&str, Value)> =
         vec![("/spec", json!("x")), ("/spec/finalizers", json!(5)), ("/status/phase", json!(5))];
     type Make = fn(&str) -> Value;
-    let kinds: Vec<(&str, Make, Vec<(&str, Value)>, &str)> = vec![
+    type Kind<'a> = (&'a str, Make, Vec<(&'a str, Value)>, &'a str);
+    let kinds: Vec<Kind> = vec![
         (PODS, pod, pod_specific, "victim"),
         (CMS, configmap, cm_specific, "cm"),
         ("/api/v1/namespaces/default/secrets", secret, secret_specific, "sec"),
@@ -915,49 +916,51 @@ fn queries(out: &mut Vec<Req>) {
 
 /// Random byte mutations of valid bodies.
 fn mutations(rng: &mut Rng, n: usize, out: &mut Vec<Req>) {
-    let mut seeds: Vec<(String, &'static str, Vec<u8>, &'static str)> = Vec::new();
-    seeds.push(("POST".into(), "create-json", bytes(&pod("mut")), PODS));
-    seeds.push(("POST".into(), "create-yaml", to_yaml(&pod("mut")), PODS));
-    seeds.push(("POST".into(), "create-json", bytes(&configmap("mut")), CMS));
-    seeds.push(("POST".into(), "create-json", bytes(&deployment("mut")), DEPLOYS));
-    seeds.push(("POST".into(), "create-yaml", to_yaml(&deployment("mut")), DEPLOYS));
-    seeds.push(("POST".into(), "create-json", bytes(&service("mut")), "/api/v1/namespaces/default/services"));
-    seeds.push((
+    type Seed = (String, &'static str, Vec<u8>, &'static str);
+    let seeds: Vec<Seed> = vec![
+        ("POST".into(), "create-json", bytes(&pod("mut")), PODS),
+        ("POST".into(), "create-yaml", to_yaml(&pod("mut")), PODS),
+        ("POST".into(), "create-json", bytes(&configmap("mut")), CMS),
+        ("POST".into(), "create-json", bytes(&deployment("mut")), DEPLOYS),
+        ("POST".into(), "create-yaml", to_yaml(&deployment("mut")), DEPLOYS),
+        ("POST".into(), "create-json", bytes(&service("mut")), "/api/v1/namespaces/default/services"),
+        (
         "PUT".into(),
         "update-json",
         bytes(&pod("victim")),
         "/api/v1/namespaces/default/pods/victim",
-    ));
-    seeds.push((
+    ),
+        (
         "PUT".into(),
         "update-json",
         bytes(&configmap("cm")),
         "/api/v1/namespaces/default/configmaps/cm",
-    ));
-    seeds.push((
+    ),
+        (
         "PATCH".into(),
         "json-patch",
         b"[{\"op\":\"add\",\"path\":\"/metadata/labels/m\",\"value\":\"v\"},{\"op\":\"test\",\"path\":\"/kind\",\"value\":\"Pod\"}]".to_vec(),
         "/api/v1/namespaces/default/pods/victim",
-    ));
-    seeds.push((
+    ),
+        (
         "PATCH".into(),
         "merge-patch",
         b"{\"metadata\":{\"labels\":{\"m\":\"v\"}},\"spec\":{\"activeDeadlineSeconds\":null}}".to_vec(),
         "/api/v1/namespaces/default/pods/victim",
-    ));
-    seeds.push((
+    ),
+        (
         "PATCH".into(),
         "smp",
         b"{\"spec\":{\"$setElementOrder/containers\":[{\"name\":\"c\"}],\"containers\":[{\"name\":\"c\",\"image\":\"nginx:2\"}]}}".to_vec(),
         "/api/v1/namespaces/default/pods/victim",
-    ));
-    seeds.push((
+    ),
+        (
         "PATCH".into(),
         "apply",
         b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  z: y\n".to_vec(),
         "/api/v1/namespaces/default/configmaps/cm?fieldManager=fuzz&force=true",
-    ));
+    ),
+    ];
     let ct_of = |kind: &str| match kind {
         "create-yaml" => "application/yaml",
         "json-patch" => JSON_PATCH,

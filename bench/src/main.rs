@@ -56,6 +56,10 @@ fn parse_args() -> anyhow::Result<Opts> {
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
         match flag.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             "--capstan" => o.capstan = PathBuf::from(value()?),
             "--clients" => o.clients = value()?.parse().context("--clients wants a number")?,
             "--duration" => {

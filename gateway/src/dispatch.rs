@@ -180,6 +180,24 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
             svc.authorize(user, "get", res, Some("status"), ns, Some(name))?;
             Ok(object(200, svc.get(&User::system(), res, ns, name).await?))
         }
+        (Verb::Update, Some(name), Some("finalize")) if res.kind == "Namespace" => {
+            // Only spec.finalizers changes; with no finalizer left a deleting namespace goes.
+            let obj = required_body(body)?;
+            svc.authorize(user, "update", res, Some("finalize"), ns, Some(name))?;
+            let finalizers = obj.get("spec").and_then(|s| s.get("finalizers")).cloned().unwrap_or(json!([]));
+            let mut patch = json!({"spec": {"finalizers": finalizers}});
+            if let Some(rv) = obj
+                .get("metadata")
+                .and_then(|m| m.get("resourceVersion"))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                patch["metadata"] = json!({"resourceVersion": rv});
+            }
+            let opts = q.write_options_for(&user_agent, false)?;
+            let r = svc.patch(&User::system(), res, ns, name, PatchType::Merge, patch, &opts, false).await?;
+            Ok(Reply::Object { code: 200, object: r.object, warnings: r.warnings })
+        }
         (Verb::Get, Some(name), Some("scale")) => Ok(object(200, svc.get_scale(user, res, ns, name).await?)),
         (Verb::Update, Some(name), Some("scale")) => {
             let obj = required_body(body)?;
@@ -394,6 +412,9 @@ pub fn parse_target(group: &str, version: &str, segs: &[&str]) -> ApiResult<Targ
 
 /// SelfSubjectAccessReview and SelfSubjectRulesReview.
 fn review(svc: &ApiService, user: &User, res: &ResourceInfo, obj: Value) -> ApiResult<Value> {
+    if !obj.is_object() {
+        return Err(ApiError::BadRequest(format!("{}: the request body must be a JSON object", res.kind)));
+    }
     let spec = obj.get("spec").cloned().unwrap_or(json!({}));
     let mut out = obj.clone();
     out["apiVersion"] = json!(res.api_version());
