@@ -183,7 +183,10 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short = ["ns"],
         cats = [],
         Cluster,
-        subs = [status("", "v1", "Namespace")]
+        subs = [
+            status("", "v1", "Namespace"),
+            Subresource { name: "finalize", group: "", version: "v1", kind: "Namespace", verbs: &["update"] }
+        ]
     ),
     ResourceInfo {
         group: "",

@@ -228,8 +228,33 @@ fn replica_set(e: &mut Errs, spec: Option<&Value>) {
     }
 }
 
+/// The StatefulSet spec with a volume for each volumeClaimTemplate its pods will get.
+fn stateful_set_claim_volumes(spec: &Value) -> Value {
+    let mut spec = spec.clone();
+    let claims: Vec<String> = ar(Some(&spec), "volumeClaimTemplates")
+        .iter()
+        .filter_map(|t| t.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str))
+        .map(str::to_string)
+        .collect();
+    if let Some(ps) = spec.get_mut("template").and_then(|t| t.get_mut("spec")).and_then(Value::as_object_mut)
+    {
+        let vols = ps.entry("volumes").or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(vols) = vols {
+            for c in claims {
+                if !vols.iter().any(|v| v.get("name").and_then(Value::as_str) == Some(c.as_str())) {
+                    vols.push(serde_json::json!({"name": c, "persistentVolumeClaim": {"claimName": c}}));
+                }
+            }
+        }
+    }
+    spec
+}
+
 fn stateful_set(e: &mut Errs, spec: Option<&Value>) {
-    workload_common(e, spec, "empty selector is invalid for statefulset");
+    // Mounts may name a volumeClaimTemplate: the controller adds those volumes to each pod
+    // (upstream does not check the template's mounts against its volumes at all).
+    let with_claims = spec.map(stateful_set_claim_volumes);
+    workload_common(e, with_claims.as_ref(), "empty selector is invalid for statefulset");
     if get(get(spec, "template").and_then(|t| t.get("spec")), "activeDeadlineSeconds").is_some() {
         e.forbidden(
             "spec.template.spec.activeDeadlineSeconds",
