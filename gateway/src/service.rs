@@ -697,6 +697,27 @@ impl ApiService {
         opts: &WriteOptions,
         allow_create: bool,
         status_only: bool,
+        mutate: F,
+    ) -> ApiResult<WriteResult>
+    where
+        F: FnMut(Option<&Value>, &mut Vec<String>) -> ApiResult<(Value, bool)>,
+    {
+        self.guaranteed_update_inner(res, namespace, name, opts, allow_create, status_only, false, mutate).await
+    }
+
+    /// [`Self::guaranteed_update`]; `binding`: the write is `pods/binding`, which sets
+    /// `spec.nodeName` (a change pod updates may not make), so the pod is validated as if
+    /// it had already been bound.
+    #[allow(clippy::too_many_arguments)]
+    async fn guaranteed_update_inner<F>(
+        &self,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &WriteOptions,
+        allow_create: bool,
+        status_only: bool,
+        binding: bool,
         mut mutate: F,
     ) -> ApiResult<WriteResult>
     where
@@ -846,7 +867,13 @@ impl ApiService {
                 }
             }
             meta::remove_meta(&mut new, "resourceVersion");
-            Self::validate(res, Some(&old), &new)?;
+            if binding {
+                let mut bound = old.clone();
+                bound["spec"]["nodeName"] = new["spec"]["nodeName"].clone();
+                Self::validate(res, Some(&bound), &new)?;
+            } else {
+                Self::validate(res, Some(&old), &new)?;
+            }
             if let Some(m) = &opts.field_manager {
                 capstan_api::ssa::record_update(Some(&old), &mut new, m, &now_rfc3339());
             }
@@ -860,7 +887,11 @@ impl ApiService {
                 meta::set_meta_str(&mut new, "resourceVersion", &old_rev.to_string());
                 return Ok(WriteResult { object: new, created: false, warnings });
             }
-            let finished = deleting && meta::finalizers(&new).is_empty();
+            // A namespace also waits for its spec.finalizers (see namespaces/<name>/finalize).
+            let finished = deleting
+                && meta::finalizers(&new).is_empty()
+                && (res.kind != "Namespace"
+                    || new["spec"].get("finalizers").and_then(Value::as_array).is_none_or(|a| a.is_empty()));
             let op = if finished {
                 Op::Delete {
                     key: key.clone(),
@@ -1053,10 +1084,21 @@ impl ApiService {
                 }
             }
             let mut finalizers = meta::finalizers(&obj);
-            if opts.propagation_policy.as_deref() == Some("Orphan")
-                && !finalizers.iter().any(|f| f == "orphan")
-            {
-                // Orphaning is carried out by the garbage collector; without dependents it is immediate.
+            let already_deleting =
+                obj.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some_and(|v| !v.is_null());
+            // Orphan and Foreground propagation are carried out by the garbage collector, which
+            // removes these finalizers when done (as upstream).
+            let gc_finalizer = match opts.propagation_policy.as_deref() {
+                Some("Orphan") => Some("orphan"),
+                Some("Foreground") => Some("foregroundDeletion"),
+                _ => None,
+            };
+            let mut finalizers_changed = false;
+            if let Some(f) = gc_finalizer.filter(|_| !already_deleting) {
+                if !finalizers.iter().any(|x| x == f) {
+                    finalizers.push(f.to_string());
+                    finalizers_changed = true;
+                }
             }
             let graceful_pod = res.kind == "Pod"
                 && obj["spec"].get("nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
@@ -1065,12 +1107,10 @@ impl ApiService {
                     .get("phase")
                     .and_then(Value::as_str)
                     .is_none_or(|p| p != "Succeeded" && p != "Failed");
-            let namespace_with_content = res.kind == "Namespace";
-            if namespace_with_content && !finalizers.iter().any(|f| f == "kubernetes") {
-                // The namespace finalizer lives in spec.finalizers; tracked separately below.
-            }
-            let already_deleting =
-                obj.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some_and(|v| !v.is_null());
+            // A namespace with spec.finalizers is emptied by the namespace controller, which
+            // then removes its finalizer through namespaces/<name>/finalize.
+            let namespace_with_content = res.kind == "Namespace"
+                && obj["spec"].get("finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
             if !finalizers.is_empty() || graceful_pod || namespace_with_content {
                 // Graceful: mark and keep.
                 let mut new = obj.clone();
@@ -1088,10 +1128,7 @@ impl ApiService {
                         };
                         m.insert("deletionGracePeriodSeconds".into(), json!(grace));
                     }
-                    if opts.propagation_policy.as_deref() == Some("Foreground")
-                        && !finalizers.iter().any(|f| f == "foregroundDeletion")
-                    {
-                        finalizers.push("foregroundDeletion".into());
+                    if finalizers_changed {
                         if let Some(m) = meta::metadata_mut(&mut new) {
                             m.insert("finalizers".into(), json!(finalizers));
                         }
@@ -1103,7 +1140,7 @@ impl ApiService {
                 if opts.dry_run {
                     return Ok((new, false));
                 }
-                if already_deleting && !namespace_with_content {
+                if already_deleting {
                     return Ok((obj, false));
                 }
                 meta::remove_meta(&mut new, "resourceVersion");
@@ -1115,11 +1152,6 @@ impl ApiService {
                     Ok(r) => {
                         let nrev = r.revisions.first().copied().unwrap_or(0);
                         meta::set_meta_str(&mut new, "resourceVersion", &nrev.to_string());
-                        if namespace_with_content {
-                            Box::pin(self.finalize_namespace(name)).await?;
-                            // The namespace may now be gone.
-                            return Ok((new, false));
-                        }
                         return Ok((new, false));
                     }
                     Err(capstan_storage::Error::PreconditionFailed { .. }) => continue,
@@ -1150,50 +1182,6 @@ impl ApiService {
             }
         }
         Err(ApiError::conflict(res, name))
-    }
-
-    /// Removes everything in a terminating namespace, then the namespace itself.
-    /// (Stands in for the namespace controller until the controllers land.)
-    fn finalize_namespace<'a>(&'a self, ns: &'a str) -> capstan_storage::BoxFuture<'a, ApiResult<()>> {
-        Box::pin(self.finalize_namespace_inner(ns))
-    }
-
-    async fn finalize_namespace_inner(&self, ns: &str) -> ApiResult<()> {
-        let system = User::system();
-        for res in registry::RESOURCES.iter().filter(|r| r.namespaced() && r.stored) {
-            let prefix = keys::prefix(res, Some(ns));
-            let end = capstan_storage::prefix_end(&prefix);
-            let (items, _, _) = self.cache.list(&prefix, &end, 0, |_| true);
-            for item in items {
-                let Some(n) = meta::name(&item) else { continue };
-                let opts = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
-                match self.delete(&system, res, Some(ns), n, &opts).await {
-                    Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        let Some(ns_res) = registry::find("", "v1", "namespaces") else { return Ok(()) };
-        let key = keys::object_key(ns_res, None, ns);
-        if let Some((obj, rev)) = self.read(&key).await? {
-            if meta::finalizers(&obj).is_empty() {
-                let mut last = obj.clone();
-                meta::remove_meta(&mut last, "resourceVersion");
-                match self
-                    .store
-                    .commit(Txn::single(Op::Delete {
-                        key,
-                        precondition: Precondition::ModRevision(rev),
-                        last_value: Some(encode(&last)?),
-                    }))
-                    .await
-                {
-                    Ok(_) | Err(capstan_storage::Error::PreconditionFailed { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        Ok(())
     }
 
     /// DELETE of a collection.
@@ -1295,7 +1283,7 @@ impl ApiService {
                 ApiError::invalid("Binding", "", name, vec![capstan_api::Cause::required("target.name")])
             })?
             .to_string();
-        self.guaranteed_update(pods, Some(namespace), name, &WriteOptions::default(), false, false, |cur, _| {
+        self.guaranteed_update_inner(pods, Some(namespace), name, &WriteOptions::default(), false, false, true, |cur, _| {
             let Some(cur) = cur else { return Err(ApiError::not_found(pods, name)) };
             if cur["spec"].get("nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
                 return Err(ApiError::conflict_msg(
@@ -1350,7 +1338,21 @@ impl ApiService {
 
 /// Upstream's DefaultTolerationSeconds admission: pods tolerate not-ready and
 /// unreachable nodes for 300 s unless they say otherwise.
+/// `tolerationSeconds` of the default not-ready/unreachable tolerations: 300, or
+/// `CAPSTAN_DEFAULT_TOLERATION_SECONDS` (read once; for tests).
+fn default_toleration_seconds() -> i64 {
+    static SECONDS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SECONDS.get_or_init(|| {
+        std::env::var("CAPSTAN_DEFAULT_TOLERATION_SECONDS")
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|s| *s >= 0)
+            .unwrap_or(300)
+    })
+}
+
 fn add_default_tolerations(pod: &mut Value) {
+    let seconds = default_toleration_seconds();
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     let Some(list) = tolerations.as_array_mut() else { return };
@@ -1363,7 +1365,7 @@ fn add_default_tolerations(pod: &mut Value) {
         });
         if !present {
             list.push(
-                json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}),
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}),
             );
         }
     }

@@ -170,9 +170,18 @@ def test_deployment_crud():
     assert got.spec.selector.match_labels == {"app": "web"}
     assert [d.metadata.name for d in apps.list_namespaced_deployment(NS).items] == ["web"]
 
-    # Replace: bump replicas through PUT.
-    got.spec.replicas = 2
-    rep = apps.replace_namespaced_deployment("web", NS, got)
+    # Replace: bump replicas through PUT. The deployment controller writes status
+    # concurrently, so a read-modify-write may meet 409 and is retried as clients do.
+    deadline = time.monotonic() + 30
+    while True:
+        got = apps.read_namespaced_deployment("web", NS)
+        got.spec.replicas = 2
+        try:
+            rep = apps.replace_namespaced_deployment("web", NS, got)
+            break
+        except ApiException as e:
+            if e.status != 409 or time.monotonic() > deadline:
+                raise
     assert rep.spec.replicas == 2
     assert rep.metadata.generation > got.metadata.generation, (rep.metadata.generation, got.metadata.generation)
 

@@ -513,13 +513,13 @@ impl EndpointsController {
         }
     }
 
-    /// Brings the Service's slices to `desired`; returns the highest revision written.
+    /// Brings the Service's slices to `desired`, noting each write.
     async fn sync_slices(
         &self,
         svc: &Value,
         key: &str,
         desired: Vec<SliceContent>,
-    ) -> Result<u64, ReconcileError> {
+    ) -> Result<(), ReconcileError> {
         let (ns, name) = split_key(key);
         let existing: Vec<Arc<Value>> =
             self.slices.list_ns(ns.unwrap_or("")).into_iter().filter(|s| is_managed_slice(s, name)).collect();
@@ -527,7 +527,6 @@ impl EndpointsController {
         let (pairs, leftover) = plan_slices(&desired, &contents);
         let want_labels = slice_labels(svc);
         let owners = service_owner_ref(svc);
-        let mut rv = 0u64;
         for (d, e) in pairs {
             let want = &desired[d];
             match e {
@@ -547,7 +546,7 @@ impl EndpointsController {
                     obj["ports"] = Value::Array(want.ports.clone());
                     obj["endpoints"] = Value::Array(want.endpoints.clone());
                     match self.client.update(gvr::ENDPOINT_SLICES, ns, obj).await {
-                        Ok(o) => rv = rv.max(revision(&o)),
+                        Ok(o) => self.note_write(key, 0, revision(&o)),
                         Err(e) if e.is_not_found() => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -564,7 +563,7 @@ impl EndpointsController {
                         "endpoints": want.endpoints,
                     });
                     match self.client.create(gvr::ENDPOINT_SLICES, ns, obj).await {
-                        Ok(o) => rv = rv.max(revision(&o)),
+                        Ok(o) => self.note_write(key, 0, revision(&o)),
                         Err(e) if ignorable_create_error(&e) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -583,7 +582,7 @@ impl EndpointsController {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(rv)
+        Ok(())
     }
 }
 
@@ -614,8 +613,8 @@ impl Reconciler for EndpointsController {
             let pods: Vec<Arc<Value>> =
                 self.pods.list_ns(ns).into_iter().filter(|p| selects(sel, p)).collect();
             let eps_rv = self.sync_endpoints(&svc, &key, endpoints_subsets(&svc, &pods)).await?;
-            let slices_rv = self.sync_slices(&svc, &key, desired_slices(&svc, &pods)).await?;
-            self.note_write(&key, eps_rv, slices_rv);
+            self.note_write(&key, eps_rv, 0);
+            self.sync_slices(&svc, &key, desired_slices(&svc, &pods)).await?;
             Ok(Action::Done)
         })
     }

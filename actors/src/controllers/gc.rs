@@ -314,8 +314,9 @@ impl GarbageCollector {
             return Ok(OwnerState::Solid);
         };
         if namespaced && dep_ns.is_none() {
-            // A cluster-scoped object cannot have a namespaced owner.
-            return Ok(OwnerState::Absent);
+            // A cluster-scoped object cannot have a namespaced owner: the reference is
+            // unresolvable and (as upstream since 1.20) the dependent is not collected.
+            return Ok(OwnerState::Solid);
         }
         let ns = if namespaced { dep_ns } else { None };
         let key = match ns {
