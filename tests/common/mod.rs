@@ -35,6 +35,8 @@ pub struct Cluster {
     extra: Vec<String>,
     /// `up` or `gateway`.
     role: &'static str,
+    /// Extra environment of the server process.
+    envs: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -54,6 +56,25 @@ impl Cluster {
             listen: "127.0.0.1:0".into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             role: "up",
+            envs: Vec::new(),
+        };
+        c.spawn();
+        c
+    }
+
+    /// Starts `capstan up` with extra flags and extra environment variables for the server
+    /// process (e.g. `CAPSTAN_NODE_GRACE_SECONDS`).
+    pub fn start_env(extra: &[&str], envs: &[(&str, &str)]) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
+        let mut c = Cluster {
+            child: None,
+            kubeconfig: dir.path().join("admin.kubeconfig"),
+            dir,
+            url: String::new(),
+            listen: "127.0.0.1:0".into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            role: "up",
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         c.spawn();
         c
@@ -66,6 +87,7 @@ impl Cluster {
             .args(["--listen", &self.listen])
             .args(&self.extra)
             .env("CAPSTAN_LOG", "warn")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -102,6 +124,7 @@ impl Cluster {
             listen: "127.0.0.1:0".into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             role: "gateway",
+            envs: Vec::new(),
         };
         c.spawn();
         c

@@ -318,9 +318,25 @@ struct State {
     taints_seen: Mutex<HashMap<String, HashMap<String, jiff::Timestamp>>>,
     /// Pod → when it was first seen bound to a missing node.
     orphans_seen: Mutex<HashMap<Key, Instant>>,
+    /// Node → when its next health check is already scheduled (so that every change
+    /// does not start another chain of timed checks).
+    checks: Mutex<HashMap<String, Instant>>,
 }
 
 impl State {
+    /// The action that has node `name` checked again at `at`, unless a check is already
+    /// scheduled no later than that.
+    fn check_at(&self, name: &str, now: Instant, at: Instant) -> Action {
+        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        match checks.get(name) {
+            Some(pending) if *pending > now && *pending <= at => Action::Done,
+            _ => {
+                checks.insert(name.to_string(), at);
+                Action::RequeueAfter(at.saturating_duration_since(now))
+            }
+        }
+    }
+
     fn pods_of(&self, node: &str) -> Vec<Key> {
         self.pods_by_node
             .lock()
@@ -426,13 +442,14 @@ impl Reconciler for NodeHealth {
         Box::pin(async move {
             let Some(node) = self.nodes.get(&name) else {
                 self.state.probes.lock().unwrap_or_else(|e| e.into_inner()).nodes.remove(&name);
+                self.state.checks.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
                 return Ok(Action::Done);
             };
             let now = Instant::now();
             let last = self.state.probes.lock().unwrap_or_else(|e| e.into_inner()).last_heard(&name, now);
             let stamp = now_time();
             let mut node: Value = (*node).clone();
-            let mut next = Action::RequeueAfter(self.grace);
+            let mut next_check = now + self.grace;
             match overdue(last, now, self.grace) {
                 Ok(()) => {
                     if let Some(conditions) = unknown_conditions(&node, &stamp) {
@@ -460,7 +477,7 @@ impl Reconciler for NodeHealth {
                             .await;
                     }
                 }
-                Err(left) => next = Action::RequeueAfter(left + Duration::from_millis(50)),
+                Err(left) => next_check = now + left + Duration::from_millis(50),
             }
             if let Some(taints) = desired_taints(&node, &stamp) {
                 let rv = str_at(&node, &["metadata", "resourceVersion"]).unwrap_or("").to_string();
@@ -470,7 +487,7 @@ impl Reconciler for NodeHealth {
             if ready_status(&node) == Some("Unknown") {
                 self.mark_pods_not_ready(&name, &stamp).await?;
             }
-            Ok(next)
+            Ok(self.state.check_at(&name, now, next_check))
         })
     }
 }
@@ -611,6 +628,7 @@ pub fn start(ctx: &Ctx) {
         pods_by_node: Mutex::new(HashMap::new()),
         taints_seen: Mutex::new(HashMap::new()),
         orphans_seen: Mutex::new(HashMap::new()),
+        checks: Mutex::new(HashMap::new()),
     });
     let health = Controller::new(
         Arc::new(NodeHealth {
@@ -765,6 +783,25 @@ mod tests {
         assert_eq!(p.last_heard("n", t0 + Duration::from_secs(9)), t0 + Duration::from_secs(7));
         // A node never heard of gets the grace period from now.
         assert_eq!(p.last_heard("m", t0 + Duration::from_secs(9)), t0 + Duration::from_secs(9));
+    }
+
+    #[test]
+    fn one_timed_check_per_node() {
+        let state = State {
+            probes: Mutex::new(Probes::default()),
+            pods_by_node: Mutex::new(HashMap::new()),
+            taints_seen: Mutex::new(HashMap::new()),
+            orphans_seen: Mutex::new(HashMap::new()),
+            checks: Mutex::new(HashMap::new()),
+        };
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(state.check_at("n", t0, t0 + s(40)), Action::RequeueAfter(s(40)));
+        // Another change before then: the pending check covers it.
+        assert_eq!(state.check_at("n", t0 + s(5), t0 + s(45)), Action::Done);
+        // An earlier deadline gets its own check; after the check fired, a new one.
+        assert_eq!(state.check_at("n", t0 + s(6), t0 + s(10)), Action::RequeueAfter(s(4)));
+        assert_eq!(state.check_at("n", t0 + s(10), t0 + s(50)), Action::RequeueAfter(s(40)));
     }
 
     #[test]

@@ -750,3 +750,36 @@ mod tests {
         assert_eq!(feasible_to_find(100_000), 5000);
     }
 }
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use serde_json::json;
+
+    /// Decision cost on 5,000 nodes (run with `--ignored --nocapture`, release mode).
+    #[test]
+    #[ignore]
+    fn decisions_per_second() {
+        let mut c = Cache::new();
+        for i in 0..5000 {
+            c.set_node(NodeDef::parse(&json!({"metadata": {"name": format!("sim-{i}"),
+                "labels": {"kubernetes.io/hostname": format!("sim-{i}")}},
+                "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                           "conditions": [{"type": "Ready", "status": "True"}]}})));
+        }
+        let pods: Vec<PodInfo> = (0..20_000)
+            .map(|i| {
+                PodInfo::parse(&json!({"metadata": {"name": format!("p{i}"), "namespace": "d", "uid": format!("u{i}")},
+                    "spec": {"containers": [{"resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}))
+            })
+            .collect();
+        let mut rng = Rng::new(3);
+        let t = std::time::Instant::now();
+        for p in &pods {
+            let n = schedule(&mut c, p, &|_| Labels::new(), &mut rng).unwrap_or_default();
+            c.assume(p, Vec::new(), &n);
+        }
+        let el = t.elapsed().as_secs_f64();
+        eprintln!("{} decisions on 5000 nodes in {el:.3} s: {:.0}/s", pods.len(), pods.len() as f64 / el);
+    }
+}
