@@ -172,7 +172,8 @@ async fn compactor(store: Arc<dyn Store>, retention: u64, relayed: Arc<std::sync
                 continue;
             }
         };
-        let keep_from = current.saturating_sub(retention).min(relayed.load(std::sync::atomic::Ordering::Relaxed));
+        let keep_from =
+            current.saturating_sub(retention).min(relayed.load(std::sync::atomic::Ordering::Relaxed));
         if keep_from > 1 {
             match store.compact(keep_from).await {
                 Ok(point) => tracing::debug!(point, "compacted the change log"),
@@ -189,7 +190,8 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     let service = Arc::new(service::ApiService::new(store, cache, Arc::new(auth::MastersOnly)));
     service.bootstrap().await?;
     // With a bus, the change log is kept until the relay has published it.
-    let relayed = Arc::new(std::sync::atomic::AtomicU64::new(if config.bus.is_some() { 0 } else { u64::MAX }));
+    let relayed =
+        Arc::new(std::sync::atomic::AtomicU64::new(if config.bus.is_some() { 0 } else { u64::MAX }));
     tokio::spawn(compactor(service.store().clone(), config.change_log_retention, relayed.clone()));
     if let Some(bus) = &config.bus {
         let holder = config
@@ -198,11 +200,15 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
             .unwrap_or_else(|| format!("gateway-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
         tokio::spawn(relay::run(service.store().clone(), bus.clone(), holder, relayed));
         let (b, s) = (bus.clone(), service.clone());
-        tokio::spawn(async move {
+        // The bus API gets its own thread: in `capstan up` every actor's reads and writes
+        // come through it.
+        let arbiter = actix_rt::Arbiter::new();
+        arbiter.spawn(async move {
             if let Err(e) = busapi::run(b, s).await {
                 tracing::error!("bus API stopped: {e}");
             }
         });
+        std::mem::forget(arbiter);
     }
     let tls = tls_config(&config.pki)?;
     let listener = std::net::TcpListener::bind(config.listen)

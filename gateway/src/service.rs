@@ -702,7 +702,8 @@ impl ApiService {
     where
         F: FnMut(Option<&Value>, &mut Vec<String>) -> ApiResult<(Value, bool)>,
     {
-        self.guaranteed_update_inner(res, namespace, name, opts, allow_create, status_only, false, mutate).await
+        self.guaranteed_update_inner(res, namespace, name, opts, allow_create, status_only, false, mutate)
+            .await
     }
 
     /// [`Self::guaranteed_update`]; `binding`: the write is `pods/binding`, which sets

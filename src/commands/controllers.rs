@@ -29,7 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             partitions,
             lease_duration: std::time::Duration::from_secs(args.lease_seconds.max(1)),
         });
-        let _informers = super::roles::start_controllers(bus, pool);
+        super::roles::start_controllers(bus, pool);
         println!("capstan controllers running");
         super::shutdown_signal().await;
         anyhow::Ok(())

@@ -10,7 +10,11 @@ use std::sync::Arc;
 /// Connects to NATS at `url`, or makes an in-process bus when `url` is `None`.
 pub async fn connect_bus(url: Option<&str>, name: &str) -> anyhow::Result<Arc<dyn Bus>> {
     match url {
-        None => Ok(Arc::new(capstan_bus::InProcBus::new())),
+        // Events are kept for late readers; 100k is minutes of history at scale.
+        None => Ok(Arc::new(capstan_bus::InProcBus::with_config(capstan_bus::InProcConfig {
+            max_events: 100_000,
+            ..Default::default()
+        }))),
         Some(u) => {
             let mut cfg = capstan_bus::NatsConfig::new(u);
             cfg.name = name.to_string();
@@ -22,9 +26,24 @@ pub async fn connect_bus(url: Option<&str>, name: &str) -> anyhow::Result<Arc<dy
     }
 }
 
-/// Starts the controller manager on `bus`; with `pool`, as a member of a controller
-/// pool that shares partitions with the other members.
-pub fn start_controllers(bus: Arc<dyn Bus>, pool: Option<capstan_actors::pool::Config>) -> Arc<Informers> {
+/// Runs `f` on a new arbiter (its own thread and runtime) that lives as long as the
+/// process, so each role gets a core's worth of its own.
+fn on_own_thread(f: impl FnOnce() + Send + 'static) {
+    let arbiter = actix_rt::Arbiter::new();
+    arbiter.spawn_fn(f);
+    // The role runs until the process exits.
+    std::mem::forget(arbiter);
+}
+
+/// Starts the controller manager on `bus` (on its own thread); with `pool`, as a member
+/// of a controller pool that shares partitions with the other members.
+pub fn start_controllers(bus: Arc<dyn Bus>, pool: Option<capstan_actors::pool::Config>) {
+    on_own_thread(move || {
+        let _ = start_controllers_here(bus, pool);
+    });
+}
+
+fn start_controllers_here(bus: Arc<dyn Bus>, pool: Option<capstan_actors::pool::Config>) -> Arc<Informers> {
     let client = ApiClient::new(bus, "controllers");
     let informers = Informers::new(client.clone());
     let partition =
@@ -39,19 +58,28 @@ pub fn start_controllers(bus: Arc<dyn Bus>, pool: Option<capstan_actors::pool::C
     informers
 }
 
-/// Starts the scheduler on `bus`.
+/// Starts the scheduler on `bus` (on its own thread).
 pub fn start_scheduler(bus: Arc<dyn Bus>) {
+    on_own_thread(move || start_scheduler_here(bus));
+}
+
+fn start_scheduler_here(bus: Arc<dyn Bus>) {
     let client = ApiClient::new(bus, "scheduler");
     let informers = Informers::new(client.clone());
     let recorder = Recorder::new(client.clone(), "default-scheduler");
     capstan_actors::scheduler::start(client, informers, recorder);
 }
 
-/// Starts `count` simulated nodes on `bus`.
+/// Starts `count` simulated nodes on `bus` (on their own thread).
 pub fn start_sim_nodes(bus: Arc<dyn Bus>, count: usize, prefix: &str) {
     if count == 0 {
         return;
     }
+    let prefix = prefix.to_string();
+    on_own_thread(move || start_sim_nodes_here(bus, count, &prefix));
+}
+
+fn start_sim_nodes_here(bus: Arc<dyn Bus>, count: usize, prefix: &str) {
     let client = ApiClient::new(bus, "sim-nodes");
     let informers = Informers::new(client.clone());
     capstan_actors::simnodes::start(

@@ -64,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // This process owns the store file alone: a restart may take the relay over at once.
         cfg.relay_holder = Some("capstan-up".into());
         let running = capstan_gateway::start(cfg, store).await?;
-        let _informers = super::roles::start_controllers(bus.clone(), None);
+        super::roles::start_controllers(bus.clone(), None);
         super::roles::start_scheduler(bus.clone());
         super::roles::start_sim_nodes(bus, sim_nodes, "sim-");
         let host = if running.addr.ip().is_unspecified() {
