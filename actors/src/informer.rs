@@ -88,7 +88,8 @@ impl Informers {
 
     /// Replays every cached object to every handler (after a partition change).
     pub fn resync_all(&self) {
-        let all: Vec<Arc<Informer>> = self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let all: Vec<Arc<Informer>> =
+            self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for i in all {
             i.resync();
         }
