@@ -3,12 +3,11 @@
 
 mod common;
 
+use common::podwatch::{is_live, is_ready, PodWatch};
 use common::{wait_for, Cluster};
 use serde_json::Value;
-use std::collections::HashMap;
-use std::io::BufReader;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 const DEPLOYMENT: &str = r#"apiVersion: apps/v1
@@ -36,17 +35,6 @@ fn json(c: &Cluster, args: &[&str]) -> Value {
 
 fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
-}
-
-fn is_live(pod: &Value) -> bool {
-    let phase = pod["status"]["phase"].as_str().unwrap_or("");
-    pod["metadata"]["deletionTimestamp"].is_null() && phase != "Succeeded" && phase != "Failed"
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 /// Live pods matching `selector`.
@@ -100,97 +88,6 @@ fn check_owner_chain(c: &Cluster, pods: &[Value]) -> Vec<String> {
         }
     }
     sets
-}
-
-/// `kubectl get pods -w` in the background, recording (live, ready) after every event.
-struct PodWatch {
-    child: Child,
-    state: Arc<Mutex<WatchState>>,
-}
-
-#[derive(Default)]
-struct WatchState {
-    pods: HashMap<String, Value>,
-    observations: Vec<(usize, usize)>,
-    /// Distinct pod-template-hash values among unfinished pods (terminating included).
-    templates: Vec<usize>,
-    ended: bool,
-}
-
-impl WatchState {
-    fn counts(&self) -> (usize, usize) {
-        let live: Vec<&Value> = self.pods.values().filter(|p| is_live(p)).collect();
-        let ready = live.iter().filter(|p| is_ready(p)).count();
-        (live.len(), ready)
-    }
-}
-
-impl PodWatch {
-    fn start(c: &Cluster, selector: &str) -> PodWatch {
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&c.kubeconfig)
-            .args(["get", "pods", "-l", selector, "-w", "--output-watch-events", "-o", "json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("kubectl runs");
-        let stdout = child.stdout.take().expect("stdout");
-        let state = Arc::new(Mutex::new(WatchState::default()));
-        let st = state.clone();
-        std::thread::spawn(move || {
-            let events = serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<Value>();
-            for ev in events {
-                let Ok(ev) = ev else { break };
-                let name = ev["object"]["metadata"]["name"].as_str().unwrap_or("").to_string();
-                let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
-                match ev["type"].as_str() {
-                    Some("DELETED") => {
-                        s.pods.remove(&name);
-                    }
-                    Some("ADDED") | Some("MODIFIED") => {
-                        s.pods.insert(name, ev["object"].clone());
-                    }
-                    _ => continue,
-                }
-                let counts = s.counts();
-                s.observations.push(counts);
-                let mut hashes: Vec<&str> = s
-                    .pods
-                    .values()
-                    .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed")))
-                    .filter_map(|p| p["metadata"]["labels"]["pod-template-hash"].as_str())
-                    .collect();
-                hashes.sort_unstable();
-                hashes.dedup();
-                let n = hashes.len();
-                s.templates.push(n);
-            }
-            st.lock().unwrap_or_else(|e| e.into_inner()).ended = true;
-        });
-        PodWatch { child, state }
-    }
-
-    /// Waits until the watch shows `live` live pods, all Ready; returns the number of
-    /// observations so far.
-    fn wait_settled(&self, live: usize) -> usize {
-        wait_for(&format!("the watch to show {live} ready pods"), Duration::from_secs(60), || {
-            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            assert!(!s.ended, "kubectl get -w ended early");
-            (s.counts() == (live, live)).then_some(s.observations.len())
-        })
-    }
-
-    fn observations_since(&self, from: usize) -> Vec<(usize, usize)> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).observations[from..].to_vec()
-    }
-}
-
-impl Drop for PodWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Runs `change`, waits for the rollout, and checks every pod event in between against
@@ -361,9 +258,7 @@ fn recreate_removes_old_pods_before_creating_new_ones() {
     rollout_status(&c);
     watch.wait_settled(4);
     // Never old and new pods at once (terminating ones included).
-    let s = watch.state.lock().unwrap_or_else(|e| e.into_inner());
-    let templates = s.templates[from..].to_vec();
-    drop(s);
+    let templates = watch.templates_since(from);
     assert!(templates.iter().all(|n| *n <= 1), "old and new pods at once: {templates:?}");
     assert!(templates.contains(&0), "the old pods were never all gone: {templates:?}");
     let pods = live_pods(&c, "app=web");

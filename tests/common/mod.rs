@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod nats;
+pub mod podwatch;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
