@@ -1145,44 +1145,35 @@ impl ApiService {
                     return Ok((obj, false));
                 }
                 meta::remove_meta(&mut new, "resourceVersion");
-                match self
-                    .store
-                    .commit(Txn::single(Op::put(key.clone(), encode(&new)?, Precondition::ModRevision(rev))))
-                    .await
-                {
-                    Ok(r) => {
-                        let nrev = r.revisions.first().copied().unwrap_or(0);
-                        meta::set_meta_str(&mut new, "resourceVersion", &nrev.to_string());
-                        return Ok((new, false));
-                    }
-                    Err(capstan_storage::Error::PreconditionFailed { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+                let op = Op::put(key.clone(), encode(&new)?, Precondition::ModRevision(rev));
+                let Some(nrev) = self.commit_one(op).await? else { continue };
+                meta::set_meta_str(&mut new, "resourceVersion", &nrev.to_string());
+                return Ok((new, false));
             }
             if opts.dry_run {
                 return Ok((obj, true));
             }
             let mut last = obj.clone();
             meta::remove_meta(&mut last, "resourceVersion");
-            match self
-                .store
-                .commit(Txn::single(Op::Delete {
-                    key: key.clone(),
-                    precondition: Precondition::ModRevision(rev),
-                    last_value: Some(encode(&last)?),
-                }))
-                .await
-            {
-                Ok(r) => {
-                    let nrev = r.revisions.first().copied().unwrap_or(0);
-                    meta::set_meta_str(&mut last, "resourceVersion", &nrev.to_string());
-                    return Ok((last, true));
-                }
-                Err(capstan_storage::Error::PreconditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+            let op = Op::Delete {
+                key: key.clone(),
+                precondition: Precondition::ModRevision(rev),
+                last_value: Some(encode(&last)?),
+            };
+            let Some(nrev) = self.commit_one(op).await? else { continue };
+            meta::set_meta_str(&mut last, "resourceVersion", &nrev.to_string());
+            return Ok((last, true));
         }
         Err(ApiError::conflict(res, name))
+    }
+
+    /// Commits one op; `Ok(None)` when its precondition failed.
+    async fn commit_one(&self, op: Op) -> ApiResult<Option<u64>> {
+        match self.store.commit(Txn::single(op)).await {
+            Ok(r) => Ok(Some(r.revisions.first().copied().unwrap_or(0))),
+            Err(capstan_storage::Error::PreconditionFailed { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// DELETE of a collection.

@@ -74,15 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cfg.bus = Some(super::roles::connect_bus(Some(url), "capstan-gateway").await?);
         }
         let running = capstan_gateway::start(cfg, store).await?;
-        let host = if running.addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            running.addr.ip().to_string()
-        };
-        let url = format!("https://{}:{}", host, running.addr.port());
-        let kubeconfig = data_dir.join("admin.kubeconfig");
-        std::fs::write(&kubeconfig, pki.admin_kubeconfig(&url))
-            .with_context(|| format!("failed to write {}", kubeconfig.display()))?;
+        let (url, kubeconfig) = super::write_admin_kubeconfig(&pki, running.addr, &data_dir)?;
         println!("capstan gateway listening on {url}");
         println!("export KUBECONFIG={}", kubeconfig.display());
         let handle = running.server.handle();

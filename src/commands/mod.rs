@@ -54,6 +54,21 @@ pub fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Writes `<data_dir>/admin.kubeconfig` for the server at `addr`; returns its URL and path.
+pub(crate) fn write_admin_kubeconfig(
+    pki: &capstan_gateway::pki::Pki,
+    addr: std::net::SocketAddr,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(String, std::path::PathBuf)> {
+    use anyhow::Context;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let url = format!("https://{}:{}", host, addr.port());
+    let kubeconfig = data_dir.join("admin.kubeconfig");
+    std::fs::write(&kubeconfig, pki.admin_kubeconfig(&url))
+        .with_context(|| format!("failed to write {}", kubeconfig.display()))?;
+    Ok((url, kubeconfig))
+}
+
 /// Waits for SIGINT or SIGTERM.
 pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

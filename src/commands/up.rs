@@ -67,15 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         super::roles::start_controllers(bus.clone(), None);
         super::roles::start_scheduler(bus.clone());
         super::roles::start_sim_nodes(bus, sim_nodes, "sim-");
-        let host = if running.addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            running.addr.ip().to_string()
-        };
-        let server_url = format!("https://{}:{}", host, running.addr.port());
-        let kubeconfig = data_dir.join("admin.kubeconfig");
-        std::fs::write(&kubeconfig, pki.admin_kubeconfig(&server_url))
-            .with_context(|| format!("failed to write {}", kubeconfig.display()))?;
+        let (server_url, kubeconfig) = super::write_admin_kubeconfig(&pki, running.addr, &data_dir)?;
         let handle = running.server.handle();
         let server = running.server;
         let server_task = actix_rt::spawn(server);
