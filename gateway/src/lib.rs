@@ -198,7 +198,10 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
             .relay_holder
             .clone()
             .unwrap_or_else(|| format!("gateway-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
-        tokio::spawn(relay::run(service.store().clone(), bus.clone(), holder, relayed));
+        // The relay decodes and re-encodes every change: give it its own thread.
+        let relay_thread = actix_rt::Arbiter::new();
+        relay_thread.spawn(relay::run(service.store().clone(), bus.clone(), holder, relayed));
+        std::mem::forget(relay_thread);
         let (b, s) = (bus.clone(), service.clone());
         // The bus API gets its own thread: in `capstan up` every actor's reads and writes
         // come through it.
