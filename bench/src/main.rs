@@ -2,6 +2,11 @@
 //! loopback port, measures ready time, create throughput and latency, GET and LIST latency,
 //! watch delivery latency and the server's memory, prints one JSON object on stdout and a
 //! short summary on stderr, and stops the server by its PID.
+//!
+//! `capstan-bench sched` (module [`sched`]) measures scheduling throughput, Deployment
+//! roll-out time and memory on simulated nodes.
+
+mod sched;
 
 use anyhow::{bail, Context};
 use capstan_bench::client::{Client, Connection, Kubeconfig, Response};
@@ -16,6 +21,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str =
     "usage: capstan-bench api [--capstan PATH] [--clients N] [--duration SECS] [--pods N] [--watch-events N]
+       capstan-bench sched --help (scheduling throughput and Deployment roll-out on simulated nodes)
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --clients N         concurrent HTTPS connections for creates and GETs (default 16)
@@ -537,6 +543,9 @@ fn summary(v: &Value) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("sched") {
+        return sched::main(std::env::args().skip(2));
+    }
     let o = parse_args()?;
     let mut server = Server::start(&o.capstan)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
