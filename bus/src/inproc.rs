@@ -74,6 +74,9 @@ struct Inner {
 
 #[derive(Default)]
 struct Core {
+    /// Reply inboxes of requests in flight: an exact-subject lookup, so replies don't scan
+    /// the subscriptions.
+    inboxes: HashMap<String, tokio::sync::oneshot::Sender<Bytes>>,
     subs: Vec<Arc<Sub>>,
     /// Round-robin counters of queue groups, keyed by (pattern, group).
     round_robin: HashMap<(String, String), usize>,
@@ -176,7 +179,12 @@ impl InProcBus {
     /// matching queue group. Returns how many subscribers or groups matched.
     fn deliver(&self, msg: Message) -> usize {
         let mut core = lock(&self.inner.core);
-        let Core { subs, round_robin } = &mut *core;
+        if let Some(tx) = core.inboxes.remove(&msg.subject) {
+            // A reply to a request in flight (the requester may have timed out).
+            let _ = tx.send(msg.payload);
+            return 1;
+        }
+        let Core { subs, round_robin, .. } = &mut *core;
         let mut matched = 0;
         let mut groups: HashMap<(&str, &str), Vec<&Arc<Sub>>> = HashMap::new();
         for sub in subs.iter().filter(|s| subjects::matches(&s.pattern, &msg.subject)) {
@@ -311,6 +319,17 @@ impl EventCursor {
 }
 
 /// Removes a subscription from the table when dropped.
+struct InboxGuard {
+    inner: Arc<Inner>,
+    inbox: String,
+}
+
+impl Drop for InboxGuard {
+    fn drop(&mut self) {
+        lock(&self.inner.core).inboxes.remove(&self.inbox);
+    }
+}
+
 struct SubGuard {
     inner: Arc<Inner>,
     id: u64,
@@ -362,13 +381,16 @@ impl Bus for InProcBus {
                 return Err(Error::InvalidSubject(subject));
             }
             let inbox = format!("_INBOX.capstan.{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-            let mut replies = self.add_sub(inbox.clone(), None, 1);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            lock(&self.inner.core).inboxes.insert(inbox.clone(), tx);
+            // Removes the inbox however this request ends.
+            let _guard = InboxGuard { inner: self.inner.clone(), inbox: inbox.clone() };
             if self.deliver(Message { subject: subject.clone(), payload, reply: Some(inbox) }) == 0 {
                 return Err(Error::NoResponders { subject });
             }
-            match tokio::time::timeout(timeout, replies.rx.recv()).await {
-                Ok(Some(reply)) => Ok(reply.payload),
-                Ok(None) => Err(Error::Closed),
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err(Error::Closed),
                 Err(_) => Err(Error::Timeout { subject }),
             }
         })
