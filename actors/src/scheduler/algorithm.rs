@@ -455,8 +455,7 @@ pub fn schedule(
     let mut processed = 0;
     for i in 0..n {
         processed = i + 1;
-        let name = &cache.order()[(start + i) % n];
-        let Some(st) = cache.node(name) else { continue };
+        let Some(st) = cache.slot(cache.order()[(start + i) % n]) else { continue };
         let Some(def) = st.def.as_ref() else { continue };
         match filter(pod, def, st, &pre) {
             Ok(()) => {
@@ -769,8 +768,10 @@ mod bench {
         }
         let pods: Vec<PodInfo> = (0..20_000)
             .map(|i| {
-                PodInfo::parse(&json!({"metadata": {"name": format!("p{i}"), "namespace": "d", "uid": format!("u{i}")},
-                    "spec": {"containers": [{"resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}))
+                PodInfo::parse(
+                    &json!({"metadata": {"name": format!("p{i}"), "namespace": "d", "uid": format!("u{i}")},
+                    "spec": {"containers": [{"resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}),
+                )
             })
             .collect();
         let mut rng = Rng::new(3);

@@ -61,6 +61,8 @@ impl Usage {
 /// One node: its definition (once the node informer has it) and what its pods use.
 #[derive(Debug, Default)]
 pub struct NodeState {
+    /// The node's name.
+    pub name: String,
     /// The node, `None` while only pods bound to it are known.
     pub def: Option<NodeDef>,
     /// Summed requests.
@@ -83,9 +85,14 @@ pub enum PodEffect {
 /// The scheduler's cluster state.
 #[derive(Debug, Default)]
 pub struct Cache {
-    nodes: HashMap<String, NodeState>,
-    /// Names of the nodes with a definition, sorted: the scan order.
-    order: Vec<String>,
+    /// Node slots (a slab: scans index it without hashing names).
+    slots: Vec<NodeState>,
+    /// Unused slots.
+    free: Vec<usize>,
+    /// Node name → slot.
+    index: HashMap<String, usize>,
+    /// Slots of the nodes with a definition, sorted by name: the scan order.
+    order: Vec<usize>,
     /// Where the next scan starts (rotates so load spreads over all nodes).
     pub next_start: usize,
     pods: HashMap<String, PodRecord>,
@@ -116,18 +123,53 @@ impl Cache {
         Cache::default()
     }
 
+    /// The slot of `name`, made if missing.
+    fn slot_for(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let st = NodeState { name: name.to_string(), ..NodeState::default() };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = st;
+                i
+            }
+            None => {
+                self.slots.push(st);
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(name.to_string(), i);
+        i
+    }
+
+    /// Frees the slot if it holds neither a node nor pods.
+    fn release(&mut self, i: usize) {
+        let st = &mut self.slots[i];
+        if st.def.is_none() && st.pods.is_empty() {
+            self.index.remove(&st.name);
+            *st = NodeState::default();
+            self.free.push(i);
+        }
+    }
+
+    fn order_position(&self, name: &str) -> Result<usize, usize> {
+        self.order.binary_search_by(|&i| self.slots[i].name.as_str().cmp(name))
+    }
+
     /// Adds or updates a node; true if anything the scheduler decides on changed.
     pub fn set_node(&mut self, def: NodeDef) -> bool {
-        let name = def.name.clone();
-        let st = self.nodes.entry(name.clone()).or_default();
+        let i = self.slot_for(&def.name);
+        let st = &mut self.slots[i];
         if st.def.as_ref() == Some(&def) {
             return false;
         }
         let new = st.def.is_none();
+        let name = def.name.clone();
         st.def = Some(def);
         if new {
-            if let Err(i) = self.order.binary_search(&name) {
-                self.order.insert(i, name);
+            if let Err(pos) = self.order_position(&name) {
+                self.order.insert(pos, i);
             }
         }
         true
@@ -135,30 +177,33 @@ impl Cache {
 
     /// Removes a node (its pods stay accounted until they go).
     pub fn remove_node(&mut self, name: &str) {
-        if let Some(st) = self.nodes.get_mut(name) {
-            st.def = None;
-            if st.pods.is_empty() {
-                self.nodes.remove(name);
-            }
+        if let Ok(pos) = self.order_position(name) {
+            self.order.remove(pos);
         }
-        if let Ok(i) = self.order.binary_search_by(|n| n.as_str().cmp(name)) {
-            self.order.remove(i);
+        if let Some(&i) = self.index.get(name) {
+            self.slots[i].def = None;
+            self.release(i);
         }
     }
 
-    /// The scan order.
-    pub fn order(&self) -> &[String] {
+    /// The scan order: slots of the defined nodes, by name.
+    pub fn order(&self) -> &[usize] {
         &self.order
+    }
+
+    /// A node by slot.
+    pub fn slot(&self, i: usize) -> Option<&NodeState> {
+        self.slots.get(i)
     }
 
     /// A node by name.
     pub fn node(&self, name: &str) -> Option<&NodeState> {
-        self.nodes.get(name)
+        self.index.get(name).and_then(|&i| self.slots.get(i))
     }
 
     /// Every node with a definition.
     pub fn nodes(&self) -> impl Iterator<Item = (&NodeDef, &NodeState)> {
-        self.nodes.values().filter_map(|st| st.def.as_ref().map(|d| (d, st)))
+        self.order.iter().filter_map(|&i| self.slots.get(i)).filter_map(|st| st.def.as_ref().map(|d| (d, st)))
     }
 
     /// Whether this scheduler assumed the pod and awaits its binding.
@@ -182,7 +227,8 @@ impl Cache {
     }
 
     fn insert(&mut self, key: String, rec: PodRecord) {
-        let st = self.nodes.entry(rec.node.clone()).or_default();
+        let i = self.slot_for(&rec.node);
+        let st = &mut self.slots[i];
         st.usage.add(&rec.requests);
         st.pods.insert(key.clone());
         self.by_namespace.entry(rec.namespace.clone()).or_default().insert(key.clone());
@@ -197,12 +243,11 @@ impl Cache {
     /// Stops accounting a pod.
     pub fn remove_pod(&mut self, key: &str) -> Option<PodRecord> {
         let rec = self.pods.remove(key)?;
-        if let Some(st) = self.nodes.get_mut(&rec.node) {
+        if let Some(&i) = self.index.get(&rec.node) {
+            let st = &mut self.slots[i];
             st.usage.sub(&rec.requests);
             st.pods.remove(key);
-            if st.def.is_none() && st.pods.is_empty() {
-                self.nodes.remove(&rec.node);
-            }
+            self.release(i);
         }
         if let Some(set) = self.by_namespace.get_mut(&rec.namespace) {
             set.remove(key);
@@ -349,11 +394,21 @@ mod tests {
         c.observe_pod("d/a", &pod("a", Some("later"), "1"));
         assert!(c.order().is_empty());
         c.set_node(node("later"));
-        assert_eq!(c.order(), ["later".to_string()]);
+        assert_eq!(c.order().len(), 1);
+        assert_eq!(c.nodes().map(|(d, _)| d.name.clone()).collect::<Vec<_>>(), ["later"]);
         assert_eq!(c.node("later").map(|n| n.usage.res.cpu), Some(1000));
         c.remove_node("later");
         assert!(c.order().is_empty());
         c.delete_pod("d/a");
         assert!(c.node("later").is_none());
+        // Slots are reused; the scan stays sorted by name.
+        for n in ["b", "c", "a"] {
+            c.set_node(node(n));
+        }
+        let names: Vec<String> = c.nodes().map(|(d, _)| d.name.clone()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        c.remove_node("b");
+        let names: Vec<String> = c.nodes().map(|(d, _)| d.name.clone()).collect();
+        assert_eq!(names, ["a", "c"]);
     }
 }
