@@ -1454,9 +1454,11 @@ async fn worker(client: Client, anon: Client, reqs: Vec<Req>) -> Tally {
                     let Some(c) = slot.as_mut() else { unreachable!() };
                     res = tokio::time::timeout(TIMEOUT, c.request(method, path, &h, body)).await;
                     // A kept-alive connection the server closed after its previous answer
-                    // (actix closes after a request it could not parse): retry once on a
-                    // fresh connection, as HTTP clients do.
-                    if matches!(res, Ok(Err(_))) && !fresh && attempt == 0 {
+                    // (actix closes after a request it could not parse), or a connection
+                    // reset while the machine is saturated: retry on a fresh connection,
+                    // as HTTP clients do. A request that breaks the server (a panic drops
+                    // the connection every time) still fails all three attempts.
+                    if matches!(res, Ok(Err(_))) && attempt < 2 {
                         attempt += 1;
                         *slot = None;
                         t.retries += 1;
