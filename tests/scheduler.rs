@@ -220,6 +220,11 @@ fn unschedulable_pod_is_reported_then_placed_on_a_new_node() {
     assert_eq!(node_of(&c, "huge"), None);
     create(&c, "big.yaml", &[node("huge-node", "32", "64Gi", &[], "[]")]);
     assert_eq!(wait_bound(&c, "huge"), "huge-node");
+    // The binding marks the pod scheduled, as upstream's does.
+    let p = json(&c, &["get", "pod", "huge"]);
+    let scheduled =
+        p["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled"));
+    assert_eq!(scheduled.map(|c| c["status"].clone()), Some("True".into()), "{p}");
 }
 
 #[test]

@@ -869,6 +869,15 @@ impl ApiService {
             }
             meta::remove_meta(&mut new, "resourceVersion");
             if binding {
+                // As upstream's binding: the pod is now scheduled.
+                let mut conds: Vec<Value> = new["status"]
+                    .get("conditions")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter(|c| c["type"] != "PodScheduled").cloned().collect())
+                    .unwrap_or_default();
+                conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                                  "lastTransitionTime": now_rfc3339()}));
+                new["status"]["conditions"] = Value::Array(conds);
                 let mut bound = old.clone();
                 bound["spec"]["nodeName"] = new["spec"]["nodeName"].clone();
                 Self::validate(res, Some(&bound), &new)?;
