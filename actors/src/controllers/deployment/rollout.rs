@@ -226,41 +226,10 @@ pub fn equal_ignore_hash(a: &Value, b: &Value) -> bool {
     without_hash_label(a) == without_hash_label(b)
 }
 
-fn canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical(&m[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical(x, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
-
 /// The stable hash of a pod template (FNV-1a 32 over its canonical JSON, then the
 /// collision count, encoded with the safe alphabet as upstream `ComputeHash`).
 pub fn template_hash(template: &Value, collision_count: Option<i64>) -> String {
-    let mut s = String::new();
-    canonical(&without_hash_label(template), &mut s);
+    let s = crate::controllers::job::workload::canonical_json(&without_hash_label(template));
     let mut h: u32 = 0x811c_9dc5;
     let mut feed = |bytes: &[u8]| {
         for b in bytes {
