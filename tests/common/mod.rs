@@ -23,6 +23,26 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Reads the child's stdout (in a thread that keeps draining it) until `pick` accepts a
+/// line; panics after 60 s.
+fn await_line(
+    child: &mut Child,
+    what: &str,
+    pick: impl Fn(&str) -> Option<String> + Send + 'static,
+) -> String {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(v) = pick(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("timed out after 60 s waiting for {what}"))
+}
+
 /// A running `capstan up`.
 pub struct Cluster {
     child: Option<Child>,
@@ -93,20 +113,12 @@ impl Cluster {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn capstan up");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let ready = line
-                    .strip_prefix("capstan is ready at ")
-                    .or_else(|| line.strip_prefix("capstan gateway listening on "));
-                if let Some(rest) = ready {
-                    let url = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(url);
-                }
-            }
+        let url = await_line(&mut child, "capstan to become ready", |line| {
+            let ready = line
+                .strip_prefix("capstan is ready at ")
+                .or_else(|| line.strip_prefix("capstan gateway listening on "))?;
+            Some(ready.split_whitespace().next().unwrap_or("").to_string())
         });
-        let url = rx.recv_timeout(Duration::from_secs(60)).expect("capstan up did not become ready in 60 s");
         // Later restarts reuse the same port so the kubeconfig stays valid.
         self.listen = url.trim_start_matches("https://").to_string();
         self.url = url;
@@ -237,16 +249,9 @@ impl Role {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn capstan role");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("running") {
-                    let _ = tx.send(());
-                }
-            }
+        await_line(&mut child, "the capstan role to start", |line| {
+            line.contains("running").then_some(String::new())
         });
-        rx.recv_timeout(Duration::from_secs(60)).expect("capstan role did not start in 60 s");
         self.child = Some(child);
     }
 
