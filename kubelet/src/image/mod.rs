@@ -1,0 +1,1 @@
+//! Images: pull, content store, unpacked layers.

@@ -1,0 +1,1 @@
+//! The pod network: network namespaces and CNI.

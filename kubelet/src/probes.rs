@@ -1,0 +1,1 @@
+//! Probe checks: httpGet and tcpSocket.

@@ -1,0 +1,1 @@
+//! The container runtime: runc, OCI bundles, the shim, cgroups, overlayfs.
