@@ -90,6 +90,7 @@ mod envelope;
 mod error;
 mod inproc;
 mod nats;
+pub mod sessions;
 pub mod subjects;
 
 pub use envelope::{ApiRequest, ApiResponse, EventEnvelope};
