@@ -62,6 +62,10 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("cgroup_limits_and_cleanup", |e| Box::pin(cgroup_limits_and_cleanup(e))),
         ("exec_into_running_container", |e| Box::pin(exec_into_running_container(e))),
         ("stdin_fifo_once", |e| Box::pin(stdin_fifo_once(e))),
+        ("stdin_fifo_reattach", |e| Box::pin(stdin_fifo_reattach(e))),
+        ("stop_uses_the_stop_signal", |e| Box::pin(stop_uses_the_stop_signal(e))),
+        ("long_lines_are_split", |e| Box::pin(long_lines_are_split(e))),
+        ("concurrent_starts", |e| Box::pin(concurrent_starts(e))),
         ("shim_survives_kill9_of_starter", |e| Box::pin(shim_survives_kill9_of_starter(e))),
         ("list_remove_reset", |e| Box::pin(list_remove_reset(e))),
         ("bind_mount_read_only_and_overlay_upper", |e| Box::pin(bind_mount_read_only_and_overlay_upper(e))),
@@ -390,6 +394,80 @@ async fn stdin_fifo_once(env: Env) -> Result<()> {
     ensure!(exit.code == 0, "{exit:?}");
     ensure!(has_line(&spec.log_path, "stdout", "F", "line one"), "{:?}", log_lines(&spec.log_path));
     ensure!(has_line(&spec.log_path, "stdout", "F", "line two"), "{:?}", log_lines(&spec.log_path));
+    Ok(())
+}
+
+async fn stdin_fifo_reattach(env: Env) -> Result<()> {
+    let mut spec = env.spec("reattach", &["cat"]);
+    spec.stdin = true;
+    env.runtime.start(&spec).await?;
+    for word in ["first", "second"] {
+        let mut w = env.runtime.open_stdin("reattach").await?;
+        w.write_all(format!("{word}\n").as_bytes()).await?;
+        w.flush().await?;
+        drop(w);
+        let log = spec.log_path.clone();
+        eventually(word, Duration::from_secs(10), || has_line(&log, "stdout", "F", word).then_some(()))
+            .await?;
+    }
+    // Without stdin_once, a writer leaving does not close the container's stdin.
+    ensure!(matches!(env.runtime.status("reattach").await?, Some(ContainerStatus::Running { .. })));
+    // `cat` as PID 1 ignores SIGTERM: the stop escalates.
+    let exit = env.runtime.stop("reattach", Duration::from_millis(200)).await?;
+    ensure!(exit.code == 137 && exit.signal == Some(9), "{exit:?}");
+    Ok(())
+}
+
+async fn stop_uses_the_stop_signal(env: Env) -> Result<()> {
+    let script = "trap 'echo got USR1; exit 42' USR1; echo ready; while true; do sleep 0.05; done";
+    let mut spec = env.spec("stopsig", &["sh", "-c", script]);
+    spec.stop_signal = Some(Signal::SIGUSR1);
+    env.runtime.start(&spec).await?;
+    let log = spec.log_path.clone();
+    eventually("ready", Duration::from_secs(10), || has_line(&log, "stdout", "F", "ready").then_some(()))
+        .await?;
+    let t = Instant::now();
+    let exit = env.runtime.stop("stopsig", Duration::from_secs(10)).await?;
+    ensure!(exit.code == 42 && exit.signal.is_none(), "{exit:?}");
+    ensure!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    ensure!(has_line(&log, "stdout", "F", "got USR1"));
+    Ok(())
+}
+
+async fn long_lines_are_split(env: Env) -> Result<()> {
+    let spec = env.spec("long", &["sh", "-c", "head -c 20000 /dev/zero | tr '\\0' x; echo; echo short"]);
+    env.runtime.start(&spec).await?;
+    let exit = wait_exit(&env, "long").await?;
+    ensure!(exit.code == 0, "{exit:?}");
+    let lines = log_lines(&spec.log_path);
+    let shape: Vec<(String, usize)> = lines.iter().map(|(_, t, c)| (t.clone(), c.len())).collect();
+    ensure!(
+        shape == [("P".to_string(), 16384), ("F".to_string(), 20000 - 16384), ("F".to_string(), 5)],
+        "{shape:?}"
+    );
+    ensure!(lines[0].2.bytes().all(|b| b == b'x'));
+    Ok(())
+}
+
+async fn concurrent_starts(env: Env) -> Result<()> {
+    let specs: Vec<ContainerSpec> = (0..6)
+        .map(|i| {
+            let code = i.to_string();
+            env.spec(&format!("conc{i}"), &["sh", "-c", &format!("echo hello {code}; exit {code}")])
+        })
+        .collect();
+    let t = Instant::now();
+    let started = futures::future::join_all(specs.iter().map(|s| env.runtime.start(s))).await;
+    let took = t.elapsed();
+    for r in started {
+        r?;
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        let exit = wait_exit(&env, &spec.id).await?;
+        ensure!(exit.code == i as i32, "{}: {exit:?}", spec.id);
+        ensure!(has_line(&spec.log_path, "stdout", "F", &format!("hello {i}")));
+    }
+    println!("    (6 concurrent starts took {took:?})");
     Ok(())
 }
 

@@ -310,7 +310,7 @@ pub struct ExecSpec {
 
 /// A process started by [`RuncRuntime::exec`] (a `runc exec` in the foreground).
 ///
-/// Dropping it does not stop the process; close stdin, [`kill`](ExecProcess::kill) or
+/// Dropping it does not stop the process; close stdin, [`signal`](ExecProcess::signal) or
 /// [`wait`](ExecProcess::wait) for it.
 #[derive(Debug)]
 pub struct ExecProcess {
@@ -334,13 +334,12 @@ impl ExecProcess {
         }))
     }
 
-    /// SIGKILLs the `runc exec` process, which forwards the signal to the process.
-    pub async fn kill(&mut self) -> Result<(), RuntimeError> {
-        if let Some(pid) = self.child.id() {
-            // runc forwards SIGTERM & co; SIGKILL would orphan the process in the container.
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
-        Ok(())
+    /// Sends `sig` to the `runc exec` process, which forwards it to the process in the
+    /// container (SIGKILL cannot be forwarded: it would only kill runc and orphan the
+    /// process; use SIGTERM, or stop the container).
+    pub fn signal(&self, sig: Signal) -> Result<(), RuntimeError> {
+        let pid = self.child.id().ok_or_else(|| RuntimeError::NotRunning("exec process".into()))?;
+        kill(Pid::from_raw(pid as i32), sig).map_err(|e| io_err("signalling runc exec")(e.into()))
     }
 
     /// The pid of the `runc exec` process (not of the process in the container).
@@ -659,6 +658,16 @@ impl RuncRuntime {
                     error: Some("the container's shim exited before the container started".into()),
                 })))
             }
+            None if shim_pid(&state).is_none() && start_abandoned(&state) => {
+                Ok(Some(ContainerStatus::Exited(ExitInfo {
+                    code: 255,
+                    signal: None,
+                    finished_at: Timestamp::now(),
+                    started_at: None,
+                    oom_killed: false,
+                    error: Some("the start of this container was interrupted".into()),
+                })))
+            }
             None => Ok(Some(ContainerStatus::Creating)),
         }
     }
@@ -726,11 +735,13 @@ impl RuncRuntime {
         let meta = read_json::<Meta>(&state.meta()).ok().flatten();
         if let Some(ContainerStatus::Running { .. } | ContainerStatus::Creating) = self.status(id).await? {
             match self.signal(id, Signal::SIGKILL).await {
-                Ok(()) | Err(RuntimeError::NotRunning(_)) | Err(RuntimeError::NotFound(_)) => {}
+                // Let the shim record the exit (and the OOM verdict) before the cgroup goes.
+                Ok(()) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), self.wait(id)).await;
+                }
+                Err(RuntimeError::NotRunning(_)) | Err(RuntimeError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
-            // Let the shim record the exit (and the OOM verdict) before the cgroup goes.
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.wait(id)).await;
         }
         self.runc_delete(id).await?;
         if let Some(pid) = shim_pid(&state) {
@@ -1012,6 +1023,22 @@ fn validate_id(id: &str) -> Result<(), RuntimeError> {
 
 fn parse_time(s: &str) -> Timestamp {
     s.parse().unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// A start that never got as far as the shim (the agent died or gave up in between): the
+/// state directory is older than the start timeout.
+fn start_abandoned(state: &StateDir) -> bool {
+    let Some(meta) = read_json::<Meta>(&state.meta()).ok().flatten() else {
+        // No meta.json: the agent died right after creating the directory.
+        return std::fs::metadata(&state.dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > START_TIMEOUT + Duration::from_secs(5));
+    };
+    let created: Timestamp = parse_time(&meta.created_at);
+    Timestamp::now().duration_since(created).as_secs()
+        > (START_TIMEOUT + Duration::from_secs(5)).as_secs() as i64
 }
 
 fn shim_pid(state: &StateDir) -> Option<i32> {

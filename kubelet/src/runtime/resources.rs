@@ -1,6 +1,9 @@
 //! Container resource limits and their derivation from a Kubernetes `ResourceRequirements`.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 
 /// The CFS period the kubelet uses for CPU limits, in microseconds.
@@ -36,10 +39,9 @@ impl Resources {
     /// `milliCPU * 100000 / 1000` µs (at least 1000) per 100000 µs period; the memory limit in
     /// bytes; the pids limit [`DEFAULT_PIDS_LIMIT`]. Unparsable quantities count as unset.
     pub fn from_k8s(requirements: Option<&ResourceRequirements>) -> Resources {
-        let get = |map: Option<
-            &std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-        >,
-                   key: &str| map.and_then(|m| m.get(key)).map(|q| q.0.clone());
+        let get = |map: Option<&BTreeMap<String, Quantity>>, key: &str| {
+            map.and_then(|m| m.get(key)).map(|q| q.0.clone())
+        };
         let requests = requirements.and_then(|r| r.requests.as_ref());
         let limits = requirements.and_then(|r| r.limits.as_ref());
         let cpu_request = get(requests, "cpu").and_then(|q| parse_quantity_milli(&q));
@@ -144,7 +146,6 @@ fn scaled(quantity: &str, extra_exp: i32) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     #[test]
     fn quantities() {
