@@ -65,6 +65,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("stdin_fifo_reattach", |e| Box::pin(stdin_fifo_reattach(e))),
         ("stop_uses_the_stop_signal", |e| Box::pin(stop_uses_the_stop_signal(e))),
         ("long_lines_are_split", |e| Box::pin(long_lines_are_split(e))),
+        ("joins_the_given_netns", |e| Box::pin(joins_the_given_netns(e))),
         ("concurrent_starts", |e| Box::pin(concurrent_starts(e))),
         ("shim_survives_kill9_of_starter", |e| Box::pin(shim_survives_kill9_of_starter(e))),
         ("list_remove_reset", |e| Box::pin(list_remove_reset(e))),
@@ -447,6 +448,46 @@ async fn long_lines_are_split(env: Env) -> Result<()> {
     );
     ensure!(lines[0].2.bytes().all(|b| b == b'x'));
     Ok(())
+}
+
+/// The inode of a namespace file, as `readlink /proc/self/ns/net` shows it (`net:[N]`).
+fn ns_inode(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(format!("net:[{}]", std::fs::metadata(path)?.ino()))
+}
+
+async fn joins_the_given_netns(env: Env) -> Result<()> {
+    let name = format!("capstan-rt-test-{}", std::process::id());
+    let added = std::process::Command::new("ip").args(["netns", "add", &name]).status();
+    if !added.is_ok_and(|s| s.success()) {
+        println!("    (skipped: `ip netns add` is not available)");
+        return Ok(());
+    }
+    let netns = PathBuf::from(format!("/run/netns/{name}"));
+    let result: Result<()> = async {
+        let mut spec = env.spec("netns", &["readlink", "/proc/self/ns/net"]);
+        spec.netns = Some(netns.clone());
+        env.runtime.start(&spec).await?;
+        ensure!(wait_exit(&env, "netns").await?.code == 0);
+        let want = ns_inode(&netns)?;
+        ensure!(
+            has_line(&spec.log_path, "stdout", "F", &want),
+            "want {want}: {:?}",
+            log_lines(&spec.log_path)
+        );
+
+        // Without a netns path the container gets a new one: neither the host's nor the pod's.
+        let spec = env.spec("ownns", &["readlink", "/proc/self/ns/net"]);
+        env.runtime.start(&spec).await?;
+        ensure!(wait_exit(&env, "ownns").await?.code == 0);
+        let lines = log_lines(&spec.log_path);
+        let got = lines.first().map(|l| l.2.clone()).unwrap_or_default();
+        ensure!(got.starts_with("net:[") && got != want && got != ns_inode(Path::new("/proc/self/ns/net"))?);
+        Ok(())
+    }
+    .await;
+    let _ = std::process::Command::new("ip").args(["netns", "delete", &name]).status();
+    result
 }
 
 async fn concurrent_starts(env: Env) -> Result<()> {

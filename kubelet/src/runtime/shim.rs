@@ -16,7 +16,7 @@
 //!    stdio to the container), then `runc start ID`.
 //! 3. It writes `<state>/started` (pid, start time) or, when runc failed, `<state>/exit` with
 //!    exit code 128 and runc's error message, and reports the same on the report pipe as one
-//!    JSON line ([`ShimReport`](super::state::ShimReport)); its stdout then goes to /dev/null.
+//!    JSON line ([`ShimReport`]); its stdout then goes to /dev/null.
 //! 4. It reaps every child it adopts; when the container's init exits it reads the OOM-kill
 //!    counter of the container's memory cgroup (before anyone can delete the cgroup), waits
 //!    (at most 5 s) for both log pipes to reach EOF, writes `<state>/exit`
