@@ -10,6 +10,7 @@
 
 mod auth;
 mod reference;
+mod store;
 pub mod unpack;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{parse_docker_config, Credentials, DockerConfigError};
 pub use reference::normalize_reference;
+pub use store::ImageStore;
 
 /// When the node agent pulls an image (`container.imagePullPolicy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
