@@ -14,12 +14,23 @@ fi
 have cc || need_apt+=(build-essential)
 # kubectl: Debian's kubernetes-client package when none is installed.
 have kubectl || need_apt+=(kubernetes-client)
+# The real node: containers on runc, the pod network from the CNI plugins (bridge,
+# host-local, loopback, portmap), iproute2 for network namespaces, iptables for the
+# plugins' NAT rules.
+[ -x /usr/sbin/runc ] || have runc || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+have ip || need_apt+=(iproute2)
+have iptables || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 if [ "$what" = test ]; then
   # libclang for `cargo check --features fdb` (bindgen).
   ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
     || need_apt+=(libclang-dev)
   have python3 || need_apt+=(python3 python3-pip)
   [ -x /usr/sbin/nats-server ] || have nats-server || need_apt+=(nats-server)
+  # A real registry and a test image built from busybox-static, with htpasswd auth.
+  [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
+  [ -x /bin/busybox ] || need_apt+=(busybox-static)
+  have htpasswd || need_apt+=(apache2-utils)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -113,7 +113,11 @@ pub struct Informer {
     handlers: Mutex<Vec<Handler>>,
     synced: watch::Sender<bool>,
     revision: std::sync::atomic::AtomicU64,
+    filter: Option<Filter>,
 }
+
+/// Which objects an informer keeps (see [`Informer::filtered`]).
+pub type Filter = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
 
 fn revision_of(obj: &Value) -> u64 {
     obj.get("metadata")
@@ -126,6 +130,16 @@ fn revision_of(obj: &Value) -> u64 {
 impl Informer {
     /// An informer for `gvr` (all namespaces). Call [`Informer::start`] to run it.
     pub fn new(client: ApiClient, gvr: Gvr) -> Arc<Informer> {
+        Informer::build(client, gvr, None)
+    }
+
+    /// An informer that keeps only the objects `filter` accepts (a node agent's own pods).
+    /// An object that stops matching is reported as deleted.
+    pub fn filtered(client: ApiClient, gvr: Gvr, filter: Filter) -> Arc<Informer> {
+        Informer::build(client, gvr, Some(filter))
+    }
+
+    fn build(client: ApiClient, gvr: Gvr, filter: Option<Filter>) -> Arc<Informer> {
         let (synced, _) = watch::channel(false);
         Arc::new(Informer {
             client,
@@ -134,6 +148,7 @@ impl Informer {
             handlers: Mutex::new(Vec::new()),
             synced,
             revision: std::sync::atomic::AtomicU64::new(0),
+            filter,
         })
     }
 
@@ -219,6 +234,9 @@ impl Informer {
             let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
             let mut fresh = BTreeMap::new();
             for it in items {
+                if self.filter.as_ref().is_some_and(|f| !f(&it)) {
+                    continue;
+                }
                 fresh.insert(key_of(&it), Arc::new(it));
             }
             for (k, old) in cache.iter() {
@@ -244,8 +262,14 @@ impl Informer {
         let key = key_of(&obj);
         let change = {
             let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-            if env.type_ == "DELETED" {
-                cache.remove(&key);
+            let unwanted = self.filter.as_ref().is_some_and(|f| !f(&obj));
+            if env.type_ == "DELETED" || unwanted {
+                let was_cached = cache.remove(&key).is_some();
+                if unwanted && !was_cached {
+                    drop(cache);
+                    self.revision.store(env.revision, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
                 Change::Deleted(obj)
             } else {
                 let old = cache.insert(key, obj.clone());

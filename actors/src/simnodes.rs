@@ -20,7 +20,7 @@
 //! does) shortens the renew period to a quarter of the grace period, so a short grace
 //! period in tests does not make healthy nodes look dead.
 
-mod objects;
+pub mod objects;
 pub mod pods;
 
 pub use objects::{LEASE_NAMESPACE, STOP_HEARTBEAT_ANNOTATION};

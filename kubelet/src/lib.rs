@@ -12,6 +12,7 @@
 //! The agent itself (node registration, one actor per pod, sessions for logs, exec,
 //! attach and port-forward over the bus) sits on top of these.
 
+pub mod agent;
 pub mod image;
 pub mod logs;
 pub mod network;

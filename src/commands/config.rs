@@ -25,6 +25,34 @@ pub struct FileConfig {
     pub sim_nodes: Option<usize>,
     /// Revisions of change log kept (older ones are compacted).
     pub change_log_retention: Option<u64>,
+    /// The node agent (`capstan up`'s node and `capstan kubelet`).
+    pub node: Option<NodeConfig>,
+}
+
+/// The `node:` section: settings of the node agent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeConfig {
+    /// The node's name (default: the host name).
+    pub name: Option<String>,
+    /// Whether `capstan up` runs a real node (default true).
+    pub enabled: Option<bool>,
+    /// The node's pod CIDR (default 10.88.0.0/16).
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Option<String>,
+    /// The pod bridge's name (default capstan0).
+    pub bridge: Option<String>,
+    /// Registry mirrors (`{registry: docker.io, endpoint: 127.0.0.1:5000}`) and
+    /// registries reached over plain HTTP (`insecure: [host:port]`).
+    pub registries: Option<capstan_kubelet::image::RegistryConfig>,
+    /// The first crash-loop back-off in seconds (default 10, as upstream).
+    pub crash_loop_backoff_seconds: Option<f64>,
+    /// The runc binary.
+    pub runc: Option<PathBuf>,
+    /// Where the CNI plugins are (default /usr/lib/cni).
+    pub cni_bin_dir: Option<PathBuf>,
+    /// The cgroup every pod goes under (default /capstan).
+    pub cgroup_parent: Option<String>,
 }
 
 impl FileConfig {

@@ -3,6 +3,7 @@
 mod config;
 mod controllers;
 mod gateway;
+mod kubelet;
 mod roles;
 mod scheduler;
 mod sim_nodes;
@@ -33,6 +34,10 @@ enum Command {
     Scheduler(scheduler::Args),
     /// Run simulated nodes for scale tests (over NATS).
     SimNodes(sim_nodes::Args),
+    /// Run the node agent (over NATS): real pods on runc.
+    Kubelet(kubelet::Args),
+    /// Remove every container, pod network and mount a node left behind.
+    NodeReset(kubelet::ResetArgs),
 }
 
 /// Entry point of the binary.
@@ -51,6 +56,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::Controllers(a) => controllers::run(a),
         Command::Scheduler(a) => scheduler::run(a),
         Command::SimNodes(a) => sim_nodes::run(a),
+        Command::Kubelet(a) => kubelet::run(a),
+        Command::NodeReset(a) => kubelet::reset(a),
     }
 }
 

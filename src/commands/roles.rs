@@ -88,3 +88,14 @@ fn start_sim_nodes_here(bus: Arc<dyn Bus>, count: usize, prefix: &str) {
         capstan_actors::simnodes::Config { count, prefix: prefix.to_string() },
     );
 }
+
+/// Starts a real node agent on `bus` (on its own thread). Returns at once; the node
+/// registers NotReady with the reason when it cannot run containers.
+pub fn start_kubelet(bus: Arc<dyn Bus>, cfg: capstan_kubelet::agent::AgentConfig) {
+    on_own_thread(move || {
+        let client = ApiClient::new(bus, &format!("node.{}", cfg.node_name.replace('.', "_")));
+        if let Some(why) = capstan_kubelet::agent::start(client, cfg) {
+            eprintln!("capstan: the node cannot run containers: {why}");
+        }
+    });
+}

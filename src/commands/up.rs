@@ -24,6 +24,9 @@ pub struct Args {
     /// Also run this many simulated nodes (for trying out workloads without containers).
     #[arg(long, env = "CAPSTAN_SIM_NODES")]
     sim_nodes: Option<usize>,
+    /// Do not run the real node (runc containers) inside this process.
+    #[arg(long, env = "CAPSTAN_NO_NODE")]
+    no_node: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -57,6 +60,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let nats = args.nats.or(file.nats);
     let sim_nodes = args.sim_nodes.or(file.sim_nodes).unwrap_or(0);
+    let node = file.node;
+    let run_node = !args.no_node && node.as_ref().and_then(|n| n.enabled) != Some(false);
+    let node_name = node.as_ref().and_then(|n| n.name.clone()).unwrap_or_else(super::kubelet::host_name);
+    let agent = run_node.then(|| super::kubelet::agent_config(node_name, &data_dir, node));
     actix_rt::System::new().block_on(async move {
         let started = std::time::Instant::now();
         let bus = super::roles::connect_bus(nats.as_deref(), "capstan-up").await?;
@@ -66,7 +73,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let running = capstan_gateway::start(cfg, store).await?;
         super::roles::start_controllers(bus.clone(), None);
         super::roles::start_scheduler(bus.clone());
-        super::roles::start_sim_nodes(bus, sim_nodes, "sim-");
+        super::roles::start_sim_nodes(bus.clone(), sim_nodes, "sim-");
+        if let Some(agent) = agent {
+            super::roles::start_kubelet(bus, agent);
+        }
         let (server_url, kubeconfig) = super::write_admin_kubeconfig(&pki, running.addr, &data_dir)?;
         let handle = running.server.handle();
         let server = running.server;

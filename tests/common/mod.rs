@@ -58,6 +58,8 @@ pub struct Cluster {
     role: &'static str,
     /// Extra environment of the server process.
     envs: Vec<(String, String)>,
+    /// The config file of a cluster with a real node (reset on drop).
+    node_config: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -78,6 +80,39 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             role: "up",
             envs: Vec::new(),
+            node_config: None,
+        };
+        c.spawn();
+        c
+    }
+
+    /// Starts `capstan up` with its real node (runc containers), configured by the YAML
+    /// `node:` section given (a unique bridge, pod CIDR and cgroup parent are added, so
+    /// several such clusters can run at once). The node's containers, networks and mounts
+    /// are removed on drop with `capstan node-reset`.
+    pub fn start_node(node_yaml: &str) -> Cluster {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = (std::process::id() * 7 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 250;
+        let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
+        let mut yaml = format!(
+            "node:\n  name: node-1\n  bridge: cpt{n}\n  podCIDR: 10.123.{n}.0/24\n  cgroupParent: /capstan-test-{}-{n}\n",
+            std::process::id()
+        );
+        for line in node_yaml.lines().filter(|l| !l.trim().is_empty()) {
+            yaml.push_str(&format!("  {line}\n"));
+        }
+        let config = dir.path().join("capstan.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let mut c = Cluster {
+            child: None,
+            kubeconfig: dir.path().join("admin.kubeconfig"),
+            dir,
+            url: String::new(),
+            listen: "127.0.0.1:0".into(),
+            extra: vec!["--config".into(), config.to_string_lossy().into_owned()],
+            role: "up",
+            envs: vec![("CAPSTAN_NO_NODE".into(), "false".into())],
+            node_config: Some(config),
         };
         c.spawn();
         c
@@ -96,6 +131,7 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             role: "up",
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            node_config: None,
         };
         c.spawn();
         c
@@ -108,6 +144,8 @@ impl Cluster {
             .args(["--listen", &self.listen])
             .args(&self.extra)
             .env("CAPSTAN_LOG", "warn")
+            // Tests run simulated nodes unless they ask for the real one (start_node).
+            .env("CAPSTAN_NO_NODE", "true")
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -138,6 +176,7 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             role: "gateway",
             envs: Vec::new(),
+            node_config: None,
         };
         c.spawn();
         c
@@ -278,6 +317,25 @@ impl Drop for Role {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        self.stop();
+        if let Some(config) = &self.node_config {
+            let out = Command::new(env!("CARGO_BIN_EXE_capstan"))
+                .args(["node-reset", "--data-dir"])
+                .arg(self.dir.path())
+                .arg("--config")
+                .arg(config)
+                .env("CAPSTAN_LOG", "warn")
+                .output();
+            if let Some(o) = out.ok().filter(|o| !o.status.success()) {
+                eprintln!("capstan node-reset failed: {}", String::from_utf8_lossy(&o.stderr));
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // Ask politely, then force.
             let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();

@@ -1,0 +1,193 @@
+//! The node's own objects: its Node (capacity and allocatable read from the host,
+//! addresses, node info, conditions) and its Lease.
+
+use capstan_actors::simnodes::objects::{time, KUBELET_VERSION};
+use serde_json::{json, Value};
+
+/// What the host offers, read once at start.
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Memory in bytes (MemTotal).
+    pub memory_bytes: u64,
+    /// The address other nodes and the gateway reach this node at.
+    pub internal_ip: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// PRETTY_NAME from /etc/os-release.
+    pub os_image: String,
+    /// /etc/machine-id.
+    pub machine_id: String,
+    /// The kernel's boot id.
+    pub boot_id: String,
+    /// The runtime's version string (`runc://1.1.5`).
+    pub runtime_version: String,
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The first non-loopback IPv4 address of the host's default-route interface, else
+/// 127.0.0.1: learnt by "connecting" a UDP socket (no packet is sent).
+fn primary_ip() -> String {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+        s.connect("192.0.2.1:9")?;
+        s.local_addr()
+    });
+    match probe {
+        Ok(addr) if !addr.ip().is_unspecified() => addr.ip().to_string(),
+        _ => "127.0.0.1".into(),
+    }
+}
+
+impl HostInfo {
+    /// Reads the host.
+    pub fn read(runtime_version: &str) -> HostInfo {
+        let memory_bytes = read_trimmed("/proc/meminfo")
+            .and_then(|m| {
+                m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| {
+                    l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).map(|kb| kb * 1024)
+                })
+            })
+            .unwrap_or(0);
+        let os_image = read_trimmed("/etc/os-release")
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+            .unwrap_or_else(|| "Linux".into());
+        HostInfo {
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            memory_bytes,
+            internal_ip: primary_ip(),
+            kernel: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
+            os_image,
+            machine_id: read_trimmed("/etc/machine-id").unwrap_or_default(),
+            boot_id: read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default().replace('-', ""),
+            runtime_version: runtime_version.to_string(),
+        }
+    }
+}
+
+/// Why the node cannot run pods, if it cannot (shown in the Ready condition).
+pub type NotReady = Option<String>;
+
+fn labels(name: &str) -> Value {
+    json!({
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": "amd64",
+    })
+}
+
+/// The node conditions, keeping each condition's transition time while its status holds.
+pub fn conditions(now: &str, not_ready: &NotReady, current: Option<&Value>) -> Value {
+    let existing =
+        current.and_then(|n| n.get("status")).and_then(|s| s.get("conditions")).and_then(Value::as_array);
+    let ready = match not_ready {
+        None => ("Ready", "True", "KubeletReady", "kubelet is posting ready status".to_string()),
+        Some(why) => ("Ready", "False", "KubeletNotReady", why.clone()),
+    };
+    let list = [
+        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available".into()),
+        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure".into()),
+        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available".into()),
+        ready,
+    ];
+    Value::Array(
+        list.iter()
+            .map(|(type_, status, reason, message)| {
+                let transition = existing
+                    .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(type_)))
+                    .filter(|c| c.get("status").and_then(Value::as_str) == Some(status))
+                    .and_then(|c| c.get("lastTransitionTime").and_then(Value::as_str))
+                    .unwrap_or(now);
+                json!({
+                    "type": type_, "status": status, "reason": reason, "message": message,
+                    "lastHeartbeatTime": now, "lastTransitionTime": transition,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The node's status.
+pub fn node_status(name: &str, host: &HostInfo, not_ready: &NotReady, current: Option<&Value>) -> Value {
+    let now = time(jiff::Timestamp::now());
+    let memory_ki = host.memory_bytes / 1024;
+    // Keep 100 MiB and a tenth of a CPU for the system, as a kubelet's reservations would.
+    let alloc_memory_ki = memory_ki.saturating_sub(100 * 1024);
+    let alloc_cpu_milli = (host.cpus as u64 * 1000).saturating_sub(100);
+    json!({
+        "capacity": {
+            "cpu": host.cpus.to_string(), "memory": format!("{memory_ki}Ki"), "pods": "110",
+            "ephemeral-storage": "100Gi", "hugepages-1Gi": "0", "hugepages-2Mi": "0",
+        },
+        "allocatable": {
+            "cpu": format!("{alloc_cpu_milli}m"), "memory": format!("{alloc_memory_ki}Ki"), "pods": "110",
+            "ephemeral-storage": "100Gi", "hugepages-1Gi": "0", "hugepages-2Mi": "0",
+        },
+        "addresses": [
+            {"type": "InternalIP", "address": host.internal_ip},
+            {"type": "Hostname", "address": name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "machineID": host.machine_id,
+            "systemUUID": host.machine_id,
+            "bootID": host.boot_id,
+            "kernelVersion": host.kernel,
+            "osImage": host.os_image,
+            "containerRuntimeVersion": host.runtime_version,
+            "kubeletVersion": KUBELET_VERSION,
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": "amd64",
+        },
+        "conditions": conditions(&now, not_ready, current),
+    })
+}
+
+/// A new Node object.
+pub fn node_object(name: &str, pod_cidr: &str, host: &HostInfo, not_ready: &NotReady) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": labels(name),
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+        "status": node_status(name, host, not_ready, None),
+    })
+}
+
+/// The patch that adopts an existing Node object (after a restart).
+pub fn adopt_patch(name: &str, pod_cidr: &str) -> Value {
+    json!({"metadata": {"labels": labels(name)}, "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_conditions() {
+        let h = HostInfo::read("runc://1.1.5");
+        assert!(h.cpus >= 1);
+        assert!(h.memory_bytes > 0);
+        let st = node_status("n", &h, &Some("runc is not installed".into()), None);
+        let ready = st["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["message"], "runc is not installed");
+        let st2 = node_status("n", &h, &None, Some(&json!({"status": st})));
+        let ready2 = st2["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(ready2["status"], "True");
+    }
+}

@@ -1,0 +1,1152 @@
+//! One actor per pod: an explicit state machine from an assigned pod to running containers
+//! and back to nothing.
+//!
+//! ```text
+//! Prepare (pull images, fetch ConfigMaps/Secrets, volumes, network)
+//!   → Init (init containers in order, each to success)
+//!   → Main (containers started, supervised: exits, restarts with back-off, probes)
+//!   → Finished (every container ended and none restarts: Succeeded or Failed)
+//! any stage → Terminating (deletionTimestamp, or the pod vanished) → Gone
+//! ```
+//!
+//! The actor ([`PodWorker`]) is a mailbox around an owned [`PodState`]: each tick moves the
+//! state into one async step and takes it back when the step ends, so steps never overlap
+//! and pod updates arriving meanwhile are seen by the next step.
+
+use super::spec::{self, ImageDefaults};
+use super::volumes::{self, Sources};
+use super::Deps;
+use crate::image::{ImageInfo, PullError, PullPolicy};
+use crate::network::PodNet;
+use crate::probes::{ProbeKind, ProbeOutcome, ProbeState, ProbeTiming};
+use crate::runtime::{ContainerSpec, ContainerStatus, ExitInfo, Mount, Resources};
+use actix::prelude::*;
+use capstan_actors::client::gvr;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Labels the agent stores with each container, so a restarted agent adopts them.
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+/// The container's name in the pod.
+pub const LABEL_CONTAINER: &str = "io.kubernetes.container.name";
+/// The container's restart count when it was started.
+pub const LABEL_RESTARTS: &str = "io.kubernetes.container.restartCount";
+/// The pod's namespace/name.
+pub const LABEL_POD: &str = "io.kubernetes.pod.name";
+
+/// Where a pod is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Images, volumes and network are being set up.
+    Prepare,
+    /// Init containers run, in order.
+    Init,
+    /// The containers run.
+    Main,
+    /// Every container ended for good.
+    Finished,
+    /// Stopping and cleaning up.
+    Terminating,
+    /// Nothing left.
+    Gone,
+}
+
+/// What one container instance ended with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Terminated {
+    exit_code: i32,
+    signal: Option<i32>,
+    reason: String,
+    message: Option<String>,
+    started_at: Option<String>,
+    finished_at: String,
+    container_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum CState {
+    Waiting { reason: String, message: Option<String> },
+    Running { started_at: String },
+    Terminated(Terminated),
+}
+
+/// The agent's record of one container of the pod.
+pub struct Ctr {
+    /// Its name.
+    pub name: String,
+    init: bool,
+    spec: Value,
+    restart_count: u32,
+    /// The runtime id of the current instance.
+    pub id: Option<String>,
+    state: CState,
+    last: Option<Terminated>,
+    image: Option<ImageInfo>,
+    not_before: Option<Instant>,
+    /// The back-off before the pending restart, and the one after it.
+    delay: Duration,
+    backoff: Duration,
+    ready: bool,
+    started: bool,
+    succeeded: bool,
+    liveness: Option<Probe>,
+    readiness: Option<Probe>,
+    startup: Option<Probe>,
+    /// Signals log followers that the current instance ended.
+    pub done: tokio::sync::watch::Sender<bool>,
+}
+
+struct Probe {
+    spec: Value,
+    state: ProbeState,
+    next: Instant,
+}
+
+impl Probe {
+    fn new(spec: Option<&Value>, started: Instant, kind: ProbeKind) -> Option<Probe> {
+        let spec = spec?.clone();
+        let parsed: k8s_openapi::api::core::v1::Probe = serde_json::from_value(spec.clone()).unwrap_or_default();
+        let state = ProbeState::new(kind, ProbeTiming::from_probe(&parsed));
+        let delay = Duration::from_secs(spec["initialDelaySeconds"].as_u64().unwrap_or(0));
+        Some(Probe { spec, state, next: started + delay })
+    }
+}
+
+fn now() -> String {
+    capstan_actors::simnodes::objects::time(jiff::Timestamp::now())
+}
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_str().unwrap_or("")
+}
+
+/// The state a pod actor owns.
+pub struct PodState {
+    /// The pod as last seen (None once deleted from the API).
+    pub pod: Option<Arc<Value>>,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Uid.
+    pub uid: String,
+    /// Stage.
+    pub stage: Stage,
+    /// Containers: init containers first, then the others.
+    pub ctrs: Vec<Ctr>,
+    net: Option<PodNet>,
+    volumes: HashMap<String, PathBuf>,
+    sources: Sources,
+    prepare_error: Option<(String, String)>,
+    prepare_not_before: Option<Instant>,
+    prepare_backoff: Duration,
+    start_time: Option<String>,
+    last_status: Option<Value>,
+    finished_phase: Option<&'static str>,
+    deleted: bool,
+}
+
+impl PodState {
+    /// A new pod, adopting containers a previous agent left running.
+    pub fn new(pod: Arc<Value>, adopted: Vec<crate::runtime::ContainerInfo>) -> PodState {
+        let namespace = s(&pod, &["metadata", "namespace"]).to_string();
+        let name = s(&pod, &["metadata", "name"]).to_string();
+        let uid = s(&pod, &["metadata", "uid"]).to_string();
+        let mut ctrs = Vec::new();
+        for (list, init) in [("initContainers", true), ("containers", false)] {
+            for c in pod["spec"][list].as_array().into_iter().flatten() {
+                let cname = c["name"].as_str().unwrap_or("").to_string();
+                let statuses = if init { "initContainerStatuses" } else { "containerStatuses" };
+                let known = pod["status"][statuses]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|st| st["name"].as_str() == Some(&cname)));
+                let restart_count = known.and_then(|k| k["restartCount"].as_u64()).unwrap_or(0) as u32;
+                ctrs.push(Ctr {
+                    name: cname,
+                    init,
+                    spec: c.clone(),
+                    restart_count,
+                    id: None,
+                    state: CState::Waiting { reason: "ContainerCreating".into(), message: None },
+                    last: None,
+                    image: None,
+                    not_before: None,
+                    delay: Duration::ZERO,
+                    backoff: Duration::ZERO,
+                    ready: false,
+                    started: false,
+                    succeeded: init
+                        && known.is_some_and(|k| k["state"]["terminated"]["exitCode"].as_i64() == Some(0)),
+                    liveness: None,
+                    readiness: None,
+                    startup: None,
+                    done: tokio::sync::watch::channel(false).0,
+                });
+            }
+        }
+        for info in adopted {
+            let cname = info.labels.get(LABEL_CONTAINER).cloned().unwrap_or_default();
+            if let Some(c) = ctrs.iter_mut().find(|c| c.name == cname && c.id.is_none()) {
+                c.id = Some(info.id.clone());
+                if let Some(n) = info.labels.get(LABEL_RESTARTS).and_then(|n| n.parse().ok()) {
+                    c.restart_count = n;
+                }
+                c.state = CState::Running { started_at: now() };
+            }
+        }
+        let start_time = pod["status"]["startTime"].as_str().map(str::to_string);
+        let adopted_any = ctrs.iter().any(|c| c.id.is_some());
+        PodState {
+            pod: Some(pod),
+            namespace,
+            name,
+            uid,
+            stage: Stage::Prepare,
+            ctrs,
+            net: None,
+            volumes: HashMap::new(),
+            sources: Sources::default(),
+            prepare_error: None,
+            prepare_not_before: None,
+            prepare_backoff: Duration::ZERO,
+            start_time: if adopted_any { start_time } else { None },
+            last_status: None,
+            finished_phase: None,
+            deleted: false,
+        }
+    }
+
+    fn pod(&self) -> Arc<Value> {
+        self.pod.clone().unwrap_or_else(|| Arc::new(Value::Null))
+    }
+
+    fn log_dir(&self, deps: &Deps) -> PathBuf {
+        deps.dirs.logs.join(format!("{}_{}_{}", self.namespace, self.name, self.uid))
+    }
+
+    fn pod_dir(&self, deps: &Deps) -> PathBuf {
+        deps.dirs.pods.join(&self.uid)
+    }
+
+    /// The log file of a container instance.
+    pub fn log_path(&self, deps: &Deps, container: &str, restart: u32) -> PathBuf {
+        self.log_dir(deps).join(container).join(format!("{restart}.log"))
+    }
+
+    fn restart_policy(&self) -> String {
+        self.pod.as_ref().and_then(|p| p["spec"]["restartPolicy"].as_str()).unwrap_or("Always").to_string()
+    }
+
+    /// One step of the state machine.
+    pub async fn step(&mut self, deps: &Deps) {
+        let terminating = self.deleted
+            || self.pod.as_ref().is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null());
+        if terminating && self.stage != Stage::Gone {
+            self.stage = Stage::Terminating;
+        }
+        match self.stage {
+            Stage::Prepare => self.prepare(deps).await,
+            Stage::Init | Stage::Main => self.supervise(deps).await,
+            Stage::Finished => {}
+            Stage::Terminating => self.terminate(deps).await,
+            Stage::Gone => return,
+        }
+        if self.stage != Stage::Gone && !self.deleted {
+            self.write_status(deps).await;
+        }
+    }
+
+    async fn prepare(&mut self, deps: &Deps) {
+        if self.prepare_not_before.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        match self.try_prepare(deps).await {
+            Ok(()) => {
+                self.prepare_error = None;
+                self.prepare_backoff = Duration::ZERO;
+                if self.start_time.is_none() {
+                    self.start_time = Some(now());
+                }
+                self.stage = if self.ctrs.iter().any(|c| c.init && !c.succeeded) { Stage::Init } else { Stage::Main };
+                // Adopted containers mean a previous agent finished the init containers.
+                if self.ctrs.iter().any(|c| !c.init && c.id.is_some()) {
+                    self.stage = Stage::Main;
+                }
+                self.supervise(deps).await;
+            }
+            Err((reason, message)) => {
+                self.prepare_backoff = (self.prepare_backoff * 2).clamp(deps.backoff_base, deps.backoff_max);
+                self.prepare_not_before = Some(Instant::now() + self.prepare_backoff);
+                let image_error = reason == "ErrImagePull" || reason == "ErrImageNeverPull";
+                let shown = match &self.prepare_error {
+                    Some((r, _)) if image_error && (r == "ErrImagePull" || r == "ImagePullBackOff") => {
+                        "ImagePullBackOff".to_string()
+                    }
+                    _ => reason.clone(),
+                };
+                if self.prepare_error.as_ref().map(|(_, m)| m) != Some(&message) {
+                    deps.recorder.event(&self.pod(), "Warning", if image_error { "Failed" } else { "FailedMount" }, &message).await;
+                }
+                tracing::info!(pod = %self.name, "{reason}: {message}");
+                self.prepare_error = Some((shown, message));
+            }
+        }
+    }
+
+    async fn try_prepare(&mut self, deps: &Deps) -> Result<(), (String, String)> {
+        let pod = self.pod();
+        // ConfigMaps and Secrets the pod needs (volumes, env, pull secrets).
+        let (cms, secrets) = volumes::referenced(&pod);
+        let mut sources = Sources::default();
+        for name in cms {
+            match deps.client.get(gvr::CONFIG_MAPS, Some(&self.namespace), &name).await {
+                Ok(obj) => sources.add_config_map(&name, &obj),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(("CreateContainerConfigError".into(), format!("failed to get configmap {name}: {e}"))),
+            }
+        }
+        for name in secrets {
+            match deps.client.get(SECRETS, Some(&self.namespace), &name).await {
+                Ok(obj) => sources.add_secret(&name, &obj),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(("CreateContainerConfigError".into(), format!("failed to get secret {name}: {e}"))),
+            }
+        }
+        // Images, with credentials from imagePullSecrets.
+        let mut creds = HashMap::new();
+        for sref in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
+            let name = sref["name"].as_str().unwrap_or("");
+            let key = ("secret".to_string(), name.to_string(), ".dockerconfigjson".to_string());
+            if let Some(bytes) = sources.binary.get(&key) {
+                if let Ok(parsed) = crate::image::parse_docker_config(bytes) {
+                    creds.extend(parsed);
+                }
+            }
+        }
+        for i in 0..self.ctrs.len() {
+            if self.ctrs[i].image.is_some() {
+                continue;
+            }
+            let image = self.ctrs[i].spec["image"].as_str().unwrap_or("").to_string();
+            let policy = PullPolicy::from_k8s(self.ctrs[i].spec["imagePullPolicy"].as_str(), &image);
+            let started = Instant::now();
+            match deps.images.ensure(&image, policy, &creds).await {
+                Ok(info) => {
+                    if started.elapsed() > Duration::from_millis(50) {
+                        let msg = format!("Successfully pulled image \"{image}\" in {}ms", started.elapsed().as_millis());
+                        deps.recorder.event(&pod, "Normal", "Pulled", &msg).await;
+                    }
+                    self.ctrs[i].image = Some(info);
+                }
+                Err(e) => {
+                    let reason = if matches!(e, PullError::NeverPullNotPresent(_)) { "ErrImageNeverPull" } else { "ErrImagePull" };
+                    let msg = e.to_string();
+                    self.ctrs[i].state = CState::Waiting { reason: reason.into(), message: Some(msg.clone()) };
+                    return Err((reason.into(), msg));
+                }
+            }
+        }
+        // Volumes.
+        let pod_dir = self.pod_dir(deps);
+        let vols = volumes::prepare(&pod, &pod_dir, &deps.node, &sources)
+            .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+        // Network.
+        if pod["spec"]["hostNetwork"].as_bool() != Some(true) {
+            let ports = host_ports(&pod);
+            let net = deps
+                .network
+                .setup(&self.uid, &ports)
+                .await
+                .map_err(|e| ("CreateContainerError".to_string(), format!("failed to set up the pod network: {e}")))?;
+            self.net = Some(net);
+        }
+        let hosts = spec::hosts_file(&pod, self.net.as_ref().map(|n| n.ip.to_string()).as_deref());
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        for (file, text) in [("hosts", hosts), ("resolv.conf", spec::resolv_conf(&pod, &host_resolv)), ("hostname", format!("{}\n", self.name))] {
+            let p = pod_dir.join("etc");
+            std::fs::create_dir_all(&p)
+                .and_then(|_| std::fs::write(p.join(file), text))
+                .map_err(|e| ("CreateContainerError".to_string(), format!("failed to write /etc/{file}: {e}")))?;
+        }
+        self.volumes = vols;
+        self.sources = sources;
+        Ok(())
+    }
+
+    /// Looks at every container: exits, restarts, starts, probes.
+    async fn supervise(&mut self, deps: &Deps) {
+        // 1. Exits of running containers.
+        for i in 0..self.ctrs.len() {
+            let Some(id) = self.ctrs[i].id.clone() else { continue };
+            if !matches!(self.ctrs[i].state, CState::Running { .. }) {
+                continue;
+            }
+            match deps.runtime.status(&id).await {
+                Ok(Some(ContainerStatus::Running { started_at, .. })) => {
+                    self.ctrs[i].state = CState::Running { started_at: fmt_time(started_at) };
+                }
+                Ok(Some(ContainerStatus::Creating)) => {}
+                Ok(Some(ContainerStatus::Exited(exit))) => self.container_exited(deps, i, &id, &exit).await,
+                Ok(None) => {
+                    let t = Terminated {
+                        exit_code: 137,
+                        signal: None,
+                        reason: "ContainerStatusUnknown".into(),
+                        message: Some("The container could not be located when the pod was terminated".into()),
+                        started_at: None,
+                        finished_at: now(),
+                        container_id: Some(format!("runc://{id}")),
+                    };
+                    self.ended(deps, i, t).await;
+                }
+                Err(e) => tracing::warn!(pod = %self.name, container = %self.ctrs[i].name, "status failed: {e}"),
+            }
+        }
+        // 2. Init containers in order, or the main containers.
+        if self.stage == Stage::Init {
+            let policy = self.restart_policy();
+            let Some(i) = self.ctrs.iter().position(|c| c.init && !c.succeeded) else {
+                self.stage = Stage::Main;
+                return Box::pin(self.supervise(deps)).await;
+            };
+            if self.ctrs[i].id.is_none() {
+                if let CState::Terminated(t) = &self.ctrs[i].state {
+                    if t.exit_code != 0 && policy == "Never" {
+                        self.finish("Failed");
+                        return;
+                    }
+                }
+                self.maybe_start(deps, i).await;
+            }
+            return;
+        }
+        if self.stage == Stage::Main {
+            let policy = self.restart_policy();
+            for i in 0..self.ctrs.len() {
+                if self.ctrs[i].init || self.ctrs[i].id.is_some() {
+                    continue;
+                }
+                let should = match &self.ctrs[i].state {
+                    CState::Terminated(t) => match policy.as_str() {
+                        "Never" => false,
+                        "OnFailure" => t.exit_code != 0,
+                        _ => true,
+                    },
+                    _ => true,
+                };
+                if should {
+                    self.maybe_start(deps, i).await;
+                }
+            }
+            let app: Vec<&Ctr> = self.ctrs.iter().filter(|c| !c.init).collect();
+            let all_done = !app.is_empty()
+                && app.iter().all(|c| c.id.is_none() && matches!(c.state, CState::Terminated(_)))
+                && app.iter().all(|c| match &c.state {
+                    CState::Terminated(t) => policy == "Never" || (policy == "OnFailure" && t.exit_code == 0),
+                    _ => false,
+                });
+            if all_done {
+                let ok = app.iter().all(|c| matches!(&c.state, CState::Terminated(t) if t.exit_code == 0));
+                self.finish(if ok { "Succeeded" } else { "Failed" });
+                return;
+            }
+            self.run_probes(deps).await;
+        }
+    }
+
+    fn finish(&mut self, phase: &'static str) {
+        self.finished_phase = Some(phase);
+        self.stage = Stage::Finished;
+        for c in &mut self.ctrs {
+            c.ready = false;
+        }
+    }
+
+    async fn container_exited(&mut self, deps: &Deps, i: usize, id: &str, exit: &ExitInfo) {
+        let t = Terminated {
+            exit_code: exit.code,
+            signal: exit.signal,
+            reason: exit.reason().into(),
+            message: exit.error.clone(),
+            started_at: exit.started_at.map(fmt_time),
+            finished_at: fmt_time(exit.finished_at),
+            container_id: Some(format!("runc://{id}")),
+        };
+        if let Err(e) = deps.runtime.remove(id).await {
+            tracing::warn!(pod = %self.name, "failed to remove container {id}: {e}");
+        }
+        self.ended(deps, i, t).await;
+    }
+
+    /// Records the end of the current instance and plans the next start's back-off.
+    async fn ended(&mut self, deps: &Deps, i: usize, t: Terminated) {
+        let c = &mut self.ctrs[i];
+        c.id = None;
+        c.ready = false;
+        c.started = false;
+        let _ = c.done.send(true);
+        if c.init && t.exit_code == 0 {
+            c.succeeded = true;
+        }
+        let ran = match (&c.state, &t.started_at) {
+            (CState::Running { .. }, Some(st)) => st
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .map(|s| jiff::Timestamp::now().duration_since(s).as_secs() as u64)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        // Upstream: the first restart is immediate, then base, 2×base... up to the cap; a
+        // container that ran for 10 minutes starts over.
+        if ran >= 600 {
+            c.backoff = Duration::ZERO;
+        }
+        c.delay = c.backoff;
+        c.not_before = Some(Instant::now() + c.delay);
+        c.backoff = if c.backoff.is_zero() { deps.backoff_base } else { (c.backoff * 2).min(deps.backoff_max) };
+        c.state = CState::Terminated(t);
+    }
+
+    async fn maybe_start(&mut self, deps: &Deps, i: usize) {
+        let pod = self.pod();
+        let c = &mut self.ctrs[i];
+        let previous = match &c.state {
+            CState::Terminated(t) => Some(t.clone()),
+            _ => None,
+        };
+        if c.not_before.is_some_and(|t| Instant::now() < t) {
+            if let Some(t) = previous {
+                let msg = format!(
+                    "back-off {}s restarting failed container={} pod={}_{}({})",
+                    c.delay.as_secs(),
+                    c.name,
+                    self.name,
+                    self.namespace,
+                    self.uid
+                );
+                c.last = Some(t);
+                c.state = CState::Waiting { reason: "CrashLoopBackOff".into(), message: Some(msg) };
+            }
+            return;
+        }
+        let backing_off = matches!(&c.state, CState::Waiting { reason, .. } if reason == "CrashLoopBackOff");
+        if let Some(t) = previous {
+            c.last = Some(t);
+            c.restart_count += 1;
+        } else if backing_off {
+            c.restart_count += 1;
+        }
+        match self.start_container(deps, i).await {
+            Ok((id, started_at)) => {
+                let c = &mut self.ctrs[i];
+                c.id = Some(id);
+                c.state = CState::Running { started_at };
+                c.done = tokio::sync::watch::channel(false).0;
+                let began = Instant::now();
+                c.liveness = Probe::new(c.spec.get("livenessProbe"), began, ProbeKind::Liveness);
+                c.readiness = Probe::new(c.spec.get("readinessProbe"), began, ProbeKind::Readiness);
+                c.startup = Probe::new(c.spec.get("startupProbe"), began, ProbeKind::Startup);
+                c.started = c.startup.is_none();
+                c.ready = c.readiness.is_none();
+                let name = c.name.clone();
+                deps.recorder.event(&pod, "Normal", "Started", &format!("Started container {name}")).await;
+            }
+            Err((reason, message)) => {
+                deps.recorder.event(&pod, "Warning", "Failed", &format!("Error: {message}")).await;
+                let t = Terminated {
+                    exit_code: 128,
+                    signal: None,
+                    reason: reason.clone(),
+                    message: Some(message.clone()),
+                    started_at: None,
+                    finished_at: now(),
+                    container_id: None,
+                };
+                if reason == "CreateContainerConfigError" {
+                    self.ctrs[i].state = CState::Waiting { reason, message: Some(message) };
+                    self.ctrs[i].not_before = Some(Instant::now() + deps.backoff_base);
+                } else {
+                    self.ctrs[i].state = CState::Running { started_at: now() };
+                    self.ended(deps, i, t).await;
+                }
+            }
+        }
+    }
+
+    async fn start_container(&mut self, deps: &Deps, i: usize) -> Result<(String, String), (String, String)> {
+        let pod = self.pod();
+        let c = &self.ctrs[i];
+        let config_err = |m: String| ("CreateContainerConfigError".to_string(), m);
+        let Some(image) = c.image.clone() else {
+            return Err(("ErrImagePull".into(), "the image is not pulled yet".into()));
+        };
+        let defaults = ImageDefaults {
+            entrypoint: image.config.entrypoint.clone(),
+            cmd: image.config.cmd.clone(),
+            env: image.config.env.clone(),
+            working_dir: image.config.working_dir.clone(),
+            user: image.config.user.clone(),
+        };
+        let env = spec::environment(&pod, &c.spec, &defaults, &deps.node, &self.sources).map_err(config_err)?;
+        let args = spec::argv(&c.spec, &defaults, &env).map_err(config_err)?;
+        let layers = image.layers.clone();
+        let read_file = move |p: &str| {
+            layers.iter().rev().find_map(|l| std::fs::read_to_string(l.join(p.trim_start_matches('/'))).ok())
+        };
+        let (uid, gid, groups) = spec::user(&pod, &c.spec, &defaults, &read_file).map_err(config_err)?;
+        let mut mounts: Vec<Mount> = volumes::mounts(&pod, &c.spec, &self.volumes)
+            .map_err(config_err)?
+            .into_iter()
+            .map(|m| Mount { destination: m.destination, source: m.source, read_only: m.read_only })
+            .collect();
+        let etc = self.pod_dir(deps).join("etc");
+        for f in ["hosts", "resolv.conf", "hostname"] {
+            if !mounts.iter().any(|m| m.destination == format!("/etc/{f}")) {
+                mounts.push(Mount { destination: format!("/etc/{f}"), source: etc.join(f), read_only: false });
+            }
+        }
+        let cwd = c
+            .spec["workingDir"]
+            .as_str()
+            .map(str::to_string)
+            .or(defaults.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into());
+        let requirements: Option<k8s_openapi::api::core::v1::ResourceRequirements> =
+            c.spec.get("resources").and_then(|r| serde_json::from_value(r.clone()).ok());
+        let id = format!("{}-{}-{}", self.uid, c.name, c.restart_count);
+        let log_path = self.log_path(deps, &c.name, c.restart_count);
+        if let Some(dir) = log_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert(LABEL_POD_UID.to_string(), self.uid.clone());
+        labels.insert(LABEL_CONTAINER.to_string(), c.name.clone());
+        labels.insert(LABEL_RESTARTS.to_string(), c.restart_count.to_string());
+        labels.insert(LABEL_POD.to_string(), format!("{}/{}", self.namespace, self.name));
+        let spec = ContainerSpec {
+            id: id.clone(),
+            pod_id: self.uid.clone(),
+            labels,
+            layers: image.layers.clone(),
+            args,
+            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd,
+            uid,
+            gid,
+            additional_gids: groups,
+            hostname: pod["spec"]["hostname"].as_str().unwrap_or(&self.name).to_string(),
+            netns: self.net.as_ref().map(|n| n.netns_path.clone()),
+            mounts,
+            resources: Resources::from_k8s(requirements.as_ref()),
+            log_path,
+            stdin: c.spec["stdin"].as_bool() == Some(true),
+            stdin_once: c.spec["stdinOnce"].as_bool() == Some(true),
+            stop_signal: None,
+        };
+        // A leftover of an earlier attempt with the same id (agent crash mid-start).
+        let _ = deps.runtime.remove(&id).await;
+        match deps.runtime.start(&spec).await {
+            Ok(started) => Ok((id, fmt_time(started.started_at))),
+            Err(e) => Err(("StartError".into(), e.to_string())),
+        }
+    }
+
+    async fn run_probes(&mut self, deps: &Deps) {
+        let ip = self.net.as_ref().map(|n| n.ip.to_string()).unwrap_or_else(|| deps.host_ip.clone());
+        let pod = self.pod();
+        for i in 0..self.ctrs.len() {
+            let Some(id) = self.ctrs[i].id.clone() else { continue };
+            let now = Instant::now();
+            let c = &mut self.ctrs[i];
+            // Startup gates the others.
+            let order: [(&str, bool); 3] = [("startup", true), ("liveness", c.started), ("readiness", c.started)];
+            for (kind, enabled) in order {
+                if !enabled {
+                    continue;
+                }
+                let c = &mut self.ctrs[i];
+                let probe = match kind {
+                    "startup" => c.startup.as_mut(),
+                    "liveness" => c.liveness.as_mut(),
+                    _ => c.readiness.as_mut(),
+                };
+                let Some(p) = probe else { continue };
+                if now < p.next || (kind == "startup" && c.started) {
+                    continue;
+                }
+                p.next = now + Duration::from_secs(p.spec["periodSeconds"].as_u64().unwrap_or(10).max(1));
+                let spec = p.spec.clone();
+                let outcome = check(deps, &id, &ip, &spec).await;
+                let c = &mut self.ctrs[i];
+                let p = match kind {
+                    "startup" => c.startup.as_mut(),
+                    "liveness" => c.liveness.as_mut(),
+                    _ => c.readiness.as_mut(),
+                };
+                let Some(p) = p else { continue };
+                let failure = match &outcome {
+                    ProbeOutcome::Failure(m) => Some(m.clone()),
+                    ProbeOutcome::Success => None,
+                };
+                let flipped = p.state.record(&outcome);
+                if let Some(m) = &failure {
+                    let what = match kind {
+                        "startup" => "Startup",
+                        "liveness" => "Liveness",
+                        _ => "Readiness",
+                    };
+                    deps.recorder.event(&pod, "Warning", "Unhealthy", &format!("{what} probe failed: {m}")).await;
+                }
+                let c = &mut self.ctrs[i];
+                match (kind, flipped) {
+                    ("startup", Some(true)) => c.started = true,
+                    ("readiness", Some(r)) => c.ready = r,
+                    ("liveness", Some(false)) | ("startup", Some(false)) => {
+                        let name = c.name.clone();
+                        let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+                        let msg = format!("Container {name} failed {kind} probe, will be restarted");
+                        deps.recorder.event(&pod, "Normal", "Killing", &msg).await;
+                        if let Ok(exit) = deps.runtime.stop(&id, Duration::from_secs(grace)).await {
+                            self.container_exited(deps, i, &id, &exit).await;
+                        }
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    async fn terminate(&mut self, deps: &Deps) {
+        let pod = self.pod();
+        let grace = pod["metadata"]["deletionGracePeriodSeconds"]
+            .as_u64()
+            .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_u64())
+            .unwrap_or(30);
+        let grace = Duration::from_secs(grace);
+        let mut stops = Vec::new();
+        for c in &self.ctrs {
+            if let Some(id) = c.id.clone() {
+                if !self.deleted {
+                    let msg = format!("Stopping container {}", c.name);
+                    deps.recorder.event(&pod, "Normal", "Killing", &msg).await;
+                }
+                let rt = deps.runtime.clone();
+                stops.push(async move {
+                    let exit = rt.stop(&id, grace).await;
+                    let _ = rt.remove(&id).await;
+                    (id, exit)
+                });
+            }
+        }
+        let results = futures::future::join_all(stops).await;
+        for (id, exit) in results {
+            if let Some(i) = self.ctrs.iter().position(|c| c.id.as_deref() == Some(&id)) {
+                match exit {
+                    Ok(exit) => {
+                        let t = Terminated {
+                            exit_code: exit.code,
+                            signal: exit.signal,
+                            reason: exit.reason().into(),
+                            message: exit.error.clone(),
+                            started_at: exit.started_at.map(fmt_time),
+                            finished_at: fmt_time(exit.finished_at),
+                            container_id: Some(format!("runc://{id}")),
+                        };
+                        self.ended(deps, i, t).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %self.name, "stopping {id} failed: {e}");
+                        self.ctrs[i].id = None;
+                    }
+                }
+            }
+        }
+        self.cleanup(deps).await;
+        if !self.deleted {
+            self.write_status(deps).await;
+            // Finish the graceful deletion: the object goes once its containers are gone.
+            match deps.client.delete_uid(gvr::PODS, Some(&self.namespace), &self.name, &self.uid, Some(0)).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Err(e) => {
+                    tracing::warn!(pod = %self.name, "failed to delete the pod: {e}");
+                    return;
+                }
+            }
+        }
+        self.stage = Stage::Gone;
+    }
+
+    /// Releases the pod's network, volumes and cgroups (its containers are gone).
+    pub async fn cleanup(&mut self, deps: &Deps) {
+        if let Err(e) = deps.network.teardown(&self.uid).await {
+            tracing::warn!(pod = %self.name, "network teardown failed: {e}");
+        }
+        self.net = None;
+        if let Err(e) = deps.runtime.remove_pod_cgroups(&self.uid).await {
+            tracing::warn!(pod = %self.name, "pod cgroup cleanup failed: {e}");
+        }
+        let _ = std::fs::remove_dir_all(self.pod_dir(deps));
+        let _ = std::fs::remove_dir_all(self.log_dir(deps));
+    }
+
+    fn container_status(&self, c: &Ctr) -> Value {
+        let state = |st: &CState| match st {
+            CState::Waiting { reason, message } => {
+                let mut w = json!({"reason": reason});
+                if let Some(m) = message {
+                    w["message"] = json!(m);
+                }
+                json!({"waiting": w})
+            }
+            CState::Running { started_at } => json!({"running": {"startedAt": started_at}}),
+            CState::Terminated(t) => json!({"terminated": terminated_json(t)}),
+        };
+        let mut shown_state = c.state.clone();
+        if let (Some((reason, message)), CState::Waiting { .. }) = (&self.prepare_error, &c.state) {
+            if c.image.is_none() || reason.starts_with("Create") {
+                shown_state = CState::Waiting { reason: reason.clone(), message: Some(message.clone()) };
+            }
+        }
+        let image = c.spec["image"].as_str().unwrap_or("");
+        let mut v = json!({
+            "name": c.name,
+            "image": image,
+            "imageID": c.image.as_ref().map(|i| i.repo_digest.clone()).unwrap_or_default(),
+            "ready": c.ready && c.id.is_some(),
+            "restartCount": c.restart_count,
+            "started": c.id.is_some() && c.started,
+            "state": state(&shown_state),
+            "lastState": c.last.as_ref().map(|t| json!({"terminated": terminated_json(t)})).unwrap_or(json!({})),
+        });
+        if let Some(id) = &c.id {
+            v["containerID"] = json!(format!("runc://{id}"));
+        } else if let CState::Terminated(Terminated { container_id: Some(id), .. }) = &c.state {
+            v["containerID"] = json!(id);
+        }
+        v
+    }
+
+    /// The pod status this agent reports.
+    pub fn status(&self, deps: &Deps) -> Value {
+        let pod = self.pod();
+        let init: Vec<Value> = self.ctrs.iter().filter(|c| c.init).map(|c| self.container_status(c)).collect();
+        let app: Vec<Value> = self.ctrs.iter().filter(|c| !c.init).map(|c| self.container_status(c)).collect();
+        let inits_done = self.ctrs.iter().filter(|c| c.init).all(|c| c.succeeded);
+        let all_ready = self.ctrs.iter().filter(|c| !c.init).all(|c| c.ready && c.id.is_some());
+        let any_running = self.ctrs.iter().any(|c| !c.init && c.id.is_some());
+        let phase = match self.finished_phase {
+            Some(p) => p,
+            None if self.stage == Stage::Main && (any_running || self.ctrs.iter().any(|c| !c.init && c.restart_count > 0)) => {
+                "Running"
+            }
+            None => "Pending",
+        };
+        let previous = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let now = now();
+        let cond = |type_: &str, ok: bool, reason: Option<&str>| {
+            let status = if ok { "True" } else { "False" };
+            let since = previous
+                .iter()
+                .find(|c| c["type"].as_str() == Some(type_) && c["status"].as_str() == Some(status))
+                .and_then(|c| c["lastTransitionTime"].as_str())
+                .unwrap_or(&now)
+                .to_string();
+            let mut c = json!({"type": type_, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+            if let Some(r) = reason.filter(|_| !ok) {
+                c["reason"] = json!(r);
+            }
+            c
+        };
+        let sandbox = self.net.is_some() || pod["spec"]["hostNetwork"].as_bool() == Some(true);
+        let ready_reason = if self.finished_phase.is_some() { "PodCompleted" } else { "ContainersNotReady" };
+        let mut conditions = vec![
+            cond("PodReadyToStartContainers", sandbox, None),
+            cond("Initialized", inits_done, Some("ContainersNotInitialized")),
+            cond("Ready", all_ready && self.finished_phase.is_none(), Some(ready_reason)),
+            cond("ContainersReady", all_ready && self.finished_phase.is_none(), Some(ready_reason)),
+        ];
+        if let Some(sched) = previous.iter().find(|c| c["type"].as_str() == Some("PodScheduled")) {
+            conditions.push(sched.clone());
+        }
+        let mut st = json!({
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": deps.host_ip,
+            "hostIPs": [{"ip": deps.host_ip}],
+            "containerStatuses": app,
+            "qosClass": pod["status"]["qosClass"].clone(),
+        });
+        if !init.is_empty() {
+            st["initContainerStatuses"] = json!(init);
+        }
+        if let Some(t) = &self.start_time {
+            st["startTime"] = json!(t);
+        }
+        let ip = self
+            .net
+            .as_ref()
+            .map(|n| n.ip.to_string())
+            .or_else(|| (pod["spec"]["hostNetwork"].as_bool() == Some(true)).then(|| deps.host_ip.clone()))
+            .or_else(|| pod["status"]["podIP"].as_str().map(str::to_string).filter(|_| self.stage == Stage::Finished));
+        if let Some(ip) = ip {
+            st["podIP"] = json!(ip);
+            st["podIPs"] = json!([{"ip": ip}]);
+        }
+        if st["qosClass"].is_null() {
+            st.as_object_mut().map(|o| o.remove("qosClass"));
+        }
+        st
+    }
+
+    async fn write_status(&mut self, deps: &Deps) {
+        let st = self.status(deps);
+        let comparable = strip_times(&st);
+        if self.last_status.as_ref() == Some(&comparable) {
+            return;
+        }
+        let patch = json!({"status": st});
+        match deps
+            .client
+            .patch(gvr::PODS, Some(&self.namespace), &self.name, "application/merge-patch+json", patch, Some("status"))
+            .await
+        {
+            Ok(_) => self.last_status = Some(comparable),
+            Err(e) if e.is_not_found() => {
+                self.deleted = true;
+            }
+            Err(e) => tracing::debug!(pod = %self.name, "status update failed (retried): {e}"),
+        }
+    }
+
+    /// What the session server needs to know about a container.
+    pub fn view(&self, deps: &Deps) -> super::PodView {
+        super::PodView {
+            uid: self.uid.clone(),
+            ip: self.net.as_ref().map(|n| n.ip),
+            containers: self
+                .ctrs
+                .iter()
+                .map(|c| super::ContainerView {
+                    name: c.name.clone(),
+                    id: c.id.clone(),
+                    restart_count: c.restart_count,
+                    log: self.log_path(deps, &c.name, c.restart_count),
+                    previous_log: (c.restart_count > 0).then(|| self.log_path(deps, &c.name, c.restart_count - 1)),
+                    done: c.done.subscribe(),
+                    stdin: c.spec["stdin"].as_bool() == Some(true),
+                    tty: c.spec["tty"].as_bool() == Some(true),
+                })
+                .collect(),
+        }
+    }
+}
+
+const SECRETS: capstan_actors::client::Gvr = capstan_actors::client::Gvr::new("", "v1", "secrets");
+
+fn fmt_time(t: jiff::Timestamp) -> String {
+    capstan_actors::simnodes::objects::time(t)
+}
+
+fn terminated_json(t: &Terminated) -> Value {
+    let mut v = json!({
+        "exitCode": t.exit_code,
+        "reason": t.reason,
+        "finishedAt": t.finished_at,
+        "startedAt": t.started_at,
+    });
+    if let Some(s) = t.signal {
+        v["signal"] = json!(s);
+    }
+    if let Some(m) = &t.message {
+        v["message"] = json!(m);
+    }
+    if let Some(id) = &t.container_id {
+        v["containerID"] = json!(id);
+    }
+    v
+}
+
+/// The status without heartbeat-like times, to decide whether anything changed.
+fn strip_times(st: &Value) -> Value {
+    let mut v = st.clone();
+    if let Some(cs) = v["conditions"].as_array_mut() {
+        for c in cs {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastProbeTime");
+            }
+        }
+    }
+    v
+}
+
+fn host_ports(pod: &Value) -> Vec<crate::network::HostPort> {
+    let mut out = Vec::new();
+    for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+        for p in c["ports"].as_array().into_iter().flatten() {
+            if let Some(hp) = p["hostPort"].as_u64().filter(|h| *h > 0) {
+                out.push(crate::network::HostPort {
+                    host_port: hp as u16,
+                    container_port: p["containerPort"].as_u64().unwrap_or(hp) as u16,
+                    protocol: p["protocol"].as_str().unwrap_or("TCP").to_lowercase(),
+                    host_ip: p["hostIP"].as_str().map(str::to_string),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs one probe check.
+async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value) -> ProbeOutcome {
+    let timeout = Duration::from_secs(spec["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
+    let port = |p: &Value, c: &Value| -> Option<u16> {
+        p.as_u64().map(|n| n as u16).or_else(|| {
+            let name = p.as_str()?;
+            c["ports"].as_array()?.iter().find(|x| x["name"].as_str() == Some(name))?["containerPort"]
+                .as_u64()
+                .map(|n| n as u16)
+        })
+    };
+    let none = Value::Null;
+    if let Some(h) = spec.get("httpGet") {
+        let Some(p) = port(&h["port"], &none) else {
+            return ProbeOutcome::Failure(format!("invalid probe port {}", h["port"]));
+        };
+        let host = h["host"].as_str().unwrap_or(ip).to_string();
+        let headers: Vec<(String, String)> = h["httpHeaders"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| Some((x["name"].as_str()?.to_string(), x["value"].as_str()?.to_string())))
+            .collect();
+        let https = h["scheme"].as_str() == Some("HTTPS");
+        return crate::probes::http_get(&host, p, h["path"].as_str().unwrap_or("/"), https, &headers, timeout).await;
+    }
+    if let Some(t) = spec.get("tcpSocket") {
+        let Some(p) = port(&t["port"], &none) else {
+            return ProbeOutcome::Failure(format!("invalid probe port {}", t["port"]));
+        };
+        let host = t["host"].as_str().unwrap_or(ip).to_string();
+        return crate::probes::tcp_socket(&host, p, timeout).await;
+    }
+    if let Some(e) = spec.get("exec") {
+        let command: Vec<String> = e["command"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        return match tokio::time::timeout(timeout, exec_output(deps, id, command.clone())).await {
+            Ok(Ok((0, _))) => ProbeOutcome::Success,
+            Ok(Ok((code, out))) => ProbeOutcome::Failure(format!(
+                "command {command:?} exited with {code}: {}",
+                String::from_utf8_lossy(&out).trim()
+            )),
+            Ok(Err(e)) => ProbeOutcome::Failure(e.to_string()),
+            Err(_) => ProbeOutcome::Failure(format!("command timed out after {}s", timeout.as_secs())),
+        };
+    }
+    ProbeOutcome::Success
+}
+
+/// Runs a command in a container; returns its exit code and output (stdout then stderr).
+async fn exec_output(deps: &Deps, id: &str, args: Vec<String>) -> Result<(i32, Vec<u8>), crate::runtime::RuntimeError> {
+    use tokio::io::AsyncReadExt;
+    let spec = crate::runtime::ExecSpec { args, ..Default::default() };
+    let mut p = deps.runtime.exec(id, &spec).await?;
+    let mut out = Vec::new();
+    if let Some(mut o) = p.stdout.take() {
+        let _ = o.read_to_end(&mut out).await;
+    }
+    if let Some(mut e) = p.stderr.take() {
+        let _ = e.read_to_end(&mut out).await;
+    }
+    let code = p.wait().await?;
+    Ok((code, out))
+}
+
+/// Tells a pod actor about a new version of its pod (`None`: deleted from the API).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PodUpdate(pub Option<Arc<Value>>);
+
+/// The pod actor.
+pub struct PodWorker {
+    deps: Arc<Deps>,
+    state: Option<Box<PodState>>,
+    latest: Option<Arc<Value>>,
+    deleted: bool,
+    again: bool,
+}
+
+impl PodWorker {
+    /// A worker for a pod, adopting the given containers.
+    pub fn new(deps: Arc<Deps>, pod: Arc<Value>, adopted: Vec<crate::runtime::ContainerInfo>) -> PodWorker {
+        let state = PodState::new(pod.clone(), adopted);
+        PodWorker { deps, state: Some(Box::new(state)), latest: Some(pod), deleted: false, again: false }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut st) = self.state.take() else {
+            self.again = true;
+            return;
+        };
+        if self.latest.is_some() {
+            st.pod = self.latest.clone();
+        }
+        st.deleted |= self.deleted;
+        let deps = self.deps.clone();
+        let fut = async move {
+            st.step(&deps).await;
+            let view = st.view(&deps);
+            deps.views.lock().unwrap_or_else(|e| e.into_inner()).insert(format!("{}/{}", st.namespace, st.name), view);
+            st
+        };
+        ctx.spawn(fut.into_actor(self).map(|st, act, ctx| {
+            let gone = st.stage == Stage::Gone;
+            if gone {
+                act.deps
+                    .views
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&format!("{}/{}", st.namespace, st.name));
+                act.deps.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&st.uid);
+                ctx.stop();
+                return;
+            }
+            act.state = Some(st);
+            if std::mem::take(&mut act.again) {
+                act.tick(ctx);
+            }
+        }));
+    }
+}
+
+impl Actor for PodWorker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.tick(ctx);
+        ctx.run_interval(Duration::from_millis(500), |act, ctx| act.tick(ctx));
+    }
+}
+
+impl Handler<PodUpdate> for PodWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: PodUpdate, ctx: &mut Context<Self>) {
+        match msg.0 {
+            Some(p) => self.latest = Some(p),
+            None => self.deleted = true,
+        }
+        self.tick(ctx);
+    }
+}

@@ -1,0 +1,339 @@
+//! Pod volumes on the node: emptyDir, hostPath, configMap, secret, downwardAPI and
+//! projected (of those sources), laid out under the pod's directory and bind-mounted into
+//! its containers.
+//!
+//! Key → path semantics follow upstream: without `items` every key becomes a file named
+//! after it; with `items` only the listed keys, at their `path` (subdirectories allowed,
+//! no `..`), each with its `mode` or the volume's `defaultMode` (0644). A missing
+//! ConfigMap or Secret (or key) fails the pod's start unless marked optional. Contents are
+//! written once at pod start (no live updates yet).
+
+use super::spec::{field_ref, EnvSources};
+use base64::Engine;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// ConfigMaps and Secrets a pod refers to, fetched before its start.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// ConfigMap data by name (binaryData decoded into the same map as lossy UTF-8 is not
+    /// done: binary data is kept separately).
+    pub config_maps: HashMap<String, BTreeMap<String, String>>,
+    /// Secret data by name, decoded.
+    pub secrets: HashMap<String, BTreeMap<String, String>>,
+    /// Raw bytes for keys that are not valid UTF-8 (binaryData, binary secrets).
+    pub binary: HashMap<(String, String, String), Vec<u8>>,
+}
+
+impl EnvSources for Sources {
+    fn config_map(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.config_maps.get(name)
+    }
+    fn secret(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.secrets.get(name)
+    }
+}
+
+impl Sources {
+    /// Adds a fetched ConfigMap.
+    pub fn add_config_map(&mut self, name: &str, obj: &Value) {
+        let mut data = BTreeMap::new();
+        for (k, v) in obj.get("data").and_then(Value::as_object).into_iter().flatten() {
+            data.insert(k.clone(), v.as_str().unwrap_or("").to_string());
+        }
+        for (k, v) in obj.get("binaryData").and_then(Value::as_object).into_iter().flatten() {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).unwrap_or_default();
+            data.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
+            self.binary.insert(("configmap".into(), name.into(), k.clone()), bytes);
+        }
+        self.config_maps.insert(name.to_string(), data);
+    }
+
+    /// Adds a fetched Secret.
+    pub fn add_secret(&mut self, name: &str, obj: &Value) {
+        let mut data = BTreeMap::new();
+        for (k, v) in obj.get("data").and_then(Value::as_object).into_iter().flatten() {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).unwrap_or_default();
+            data.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
+            self.binary.insert(("secret".into(), name.into(), k.clone()), bytes);
+        }
+        for (k, v) in obj.get("stringData").and_then(Value::as_object).into_iter().flatten() {
+            data.insert(k.clone(), v.as_str().unwrap_or("").to_string());
+        }
+        self.secrets.insert(name.to_string(), data);
+    }
+
+    fn bytes(&self, kind: &str, name: &str, key: &str) -> Option<Vec<u8>> {
+        if let Some(b) = self.binary.get(&(kind.to_string(), name.to_string(), key.to_string())) {
+            return Some(b.clone());
+        }
+        let map = if kind == "configmap" { self.config_maps.get(name) } else { self.secrets.get(name) };
+        map.and_then(|m| m.get(key)).map(|s| s.as_bytes().to_vec())
+    }
+}
+
+/// The names of the ConfigMaps and Secrets a pod refers to (volumes, env, envFrom).
+pub fn referenced(pod: &Value) -> (Vec<String>, Vec<String>) {
+    let mut cms = Vec::new();
+    let mut secrets = Vec::new();
+    let add = |list: &mut Vec<String>, n: Option<&str>| {
+        if let Some(n) = n.filter(|n| !n.is_empty()) {
+            if !list.iter().any(|x| x == n) {
+                list.push(n.to_string());
+            }
+        }
+    };
+    let spec = &pod["spec"];
+    for v in spec["volumes"].as_array().into_iter().flatten() {
+        add(&mut cms, v["configMap"]["name"].as_str());
+        add(&mut secrets, v["secret"]["secretName"].as_str());
+        for s in v["projected"]["sources"].as_array().into_iter().flatten() {
+            add(&mut cms, s["configMap"]["name"].as_str());
+            add(&mut secrets, s["secret"]["name"].as_str());
+        }
+    }
+    for list in ["initContainers", "containers"] {
+        for c in spec[list].as_array().into_iter().flatten() {
+            for e in c["env"].as_array().into_iter().flatten() {
+                add(&mut cms, e["valueFrom"]["configMapKeyRef"]["name"].as_str());
+                add(&mut secrets, e["valueFrom"]["secretKeyRef"]["name"].as_str());
+            }
+            for e in c["envFrom"].as_array().into_iter().flatten() {
+                add(&mut cms, e["configMapRef"]["name"].as_str());
+                add(&mut secrets, e["secretRef"]["name"].as_str());
+            }
+        }
+    }
+    for s in spec["imagePullSecrets"].as_array().into_iter().flatten() {
+        add(&mut secrets, s["name"].as_str());
+    }
+    (cms, secrets)
+}
+
+fn safe_relative(p: &str) -> Result<PathBuf, String> {
+    let path = Path::new(p);
+    if p.is_empty() || path.is_absolute() || path.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(format!("invalid volume item path {p:?}: must be relative and must not contain '..'"));
+    }
+    Ok(path.to_path_buf())
+}
+
+fn write_file(dir: &Path, rel: &str, data: &[u8], mode: u32) -> Result<(), String> {
+    let path = dir.join(safe_relative(rel)?);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
+    }
+    std::fs::write(&path, data).map_err(|e| format!("failed to write {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("failed to chmod {}: {e}", path.display()))
+}
+
+fn mode(v: &Value, default: u32) -> u32 {
+    v.as_u64().map(|m| m as u32 & 0o777).unwrap_or(default)
+}
+
+/// Writes the keys of a ConfigMap or Secret into `dir` by upstream's key → path rules.
+fn project_keys(
+    dir: &Path,
+    kind: &str,
+    name: &str,
+    src: &Value,
+    default_mode: u32,
+    sources: &Sources,
+) -> Result<(), String> {
+    let optional = src["optional"].as_bool() == Some(true);
+    let data = if kind == "configmap" { sources.config_maps.get(name) } else { sources.secrets.get(name) };
+    let Some(data) = data else {
+        return if optional { Ok(()) } else { Err(format!("{kind} \"{name}\" not found")) };
+    };
+    match src["items"].as_array() {
+        Some(items) => {
+            for it in items {
+                let key = it["key"].as_str().unwrap_or("");
+                let path = it["path"].as_str().unwrap_or(key);
+                match sources.bytes(kind, name, key) {
+                    Some(b) => write_file(dir, path, &b, mode(&it["mode"], default_mode))?,
+                    None if optional => {}
+                    None if kind == "configmap" => {
+                        return Err(format!("configmap references non-existent config key: {key}"))
+                    }
+                    None => return Err(format!("references non-existent secret key: {key}")),
+                }
+            }
+        }
+        None => {
+            for key in data.keys() {
+                if let Some(b) = sources.bytes(kind, name, key) {
+                    write_file(dir, key, &b, default_mode)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn project_downward(dir: &Path, items: &Value, default_mode: u32, pod: &Value, node: &str) -> Result<(), String> {
+    for it in items.as_array().into_iter().flatten() {
+        let path = it["path"].as_str().unwrap_or("");
+        let value = if let Some(f) = it["fieldRef"]["fieldPath"].as_str() {
+            field_ref(pod, f, node).unwrap_or_default()
+        } else if let Some(r) = it["resourceFieldRef"]["resource"].as_str() {
+            let (kind, res) = r.split_once('.').unwrap_or(("", r));
+            let cname = it["resourceFieldRef"]["containerName"].as_str().unwrap_or("");
+            pod["spec"]["containers"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["name"].as_str() == Some(cname)))
+                .and_then(|c| c["resources"][kind][res].as_str())
+                .unwrap_or("0")
+                .to_string()
+        } else {
+            continue;
+        };
+        write_file(dir, path, value.as_bytes(), mode(&it["mode"], default_mode))?;
+    }
+    Ok(())
+}
+
+/// Creates every volume of `pod` under `pod_dir/volumes` and returns name → host path.
+pub fn prepare(pod: &Value, pod_dir: &Path, node: &str, sources: &Sources) -> Result<HashMap<String, PathBuf>, String> {
+    let mut out = HashMap::new();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let Some(name) = v["name"].as_str() else { continue };
+        let dir = pod_dir.join("volumes").join(name);
+        let fresh = |d: &Path| -> Result<(), String> {
+            std::fs::create_dir_all(d).map_err(|e| format!("failed to create {}: {e}", d.display()))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| format!("failed to chmod {}: {e}", d.display()))
+        };
+        let path = if v.get("emptyDir").is_some() {
+            fresh(&dir)?;
+            dir
+        } else if let Some(hp) = v.get("hostPath") {
+            let p = PathBuf::from(hp["path"].as_str().unwrap_or(""));
+            match hp["type"].as_str().unwrap_or("") {
+                "DirectoryOrCreate" => fresh(&p)?,
+                "Directory" if !p.is_dir() => return Err(format!("hostPath type check failed: {} is not a directory", p.display())),
+                "File" if !p.is_file() => return Err(format!("hostPath type check failed: {} is not a file", p.display())),
+                "FileOrCreate" if !p.exists() => {
+                    std::fs::write(&p, b"").map_err(|e| format!("failed to create {}: {e}", p.display()))?
+                }
+                _ => {}
+            }
+            p
+        } else if let Some(cm) = v.get("configMap") {
+            fresh(&dir)?;
+            let n = cm["name"].as_str().unwrap_or("");
+            project_keys(&dir, "configmap", n, cm, mode(&cm["defaultMode"], 0o644), sources)?;
+            dir
+        } else if let Some(sec) = v.get("secret") {
+            fresh(&dir)?;
+            let n = sec["secretName"].as_str().unwrap_or("");
+            project_keys(&dir, "secret", n, sec, mode(&sec["defaultMode"], 0o644), sources)?;
+            dir
+        } else if let Some(d) = v.get("downwardAPI") {
+            fresh(&dir)?;
+            project_downward(&dir, &d["items"], mode(&d["defaultMode"], 0o644), pod, node)?;
+            dir
+        } else if let Some(p) = v.get("projected") {
+            fresh(&dir)?;
+            let dm = mode(&p["defaultMode"], 0o644);
+            for s in p["sources"].as_array().into_iter().flatten() {
+                if let Some(cm) = s.get("configMap") {
+                    project_keys(&dir, "configmap", cm["name"].as_str().unwrap_or(""), cm, dm, sources)?;
+                } else if let Some(sec) = s.get("secret") {
+                    project_keys(&dir, "secret", sec["name"].as_str().unwrap_or(""), sec, dm, sources)?;
+                } else if let Some(d) = s.get("downwardAPI") {
+                    project_downward(&dir, &d["items"], dm, pod, node)?;
+                }
+            }
+            dir
+        } else {
+            let kind = v.as_object().and_then(|o| o.keys().find(|k| *k != "name").cloned()).unwrap_or_default();
+            return Err(format!("volume {name:?}: volume type {kind:?} is not supported by this node"));
+        };
+        out.insert(name.to_string(), path);
+    }
+    Ok(out)
+}
+
+/// A bind mount for a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Path in the container.
+    pub destination: String,
+    /// Path on the host.
+    pub source: PathBuf,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// The container's volume mounts as bind mounts (`subPath` resolved, created if missing).
+pub fn mounts(pod: &Value, container: &Value, volumes: &HashMap<String, PathBuf>) -> Result<Vec<BindMount>, String> {
+    let mut out = Vec::new();
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+        let name = m["name"].as_str().unwrap_or("");
+        let Some(base) = volumes.get(name) else {
+            return Err(format!("volume mount {name:?} refers to a volume the pod does not have"));
+        };
+        let spec = pod["spec"]["volumes"].as_array().and_then(|vs| vs.iter().find(|v| v["name"].as_str() == Some(name)));
+        let implied_ro = spec.is_some_and(|v| {
+            v.get("configMap").is_some() || v.get("secret").is_some() || v.get("downwardAPI").is_some() || v.get("projected").is_some()
+        });
+        let mut source = base.clone();
+        if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
+            source = source.join(safe_relative(sub)?);
+            if !source.exists() {
+                std::fs::create_dir_all(&source).map_err(|e| format!("failed to create subPath {sub}: {e}"))?;
+            }
+        }
+        out.push(BindMount {
+            destination: m["mountPath"].as_str().unwrap_or("").to_string(),
+            source,
+            read_only: m["readOnly"].as_bool() == Some(true) || implied_ro,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn projects_volumes() {
+        let tmp = std::env::temp_dir().join(format!("capstan-vol-{}", std::process::id()));
+        let pod = json!({
+            "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "x"}},
+            "spec": {"volumes": [
+                {"name": "cfg", "configMap": {"name": "cm"}},
+                {"name": "sel", "configMap": {"name": "cm", "items": [{"key": "a", "path": "sub/aa", "mode": 0o600}]}},
+                {"name": "sec", "secret": {"secretName": "s", "defaultMode": 0o400}},
+                {"name": "down", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+                {"name": "scratch", "emptyDir": {}},
+            ]},
+        });
+        let mut src = Sources::default();
+        src.add_config_map("cm", &json!({"data": {"a": "1", "b": "2"}}));
+        src.add_secret("s", &json!({"data": {"pw": "aHVudGVyMg=="}}));
+        let vols = prepare(&pod, &tmp, "n", &src).unwrap();
+        assert_eq!(std::fs::read_to_string(vols["cfg"].join("b")).unwrap(), "2");
+        let aa = vols["sel"].join("sub/aa");
+        assert_eq!(std::fs::read_to_string(&aa).unwrap(), "1");
+        assert_eq!(std::fs::metadata(&aa).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!vols["sel"].join("b").exists());
+        assert_eq!(std::fs::read_to_string(vols["sec"].join("pw")).unwrap(), "hunter2");
+        assert_eq!(std::fs::read_to_string(vols["down"].join("labels")).unwrap(), "app=\"x\"");
+        assert!(vols["scratch"].is_dir());
+        let c = json!({"volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}, {"name": "scratch", "mountPath": "/s"}]});
+        let m = mounts(&pod, &c, &vols).unwrap();
+        assert!(m[0].read_only && !m[1].read_only);
+        let bad = json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "nope"}}]}});
+        assert_eq!(prepare(&bad, &tmp, "n", &src).unwrap_err(), "configmap \"nope\" not found");
+        let trav = json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "cm", "items": [{"key": "a", "path": "../x"}]}}]}});
+        assert!(prepare(&trav, &tmp, "n", &src).unwrap_err().contains(".."));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}

@@ -1,0 +1,99 @@
+//! `capstan kubelet`: the node agent, on a NATS bus; `capstan shim` (internal): the
+//! per-container process the agent starts; `capstan node-reset`: removes every container,
+//! pod network and mount a node left behind.
+
+use super::config::{FileConfig, NodeConfig};
+use std::path::PathBuf;
+
+/// Flags of `capstan kubelet`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// NATS server URL.
+    #[arg(long, env = "CAPSTAN_NATS")]
+    nats: String,
+    /// The node's name (default: the host name).
+    #[arg(long, env = "CAPSTAN_NODE_NAME")]
+    node_name: Option<String>,
+    /// Directory for images, containers, pod volumes and logs.
+    #[arg(long, env = "CAPSTAN_DATA_DIR", default_value = ".capstan")]
+    data_dir: PathBuf,
+    /// YAML configuration file (its `node:` section).
+    #[arg(long, env = "CAPSTAN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The host's name, as a node name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "capstan-node".into())
+}
+
+/// The agent's settings from the file's `node:` section over defaults.
+pub fn agent_config(name: String, data_dir: &std::path::Path, node: Option<NodeConfig>) -> capstan_kubelet::agent::AgentConfig {
+    let mut cfg = capstan_kubelet::agent::AgentConfig::new(&name, data_dir.join("node"));
+    if let Some(n) = node {
+        if let Some(c) = n.pod_cidr {
+            cfg.pod_cidr = c;
+        }
+        if let Some(b) = n.bridge {
+            cfg.bridge = b;
+        }
+        if let Some(r) = n.registries {
+            cfg.registries = r;
+        }
+        if let Some(s) = n.crash_loop_backoff_seconds {
+            cfg.backoff_base = std::time::Duration::from_secs_f64(s.max(0.1));
+        }
+        if let Some(r) = n.runc {
+            cfg.runc = r;
+        }
+        if let Some(d) = n.cni_bin_dir {
+            cfg.cni_bin_dir = d;
+        }
+        if let Some(c) = n.cgroup_parent {
+            cfg.cgroup_parent = c;
+        }
+    }
+    cfg
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.config.as_deref())?;
+    let node = file.node;
+    let name = args.node_name.or_else(|| node.as_ref().and_then(|n| n.name.clone())).unwrap_or_else(host_name);
+    std::fs::create_dir_all(&args.data_dir)?;
+    let data_dir = args.data_dir.canonicalize().unwrap_or(args.data_dir);
+    let cfg = agent_config(name.clone(), &data_dir, node);
+    actix_rt::System::new().block_on(async move {
+        let bus = super::roles::connect_bus(Some(&args.nats), &format!("capstan-kubelet-{name}")).await?;
+        super::roles::start_kubelet(bus, cfg);
+        println!("capstan kubelet running (node {name})");
+        super::shutdown_signal().await;
+        anyhow::Ok(())
+    })
+}
+
+/// Flags of `capstan node-reset`.
+#[derive(clap::Args, Debug)]
+pub struct ResetArgs {
+    /// The node's data directory (as given to `capstan up` or `capstan kubelet`).
+    #[arg(long, env = "CAPSTAN_DATA_DIR", default_value = ".capstan")]
+    data_dir: PathBuf,
+    /// YAML configuration file (its `node:` section).
+    #[arg(long, env = "CAPSTAN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Stops and removes every container, pod network and mount of the node.
+pub fn reset(args: ResetArgs) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.config.as_deref())?;
+    let data_dir = args.data_dir.canonicalize().unwrap_or(args.data_dir);
+    let cfg = agent_config(host_name(), &data_dir, file.node);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(capstan_kubelet::agent::reset(&cfg)).map_err(|e| anyhow::anyhow!(e))?;
+    println!("capstan: node state under {} reset", cfg.data_dir.display());
+    Ok(())
+}

@@ -1,0 +1,507 @@
+//! The real node: `capstan up` with its node agent running pods on `runc`, images pulled
+//! from a real `docker-registry` on loopback, the pod network from the CNI plugins, driven
+//! by the real kubectl. Needs root, runc, containernetworking-plugins, docker-registry and
+//! busybox-static (scripts/deps.sh installs them).
+
+mod common;
+
+use capstan_kubelet::testing::{push_busybox_image, Registry};
+use common::{wait_for, Cluster};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// A registry with the busybox test image; returns it and the image reference.
+fn registry_with_image(auth: Option<(&str, &str)>) -> (Registry, String) {
+    let reg = Registry::start(auth).expect("start docker-registry");
+    let image = rt().block_on(push_busybox_image(&reg, "busybox", "1", auth)).expect("push the test image");
+    (reg, image)
+}
+
+fn json(c: &Cluster, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&c.ok(&a)).expect("kubectl printed JSON")
+}
+
+fn pod(c: &Cluster, name: &str) -> Value {
+    json(c, &["get", "pod", name])
+}
+
+fn try_pod(c: &Cluster, name: &str) -> Option<Value> {
+    let out = c.kubectl(&["get", "pod", name, "-o", "json"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
+
+fn is_ready(p: &Value) -> bool {
+    p["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+fn wait_running(c: &Cluster, name: &str) -> Value {
+    wait_for(&format!("pod {name} Running and Ready"), Duration::from_secs(60), || {
+        try_pod(c, name).filter(|p| p["status"]["phase"] == "Running" && is_ready(p))
+    })
+}
+
+fn container_status(p: &Value, name: &str) -> Value {
+    p["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name).cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn apply(c: &Cluster, name: &str, yaml: &str) {
+    let f = c.file(name, yaml);
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+}
+
+/// A plain HTTP GET from the host; returns the body.
+fn http_get(addr: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_string())
+}
+
+fn simple_pod(name: &str, image: &str, command: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", {command:?}]
+{extra}"#
+    )
+}
+
+#[test]
+fn deployment_serves_http_and_streams_work() {
+    let (_reg, image) = registry_with_image(None);
+    let c = Cluster::start_node("");
+    wait_for("node-1 Ready", Duration::from_secs(30), || {
+        let n = c.kubectl(&["get", "node", "node-1", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&n.stdout).ok()?;
+        v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            .then_some(())
+    });
+    let deploy = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: httpd
+        image: {image}
+        command: ["httpd", "-f", "-v", "-p", "80", "-h", "/var/www"]
+        ports: [{{containerPort: 80}}]
+"#
+    );
+    apply(&c, "web.yaml", &deploy);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    let pods = json(&c, &["get", "pods", "-l", "app=web"]);
+    let items = pods["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 2);
+    let mut ips = Vec::new();
+    for p in &items {
+        assert_eq!(p["status"]["phase"], "Running");
+        let ip = p["status"]["podIP"].as_str().expect("pod IP").to_string();
+        let body = wait_for(&format!("HTTP from {ip}"), Duration::from_secs(20), || http_get(&format!("{ip}:80")));
+        assert_eq!(body, "capstan test page\n", "the page from {ip}");
+        let cs = container_status(p, "httpd");
+        assert!(cs["containerID"].as_str().unwrap_or("").starts_with("runc://"), "{cs}");
+        assert!(cs["imageID"].as_str().unwrap_or("").contains("@sha256:"), "{cs}");
+        ips.push(ip);
+    }
+    assert_ne!(ips[0], ips[1]);
+    let name = items[0]["metadata"]["name"].as_str().unwrap().to_string();
+
+    // logs: httpd -v logs each request to stderr.
+    let logs = wait_for("httpd request log", Duration::from_secs(10), || {
+        let l = c.ok(&["logs", &name]);
+        l.contains("GET /").then_some(l)
+    });
+    assert!(logs.contains("response:200"), "{logs}");
+
+    // exec: the pod name and the exit code.
+    let out = c.kubectl(&["exec", &name, "--", "sh", "-c", "echo $HOSTNAME; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), name);
+    // exec -i: stdin reaches the process.
+    let out = c.kubectl_with(&["exec", "-i", &name, "--", "cat"], &[], Some("hello through stdin\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello through stdin\n");
+
+    // port-forward, then a GET on the local port returns the page.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut pf = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["port-forward", &format!("pod/{name}"), &format!("{port}:80")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl port-forward");
+    let body = wait_for("a page through port-forward", Duration::from_secs(20), || http_get(&format!("127.0.0.1:{port}")));
+    assert_eq!(body, "capstan test page\n");
+    let _ = pf.kill();
+    let _ = pf.wait();
+
+    // Deleting the deployment stops every pod and frees its network.
+    c.ok(&["delete", "deployment", "web"]);
+    wait_for("pods gone", Duration::from_secs(60), || {
+        json(&c, &["get", "pods", "-l", "app=web"])["items"].as_array().is_some_and(|a| a.is_empty()).then_some(())
+    });
+    for ip in ips {
+        assert!(http_get(&format!("{ip}:80")).is_none_or(|b| b != "capstan test page\n"), "{ip} still serves");
+    }
+}
+
+#[test]
+fn logs_follow_previous_and_restarts() {
+    let (_reg, image) = registry_with_image(None);
+    let c = Cluster::start_node("crashLoopBackoffSeconds: 1");
+    // Prints a numbered line each start, then fails: restarted with a growing back-off.
+    let yaml = simple_pod(
+        "crash",
+        &image,
+        "echo start-$(date +%s%N); sleep 0.2; echo to-stderr >&2; exit 1",
+        "",
+    );
+    apply(&c, "crash.yaml", &yaml);
+    let mut seen: Vec<(u64, Instant)> = Vec::new();
+    wait_for("4 restarts", Duration::from_secs(60), || {
+        let p = try_pod(&c, "crash")?;
+        let n = container_status(&p, "main")["restartCount"].as_u64().unwrap_or(0);
+        if seen.last().is_none_or(|(m, _)| *m != n) {
+            seen.push((n, Instant::now()));
+        }
+        (n >= 4).then_some(())
+    });
+    // Gaps between restarts grow (back-off 1 s, 2 s, 4 s after the first).
+    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    assert!(gaps.len() >= 3, "{seen:?}");
+    assert!(gaps[gaps.len() - 1] > gaps[0], "back-off did not grow: {gaps:?}");
+    let p = pod(&c, "crash");
+    let cs = container_status(&p, "main");
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 1, "{cs}");
+    assert_eq!(cs["lastState"]["terminated"]["reason"], "Error", "{cs}");
+    let describe = c.ok(&["describe", "pod", "crash"]);
+    assert!(describe.contains("Restart Count:"), "{describe}");
+    let prev = c.ok(&["logs", "crash", "--previous"]);
+    assert!(prev.starts_with("start-") && prev.contains("to-stderr"), "{prev}");
+
+    // logs -f follows a running container until it ends.
+    let yaml = simple_pod("counter", &image, "for i in 1 2 3 4 5; do echo line-$i; sleep 0.3; done", "  restartPolicy: Never\n");
+    apply(&c, "counter.yaml", &yaml);
+    wait_for("counter started", Duration::from_secs(30), || {
+        try_pod(&c, "counter").filter(|p| p["status"]["phase"] != "Pending").map(|_| ())
+    });
+    let out = c.ok(&["logs", "-f", "counter"]);
+    assert_eq!(out, "line-1\nline-2\nline-3\nline-4\nline-5\n");
+    let p = wait_for("counter Succeeded", Duration::from_secs(30), || {
+        try_pod(&c, "counter").filter(|p| p["status"]["phase"] == "Succeeded")
+    });
+    assert_eq!(container_status(&p, "main")["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(c.ok(&["logs", "counter", "--tail=2"]), "line-4\nline-5\n");
+    let ts = c.ok(&["logs", "counter", "--timestamps", "--tail=1"]);
+    assert!(ts.ends_with("Z line-5\n") && ts.starts_with("20"), "{ts}");
+}
+
+#[test]
+fn probes_oom_and_init_containers() {
+    let (_reg, image) = registry_with_image(None);
+    let c = Cluster::start_node("crashLoopBackoffSeconds: 1");
+    // Liveness: healthy while /tmp/healthy exists; it is removed after 2 s.
+    let live = simple_pod(
+        "live",
+        &image,
+        "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 1000",
+        r#"    livenessProbe:
+      exec: {command: ["test", "-f", "/tmp/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 2
+"#,
+    );
+    apply(&c, "live.yaml", &live);
+    // Readiness: an HTTP probe that succeeds only once the page exists (after 3 s).
+    let ready = simple_pod(
+        "ready",
+        &image,
+        "mkdir -p /tmp/www; httpd -p 8080 -h /tmp/www; sleep 3; echo ok > /tmp/www/ready; sleep 1000",
+        r#"    readinessProbe:
+      httpGet: {path: /ready, port: 8080}
+      periodSeconds: 1
+"#,
+    );
+    apply(&c, "ready.yaml", &ready);
+    // Memory limit: allocating 64 MiB under a 16 MiB limit.
+    let oom = simple_pod(
+        "oom",
+        &image,
+        "dd if=/dev/zero of=/dev/null bs=64M count=1",
+        "    resources:\n      limits: {memory: 16Mi}\n  restartPolicy: Never\n",
+    );
+    apply(&c, "oom.yaml", &oom);
+    // An init container writes what the main container reads.
+    let init = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: init
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: shared, emptyDir: {{}}}}]
+  initContainers:
+  - name: setup
+    image: {image}
+    command: ["sh", "-c", "echo from-init > /shared/msg"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "cat /shared/msg; sleep 1000"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+"#
+    );
+    apply(&c, "init.yaml", &init);
+
+    let p = wait_for("oom OOMKilled", Duration::from_secs(60), || {
+        try_pod(&c, "oom").filter(|p| p["status"]["phase"] == "Failed")
+    });
+    let term = &container_status(&p, "main")["state"]["terminated"];
+    assert_eq!(term["reason"], "OOMKilled", "{term}");
+    assert_eq!(term["exitCode"], 137, "{term}");
+
+    // Not ready at first, ready once the page exists.
+    let p = wait_for("ready Running", Duration::from_secs(30), || {
+        try_pod(&c, "ready").filter(|p| p["status"]["phase"] == "Running")
+    });
+    // The page appears 3 s after the start: the first Running status is not Ready.
+    assert!(!is_ready(&p), "Ready before its readiness probe passed: {p}");
+    assert_eq!(container_status(&p, "main")["ready"], false);
+    wait_for("ready Ready", Duration::from_secs(30), || try_pod(&c, "ready").filter(is_ready));
+
+    let p = wait_for("live restarted by its liveness probe", Duration::from_secs(60), || {
+        try_pod(&c, "live").filter(|p| container_status(p, "main")["restartCount"].as_u64() >= Some(1))
+    });
+    assert!(!container_status(&p, "main")["lastState"]["terminated"].is_null(), "{p}");
+    let events = c.ok(&["get", "events", "--field-selector", "involvedObject.name=live"]);
+    assert!(events.contains("Unhealthy") && events.contains("Liveness probe failed"), "{events}");
+
+    wait_running(&c, "init");
+    let p = pod(&c, "init");
+    let init_cs = &p["status"]["initContainerStatuses"][0];
+    assert_eq!(init_cs["state"]["terminated"]["reason"], "Completed", "{init_cs}");
+    assert_eq!(c.ok(&["logs", "init"]), "from-init\n");
+    assert_eq!(c.ok(&["logs", "init", "-c", "setup"]), "");
+}
+
+#[test]
+fn volumes_are_visible_inside() {
+    let (_reg, image) = registry_with_image(None);
+    let c = Cluster::start_node("");
+    c.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hello", "--from-literal=other=x"]);
+    c.ok(&["create", "secret", "generic", "sec", "--from-literal=password=hunter2"]);
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: vols
+  labels: {{app: vols, tier: test}}
+  annotations: {{note: hi}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: cfg, configMap: {{name: cfg, items: [{{key: greeting, path: sub/greeting.txt}}]}}}}
+  - {{name: sec, secret: {{secretName: sec, defaultMode: 0400}}}}
+  - {{name: scratch, emptyDir: {{}}}}
+  - name: info
+    downwardAPI:
+      items:
+      - {{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}
+      - {{path: name, fieldRef: {{fieldPath: metadata.name}}}}
+      - {{path: namespace, fieldRef: {{fieldPath: metadata.namespace}}}}
+      - {{path: annotations, fieldRef: {{fieldPath: metadata.annotations}}}}
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "echo scratch-ok > /scratch/f; sleep 1000"]
+    env:
+    - {{name: FROM_CM, valueFrom: {{configMapKeyRef: {{name: cfg, key: greeting}}}}}}
+    volumeMounts:
+    - {{name: cfg, mountPath: /etc/cfg}}
+    - {{name: sec, mountPath: /etc/sec}}
+    - {{name: scratch, mountPath: /scratch}}
+    - {{name: info, mountPath: /etc/info}}
+"#
+    );
+    apply(&c, "vols.yaml", &yaml);
+    wait_running(&c, "vols");
+    let exec = |cmd: &str| c.ok(&["exec", "vols", "--", "sh", "-c", cmd]);
+    assert_eq!(exec("cat /etc/cfg/sub/greeting.txt"), "hello");
+    assert_eq!(exec("ls /etc/cfg"), "sub\n", "only the listed key");
+    assert_eq!(exec("cat /etc/sec/password"), "hunter2");
+    assert_eq!(exec("stat -c %a /etc/sec/password"), "400\n");
+    assert_eq!(wait_for("emptyDir file", Duration::from_secs(10), || {
+        let o = exec("cat /scratch/f 2>/dev/null");
+        (!o.is_empty()).then_some(o)
+    }), "scratch-ok\n");
+    assert_eq!(exec("cat /etc/info/labels"), "app=\"vols\"\ntier=\"test\"");
+    assert_eq!(exec("cat /etc/info/name"), "vols");
+    assert_eq!(exec("cat /etc/info/namespace"), "default");
+    assert_eq!(exec("cat /etc/info/annotations").lines().find(|l| l.starts_with("note=")), Some("note=\"hi\""));
+    assert_eq!(exec("echo $FROM_CM"), "hello\n");
+    let denied = c.kubectl(&["exec", "vols", "--", "sh", "-c", "echo x > /etc/cfg/new"]);
+    assert!(!denied.status.success(), "configMap volumes are read-only");
+}
+
+/// Everything of a pod on the host, by its uid.
+fn host_traces(c: &Cluster, uid: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if std::path::Path::new(&format!("/run/netns/capstan-{uid}")).exists() {
+        found.push("netns".into());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if mountinfo.contains(uid) {
+        found.push("mounts".into());
+    }
+    let cg = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in cg.lines().filter(|l| l.contains(" - cgroup ")) {
+        if let Some(mp) = line.split_whitespace().nth(4) {
+            let out = Command::new("find").arg(mp).args(["-maxdepth", "3", "-name", &format!("*{uid}*")]).output();
+            if out.is_ok_and(|o| !o.stdout.is_empty()) {
+                found.push(format!("cgroup under {mp}"));
+            }
+        }
+    }
+    let ps = Command::new("ps").args(["-eo", "args"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if ps.is_ok_and(|p| p.contains(uid)) {
+        found.push("processes".into());
+    }
+    let net = c.path().join("node/network");
+    let out = Command::new("grep").args(["-rl", uid]).arg(&net).output();
+    if out.is_ok_and(|o| !o.stdout.is_empty()) {
+        found.push("IP reservation".into());
+    }
+    found
+}
+
+#[test]
+fn delete_cleans_up_and_restart_adopts() {
+    let (_reg, image) = registry_with_image(None);
+    let mut c = Cluster::start_node("");
+    apply(&c, "keep.yaml", &simple_pod("keep", &image, "echo started; sleep 1000", ""));
+    apply(&c, "gone.yaml", &simple_pod("gone", &image, "sleep 1000", ""));
+    let keep = wait_running(&c, "keep");
+    let gone = wait_running(&c, "gone");
+    let gone_uid = gone["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(!host_traces(&c, &gone_uid).is_empty(), "a running pod leaves traces");
+    c.ok(&["delete", "pod", "gone"]);
+    wait_for("gone's traces removed", Duration::from_secs(30), || {
+        let t = host_traces(&c, &gone_uid);
+        t.is_empty().then_some(()).or_else(|| {
+            eprintln!("still there: {t:?}");
+            None
+        })
+    });
+
+    // kill -9 the whole `capstan up` (agent included) and start it again: the container
+    // keeps running and is adopted, not started twice.
+    let id_before = container_status(&keep, "main")["containerID"].clone();
+    let uid = keep["metadata"]["uid"].as_str().unwrap().to_string();
+    let runc_root = c.path().join("node/runc");
+    let count = |uid: &str| {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output()
+            .expect("runc list");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(uid)).count()
+    };
+    assert_eq!(count(&uid), 1);
+    c.kill9();
+    assert_eq!(count(&uid), 1, "the container survives the agent");
+    c.restart();
+    let p = wait_for("keep reported again after the restart", Duration::from_secs(30), || {
+        let p = try_pod(&c, "keep")?;
+        (p["status"]["phase"] == "Running" && is_ready(&p)).then_some(p)
+    });
+    // Give the agent several supervision rounds to (wrongly) start a second one.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(count(&uid), 1, "no duplicate container");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cs = container_status(&p, "main");
+    assert_eq!(cs["containerID"], id_before, "{cs}");
+    assert_eq!(cs["restartCount"], 0, "{cs}");
+    assert_eq!(c.ok(&["logs", "keep"]), "started\n");
+}
+
+#[test]
+fn image_pull_secrets() {
+    let (reg, image) = registry_with_image(Some(("alice", "s3cret")));
+    let c = Cluster::start_node("");
+    let server = reg.host();
+    c.ok(&["create", "secret", "docker-registry", "good", &format!("--docker-server={server}"), "--docker-username=alice", "--docker-password=s3cret"]);
+    c.ok(&["create", "secret", "docker-registry", "bad", &format!("--docker-server={server}"), "--docker-username=alice", "--docker-password=wrong"]);
+    // Always: an image already pulled for another pod does not bypass the credentials.
+    let with_secret = |name: &str, secret: &str| {
+        simple_pod(
+            name,
+            &image,
+            "sleep 1000",
+            &format!("    imagePullPolicy: Always\n  imagePullSecrets: [{{name: {secret}}}]\n"),
+        )
+    };
+    apply(&c, "good.yaml", &with_secret("good", "good"));
+    apply(&c, "bad.yaml", &with_secret("bad", "bad"));
+    wait_running(&c, "good");
+    let mut reasons = Vec::new();
+    let p = wait_for("bad in ImagePullBackOff", Duration::from_secs(60), || {
+        let p = try_pod(&c, "bad")?;
+        let w = container_status(&p, "main")["state"]["waiting"].clone();
+        if let Some(r) = w["reason"].as_str() {
+            if reasons.last().map(String::as_str) != Some(r) {
+                reasons.push(r.to_string());
+            }
+        }
+        (w["reason"] == "ImagePullBackOff").then_some(p)
+    });
+    assert!(reasons.contains(&"ErrImagePull".to_string()), "{reasons:?}");
+    let msg = container_status(&p, "main")["state"]["waiting"]["message"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains(&image) && msg.to_lowercase().contains("unauthorized"), "{msg}");
+    let describe = c.ok(&["describe", "pod", "bad"]);
+    assert!(describe.contains("ImagePullBackOff"), "{describe}");
+}
