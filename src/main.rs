@@ -7,7 +7,9 @@ fn main() -> anyhow::Result<()> {
     // parsing or logging set-up: hand it its arguments first.
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("shim") {
-        return capstan_kubelet::runtime::shim::run_shim(capstan_kubelet::runtime::shim::ShimArgs::parse(&args[2..])?);
+        return capstan_kubelet::runtime::shim::run_shim(capstan_kubelet::runtime::shim::ShimArgs::parse(
+            &args[2..],
+        )?);
     }
     commands::main()
 }

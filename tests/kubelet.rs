@@ -132,7 +132,8 @@ spec:
     for p in &items {
         assert_eq!(p["status"]["phase"], "Running");
         let ip = p["status"]["podIP"].as_str().expect("pod IP").to_string();
-        let body = wait_for(&format!("HTTP from {ip}"), Duration::from_secs(20), || http_get(&format!("{ip}:80")));
+        let body =
+            wait_for(&format!("HTTP from {ip}"), Duration::from_secs(20), || http_get(&format!("{ip}:80")));
         assert_eq!(body, "capstan test page\n", "the page from {ip}");
         let cs = container_status(p, "httpd");
         assert!(cs["containerID"].as_str().unwrap_or("").starts_with("runc://"), "{cs}");
@@ -171,7 +172,9 @@ spec:
         .stderr(Stdio::piped())
         .spawn()
         .expect("kubectl port-forward");
-    let body = wait_for("a page through port-forward", Duration::from_secs(20), || http_get(&format!("127.0.0.1:{port}")));
+    let body = wait_for("a page through port-forward", Duration::from_secs(20), || {
+        http_get(&format!("127.0.0.1:{port}"))
+    });
     assert_eq!(body, "capstan test page\n");
     let _ = pf.kill();
     let _ = pf.wait();
@@ -179,10 +182,16 @@ spec:
     // Deleting the deployment stops every pod and frees its network.
     c.ok(&["delete", "deployment", "web"]);
     wait_for("pods gone", Duration::from_secs(60), || {
-        json(&c, &["get", "pods", "-l", "app=web"])["items"].as_array().is_some_and(|a| a.is_empty()).then_some(())
+        json(&c, &["get", "pods", "-l", "app=web"])["items"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+            .then_some(())
     });
     for ip in ips {
-        assert!(http_get(&format!("{ip}:80")).is_none_or(|b| b != "capstan test page\n"), "{ip} still serves");
+        assert!(
+            http_get(&format!("{ip}:80")).is_none_or(|b| b != "capstan test page\n"),
+            "{ip} still serves"
+        );
     }
 }
 
@@ -191,12 +200,8 @@ fn logs_follow_previous_and_restarts() {
     let (_reg, image) = registry_with_image(None);
     let c = Cluster::start_node("crashLoopBackoffSeconds: 1");
     // Prints a numbered line each start, then fails: restarted with a growing back-off.
-    let yaml = simple_pod(
-        "crash",
-        &image,
-        "echo start-$(date +%s%N); sleep 0.2; echo to-stderr >&2; exit 1",
-        "",
-    );
+    let yaml =
+        simple_pod("crash", &image, "echo start-$(date +%s%N); sleep 0.2; echo to-stderr >&2; exit 1", "");
     apply(&c, "crash.yaml", &yaml);
     let mut seen: Vec<(u64, Instant)> = Vec::new();
     wait_for("4 restarts", Duration::from_secs(60), || {
@@ -221,7 +226,12 @@ fn logs_follow_previous_and_restarts() {
     assert!(prev.starts_with("start-") && prev.contains("to-stderr"), "{prev}");
 
     // logs -f follows a running container until it ends.
-    let yaml = simple_pod("counter", &image, "for i in 1 2 3 4 5; do echo line-$i; sleep 0.3; done", "  restartPolicy: Never\n");
+    let yaml = simple_pod(
+        "counter",
+        &image,
+        "for i in 1 2 3 4 5; do echo line-$i; sleep 0.3; done",
+        "  restartPolicy: Never\n",
+    );
     apply(&c, "counter.yaml", &yaml);
     wait_for("counter started", Duration::from_secs(30), || {
         try_pod(&c, "counter").filter(|p| p["status"]["phase"] != "Pending").map(|_| ())
@@ -372,14 +382,20 @@ spec:
     assert_eq!(exec("ls /etc/cfg"), "sub\n", "only the listed key");
     assert_eq!(exec("cat /etc/sec/password"), "hunter2");
     assert_eq!(exec("stat -c %a /etc/sec/password"), "400\n");
-    assert_eq!(wait_for("emptyDir file", Duration::from_secs(10), || {
-        let o = exec("cat /scratch/f 2>/dev/null");
-        (!o.is_empty()).then_some(o)
-    }), "scratch-ok\n");
+    assert_eq!(
+        wait_for("emptyDir file", Duration::from_secs(10), || {
+            let o = exec("cat /scratch/f 2>/dev/null");
+            (!o.is_empty()).then_some(o)
+        }),
+        "scratch-ok\n"
+    );
     assert_eq!(exec("cat /etc/info/labels"), "app=\"vols\"\ntier=\"test\"");
     assert_eq!(exec("cat /etc/info/name"), "vols");
     assert_eq!(exec("cat /etc/info/namespace"), "default");
-    assert_eq!(exec("cat /etc/info/annotations").lines().find(|l| l.starts_with("note=")), Some("note=\"hi\""));
+    assert_eq!(
+        exec("cat /etc/info/annotations").lines().find(|l| l.starts_with("note=")),
+        Some("note=\"hi\"")
+    );
     assert_eq!(exec("echo $FROM_CM"), "hello\n");
     let denied = c.kubectl(&["exec", "vols", "--", "sh", "-c", "echo x > /etc/cfg/new"]);
     assert!(!denied.status.success(), "configMap volumes are read-only");
@@ -398,13 +414,17 @@ fn host_traces(c: &Cluster, uid: &str) -> Vec<String> {
     let cg = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for line in cg.lines().filter(|l| l.contains(" - cgroup ")) {
         if let Some(mp) = line.split_whitespace().nth(4) {
-            let out = Command::new("find").arg(mp).args(["-maxdepth", "3", "-name", &format!("*{uid}*")]).output();
+            let out =
+                Command::new("find").arg(mp).args(["-maxdepth", "3", "-name", &format!("*{uid}*")]).output();
             if out.is_ok_and(|o| !o.stdout.is_empty()) {
                 found.push(format!("cgroup under {mp}"));
             }
         }
     }
-    let ps = Command::new("ps").args(["-eo", "args"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let ps = Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     if ps.is_ok_and(|p| p.contains(uid)) {
         found.push("processes".into());
     }
@@ -474,8 +494,24 @@ fn image_pull_secrets() {
     let (reg, image) = registry_with_image(Some(("alice", "s3cret")));
     let c = Cluster::start_node("");
     let server = reg.host();
-    c.ok(&["create", "secret", "docker-registry", "good", &format!("--docker-server={server}"), "--docker-username=alice", "--docker-password=s3cret"]);
-    c.ok(&["create", "secret", "docker-registry", "bad", &format!("--docker-server={server}"), "--docker-username=alice", "--docker-password=wrong"]);
+    c.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "good",
+        &format!("--docker-server={server}"),
+        "--docker-username=alice",
+        "--docker-password=s3cret",
+    ]);
+    c.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "bad",
+        &format!("--docker-server={server}"),
+        "--docker-username=alice",
+        "--docker-password=wrong",
+    ]);
     // Always: an image already pulled for another pod does not bypass the credentials.
     let with_secret = |name: &str, secret: &str| {
         simple_pod(

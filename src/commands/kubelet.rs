@@ -32,7 +32,11 @@ pub fn host_name() -> String {
 }
 
 /// The agent's settings from the file's `node:` section over defaults.
-pub fn agent_config(name: String, data_dir: &std::path::Path, node: Option<NodeConfig>) -> capstan_kubelet::agent::AgentConfig {
+pub fn agent_config(
+    name: String,
+    data_dir: &std::path::Path,
+    node: Option<NodeConfig>,
+) -> capstan_kubelet::agent::AgentConfig {
     let mut cfg = capstan_kubelet::agent::AgentConfig::new(&name, data_dir.join("node"));
     if let Some(n) = node {
         if let Some(c) = n.pod_cidr {
@@ -63,7 +67,8 @@ pub fn agent_config(name: String, data_dir: &std::path::Path, node: Option<NodeC
 pub fn run(args: Args) -> anyhow::Result<()> {
     let file = FileConfig::load(args.config.as_deref())?;
     let node = file.node;
-    let name = args.node_name.or_else(|| node.as_ref().and_then(|n| n.name.clone())).unwrap_or_else(host_name);
+    let name =
+        args.node_name.or_else(|| node.as_ref().and_then(|n| n.name.clone())).unwrap_or_else(host_name);
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = args.data_dir.canonicalize().unwrap_or(args.data_dir);
     let cfg = agent_config(name.clone(), &data_dir, node);

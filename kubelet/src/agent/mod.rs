@@ -201,22 +201,36 @@ struct PodChange(Change);
 #[rtype(result = "()")]
 struct Synced;
 
-
 impl NodeAgent {
-    async fn register(client: ApiClient, cfg: AgentConfig, host: node::HostInfo, not_ready: node::NotReady) -> bool {
+    async fn register(
+        client: ApiClient,
+        cfg: AgentConfig,
+        host: node::HostInfo,
+        not_ready: node::NotReady,
+    ) -> bool {
         let name = cfg.node_name.clone();
         let result = match client.get(gvr::NODES, None, &name).await {
             Ok(current) => {
-                let _ = client.merge_patch(gvr::NODES, None, &name, node::adopt_patch(&name, &cfg.pod_cidr)).await;
+                let _ = client
+                    .merge_patch(gvr::NODES, None, &name, node::adopt_patch(&name, &cfg.pod_cidr))
+                    .await;
                 let st = node::node_status(&name, &host, &not_ready, Some(&current));
                 client
-                    .patch(gvr::NODES, None, &name, "application/merge-patch+json", serde_json::json!({"status": st}), Some("status"))
+                    .patch(
+                        gvr::NODES,
+                        None,
+                        &name,
+                        "application/merge-patch+json",
+                        serde_json::json!({"status": st}),
+                        Some("status"),
+                    )
                     .await
                     .map(|_| ())
             }
-            Err(e) if e.is_not_found() => {
-                client.create(gvr::NODES, None, node::node_object(&name, &cfg.pod_cidr, &host, &not_ready)).await.map(|_| ())
-            }
+            Err(e) if e.is_not_found() => client
+                .create(gvr::NODES, None, node::node_object(&name, &cfg.pod_cidr, &host, &not_ready))
+                .await
+                .map(|_| ()),
             Err(e) => Err(e),
         };
         match result {
@@ -228,7 +242,13 @@ impl NodeAgent {
         }
     }
 
-    async fn heartbeat(client: ApiClient, cfg: AgentConfig, host: node::HostInfo, not_ready: node::NotReady, status: bool) {
+    async fn heartbeat(
+        client: ApiClient,
+        cfg: AgentConfig,
+        host: node::HostInfo,
+        not_ready: node::NotReady,
+        status: bool,
+    ) {
         let name = cfg.node_name.clone();
         let renew = micro_time(jiff::Timestamp::now());
         let ns = Some(LEASE_NAMESPACE);
@@ -240,7 +260,9 @@ impl NodeAgent {
                     .await
                     .ok()
                     .and_then(|n| n["metadata"]["uid"].as_str().map(str::to_string));
-                if let Err(e) = client.create(gvr::LEASES, ns, lease_object(&name, uid.as_deref(), &renew)).await {
+                if let Err(e) =
+                    client.create(gvr::LEASES, ns, lease_object(&name, uid.as_deref(), &renew)).await
+                {
                     tracing::debug!(node = %name, "lease create failed: {e}");
                 }
             }
@@ -250,8 +272,9 @@ impl NodeAgent {
             let current = client.get(gvr::NODES, None, &name).await.ok();
             let st = node::node_status(&name, &host, &not_ready, current.as_ref());
             let patch = serde_json::json!({"status": st});
-            if let Err(e) =
-                client.patch(gvr::NODES, None, &name, "application/merge-patch+json", patch, Some("status")).await
+            if let Err(e) = client
+                .patch(gvr::NODES, None, &name, "application/merge-patch+json", patch, Some("status"))
+                .await
             {
                 tracing::debug!(node = %name, "node status update failed: {e}");
             }
@@ -259,9 +282,14 @@ impl NodeAgent {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let (client, cfg, host, nr) = (self.client.clone(), self.cfg.clone(), self.host.clone(), self.not_ready.clone());
+        let (client, cfg, host, nr) =
+            (self.client.clone(), self.cfg.clone(), self.host.clone(), self.not_ready.clone());
         if !self.registered {
-            ctx.wait(NodeAgent::register(client, cfg, host, nr).into_actor(self).map(|ok, act, _| act.registered = ok));
+            ctx.wait(
+                NodeAgent::register(client, cfg, host, nr)
+                    .into_actor(self)
+                    .map(|ok, act, _| act.registered = ok),
+            );
             return;
         }
         self.since_status += self.renew;
@@ -403,7 +431,8 @@ impl Handler<Synced> for NodeAgent {
 /// Starts a node agent on the current actix arbiter. Returns the reason the node cannot
 /// run pods, if it cannot (the node is registered NotReady with that message).
 pub fn start(client: ApiClient, cfg: AgentConfig) -> Option<String> {
-    let runtime_version = runc_version(&cfg.runc).map(|v| format!("runc://{v}")).unwrap_or_else(|| "runc://unknown".into());
+    let runtime_version =
+        runc_version(&cfg.runc).map(|v| format!("runc://{v}")).unwrap_or_else(|| "runc://unknown".into());
     let host = node::HostInfo::read(&runtime_version);
     let (deps, not_ready) = match build_deps(&cfg, &client, &host.internal_ip) {
         Ok(d) => (Some(Arc::new(d)), None),
@@ -412,10 +441,11 @@ pub fn start(client: ApiClient, cfg: AgentConfig) -> Option<String> {
             (None, Some(format!("container runtime is not ready: {why}")))
         }
     };
-    let renew = match std::env::var("CAPSTAN_NODE_GRACE_SECONDS").ok().and_then(|g| g.trim().parse::<u64>().ok()) {
-        Some(g) if g > 0 => Duration::from_secs((g / 4).clamp(1, 10)),
-        _ => Duration::from_secs(10),
-    };
+    let renew =
+        match std::env::var("CAPSTAN_NODE_GRACE_SECONDS").ok().and_then(|g| g.trim().parse::<u64>().ok()) {
+            Some(g) if g > 0 => Duration::from_secs((g / 4).clamp(1, 10)),
+            _ => Duration::from_secs(10),
+        };
     let agent = NodeAgent {
         cfg,
         client,

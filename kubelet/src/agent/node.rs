@@ -94,7 +94,12 @@ pub fn conditions(now: &str, not_ready: &NotReady, current: Option<&Value>) -> V
         Some(why) => ("Ready", "False", "KubeletNotReady", why.clone()),
     };
     let list = [
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available".into()),
+        (
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available".into(),
+        ),
         ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure".into()),
         ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available".into()),
         ready,

@@ -108,7 +108,8 @@ struct Probe {
 impl Probe {
     fn new(spec: Option<&Value>, started: Instant, kind: ProbeKind) -> Option<Probe> {
         let spec = spec?.clone();
-        let parsed: k8s_openapi::api::core::v1::Probe = serde_json::from_value(spec.clone()).unwrap_or_default();
+        let parsed: k8s_openapi::api::core::v1::Probe =
+            serde_json::from_value(spec.clone()).unwrap_or_default();
         let state = ProbeState::new(kind, ProbeTiming::from_probe(&parsed));
         let delay = Duration::from_secs(spec["initialDelaySeconds"].as_u64().unwrap_or(0));
         Some(Probe { spec, state, next: started + delay })
@@ -246,8 +247,8 @@ impl PodState {
 
     /// One step of the state machine.
     pub async fn step(&mut self, deps: &Deps) {
-        let terminating = self.deleted
-            || self.pod.as_ref().is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null());
+        let terminating =
+            self.deleted || self.pod.as_ref().is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null());
         if terminating && self.stage != Stage::Gone {
             self.stage = Stage::Terminating;
         }
@@ -274,7 +275,8 @@ impl PodState {
                 if self.start_time.is_none() {
                     self.start_time = Some(now());
                 }
-                self.stage = if self.ctrs.iter().any(|c| c.init && !c.succeeded) { Stage::Init } else { Stage::Main };
+                self.stage =
+                    if self.ctrs.iter().any(|c| c.init && !c.succeeded) { Stage::Init } else { Stage::Main };
                 // Adopted containers mean a previous agent finished the init containers.
                 if self.ctrs.iter().any(|c| !c.init && c.id.is_some()) {
                     self.stage = Stage::Main;
@@ -292,7 +294,14 @@ impl PodState {
                     _ => reason.clone(),
                 };
                 if self.prepare_error.as_ref().map(|(_, m)| m) != Some(&message) {
-                    deps.recorder.event(&self.pod(), "Warning", if image_error { "Failed" } else { "FailedMount" }, &message).await;
+                    deps.recorder
+                        .event(
+                            &self.pod(),
+                            "Warning",
+                            if image_error { "Failed" } else { "FailedMount" },
+                            &message,
+                        )
+                        .await;
                 }
                 tracing::info!(pod = %self.name, "{reason}: {message}");
                 self.prepare_error = Some((shown, message));
@@ -309,14 +318,24 @@ impl PodState {
             match deps.client.get(gvr::CONFIG_MAPS, Some(&self.namespace), &name).await {
                 Ok(obj) => sources.add_config_map(&name, &obj),
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(("CreateContainerConfigError".into(), format!("failed to get configmap {name}: {e}"))),
+                Err(e) => {
+                    return Err((
+                        "CreateContainerConfigError".into(),
+                        format!("failed to get configmap {name}: {e}"),
+                    ))
+                }
             }
         }
         for name in secrets {
             match deps.client.get(SECRETS, Some(&self.namespace), &name).await {
                 Ok(obj) => sources.add_secret(&name, &obj),
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(("CreateContainerConfigError".into(), format!("failed to get secret {name}: {e}"))),
+                Err(e) => {
+                    return Err((
+                        "CreateContainerConfigError".into(),
+                        format!("failed to get secret {name}: {e}"),
+                    ))
+                }
             }
         }
         // Images, with credentials from imagePullSecrets.
@@ -340,15 +359,23 @@ impl PodState {
             match deps.images.ensure(&image, policy, &creds).await {
                 Ok(info) => {
                     if started.elapsed() > Duration::from_millis(50) {
-                        let msg = format!("Successfully pulled image \"{image}\" in {}ms", started.elapsed().as_millis());
+                        let msg = format!(
+                            "Successfully pulled image \"{image}\" in {}ms",
+                            started.elapsed().as_millis()
+                        );
                         deps.recorder.event(&pod, "Normal", "Pulled", &msg).await;
                     }
                     self.ctrs[i].image = Some(info);
                 }
                 Err(e) => {
-                    let reason = if matches!(e, PullError::NeverPullNotPresent(_)) { "ErrImageNeverPull" } else { "ErrImagePull" };
+                    let reason = if matches!(e, PullError::NeverPullNotPresent(_)) {
+                        "ErrImageNeverPull"
+                    } else {
+                        "ErrImagePull"
+                    };
                     let msg = e.to_string();
-                    self.ctrs[i].state = CState::Waiting { reason: reason.into(), message: Some(msg.clone()) };
+                    self.ctrs[i].state =
+                        CState::Waiting { reason: reason.into(), message: Some(msg.clone()) };
                     return Err((reason.into(), msg));
                 }
             }
@@ -360,20 +387,22 @@ impl PodState {
         // Network.
         if pod["spec"]["hostNetwork"].as_bool() != Some(true) {
             let ports = host_ports(&pod);
-            let net = deps
-                .network
-                .setup(&self.uid, &ports)
-                .await
-                .map_err(|e| ("CreateContainerError".to_string(), format!("failed to set up the pod network: {e}")))?;
+            let net = deps.network.setup(&self.uid, &ports).await.map_err(|e| {
+                ("CreateContainerError".to_string(), format!("failed to set up the pod network: {e}"))
+            })?;
             self.net = Some(net);
         }
         let hosts = spec::hosts_file(&pod, self.net.as_ref().map(|n| n.ip.to_string()).as_deref());
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        for (file, text) in [("hosts", hosts), ("resolv.conf", spec::resolv_conf(&pod, &host_resolv)), ("hostname", format!("{}\n", self.name))] {
+        for (file, text) in [
+            ("hosts", hosts),
+            ("resolv.conf", spec::resolv_conf(&pod, &host_resolv)),
+            ("hostname", format!("{}\n", self.name)),
+        ] {
             let p = pod_dir.join("etc");
-            std::fs::create_dir_all(&p)
-                .and_then(|_| std::fs::write(p.join(file), text))
-                .map_err(|e| ("CreateContainerError".to_string(), format!("failed to write /etc/{file}: {e}")))?;
+            std::fs::create_dir_all(&p).and_then(|_| std::fs::write(p.join(file), text)).map_err(|e| {
+                ("CreateContainerError".to_string(), format!("failed to write /etc/{file}: {e}"))
+            })?;
         }
         self.volumes = vols;
         self.sources = sources;
@@ -399,14 +428,18 @@ impl PodState {
                         exit_code: 137,
                         signal: None,
                         reason: "ContainerStatusUnknown".into(),
-                        message: Some("The container could not be located when the pod was terminated".into()),
+                        message: Some(
+                            "The container could not be located when the pod was terminated".into(),
+                        ),
                         started_at: None,
                         finished_at: now(),
                         container_id: Some(format!("runc://{id}")),
                     };
                     self.ended(deps, i, t).await;
                 }
-                Err(e) => tracing::warn!(pod = %self.name, container = %self.ctrs[i].name, "status failed: {e}"),
+                Err(e) => {
+                    tracing::warn!(pod = %self.name, container = %self.ctrs[i].name, "status failed: {e}")
+                }
             }
         }
         // 2. Init containers in order, or the main containers.
@@ -510,7 +543,8 @@ impl PodState {
         }
         c.delay = c.backoff;
         c.not_before = Some(Instant::now() + c.delay);
-        c.backoff = if c.backoff.is_zero() { deps.backoff_base } else { (c.backoff * 2).min(deps.backoff_max) };
+        c.backoff =
+            if c.backoff.is_zero() { deps.backoff_base } else { (c.backoff * 2).min(deps.backoff_max) };
         c.state = CState::Terminated(t);
     }
 
@@ -594,7 +628,8 @@ impl PodState {
             working_dir: image.config.working_dir.clone(),
             user: image.config.user.clone(),
         };
-        let env = spec::environment(&pod, &c.spec, &defaults, &deps.node, &self.sources).map_err(config_err)?;
+        let env =
+            spec::environment(&pod, &c.spec, &defaults, &deps.node, &self.sources).map_err(config_err)?;
         let args = spec::argv(&c.spec, &defaults, &env).map_err(config_err)?;
         let layers = image.layers.clone();
         let read_file = move |p: &str| {
@@ -609,11 +644,14 @@ impl PodState {
         let etc = self.pod_dir(deps).join("etc");
         for f in ["hosts", "resolv.conf", "hostname"] {
             if !mounts.iter().any(|m| m.destination == format!("/etc/{f}")) {
-                mounts.push(Mount { destination: format!("/etc/{f}"), source: etc.join(f), read_only: false });
+                mounts.push(Mount {
+                    destination: format!("/etc/{f}"),
+                    source: etc.join(f),
+                    read_only: false,
+                });
             }
         }
-        let cwd = c
-            .spec["workingDir"]
+        let cwd = c.spec["workingDir"]
             .as_str()
             .map(str::to_string)
             .or(defaults.working_dir.clone())
@@ -667,7 +705,8 @@ impl PodState {
             let now = Instant::now();
             let c = &mut self.ctrs[i];
             // Startup gates the others.
-            let order: [(&str, bool); 3] = [("startup", true), ("liveness", c.started), ("readiness", c.started)];
+            let order: [(&str, bool); 3] =
+                [("startup", true), ("liveness", c.started), ("readiness", c.started)];
             for (kind, enabled) in order {
                 if !enabled {
                     continue;
@@ -703,7 +742,9 @@ impl PodState {
                         "liveness" => "Liveness",
                         _ => "Readiness",
                     };
-                    deps.recorder.event(&pod, "Warning", "Unhealthy", &format!("{what} probe failed: {m}")).await;
+                    deps.recorder
+                        .event(&pod, "Warning", "Unhealthy", &format!("{what} probe failed: {m}"))
+                        .await;
                 }
                 let c = &mut self.ctrs[i];
                 match (kind, flipped) {
@@ -774,7 +815,11 @@ impl PodState {
         if !self.deleted {
             self.write_status(deps).await;
             // Finish the graceful deletion: the object goes once its containers are gone.
-            match deps.client.delete_uid(gvr::PODS, Some(&self.namespace), &self.name, &self.uid, Some(0)).await {
+            match deps
+                .client
+                .delete_uid(gvr::PODS, Some(&self.namespace), &self.name, &self.uid, Some(0))
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() || e.is_conflict() => {}
                 Err(e) => {
@@ -839,14 +884,18 @@ impl PodState {
     /// The pod status this agent reports.
     pub fn status(&self, deps: &Deps) -> Value {
         let pod = self.pod();
-        let init: Vec<Value> = self.ctrs.iter().filter(|c| c.init).map(|c| self.container_status(c)).collect();
-        let app: Vec<Value> = self.ctrs.iter().filter(|c| !c.init).map(|c| self.container_status(c)).collect();
+        let init: Vec<Value> =
+            self.ctrs.iter().filter(|c| c.init).map(|c| self.container_status(c)).collect();
+        let app: Vec<Value> =
+            self.ctrs.iter().filter(|c| !c.init).map(|c| self.container_status(c)).collect();
         let inits_done = self.ctrs.iter().filter(|c| c.init).all(|c| c.succeeded);
         let all_ready = self.ctrs.iter().filter(|c| !c.init).all(|c| c.ready && c.id.is_some());
         let any_running = self.ctrs.iter().any(|c| !c.init && c.id.is_some());
         let phase = match self.finished_phase {
             Some(p) => p,
-            None if self.stage == Stage::Main && (any_running || self.ctrs.iter().any(|c| !c.init && c.restart_count > 0)) => {
+            None if self.stage == Stage::Main
+                && (any_running || self.ctrs.iter().any(|c| !c.init && c.restart_count > 0)) =>
+            {
                 "Running"
             }
             None => "Pending",
@@ -861,7 +910,8 @@ impl PodState {
                 .and_then(|c| c["lastTransitionTime"].as_str())
                 .unwrap_or(&now)
                 .to_string();
-            let mut c = json!({"type": type_, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+            let mut c =
+                json!({"type": type_, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
             if let Some(r) = reason.filter(|_| !ok) {
                 c["reason"] = json!(r);
             }
@@ -897,7 +947,9 @@ impl PodState {
             .as_ref()
             .map(|n| n.ip.to_string())
             .or_else(|| (pod["spec"]["hostNetwork"].as_bool() == Some(true)).then(|| deps.host_ip.clone()))
-            .or_else(|| pod["status"]["podIP"].as_str().map(str::to_string).filter(|_| self.stage == Stage::Finished));
+            .or_else(|| {
+                pod["status"]["podIP"].as_str().map(str::to_string).filter(|_| self.stage == Stage::Finished)
+            });
         if let Some(ip) = ip {
             st["podIP"] = json!(ip);
             st["podIPs"] = json!([{"ip": ip}]);
@@ -917,7 +969,14 @@ impl PodState {
         let patch = json!({"status": st});
         match deps
             .client
-            .patch(gvr::PODS, Some(&self.namespace), &self.name, "application/merge-patch+json", patch, Some("status"))
+            .patch(
+                gvr::PODS,
+                Some(&self.namespace),
+                &self.name,
+                "application/merge-patch+json",
+                patch,
+                Some("status"),
+            )
             .await
         {
             Ok(_) => self.last_status = Some(comparable),
@@ -941,7 +1000,8 @@ impl PodState {
                     id: c.id.clone(),
                     restart_count: c.restart_count,
                     log: self.log_path(deps, &c.name, c.restart_count),
-                    previous_log: (c.restart_count > 0).then(|| self.log_path(deps, &c.name, c.restart_count - 1)),
+                    previous_log: (c.restart_count > 0)
+                        .then(|| self.log_path(deps, &c.name, c.restart_count - 1)),
                     done: c.done.subscribe(),
                     stdin: c.spec["stdin"].as_bool() == Some(true),
                     tty: c.spec["tty"].as_bool() == Some(true),
@@ -1030,7 +1090,15 @@ async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value) -> ProbeOutcome {
             .filter_map(|x| Some((x["name"].as_str()?.to_string(), x["value"].as_str()?.to_string())))
             .collect();
         let https = h["scheme"].as_str() == Some("HTTPS");
-        return crate::probes::http_get(&host, p, h["path"].as_str().unwrap_or("/"), https, &headers, timeout).await;
+        return crate::probes::http_get(
+            &host,
+            p,
+            h["path"].as_str().unwrap_or("/"),
+            https,
+            &headers,
+            timeout,
+        )
+        .await;
     }
     if let Some(t) = spec.get("tcpSocket") {
         let Some(p) = port(&t["port"], &none) else {
@@ -1058,7 +1126,11 @@ async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value) -> ProbeOutcome {
 }
 
 /// Runs a command in a container; returns its exit code and output (stdout then stderr).
-async fn exec_output(deps: &Deps, id: &str, args: Vec<String>) -> Result<(i32, Vec<u8>), crate::runtime::RuntimeError> {
+async fn exec_output(
+    deps: &Deps,
+    id: &str,
+    args: Vec<String>,
+) -> Result<(i32, Vec<u8>), crate::runtime::RuntimeError> {
     use tokio::io::AsyncReadExt;
     let spec = crate::runtime::ExecSpec { args, ..Default::default() };
     let mut p = deps.runtime.exec(id, &spec).await?;
@@ -1107,7 +1179,10 @@ impl PodWorker {
         let fut = async move {
             st.step(&deps).await;
             let view = st.view(&deps);
-            deps.views.lock().unwrap_or_else(|e| e.into_inner()).insert(format!("{}/{}", st.namespace, st.name), view);
+            deps.views
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(format!("{}/{}", st.namespace, st.name), view);
             st
         };
         ctx.spawn(fut.into_actor(self).map(|st, act, ctx| {

@@ -28,7 +28,16 @@ fn target(deps: &Deps, incoming: &Incoming) -> Result<Target, (u16, &'static str
         return Err((404, "NotFound", format!("pod {:?} is not running on node {}", r.pod, deps.node)));
     };
     if r.uid.as_ref().is_some_and(|u| *u != view.uid) {
-        return Err((404, "NotFound", format!("pod {:?} with uid {} is not on node {}", r.pod, r.uid.as_deref().unwrap_or(""), deps.node)));
+        return Err((
+            404,
+            "NotFound",
+            format!(
+                "pod {:?} with uid {} is not on node {}",
+                r.pod,
+                r.uid.as_deref().unwrap_or(""),
+                deps.node
+            ),
+        ));
     }
     let ip = view.ip;
     let pick = |c: &ContainerView| Target {
@@ -44,7 +53,8 @@ fn target(deps: &Deps, incoming: &Incoming) -> Result<Target, (u16, &'static str
             None => Err((400, "BadRequest", format!("pod {} has no containers", r.pod))),
         };
     }
-    let name = r.container.clone().or_else(|| view.containers.last().map(|c| c.name.clone())).unwrap_or_default();
+    let name =
+        r.container.clone().or_else(|| view.containers.last().map(|c| c.name.clone())).unwrap_or_default();
     match view.containers.iter().find(|c| c.name == name) {
         Some(c) => Ok(pick(c)),
         None => Err((400, "BadRequest", format!("container {name} is not valid for pod {}", r.pod))),
@@ -63,12 +73,23 @@ pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
     let req = incoming.request.clone();
     let container = req.container.clone().unwrap_or_default();
     match req.kind.clone() {
-        SessionKind::Log { follow, tail_lines, timestamps, previous, since_seconds, since_time, limit_bytes } => {
+        SessionKind::Log {
+            follow,
+            tail_lines,
+            timestamps,
+            previous,
+            since_seconds,
+            since_time,
+            limit_bytes,
+        } => {
             let path = if previous {
                 match t.previous_log.clone().filter(|p| p.exists()) {
                     Some(p) => p,
                     None => {
-                        let msg = format!("previous terminated container {container:?} in pod {:?} not found", req.pod);
+                        let msg = format!(
+                            "previous terminated container {container:?} in pod {:?} not found",
+                            req.pod
+                        );
                         let _ = incoming.reject(400, "BadRequest", msg).await;
                         return;
                     }
@@ -76,7 +97,10 @@ pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
             } else if t.log.exists() {
                 t.log.clone()
             } else {
-                let msg = format!("container {container:?} in pod {:?} is waiting to start: ContainerCreating", req.pod);
+                let msg = format!(
+                    "container {container:?} in pod {:?} is waiting to start: ContainerCreating",
+                    req.pod
+                );
                 let _ = incoming.reject(400, "BadRequest", msg).await;
                 return;
             };
@@ -116,14 +140,18 @@ pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
                 return;
             };
             if command.is_empty() {
-                let _ = incoming.reject(400, "BadRequest", "you must specify at least one command for the container").await;
+                let _ = incoming
+                    .reject(400, "BadRequest", "you must specify at least one command for the container")
+                    .await;
                 return;
             }
             let spec = crate::runtime::ExecSpec { args: command, stdin, tty, ..Default::default() };
             let mut proc = match deps.runtime.exec(&id, &spec).await {
                 Ok(p) => p,
                 Err(e) => {
-                    let _ = incoming.reject(500, "InternalError", format!("failed to exec in container: {e}")).await;
+                    let _ = incoming
+                        .reject(500, "InternalError", format!("failed to exec in container: {e}"))
+                        .await;
                     return;
                 }
             };
@@ -175,7 +203,13 @@ pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
                 return;
             }
             let Ok(mut session) = incoming.accept().await else { return };
-            let opts = LogOptions { follow: true, tail_lines: Some(0), timestamps: false, since: None, limit_bytes: None };
+            let opts = LogOptions {
+                follow: true,
+                tail_lines: Some(0),
+                timestamps: false,
+                since: None,
+                limit_bytes: None,
+            };
             let mut stream = Box::pin(crate::logs::stream_log(t.log.clone(), opts, t.done.clone()));
             let mut fifo = None;
             if stdin {
@@ -212,7 +246,9 @@ pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
         }
         SessionKind::PortForward => {
             let Some(ip) = t.ip else {
-                let _ = incoming.reject(400, "BadRequest", format!("pod {} has no IP address yet", req.pod)).await;
+                let _ = incoming
+                    .reject(400, "BadRequest", format!("pod {} has no IP address yet", req.pod))
+                    .await;
                 return;
             };
             let Ok(session) = incoming.accept().await else { return };
@@ -258,7 +294,8 @@ async fn port_forward(ip: std::net::IpAddr, mut session: capstan_bus::sessions::
                             return;
                         }
                         Err(_) => {
-                            let message = format!("error forwarding port {port} to pod {ip}: connection timed out");
+                            let message =
+                                format!("error forwarding port {port} to pod {ip}: connection timed out");
                             let _ = tx.send(FrameBody::Error { stream, message }).await;
                             return;
                         }

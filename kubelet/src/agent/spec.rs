@@ -56,7 +56,11 @@ pub fn expand(s: &str, vars: &HashMap<String, String>) -> String {
 
 /// The argv: `command` replaces the ENTRYPOINT, `args` the CMD (a `command` without `args`
 /// drops the CMD too), with `$(VAR)` expanded from the container's environment.
-pub fn argv(container: &Value, image: &ImageDefaults, env: &[(String, String)]) -> Result<Vec<String>, String> {
+pub fn argv(
+    container: &Value,
+    image: &ImageDefaults,
+    env: &[(String, String)],
+) -> Result<Vec<String>, String> {
     let vars: HashMap<String, String> = env.iter().cloned().collect();
     let command = strings(container.get("command"));
     let args = strings(container.get("args"));
@@ -68,7 +72,9 @@ pub fn argv(container: &Value, image: &ImageDefaults, env: &[(String, String)]) 
     };
     argv = argv.iter().map(|a| expand(a, &vars)).collect();
     if argv.is_empty() {
-        return Err("no command specified: the container has no command and its image no entrypoint or cmd".into());
+        return Err(
+            "no command specified: the container has no command and its image no entrypoint or cmd".into()
+        );
     }
     Ok(argv)
 }
@@ -96,7 +102,9 @@ pub fn field_ref(pod: &Value, path: &str, node_name: &str) -> Option<String> {
         "metadata.labels" => Some(map_lines(&md["labels"])),
         "metadata.annotations" => Some(map_lines(&md["annotations"])),
         _ => {
-            for (prefix, field) in [("metadata.labels['", "labels"), ("metadata.annotations['", "annotations")] {
+            for (prefix, field) in
+                [("metadata.labels['", "labels"), ("metadata.annotations['", "annotations")]
+            {
                 if let Some(key) = path.strip_prefix(prefix).and_then(|r| r.strip_suffix("']")) {
                     return md[field].get(key).and_then(Value::as_str).map(str::to_string);
                 }
@@ -112,7 +120,9 @@ pub fn map_lines(map: &Value) -> String {
         .as_object()
         .map(|m| {
             m.iter()
-                .map(|(k, v)| format!("{k}={}", serde_json::to_string(v.as_str().unwrap_or("")).unwrap_or_default()))
+                .map(|(k, v)| {
+                    format!("{k}={}", serde_json::to_string(v.as_str().unwrap_or("")).unwrap_or_default())
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -211,7 +221,10 @@ fn env_value_from(
                 Some(v) => Ok(Some(v.clone())),
                 None if optional => Ok(None),
                 None if data.is_none() => Err(format!("{kind} \"{name}\" not found")),
-                None => Err(format!("couldn't find key {k} in {kind} {}/{name}", pod["metadata"]["namespace"].as_str().unwrap_or(""))),
+                None => Err(format!(
+                    "couldn't find key {k} in {kind} {}/{name}",
+                    pod["metadata"]["namespace"].as_str().unwrap_or("")
+                )),
             };
         }
     }
@@ -227,7 +240,9 @@ pub fn user(
     passwd: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(u32, u32, Vec<u32>), String> {
     let sc = |field: &str| {
-        container["securityContext"][field].as_u64().or_else(|| pod["spec"]["securityContext"][field].as_u64())
+        container["securityContext"][field]
+            .as_u64()
+            .or_else(|| pod["spec"]["securityContext"][field].as_u64())
     };
     let mut uid = 0u32;
     let mut gid: Option<u32> = None;
@@ -245,7 +260,9 @@ pub fn user(
                     .lines()
                     .map(|l| l.split(':').collect::<Vec<_>>())
                     .find(|f| f.first() == Some(&name))
-                    .ok_or_else(|| format!("unable to find user {name}: no matching entries in passwd file"))?;
+                    .ok_or_else(|| {
+                        format!("unable to find user {name}: no matching entries in passwd file")
+                    })?;
                 uid = entry.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
                 gid = entry.get(3).and_then(|s| s.parse().ok());
             }
@@ -363,20 +380,23 @@ mod tests {
 
     #[test]
     fn argv_rules() {
-        let img = ImageDefaults { entrypoint: vec!["/ep".into()], cmd: vec!["c1".into()], ..Default::default() };
+        let img =
+            ImageDefaults { entrypoint: vec!["/ep".into()], cmd: vec!["c1".into()], ..Default::default() };
         let env = vec![("X".to_string(), "1".to_string())];
         assert_eq!(argv(&json!({}), &img, &env).unwrap(), ["/ep", "c1"]);
         assert_eq!(argv(&json!({"args": ["a"]}), &img, &env).unwrap(), ["/ep", "a"]);
         assert_eq!(argv(&json!({"command": ["sh"]}), &img, &env).unwrap(), ["sh"]);
-        assert_eq!(argv(&json!({"command": ["sh"], "args": ["$(X)", "$$(X)", "$(Y)"]}), &img, &env).unwrap(), [
-            "sh", "1", "$(X)", "$(Y)"
-        ]);
+        assert_eq!(
+            argv(&json!({"command": ["sh"], "args": ["$(X)", "$$(X)", "$(Y)"]}), &img, &env).unwrap(),
+            ["sh", "1", "$(X)", "$(Y)"]
+        );
         assert!(argv(&json!({}), &ImageDefaults::default(), &env).is_err());
     }
 
     #[test]
     fn env_and_downward() {
-        let pod = json!({"metadata": {"name": "p", "namespace": "ns", "labels": {"b": "2", "a": "1"}}, "spec": {}});
+        let pod =
+            json!({"metadata": {"name": "p", "namespace": "ns", "labels": {"b": "2", "a": "1"}}, "spec": {}});
         let c = json!({"env": [
             {"name": "A", "value": "x"}, {"name": "B", "value": "$(A)y"},
             {"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -390,7 +410,10 @@ mod tests {
         assert_eq!(m["HOSTNAME"], "p");
         assert_eq!(field_ref(&pod, "metadata.labels", "n").unwrap(), "a=\"1\"\nb=\"2\"");
         let missing = json!({"envFrom": [{"configMapRef": {"name": "cm"}}]});
-        assert_eq!(environment(&pod, &missing, &img, "n", &NoSources).unwrap_err(), "configmap \"cm\" not found");
+        assert_eq!(
+            environment(&pod, &missing, &img, "n", &NoSources).unwrap_err(),
+            "configmap \"cm\" not found"
+        );
     }
 
     #[test]
@@ -400,7 +423,10 @@ mod tests {
         let files = |p: &str| {
             Some(if p == "/etc/passwd" { "nobody:x:65534:65534::/:/bin/sh\n" } else { "" }.to_string())
         };
-        assert_eq!(user(&json!({"metadata": {}, "spec": {}}), &json!({}), &img, &files).unwrap(), (65534, 65534, vec![]));
+        assert_eq!(
+            user(&json!({"metadata": {}, "spec": {}}), &json!({}), &img, &files).unwrap(),
+            (65534, 65534, vec![])
+        );
         assert_eq!(user(&pod, &json!({}), &img, &files).unwrap().0, 1000);
         assert!(hosts_file(&pod, Some("10.0.0.2")).contains("10.0.0.2\tp\n"));
         let r = resolv_conf(&pod, "nameserver 127.0.0.53\nnameserver 8.8.8.8\nsearch x\n");

@@ -44,7 +44,9 @@ impl Sources {
             data.insert(k.clone(), v.as_str().unwrap_or("").to_string());
         }
         for (k, v) in obj.get("binaryData").and_then(Value::as_object).into_iter().flatten() {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap_or(""))
+                .unwrap_or_default();
             data.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
             self.binary.insert(("configmap".into(), name.into(), k.clone()), bytes);
         }
@@ -55,7 +57,9 @@ impl Sources {
     pub fn add_secret(&mut self, name: &str, obj: &Value) {
         let mut data = BTreeMap::new();
         for (k, v) in obj.get("data").and_then(Value::as_object).into_iter().flatten() {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap_or(""))
+                .unwrap_or_default();
             data.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
             self.binary.insert(("secret".into(), name.into(), k.clone()), bytes);
         }
@@ -174,7 +178,13 @@ fn project_keys(
     Ok(())
 }
 
-fn project_downward(dir: &Path, items: &Value, default_mode: u32, pod: &Value, node: &str) -> Result<(), String> {
+fn project_downward(
+    dir: &Path,
+    items: &Value,
+    default_mode: u32,
+    pod: &Value,
+    node: &str,
+) -> Result<(), String> {
     for it in items.as_array().into_iter().flatten() {
         let path = it["path"].as_str().unwrap_or("");
         let value = if let Some(f) = it["fieldRef"]["fieldPath"].as_str() {
@@ -197,7 +207,12 @@ fn project_downward(dir: &Path, items: &Value, default_mode: u32, pod: &Value, n
 }
 
 /// Creates every volume of `pod` under `pod_dir/volumes` and returns name → host path.
-pub fn prepare(pod: &Value, pod_dir: &Path, node: &str, sources: &Sources) -> Result<HashMap<String, PathBuf>, String> {
+pub fn prepare(
+    pod: &Value,
+    pod_dir: &Path,
+    node: &str,
+    sources: &Sources,
+) -> Result<HashMap<String, PathBuf>, String> {
     let mut out = HashMap::new();
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
         let Some(name) = v["name"].as_str() else { continue };
@@ -214,8 +229,12 @@ pub fn prepare(pod: &Value, pod_dir: &Path, node: &str, sources: &Sources) -> Re
             let p = PathBuf::from(hp["path"].as_str().unwrap_or(""));
             match hp["type"].as_str().unwrap_or("") {
                 "DirectoryOrCreate" => fresh(&p)?,
-                "Directory" if !p.is_dir() => return Err(format!("hostPath type check failed: {} is not a directory", p.display())),
-                "File" if !p.is_file() => return Err(format!("hostPath type check failed: {} is not a file", p.display())),
+                "Directory" if !p.is_dir() => {
+                    return Err(format!("hostPath type check failed: {} is not a directory", p.display()))
+                }
+                "File" if !p.is_file() => {
+                    return Err(format!("hostPath type check failed: {} is not a file", p.display()))
+                }
                 "FileOrCreate" if !p.exists() => {
                     std::fs::write(&p, b"").map_err(|e| format!("failed to create {}: {e}", p.display()))?
                 }
@@ -250,7 +269,8 @@ pub fn prepare(pod: &Value, pod_dir: &Path, node: &str, sources: &Sources) -> Re
             }
             dir
         } else {
-            let kind = v.as_object().and_then(|o| o.keys().find(|k| *k != "name").cloned()).unwrap_or_default();
+            let kind =
+                v.as_object().and_then(|o| o.keys().find(|k| *k != "name").cloned()).unwrap_or_default();
             return Err(format!("volume {name:?}: volume type {kind:?} is not supported by this node"));
         };
         out.insert(name.to_string(), path);
@@ -270,22 +290,32 @@ pub struct BindMount {
 }
 
 /// The container's volume mounts as bind mounts (`subPath` resolved, created if missing).
-pub fn mounts(pod: &Value, container: &Value, volumes: &HashMap<String, PathBuf>) -> Result<Vec<BindMount>, String> {
+pub fn mounts(
+    pod: &Value,
+    container: &Value,
+    volumes: &HashMap<String, PathBuf>,
+) -> Result<Vec<BindMount>, String> {
     let mut out = Vec::new();
     for m in container["volumeMounts"].as_array().into_iter().flatten() {
         let name = m["name"].as_str().unwrap_or("");
         let Some(base) = volumes.get(name) else {
             return Err(format!("volume mount {name:?} refers to a volume the pod does not have"));
         };
-        let spec = pod["spec"]["volumes"].as_array().and_then(|vs| vs.iter().find(|v| v["name"].as_str() == Some(name)));
+        let spec = pod["spec"]["volumes"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"].as_str() == Some(name)));
         let implied_ro = spec.is_some_and(|v| {
-            v.get("configMap").is_some() || v.get("secret").is_some() || v.get("downwardAPI").is_some() || v.get("projected").is_some()
+            v.get("configMap").is_some()
+                || v.get("secret").is_some()
+                || v.get("downwardAPI").is_some()
+                || v.get("projected").is_some()
         });
         let mut source = base.clone();
         if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
             source = source.join(safe_relative(sub)?);
             if !source.exists() {
-                std::fs::create_dir_all(&source).map_err(|e| format!("failed to create subPath {sub}: {e}"))?;
+                std::fs::create_dir_all(&source)
+                    .map_err(|e| format!("failed to create subPath {sub}: {e}"))?;
             }
         }
         out.push(BindMount {
@@ -330,7 +360,8 @@ mod tests {
         let c = json!({"volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}, {"name": "scratch", "mountPath": "/s"}]});
         let m = mounts(&pod, &c, &vols).unwrap();
         assert!(m[0].read_only && !m[1].read_only);
-        let bad = json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "nope"}}]}});
+        let bad =
+            json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "nope"}}]}});
         assert_eq!(prepare(&bad, &tmp, "n", &src).unwrap_err(), "configmap \"nope\" not found");
         let trav = json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "cm", "items": [{"key": "a", "path": "../x"}]}}]}});
         assert!(prepare(&trav, &tmp, "n", &src).unwrap_err().contains(".."));
