@@ -30,6 +30,7 @@ pub mod keys;
 pub mod pki;
 pub mod relay;
 pub mod service;
+pub mod spdy;
 pub mod status;
 
 use auth::User;
