@@ -28,6 +28,10 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// Static bearer tokens.
     pub tokens: HashMap<String, User>,
+    /// The bus, for sessions with node agents (logs, exec, attach, port-forward).
+    pub bus: Option<Arc<dyn capstan_bus::Bus>>,
+    /// Recent failed WebSocket upgrades, for kubectl's SPDY retry.
+    pub stream_failures: crate::streams::Failures,
 }
 
 /// The identity a TLS client certificate proved, stored per connection.
@@ -343,6 +347,9 @@ async fn resource(
     q: Query,
     t: Target,
 ) -> ApiResult<HttpResponse> {
+    if crate::streams::is_node_stream(&t) {
+        return crate::streams::serve(req, payload, gw, user, q, t).await;
+    }
     let res = t.res;
     let out = output(req, &q)?;
     let method = req.method().clone();

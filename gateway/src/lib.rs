@@ -30,7 +30,9 @@ pub mod keys;
 pub mod pki;
 pub mod relay;
 pub mod service;
+pub mod spdy;
 pub mod status;
+pub mod streams;
 
 use auth::User;
 use capstan_storage::Store;
@@ -222,6 +224,8 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
         server_address: addr.to_string(),
         max_body_bytes: config.max_body_bytes,
         tokens: config.tokens.clone(),
+        bus: config.bus.clone(),
+        stream_failures: Default::default(),
     });
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()

@@ -79,6 +79,17 @@ pub enum ApiError {
     /// 504.
     #[error("{0}")]
     Timeout(String),
+    /// An error another component (a node agent) answered with, passed on with its own
+    /// HTTP code and `Status.reason`.
+    #[error("{message}")]
+    Relayed {
+        /// HTTP code.
+        code: u16,
+        /// `Status.reason`.
+        reason: String,
+        /// Message.
+        message: String,
+    },
 }
 
 /// `Status.details`.
@@ -231,11 +242,12 @@ impl ApiError {
             ApiError::Internal(_) => 500,
             ApiError::Unavailable(_) => 503,
             ApiError::Timeout(_) => 504,
+            ApiError::Relayed { code, .. } => *code,
         }
     }
 
     /// `Status.reason`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &str {
         match self {
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Unauthorized => "Unauthorized",
@@ -253,6 +265,7 @@ impl ApiError {
             ApiError::Internal(_) => "InternalError",
             ApiError::Unavailable(_) => "ServiceUnavailable",
             ApiError::Timeout(_) => "Timeout",
+            ApiError::Relayed { reason, .. } => reason,
         }
     }
 
