@@ -155,7 +155,7 @@ fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<De
         state_dir: root.join("network"),
         bridge: cfg.bridge.clone(),
         subnet: cfg.pod_cidr.clone(),
-        netns_prefix: "capstan-".into(),
+        netns_prefix: format!("{}-", cfg.bridge),
         mtu: None,
     })
     .map_err(|e| e.to_string())?;
@@ -485,7 +485,7 @@ pub async fn reset(cfg: &AgentConfig) -> Result<(), String> {
         state_dir: root.join("network"),
         bridge: cfg.bridge.clone(),
         subnet: cfg.pod_cidr.clone(),
-        netns_prefix: "capstan-".into(),
+        netns_prefix: format!("{}-", cfg.bridge),
         mtu: None,
     })
     .map_err(|e| e.to_string())?;
