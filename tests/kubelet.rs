@@ -543,3 +543,30 @@ fn image_pull_secrets() {
     let describe = c.ok(&["describe", "pod", "bad"]);
     assert!(describe.contains("ImagePullBackOff"), "{describe}");
 }
+
+fn node_ready_condition(c: &Cluster) -> Option<Value> {
+    let out = c.kubectl(&["get", "node", "node-1", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready").cloned()
+}
+
+#[test]
+fn a_node_without_runc_or_cni_says_what_to_install() {
+    for (setting, package) in [
+        ("runc: /nonexistent/runc", "runc"),
+        ("cniBinDir: /nonexistent/cni", "containernetworking-plugins"),
+    ] {
+        let c = Cluster::start_node(setting);
+        let ready = wait_for("node-1 registered", Duration::from_secs(30), || node_ready_condition(&c));
+        assert_eq!(ready["status"], "False", "{ready}");
+        let msg = ready["message"].as_str().unwrap_or("");
+        assert!(msg.contains(&format!("install the Debian package `{package}`")), "{msg}");
+        // It stays NotReady: the scheduler places nothing there.
+        c.ok(&["run", "p", "--image=busybox", "--restart=Never"]);
+        let describe = wait_for("p FailedScheduling", Duration::from_secs(30), || {
+            let d = c.ok(&["describe", "pod", "p"]);
+            d.contains("FailedScheduling").then_some(d)
+        });
+        assert!(describe.contains("node(s) had untolerated taint") || describe.contains("not ready"), "{describe}");
+    }
+}

@@ -204,12 +204,37 @@ impl PodState {
         }
         let start_time = pod["status"]["startTime"].as_str().map(str::to_string);
         let adopted_any = ctrs.iter().any(|c| c.id.is_some());
+        // A pod that already ended (reported by an earlier agent) is not run again.
+        let finished_phase = match pod["status"]["phase"].as_str() {
+            Some("Succeeded") if !adopted_any => Some("Succeeded"),
+            Some("Failed") if !adopted_any => Some("Failed"),
+            _ => None,
+        };
+        if finished_phase.is_some() {
+            for c in &mut ctrs {
+                let statuses = if c.init { "initContainerStatuses" } else { "containerStatuses" };
+                let known = pod["status"][statuses]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|st| st["name"].as_str() == Some(&c.name)));
+                if let Some(t) = known.map(|k| &k["state"]["terminated"]).filter(|t| t.is_object()) {
+                    c.state = CState::Terminated(Terminated {
+                        exit_code: t["exitCode"].as_i64().unwrap_or(0) as i32,
+                        signal: t["signal"].as_i64().map(|s| s as i32),
+                        reason: t["reason"].as_str().unwrap_or("Completed").to_string(),
+                        message: t["message"].as_str().map(str::to_string),
+                        started_at: t["startedAt"].as_str().map(str::to_string),
+                        finished_at: t["finishedAt"].as_str().unwrap_or("").to_string(),
+                        container_id: t["containerID"].as_str().map(str::to_string),
+                    });
+                }
+            }
+        }
         PodState {
             pod: Some(pod),
             namespace,
             name,
             uid,
-            stage: Stage::Prepare,
+            stage: if finished_phase.is_some() { Stage::Finished } else { Stage::Prepare },
             ctrs,
             net: None,
             volumes: HashMap::new(),
@@ -217,9 +242,9 @@ impl PodState {
             prepare_error: None,
             prepare_not_before: None,
             prepare_backoff: Duration::ZERO,
-            start_time: if adopted_any { start_time } else { None },
+            start_time,
             last_status: None,
-            finished_phase: None,
+            finished_phase,
             deleted: false,
         }
     }
