@@ -91,6 +91,9 @@ async fn tunnel(mut ws: actix_ws::Session, msgs: MessageStream, session: Session
             }
         };
         for f in out.to_node {
+            if f == FrameBody::End {
+                guard.disarm();
+            }
             if tx.send(f).await.is_err() {
                 let _ = ws.close(Some(CloseCode::Away.into())).await;
                 return;
