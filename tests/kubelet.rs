@@ -552,10 +552,9 @@ fn node_ready_condition(c: &Cluster) -> Option<Value> {
 
 #[test]
 fn a_node_without_runc_or_cni_says_what_to_install() {
-    for (setting, package) in [
-        ("runc: /nonexistent/runc", "runc"),
-        ("cniBinDir: /nonexistent/cni", "containernetworking-plugins"),
-    ] {
+    for (setting, package) in
+        [("runc: /nonexistent/runc", "runc"), ("cniBinDir: /nonexistent/cni", "containernetworking-plugins")]
+    {
         let c = Cluster::start_node(setting);
         let ready = wait_for("node-1 registered", Duration::from_secs(30), || node_ready_condition(&c));
         assert_eq!(ready["status"], "False", "{ready}");
@@ -567,6 +566,9 @@ fn a_node_without_runc_or_cni_says_what_to_install() {
             let d = c.ok(&["describe", "pod", "p"]);
             d.contains("FailedScheduling").then_some(d)
         });
-        assert!(describe.contains("node(s) had untolerated taint") || describe.contains("not ready"), "{describe}");
+        assert!(
+            describe.contains("node(s) had untolerated taint") || describe.contains("not ready"),
+            "{describe}"
+        );
     }
 }

@@ -19,7 +19,6 @@
 mod algorithm;
 mod cache;
 mod model;
-mod quantity;
 
 use crate::client::{gvr, ApiClient};
 use crate::events::Recorder;

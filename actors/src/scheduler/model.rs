@@ -3,7 +3,7 @@
 //! Parsing is lenient: the API service validated the objects, so a field of the wrong
 //! shape is ignored rather than failing the pod (nothing here may panic on bus data).
 
-use super::quantity::{parse_milli, parse_value};
+use capstan_api::quantity::{parse_milli, parse_value};
 use capstan_api::selectors::LabelSelector;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;

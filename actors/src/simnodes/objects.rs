@@ -83,11 +83,22 @@ const CONDITIONS: [(&str, &str, &str, &str); 4] = [
 /// The conditions a healthy node posts at `now`; a condition whose status is unchanged
 /// from `current` (the node as last seen) keeps its lastTransitionTime.
 pub fn conditions(now: &str, current: Option<&Value>) -> Value {
+    conditions_with(now, None, current)
+}
+
+/// The conditions a node posts at `now`: healthy, or with `not_ready` as the message of a
+/// Ready=False condition (a node that cannot run containers); transition times are kept
+/// while a condition's status holds.
+pub fn conditions_with(now: &str, not_ready: Option<&str>, current: Option<&Value>) -> Value {
     let existing =
         current.and_then(|n| n.get("status")).and_then(|s| s.get("conditions")).and_then(Value::as_array);
     let list: Vec<Value> = CONDITIONS
         .iter()
-        .map(|(type_, status, reason, message)| {
+        .map(|&(type_, status, reason, message)| {
+            let (status, reason, message) = match not_ready {
+                Some(why) if type_ == "Ready" => ("False", "KubeletNotReady", why),
+                _ => (status, reason, message),
+            };
             let transition = existing
                 .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(type_)))
                 .filter(|c| c.get("status").and_then(Value::as_str) == Some(status))

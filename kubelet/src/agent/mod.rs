@@ -139,8 +139,8 @@ pub struct Deps {
     pub workers: Mutex<HashMap<String, Addr<pod::PodWorker>>>,
 }
 
-/// Builds the runtime, network and image store, or says why this node cannot run pods.
-fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<Deps, String> {
+/// The container runtime and the pod network of a node, or why it cannot have them.
+fn runtime_and_network(cfg: &AgentConfig) -> Result<(RuncRuntime, PodNetwork), String> {
     let root = &cfg.data_dir;
     let runtime = RuncRuntime::new(RuntimeConfig {
         root: root.join("containers"),
@@ -155,10 +155,18 @@ fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<De
         state_dir: root.join("network"),
         bridge: cfg.bridge.clone(),
         subnet: cfg.pod_cidr.clone(),
+        // Per node, so agents sharing a host never take each other's namespaces for orphans.
         netns_prefix: format!("{}-", cfg.bridge),
         mtu: None,
     })
     .map_err(|e| e.to_string())?;
+    Ok((runtime, network))
+}
+
+/// Builds the runtime, network and image store, or says why this node cannot run pods.
+fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<Deps, String> {
+    let root = &cfg.data_dir;
+    let (runtime, network) = runtime_and_network(cfg)?;
     let images = ImageStore::open(&root.join("images"), cfg.registries.clone()).map_err(|e| e.to_string())?;
     let dirs = Dirs { pods: root.join("pods"), logs: root.join("logs") };
     for d in [&dirs.pods, &dirs.logs] {
@@ -471,24 +479,8 @@ fn runc_version(runc: &std::path::Path) -> Option<String> {
 /// configuration left behind (`capstan node-reset`, test clean-up). Images stay.
 pub async fn reset(cfg: &AgentConfig) -> Result<(), String> {
     let root = &cfg.data_dir;
-    let runtime = RuncRuntime::new(RuntimeConfig {
-        root: root.join("containers"),
-        runc: cfg.runc.clone(),
-        runc_root: root.join("runc"),
-        shim_exe: cfg.shim_exe.clone(),
-        cgroup_parent: cfg.cgroup_parent.clone(),
-    })
-    .map_err(|e| e.to_string())?;
+    let (runtime, network) = runtime_and_network(cfg)?;
     runtime.reset().await.map_err(|e| e.to_string())?;
-    let network = PodNetwork::new(NetworkConfig {
-        cni_bin_dir: cfg.cni_bin_dir.clone(),
-        state_dir: root.join("network"),
-        bridge: cfg.bridge.clone(),
-        subnet: cfg.pod_cidr.clone(),
-        netns_prefix: format!("{}-", cfg.bridge),
-        mtu: None,
-    })
-    .map_err(|e| e.to_string())?;
     for id in network.list().await.map_err(|e| e.to_string())? {
         network.teardown(&id).await.map_err(|e| e.to_string())?;
     }

@@ -87,38 +87,7 @@ fn labels(name: &str) -> Value {
 
 /// The node conditions, keeping each condition's transition time while its status holds.
 pub fn conditions(now: &str, not_ready: &NotReady, current: Option<&Value>) -> Value {
-    let existing =
-        current.and_then(|n| n.get("status")).and_then(|s| s.get("conditions")).and_then(Value::as_array);
-    let ready = match not_ready {
-        None => ("Ready", "True", "KubeletReady", "kubelet is posting ready status".to_string()),
-        Some(why) => ("Ready", "False", "KubeletNotReady", why.clone()),
-    };
-    let list = [
-        (
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available".into(),
-        ),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure".into()),
-        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available".into()),
-        ready,
-    ];
-    Value::Array(
-        list.iter()
-            .map(|(type_, status, reason, message)| {
-                let transition = existing
-                    .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(type_)))
-                    .filter(|c| c.get("status").and_then(Value::as_str) == Some(status))
-                    .and_then(|c| c.get("lastTransitionTime").and_then(Value::as_str))
-                    .unwrap_or(now);
-                json!({
-                    "type": type_, "status": status, "reason": reason, "message": message,
-                    "lastHeartbeatTime": now, "lastTransitionTime": transition,
-                })
-            })
-            .collect(),
-    )
+    capstan_actors::simnodes::objects::conditions_with(now, not_ready.as_deref(), current)
 }
 
 /// The node's status.

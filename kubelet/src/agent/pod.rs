@@ -66,6 +66,20 @@ pub struct Terminated {
     container_id: Option<String>,
 }
 
+impl Terminated {
+    fn from_exit(id: &str, exit: &ExitInfo) -> Terminated {
+        Terminated {
+            exit_code: exit.code,
+            signal: exit.signal,
+            reason: exit.reason().into(),
+            message: exit.error.clone(),
+            started_at: exit.started_at.map(fmt_time),
+            finished_at: fmt_time(exit.finished_at),
+            container_id: Some(format!("runc://{id}")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum CState {
     Waiting { reason: String, message: Option<String> },
@@ -528,15 +542,7 @@ impl PodState {
     }
 
     async fn container_exited(&mut self, deps: &Deps, i: usize, id: &str, exit: &ExitInfo) {
-        let t = Terminated {
-            exit_code: exit.code,
-            signal: exit.signal,
-            reason: exit.reason().into(),
-            message: exit.error.clone(),
-            started_at: exit.started_at.map(fmt_time),
-            finished_at: fmt_time(exit.finished_at),
-            container_id: Some(format!("runc://{id}")),
-        };
+        let t = Terminated::from_exit(id, exit);
         if let Err(e) = deps.runtime.remove(id).await {
             tracing::warn!(pod = %self.name, "failed to remove container {id}: {e}");
         }
@@ -818,15 +824,7 @@ impl PodState {
             if let Some(i) = self.ctrs.iter().position(|c| c.id.as_deref() == Some(&id)) {
                 match exit {
                     Ok(exit) => {
-                        let t = Terminated {
-                            exit_code: exit.code,
-                            signal: exit.signal,
-                            reason: exit.reason().into(),
-                            message: exit.error.clone(),
-                            started_at: exit.started_at.map(fmt_time),
-                            finished_at: fmt_time(exit.finished_at),
-                            container_id: Some(format!("runc://{id}")),
-                        };
+                        let t = Terminated::from_exit(&id, &exit);
                         self.ended(deps, i, t).await;
                     }
                     Err(e) => {

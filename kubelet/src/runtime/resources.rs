@@ -78,70 +78,9 @@ pub fn milli_cpu_to_quota(milli_cpu: i64) -> i64 {
     quota.max(MIN_CPU_QUOTA_US)
 }
 
-/// A Kubernetes quantity (`"250m"`, `"1.5"`, `"2e3"`, `"128Mi"`, `"1G"`) in thousandths,
-/// rounded up like `Quantity.MilliValue()`. `None` if it does not parse or overflows.
-pub fn parse_quantity_milli(quantity: &str) -> Option<i64> {
-    scaled(quantity, 3)
-}
-
-/// A Kubernetes quantity in whole units (bytes for memory), rounded up like `Quantity.Value()`.
-pub fn parse_quantity_bytes(quantity: &str) -> Option<i64> {
-    scaled(quantity, 0)
-}
-
-/// `quantity * 10^extra_exp`, rounded up (away from zero for positives).
-fn scaled(quantity: &str, extra_exp: i32) -> Option<i64> {
-    let s = quantity.trim();
-    let (negative, s) = match s.as_bytes().first()? {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let number_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (number, suffix) = s.split_at(number_end);
-    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    if int_part.is_empty() && frac_part.is_empty() || frac_part.contains('.') {
-        return None;
-    }
-    let mut mantissa: i128 = 0;
-    for d in int_part.bytes().chain(frac_part.bytes()) {
-        mantissa = mantissa.checked_mul(10)?.checked_add(i128::from(d - b'0'))?;
-    }
-    let (binary_exp, mut decimal_exp): (u32, i32) = match suffix {
-        "" => (0, 0),
-        "Ki" => (10, 0),
-        "Mi" => (20, 0),
-        "Gi" => (30, 0),
-        "Ti" => (40, 0),
-        "Pi" => (50, 0),
-        "Ei" => (60, 0),
-        "n" => (0, -9),
-        "u" => (0, -6),
-        "m" => (0, -3),
-        "k" => (0, 3),
-        "M" => (0, 6),
-        "G" => (0, 9),
-        "T" => (0, 12),
-        "P" => (0, 15),
-        "E" => (0, 18),
-        s if s.starts_with(['e', 'E']) => (0, s[1..].parse::<i32>().ok()?),
-        _ => return None,
-    };
-    decimal_exp = decimal_exp.checked_sub(i32::try_from(frac_part.len()).ok()?)?.checked_add(extra_exp)?;
-    let mut value = mantissa.checked_mul(1i128.checked_shl(binary_exp)?)?;
-    if decimal_exp >= 0 {
-        value = value.checked_mul(10i128.checked_pow(decimal_exp.unsigned_abs())?)?;
-    } else {
-        let divisor = match 10i128.checked_pow(decimal_exp.unsigned_abs()) {
-            Some(d) => d,
-            None => return Some(if value == 0 || negative { 0 } else { 1 }),
-        };
-        let rounded_up = value / divisor + i128::from(value % divisor != 0);
-        value = if negative { value / divisor } else { rounded_up };
-    }
-    let value = if negative { -value } else { value };
-    i64::try_from(value).ok()
-}
+/// Kubernetes quantities in thousandths (`"250m"` → 250) and whole units (`"128Mi"` →
+/// bytes), rounded up as upstream; the one parser shared with the scheduler.
+pub use capstan_api::quantity::{parse_milli as parse_quantity_milli, parse_value as parse_quantity_bytes};
 
 #[cfg(test)]
 mod tests {
@@ -160,9 +99,11 @@ mod tests {
         assert_eq!(parse_quantity_bytes("1.5Ki"), Some(1536));
         assert_eq!(parse_quantity_bytes("1k"), Some(1000));
         assert_eq!(parse_quantity_bytes("-1"), Some(-1));
-        for bad in ["", "abc", "1.2.3", "1Zi", "1e", "m", "99999999999999999999999Ei"] {
+        for bad in ["", "abc", "1.2.3", "1Zi", "1e", "m"] {
             assert_eq!(parse_quantity_bytes(bad), None, "{bad}");
         }
+        // Too large for i64: saturates, as the scheduler counts it.
+        assert_eq!(parse_quantity_bytes("99999999999999999999999Ei"), Some(i64::MAX));
     }
 
     #[test]
