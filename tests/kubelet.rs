@@ -44,10 +44,19 @@ fn is_ready(p: &Value) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
+/// Waits until the pod is Running and Ready; on timeout, fails with `kubectl describe`.
 fn wait_running(c: &Cluster, name: &str) -> Value {
-    wait_for(&format!("pod {name} Running and Ready"), Duration::from_secs(60), || {
-        try_pod(c, name).filter(|p| p["status"]["phase"] == "Running" && is_ready(p))
-    })
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(p) = try_pod(c, name).filter(|p| p["status"]["phase"] == "Running" && is_ready(p)) {
+            return p;
+        }
+        if Instant::now() > deadline {
+            let d = c.kubectl(&["describe", "pod", name]);
+            panic!("pod {name} not Running and Ready after 60 s:\n{}", String::from_utf8_lossy(&d.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn container_status(p: &Value, name: &str) -> Value {
@@ -399,6 +408,22 @@ spec:
     assert_eq!(exec("echo $FROM_CM"), "hello\n");
     let denied = c.kubectl(&["exec", "vols", "--", "sh", "-c", "echo x > /etc/cfg/new"]);
     assert!(!denied.status.success(), "configMap volumes are read-only");
+
+    // hostNetwork: the container shares the host's network namespace.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let host = simple_pod(
+        "hostnet",
+        &image,
+        &format!("httpd -f -p 127.0.0.1:{port} -h /var/www"),
+        "  hostNetwork: true\n",
+    );
+    apply(&c, "hostnet.yaml", &host);
+    let p = wait_running(&c, "hostnet");
+    assert_eq!(p["status"]["podIP"], p["status"]["hostIP"], "{p}");
+    let body = wait_for("the host-network pod's page", Duration::from_secs(20), || {
+        http_get(&format!("127.0.0.1:{port}"))
+    });
+    assert_eq!(body, "capstan test page\n");
 }
 
 /// Everything of a pod on the host, by its uid.

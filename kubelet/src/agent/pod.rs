@@ -712,7 +712,14 @@ impl PodState {
             gid,
             additional_gids: groups,
             hostname: pod["spec"]["hostname"].as_str().unwrap_or(&self.name).to_string(),
-            netns: self.net.as_ref().map(|n| n.netns_path.clone()),
+            // hostNetwork pods stay in the host's network namespace.
+            netns: match &self.net {
+                Some(n) => Some(n.netns_path.clone()),
+                None if pod["spec"]["hostNetwork"].as_bool() == Some(true) => {
+                    Some(PathBuf::from(crate::runtime::HOST_NETWORK))
+                }
+                None => None,
+            },
             mounts,
             resources: Resources::from_k8s(requirements.as_ref()),
             log_path,
@@ -1045,8 +1052,10 @@ fn terminated_json(t: &Terminated) -> Value {
         "exitCode": t.exit_code,
         "reason": t.reason,
         "finishedAt": t.finished_at,
-        "startedAt": t.started_at,
     });
+    if let Some(s) = &t.started_at {
+        v["startedAt"] = json!(s);
+    }
     if let Some(s) = t.signal {
         v["signal"] = json!(s);
     }

@@ -152,6 +152,9 @@ impl RuntimeConfig {
     }
 }
 
+/// `ContainerSpec::netns` value for a container in the host's network namespace.
+pub const HOST_NETWORK: &str = "host";
+
 /// A bind mount into a container (a volume, `/etc/hosts`, ...).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {

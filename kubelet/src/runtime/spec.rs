@@ -97,8 +97,15 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<oci_sp
         .map_err(|e| e.to_string())
 }
 
-/// The standard mounts of runc's default spec.
-fn default_mounts() -> Result<Vec<oci_spec::runtime::Mount>, String> {
+/// The standard mounts of runc's default spec. Without a network namespace of its own
+/// (`host_network`) the kernel refuses a new sysfs mount, so /sys is bind-mounted
+/// read-only instead (as Docker does for `--net=host`).
+fn default_mounts(host_network: bool) -> Result<Vec<oci_spec::runtime::Mount>, String> {
+    let sys = if host_network {
+        mount("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"])?
+    } else {
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?
+    };
     Ok(vec![
         mount("/proc", "proc", "proc", &[])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
@@ -110,7 +117,7 @@ fn default_mounts() -> Result<Vec<oci_spec::runtime::Mount>, String> {
         )?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        sys,
         mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?,
     ])
 }
@@ -164,7 +171,8 @@ pub fn build_spec(
         .build()
         .map_err(err)?;
 
-    let mut mounts = default_mounts()?;
+    let host_network = spec.netns.as_deref() == Some(Path::new(super::HOST_NETWORK));
+    let mut mounts = default_mounts(host_network)?;
     for m in &spec.mounts {
         if !m.destination.starts_with('/') {
             return Err(format!("mount destination {:?} is not absolute", m.destination));
@@ -182,11 +190,14 @@ pub fn build_spec(
     {
         namespaces.push(LinuxNamespaceBuilder::default().typ(typ).build().map_err(err)?);
     }
-    let mut net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
-    if let Some(path) = &spec.netns {
-        net = net.path(path.clone());
+    // No network namespace entry at all means the host's (hostNetwork pods).
+    if !host_network {
+        let mut net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+        if let Some(path) = &spec.netns {
+            net = net.path(path.clone());
+        }
+        namespaces.push(net.build().map_err(err)?);
     }
-    namespaces.push(net.build().map_err(err)?);
     if cgroup_ns {
         namespaces
             .push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Cgroup).build().map_err(err)?);
