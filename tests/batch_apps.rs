@@ -1,9 +1,10 @@
 //! Jobs, CronJobs, DaemonSets and StatefulSets end to end: the real kubectl against
-//! `capstan up --sim-nodes 3` (the scheduler binds pods, simulated nodes run them).
+//! `capstan up --sim-nodes 3` (the scheduler binds pods, simulated nodes run them), and the
+//! same scenarios (`_over_nats`) with each role in its own process over a nats-server.
 
 mod common;
 
-use common::{wait_for, Cluster};
+use common::{wait_for, Cluster, Mode};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -35,8 +36,8 @@ fn apply(c: &Cluster, name: &str, manifest: &str) {
     c.ok(&["apply", "-f", f.to_str().expect("utf-8 path")]);
 }
 
-fn sim_cluster() -> Cluster {
-    let c = Cluster::start_with(&["--sim-nodes", "3"]);
+fn sim_cluster(mode: Mode) -> Cluster {
+    let c = mode.cluster(3, &[]);
     wait_for("3 simulated nodes", Duration::from_secs(30), || {
         (items(&json(&c, &["get", "nodes"])).len() >= 3).then_some(())
     });
@@ -59,9 +60,8 @@ spec:
         command: ["perl", "-Mbignum=bpi", "-wle", "print bpi(100)"]
 "#;
 
-#[test]
-fn job_runs_to_completion() {
-    let c = sim_cluster();
+fn job_runs_to_completion(mode: Mode) {
+    let c = sim_cluster(mode);
     apply(&c, "job.yaml", JOB);
     // Never more than `parallelism` pods at once, while it runs.
     let mut max_active = 0;
@@ -106,6 +106,16 @@ fn job_runs_to_completion() {
     }
 }
 
+#[test]
+fn job_runs_to_completion_in_process() {
+    job_runs_to_completion(Mode::InProcess);
+}
+
+#[test]
+fn job_runs_to_completion_over_nats() {
+    job_runs_to_completion(Mode::Nats);
+}
+
 const FAILING_JOB: &str = r#"apiVersion: batch/v1
 kind: Job
 metadata:
@@ -124,9 +134,8 @@ spec:
         image: busybox
 "#;
 
-#[test]
-fn job_deadline_fails_the_job() {
-    let c = sim_cluster();
+fn job_deadline_fails_the_job(mode: Mode) {
+    let c = sim_cluster(mode);
     apply(&c, "doomed.yaml", FAILING_JOB);
     let out = c.ok(&["wait", "--for=condition=failed", "job/doomed", "--timeout=60s"]);
     assert!(out.contains("condition met"), "{out}");
@@ -140,6 +149,16 @@ fn job_deadline_fails_the_job() {
     wait_for("the deadline-exceeded job's pods to stop", Duration::from_secs(30), || {
         items(&json(&c, &["get", "pods", "-l", "job-name=doomed"])).iter().all(|p| !is_live(p)).then_some(())
     });
+}
+
+#[test]
+fn job_deadline_fails_the_job_in_process() {
+    job_deadline_fails_the_job(Mode::InProcess);
+}
+
+#[test]
+fn job_deadline_fails_the_job_over_nats() {
+    job_deadline_fails_the_job(Mode::Nats);
 }
 
 const DAEMONSET: &str = r#"apiVersion: apps/v1
@@ -182,9 +201,8 @@ fn agent_nodes(c: &Cluster) -> Vec<String> {
     nodes
 }
 
-#[test]
-fn daemonset_one_pod_per_node() {
-    let c = sim_cluster();
+fn daemonset_one_pod_per_node(mode: Mode) {
+    let c = sim_cluster(mode);
     apply(&c, "ds.yaml", DAEMONSET);
     wait_for("one agent pod on each sim node", Duration::from_secs(30), || {
         (agent_nodes(&c) == ["sim-0", "sim-1", "sim-2"]).then_some(())
@@ -231,6 +249,16 @@ fn daemonset_one_pod_per_node() {
     assert_eq!(images, vec!["busybox:1.37"; 3]);
 }
 
+#[test]
+fn daemonset_one_pod_per_node_in_process() {
+    daemonset_one_pod_per_node(Mode::InProcess);
+}
+
+#[test]
+fn daemonset_one_pod_per_node_over_nats() {
+    daemonset_one_pod_per_node(Mode::Nats);
+}
+
 const STATEFULSET: &str = r#"apiVersion: v1
 kind: Service
 metadata:
@@ -269,9 +297,8 @@ spec:
           storage: 1Gi
 "#;
 
-#[test]
-fn statefulset_creates_pods_in_order() {
-    let c = sim_cluster();
+fn statefulset_creates_pods_in_order(mode: Mode) {
+    let c = sim_cluster(mode);
     apply(&c, "sts.yaml", STATEFULSET);
     // In every snapshot, web-i exists only if web-(i-1) is Ready.
     let pods = wait_for("web-0, web-1, web-2 ready", Duration::from_secs(60), || {
@@ -340,6 +367,16 @@ fn statefulset_creates_pods_in_order() {
     c.ok(&["get", "pvc", "www-web-2"]);
 }
 
+#[test]
+fn statefulset_creates_pods_in_order_in_process() {
+    statefulset_creates_pods_in_order(Mode::InProcess);
+}
+
+#[test]
+fn statefulset_creates_pods_in_order_over_nats() {
+    statefulset_creates_pods_in_order(Mode::Nats);
+}
+
 const CRONJOB: &str = r#"apiVersion: batch/v1
 kind: CronJob
 metadata:
@@ -356,10 +393,8 @@ spec:
             image: busybox
 "#;
 
-#[test]
-#[ignore = "slow: waits for the next minute"]
-fn cronjob_creates_a_job_each_minute() {
-    let c = sim_cluster();
+fn cronjob_creates_a_job_each_minute(mode: Mode) {
+    let c = sim_cluster(mode);
     apply(&c, "cj.yaml", CRONJOB);
     let job = wait_for("a job from cronjob hello", Duration::from_secs(75), || {
         items(&json(&c, &["get", "jobs"])).into_iter().find(|j| {
@@ -376,4 +411,16 @@ fn cronjob_creates_a_job_each_minute() {
         let s = json(&c, &["get", "cronjob", "hello"])["status"].clone();
         (s["lastScheduleTime"].is_string() && s["lastSuccessfulTime"].is_string()).then_some(())
     });
+}
+
+#[test]
+#[ignore = "slow: waits for the next minute"]
+fn cronjob_creates_a_job_each_minute_in_process() {
+    cronjob_creates_a_job_each_minute(Mode::InProcess);
+}
+
+#[test]
+#[ignore = "slow: waits for the next minute"]
+fn cronjob_creates_a_job_each_minute_over_nats() {
+    cronjob_creates_a_job_each_minute(Mode::Nats);
 }

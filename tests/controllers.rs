@@ -1,9 +1,10 @@
 //! The garbage collector, the namespace controller and the endpoints controllers, driven by
-//! the real kubectl against a real `capstan up`.
+//! the real kubectl against a real `capstan up`, and (`_over_nats`) against a gateway with
+//! the controllers, scheduler and simulated nodes each in its own process over a nats-server.
 
 mod common;
 
-use common::{wait_for, Cluster};
+use common::{wait_for, Cluster, Mode};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -41,9 +42,8 @@ fn owner_and_dependent(c: &Cluster, ns: &str, dep_extra: &str) -> String {
     uid.trim().to_string()
 }
 
-#[test]
-fn garbage_collector_background_foreground_orphan() {
-    let c = Cluster::start();
+fn garbage_collector_background_foreground_orphan(mode: Mode) {
+    let c = mode.cluster(0, &[]);
     for ns in ["bg", "fg", "orphan"] {
         c.ok(&["create", "namespace", ns]);
     }
@@ -96,8 +96,17 @@ fn garbage_collector_background_foreground_orphan() {
 }
 
 #[test]
-fn garbage_collector_drops_only_dangling_references() {
-    let c = Cluster::start();
+fn garbage_collector_background_foreground_orphan_in_process() {
+    garbage_collector_background_foreground_orphan(Mode::InProcess);
+}
+
+#[test]
+fn garbage_collector_background_foreground_orphan_over_nats() {
+    garbage_collector_background_foreground_orphan(Mode::Nats);
+}
+
+fn garbage_collector_drops_only_dangling_references(mode: Mode) {
+    let c = mode.cluster(0, &[]);
     c.ok(&["create", "configmap", "keeper", "--from-literal=a=b"]);
     c.ok(&["create", "configmap", "goner", "--from-literal=a=b"]);
     let uid = |n: &str| c.ok(&["get", "cm", n, "-o", "jsonpath={.metadata.uid}"]).trim().to_string();
@@ -125,6 +134,16 @@ fn garbage_collector_drops_only_dangling_references() {
         gone(&c, &["cm", "haunted"]).then_some(())
     });
     assert!(!gone(&c, &["cm", "shared"]));
+}
+
+#[test]
+fn garbage_collector_drops_only_dangling_references_in_process() {
+    garbage_collector_drops_only_dangling_references(Mode::InProcess);
+}
+
+#[test]
+fn garbage_collector_drops_only_dangling_references_over_nats() {
+    garbage_collector_drops_only_dangling_references(Mode::Nats);
 }
 
 const NAMESPACE_CONTENT: &str = r#"apiVersion: v1
@@ -157,9 +176,8 @@ spec:
   containers: [{name: c, image: nginx}]
 "#;
 
-#[test]
-fn namespace_deletion_removes_contents_then_the_namespace() {
-    let c = Cluster::start();
+fn namespace_deletion_removes_contents_then_the_namespace(mode: Mode) {
+    let c = mode.cluster(0, &[]);
     c.ok(&["create", "namespace", "doomed"]);
     apply(&c, "content.yaml", NAMESPACE_CONTENT);
     wait_for("the service's endpoints", WAIT, || {
@@ -202,6 +220,16 @@ fn namespace_deletion_removes_contents_then_the_namespace() {
     // The name can be used again.
     c.ok(&["create", "namespace", "quick"]);
     assert!(gone(&c, &["cm", "a", "-n", "quick"]));
+}
+
+#[test]
+fn namespace_deletion_removes_contents_then_the_namespace_in_process() {
+    namespace_deletion_removes_contents_then_the_namespace(Mode::InProcess);
+}
+
+#[test]
+fn namespace_deletion_removes_contents_then_the_namespace_over_nats() {
+    namespace_deletion_removes_contents_then_the_namespace(Mode::Nats);
 }
 
 const WEB: &str = r#"apiVersion: v1
@@ -274,9 +302,8 @@ fn slice_ips(c: &Cluster) -> Option<(Value, Vec<String>, Vec<String>)> {
     Some((s, ready, not_ready))
 }
 
-#[test]
-fn endpoints_and_slices_follow_pods() {
-    let c = Cluster::start();
+fn endpoints_and_slices_follow_pods(mode: Mode) {
+    let c = mode.cluster(0, &[]);
     apply(&c, "web.yaml", WEB);
     set_status(&c, "web-1", "10.244.0.5", true);
     set_status(&c, "web-2", "10.244.0.6", true);
@@ -353,6 +380,16 @@ fn endpoints_and_slices_follow_pods() {
     });
 }
 
+#[test]
+fn endpoints_and_slices_follow_pods_in_process() {
+    endpoints_and_slices_follow_pods(Mode::InProcess);
+}
+
+#[test]
+fn endpoints_and_slices_follow_pods_over_nats() {
+    endpoints_and_slices_follow_pods(Mode::Nats);
+}
+
 const DEPLOYMENT: &str = r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -374,9 +411,8 @@ spec:
   ports: [{port: 8080, targetPort: http}]
 "#;
 
-#[test]
-fn deployment_on_simulated_nodes_endpoints_and_foreground_cascade() {
-    let c = Cluster::start_with(&["--sim-nodes", "2"]);
+fn deployment_on_simulated_nodes_endpoints_and_foreground_cascade(mode: Mode) {
+    let c = mode.cluster(2, &[]);
     apply(&c, "deploy.yaml", DEPLOYMENT);
     let ep = wait_for("two ready endpoints", Duration::from_secs(60), || {
         let ep = json(&c, &["get", "endpoints", "web"]);
@@ -398,4 +434,14 @@ fn deployment_on_simulated_nodes_endpoints_and_foreground_cascade() {
         let ep = json(&c, &["get", "endpoints", "web"]);
         ep["subsets"].as_array().is_none_or(|s| s.is_empty()).then_some(())
     });
+}
+
+#[test]
+fn deployment_on_simulated_nodes_endpoints_and_foreground_cascade_in_process() {
+    deployment_on_simulated_nodes_endpoints_and_foreground_cascade(Mode::InProcess);
+}
+
+#[test]
+fn deployment_on_simulated_nodes_endpoints_and_foreground_cascade_over_nats() {
+    deployment_on_simulated_nodes_endpoints_and_foreground_cascade(Mode::Nats);
 }

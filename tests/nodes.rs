@@ -1,20 +1,18 @@
 //! Simulated nodes and the node lifecycle controller, through the real kubectl against
 //! `capstan up --sim-nodes 3` with a short grace period (4 s) and short default
-//! tolerations (2 s).
+//! tolerations (2 s), and the same (`_over_nats`) with each role in its own process over
+//! a nats-server.
 
 mod common;
 
-use common::{wait_for, Cluster};
+use common::{wait_for, Cluster, Mode};
 use serde_json::Value;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn cluster() -> Cluster {
-    Cluster::start_env(
-        &["--sim-nodes", "3"],
-        &[("CAPSTAN_NODE_GRACE_SECONDS", "4"), ("CAPSTAN_DEFAULT_TOLERATION_SECONDS", "2")],
-    )
+fn cluster(mode: Mode) -> Cluster {
+    mode.cluster(3, &[("CAPSTAN_NODE_GRACE_SECONDS", "4"), ("CAPSTAN_DEFAULT_TOLERATION_SECONDS", "2")])
 }
 
 fn json(c: &Cluster, args: &[&str]) -> Value {
@@ -62,9 +60,8 @@ fn wait_running(c: &Cluster, name: &str) -> Value {
     })
 }
 
-#[test]
-fn sim_nodes_register_renew_and_run_pods() {
-    let c = cluster();
+fn sim_nodes_register_renew_and_run_pods(mode: Mode) {
+    let c = cluster(mode);
     wait_nodes_ready(&c);
     let out = c.ok(&["get", "nodes"]);
     let header: Vec<&str> = out.lines().next().unwrap_or("").split_whitespace().collect();
@@ -168,6 +165,16 @@ fn sim_nodes_register_renew_and_run_pods() {
     assert_eq!(out.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 2, "{out}");
 }
 
+#[test]
+fn sim_nodes_register_renew_and_run_pods_in_process() {
+    sim_nodes_register_renew_and_run_pods(Mode::InProcess);
+}
+
+#[test]
+fn sim_nodes_register_renew_and_run_pods_over_nats() {
+    sim_nodes_register_renew_and_run_pods(Mode::Nats);
+}
+
 const REPLICA_SET: &str = r#"apiVersion: apps/v1
 kind: ReplicaSet
 metadata:
@@ -189,9 +196,8 @@ fn node_of(p: &Value) -> String {
     p["spec"]["nodeName"].as_str().unwrap_or("").to_string()
 }
 
-#[test]
-fn unreachable_node_is_tainted_and_its_pods_evicted() {
-    let c = cluster();
+fn unreachable_node_is_tainted_and_its_pods_evicted(mode: Mode) {
+    let c = cluster(mode);
     wait_nodes_ready(&c);
     // One pod with the default (here 2 s) unreachable toleration, one tolerating forever.
     let f = c.file("a.yaml", &pod_manifest("victim", "sim-2", ""));
@@ -298,4 +304,14 @@ fn unreachable_node_is_tainted_and_its_pods_evicted() {
     });
     wait_for("the evicted pod to be gone", T, || get(&c, &["get", "pod", "victim"]).is_none().then_some(()));
     wait_running(&c, "stays");
+}
+
+#[test]
+fn unreachable_node_is_tainted_and_its_pods_evicted_in_process() {
+    unreachable_node_is_tainted_and_its_pods_evicted(Mode::InProcess);
+}
+
+#[test]
+fn unreachable_node_is_tainted_and_its_pods_evicted_over_nats() {
+    unreachable_node_is_tainted_and_its_pods_evicted(Mode::Nats);
 }

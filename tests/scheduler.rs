@@ -1,21 +1,22 @@
 //! The scheduler through the real kubectl against `capstan up`: nodes are created with
 //! kubectl (with their status), pods are placed by resource fit, nodeSelector, taints and
 //! tolerations, anti-affinity; an unschedulable pod gets `FailedScheduling` and is placed
-//! once a big enough node appears; a burst does not overcommit a node.
+//! once a big enough node appears; a burst does not overcommit a node. Every scenario also
+//! runs `_over_nats`: gateway, controllers and scheduler each in its own process.
 
 mod common;
 
-use common::{wait_for, Cluster};
+use common::{wait_for, Cluster, Mode};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn cluster() -> Cluster {
+fn cluster(mode: Mode) -> Cluster {
     // The nodes here have no kubelet renewing a Lease: keep the node lifecycle controller
     // from marking them unreachable while a test runs.
-    Cluster::start_env(&[], &[("CAPSTAN_NODE_GRACE_SECONDS", "3600")])
+    mode.cluster(0, &[("CAPSTAN_NODE_GRACE_SECONDS", "3600")])
 }
 
 /// A Ready node with `cpu` cores, `mem` memory, 110 pods, its hostname label plus
@@ -96,9 +97,8 @@ fn wait_failed(c: &Cluster, pod: &str) -> String {
     wait_for(&format!("FailedScheduling for {pod}"), T, || failed_scheduling(c, pod))
 }
 
-#[test]
-fn places_pods_by_fit_selector_and_taints() {
-    let c = cluster();
+fn places_pods_by_fit_selector_and_taints(mode: Mode) {
+    let c = cluster(mode);
     create(
         &c,
         "nodes.yaml",
@@ -164,8 +164,17 @@ fn places_pods_by_fit_selector_and_taints() {
 }
 
 #[test]
-fn anti_affinity_spreads_replicas_over_hosts() {
-    let c = cluster();
+fn places_pods_by_fit_selector_and_taints_in_process() {
+    places_pods_by_fit_selector_and_taints(Mode::InProcess);
+}
+
+#[test]
+fn places_pods_by_fit_selector_and_taints_over_nats() {
+    places_pods_by_fit_selector_and_taints(Mode::Nats);
+}
+
+fn anti_affinity_spreads_replicas_over_hosts(mode: Mode) {
+    let c = cluster(mode);
     create(
         &c,
         "nodes.yaml",
@@ -193,8 +202,17 @@ fn anti_affinity_spreads_replicas_over_hosts() {
 }
 
 #[test]
-fn unschedulable_pod_is_reported_then_placed_on_a_new_node() {
-    let c = cluster();
+fn anti_affinity_spreads_replicas_over_hosts_in_process() {
+    anti_affinity_spreads_replicas_over_hosts(Mode::InProcess);
+}
+
+#[test]
+fn anti_affinity_spreads_replicas_over_hosts_over_nats() {
+    anti_affinity_spreads_replicas_over_hosts(Mode::Nats);
+}
+
+fn unschedulable_pod_is_reported_then_placed_on_a_new_node(mode: Mode) {
+    let c = cluster(mode);
     create(
         &c,
         "nodes.yaml",
@@ -228,8 +246,17 @@ fn unschedulable_pod_is_reported_then_placed_on_a_new_node() {
 }
 
 #[test]
-fn a_burst_does_not_overcommit_nodes() {
-    let c = cluster();
+fn unschedulable_pod_is_reported_then_placed_on_a_new_node_in_process() {
+    unschedulable_pod_is_reported_then_placed_on_a_new_node(Mode::InProcess);
+}
+
+#[test]
+fn unschedulable_pod_is_reported_then_placed_on_a_new_node_over_nats() {
+    unschedulable_pod_is_reported_then_placed_on_a_new_node(Mode::Nats);
+}
+
+fn a_burst_does_not_overcommit_nodes(mode: Mode) {
+    let c = cluster(mode);
     create(
         &c,
         "nodes.yaml",
@@ -264,6 +291,16 @@ fn a_burst_does_not_overcommit_nodes() {
     }
 }
 
+#[test]
+fn a_burst_does_not_overcommit_nodes_in_process() {
+    a_burst_does_not_overcommit_nodes(Mode::InProcess);
+}
+
+#[test]
+fn a_burst_does_not_overcommit_nodes_over_nats() {
+    a_burst_does_not_overcommit_nodes(Mode::Nats);
+}
+
 /// Scheduling throughput: `SCHED_BENCH_NODES` nodes (default 1000) and `SCHED_BENCH_PODS`
 /// pods (default 10000) created over 16 HTTPS connections; prints the create rate and the
 /// rate at which pods got bound. With `SCHED_BENCH_MODE=parked` the pods come first and
@@ -275,7 +312,8 @@ fn throughput() {
     use capstan_bench::client::{Client, Kubeconfig};
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let (nodes, pods) = (env("SCHED_BENCH_NODES", 1000), env("SCHED_BENCH_PODS", 10_000));
-    let c = cluster();
+    // In process only: a benchmark of the scheduler, not a scenario.
+    let c = cluster(Mode::InProcess);
     eprintln!("scheduler throughput: capstan pid {}", c.pid());
     let kc = Kubeconfig::load(&c.kubeconfig).expect("kubeconfig");
     let client = Client::new(&kc).expect("client");

@@ -1,10 +1,11 @@
 //! Deployments and ReplicaSets end to end: the real kubectl against `capstan up` (with
-//! simulated nodes where pods must become Ready).
+//! simulated nodes where pods must become Ready). Every scenario runs twice: `_in_process`
+//! (`capstan up`) and `_over_nats` (each role its own process over a nats-server).
 
 mod common;
 
 use common::podwatch::{is_live, is_ready, PodWatch};
-use common::{wait_for, Cluster};
+use common::{wait_for, Cluster, Mode};
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -115,9 +116,8 @@ fn revisions(c: &Cluster) -> Vec<u32> {
     out.lines().filter_map(|l| l.split_whitespace().next()).filter_map(|w| w.parse().ok()).collect()
 }
 
-#[test]
-fn deployment_rolls_out_and_scales() {
-    let c = Cluster::start_with(&["--sim-nodes", "3"]);
+fn deployment_rolls_out_and_scales(mode: Mode) {
+    let c = mode.cluster(3, &[]);
     apply(&c, "web.yaml", DEPLOYMENT);
     rollout_status(&c);
     let pods = wait_live_pods(&c, "app=web", 5, Duration::from_secs(30));
@@ -150,6 +150,16 @@ fn deployment_rolls_out_and_scales() {
     assert_eq!(d["status"]["replicas"], 0, "{d}");
     // Scaling is not a new revision.
     assert_eq!(json(&c, &["get", "rs"])["items"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn deployment_rolls_out_and_scales_in_process() {
+    deployment_rolls_out_and_scales(Mode::InProcess);
+}
+
+#[test]
+fn deployment_rolls_out_and_scales_over_nats() {
+    deployment_rolls_out_and_scales(Mode::Nats);
 }
 
 /// Restart, set image and undo, each checked against the bounds from a pod watch; then
@@ -187,9 +197,13 @@ fn rollout_scenario(c: &Cluster) {
 }
 
 #[test]
-fn rolling_update_restart_set_image_undo_history() {
-    let c = Cluster::start_with(&["--sim-nodes", "3"]);
-    rollout_scenario(&c);
+fn rolling_update_restart_set_image_undo_history_in_process() {
+    rollout_scenario(&Mode::InProcess.cluster(3, &[]));
+}
+
+#[test]
+fn rolling_update_restart_set_image_undo_history_over_nats() {
+    rollout_scenario(&Mode::Nats.cluster(3, &[]));
 }
 
 /// Stands in for kubelets where there are no nodes: marks every live pod with `selector`
@@ -238,16 +252,24 @@ impl Drop for FakeKubelet {
 }
 
 /// The same rollout without nodes: the test marks pods Ready itself.
-#[test]
-fn rolling_update_with_pods_marked_ready_by_the_test() {
-    let c = Cluster::start();
+fn rolling_update_with_pods_marked_ready_by_the_test(mode: Mode) {
+    let c = mode.cluster(0, &[]);
     let _kubelet = FakeKubelet::start(&c, "app=web");
     rollout_scenario(&c);
 }
 
 #[test]
-fn recreate_removes_old_pods_before_creating_new_ones() {
-    let c = Cluster::start_with(&["--sim-nodes", "3"]);
+fn rolling_update_with_pods_marked_ready_by_the_test_in_process() {
+    rolling_update_with_pods_marked_ready_by_the_test(Mode::InProcess);
+}
+
+#[test]
+fn rolling_update_with_pods_marked_ready_by_the_test_over_nats() {
+    rolling_update_with_pods_marked_ready_by_the_test(Mode::Nats);
+}
+
+fn recreate_removes_old_pods_before_creating_new_ones(mode: Mode) {
+    let c = mode.cluster(3, &[]);
     let manifest = DEPLOYMENT.replace("  replicas: 5\n", "  replicas: 4\n  strategy: {type: Recreate}\n");
     apply(&c, "web.yaml", &manifest);
     rollout_status(&c);
@@ -267,8 +289,17 @@ fn recreate_removes_old_pods_before_creating_new_ones() {
 }
 
 #[test]
-fn deleting_a_deployment_removes_its_replicasets_and_pods() {
-    let c = Cluster::start_with(&["--sim-nodes", "3"]);
+fn recreate_removes_old_pods_before_creating_new_ones_in_process() {
+    recreate_removes_old_pods_before_creating_new_ones(Mode::InProcess);
+}
+
+#[test]
+fn recreate_removes_old_pods_before_creating_new_ones_over_nats() {
+    recreate_removes_old_pods_before_creating_new_ones(Mode::Nats);
+}
+
+fn deleting_a_deployment_removes_its_replicasets_and_pods(mode: Mode) {
+    let c = mode.cluster(3, &[]);
     apply(&c, "web.yaml", DEPLOYMENT);
     rollout_status(&c);
     c.ok(&["delete", "deploy", "web"]);
@@ -280,10 +311,19 @@ fn deleting_a_deployment_removes_its_replicasets_and_pods() {
     });
 }
 
-/// Without nodes pods stay Pending; counts, adoption and release still work.
 #[test]
-fn replicaset_counts_adoption_and_release_without_nodes() {
-    let c = Cluster::start();
+fn deleting_a_deployment_removes_its_replicasets_and_pods_in_process() {
+    deleting_a_deployment_removes_its_replicasets_and_pods(Mode::InProcess);
+}
+
+#[test]
+fn deleting_a_deployment_removes_its_replicasets_and_pods_over_nats() {
+    deleting_a_deployment_removes_its_replicasets_and_pods(Mode::Nats);
+}
+
+/// Without nodes pods stay Pending; counts, adoption and release still work.
+fn replicaset_counts_adoption_and_release_without_nodes(mode: Mode) {
+    let c = mode.cluster(0, &[]);
     apply(&c, "web.yaml", DEPLOYMENT);
     let pods = wait_live_pods(&c, "app=web", 5, Duration::from_secs(30));
     check_owner_chain(&c, &pods);
@@ -332,4 +372,14 @@ spec:
         p["metadata"]["ownerReferences"].as_array().is_none_or(Vec::is_empty).then_some(())
     });
     wait_live_pods(&c, "tier=front", 3, Duration::from_secs(30));
+}
+
+#[test]
+fn replicaset_counts_adoption_and_release_without_nodes_in_process() {
+    replicaset_counts_adoption_and_release_without_nodes(Mode::InProcess);
+}
+
+#[test]
+fn replicaset_counts_adoption_and_release_without_nodes_over_nats() {
+    replicaset_counts_adoption_and_release_without_nodes(Mode::Nats);
 }

@@ -1,5 +1,8 @@
 //! Test harness: starts the real `capstan` binary on a free loopback port with its own
 //! data directory, drives the real `kubectl` against it, and stops it by PID on drop.
+//! A cluster is either `capstan up` (every role in one process on the in-process bus) or
+//! each role in its own process over a real nats-server ([`Cluster::start_multiprocess`]);
+//! [`Mode`] picks one, so a scenario runs unchanged in both.
 
 #![allow(dead_code)]
 
@@ -60,6 +63,32 @@ pub struct Cluster {
     envs: Vec<(String, String)>,
     /// The config file of a cluster with a real node (reset on drop).
     node_config: Option<PathBuf>,
+    /// The other roles of a multi-process cluster (stopped on drop, before the gateway).
+    roles: Vec<Role>,
+    /// The nats-server of a multi-process cluster (stopped on drop, last).
+    nats: Option<nats::Nats>,
+}
+
+/// Where the roles of a test cluster run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `capstan up --sim-nodes N`: every role in one process, on the in-process bus.
+    InProcess,
+    /// `capstan gateway`, `controllers`, `scheduler` and `sim-nodes`, each its own
+    /// process, over a real nats-server.
+    Nats,
+}
+
+impl Mode {
+    /// A cluster with `sim_nodes` simulated nodes (none when 0) and extra environment
+    /// for every capstan process (e.g. `CAPSTAN_NODE_GRACE_SECONDS`).
+    pub fn cluster(self, sim_nodes: usize, envs: &[(&str, &str)]) -> Cluster {
+        match self {
+            Mode::InProcess if sim_nodes == 0 => Cluster::start_env(&[], envs),
+            Mode::InProcess => Cluster::start_env(&["--sim-nodes", &sim_nodes.to_string()], envs),
+            Mode::Nats => Cluster::start_multiprocess(sim_nodes, envs),
+        }
+    }
 }
 
 impl Cluster {
@@ -70,20 +99,27 @@ impl Cluster {
 
     /// Starts a cluster with extra `capstan up` flags (e.g. `--sim-nodes 3`).
     pub fn start_with(extra: &[&str]) -> Cluster {
+        let mut c = Cluster::unstarted("up", extra, &[]);
+        c.spawn();
+        c
+    }
+
+    /// A cluster of `role` (`up` or `gateway`) in a new data directory, not started yet.
+    fn unstarted(role: &'static str, extra: &[&str], envs: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
-        let mut c = Cluster {
+        Cluster {
             child: None,
             kubeconfig: dir.path().join("admin.kubeconfig"),
             dir,
             url: String::new(),
             listen: "127.0.0.1:0".into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            role: "up",
-            envs: Vec::new(),
+            role,
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             node_config: None,
-        };
-        c.spawn();
-        c
+            roles: Vec::new(),
+            nats: None,
+        }
     }
 
     /// Starts `capstan up` with its real node (runc containers), configured by the YAML
@@ -113,6 +149,8 @@ impl Cluster {
             role: "up",
             envs: vec![("CAPSTAN_NO_NODE".into(), "false".into())],
             node_config: Some(config),
+            roles: Vec::new(),
+            nats: None,
         };
         c.spawn();
         c
@@ -121,19 +159,30 @@ impl Cluster {
     /// Starts `capstan up` with extra flags and extra environment variables for the server
     /// process (e.g. `CAPSTAN_NODE_GRACE_SECONDS`).
     pub fn start_env(extra: &[&str], envs: &[(&str, &str)]) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
-        let mut c = Cluster {
-            child: None,
-            kubeconfig: dir.path().join("admin.kubeconfig"),
-            dir,
-            url: String::new(),
-            listen: "127.0.0.1:0".into(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            role: "up",
-            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            node_config: None,
-        };
+        let mut c = Cluster::unstarted("up", extra, envs);
         c.spawn();
+        c
+    }
+
+    /// Starts each role in its own process over a new nats-server: `capstan gateway
+    /// --nats` (whose URL and kubeconfig this Cluster serves), `capstan controllers`,
+    /// `capstan scheduler` and, when `sim_nodes` > 0, `capstan sim-nodes --count N`. Every
+    /// process gets `envs`, as `capstan up` does: the gateway reads
+    /// `CAPSTAN_DEFAULT_TOLERATION_SECONDS` (admission), the controllers (node lifecycle)
+    /// and sim-nodes (lease renewal) read `CAPSTAN_NODE_GRACE_SECONDS`. All are stopped by
+    /// PID on drop; `restart`/`kill9` act on the gateway only.
+    pub fn start_multiprocess(sim_nodes: usize, envs: &[(&str, &str)]) -> Cluster {
+        let nats = nats::Nats::start();
+        let url = nats.url();
+        let mut c = Cluster::unstarted("gateway", &["--nats", &url], envs);
+        c.nats = Some(nats);
+        c.spawn();
+        c.roles.push(Role::start_env(&["controllers", "--nats", &url], envs));
+        c.roles.push(Role::start_env(&["scheduler", "--nats", &url], envs));
+        if sim_nodes > 0 {
+            let count = sim_nodes.to_string();
+            c.roles.push(Role::start_env(&["sim-nodes", "--nats", &url, "--count", &count], envs));
+        }
         c
     }
 
@@ -166,18 +215,7 @@ impl Cluster {
     /// Starts `capstan gateway` alone (redb store in its data dir) with extra flags,
     /// e.g. `--nats URL`.
     pub fn start_gateway(extra: &[&str]) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
-        let mut c = Cluster {
-            child: None,
-            kubeconfig: dir.path().join("admin.kubeconfig"),
-            dir,
-            url: String::new(),
-            listen: "127.0.0.1:0".into(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            role: "gateway",
-            envs: Vec::new(),
-            node_config: None,
-        };
+        let mut c = Cluster::unstarted("gateway", extra, &[]);
         c.spawn();
         c
     }
@@ -270,12 +308,22 @@ impl Cluster {
 pub struct Role {
     child: Option<Child>,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl Role {
     /// Starts `capstan <args>` and waits for its `running` line on stdout.
     pub fn start(args: &[&str]) -> Role {
-        let mut r = Role { child: None, args: args.iter().map(|s| s.to_string()).collect() };
+        Role::start_env(args, &[])
+    }
+
+    /// Starts `capstan <args>` with extra environment variables.
+    pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Role {
+        let mut r = Role {
+            child: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
         r.spawn();
         r
     }
@@ -284,6 +332,7 @@ impl Role {
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
             .args(&self.args)
             .env("CAPSTAN_LOG", "warn")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -317,7 +366,10 @@ impl Drop for Role {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // The other roles first, so none is left talking to a gone gateway; NATS last.
+        self.roles.clear();
         self.stop();
+        self.nats = None;
         if let Some(config) = &self.node_config {
             let out = Command::new(env!("CARGO_BIN_EXE_capstan"))
                 .args(["node-reset", "--data-dir"])
