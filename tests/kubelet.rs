@@ -597,3 +597,64 @@ fn a_node_without_runc_or_cni_says_what_to_install() {
         );
     }
 }
+
+/// Runs `kubectl <args>` on a terminal of its own (util-linux `script`; the terminal is 100
+/// columns by 40 rows) with `input` typed into it; returns the exit status (`script -e`
+/// passes kubectl's on; 124 if it took over 60 s) and everything the terminal showed.
+fn kubectl_on_a_terminal(c: &Cluster, args: &str, input: &str) -> (Option<i32>, String) {
+    let command = format!(
+        "stty rows 40 cols 100; exec kubectl --kubeconfig {} --cache-dir {} {args}",
+        c.kubeconfig.display(),
+        c.path().join("kube-cache").display()
+    );
+    let mut child = Command::new("timeout")
+        .args(["60", "script", "-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) is installed");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("typing");
+    drop(stdin);
+    let out = child.wait_with_output().expect("script runs");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), format!("{shown}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn terminals_for_exec_and_containers() {
+    let (_reg, image) = registry_with_image(None);
+    let c = Cluster::start_node("");
+    apply(&c, "shell.yaml", &simple_pod("shell", &image, "sleep 1000", ""));
+    // A container on a terminal: its output is the log's stdout; attach types into it.
+    let script = r#"tty; echo term=$TERM; while read x; do [ "$x" = q ] && exit 5; echo "got-$x"; done"#;
+    let extra = "    stdin: true\n    tty: true\n  restartPolicy: Never\n";
+    apply(&c, "tty.yaml", &simple_pod("tty", &image, script, extra));
+    wait_running(&c, "shell");
+
+    // `exec -it`: the process runs on a terminal of kubectl's size (kubectl sends it once the
+    // session is up: the process waits for it, at most 10 s) and its exit code comes back.
+    let size_then_exit = "tty; i=0; until s=$(stty size 2>/dev/null) && [ \"$s\" != \"0 0\" ]; \
+                          do i=$((i+1)); [ $i -ge 100 ] && break; sleep 0.1; done; echo \"size=$s\"; exit 4";
+    let (code, shown) = kubectl_on_a_terminal(&c, &format!("exec -it shell -- sh -c '{size_then_exit}'"), "");
+    assert!(shown.contains("/dev/pts/"), "no terminal: {shown:?}");
+    assert!(shown.contains("size=40 100"), "kubectl's terminal size did not arrive: {shown:?}");
+    assert_eq!(code, Some(4), "{shown:?}");
+    // Without -t there is no terminal, as before.
+    let out = c.kubectl(&["exec", "shell", "--", "sh", "-c", "tty; true"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "not a tty\n");
+
+    wait_running(&c, "tty");
+    let logs = wait_for("the tty container's first lines", Duration::from_secs(20), || {
+        let l = c.ok(&["logs", "tty"]);
+        l.contains("term=xterm").then_some(l)
+    });
+    assert!(logs.starts_with("/dev/pts/0\r\nterm=xterm\r\n"), "{logs:?}");
+    let (_, shown) = kubectl_on_a_terminal(&c, "attach -it tty", "hello\nq\n");
+    assert!(shown.contains("got-hello"), "{shown:?}");
+    let p = wait_for("tty Failed", Duration::from_secs(30), || {
+        try_pod(&c, "tty").filter(|p| p["status"]["phase"] == "Failed")
+    });
+    assert_eq!(container_status(&p, "main")["state"]["terminated"]["exitCode"], 5, "{p}");
+}

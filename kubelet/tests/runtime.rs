@@ -61,6 +61,8 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("memory_limit_oom_kill", |e| Box::pin(memory_limit_oom_kill(e))),
         ("cgroup_limits_and_cleanup", |e| Box::pin(cgroup_limits_and_cleanup(e))),
         ("exec_into_running_container", |e| Box::pin(exec_into_running_container(e))),
+        ("exec_with_a_terminal", |e| Box::pin(exec_with_a_terminal(e))),
+        ("container_with_a_terminal", |e| Box::pin(container_with_a_terminal(e))),
         ("stdin_fifo_once", |e| Box::pin(stdin_fifo_once(e))),
         ("stdin_fifo_reattach", |e| Box::pin(stdin_fifo_reattach(e))),
         ("stop_uses_the_stop_signal", |e| Box::pin(stop_uses_the_stop_signal(e))),
@@ -377,8 +379,145 @@ async fn exec_into_running_container(env: Env) -> Result<()> {
 
     let (code, _, err) = collect(env.runtime.exec("execd", &exec(&["nope"], false)).await?).await?;
     ensure!(code != 0 && err.contains("executable file not found"), "code {code} err {err:?}");
-    let tty = ExecSpec { tty: true, ..exec(&["sh"], false) };
-    ensure!(matches!(env.runtime.exec("execd", &tty).await, Err(RuntimeError::Unsupported(_))));
+    Ok(())
+}
+
+/// Complete `size <rows> <cols>` lines of a terminal's output.
+fn size_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<&str> = text.split(['\r', '\n']).collect();
+    lines.pop(); // not ended yet
+    lines.into_iter().filter(|l| l.starts_with("size ")).map(str::to_string).collect()
+}
+
+/// Resizes through `resize`, then types `s` lines (`type_line`) into a process answering each
+/// line with `size <rows> <cols>` until the answer is the new size (the resize and the
+/// input may reach the process in either order).
+async fn resize_and_check<R, T>(
+    width: u16,
+    height: u16,
+    mut resize: impl FnMut(u16, u16) -> R,
+    mut type_line: impl FnMut() -> T,
+    text: impl Fn() -> String,
+) -> Result<()>
+where
+    R: Future<Output = Result<()>>,
+    T: Future<Output = Result<()>>,
+{
+    resize(width, height).await?;
+    let want = format!("size {height} {width}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let asked = size_lines(&text()).len();
+        type_line().await?;
+        eventually("an answer", Duration::from_secs(10), || {
+            (size_lines(&text()).len() > asked).then_some(())
+        })
+        .await?;
+        if size_lines(&text()).last() == Some(&want) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "the size did not become {width}x{height}: {:?}", text());
+    }
+}
+
+async fn exec_with_a_terminal(env: Env) -> Result<()> {
+    use std::sync::{Arc, Mutex};
+    env.runtime.start(&env.spec("ttyexec", &["sleep", "1000"])).await?;
+    let script =
+        "tty; echo term=$TERM; while read x; do [ \"$x\" = q ] && exit 7; echo \"size $(stty size)\"; done";
+    let spec =
+        ExecSpec { args: vec!["sh".into(), "-c".into(), script.into()], tty: true, ..Default::default() };
+    let mut p = env.runtime.exec("ttyexec", &spec).await?;
+    ensure!(p.stdin.is_none() && p.stdout.is_none() && p.stderr.is_none());
+    let term = p.terminal.take().context("no terminal")?;
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let reader = tokio::spawn({
+        let (mut term, output) = (term.try_clone()?, output.clone());
+        async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = term.read(&mut buf).await {
+                output.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    let text = || String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    let started =
+        eventually("TERM", Duration::from_secs(10), || text().contains("term=xterm\r").then_some(()));
+    started.await.with_context(|| format!("output {:?}", text()))?;
+    // Lines end in \r\n (or \r\r\n: runc stops the container's terminal from adding its \r
+    // only once it serves it, so the first output may get one from both terminals).
+    ensure!(text().starts_with("/dev/pts/") && text().contains("\r\n"), "not on a terminal: {:?}", text());
+    for (width, height) in [(100, 30), (132, 43)] {
+        let resize = |w, h| {
+            let r = term.resize(w, h);
+            async move { Ok(r?) }
+        };
+        let type_line = || {
+            let term = term.try_clone();
+            async move {
+                let mut term = term?;
+                term.write_all(b"s\n").await?;
+                Ok(term.flush().await?)
+            }
+        };
+        resize_and_check(width, height, resize, type_line, text).await?;
+        ensure!(term.size()? == (width, height));
+    }
+    let mut input = term.try_clone()?;
+    input.write_all(b"q\n").await?;
+    input.flush().await?;
+    let code = p.wait().await?;
+    ensure!(code == 7, "exit code {code}: {:?}", text());
+    // The output ends once runc is gone.
+    tokio::time::timeout(Duration::from_secs(10), reader).await.context("the output did not end")??;
+
+    // runc's complaint about a missing binary appears on the terminal.
+    let spec = ExecSpec { args: vec!["nope".into()], tty: true, ..Default::default() };
+    let mut p = env.runtime.exec("ttyexec", &spec).await?;
+    let mut term = p.terminal.take().context("no terminal")?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), term.read_to_string(&mut out)).await??;
+    let code = p.wait().await?;
+    ensure!(code != 0 && out.contains("executable file not found"), "code {code} out {out:?}");
+    Ok(())
+}
+
+/// The container's output as its CRI log records it (`P` records joined, `F` ones ended).
+fn log_text(path: &Path) -> String {
+    log_lines(path).into_iter().map(|(_, tag, c)| if tag == "F" { c + "\n" } else { c }).collect()
+}
+
+async fn container_with_a_terminal(env: Env) -> Result<()> {
+    let script = "tty; echo term=$TERM; printf 'prompt> '; \
+                  while read x; do [ \"$x\" = q ] && exit 3; echo \"size $(stty size)\"; done";
+    let mut spec = env.spec("ttyctr", &["sh", "-c", script]);
+    spec.tty = true;
+    spec.stdin = true;
+    env.runtime.start(&spec).await?;
+    let log = spec.log_path.clone();
+    // A prompt without its newline reaches the log at once.
+    eventually("the prompt", Duration::from_secs(10), || log_text(&log).ends_with("prompt> ").then_some(()))
+        .await?;
+    let text = log_text(&log);
+    ensure!(text.starts_with("/dev/pts/0\nterm=xterm\n"), "{text:?}");
+    // The terminal's line discipline ends lines with \r\n (kept in the log, as upstream).
+    ensure!(std::fs::read_to_string(&log)?.contains(" F /dev/pts/0\r\n"));
+    ensure!(log_lines(&log).iter().all(|(stream, _, _)| stream == "stdout"), "{:?}", log_lines(&log));
+
+    let stdin = &tokio::sync::Mutex::new(env.runtime.open_stdin("ttyctr").await?);
+    let runtime = &env.runtime;
+    for (width, height) in [(90, 20), (101, 33)] {
+        let resize = |w, h| async move { Ok(runtime.resize("ttyctr", w, h).await?) };
+        let type_line = || async move { Ok(stdin.lock().await.write_all(b"s\n").await?) };
+        resize_and_check(width, height, resize, type_line, || log_text(&log)).await?;
+    }
+    stdin.lock().await.write_all(b"q\n").await?;
+    let exit = wait_exit(&env, "ttyctr").await?;
+    ensure!(exit.code == 3, "{exit:?}: {:?}", log_text(&log));
+    // No shim serves the terminal any more; a container without one has nothing to resize.
+    ensure!(matches!(env.runtime.resize("ttyctr", 80, 24).await, Err(RuntimeError::NotRunning(_))));
+    env.runtime.start(&env.spec("nottyctr", &["sleep", "1000"])).await?;
+    ensure!(matches!(env.runtime.resize("nottyctr", 80, 24).await, Err(RuntimeError::NotFound(_))));
     Ok(())
 }
 

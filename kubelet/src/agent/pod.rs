@@ -725,6 +725,7 @@ impl PodState {
             log_path,
             stdin: c.spec["stdin"].as_bool() == Some(true),
             stdin_once: c.spec["stdinOnce"].as_bool() == Some(true),
+            tty: c.spec["tty"].as_bool() == Some(true),
             stop_signal: None,
         };
         // A leftover of an earlier attempt with the same id (agent crash mid-start).

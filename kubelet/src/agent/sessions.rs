@@ -18,6 +18,7 @@ struct Target {
     previous_log: Option<std::path::PathBuf>,
     done: tokio::sync::watch::Receiver<bool>,
     ip: Option<std::net::IpAddr>,
+    tty: bool,
 }
 
 /// Finds the pod and container a request names, or the Status to reject it with.
@@ -46,6 +47,7 @@ fn target(deps: &Deps, incoming: &Incoming) -> Result<Target, (u16, &'static str
         previous_log: c.previous_log.clone(),
         done: c.done.clone(),
         ip,
+        tty: c.tty,
     };
     if matches!(r.kind, SessionKind::PortForward) {
         return match view.containers.first() {
@@ -163,24 +165,52 @@ pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
             if let Some(err) = proc.stderr.take() {
                 readers.push(tokio::spawn(copy_out(err, session.tx.clone(), if tty { 1 } else { 2 })));
             }
+            // With a terminal, its output (stdout and stderr in one) is stream 1 and the
+            // client's stdin is typed into it.
+            let mut terminal = proc.terminal.take();
+            if let Some(t) = &terminal {
+                match t.try_clone() {
+                    Ok(output) => readers.push(tokio::spawn(copy_out(output, session.tx.clone(), 1))),
+                    Err(e) => tracing::warn!("reading the exec terminal: {e}"),
+                }
+            }
             let mut child_stdin = proc.stdin.take();
+            let mut client_gone = false;
             let wait = proc.wait();
             tokio::pin!(wait);
             let code = loop {
                 tokio::select! {
                     code = &mut wait => break code,
-                    frame = session.rx.recv() => match frame {
+                    frame = session.rx.recv(), if !client_gone => match frame {
                         Some(FrameBody::Data { stream: 0, data }) => {
                             if let Some(w) = child_stdin.as_mut() {
                                 if w.write_all(&data).await.is_err() {
                                     child_stdin = None;
                                 }
                             }
+                            if let Some(t) = terminal.as_mut() {
+                                if let Err(e) = t.write_all(&data).await {
+                                    tracing::debug!("typing into the exec terminal: {e}");
+                                }
+                            }
                         }
+                        // A terminal has no end of input to pass on (a typed ^D is data).
                         Some(FrameBody::Close { stream: 0 }) => child_stdin = None,
+                        Some(FrameBody::Resize { width, height }) => {
+                            if let Some(t) = &terminal {
+                                if let Err(e) = t.resize(width, height) {
+                                    tracing::debug!("resizing the exec terminal: {e}");
+                                }
+                            }
+                        }
                         Some(FrameBody::End) | None => {
-                            // The client went away: the process gets EOF and its output goes nowhere.
+                            // The client went away: the process gets EOF (or, on a terminal,
+                            // a hangup) and its output goes nowhere.
+                            client_gone = true;
                             child_stdin = None;
+                            if let Some(t) = &terminal {
+                                t.hang_up();
+                            }
                         }
                         _ => {}
                     },
@@ -236,6 +266,13 @@ pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
                             }
                         }
                         Some(FrameBody::Close { stream: 0 }) => fifo = None,
+                        Some(FrameBody::Resize { width, height }) if t.tty => {
+                            if let Some(id) = t.id.as_deref() {
+                                if let Err(e) = deps.runtime.resize(id, width, height).await {
+                                    tracing::debug!("resizing the terminal of {id}: {e}");
+                                }
+                            }
+                        }
                         Some(FrameBody::End) | None => return,
                         _ => {}
                     },

@@ -11,11 +11,13 @@
 //!   default mounts, masked and read-only paths; Docker's default capabilities;
 //!   `RLIMIT_NOFILE` 1048576 (capped at the agent's own hard limit when it lacks
 //!   `CAP_SYS_RESOURCE`); the absolute cgroup path `<cgroup_parent>/<pod_id>/<id>` with
-//!   the [`Resources`] limits; `process.terminal = false`.
+//!   the [`Resources`] limits; `process.terminal` as [`ContainerSpec::tty`] says.
 //! * **Shim** ([`shim`]): one detached process per container (`<shim_exe> shim ...`) that
 //!   runs `runc create` + `runc start`, copies the container's stdout/stderr into the CRI log
 //!   file, is the subreaper that collects the init's exit status and writes it (with the OOM
-//!   verdict) to the state directory. It outlives the agent: a restarted agent finds its
+//!   verdict) to the state directory. A container with a terminal ([`ContainerSpec::tty`])
+//!   gets it from runc over a console socket; the shim copies its output into the log as
+//!   stdout, feeds it the stdin FIFO and applies [`resize`](RuncRuntime::resize)s. It outlives the agent: a restarted agent finds its
 //!   containers with [`RuncRuntime::list`] and keeps using them by id.
 //!
 //! Life cycle: [`RuncRuntime::start`] → ([`status`](RuncRuntime::status),
@@ -25,8 +27,10 @@
 //! → [`remove_pod_cgroups`](RuncRuntime::remove_pod_cgroups). A container that failed to
 //! start still exists, as exited with code 128 and [`ExitInfo::error`] set, until removed.
 //!
-//! Not supported: a terminal (`tty`) for containers or exec sessions; log rotation (the shim
-//! appends to one file); overlay mount options longer than a page (about 40 layers with
+//! Terminals: see [`tty`] (exec sessions get one from a foreground `runc exec --tty` on a pty
+//! the agent opens; containers from the shim).
+//!
+//! Not supported: log rotation (the shim appends to one file); overlay mount options longer than a page (about 40 layers with
 //! long paths) are rejected.
 //!
 //! The shim runs inside whatever binary `shim_exe` names: that binary must call
@@ -40,6 +44,7 @@ pub mod resources;
 pub mod shim;
 pub mod spec;
 pub mod state;
+pub mod tty;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -57,6 +62,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 pub use resources::Resources;
+pub use tty::Terminal;
 
 use cgroups::Hierarchies;
 use state::{read_json, write_json_atomic, ExitRecord, Meta, ShimReport, StartedRecord, StateDir};
@@ -203,6 +209,10 @@ pub struct ContainerSpec {
     pub stdin: bool,
     /// Close the container's stdin when the first stdin writer disconnects.
     pub stdin_once: bool,
+    /// Give the container a terminal: its stdin, stdout and stderr are one pty, whose output
+    /// goes to the log as stdout and whose input is the stdin FIFO (with `stdin`); see
+    /// [`RuncRuntime::resize`]. `TERM=xterm` is added when `env` has no `TERM`.
+    pub tty: bool,
     /// The signal [`RuncRuntime::stop`] sends first (the image's `StopSignal`); SIGTERM if
     /// `None`.
     pub stop_signal: Option<Signal>,
@@ -305,9 +315,10 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     /// `(uid, gid)`; the container's user when `None`.
     pub user: Option<(u32, u32)>,
-    /// Pipe stdin to the process (else /dev/null).
+    /// Pipe stdin to the process (else /dev/null). Ignored with `tty`.
     pub stdin: bool,
-    /// Not supported: an error.
+    /// Run the process on a terminal ([`ExecProcess::terminal`]) instead of pipes;
+    /// `TERM=xterm` is added when `env` has no `TERM`.
     pub tty: bool,
 }
 
@@ -317,12 +328,16 @@ pub struct ExecSpec {
 /// [`wait`](ExecProcess::wait) for it.
 #[derive(Debug)]
 pub struct ExecProcess {
-    /// Its stdin, with [`ExecSpec::stdin`].
+    /// Its stdin, with [`ExecSpec::stdin`] (not with a terminal).
     pub stdin: Option<ChildStdin>,
-    /// Its stdout.
+    /// Its stdout (not with a terminal).
     pub stdout: Option<ChildStdout>,
-    /// Its stderr (also where runc reports that the process could not be started).
+    /// Its stderr (also where runc reports that the process could not be started; not with
+    /// a terminal).
     pub stderr: Option<ChildStderr>,
+    /// Its terminal, with [`ExecSpec::tty`]: input, output (runc's errors included) and
+    /// resizes. Reading it ends once the process has exited and its output is read.
+    pub terminal: Option<Terminal>,
     child: Child,
 }
 
@@ -464,6 +479,7 @@ impl RuncRuntime {
         if spec.log_path.as_os_str().is_empty() {
             return Err(RuntimeError::InvalidSpec("log_path is empty".into()));
         }
+
         let state = self.state(&spec.id);
         match tokio::fs::create_dir(&state.dir).await {
             Ok(()) => {}
@@ -539,6 +555,7 @@ impl RuncRuntime {
             oom_file: self.inner.cgroups.oom_file(&self.cgroup_path(&spec.pod_id, &spec.id)),
             stdin: spec.stdin,
             stdin_once: spec.stdin_once,
+            tty: spec.tty,
             detached: false,
         };
         let shim_log = std::fs::OpenOptions::new()
@@ -868,12 +885,9 @@ impl RuncRuntime {
         Ok(out.into_values().collect())
     }
 
-    /// Runs a process in a running container (`runc exec`), with piped stdio. A terminal
-    /// (`tty`) is not supported.
+    /// Runs a process in a running container (`runc exec`), with piped stdio or, with
+    /// [`ExecSpec::tty`], on a terminal (see [`tty`]).
     pub async fn exec(&self, id: &str, exec: &ExecSpec) -> Result<ExecProcess, RuntimeError> {
-        if exec.tty {
-            return Err(RuntimeError::Unsupported("exec with a terminal (tty) is not supported".into()));
-        }
         if exec.args.is_empty() {
             return Err(RuntimeError::InvalidSpec("exec: no command".into()));
         }
@@ -888,13 +902,36 @@ impl RuncRuntime {
         for e in &exec.env {
             cmd.arg("--env").arg(e);
         }
+        if exec.tty && !exec.env.iter().any(|e| e.starts_with("TERM=")) {
+            cmd.arg("--env").arg(spec::DEFAULT_TERM);
+        }
         if let Some(cwd) = &exec.cwd {
             cmd.arg("--cwd").arg(cwd);
         }
         if let Some((uid, gid)) = exec.user {
             cmd.arg("--user").arg(format!("{uid}:{gid}"));
         }
+        if exec.tty {
+            cmd.arg("--tty");
+        }
         cmd.arg(id).args(&exec.args);
+        if exec.tty {
+            // runc is the terminal's only user: once it exits, reading the terminal ends.
+            let (master, slave) = tty::open_pty().map_err(io_err("opening a pseudo-terminal"))?;
+            let dup = |fd: &std::os::fd::OwnedFd| fd.try_clone().map_err(io_err("duplicating the terminal"));
+            cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(slave);
+            let child = cmd.spawn().map_err(io_err(format!("running {} exec", config.runc.display())))?;
+            drop(cmd); // it holds our copies of the user side
+            let runc = child.id().map(|pid| Pid::from_raw(pid as i32));
+            let terminal = Terminal::new(master, runc).map_err(io_err("watching the terminal"))?;
+            return Ok(ExecProcess {
+                stdin: None,
+                stdout: None,
+                stderr: None,
+                terminal: Some(terminal),
+                child,
+            });
+        }
         cmd.stdin(if exec.stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -903,8 +940,39 @@ impl RuncRuntime {
             stdin: child.stdin.take(),
             stdout: child.stdout.take(),
             stderr: child.stderr.take(),
+            terminal: None,
             child,
         })
+    }
+
+    /// Resizes the terminal of a container started with [`ContainerSpec::tty`] (its shim
+    /// applies it).
+    pub async fn resize(&self, id: &str, width: u16, height: u16) -> Result<(), RuntimeError> {
+        if validate_id(id).is_err() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        match self.status(id).await? {
+            None => return Err(RuntimeError::NotFound(id.to_string())),
+            Some(ContainerStatus::Exited(_)) => return Err(RuntimeError::NotRunning(id.to_string())),
+            Some(_) => {}
+        }
+        let fifo = self.state(id).resize();
+        // Non-blocking: without a reader (no terminal, or the shim is gone) this fails at once.
+        let opened = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+        let mut f = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RuntimeError::NotFound(format!("{id} (or it has no terminal)")))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(RuntimeError::NotRunning(id.into()))
+            }
+            Err(e) => return Err(io_err(format!("opening the resize FIFO of {id}"))(e)),
+        };
+        // One short line: written whole (PIPE_BUF), never partly.
+        use std::io::Write;
+        f.write_all(format!("{width} {height}\n").as_bytes())
+            .map_err(io_err(format!("resizing the terminal of {id}")))
     }
 
     /// Opens the container's stdin FIFO for writing (attach); see [`ContainerSpec::stdin`].

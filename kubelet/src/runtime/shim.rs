@@ -32,9 +32,19 @@
 //! When the writer closes it, the container's stdin stays open (later writers may attach)
 //! unless `--stdin-once` is set: then the first writer's close closes the container's stdin
 //! (it reads EOF) for good. Without `--stdin` the container's stdin is /dev/null.
+//!
+//! Terminal (`--tty`, the config has `process.terminal`): runc gets
+//! `--console-socket <private dir>/sock` and sends the controlling side of the container's
+//! terminal there while `runc create` runs; the shim receives it (SCM_RIGHTS) once create
+//! succeeded. The terminal's output goes to the log as `stdout`, whatever each read returns
+//! at once (a line without its newline, such as a shell prompt, becomes a `P` line, so a
+//! follower of the log sees it); the stdin FIFO, with `--stdin`, writes into the terminal
+//! (`--stdin-once` only stops forwarding: a terminal cannot be closed for reading); the FIFO
+//! `<state>/resize` takes `<width> <height>` lines and sets the terminal's size. runc's own
+//! stdout and stderr still go to the log through the pipes.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -54,6 +64,7 @@ use super::cgroups::read_oom_kills;
 use super::state::{
     now_rfc3339, write_atomic, write_json_atomic, ExitRecord, ShimReport, StartedRecord, StateDir,
 };
+use super::tty::{self, ConsoleSocket};
 
 /// Longest CRI log line before it is split into partial (`P`) lines.
 pub const MAX_LOG_LINE: usize = 16 * 1024;
@@ -79,6 +90,8 @@ pub struct ShimArgs {
     pub stdin: bool,
     /// Close the container's stdin when the first writer disconnects (`--stdin-once`).
     pub stdin_once: bool,
+    /// The container has a terminal (`--tty`).
+    pub tty: bool,
     /// Already detached (`--detached`, set by the shim when it re-executes itself).
     pub detached: bool,
 }
@@ -99,6 +112,7 @@ impl ShimArgs {
                 "--oom-file" => args.oom_file = Some(value()?.into()),
                 "--stdin" => args.stdin = true,
                 "--stdin-once" => args.stdin_once = true,
+                "--tty" => args.tty = true,
                 "--detached" => args.detached = true,
                 other => bail!("shim: unknown argument {other:?}"),
             }
@@ -135,9 +149,12 @@ impl ShimArgs {
         if let Some(f) = &self.oom_file {
             v.extend(["--oom-file".to_string(), s(f)]);
         }
-        for (flag, on) in
-            [("--stdin", self.stdin), ("--stdin-once", self.stdin_once), ("--detached", self.detached)]
-        {
+        for (flag, on) in [
+            ("--stdin", self.stdin),
+            ("--stdin-once", self.stdin_once),
+            ("--tty", self.tty),
+            ("--detached", self.detached),
+        ] {
             if on {
                 v.push(flag.to_string());
             }
@@ -220,16 +237,25 @@ fn start_container(
     let log = Arc::new(CriLog::open(&args.log_path).map_err(|e| format!("opening the log file: {e}"))?);
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    readers.push(spawn_reader(out_r, "stdout", log.clone()));
-    readers.push(spawn_reader(err_r, "stderr", log));
-    let stdin = if args.stdin {
-        let fifo = state.stdin();
-        match nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(format!("creating the stdin FIFO: {e}")),
-        }
+    readers.push(spawn_reader(out_r, "stdout", log.clone(), false));
+    readers.push(spawn_reader(err_r, "stderr", log.clone(), false));
+    let mkfifo = |fifo: &Path| match nix::unistd::mkfifo(fifo, Mode::from_bits_truncate(0o600)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(format!("creating {}: {e}", fifo.display())),
+    };
+    if args.stdin {
+        mkfifo(&state.stdin())?;
+    }
+    // With a terminal, runc sends it here during `create`; stdin then goes into the terminal.
+    let console = if args.tty {
+        mkfifo(&state.resize())?;
+        Some(ConsoleSocket::new().map_err(|e| format!("creating the console socket: {e}"))?)
+    } else {
+        None
+    };
+    let stdin = if args.stdin && !args.tty {
         let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        let once = args.stdin_once;
+        let (fifo, once) = (state.stdin(), args.stdin_once);
         std::thread::spawn(move || proxy_stdin(&fifo, File::from(in_w), once));
         Stdio::from(in_r)
     } else {
@@ -247,11 +273,12 @@ fn start_container(
     };
     // The Command (and with it the pipes' write ends in this process) is dropped right after
     // runc exits, so the readers see EOF once the container's processes are gone.
-    let created = runc("create")
-        .arg("--bundle")
-        .arg(state.bundle())
-        .arg("--pid-file")
-        .arg(state.init_pid())
+    let mut create = runc("create");
+    create.arg("--bundle").arg(state.bundle()).arg("--pid-file").arg(state.init_pid());
+    if let Some(console) = &console {
+        create.arg("--console-socket").arg(console.path());
+    }
+    let created = create
         .arg(&args.id)
         .stdin(stdin)
         .stdout(Stdio::from(out_w))
@@ -261,13 +288,21 @@ fn start_container(
     if !created.success() {
         return Err(runc_error(&state.runc_log()).unwrap_or_else(|| format!("runc create failed: {created}")));
     }
-    let started = runc("start").arg(&args.id).stdin(Stdio::null()).output();
-    let failure = match started {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(runc_error(&state.runc_log()).unwrap_or_else(|| {
+    // The terminal is served before the process starts: none of its output is missed.
+    let served = match console {
+        Some(console) => console
+            .receive(Duration::from_secs(10))
+            .map_err(|e| format!("receiving the container's terminal from runc: {e}"))
+            .and_then(|terminal| serve_terminal(args, state, terminal, log, readers)),
+        None => Ok(()),
+    };
+    let failure = match served.map(|()| runc("start").arg(&args.id).stdin(Stdio::null()).output()) {
+        Err(message) => Some(message),
+        Ok(Ok(out)) if out.status.success() => None,
+        Ok(Ok(out)) => Some(runc_error(&state.runc_log()).unwrap_or_else(|| {
             format!("runc start failed: {}", String::from_utf8_lossy(&out.stderr).trim())
         })),
-        Err(e) => Some(format!("running {}: {e}", args.runc.display())),
+        Ok(Err(e)) => Some(format!("running {}: {e}", args.runc.display())),
     };
     let pid = std::fs::read_to_string(state.init_pid())
         .ok()
@@ -284,6 +319,46 @@ fn start_container(
     }
     let pid = pid.ok_or("runc wrote no init pid")?;
     Ok(Running { pid, started_at: now_rfc3339() })
+}
+
+/// Serves a container's terminal: its output into the log, the stdin FIFO into it (with
+/// `--stdin`), resizes from the resize FIFO.
+fn serve_terminal(
+    args: &ShimArgs,
+    state: &StateDir,
+    terminal: OwnedFd,
+    log: Arc<CriLog>,
+    readers: &mut Vec<mpsc::Receiver<()>>,
+) -> Result<(), String> {
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("duplicating the terminal: {e}"));
+    // Read and write ends of the FIFO: opening does not wait for a writer, and reading never
+    // ends when one leaves.
+    let resizes = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(state.resize())
+        .map_err(|e| format!("opening the resize FIFO: {e}"))?;
+    let for_resizes = dup(&terminal)?;
+    std::thread::spawn(move || apply_resizes(resizes, &for_resizes));
+    if args.stdin {
+        let (fifo, once, input) = (state.stdin(), args.stdin_once, File::from(dup(&terminal)?));
+        std::thread::spawn(move || proxy_stdin(&fifo, input, once));
+    }
+    readers.push(spawn_reader(terminal, "stdout", log, true));
+    Ok(())
+}
+
+/// Applies `<width> <height>` lines to the terminal, forever.
+fn apply_resizes(fifo: File, terminal: &OwnedFd) {
+    for line in io::BufReader::new(fifo).lines() {
+        let Ok(line) = line else { return };
+        let mut parts = line.split_whitespace().map(str::parse::<u16>);
+        if let (Some(Ok(width)), Some(Ok(height))) = (parts.next(), parts.next()) {
+            if let Err(e) = tty::set_size(terminal, width, height) {
+                eprintln!("shim: resizing the terminal: {e}");
+            }
+        }
+    }
 }
 
 /// The last error message in a runc JSON log file.
@@ -414,8 +489,10 @@ impl LineSplitter {
     }
 }
 
-/// Copies one container stream into the log; the receiver gets a message at EOF.
-fn spawn_reader(fd: OwnedFd, stream: &'static str, log: Arc<CriLog>) -> mpsc::Receiver<()> {
+/// Copies one container stream into the log; the receiver gets a message at EOF. `prompt`:
+/// log whatever each read returns at once, a line's start as a `P` line (a terminal: a
+/// prompt must not wait for its newline); the end of a terminal (`EIO`) is its EOF.
+fn spawn_reader(fd: OwnedFd, stream: &'static str, log: Arc<CriLog>, prompt: bool) -> mpsc::Receiver<()> {
     let (done, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut file = File::from(fd);
@@ -424,8 +501,14 @@ fn spawn_reader(fd: OwnedFd, stream: &'static str, log: Arc<CriLog>) -> mpsc::Re
         loop {
             match file.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => splitter.push(&buf[..n], |partial, content| log.write(stream, partial, content)),
+                Ok(n) => {
+                    splitter.push(&buf[..n], |partial, content| log.write(stream, partial, content));
+                    if prompt {
+                        splitter.finish(|partial, content| log.write(stream, partial, content));
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if prompt && e.raw_os_error() == Some(libc::EIO) => break,
                 Err(e) => {
                     eprintln!("shim: reading {stream}: {e}");
                     break;
@@ -483,6 +566,7 @@ mod tests {
             oom_file: Some("/sys/fs/cgroup/memory/x/memory.oom_control".into()),
             stdin: true,
             stdin_once: false,
+            tty: true,
             detached: true,
         };
         assert_eq!(ShimArgs::parse(&args.to_args()).unwrap(), args);

@@ -18,6 +18,8 @@ pub const POD_ID_ANNOTATION: &str = "io.capstan.pod-id";
 pub const LABELS_ANNOTATION: &str = "io.capstan.labels";
 /// The PATH a container gets when its environment has none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The `TERM` a process with a terminal gets when its environment has none (as containerd's).
+pub const DEFAULT_TERM: &str = "TERM=xterm";
 /// `RLIMIT_NOFILE` (soft and hard) of container processes, where the runtime may set it.
 pub const NOFILE_LIMIT: u64 = 1_048_576;
 
@@ -143,6 +145,9 @@ pub fn build_spec(
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) && !spec.hostname.is_empty() {
         env.push(format!("HOSTNAME={}", spec.hostname));
     }
+    if spec.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push(DEFAULT_TERM.to_string());
+    }
     let mut user = UserBuilder::default().uid(spec.uid).gid(spec.gid);
     if !spec.additional_gids.is_empty() {
         user = user.additional_gids(spec.additional_gids.clone());
@@ -155,7 +160,7 @@ pub fn build_spec(
         .build()
         .map_err(err)?;
     let process = ProcessBuilder::default()
-        .terminal(false)
+        .terminal(spec.tty)
         .user(user.build().map_err(err)?)
         .args(spec.args.clone())
         .env(env)

@@ -13,6 +13,7 @@
 //! | `started` | shim, once running | [`StartedRecord`] |
 //! | `exit` | shim, after the init exited or the start failed | [`ExitRecord`] |
 //! | `stdin` | shim | FIFO feeding the container's stdin (only with `stdin: true`) |
+//! | `resize` | shim | FIFO of `<width> <height>` lines resizing the container's terminal (only with `tty: true`) |
 //!
 //! `started` and `exit` are written atomically (temporary file + rename), `exit` last of all.
 
@@ -89,6 +90,10 @@ impl StateDir {
     /// The stdin FIFO.
     pub fn stdin(&self) -> PathBuf {
         self.dir.join("stdin")
+    }
+    /// The FIFO of terminal resizes (`<width> <height>` lines).
+    pub fn resize(&self) -> PathBuf {
+        self.dir.join("resize")
     }
 }
 
