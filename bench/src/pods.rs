@@ -759,7 +759,9 @@ async fn run(o: &Opts, node: &Node, image: &str) -> anyhow::Result<Value> {
             if let (Some(st), Some(x)) = (st, x) {
                 started_to_running.push(x - st);
             }
-            per_pod.push(json!([name, ms(s.at - t0), ms(s.took), b, st, x, y]));
+            // The wall clock of the send, to line pods up with the server's log.
+            let unix_ms = s.wall.duration_since(SystemTime::UNIX_EPOCH).ok().map(ms);
+            per_pod.push(json!([name, ms(s.at - t0), unix_ms, ms(s.took), b, st, x, y]));
         }
     }
     let (watch_errors, reopens) = {
@@ -785,7 +787,7 @@ async fn run(o: &Opts, node: &Node, image: &str) -> anyhow::Result<Value> {
         "create_to_ready": stats(ready),
         "bound_to_started_event": stats(bound_to_started),
         "started_event_to_running": stats(started_to_running),
-        "per_pod_columns": ["name", "sent_ms", "request_ms", "bound_ms", "started_event_ms", "running_ms", "ready_ms"],
+        "per_pod_columns": ["name", "sent_ms", "sent_unix_ms", "request_ms", "bound_ms", "started_event_ms", "running_ms", "ready_ms"],
         "per_pod": per_pod,
         "watch_errors": watch_errors,
         "watch_reopens": reopens,
