@@ -893,3 +893,52 @@ pub fn main(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     eprintln!("{}", summary(&v));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_cidr_addresses() {
+        assert_eq!(cidr_hosts("10.124.0.0/22").unwrap(), 1024);
+        assert_eq!(cidr_hosts("10.0.0.0/30").unwrap(), 4);
+        for bad in [
+            "10.124.0.0",
+            "10.124.0.0/",
+            "10.124.0.0/7",
+            "10.124.0.0/31",
+            "x/24",
+            "::1/120",
+            "10.0.0.0/99999",
+        ] {
+            assert!(cidr_hosts(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_flags() {
+        let parse = |a: &[&str]| parse_args(a.iter().map(|s| s.to_string()));
+        assert!(parse(&["--pods", "0"]).is_err());
+        assert!(parse(&["--pods", "-1"]).is_err());
+        assert!(parse(&["--pods", "2000"]).is_err(), "2000 pods do not fit a /22");
+        assert!(parse(&["--pods", "2000", "--pod-cidr", "10.124.0.0/20"]).is_ok());
+        assert!(parse(&["--interval-ms", "18446744073709551615"]).is_err());
+        assert!(parse(&["--timeout", "0"]).is_err());
+        assert!(parse(&["--concurrency"]).is_err());
+        assert!(parse(&["--what"]).is_err());
+    }
+
+    #[test]
+    fn nearest_rank_statistics() {
+        let v = stats((1..=50).map(f64::from).collect());
+        assert_eq!(v["count"], 50);
+        assert_eq!(v["p50_ms"], 26.0);
+        assert_eq!(v["p90_ms"], 45.0);
+        assert_eq!(v["p99_ms"], 50.0);
+        assert_eq!(v["max_ms"], 50.0);
+        assert_eq!(v["mean_ms"], 25.5);
+        let empty = stats(vec![f64::NAN]);
+        assert_eq!(empty["count"], 0);
+        assert!(empty["p50_ms"].is_null());
+    }
+}
