@@ -5,7 +5,10 @@
 //!
 //! `capstan-bench sched` (module [`sched`]) measures scheduling throughput, Deployment
 //! roll-out time and memory on simulated nodes.
+//!
+//! `capstan-bench pods` (module [`pods`]) measures pod start latency on the real node.
 
+mod pods;
 mod sched;
 
 use anyhow::{bail, Context};
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str =
     "usage: capstan-bench api [--capstan PATH] [--clients N] [--duration SECS] [--pods N] [--watch-events N]
        capstan-bench sched --help (scheduling throughput and Deployment roll-out on simulated nodes)
+       capstan-bench pods --help (pod start latency on the real node: create to Running)
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --clients N         concurrent HTTPS connections for creates and GETs (default 16)
@@ -545,6 +549,9 @@ fn summary(v: &Value) -> String {
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("sched") {
         return sched::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("pods") {
+        return pods::main(std::env::args().skip(2));
     }
     let o = parse_args()?;
     let mut server = Server::start(&o.capstan)?;
