@@ -333,14 +333,8 @@ impl PodState {
                     _ => reason.clone(),
                 };
                 if self.prepare_error.as_ref().map(|(_, m)| m) != Some(&message) {
-                    deps.recorder
-                        .event(
-                            &self.pod(),
-                            "Warning",
-                            if image_error { "Failed" } else { "FailedMount" },
-                            &message,
-                        )
-                        .await;
+                    let reason = if image_error { "Failed" } else { "FailedMount" };
+                    emit(deps, &self.pod(), "Warning", reason, &message);
                 }
                 tracing::info!(pod = %self.name, "{reason}: {message}");
                 self.prepare_error = Some((shown, message));
@@ -402,7 +396,7 @@ impl PodState {
                             "Successfully pulled image \"{image}\" in {}ms",
                             started.elapsed().as_millis()
                         );
-                        deps.recorder.event(&pod, "Normal", "Pulled", &msg).await;
+                        emit(deps, &pod, "Normal", "Pulled", &msg);
                     }
                     self.ctrs[i].image = Some(info);
                 }
@@ -621,10 +615,10 @@ impl PodState {
                 c.started = c.startup.is_none();
                 c.ready = c.readiness.is_none();
                 let name = c.name.clone();
-                deps.recorder.event(&pod, "Normal", "Started", &format!("Started container {name}")).await;
+                emit(deps, &pod, "Normal", "Started", &format!("Started container {name}"));
             }
             Err((reason, message)) => {
-                deps.recorder.event(&pod, "Warning", "Failed", &format!("Error: {message}")).await;
+                emit(deps, &pod, "Warning", "Failed", &format!("Error: {message}"));
                 let t = Terminated {
                     exit_code: 128,
                     signal: None,
@@ -729,7 +723,9 @@ impl PodState {
             stop_signal: None,
         };
         // A leftover of an earlier attempt with the same id (agent crash mid-start).
-        let _ = deps.runtime.remove(&id).await;
+        if !matches!(deps.runtime.status(&id).await, Ok(None)) {
+            let _ = deps.runtime.remove(&id).await;
+        }
         match deps.runtime.start(&spec).await {
             Ok(started) => Ok((id, fmt_time(started.started_at))),
             Err(e) => Err(("StartError".into(), e.to_string())),
@@ -781,9 +777,7 @@ impl PodState {
                         "liveness" => "Liveness",
                         _ => "Readiness",
                     };
-                    deps.recorder
-                        .event(&pod, "Warning", "Unhealthy", &format!("{what} probe failed: {m}"))
-                        .await;
+                    emit(deps, &pod, "Warning", "Unhealthy", &format!("{what} probe failed: {m}"));
                 }
                 let c = &mut self.ctrs[i];
                 match (kind, flipped) {
@@ -793,7 +787,7 @@ impl PodState {
                         let name = c.name.clone();
                         let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
                         let msg = format!("Container {name} failed {kind} probe, will be restarted");
-                        deps.recorder.event(&pod, "Normal", "Killing", &msg).await;
+                        emit(deps, &pod, "Normal", "Killing", &msg);
                         if let Ok(exit) = deps.runtime.stop(&id, Duration::from_secs(grace)).await {
                             self.container_exited(deps, i, &id, &exit).await;
                         }
@@ -817,7 +811,7 @@ impl PodState {
             if let Some(id) = c.id.clone() {
                 if !self.deleted {
                     let msg = format!("Stopping container {}", c.name);
-                    deps.recorder.event(&pod, "Normal", "Killing", &msg).await;
+                    emit(deps, &pod, "Normal", "Killing", &msg);
                 }
                 let rt = deps.runtime.clone();
                 stops.push(async move {
@@ -1156,6 +1150,14 @@ async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value) -> ProbeOutcome {
         };
     }
     ProbeOutcome::Success
+}
+
+/// Records an Event without waiting for it (events are best effort and must not delay
+/// the status write that follows).
+fn emit(deps: &Deps, obj: &Value, type_: &str, reason: &str, message: &str) {
+    let (recorder, obj) = (deps.recorder.clone(), obj.clone());
+    let (type_, reason, message) = (type_.to_string(), reason.to_string(), message.to_string());
+    tokio::spawn(async move { recorder.event(&obj, &type_, &reason, &message).await });
 }
 
 /// Runs a command in a container; returns its exit code and output (stdout then stderr).
