@@ -634,8 +634,10 @@ fn terminals_for_exec_and_containers() {
     wait_running(&c, "shell");
 
     // `exec -it`: the process runs on a terminal of kubectl's size (kubectl sends it once the
-    // session is up: the process waits for it, at most 10 s) and its exit code comes back.
-    let size_then_exit = "tty; i=0; until s=$(stty size 2>/dev/null) && [ \"$s\" != \"0 0\" ]; \
+    // session is up: the process waits for it, at most 10 s; busybox `stty size` prints
+    // nothing for a 0x0 terminal) and its exit code comes back.
+    let size_then_exit =
+        "tty; i=0; until s=$(stty size 2>/dev/null) && [ -n \"$s\" ] && [ \"$s\" != \"0 0\" ]; \
                           do i=$((i+1)); [ $i -ge 100 ] && break; sleep 0.1; done; echo \"size=$s\"; exit 4";
     let (code, shown) = kubectl_on_a_terminal(&c, &format!("exec -it shell -- sh -c '{size_then_exit}'"), "");
     assert!(shown.contains("/dev/pts/"), "no terminal: {shown:?}");

@@ -188,6 +188,22 @@ impl Terminal {
         if let Some(pid) = self.winch {
             // It may be gone already; then there is nobody to tell.
             let _ = kill(pid, Signal::SIGWINCH);
+            // runc copies the size on SIGWINCH only once its handler is installed; kubectl
+            // sends the size at once, often before that. Tell it again a little later (the
+            // copy is idempotent), so the first size is never lost.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let mut last = 0;
+                    for at in [100, 300, 700, 1500, 3000, 6000] {
+                        let ms = at - last;
+                        last = at;
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        if kill(pid, Signal::SIGWINCH).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
         }
         Ok(())
     }
