@@ -104,7 +104,9 @@ impl Server {
             .args(["up", "--data-dir"])
             .arg(dir.path())
             .args(["--listen", "127.0.0.1:0"])
-            .env("CAPSTAN_LOG", "warn")
+            // CAPSTAN_BENCH_LOG overrides the server's log filter (e.g. to see the store's
+            // `debug` group-commit figures).
+            .env("CAPSTAN_LOG", std::env::var("CAPSTAN_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -615,6 +615,7 @@ impl ApiService {
         body: Value,
         opts: &WriteOptions,
     ) -> ApiResult<WriteResult> {
+        let started = std::time::Instant::now();
         self.authorize(user, "create", res, None, namespace, None)?;
         if !res.has_verb("create") {
             return Err(ApiError::MethodNotAllowed(format!(
@@ -672,7 +673,10 @@ impl ApiService {
             return Ok(WriteResult { object: obj, created: true, warnings });
         }
         let value = encode(&obj)?;
-        match self.store.commit(Txn::single(Op::put(key, value, Precondition::Absent))).await {
+        let committing = std::time::Instant::now();
+        let outcome = self.store.commit(Txn::single(Op::put(key, value, Precondition::Absent))).await;
+        create_stats::record(committing - started, committing.elapsed());
+        match outcome {
             Ok(r) => {
                 let rev = r.revisions.first().copied().unwrap_or(0);
                 meta::set_meta_str(&mut obj, "resourceVersion", &rev.to_string());
@@ -1341,6 +1345,44 @@ impl ApiService {
 /// unreachable nodes for 300 s unless they say otherwise.
 /// `tolerationSeconds` of the default not-ready/unreachable tolerations: 300, or
 /// `CAPSTAN_DEFAULT_TOLERATION_SECONDS` (read once; for tests).
+/// Where creates spend their time, logged at `debug` about once a second under load:
+/// preparation (decode, defaults, validation, namespace check, encode) vs. waiting for the
+/// store's commit.
+mod create_stats {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    static PREPARE_NS: AtomicU64 = AtomicU64::new(0);
+    static COMMIT_NS: AtomicU64 = AtomicU64::new(0);
+    static SINCE: Mutex<Option<Instant>> = Mutex::new(None);
+
+    pub(super) fn record(prepare: Duration, commit: Duration) {
+        COUNT.fetch_add(1, Ordering::Relaxed);
+        PREPARE_NS.fetch_add(prepare.as_nanos() as u64, Ordering::Relaxed);
+        COMMIT_NS.fetch_add(commit.as_nanos() as u64, Ordering::Relaxed);
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let Ok(mut since) = SINCE.try_lock() else { return };
+        let start = *since.get_or_insert_with(Instant::now);
+        if start.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        *since = Some(Instant::now());
+        let n = COUNT.swap(0, Ordering::Relaxed).max(1);
+        let prepare = PREPARE_NS.swap(0, Ordering::Relaxed) as f64 / n as f64 / 1e6;
+        let commit = COMMIT_NS.swap(0, Ordering::Relaxed) as f64 / n as f64 / 1e6;
+        tracing::debug!(
+            creates = n,
+            prepare_avg_ms = format_args!("{prepare:.3}"),
+            commit_wait_avg_ms = format_args!("{commit:.3}"),
+            "create stages"
+        );
+    }
+}
+
 fn default_toleration_seconds() -> i64 {
     static SECONDS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *SECONDS.get_or_init(|| {

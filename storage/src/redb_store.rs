@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 /// Objects: user key → `[1u8][create_revision u64 BE][mod_revision u64 BE][value]`.
@@ -149,6 +149,7 @@ impl RedbStore {
                     // Finish any compaction interrupted by a restart.
                     cleanup: true,
                     compact_waiters: Vec::new(),
+                    stats: WriterStats::new(),
                 };
                 w.run();
             })
@@ -253,6 +254,58 @@ struct Writer {
     cleanup: bool,
     /// Compaction callers waiting for the cleanup to finish, with their answer.
     compact_waiters: Vec<(oneshot::Sender<Result<u64>>, u64)>,
+    /// Group-commit figures since the last `debug` summary.
+    stats: WriterStats,
+}
+
+/// Group-commit figures, logged at `debug` about once a second while the writer is busy:
+/// how many requests each write transaction carried and where the writer's time went.
+struct WriterStats {
+    since: Instant,
+    txns: u64,
+    requests: u64,
+    max_batch: usize,
+    /// Building the transaction (reads, planning, inserts).
+    apply: Duration,
+    /// `WriteTransaction::commit` (page writes and the fsync).
+    commit: Duration,
+}
+
+impl WriterStats {
+    fn new() -> WriterStats {
+        WriterStats {
+            since: Instant::now(),
+            txns: 0,
+            requests: 0,
+            max_batch: 0,
+            apply: Duration::ZERO,
+            commit: Duration::ZERO,
+        }
+    }
+
+    fn record(&mut self, batch: usize, apply: Duration, commit: Duration) {
+        self.txns += 1;
+        self.requests += batch as u64;
+        self.max_batch = self.max_batch.max(batch);
+        self.apply += apply;
+        self.commit += commit;
+        let wall = self.since.elapsed();
+        if wall >= Duration::from_secs(1) {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            tracing::debug!(
+                wall_ms = ms(wall) as u64,
+                txns = self.txns,
+                requests = self.requests,
+                avg_batch = format_args!("{:.1}", self.requests as f64 / self.txns as f64),
+                max_batch = self.max_batch,
+                apply_ms = format_args!("{:.1}", ms(self.apply)),
+                commit_ms = format_args!("{:.1}", ms(self.commit)),
+                commit_avg_ms = format_args!("{:.2}", ms(self.commit) / self.txns as f64),
+                "redb group commits"
+            );
+            *self = WriterStats::new();
+        }
+    }
 }
 
 /// A reply to send once the group commit is durable.
@@ -332,6 +385,9 @@ impl Writer {
 
     /// Applies `batch` (and one compaction chunk) in one write transaction.
     fn group_commit(&mut self, batch: Vec<Request>) {
+        let size = batch.len();
+        let started = Instant::now();
+        let mut committing = started;
         let mut replies = Vec::with_capacity(batch.len());
         let mut revision = self.revision;
         let mut compacted = self.compacted;
@@ -362,12 +418,14 @@ impl Writer {
                     chunk_done = self.compact_chunk(&mut t, compacted)?;
                 }
             }
+            committing = Instant::now();
             wtx.commit().map_err(backend("failed to commit write transaction"))?;
             Ok(())
         })();
         match outcome {
             Ok(()) => {
                 self.shared.write_txns.fetch_add(1, Ordering::Relaxed);
+                self.stats.record(size, committing - started, committing.elapsed());
                 self.revision = revision;
                 self.compacted = compacted;
                 self.cleanup = !chunk_done;
