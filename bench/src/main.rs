@@ -104,6 +104,8 @@ impl Server {
             .args(["up", "--data-dir"])
             .arg(dir.path())
             .args(["--listen", "127.0.0.1:0"])
+            // The API alone: no real node (it would write its own objects meanwhile).
+            .arg("--no-node")
             // CAPSTAN_BENCH_LOG overrides the server's log filter (e.g. to see the store's
             // `debug` group-commit figures).
             .env("CAPSTAN_LOG", std::env::var("CAPSTAN_BENCH_LOG").unwrap_or_else(|_| "warn".into()))

@@ -343,6 +343,8 @@ impl Cluster {
                 "127.0.0.1:0",
                 "--sim-nodes",
                 &o.nodes.to_string(),
+                // Simulated nodes only: the real node would take pods and run containers.
+                "--no-node",
             ]);
             let (p, _) =
                 Proc::spawn("up", c, &dir.path().join("up.log"), Some("capstan is ready at "), wait)?;
