@@ -72,6 +72,13 @@ impl AgentConfig {
     }
 }
 
+/// Pod starts in progress at once (at least; more on machines with more CPUs).
+const MAX_CONCURRENT_STARTS: usize = 2;
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 /// Directories of the node.
 #[derive(Debug, Clone)]
 pub struct Dirs {
@@ -137,6 +144,8 @@ pub struct Deps {
     pub views: Mutex<HashMap<String, PodView>>,
     /// Pod actors by uid.
     pub workers: Mutex<HashMap<String, Addr<pod::PodWorker>>>,
+    /// Pod starts (images, volumes, network, first containers) in progress at once.
+    pub starts: tokio::sync::Semaphore,
 }
 
 /// The container runtime and the pod network of a node, or why it cannot have them.
@@ -185,6 +194,7 @@ fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<De
         backoff_max: cfg.backoff_max,
         views: Mutex::new(HashMap::new()),
         workers: Mutex::new(HashMap::new()),
+        starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS.max(host_cpus())),
     })
 }
 

@@ -292,7 +292,13 @@ impl PodState {
             self.stage = Stage::Terminating;
         }
         match self.stage {
-            Stage::Prepare => self.prepare(deps).await,
+            Stage::Prepare => {
+                // A burst of pods starts a few at a time, in arrival order (the semaphore is
+                // fair): with every pod starting at once on a small machine, all of them
+                // finish late.
+                let _permit = deps.starts.acquire().await.ok();
+                self.prepare(deps).await
+            }
             Stage::Init | Stage::Main => self.supervise(deps).await,
             Stage::Finished => {}
             Stage::Terminating => self.terminate(deps).await,
