@@ -251,6 +251,14 @@ fn logs_follow_previous_and_restarts() {
         try_pod(&c, "counter").filter(|p| p["status"]["phase"] == "Succeeded")
     });
     assert_eq!(container_status(&p, "main")["state"]["terminated"]["reason"], "Completed");
+    // A finished pod keeps its reported IP but gives its network back.
+    assert!(p["status"]["podIP"].is_string(), "{p}");
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    wait_for("the finished pod's netns released", Duration::from_secs(10), || {
+        let left = std::fs::read_dir("/run/netns")
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().contains(&uid)));
+        (!left.unwrap_or(false)).then_some(())
+    });
     assert_eq!(c.ok(&["logs", "counter", "--tail=2"]), "line-4\nline-5\n");
     let ts = c.ok(&["logs", "counter", "--timestamps", "--tail=1"]);
     assert!(ts.ends_with("Z line-5\n") && ts.starts_with("20"), "{ts}");

@@ -165,6 +165,8 @@ pub struct PodState {
     start_time: Option<String>,
     last_status: Option<Value>,
     finished_phase: Option<&'static str>,
+    /// The IP a finished pod had (its network is released).
+    finished_ip: Option<String>,
     deleted: bool,
 }
 
@@ -259,6 +261,7 @@ impl PodState {
             start_time,
             last_status: None,
             finished_phase,
+            finished_ip: None,
             deleted: false,
         }
     }
@@ -491,7 +494,7 @@ impl PodState {
             if self.ctrs[i].id.is_none() {
                 if let CState::Terminated(t) = &self.ctrs[i].state {
                     if t.exit_code != 0 && policy == "Never" {
-                        self.finish("Failed");
+                        self.finish(deps, "Failed").await;
                         return;
                     }
                 }
@@ -526,18 +529,27 @@ impl PodState {
                 });
             if all_done {
                 let ok = app.iter().all(|c| matches!(&c.state, CState::Terminated(t) if t.exit_code == 0));
-                self.finish(if ok { "Succeeded" } else { "Failed" });
+                self.finish(deps, if ok { "Succeeded" } else { "Failed" }).await;
                 return;
             }
             self.run_probes(deps).await;
         }
     }
 
-    fn finish(&mut self, phase: &'static str) {
+    /// Every container ended for good: the pod keeps its status (and podIP) but gives its
+    /// network back, as upstream tears down a finished pod's sandbox (Job pods would
+    /// otherwise hold the node's IPs until they are deleted).
+    async fn finish(&mut self, deps: &Deps, phase: &'static str) {
         self.finished_phase = Some(phase);
         self.stage = Stage::Finished;
         for c in &mut self.ctrs {
             c.ready = false;
+        }
+        self.finished_ip = self.net.as_ref().map(|n| n.ip.to_string());
+        if self.net.take().is_some() {
+            if let Err(e) = deps.network.teardown(&self.uid).await {
+                tracing::warn!(pod = %self.name, "network teardown of a finished pod failed: {e}");
+            }
         }
     }
 
@@ -979,7 +991,8 @@ impl PodState {
             .map(|n| n.ip.to_string())
             .or_else(|| (pod["spec"]["hostNetwork"].as_bool() == Some(true)).then(|| deps.host_ip.clone()))
             .or_else(|| {
-                pod["status"]["podIP"].as_str().map(str::to_string).filter(|_| self.stage == Stage::Finished)
+                let reported = pod["status"]["podIP"].as_str().map(str::to_string);
+                self.finished_ip.clone().or(reported).filter(|_| self.stage == Stage::Finished)
             });
         if let Some(ip) = ip {
             st["podIP"] = json!(ip);
