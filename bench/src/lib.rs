@@ -17,3 +17,13 @@
 //! ```
 
 pub mod client;
+pub mod watch;
+
+/// The `capstan` binary the benchmarks start: next to this binary, else `capstan` on PATH.
+pub fn default_capstan() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("capstan")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| std::path::PathBuf::from("capstan"))
+}

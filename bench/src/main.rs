@@ -51,11 +51,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         }
         _ => bail!("{USAGE}"),
     }
-    let default_capstan = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("capstan")))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("capstan"));
+    let default_capstan = capstan_bench::default_capstan();
     let mut o = Opts {
         capstan: default_capstan,
         clients: 16,

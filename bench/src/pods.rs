@@ -69,11 +69,7 @@ struct Opts {
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
-    let default_capstan = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("capstan")))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("capstan"));
+    let default_capstan = capstan_bench::default_capstan();
     let mut o = Opts {
         capstan: default_capstan,
         pods: 50,
@@ -479,25 +475,11 @@ async fn start_watch(
     client: &Client,
     deadline: Instant,
 ) -> anyhow::Result<(Arc<Mutex<Recorder>>, tokio::task::JoinHandle<()>)> {
-    let mut conn = client.open().await.context("connect")?;
-    let r = conn.request("GET", &format!("{NS_PODS}?limit=1"), &[ACCEPT], b"").await?;
-    if r.status != 200 {
-        bail!("list pods: {} {}", r.status, r.text());
-    }
-    let mut rv = r.json()?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+    let mut rv = capstan_bench::watch::pods_revision(client).await.context("list pods")?;
     let owned = client.clone();
     let open = move |rv: String| {
         let client = owned.clone();
-        async move {
-            let path = format!(
-                "{NS_PODS}?watch=true&labelSelector=app%3D{APP}&resourceVersion={rv}&timeoutSeconds=3600"
-            );
-            let s = client.open().await?.stream("GET", &path, &[], b"").await?;
-            if s.status != 200 {
-                bail!("watch failed with {}", s.status);
-            }
-            anyhow::Ok(s)
-        }
+        async move { capstan_bench::watch::watch_pods(&client, APP, &rv).await }
     };
     let mut watch = open(rv.clone()).await?;
     let rec = Arc::new(Mutex::new(Recorder::default()));
@@ -725,8 +707,6 @@ async fn run(o: &Opts, node: &Node, image: &str) -> anyhow::Result<Value> {
     let phase = t0.elapsed();
     let cpu =
         cpu_seconds(node.pid).zip(cpu0).map(|(a, b)| ((a - b) / phase.as_secs_f64() * 100.0).round() / 100.0);
-    // Let a last Ready event arrive after Running.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     watch.abort();
     let events = started_events(&client).await.unwrap_or_else(|e| {
         eprintln!("  cannot read the Started events: {e}");

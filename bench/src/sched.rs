@@ -70,11 +70,7 @@ struct Opts {
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
-    let default_capstan = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("capstan")))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("capstan"));
+    let default_capstan = capstan_bench::default_capstan();
     let mut o = Opts {
         capstan: default_capstan,
         nats_server: PathBuf::from("/usr/sbin/nats-server"),
@@ -578,25 +574,11 @@ async fn start_watch(
     app: &'static str,
     deadline: Instant,
 ) -> anyhow::Result<(Arc<Mutex<Recorder>>, tokio::task::JoinHandle<()>)> {
-    let mut conn = client.open().await.context("connect")?;
-    let r = conn.request("GET", &format!("{NS_PODS}?limit=1"), &[], b"").await?;
-    if r.status != 200 {
-        bail!("list pods: {} {}", r.status, r.text());
-    }
-    let mut rv = r.json()?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+    let mut rv = capstan_bench::watch::pods_revision(client).await.context("list pods")?;
     let owned = client.clone();
     let open = move |rv: String| {
         let client = owned.clone();
-        async move {
-            let path = format!(
-                "{NS_PODS}?watch=true&labelSelector=app%3D{app}&resourceVersion={rv}&timeoutSeconds=3600"
-            );
-            let s = client.open().await?.stream("GET", &path, &[], b"").await?;
-            if s.status != 200 {
-                bail!("watch failed with {}", s.status);
-            }
-            anyhow::Ok(s)
-        }
+        async move { capstan_bench::watch::watch_pods(&client, app, &rv).await }
     };
     let mut watch = open(rv.clone()).await?;
     let rec = Arc::new(Mutex::new(Recorder::default()));
