@@ -60,16 +60,22 @@ pub fn micro_time(ts: jiff::Timestamp) -> String {
     format!("{base}.{:06}Z", ts.subsec_microsecond())
 }
 
-/// The labels of a node.
-fn labels(name: &str) -> Value {
+/// The well-known labels every node carries (as the kubelet sets them).
+pub fn node_labels(name: &str) -> Value {
     json!({
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": "amd64",
         "beta.kubernetes.io/os": "linux",
         "beta.kubernetes.io/arch": "amd64",
-        "capstan.io/sim-node": "true",
     })
+}
+
+/// The labels of a simulated node: a node's, and `capstan.io/sim-node`.
+fn labels(name: &str) -> Value {
+    let mut l = node_labels(name);
+    l["capstan.io/sim-node"] = json!("true");
+    l
 }
 
 /// One node condition as the kubelet posts it: (type, status, reason, message).

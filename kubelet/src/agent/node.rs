@@ -1,7 +1,7 @@
 //! The node's own objects: its Node (capacity and allocatable read from the host,
 //! addresses, node info, conditions) and its Lease.
 
-use capstan_actors::simnodes::objects::{time, KUBELET_VERSION};
+use capstan_actors::simnodes::objects::{node_labels as labels, time, KUBELET_VERSION};
 use serde_json::{json, Value};
 
 /// What the host offers, read once at start.
@@ -74,16 +74,6 @@ impl HostInfo {
 
 /// Why the node cannot run pods, if it cannot (shown in the Ready condition).
 pub type NotReady = Option<String>;
-
-fn labels(name: &str) -> Value {
-    json!({
-        "kubernetes.io/hostname": name,
-        "kubernetes.io/os": "linux",
-        "kubernetes.io/arch": "amd64",
-        "beta.kubernetes.io/os": "linux",
-        "beta.kubernetes.io/arch": "amd64",
-    })
-}
 
 /// The node conditions, keeping each condition's transition time while its status holds.
 pub fn conditions(now: &str, not_ready: &NotReady, current: Option<&Value>) -> Value {
