@@ -7,7 +7,9 @@
 //!   stdio (CRI log file) and exit code, cgroups and the overlayfs root filesystem;
 //! * [`network`]: a network namespace per pod wired by the standard CNI plugins;
 //! * [`logs`]: the CRI log format (read side: tail, since, timestamps, limit, follow);
-//! * [`probes`]: httpGet and tcpSocket probe checks.
+//! * [`probes`]: httpGet and tcpSocket probe checks;
+//! * [`proxy`]: the service proxy (kube-proxy's job): Services and EndpointSlices as rules in
+//!   an nftables table the agent owns.
 //!
 //! The agent itself (node registration, one actor per pod, sessions for logs, exec,
 //! attach and port-forward over the bus) sits on top of these.
@@ -17,5 +19,6 @@ pub mod image;
 pub mod logs;
 pub mod network;
 pub mod probes;
+pub mod proxy;
 pub mod runtime;
 pub mod testing;

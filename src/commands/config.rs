@@ -53,6 +53,12 @@ pub struct NodeConfig {
     pub cni_bin_dir: Option<PathBuf>,
     /// The cgroup every pod goes under (default /capstan).
     pub cgroup_parent: Option<String>,
+    /// Whether the node runs the service proxy (default true).
+    pub service_proxy: Option<bool>,
+    /// The Service CIDR the proxy guards (default 10.96.0.0/12): traffic to an address in
+    /// it that no Service serves is rejected rather than routed away.
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: Option<String>,
 }
 
 impl FileConfig {

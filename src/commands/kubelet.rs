@@ -20,6 +20,9 @@ pub struct Args {
     /// YAML configuration file (its `node:` section).
     #[arg(long, env = "CAPSTAN_CONFIG")]
     config: Option<PathBuf>,
+    /// Do not run the service proxy (the node's nftables rules for Services).
+    #[arg(long, env = "CAPSTAN_NO_SERVICE_PROXY")]
+    no_service_proxy: bool,
 }
 
 /// The host's name, as a node name.
@@ -60,6 +63,12 @@ pub fn agent_config(
         if let Some(c) = n.cgroup_parent {
             cfg.cgroup_parent = c;
         }
+        if let Some(p) = n.service_proxy {
+            cfg.service_proxy = p;
+        }
+        if let Some(c) = n.service_cidr {
+            cfg.service_cidr = Some(c).filter(|c| !c.is_empty());
+        }
     }
     cfg
 }
@@ -71,7 +80,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.node_name.or_else(|| node.as_ref().and_then(|n| n.name.clone())).unwrap_or_else(host_name);
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = args.data_dir.canonicalize().unwrap_or(args.data_dir);
-    let cfg = agent_config(name.clone(), &data_dir, node);
+    let mut cfg = agent_config(name.clone(), &data_dir, node);
+    if args.no_service_proxy {
+        cfg.service_proxy = false;
+    }
     actix_rt::System::new().block_on(async move {
         let bus = super::roles::connect_bus(Some(&args.nats), &format!("capstan-kubelet-{name}")).await?;
         super::roles::start_kubelet(bus, cfg);

@@ -51,6 +51,11 @@ pub struct AgentConfig {
     pub backoff_base: Duration,
     /// The longest crash-loop back-off (upstream: 300 s).
     pub backoff_max: Duration,
+    /// Whether the node runs the service proxy ([`crate::proxy`]).
+    pub service_proxy: bool,
+    /// The Service CIDR: the proxy rejects traffic to an address in it that no Service
+    /// serves, rather than letting it be routed away (upstream's default 10.96.0.0/12).
+    pub service_cidr: Option<String>,
 }
 
 impl AgentConfig {
@@ -68,6 +73,8 @@ impl AgentConfig {
             registries: RegistryConfig::default(),
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
+            service_proxy: true,
+            service_cidr: Some("10.96.0.0/12".into()),
         }
     }
 }
@@ -464,6 +471,20 @@ pub fn start(client: ApiClient, cfg: AgentConfig) -> Option<String> {
             Some(g) if g > 0 => Duration::from_secs((g / 4).clamp(1, 10)),
             _ => Duration::from_secs(10),
         };
+    if cfg.service_proxy {
+        let proxy = crate::proxy::ProxyConfig {
+            node_name: cfg.node_name.clone(),
+            node_ip: host.internal_ip.parse().ok(),
+            bridge: cfg.bridge.clone(),
+            pod_cidr: cfg.pod_cidr.clone(),
+            service_cidr: cfg.service_cidr.clone(),
+        };
+        let informers = capstan_actors::Informers::new(client.clone());
+        if let Err(e) = crate::proxy::start(client.clone(), &informers, proxy) {
+            tracing::error!(node = %cfg.node_name, "the service proxy cannot run: {e}");
+            eprintln!("capstan: the service proxy cannot run: {e}");
+        }
+    }
     let agent = NodeAgent {
         cfg,
         client,
@@ -486,9 +507,11 @@ fn runc_version(runc: &std::path::Path) -> Option<String> {
 }
 
 /// Stops and removes every container, pod network, mount and cgroup a node with this
-/// configuration left behind (`capstan node-reset`, test clean-up). Images stay.
+/// configuration left behind, and the service proxy's nftables table (`capstan node-reset`,
+/// test clean-up). Images stay.
 pub async fn reset(cfg: &AgentConfig) -> Result<(), String> {
     let root = &cfg.data_dir;
+    let proxy = crate::proxy::reset(&cfg.bridge).await;
     let (runtime, network) = runtime_and_network(cfg)?;
     runtime.reset().await.map_err(|e| e.to_string())?;
     for id in network.list().await.map_err(|e| e.to_string())? {
@@ -499,5 +522,5 @@ pub async fn reset(cfg: &AgentConfig) -> Result<(), String> {
     }
     // The bridge goes too (CNI creates it again for the next pod).
     let _ = tokio::process::Command::new("ip").args(["link", "del", &cfg.bridge]).output().await;
-    Ok(())
+    proxy.map_err(|e| format!("cannot remove the service proxy's rules: {e}"))
 }

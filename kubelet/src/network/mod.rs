@@ -555,6 +555,46 @@ impl PodNetwork {
     }
 }
 
+/// Creates the pod bridge `bridge` with the address `gateway` (`10.88.0.1/16`: the CNI bridge
+/// plugin's gateway for the pod CIDR) and brings it up, if it is not there yet. The bridge plugin
+/// reuses a bridge that has exactly this address. Used by the service proxy, whose relays listen
+/// on the gateway address before the first pod exists.
+pub async fn ensure_bridge(bridge: &str, gateway: &str) -> Result<(), NetworkError> {
+    let ip = find_program("ip")
+        .ok_or_else(|| NetworkError::Missing { what: "`ip`".into(), package: "iproute2" })?;
+    let run = |args: Vec<&str>| {
+        let ip = ip.clone();
+        let args: Vec<String> = args.into_iter().map(str::to_string).collect();
+        async move {
+            let out = Command::new(&ip)
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await;
+            match out {
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => Err(NetworkError::Invalid(format!(
+                    "`ip {}`: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ))),
+                Err(e) => Err(NetworkError::Invalid(format!("cannot run {}: {e}", ip.display()))),
+            }
+        }
+    };
+    if !Path::new("/sys/class/net").join(bridge).exists() {
+        if let Err(e) = run(vec!["link", "add", "name", bridge, "type", "bridge"]).await {
+            // Another agent or the plugin may have made it meanwhile.
+            if !Path::new("/sys/class/net").join(bridge).exists() {
+                return Err(e);
+            }
+        }
+    }
+    run(vec!["addr", "replace", gateway, "dev", bridge]).await?;
+    run(vec!["link", "set", bridge, "up"]).await
+}
+
 /// Removes what the bridge plugin's `ipMasq` made for a container (rules in nat POSTROUTING with
 /// the comment `name: "capstan" id: "<id>"` and the chain they jump to), when the plugin cannot
 /// (its network namespace is gone).
