@@ -16,11 +16,12 @@ have cc || need_apt+=(build-essential)
 have kubectl || need_apt+=(kubernetes-client)
 # The real node: containers on runc, the pod network from the CNI plugins (bridge,
 # host-local, loopback, portmap), iproute2 for network namespaces, iptables for the
-# plugins' NAT rules.
+# plugins' NAT rules, nftables (`nft`) for the service proxy's rules.
 [ -x /usr/sbin/runc ] || have runc || need_apt+=(runc)
 [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
 have ip || need_apt+=(iproute2)
 have iptables || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
+have nft || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 if [ "$what" = test ]; then
   # libclang for `cargo check --features fdb` (bindgen).
   ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
