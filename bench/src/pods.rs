@@ -143,7 +143,7 @@ fn round1(x: f64) -> f64 {
 }
 
 /// count, p50, p90, p99, max and mean of values in milliseconds (nearest rank).
-fn stats(mut v: Vec<f64>) -> Value {
+pub(crate) fn stats(mut v: Vec<f64>) -> Value {
     v.retain(|x| x.is_finite());
     v.sort_by(f64::total_cmp);
     let pct = |q: f64| {
@@ -155,13 +155,13 @@ fn stats(mut v: Vec<f64>) -> Value {
            "max_ms": v.last().map(|x| round1(*x)), "mean_ms": mean})
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         s.lines()
             .find(|l| l.starts_with("model name"))

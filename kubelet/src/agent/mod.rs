@@ -510,8 +510,17 @@ fn runc_version(runc: &std::path::Path) -> Option<String> {
 /// configuration left behind, and the service proxy's nftables table (`capstan node-reset`,
 /// test clean-up). Images stay.
 pub async fn reset(cfg: &AgentConfig) -> Result<(), String> {
-    let root = &cfg.data_dir;
     let proxy = crate::proxy::reset(&cfg.bridge).await;
+    let pods = reset_pods(cfg).await;
+    // The bridge goes too (CNI creates it again for the next pod), also when the node could
+    // not run pods (the service proxy may have made it).
+    let _ = tokio::process::Command::new("ip").args(["link", "del", &cfg.bridge]).output().await;
+    pods?;
+    proxy.map_err(|e| format!("cannot remove the service proxy's rules: {e}"))
+}
+
+async fn reset_pods(cfg: &AgentConfig) -> Result<(), String> {
+    let root = &cfg.data_dir;
     let (runtime, network) = runtime_and_network(cfg)?;
     runtime.reset().await.map_err(|e| e.to_string())?;
     for id in network.list().await.map_err(|e| e.to_string())? {
@@ -520,7 +529,5 @@ pub async fn reset(cfg: &AgentConfig) -> Result<(), String> {
     for d in ["pods", "logs"] {
         let _ = std::fs::remove_dir_all(root.join(d));
     }
-    // The bridge goes too (CNI creates it again for the next pod).
-    let _ = tokio::process::Command::new("ip").args(["link", "del", &cfg.bridge]).output().await;
-    proxy.map_err(|e| format!("cannot remove the service proxy's rules: {e}"))
+    Ok(())
 }

@@ -6,12 +6,22 @@
 //! by destination address . protocol . port (`service-ips`, `external-ips`) and by
 //! protocol . node port (`service-nodeports`) jump to one chain per Service port
 //! (`service-<ns>/<name>/<proto>/<port>`), which masquerades what comes from outside the
-//! pod network and picks an endpoint with `numgen random mod N vmap`; each endpoint has
-//! its chain (`endpoint-…__<ip>/<port>`: hairpin masquerade, session-affinity set update,
-//! DNAT). Services without endpoints are rejected from filter chains
-//! (`no-endpoint-services`, `no-endpoint-nodeports`); masquerading is a mark set on the
-//! way in and a `masquerade` in postrouting. Names carry namespace, Service, protocol and
-//! port name, so `nft list table` reads as the Services it serves.
+//! pod network and picks an endpoint at random. Services without endpoints are rejected
+//! from filter chains (`no-endpoint-services`, `no-endpoint-nodeports`); masquerading is a
+//! mark set on the way in and a `masquerade` in postrouting. Names carry namespace, Service,
+//! protocol and port name, so `nft list table` reads as the Services it serves.
+//!
+//! One difference in shape: upstream gives every endpoint a chain (hairpin masquerade,
+//! affinity, DNAT) and picks one with `numgen random mod N vmap`. `nft` looks up every
+//! chain of the host for each command it runs, so with 1,000 Services of 10 endpoints
+//! (11,000 chains) a one-Service change cost 40-100 ms in `nft` alone. Here a Service port
+//! without session affinity has no endpoint chains: one `dnat ip to numgen random mod N map
+//! { i : addr . port }` picks the endpoint, and traffic from any of the Service's own
+//! endpoints is masqueraded (upstream: only when it lands on itself; the difference is the
+//! source address another endpoint of the same Service sees). With `sessionAffinity:
+//! ClientIP` the upstream shape is kept: endpoint chains `endpoint-…__<ip>/<port>`, a set
+//! of recent clients per endpoint (`affinity-<timeout>-…`, with that timeout) checked
+//! before the random choice, and a `numgen … vmap` over the endpoint chains.
 //!
 //! Unlike upstream, ClusterIPs are matched only for traffic from this node's pods (arriving
 //! on its bridge) and from the node itself: two node agents on one host (tests) then never
@@ -225,13 +235,38 @@ fn port_rules(
     let dispatch = |chain: &str, eps: &[Endpoint], out: &mut ServiceRules| {
         let rules = out.chains.entry(chain.to_string()).or_default();
         if let Some(t) = svc.affinity_timeout {
+            // As upstream: a set of clients per endpoint, checked first; the endpoint's
+            // chain remembers the client.
             for e in eps {
                 rules.push(format!("ip saddr @{} goto {}", affinity_set(e, t), endpoint_chain(e)));
             }
+            let arms: Vec<String> =
+                eps.iter().enumerate().map(|(i, e)| format!("{i} : goto {}", endpoint_chain(e))).collect();
+            rules.push(format!("numgen random mod {} vmap {{ {} }}", eps.len(), arms.join(", ")));
+            return;
         }
-        let arms: Vec<String> =
-            eps.iter().enumerate().map(|(i, e)| format!("{i} : goto {}", endpoint_chain(e))).collect();
-        rules.push(format!("numgen random mod {} vmap {{ {} }}", eps.len(), arms.join(", ")));
+        // Without affinity the endpoints need no chains of their own (every chain costs each
+        // later `nft` run a lookup): hairpin traffic, from one of the Service's own endpoints,
+        // is masqueraded, and one DNAT picks the endpoint at random.
+        let own: BTreeSet<Ipv4Addr> = eps.iter().map(|e| e.ip).filter(|ip| !ip.is_loopback()).collect();
+        let own: Vec<String> = own.iter().map(Ipv4Addr::to_string).collect();
+        match own.len() {
+            0 => {}
+            1 => rules.push(format!("ip saddr {} jump mark-for-masquerade", own[0])),
+            _ => rules.push(format!("ip saddr {{ {} }} jump mark-for-masquerade", own.join(", "))),
+        }
+        let targets: Vec<SocketAddrV4> = eps.iter().filter_map(|e| target(e, relays)).collect();
+        if let [only] = targets[..] {
+            rules.push(format!("meta l4proto {proto} dnat ip to {only}"));
+        } else {
+            let arms: Vec<String> =
+                targets.iter().enumerate().map(|(i, t)| format!("{i} : {} . {}", t.ip(), t.port())).collect();
+            rules.push(format!(
+                "meta l4proto {proto} dnat ip to numgen random mod {} map {{ {} }}",
+                targets.len(),
+                arms.join(", ")
+            ));
+        }
     };
     if has_cluster_chain {
         dispatch(&cluster_chain, &cluster, out);
@@ -239,6 +274,7 @@ fn port_rules(
     if has_local_chain {
         dispatch(&local_chain, &local, out);
     }
+    let Some(t) = svc.affinity_timeout else { return };
     let mut used: BTreeMap<(Ipv4Addr, u16), &Endpoint> = BTreeMap::new();
     if has_cluster_chain {
         used.extend(cluster.iter().map(|e| ((e.ip, e.port), e)));
@@ -253,12 +289,10 @@ fn port_rules(
             // Hairpin: a pod reaching itself through the Service.
             rules.push(format!("ip saddr {} jump mark-for-masquerade", e.ip));
         }
-        if let Some(t) = svc.affinity_timeout {
-            let set = affinity_set(e, t);
-            rules.push(format!("update @{set} {{ ip saddr }}"));
-            out.sets.insert(set, t);
-        }
-        rules.push(format!("meta l4proto {proto} dnat to {to}"));
+        let set = affinity_set(e, t);
+        rules.push(format!("update @{set} {{ ip saddr }}"));
+        out.sets.insert(set, t);
+        rules.push(format!("meta l4proto {proto} dnat ip to {to}"));
         out.chains.insert(endpoint_chain(e), rules);
     }
 }

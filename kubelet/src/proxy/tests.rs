@@ -60,6 +60,11 @@ fn el(map: &'static str, key: &str, value: Option<&str>) -> Element {
 }
 
 const SVC: &str = "service-default/web/tcp/http";
+
+/// The last rule of a chain (the DNAT or the endpoint choice).
+fn dnat<'a>(r: &'a ServiceRules, chain: &str) -> &'a str {
+    r.chains.get(chain).and_then(|c| c.last()).map(String::as_str).unwrap_or("")
+}
 const EP5: &str = "endpoint-default/web/tcp/http__10.123.1.5/8080";
 const EP6: &str = "endpoint-default/web/tcp/http__10.123.1.6/8080";
 
@@ -77,30 +82,15 @@ fn the_rules_of_a_cluster_ip_service() {
             ],
         )],
     );
-    let expected_chains: BTreeMap<String, Vec<String>> = [
-        (
-            SVC.to_string(),
-            vec![
-                "ip daddr 10.96.0.20 tcp dport 80 ip saddr != 10.123.1.0/24 jump mark-for-masquerade"
-                    .to_string(),
-                format!("numgen random mod 2 vmap {{ 0 : goto {EP5}, 1 : goto {EP6} }}"),
-            ],
-        ),
-        (
-            EP5.to_string(),
-            vec![
-                "ip saddr 10.123.1.5 jump mark-for-masquerade".to_string(),
-                "meta l4proto tcp dnat to 10.123.1.5:8080".to_string(),
-            ],
-        ),
-        (
-            EP6.to_string(),
-            vec![
-                "ip saddr 10.123.1.6 jump mark-for-masquerade".to_string(),
-                "meta l4proto tcp dnat to 10.123.1.6:8080".to_string(),
-            ],
-        ),
-    ]
+    let expected_chains: BTreeMap<String, Vec<String>> = [(
+        SVC.to_string(),
+        vec![
+            "ip daddr 10.96.0.20 tcp dport 80 ip saddr != 10.123.1.0/24 jump mark-for-masquerade".to_string(),
+            "ip saddr { 10.123.1.5, 10.123.1.6 } jump mark-for-masquerade".to_string(),
+            "meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.123.1.5 . 8080, 1 : 10.123.1.6 . 8080 }"
+                .to_string(),
+        ],
+    )]
     .into_iter()
     .collect();
     assert_eq!(r.chains, expected_chains);
@@ -111,11 +101,11 @@ fn the_rules_of_a_cluster_ip_service() {
     assert_eq!(r.elements, expected_elements.into_iter().collect());
     assert!(r.sets.is_empty());
 
-    // As a script on a fresh table: every chain before any rule that jumps to it.
+    // As a script on a fresh table: every chain before any rule or element that names it.
     let mut script = String::new();
     rules::add_script("capstan-cpt1", [&r].into_iter(), &mut script);
     let first_rule = script.find("add rule").expect("rules");
-    assert!(script[..first_rule].contains(&format!("add chain ip capstan-cpt1 {EP6}")), "{script}");
+    assert!(script[..first_rule].contains(&format!("add chain ip capstan-cpt1 {SVC}")), "{script}");
     assert!(script.contains(&format!(
         "add element ip capstan-cpt1 service-ips {{ 10.96.0.20 . tcp . 80 : goto {SVC} }}"
     )));
@@ -129,21 +119,18 @@ fn only_ready_endpoints_then_serving_terminating_ones_then_reject() {
         endpoint("10.123.1.7", "node-1", false, false, false),
     ];
     let r = rules_for(&web(), vec![slice("web-a", "web", 8080, eps)]);
-    assert!(r.chains.contains_key(EP5));
-    assert!(!r.chains.contains_key(EP6), "a terminating endpoint is not used while a ready one exists");
-    assert_eq!(r.chains.len(), 2);
+    assert_eq!(dnat(&r, SVC), "meta l4proto tcp dnat ip to 10.123.1.5:8080", "only the ready endpoint");
 
     let eps = vec![
         endpoint("10.123.1.6", "node-1", false, true, true),
         endpoint("10.123.1.7", "node-1", false, false, false),
     ];
     let r = rules_for(&web(), vec![slice("web-a", "web", 8080, eps)]);
-    assert!(
-        r.chains.contains_key(EP6),
-        "serving terminating endpoints when no ready one: {:?}",
-        r.chains.keys()
+    assert_eq!(
+        dnat(&r, SVC),
+        "meta l4proto tcp dnat ip to 10.123.1.6:8080",
+        "serving terminating ones when none is ready"
     );
-    assert_eq!(r.chains.len(), 2);
 
     let eps = vec![endpoint("10.123.1.7", "node-1", false, false, false)];
     let r = rules_for(&web(), vec![slice("web-a", "web", 8080, eps)]);
@@ -174,11 +161,11 @@ fn named_ports_take_their_number_from_each_slice() {
         &svc,
         vec![slice("web-a", "web", 8080, vec![endpoint("10.123.1.5", "node-1", true, true, false)]), b],
     );
-    assert_eq!(r.chains[EP5].last().map(String::as_str), Some("meta l4proto tcp dnat to 10.123.1.5:8080"));
-    let ep6 = "endpoint-default/web/tcp/http__10.123.1.6/9090";
-    assert_eq!(r.chains[ep6].last().map(String::as_str), Some("meta l4proto tcp dnat to 10.123.1.6:9090"));
-    let dns = "endpoint-default/web/udp/dns__10.123.1.6/5353";
-    assert_eq!(r.chains[dns].last().map(String::as_str), Some("meta l4proto udp dnat to 10.123.1.6:5353"));
+    assert_eq!(
+        dnat(&r, SVC),
+        "meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.123.1.5 . 8080, 1 : 10.123.1.6 . 9090 }"
+    );
+    assert_eq!(dnat(&r, "service-default/web/udp/dns"), "meta l4proto udp dnat ip to 10.123.1.6:5353");
     assert!(r.elements.contains(&el(
         rules::SERVICE_IPS,
         "10.96.0.20 . udp . 53",
@@ -235,8 +222,14 @@ fn node_ports_load_balancers_and_external_traffic_policy_local() {
         ]
     );
     // Outside traffic keeps its source and goes to this node's endpoint only.
-    assert_eq!(r.chains[local], vec![format!("numgen random mod 1 vmap {{ 0 : goto {EP5} }}")]);
-    assert!(r.chains[SVC].last().is_some_and(|l| l.contains(EP6)), "the cluster chain has both endpoints");
+    assert_eq!(
+        r.chains[local],
+        vec![
+            "ip saddr 10.123.1.5 jump mark-for-masquerade".to_string(),
+            "meta l4proto tcp dnat ip to 10.123.1.5:8080".to_string()
+        ]
+    );
+    assert!(dnat(&r, SVC).contains("10.123.1.6 . 8080"), "the cluster chain has both endpoints");
 
     // No endpoint on this node: external traffic is dropped, pods still get the others.
     let r = rules_for(
@@ -268,7 +261,11 @@ fn internal_traffic_policy_local() {
         "10.96.0.20 . tcp . 80",
         Some(&format!("goto {local}"))
     )));
-    assert!(!r.chains.contains_key(EP6), "the other node's endpoint is not used");
+    assert_eq!(
+        dnat(&r, local),
+        "meta l4proto tcp dnat ip to 10.123.1.5:8080",
+        "the other node's endpoint is not used"
+    );
     assert!(!r.chains.contains_key(SVC));
 
     let r = rules_for(
@@ -293,8 +290,9 @@ fn loopback_endpoints_go_through_their_relay_and_node_local_dns_is_left_alone() 
             .into_iter()
             .collect();
     let with = service_rules(&model, cidr("10.123.1.0/24"), &relays);
-    let ep = "endpoint-default/kubernetes/tcp/https__127.0.0.1/6443";
-    assert_eq!(with.chains[ep], vec!["meta l4proto tcp dnat to 10.123.1.1:40000".to_string()]);
+    let chain = "service-default/kubernetes/tcp/https";
+    assert_eq!(dnat(&with, chain), "meta l4proto tcp dnat ip to 10.123.1.1:40000");
+    assert!(!with.chains[chain].iter().any(|r| r.contains("ip saddr 127.")), "no hairpin rule for loopback");
 
     let mut dns = service(
         "kube-dns",
@@ -346,30 +344,61 @@ fn a_changed_endpoint_rewrites_only_what_differs() {
     );
     let mut script = String::new();
     let stale = diff_script("t", &before, &after, &mut script);
-    let ep7 = "endpoint-default/web/tcp/http__10.123.1.7/8080";
-    assert_eq!(stale, vec![EP6.to_string()]);
+    assert!(stale.is_empty());
     let lines: Vec<&str> = script.lines().collect();
     assert_eq!(
         lines,
         vec![
-            format!("add chain ip t {ep7}").as_str(),
-            &format!("flush chain ip t {ep7}"),
-            &format!("flush chain ip t {SVC}"),
-            &format!("flush chain ip t {EP6}"),
-            &format!("add rule ip t {ep7} ip saddr 10.123.1.7 jump mark-for-masquerade"),
-            &format!("add rule ip t {ep7} meta l4proto tcp dnat to 10.123.1.7:8080"),
+            format!("flush chain ip t {SVC}").as_str(),
             &format!("add rule ip t {SVC} ip daddr 10.96.0.20 tcp dport 80 ip saddr != 10.123.1.0/24 jump mark-for-masquerade"),
-            &format!("add rule ip t {SVC} numgen random mod 2 vmap {{ 0 : goto {EP5}, 1 : goto {ep7} }}"),
+            &format!("add rule ip t {SVC} ip saddr {{ 10.123.1.5, 10.123.1.7 }} jump mark-for-masquerade"),
+            &format!("add rule ip t {SVC} meta l4proto tcp dnat ip to numgen random mod 2 map {{ 0 : 10.123.1.5 . 8080, 1 : 10.123.1.7 . 8080 }}"),
         ],
         "{script}"
     );
+
+    // With session affinity each endpoint has a chain and a set: a replaced endpoint's chain
+    // is flushed (deleted later), its set deleted, the new one's added.
+    let sticky = |eps: Vec<Value>| {
+        let mut svc = web();
+        svc["spec"]["sessionAffinity"] = json!("ClientIP");
+        rules_for(&svc, vec![slice("web-a", "web", 8080, eps)])
+    };
+    let b = sticky(vec![
+        endpoint("10.123.1.5", "n", true, true, false),
+        endpoint("10.123.1.6", "n", true, true, false),
+    ]);
+    let a = sticky(vec![
+        endpoint("10.123.1.5", "n", true, true, false),
+        endpoint("10.123.1.7", "n", true, true, false),
+    ]);
+    let mut script = String::new();
+    assert_eq!(diff_script("t", &b, &a, &mut script), vec![EP6.to_string()]);
+    let ep7 = "endpoint-default/web/tcp/http__10.123.1.7/8080";
+    for expected in [
+        format!("add chain ip t {ep7}"),
+        format!("flush chain ip t {EP6}"),
+        "delete set ip t affinity-10800-default/web/tcp/http__10.123.1.6/8080".to_string(),
+        "add set ip t affinity-10800-default/web/tcp/http__10.123.1.7/8080 { type ipv4_addr; flags dynamic,timeout; timeout 10800s; }".to_string(),
+        format!("add rule ip t {ep7} meta l4proto tcp dnat ip to 10.123.1.7:8080"),
+    ] {
+        assert!(script.lines().any(|l| l == expected), "missing {expected:?} in\n{script}");
+    }
+    assert!(
+        !script.lines().any(|l| l.contains(&format!("ip t {EP5}"))),
+        "the unchanged endpoint's chain is not touched:\n{script}"
+    );
+    // The set goes only after the chains that use it are flushed.
+    let pos = |needle: &str| script.find(needle).unwrap_or(usize::MAX);
+    assert!(pos(&format!("flush chain ip t {EP6}")) < pos("delete set"));
+    assert!(pos(&format!("flush chain ip t {SVC}")) < pos("delete set"));
 
     // Unchanged: nothing to do. Removed: its elements go, its chains are flushed (deleted later).
     let mut none = String::new();
     assert!(diff_script("t", &after, &after, &mut none).is_empty() && none.is_empty());
     let mut gone = String::new();
     let stale = diff_script("t", &after, &ServiceRules::default(), &mut gone);
-    assert_eq!(stale.len(), 3);
+    assert_eq!(stale, vec![SVC.to_string()]);
     assert!(gone.starts_with("delete element ip t cluster-ips { 10.96.0.20 }\ndelete element ip t service-ips { 10.96.0.20 . tcp . 80 }\n"), "{gone}");
     assert!(!gone.contains("add "), "{gone}");
 
@@ -477,21 +506,13 @@ async fn the_proxier_rebuilds_once_then_touches_only_changed_services() {
     p.service_changed("default/svc7", None);
     p.sync().await.expect("sync");
     assert!(p.programmed("default/svc7").is_none());
-    // The endpoint replaced above, and the Service's two chains.
-    assert_eq!(p.stale_chains(), 3);
-    assert_eq!(p.delete_stale(Duration::ZERO).await.expect("delete"), 3);
+    assert_eq!(p.stale_chains(), 1);
+    assert_eq!(p.delete_stale(Duration::ZERO).await.expect("delete"), 1);
     let all = runs(dir.path());
     assert_eq!(all.len(), 4);
     let mut deleted: Vec<&str> = all[3].lines().collect();
     deleted.sort();
-    assert_eq!(
-        deleted,
-        vec![
-            "delete chain ip capstan-cpt1 endpoint-default/svc7/tcp/http__10.123.1.17/8080",
-            "delete chain ip capstan-cpt1 endpoint-default/svc7/tcp/http__10.123.1.99/8080",
-            "delete chain ip capstan-cpt1 service-default/svc7/tcp/http",
-        ]
-    );
+    assert_eq!(deleted, vec!["delete chain ip capstan-cpt1 service-default/svc7/tcp/http"]);
 }
 
 #[tokio::test]
