@@ -182,7 +182,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// `capstan up` with its real node; stopped and reset on drop.
-struct Node {
+pub(crate) struct Node {
     capstan: PathBuf,
     child: Option<Child>,
     pid: u32,
@@ -190,8 +190,8 @@ struct Node {
     /// removed, when `node-reset` fails: it may still hold mounts.
     dir: Option<tempfile::TempDir>,
     config: PathBuf,
-    kubeconfig: PathBuf,
-    bridge: String,
+    pub(crate) kubeconfig: PathBuf,
+    pub(crate) bridge: String,
     ready_ms: f64,
     /// The outcome of `node-reset`, once run.
     reset: Option<Result<(), String>>,
@@ -199,33 +199,38 @@ struct Node {
 
 impl Node {
     fn start(o: &Opts) -> anyhow::Result<Node> {
+        Node::start_with(&o.capstan, &o.pod_cidr, &o.log)
+    }
+
+    /// `capstan up` (binary `capstan`) with a node whose pod CIDR is `pod_cidr`, logging at
+    /// `log`; waits until it is ready.
+    pub(crate) fn start_with(capstan: &std::path::Path, pod_cidr: &str, log: &str) -> anyhow::Result<Node> {
         let dir =
             tempfile::Builder::new().prefix("capstan-pods-bench-").tempdir().context("create temp dir")?;
         let pid = std::process::id();
         let bridge = format!("cpbench{}", pid % 100_000);
         let yaml = format!(
-            "node:\n  name: {NODE_NAME}\n  bridge: {bridge}\n  podCIDR: {}\n  cgroupParent: /capstan-bench-{pid}\n",
-            o.pod_cidr
+            "node:\n  name: {NODE_NAME}\n  bridge: {bridge}\n  podCIDR: {pod_cidr}\n  cgroupParent: /capstan-bench-{pid}\n"
         );
         let config = dir.path().join("capstan.yaml");
         std::fs::write(&config, yaml).context("write the config file")?;
-        let log = std::fs::File::create(dir.path().join("up.log")).context("create the log file")?;
+        let log_file = std::fs::File::create(dir.path().join("up.log")).context("create the log file")?;
         let t0 = Instant::now();
-        let mut child = Command::new(&o.capstan)
+        let mut child = Command::new(capstan)
             .args(["up", "--data-dir"])
             .arg(dir.path())
             .args(["--listen", "127.0.0.1:0", "--config"])
             .arg(&config)
-            .env("CAPSTAN_LOG", &o.log)
+            .env("CAPSTAN_LOG", log)
             .env("CAPSTAN_NO_NODE", "false")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
+            .stderr(Stdio::from(log_file))
             .spawn()
-            .with_context(|| format!("failed to run {}", o.capstan.display()))?;
+            .with_context(|| format!("failed to run {}", capstan.display()))?;
         let stdout = child.stdout.take();
         let mut node = Node {
-            capstan: o.capstan.clone(),
+            capstan: capstan.to_path_buf(),
             pid: child.id(),
             child: Some(child),
             kubeconfig: dir.path().join("admin.kubeconfig"),
@@ -301,7 +306,7 @@ impl Node {
 
     /// Stops the server, then removes the node's containers, networks, mounts, cgroups and
     /// bridge with `capstan node-reset`; then the data directory, unless the reset failed.
-    fn shutdown(&mut self) -> Result<(), String> {
+    pub(crate) fn shutdown(&mut self) -> Result<(), String> {
         self.stop();
         if let Some(r) = &self.reset {
             return r.clone();
@@ -360,7 +365,7 @@ fn is_ready(obj: &Value) -> bool {
 }
 
 /// Reconnects when the server closed the connection.
-async fn request(
+pub(crate) async fn request(
     client: &Client,
     conn: &mut Connection,
     method: &str,
@@ -375,7 +380,7 @@ async fn request(
 }
 
 /// Polls the Node until its Ready condition is True; returns the seconds waited.
-async fn wait_node_ready(client: &Client, timeout: Duration) -> anyhow::Result<f64> {
+pub(crate) async fn wait_node_ready(client: &Client, timeout: Duration) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     let mut conn = client.open().await.context("connect")?;
     let mut last = String::from("not registered");

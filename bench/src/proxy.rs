@@ -11,11 +11,18 @@
 //! 1. the table is built from scratch (one transaction; timed);
 //! 2. `--changes` times: one random Service's slice gets one endpoint replaced by a new
 //!    address; time = handing the new slice to the proxier → its sync returned (the `nft`
-//!    transaction committed: the rule is in the kernel). After the last change, the new
-//!    endpoint's chain is read back with `nft list chain` as a check.
+//!    transaction committed: the rule is in the kernel). After the last change, the
+//!    Service's chain is read back with `nft list chain` as a check.
 //!
 //! The ratio of the two sizes' single-change medians shows whether a change costs in
-//! proportion to the changed Service or to the table. One JSON object goes to stdout, a
+//! proportion to the changed Service or to the table.
+//!
+//! With `--e2e`, also the whole path on a real node: `capstan up` (its node's proxy on, pod
+//! bridge `cpbench<pid>`) gets `--services` selector-less Services and their EndpointSlices
+//! over HTTPS; once its table serves all of them, `--changes` times one slice is patched
+//! (one endpoint replaced) and the time from sending the PATCH to `nft monitor` showing the
+//! rule with the new endpoint is recorded (API write, event relay, bus, informer, proxy,
+//! `nft`). The node is stopped and `capstan node-reset` run at the end. One JSON object goes to stdout, a
 //! summary to stderr; the table is deleted at the end (and on failure). Needs root and `nft`.
 
 use crate::pods::{loadavg, machine, stats};
@@ -27,11 +34,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: capstan-bench proxy [--services N] [--small N] [--endpoints E] [--changes K]
+                           [--e2e] [--capstan PATH]
 
   --services N    Services of the large table (default 1000)
   --small N       Services of the small table (default 100)
   --endpoints E   ready endpoints per Service (default 10)
   --changes K     single-endpoint changes timed per size (default 200)
+  --e2e           also time EndpointSlice PATCH → rule in the kernel on `capstan up`'s node
+  --capstan PATH  the capstan binary for --e2e (default: next to this binary)
 
 Needs root and nft (Debian package nftables).";
 
@@ -42,10 +52,19 @@ struct Opts {
     small: usize,
     endpoints: usize,
     changes: usize,
+    e2e: bool,
+    capstan: std::path::PathBuf,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
-    let mut o = Opts { services: 1000, small: 100, endpoints: 10, changes: 200 };
+    let mut o = Opts {
+        services: 1000,
+        small: 100,
+        endpoints: 10,
+        changes: 200,
+        e2e: false,
+        capstan: capstan_bench::default_capstan(),
+    };
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
         match flag.as_str() {
@@ -57,6 +76,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
             "--small" => o.small = value()?.parse().context("--small wants a number")?,
             "--endpoints" => o.endpoints = value()?.parse().context("--endpoints wants a number")?,
             "--changes" => o.changes = value()?.parse().context("--changes wants a number")?,
+            "--e2e" => o.e2e = true,
+            "--capstan" => o.capstan = std::path::PathBuf::from(value()?),
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
@@ -160,14 +181,14 @@ async fn scenario(o: &Opts, services: usize, nft: &Nft) -> anyhow::Result<Value>
     // The last change is in the kernel.
     if let Some((i, s)) = last {
         let ip = s["endpoints"][0]["addresses"][0].as_str().unwrap_or_default().to_string();
-        let chain = format!("endpoint-bench/svc-{i}/tcp/http__{ip}/8080");
+        let chain = format!("service-bench/svc-{i}/tcp/http");
         let out = tokio::process::Command::new("nft")
             .args(["list", "chain", "ip", &table()?.name, &chain])
             .output()
             .await
             .context("nft list chain")?;
         let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() || !text.contains(&format!("dnat to {ip}:8080")) {
+        if !out.status.success() || !text.contains(&format!("{ip} . 8080")) {
             bail!("the last change is not in the kernel: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
@@ -206,6 +227,7 @@ async fn run(o: &Opts) -> anyhow::Result<Value> {
     };
     delete_table(&nft).await;
     let (small, large) = (small?, large?);
+    let e2e = if o.e2e { Some(end_to_end(o).await?) } else { None };
     let ratio = match (large["change"]["p50_ms"].as_f64(), small["change"]["p50_ms"].as_f64()) {
         (Some(l), Some(s)) if s > 0.0 => Some(((l / s) * 100.0).round() / 100.0),
         _ => None,
@@ -219,6 +241,7 @@ async fn run(o: &Opts) -> anyhow::Result<Value> {
         "small": small,
         "large": large,
         "change_p50_ratio_large_to_small": ratio,
+        "end_to_end": e2e,
     }))
 }
 
@@ -236,7 +259,7 @@ fn summary(v: &Value) -> String {
             s["change"]["max_ms"]
         )
     };
-    format!(
+    let mut out = format!(
         "proxy sync, {} changes per size:\n  {}\n  {}\n  p50 ratio large/small: {}; load average {} → {}",
         v["changes"],
         line(&v["small"]),
@@ -244,7 +267,156 @@ fn summary(v: &Value) -> String {
         v["change_p50_ratio_large_to_small"],
         v["loadavg_start"],
         v["loadavg_end"]
-    )
+    );
+    let e = &v["end_to_end"];
+    if !e.is_null() {
+        out.push_str(&format!(
+            "\n  end to end on capstan up ({} Services x {} endpoints): table complete {} s after the creates; \
+             PATCH → rule in the kernel p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({} timed)",
+            e["services"],
+            e["endpoints_per_service"],
+            e["table_complete_s"],
+            e["change"]["p50_ms"],
+            e["change"]["p90_ms"],
+            e["change"]["p99_ms"],
+            e["change"]["max_ms"],
+            e["change"]["count"]
+        ));
+    }
+    out
+}
+
+fn e2e_slice(i: usize, endpoints: usize, first: &str) -> Value {
+    let mut s = slice(i, endpoints, 0);
+    s["metadata"]["name"] = json!(format!("pb-svc-{i}-x"));
+    s["metadata"]["namespace"] = json!("default");
+    s["metadata"]["labels"] = json!({"kubernetes.io/service-name": format!("pb-svc-{i}")});
+    s["endpoints"][0]["addresses"] = json!([first]);
+    s
+}
+
+/// Counts the Services the node's table serves (elements of `service-ips` going to our chains).
+async fn served(table: &str) -> usize {
+    let out =
+        tokio::process::Command::new("nft").args(["list", "map", "ip", table, "service-ips"]).output().await;
+    out.map(|o| String::from_utf8_lossy(&o.stdout).matches("goto service-default/pb-svc-").count())
+        .unwrap_or(0)
+}
+
+async fn end_to_end(o: &Opts) -> anyhow::Result<Value> {
+    use crate::pods::{request, wait_node_ready, Node};
+    use capstan_bench::client::{Client, Kubeconfig};
+    let mut node = Node::start_with(&o.capstan, "10.125.0.0/24", "warn")?;
+    let result = async {
+        let client = Client::new(&Kubeconfig::load(&node.kubeconfig).context("kubeconfig")?)?;
+        wait_node_ready(&client, Duration::from_secs(60)).await?;
+        let table = Table::name_for_bridge(&node.bridge);
+        let mut conn = client.open().await.context("connect")?;
+        let t0 = Instant::now();
+        for i in 0..o.services {
+            let svc = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("pb-svc-{i}")},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}});
+            let r = request(
+                &client,
+                &mut conn,
+                "POST",
+                "/api/v1/namespaces/default/services",
+                &serde_json::to_vec(&svc)?,
+            )
+            .await?;
+            if r.status != 201 {
+                bail!("creating Service {i}: {} {}", r.status, r.text());
+            }
+            let first = format!("10.254.{}.{}", i / 256, i % 256);
+            let body = serde_json::to_vec(&e2e_slice(i, o.endpoints, &first))?;
+            let r = request(
+                &client,
+                &mut conn,
+                "POST",
+                "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+                &body,
+            )
+            .await?;
+            if r.status != 201 {
+                bail!("creating EndpointSlice {i}: {} {}", r.status, r.text());
+            }
+        }
+        let created = Instant::now();
+        let deadline = created + Duration::from_secs(120);
+        while served(&table).await < o.services {
+            if Instant::now() > deadline {
+                bail!(
+                    "the node's table serves {} of {} Services after 120 s",
+                    served(&table).await,
+                    o.services
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let complete_s = created.elapsed().as_secs_f64();
+        let create_s = (created - t0).as_secs_f64();
+        // Rule events as the kernel reports them, with the time they were read.
+        let mut monitor = tokio::process::Command::new("nft")
+            .args(["monitor", "rules"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("nft monitor")?;
+        let stdout = monitor.stdout.take().context("nft monitor stdout")?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut times = Vec::new();
+        for g in 0..o.changes {
+            let i = rng.below(o.services);
+            // 10.255.<g>: an address no earlier change used.
+            let ip = format!("10.255.{}.{}", g / 256, g % 256 + 1);
+            let patch = json!({"endpoints": e2e_slice(i, o.endpoints, &ip)["endpoints"]});
+            let path = format!("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/pb-svc-{i}-x");
+            if conn.is_closed() {
+                conn = client.open().await.context("connect")?;
+            }
+            let sent = Instant::now();
+            let r = conn
+                .request(
+                    "PATCH",
+                    &path,
+                    &[("Content-Type", "application/merge-patch+json"), ("Accept", "application/json")],
+                    &serde_json::to_vec(&patch)?,
+                )
+                .await?;
+            if r.status != 200 {
+                bail!("patching slice {i}: {} {}", r.status, r.text());
+            }
+            let needle = format!("{ip} . 8080");
+            let seen = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if l.contains(&table) && l.contains(&needle) {
+                        return Some(Instant::now());
+                    }
+                }
+                None
+            })
+            .await
+            .ok()
+            .flatten()
+            .with_context(|| format!("the rule with {ip} did not appear within 10 s"))?;
+            times.push(ms(seen - sent));
+        }
+        let _ = monitor.kill().await;
+        Ok(json!({
+            "services": o.services,
+            "endpoints_per_service": o.endpoints,
+            "create_s": (create_s * 10.0).round() / 10.0,
+            "table_complete_s": (complete_s * 10.0).round() / 10.0,
+            "change": stats(times),
+        }))
+    }
+    .await;
+    let reset = node.shutdown();
+    let v = result?;
+    reset.map_err(|e| anyhow::anyhow!(e))?;
+    Ok(v)
 }
 
 /// Entry point of `capstan-bench proxy` (`args` after the subcommand).
