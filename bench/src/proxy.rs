@@ -227,7 +227,7 @@ async fn run(o: &Opts) -> anyhow::Result<Value> {
     };
     delete_table(&nft).await;
     let (small, large) = (small?, large?);
-    let e2e = if o.e2e { Some(end_to_end(o).await?) } else { None };
+    let e2e = if o.e2e { Some(end_to_end(o, &nft).await?) } else { None };
     let ratio = match (large["change"]["p50_ms"].as_f64(), small["change"]["p50_ms"].as_f64()) {
         (Some(l), Some(s)) if s > 0.0 => Some(((l / s) * 100.0).round() / 100.0),
         _ => None,
@@ -303,7 +303,7 @@ async fn served(table: &str) -> usize {
         .unwrap_or(0)
 }
 
-async fn end_to_end(o: &Opts) -> anyhow::Result<Value> {
+async fn end_to_end(o: &Opts, nft: &Nft) -> anyhow::Result<Value> {
     use crate::pods::{request, wait_node_ready, Node};
     use capstan_bench::client::{Client, Kubeconfig};
     let mut node = Node::start_with(&o.capstan, "10.125.0.0/24", "warn")?;
@@ -365,6 +365,30 @@ async fn end_to_end(o: &Opts) -> anyhow::Result<Value> {
             .context("nft monitor")?;
         let stdout = monitor.stdout.take().context("nft monitor stdout")?;
         let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        // The monitor listens once it reports a rule added after it started.
+        let probe = "capstan-bench-monitor-probe";
+        let ready = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let _ = nft
+                    .run(&format!("add table ip {probe}\nadd chain ip {probe} c\nadd rule ip {probe} c counter\n"))
+                    .await;
+                let seen = tokio::time::timeout(Duration::from_millis(300), async {
+                    while let Ok(Some(l)) = lines.next_line().await {
+                        if l.contains(probe) {
+                            return true;
+                        }
+                    }
+                    false
+                })
+                .await;
+                if seen == Ok(true) {
+                    return;
+                }
+            }
+        })
+        .await;
+        let _ = nft.delete_table(probe).await;
+        ready.context("nft monitor reported nothing within 10 s")?;
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         let mut times = Vec::new();
         for g in 0..o.changes {
