@@ -370,7 +370,9 @@ async fn end_to_end(o: &Opts, nft: &Nft) -> anyhow::Result<Value> {
         let ready = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 let _ = nft
-                    .run(&format!("add table ip {probe}\nadd chain ip {probe} c\nadd rule ip {probe} c counter\n"))
+                    .run(&format!(
+                        "add table ip {probe}\nadd chain ip {probe} c\nadd rule ip {probe} c counter\n"
+                    ))
                     .await;
                 let seen = tokio::time::timeout(Duration::from_millis(300), async {
                     while let Ok(Some(l)) = lines.next_line().await {
