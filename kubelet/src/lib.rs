@@ -7,12 +7,15 @@
 //!   stdio (CRI log file) and exit code, cgroups and the overlayfs root filesystem;
 //! * [`network`]: a network namespace per pod wired by the standard CNI plugins;
 //! * [`logs`]: the CRI log format (read side: tail, since, timestamps, limit, follow);
-//! * [`probes`]: httpGet and tcpSocket probe checks.
+//! * [`probes`]: httpGet and tcpSocket probe checks;
+//! * [`dns`]: the cluster DNS server (records from the agent's informers, forwarding
+//!   for the rest) and pods' resolv.conf.
 //!
 //! The agent itself (node registration, one actor per pod, sessions for logs, exec,
 //! attach and port-forward over the bus) sits on top of these.
 
 pub mod agent;
+pub mod dns;
 pub mod image;
 pub mod logs;
 pub mod network;

@@ -31,6 +31,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let file = FileConfig::load(args.config.as_deref())?;
+    let net = file.cluster_network()?;
     let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".capstan"));
     let listen: SocketAddr = args
         .listen
@@ -63,7 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let node = file.node;
     let run_node = !args.no_node && node.as_ref().and_then(|n| n.enabled) != Some(false);
     let node_name = node.as_ref().and_then(|n| n.name.clone()).unwrap_or_else(super::kubelet::host_name);
-    let agent = run_node.then(|| super::kubelet::agent_config(node_name, &data_dir, node));
+    let agent =
+        if run_node { Some(super::kubelet::agent_config(node_name, &data_dir, node, &net)?) } else { None };
     actix_rt::System::new().block_on(async move {
         let started = std::time::Instant::now();
         let bus = super::roles::connect_bus(nats.as_deref(), "capstan-up").await?;

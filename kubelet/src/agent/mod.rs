@@ -1,12 +1,15 @@
 //! The node agent: registers its Node, renews its Lease, follows the pods bound to it and
 //! runs one [`pod::PodWorker`] actor per pod; serves logs, exec, attach and port-forward
-//! sessions over the bus ([`sessions`]).
+//! sessions over the bus ([`sessions`]); serves cluster DNS ([`crate::dns`]) from its
+//! Service and EndpointSlice informers, which also give pods their Service variables
+//! ([`service_env`]).
 //!
 //! A node that cannot run containers (no `runc`, no CNI plugins, no cgroups) still
 //! registers, with Ready=False and a message naming what to install, and runs no pods.
 
 pub mod node;
 pub mod pod;
+pub mod service_env;
 pub mod sessions;
 pub mod spec;
 pub mod volumes;
@@ -51,6 +54,16 @@ pub struct AgentConfig {
     pub backoff_base: Duration,
     /// The longest crash-loop back-off (upstream: 300 s).
     pub backoff_max: Duration,
+    /// The cluster DNS address pods are given (upstream's `--cluster-dns`): the tenth
+    /// address of the service CIDR, where this agent serves DNS.
+    pub cluster_dns: IpAddr,
+    /// The cluster domain (upstream's `--cluster-domain`).
+    pub cluster_domain: String,
+    /// The node's resolv.conf (upstream's `--resolv-conf`): `dnsPolicy: Default` pods get
+    /// it, and the cluster DNS forwards to its nameservers.
+    pub resolv_conf: PathBuf,
+    /// The cluster DNS server.
+    pub dns: crate::dns::Config,
 }
 
 impl AgentConfig {
@@ -68,7 +81,20 @@ impl AgentConfig {
             registries: RegistryConfig::default(),
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
+            cluster_dns: crate::dns::nth_address(crate::dns::DEFAULT_SERVICE_CIDR, 10)
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10))),
+            cluster_domain: crate::dns::DEFAULT_CLUSTER_DOMAIN.into(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            dns: crate::dns::Config::default(),
         }
+    }
+
+    /// The cluster DNS pods use, if this node serves one.
+    pub fn pod_dns(&self) -> Option<crate::dns::resolv::ClusterDns> {
+        self.dns.enabled.then(|| crate::dns::resolv::ClusterDns {
+            server: self.cluster_dns,
+            domain: self.cluster_domain.clone(),
+        })
     }
 }
 
@@ -146,6 +172,12 @@ pub struct Deps {
     pub workers: Mutex<HashMap<String, Addr<pod::PodWorker>>>,
     /// Pod starts (images, volumes, network, first containers) in progress at once.
     pub starts: tokio::sync::Semaphore,
+    /// Every Service (for Service environment variables).
+    pub services: Arc<Informer>,
+    /// The cluster DNS pods use (`None`: the node serves none).
+    pub cluster_dns: Option<crate::dns::resolv::ClusterDns>,
+    /// The node's resolv.conf.
+    pub resolv_conf: PathBuf,
 }
 
 /// The container runtime and the pod network of a node, or why it cannot have them.
@@ -173,7 +205,12 @@ fn runtime_and_network(cfg: &AgentConfig) -> Result<(RuncRuntime, PodNetwork), S
 }
 
 /// Builds the runtime, network and image store, or says why this node cannot run pods.
-fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<Deps, String> {
+fn build_deps(
+    cfg: &AgentConfig,
+    client: &ApiClient,
+    host_ip: &str,
+    services: Arc<Informer>,
+) -> Result<Deps, String> {
     let root = &cfg.data_dir;
     let (runtime, network) = runtime_and_network(cfg)?;
     let images = ImageStore::open(&root.join("images"), cfg.registries.clone()).map_err(|e| e.to_string())?;
@@ -195,6 +232,9 @@ fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<De
         views: Mutex::new(HashMap::new()),
         workers: Mutex::new(HashMap::new()),
         starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS.max(host_cpus())),
+        services,
+        cluster_dns: cfg.pod_dns(),
+        resolv_conf: cfg.resolv_conf.clone(),
     })
 }
 
@@ -452,7 +492,25 @@ pub fn start(client: ApiClient, cfg: AgentConfig) -> Option<String> {
     let runtime_version =
         runc_version(&cfg.runc).map(|v| format!("runc://{v}")).unwrap_or_else(|| "runc://unknown".into());
     let host = node::HostInfo::read(&runtime_version);
-    let (deps, not_ready) = match build_deps(&cfg, &client, &host.internal_ip) {
+    // Services and EndpointSlices: cluster DNS records and pods' Service variables.
+    let services = Informer::new(client.clone(), gvr::SERVICES);
+    let slices = Informer::new(client.clone(), gvr::ENDPOINT_SLICES);
+    if cfg.dns.enabled {
+        match crate::dns::start(
+            &cfg.dns,
+            cfg.cluster_dns,
+            &cfg.cluster_domain,
+            &cfg.resolv_conf,
+            &services,
+            &slices,
+        ) {
+            Ok(_) => {}
+            Err(e) => tracing::error!(node = %cfg.node_name, "cannot serve cluster DNS: {e}"),
+        }
+        slices.start();
+    }
+    services.start();
+    let (deps, not_ready) = match build_deps(&cfg, &client, &host.internal_ip, services) {
         Ok(d) => (Some(Arc::new(d)), None),
         Err(why) => {
             tracing::error!(node = %cfg.node_name, "this node cannot run containers: {why}");
@@ -499,5 +557,14 @@ pub async fn reset(cfg: &AgentConfig) -> Result<(), String> {
     }
     // The bridge goes too (CNI creates it again for the next pod).
     let _ = tokio::process::Command::new("ip").args(["link", "del", &cfg.bridge]).output().await;
+    // And the cluster DNS address (unless another agent on this host serves it now), with its
+    // interface when no address is left on it.
+    if cfg.dns.enabled {
+        let (iface, ip, port, locks) =
+            (cfg.dns.interface.clone(), cfg.cluster_dns, cfg.dns.port, cfg.dns.lock_dir.clone());
+        tokio::task::spawn_blocking(move || crate::dns::server::release(&iface, ip, port, &locks))
+            .await
+            .map_err(|e| e.to_string())??;
+    }
     Ok(())
 }

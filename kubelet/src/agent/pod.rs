@@ -37,6 +37,9 @@ pub const LABEL_RESTARTS: &str = "io.kubernetes.container.restartCount";
 /// The pod's namespace/name.
 pub const LABEL_POD: &str = "io.kubernetes.pod.name";
 
+/// How long a pod start waits for the first list of Services (for its Service variables).
+const SERVICES_SYNC_WAIT: Duration = Duration::from_secs(10);
+
 /// Where a pod is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -422,6 +425,15 @@ impl PodState {
                 }
             }
         }
+        // Service variables need the Services (as upstream, which refuses to guess).
+        if !deps.services.is_synced()
+            && tokio::time::timeout(SERVICES_SYNC_WAIT, deps.services.wait_synced()).await.is_err()
+        {
+            return Err((
+                "CreateContainerConfigError".into(),
+                "services have not yet been read at least once, cannot construct envvars".into(),
+            ));
+        }
         // Volumes.
         let pod_dir = self.pod_dir(deps);
         let vols = volumes::prepare(&pod, &pod_dir, &deps.node, &sources)
@@ -435,12 +447,11 @@ impl PodState {
             self.net = Some(net);
         }
         let hosts = spec::hosts_file(&pod, self.net.as_ref().map(|n| n.ip.to_string()).as_deref());
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        for (file, text) in [
-            ("hosts", hosts),
-            ("resolv.conf", spec::resolv_conf(&pod, &host_resolv)),
-            ("hostname", format!("{}\n", self.name)),
-        ] {
+        let host_resolv = crate::dns::resolv::ResolvConf::read(&deps.resolv_conf);
+        let resolv = crate::dns::resolv::pod_resolv_conf(&pod, &host_resolv, deps.cluster_dns.as_ref());
+        for (file, text) in
+            [("hosts", hosts), ("resolv.conf", resolv), ("hostname", format!("{}\n", self.name))]
+        {
             let p = pod_dir.join("etc");
             std::fs::create_dir_all(&p).and_then(|_| std::fs::write(p.join(file), text)).map_err(|e| {
                 ("CreateContainerError".to_string(), format!("failed to write /etc/{file}: {e}"))
@@ -671,8 +682,16 @@ impl PodState {
             working_dir: image.config.working_dir.clone(),
             user: image.config.user.clone(),
         };
-        let env =
-            spec::environment(&pod, &c.spec, &defaults, &deps.node, &self.sources).map_err(config_err)?;
+        let links = pod["spec"]["enableServiceLinks"].as_bool() != Some(false);
+        let visible = super::service_env::visible_services(
+            &self.namespace,
+            links,
+            &deps.services.list_ns(&self.namespace),
+            &deps.services.list_ns("default"),
+        );
+        let service_vars = super::service_env::from_services(&visible);
+        let env = spec::environment(&pod, &c.spec, &defaults, &deps.node, &self.sources, &service_vars)
+            .map_err(config_err)?;
         let args = spec::argv(&c.spec, &defaults, &env).map_err(config_err)?;
         let layers = image.layers.clone();
         let read_file = move |p: &str| {

@@ -130,14 +130,16 @@ pub fn map_lines(map: &Value) -> String {
     lines.join("\n")
 }
 
-/// The environment, in order: the image's ENV, `envFrom`, `env` (later wins), plus
-/// HOSTNAME; `$(VAR)` in `env` values expanded from what precedes them.
+/// The environment, in order: the image's ENV, HOSTNAME, the Service variables
+/// (`services`, see [`super::service_env`]), `envFrom`, `env` (later wins); `$(VAR)` in
+/// `env` values expanded from what precedes them.
 pub fn environment(
     pod: &Value,
     container: &Value,
     image: &ImageDefaults,
     node_name: &str,
     sources: &dyn EnvSources,
+    services: &[(String, String)],
 ) -> Result<Vec<(String, String)>, String> {
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
@@ -155,6 +157,9 @@ pub fn environment(
         }
     }
     set(&mut env, "HOSTNAME".into(), hostname);
+    for (k, v) in services {
+        set(&mut env, k.clone(), v.clone());
+    }
     for from in container.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
         let prefix = from.get("prefix").and_then(Value::as_str).unwrap_or("");
         let (data, kind, src) = if let Some(cm) = from.get("configMapRef") {
@@ -315,54 +320,6 @@ pub fn hosts_file(pod: &Value, pod_ip: Option<&str>) -> String {
     s
 }
 
-/// `/etc/resolv.conf` for a pod: the host's, without loopback nameservers (a pod's
-/// loopback is its own), plus the pod's `dnsConfig`.
-pub fn resolv_conf(pod: &Value, host: &str) -> String {
-    let mut servers: Vec<String> = Vec::new();
-    let mut search: Vec<String> = Vec::new();
-    let mut options: Vec<String> = Vec::new();
-    for l in host.lines() {
-        let mut f = l.split_whitespace();
-        match f.next() {
-            Some("nameserver") => {
-                if let Some(ip) = f.next().filter(|ip| !ip.starts_with("127.") && *ip != "::1") {
-                    servers.push(ip.to_string());
-                }
-            }
-            Some("search") => search.extend(f.map(str::to_string)),
-            Some("options") => options.extend(f.map(str::to_string)),
-            _ => {}
-        }
-    }
-    let dc = &pod["spec"]["dnsConfig"];
-    if pod["spec"]["dnsPolicy"].as_str() == Some("None") {
-        servers.clear();
-        search.clear();
-        options.clear();
-    }
-    servers.extend(strings(dc.get("nameservers")).unwrap_or_default());
-    search.extend(strings(dc.get("searches")).unwrap_or_default());
-    for o in dc.get("options").and_then(Value::as_array).into_iter().flatten() {
-        if let Some(n) = o["name"].as_str() {
-            options.push(match o["value"].as_str() {
-                Some(v) => format!("{n}:{v}"),
-                None => n.to_string(),
-            });
-        }
-    }
-    let mut s = String::new();
-    if !search.is_empty() {
-        s.push_str(&format!("search {}\n", search.join(" ")));
-    }
-    for ns in servers.iter().take(3) {
-        s.push_str(&format!("nameserver {ns}\n"));
-    }
-    if !options.is_empty() {
-        s.push_str(&format!("options {}\n", options.join(" ")));
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,16 +359,21 @@ mod tests {
             {"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         ]});
         let img = ImageDefaults { env: vec!["PATH=/bin".into(), "Z=9".into()], ..Default::default() };
-        let env = environment(&pod, &c, &img, "node", &NoSources).unwrap();
+        let services =
+            vec![("WEB_SERVICE_HOST".to_string(), "10.96.1.1".to_string()), ("A".into(), "svc".into())];
+        let env = environment(&pod, &c, &img, "node", &NoSources, &services).unwrap();
         let m: HashMap<_, _> = env.into_iter().collect();
         assert_eq!(m["PATH"], "/bin");
         assert_eq!(m["B"], "xy");
         assert_eq!(m["N"], "ns");
         assert_eq!(m["HOSTNAME"], "p");
+        // Service variables are there; the container's own env wins.
+        assert_eq!(m["WEB_SERVICE_HOST"], "10.96.1.1");
+        assert_eq!(m["A"], "x");
         assert_eq!(field_ref(&pod, "metadata.labels", "n").unwrap(), "a=\"1\"\nb=\"2\"");
         let missing = json!({"envFrom": [{"configMapRef": {"name": "cm"}}]});
         assert_eq!(
-            environment(&pod, &missing, &img, "n", &NoSources).unwrap_err(),
+            environment(&pod, &missing, &img, "n", &NoSources, &[]).unwrap_err(),
             "configmap \"cm\" not found"
         );
     }
@@ -429,7 +391,5 @@ mod tests {
         );
         assert_eq!(user(&pod, &json!({}), &img, &files).unwrap().0, 1000);
         assert!(hosts_file(&pod, Some("10.0.0.2")).contains("10.0.0.2\tp\n"));
-        let r = resolv_conf(&pod, "nameserver 127.0.0.53\nnameserver 8.8.8.8\nsearch x\n");
-        assert_eq!(r, "search x\nnameserver 8.8.8.8\n");
     }
 }
