@@ -7,7 +7,10 @@
 //! roll-out time and memory on simulated nodes.
 //!
 //! `capstan-bench pods` (module [`pods`]) measures pod start latency on the real node.
+//!
+//! `capstan-bench dns` (module [`dns`]) measures the node's cluster DNS against dnsmasq.
 
+mod dns;
 mod pods;
 mod sched;
 
@@ -26,6 +29,7 @@ const USAGE: &str =
     "usage: capstan-bench api [--capstan PATH] [--clients N] [--duration SECS] [--pods N] [--watch-events N]
        capstan-bench sched --help (scheduling throughput and Deployment roll-out on simulated nodes)
        capstan-bench pods --help (pod start latency on the real node: create to Running)
+       capstan-bench dns --help (the node's cluster DNS: queries/s and p99 beside dnsmasq)
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --clients N         concurrent HTTPS connections for creates and GETs (default 16)
@@ -552,6 +556,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("pods") {
         return pods::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("dns") {
+        return dns::main(std::env::args().skip(2));
     }
     let o = parse_args()?;
     let mut server = Server::start(&o.capstan)?;

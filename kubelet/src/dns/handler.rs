@@ -8,6 +8,8 @@
 use super::records::{Index, Outcome};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// The largest UDP answer this server sends when the asker advertises more (EDNS).
@@ -29,6 +31,9 @@ pub enum Transport {
 pub enum Reply {
     /// Send these bytes back.
     Now(Vec<u8>),
+    /// Send these bytes back; the same question (the same bytes after the id) gets the
+    /// same answer for as long as the records stay at this generation.
+    Cacheable(Vec<u8>, u64),
     /// Not the cluster's: send the packet as it is to the node's resolvers.
     Forward,
     /// An ExternalName alias to resolve upstream before answering.
@@ -82,6 +87,7 @@ impl Chase {
 #[derive(Clone)]
 pub struct Handler {
     index: Arc<RwLock<Index>>,
+    generation: Arc<AtomicU64>,
 }
 
 /// A bare header answer (no question) for a message hickory could not decode.
@@ -118,7 +124,13 @@ fn servfail_bytes(msg: &Message) -> Vec<u8> {
 impl Handler {
     /// A handler over `index`.
     pub fn new(index: Arc<RwLock<Index>>) -> Handler {
-        Handler { index }
+        let generation = index.read().unwrap_or_else(|e| e.into_inner()).generation();
+        Handler { index, generation }
+    }
+
+    /// The records' current generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Decides what to do with one message.
@@ -162,6 +174,7 @@ impl Handler {
         let qname = query.name().clone();
         let qtype = query.query_type();
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation();
         let ours = index.in_zone(&qname);
         if ours
             && (query.query_class() != DNSClass::IN || matches!(qtype, RecordType::AXFR | RecordType::IXFR))
@@ -199,7 +212,44 @@ impl Handler {
             // A chain longer than the hops allowed, or that left the zone's records.
             Outcome::Alias { .. } | Outcome::NotOurs => resp.metadata.response_code = ResponseCode::ServFail,
         }
-        Reply::Now(encode(&resp, limit))
+        Reply::Cacheable(encode(&resp, limit), generation)
+    }
+}
+
+/// Most answers a [`AnswerCache`] keeps.
+const CACHE_ENTRIES: usize = 4096;
+
+/// One worker's cache of the cluster's own answers, keyed by the question's bytes after
+/// the id, emptied whenever the records change (CoreDNS's `cache` plugin does this job
+/// with TTLs; here the generation says exactly when an answer went stale).
+#[derive(Default)]
+pub struct AnswerCache {
+    generation: u64,
+    answers: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl AnswerCache {
+    /// The cached answer to `packet` with its id, if the records did not change since.
+    pub fn get(&mut self, packet: &[u8], generation: u64) -> Option<Vec<u8>> {
+        if self.generation != generation {
+            self.answers.clear();
+            self.generation = generation;
+            return None;
+        }
+        let mut a = self.answers.get(packet.get(2..)?)?.clone();
+        a[..2].copy_from_slice(&packet[..2]);
+        Some(a)
+    }
+
+    /// Keeps `answer` to `packet`, computed at `generation`.
+    pub fn put(&mut self, packet: &[u8], answer: &[u8], generation: u64) {
+        if generation != self.generation || packet.len() < 12 || answer.len() < 12 {
+            return;
+        }
+        if self.answers.len() >= CACHE_ENTRIES {
+            self.answers.clear();
+        }
+        self.answers.insert(packet[2..].to_vec(), answer.to_vec());
     }
 }
 
@@ -263,7 +313,7 @@ mod tests {
 
     fn answer(h: &Handler, q: &[u8], t: Transport) -> Message {
         match h.handle(q, t) {
-            Reply::Now(b) => Message::from_vec(&b).unwrap(),
+            Reply::Now(b) | Reply::Cacheable(b, _) => Message::from_vec(&b).unwrap(),
             other => panic!("no answer: {other:?}"),
         }
     }
@@ -303,6 +353,30 @@ mod tests {
         let m = Message::from_vec(&c.finish(Some(&up.to_vec().unwrap()))).unwrap();
         assert_eq!(m.answers.len(), 2);
         assert_eq!(m.metadata.id, 4242);
+    }
+
+    #[test]
+    fn cached_answers_follow_the_records() {
+        let h = handler();
+        let mut cache = AnswerCache::default();
+        let q = query("web.default.svc.cluster.local.", RecordType::A, false);
+        let g = h.generation();
+        assert!(cache.get(&q, g).is_none());
+        let Reply::Cacheable(a, at) = h.handle(&q, Transport::Udp) else { panic!("not cacheable") };
+        cache.put(&q, &a, at);
+        let mut q2 = q.clone();
+        q2[..2].copy_from_slice(&[0x77, 0x01]);
+        let hit = cache.get(&q2, h.generation()).expect("a hit");
+        assert_eq!(&hit[..2], &[0x77, 0x01]);
+        assert_eq!(hit[2..], a[2..]);
+        // A change of the records empties it.
+        h.index
+            .write()
+            .unwrap()
+            .set_service(&serde_json::json!({"metadata": {"namespace": "default", "name": "web"}}), false);
+        assert!(cache.get(&q2, h.generation()).is_none());
+        let m = answer(&h, &q2, Transport::Udp);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     }
 
     #[test]
@@ -373,7 +447,7 @@ mod tests {
                 }
             }
             match h.handle(&p, if i % 2 == 0 { Transport::Udp } else { Transport::Tcp }) {
-                Reply::Now(b) => {
+                Reply::Now(b) | Reply::Cacheable(b, _) => {
                     answered += 1;
                     assert!(b.len() >= 12);
                     assert_eq!(b[..2], p[..2], "the answer keeps the id");

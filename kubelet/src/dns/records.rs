@@ -20,6 +20,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Time to live of every record (CoreDNS's default).
@@ -138,6 +139,8 @@ pub struct Index {
     /// Reverse records: IP → names.
     ptr: HashMap<IpAddr, BTreeSet<String>>,
     serial: u32,
+    /// Bumped on every change (answers cached by the server are of one generation).
+    generation: Arc<AtomicU64>,
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -289,7 +292,18 @@ impl Index {
             namespaces: HashMap::new(),
             ptr: HashMap::new(),
             serial: serial_now(),
+            generation: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The generation counter: bumped on every change of the records.
+    pub fn generation(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
+    }
+
+    fn touch(&mut self) {
+        self.serial = self.serial.wrapping_add(1).max(serial_now());
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The zone's apex.
@@ -305,6 +319,7 @@ impl Index {
     /// Applies a Service that was added or changed (`Some`) or deleted (`None`).
     pub fn set_service(&mut self, obj: &Value, present: bool) {
         let Some(key) = key_of(obj) else { return };
+        self.touch();
         let before = self.ptr_of(&key);
         let parsed = if present { parse_service(obj) } else { None };
         let existed = match parsed {
@@ -330,6 +345,7 @@ impl Index {
     /// Applies an EndpointSlice that was added or changed (`Some`) or deleted (`None`).
     pub fn set_slice(&mut self, obj: &Value, present: bool) {
         let Some(key) = key_of(obj) else { return };
+        self.touch();
         let old_service = self.slices.get(&key).map(|s| s.service.clone());
         let parsed = if present { parse_slice(obj) } else { None };
         let new_service = parsed.as_ref().map(|(_, s)| s.service.clone());
@@ -414,7 +430,6 @@ impl Index {
         for (ip, name) in after {
             self.ptr.entry(ip).or_default().insert(name);
         }
-        self.serial = self.serial.wrapping_add(1).max(serial_now());
     }
 
     /// The zone's SOA record (for the authority section of NODATA and NXDOMAIN answers).

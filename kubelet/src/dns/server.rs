@@ -13,7 +13,7 @@
 //! says so in its log and tries again every few seconds.
 
 use super::forward::Forwarder;
-use super::handler::{Handler, Reply, Transport};
+use super::handler::{AnswerCache, Handler, Reply, Transport};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -304,6 +304,7 @@ fn run_worker(s: Sockets, handler: Handler, upstreams: Vec<SocketAddr>) {
 
 async fn serve_udp(socket: Arc<UdpSocket>, handler: Handler, fwd: Arc<Forwarder>) {
     let mut buf = vec![0u8; 4096];
+    let mut cache = AnswerCache::default();
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -313,8 +314,20 @@ async fn serve_udp(socket: Arc<UdpSocket>, handler: Handler, fwd: Arc<Forwarder>
             }
         };
         let packet = &buf[..n];
+        if let Some(answer) = cache.get(packet, handler.generation()) {
+            if socket.try_send_to(&answer, peer).is_err() {
+                let _ = socket.send_to(&answer, peer).await;
+            }
+            continue;
+        }
         match handler.handle(packet, Transport::Udp) {
             Reply::Now(answer) => {
+                if socket.try_send_to(&answer, peer).is_err() {
+                    let _ = socket.send_to(&answer, peer).await;
+                }
+            }
+            Reply::Cacheable(answer, generation) => {
+                cache.put(packet, &answer, generation);
                 if socket.try_send_to(&answer, peer).is_err() {
                     let _ = socket.send_to(&answer, peer).await;
                 }
@@ -372,7 +385,7 @@ async fn serve_connection(
             _ => return Ok(()),
         }
         let answer = match handler.handle(&msg, Transport::Tcp) {
-            Reply::Now(a) => a,
+            Reply::Now(a) | Reply::Cacheable(a, _) => a,
             Reply::Forward => match fwd.query_tcp(&msg).await {
                 Some(a) => a,
                 None => super::forward::servfail(&msg, u16::from_be_bytes([msg[0], msg[1]])),
