@@ -20,7 +20,9 @@
 // `ApiError` carries Status details inline; errors are not on a hot path.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 pub mod auth;
+pub mod bootstrap;
 pub mod busapi;
 pub mod cache;
 pub mod discovery;
@@ -32,7 +34,9 @@ pub mod relay;
 pub mod service;
 pub mod spdy;
 pub mod status;
+pub mod strategy;
 pub mod streams;
+pub mod tokens;
 
 use auth::User;
 use capstan_storage::Store;
@@ -63,6 +67,11 @@ pub struct Config {
     /// Revisions of change log kept behind the newest (older ones are compacted away;
     /// watchers and event-stream readers behind them get 410 and relist).
     pub change_log_retention: u64,
+    /// The ranges Service addresses and node ports come from.
+    pub service_network: strategy::ServiceNetwork,
+    /// The address the `kubernetes` Service's endpoints name (default: the listen address,
+    /// or the default route's source address when listening on every address).
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 impl Config {
@@ -78,6 +87,8 @@ impl Config {
             bus: None,
             relay_holder: None,
             change_log_retention: 100_000,
+            service_network: strategy::ServiceNetwork::default(),
+            advertise_address: None,
         }
     }
 }
@@ -189,8 +200,11 @@ async fn compactor(store: Arc<dyn Store>, retention: u64, relayed: Arc<std::sync
 /// Starts the API service and the HTTPS server. Must run inside an actix system.
 pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, StartError> {
     let cache = cache::Cache::start(store.clone(), config.watch_cache_events).await?;
-    let service = Arc::new(service::ApiService::new(store, cache, Arc::new(auth::MastersOnly)));
-    service.bootstrap().await?;
+    let service = Arc::new(
+        service::ApiService::new(store, cache, Arc::new(auth::MastersOnly))
+            .with_service_network(config.service_network.clone()),
+    );
+    bootstrap::cluster(&service).await?;
     // With a bus, the change log is kept until the relay has published it.
     let relayed =
         Arc::new(std::sync::atomic::AtomicU64::new(if config.bus.is_some() { 0 } else { u64::MAX }));
@@ -219,6 +233,9 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let advertised =
+        SocketAddr::new(bootstrap::advertise_address(addr, config.advertise_address), addr.port());
+    bootstrap::kubernetes_service(&service, advertised).await?;
     let gateway = actix_web::web::Data::new(http::Gateway {
         service: service.clone(),
         server_address: addr.to_string(),

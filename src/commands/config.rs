@@ -27,6 +27,52 @@ pub struct FileConfig {
     pub change_log_retention: Option<u64>,
     /// The node agent (`capstan up`'s node and `capstan kubelet`).
     pub node: Option<NodeConfig>,
+    /// The range Service ClusterIPs come from (default 10.96.0.0/12; the first address is
+    /// the `kubernetes` Service's, the tenth the cluster DNS's).
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: Option<String>,
+    /// The range node ports come from (default 30000-32767).
+    pub node_port_range: Option<String>,
+    /// The cluster's DNS domain (default cluster.local).
+    pub cluster_domain: Option<String>,
+    /// The address the `kubernetes` Service's endpoints name (default: the listen address,
+    /// or the default route's source address when listening on 0.0.0.0).
+    pub advertise_address: Option<std::net::IpAddr>,
+}
+
+/// The cluster-wide network settings the gateway needs.
+pub struct ClusterNetwork {
+    /// Service ClusterIP and node port ranges.
+    pub services: capstan_gateway::strategy::ServiceNetwork,
+    /// The DNS domain.
+    pub cluster_domain: String,
+}
+
+impl FileConfig {
+    /// The cluster network settings, validated (an invalid range is a usage error before
+    /// any port is bound).
+    pub fn cluster_network(&self) -> anyhow::Result<ClusterNetwork> {
+        let services = capstan_gateway::strategy::ServiceNetwork::parse(
+            self.service_cidr.as_deref().unwrap_or("10.96.0.0/12"),
+            self.node_port_range.as_deref().unwrap_or("30000-32767"),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let cluster_domain = self.cluster_domain.clone().unwrap_or_else(|| "cluster.local".into());
+        if cluster_domain.is_empty() || cluster_domain.starts_with('.') || cluster_domain.ends_with('.') {
+            anyhow::bail!("invalid clusterDomain {cluster_domain:?} (want e.g. cluster.local)");
+        }
+        Ok(ClusterNetwork { services, cluster_domain })
+    }
+
+    /// The names and addresses the serving certificate must carry for a gateway listening
+    /// on `listen`.
+    pub fn serving_hosts(&self, listen: std::net::SocketAddr, net: &ClusterNetwork) -> Vec<String> {
+        let mut hosts = vec![listen.ip().to_string()];
+        hosts.extend(self.advertise_address.map(|a| a.to_string()));
+        hosts
+            .extend(capstan_gateway::pki::kubernetes_service_names(&net.cluster_domain, net.services.nth(1)));
+        hosts
+    }
 }
 
 /// The `node:` section: settings of the node agent.

@@ -47,21 +47,25 @@ fn open_store(url: &str) -> anyhow::Result<Arc<dyn capstan_storage::Store>> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let file = FileConfig::load(args.config.as_deref())?;
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".capstan"));
+    let data_dir = args.data_dir.or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from(".capstan"));
     let store_url = args
         .store
-        .or(file.store)
+        .or(file.store.clone())
         .unwrap_or_else(|| format!("redb:{}", data_dir.join("state.redb").display()));
     let listen: SocketAddr = args
         .listen
-        .or(file.listen)
+        .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:6443".into())
         .parse()
         .context("invalid --listen address (want IP:PORT)")?;
     let store = open_store(&store_url)?;
-    let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &[listen.ip().to_string()])?;
+    let network = file.cluster_network()?;
+    let hosts = file.serving_hosts(listen, &network);
+    let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &hosts)?;
     let mut cfg = capstan_gateway::Config::new(pki.clone());
     cfg.listen = listen;
+    cfg.service_network = network.services;
+    cfg.advertise_address = file.advertise_address;
     if let Some(w) = file.workers {
         cfg.workers = w;
     }

@@ -31,17 +31,18 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let file = FileConfig::load(args.config.as_deref())?;
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".capstan"));
+    let data_dir = args.data_dir.or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from(".capstan"));
     let listen: SocketAddr = args
         .listen
-        .or(file.listen)
+        .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:6443".into())
         .parse()
         .context("invalid --listen address (want IP:PORT)")?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("failed to create data dir {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
-    let hosts = vec![listen.ip().to_string()];
+    let network = file.cluster_network()?;
+    let hosts = file.serving_hosts(listen, &network);
     let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &hosts)?;
     let store_path = data_dir.join("state.redb");
     let store = capstan_storage::RedbStore::open(&store_path)
@@ -49,6 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store: Arc<dyn capstan_storage::Store> = Arc::new(store);
     let mut cfg = capstan_gateway::Config::new(pki.clone());
     cfg.listen = listen;
+    cfg.service_network = network.services;
+    cfg.advertise_address = file.advertise_address;
     if let Some(w) = file.workers {
         cfg.workers = w;
     }
