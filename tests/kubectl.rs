@@ -135,7 +135,8 @@ fn get_forms() {
     let by_label_set = c.ok(&["get", "cm", "-l", "tier in (config,x),app", "-o", "name"]);
     assert_eq!(by_label_set.trim(), "configmap/cfg");
     let by_field = c.ok(&["get", "cm", "-A", "--field-selector", "metadata.namespace=other", "-o", "name"]);
-    assert_eq!(by_field.trim(), "configmap/elsewhere");
+    // Only namespace "other": its own ConfigMap and the published cluster CA.
+    assert_eq!(by_field.trim(), "configmap/elsewhere\nconfigmap/kube-root-ca.crt");
     let bad = c.fails(&["get", "pods", "--field-selector", "spec.nope=x"]);
     assert!(bad.contains("field label not supported"), "{bad}");
     let all = c.ok(&["get", "all"]);

@@ -40,6 +40,7 @@ pub async fn cluster(svc: &ApiService) -> ApiResult<()> {
         create_if_missing(svc, "", "namespaces", None, body).await?;
     }
     crate::strategy::service::repair(svc.context()).await?;
+    default_policy(svc).await?;
     let dns_ip = svc.service_network().nth(10).to_string();
     let dns = json!({
         "apiVersion": "v1", "kind": "Service",
@@ -123,4 +124,46 @@ async fn put(svc: &ApiService, group: &str, plural: &str, name: &str, want: Valu
         Err(ApiError::NotFound { .. }) => create_if_missing(svc, group, plural, Some("default"), want).await,
         Err(e) => Err(e),
     }
+}
+
+/// Creates upstream's default ClusterRoles and ClusterRoleBindings when missing, and brings
+/// back those marked `rbac.authorization.kubernetes.io/autoupdate: "true"` whose content
+/// differs from the defaults (as upstream's reconciliation at start).
+pub async fn default_policy(svc: &ApiService) -> ApiResult<()> {
+    let user = User::system();
+    let roles = resource("rbac.authorization.k8s.io", "v1", "clusterroles")?;
+    let bindings = resource("rbac.authorization.k8s.io", "v1", "clusterrolebindings")?;
+    let wanted = crate::rbac::default_cluster_roles()
+        .into_iter()
+        .map(|r| (roles, r, &["rules", "aggregationRule"][..]));
+    let wanted = wanted.chain(
+        crate::rbac::default_bindings().into_iter().map(|b| (bindings, b, &["subjects", "roleRef"][..])),
+    );
+    for (res, want, fields) in wanted {
+        let name = capstan_api::meta::name(&want).unwrap_or("").to_string();
+        match svc.get(&user, res, None, &name).await {
+            Ok(cur) => {
+                let auto = capstan_api::meta::string_map(&cur, "annotations")
+                    .get("rbac.authorization.kubernetes.io/autoupdate")
+                    .is_some_and(|v| v == "true");
+                // Aggregated roles' rules are filled by aggregation, not compared.
+                let differs = fields.iter().any(|f| {
+                    !(*f == "rules" && want.get("aggregationRule").is_some()) && cur.get(*f) != want.get(*f)
+                });
+                if auto && differs {
+                    let mut new = want.clone();
+                    new["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
+                    if want.get("aggregationRule").is_some() {
+                        new["rules"] = cur.get("rules").cloned().unwrap_or(Value::Null);
+                    }
+                    svc.update(&user, res, None, &name, new, &WriteOptions::default(), false).await?;
+                }
+            }
+            Err(ApiError::NotFound { .. }) => {
+                create_if_missing(svc, "rbac.authorization.k8s.io", res.plural, None, want).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

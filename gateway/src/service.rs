@@ -187,6 +187,7 @@ pub struct ApiService {
     ctx: admission::Context,
     strategies: Strategies,
     admission: Chain,
+    tokens: Option<Arc<crate::tokens::TokenSigner>>,
 }
 
 const MAX_UPDATE_RETRIES: usize = 32;
@@ -274,7 +275,19 @@ impl ApiService {
             ctx,
             strategies: Strategies::default(),
             admission: Chain::standard(),
+            tokens: None,
         }
+    }
+
+    /// Signs and verifies ServiceAccount tokens with `signer`.
+    pub fn with_tokens(mut self, signer: Arc<crate::tokens::TokenSigner>) -> ApiService {
+        self.tokens = Some(signer);
+        self
+    }
+
+    /// The ServiceAccount token signer, if this gateway has the key.
+    pub fn tokens(&self) -> Option<&Arc<crate::tokens::TokenSigner>> {
+        self.tokens.as_ref()
     }
 
     /// Replaces the admission chain.
@@ -326,6 +339,7 @@ impl ApiService {
             subresource: subresource.unwrap_or("").to_string(),
             namespace: namespace.unwrap_or("").to_string(),
             name: name.unwrap_or("").to_string(),
+            path: None,
         };
         match self.authorizer.authorize(user, &attrs) {
             Decision::Allow(_) => Ok(()),
@@ -348,6 +362,31 @@ impl ApiService {
                 ))
             }
         }
+    }
+
+    /// Checks authorization of a non-resource URL; 403 in upstream's wording.
+    pub fn authorize_path(&self, user: &User, verb: &str, path: &str) -> ApiResult<()> {
+        let attrs = AuthAttributes {
+            verb: verb.to_string(),
+            group: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+            path: Some(path.to_string()),
+        };
+        match self.authorizer.authorize(user, &attrs) {
+            Decision::Allow(_) => Ok(()),
+            Decision::Deny(_) => Err(ApiError::Forbidden {
+                message: format!("forbidden: User \"{}\" cannot {verb} path \"{path}\"", user.name),
+                details: None,
+            }),
+        }
+    }
+
+    /// What `user` may do in `namespace` (SelfSubjectRulesReview).
+    pub fn rules(&self, user: &User, namespace: &str) -> crate::auth::RuleList {
+        self.authorizer.rules(user, namespace)
     }
 
     /// The authorizer's raw decision (for access reviews).
@@ -541,6 +580,14 @@ impl ApiService {
         strategy.prepare_for_create(obj);
     }
 
+    /// What follows a committed write: a change to authorization objects counts for the
+    /// next request (read-your-writes for RBAC through this gateway).
+    async fn after_commit(&self, res: &ResourceInfo, revision: u64) {
+        if res.group == "rbac.authorization.k8s.io" {
+            self.authorizer.settle(revision).await;
+        }
+    }
+
     /// Commits `ops` (the object's op first, then reservations); on a failed precondition of
     /// a reservation, the error it names, or `Ok(None)` to prepare the write again.
     async fn commit_write(
@@ -662,6 +709,7 @@ impl ApiService {
             create_stats::record(committing - started, committing.elapsed());
             match outcome? {
                 CommitOutcome::Committed(rev) => {
+                    self.after_commit(res, rev).await;
                     meta::set_meta_str(&mut obj, "resourceVersion", &rev.to_string());
                     return Ok(WriteResult { object: obj, created: true, warnings });
                 }
@@ -873,6 +921,7 @@ impl ApiService {
             }
             match self.commit_write(ops, &on_conflict).await? {
                 CommitOutcome::Committed(rev) => {
+                    self.after_commit(res, rev).await;
                     meta::set_meta_str(&mut new, "resourceVersion", &rev.to_string());
                     return Ok(WriteResult { object: new, created: false, warnings });
                 }
@@ -1127,6 +1176,7 @@ impl ApiService {
             ops.extend(strategy.release(&obj));
             match self.commit_write(ops, &[]).await? {
                 CommitOutcome::Committed(nrev) => {
+                    self.after_commit(res, nrev).await;
                     meta::set_meta_str(&mut last, "resourceVersion", &nrev.to_string());
                     return Ok((last, true));
                 }

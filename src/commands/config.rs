@@ -38,6 +38,26 @@ pub struct FileConfig {
     /// The address the `kubernetes` Service's endpoints name (default: the listen address,
     /// or the default route's source address when listening on 0.0.0.0).
     pub advertise_address: Option<std::net::IpAddr>,
+    /// Static bearer tokens: a CSV file of `token,user,uid,"group1,group2"` lines, as
+    /// upstream's `--token-auth-file`.
+    pub token_file: Option<PathBuf>,
+    /// The audit log (none without this section).
+    pub audit: Option<AuditConfig>,
+}
+
+/// The `audit:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditConfig {
+    /// The log file.
+    pub path: PathBuf,
+    /// An `audit.k8s.io/v1` Policy file (default: everything at Metadata).
+    pub policy: Option<PathBuf>,
+    /// Rotate the file before it passes this size (default 100).
+    #[serde(rename = "maxSizeMB")]
+    pub max_size_mb: Option<u64>,
+    /// Rotated files kept (default 5).
+    pub max_backups: Option<u32>,
 }
 
 /// The cluster-wide network settings the gateway needs.
@@ -62,6 +82,46 @@ impl FileConfig {
             anyhow::bail!("invalid clusterDomain {cluster_domain:?} (want e.g. cluster.local)");
         }
         Ok(ClusterNetwork { services, cluster_domain })
+    }
+
+    /// Settings every gateway takes from the file: the network, static tokens.
+    pub fn apply_gateway(
+        &self,
+        cfg: &mut capstan_gateway::Config,
+        net: &ClusterNetwork,
+    ) -> anyhow::Result<()> {
+        cfg.service_network = net.services.clone();
+        cfg.cluster_domain = net.cluster_domain.clone();
+        cfg.advertise_address = self.advertise_address;
+        if let Some(a) = &self.audit {
+            let policy = match &a.policy {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| anyhow::anyhow!("failed to read audit policy {}: {e}", p.display()))?;
+                    capstan_gateway::audit::Policy::parse(&text).map_err(anyhow::Error::msg)?
+                }
+                None => capstan_gateway::audit::Policy::all(capstan_gateway::audit::Level::Metadata),
+            };
+            cfg.audit = Some(capstan_gateway::audit::Config {
+                path: a.path.clone(),
+                policy,
+                max_bytes: a.max_size_mb.unwrap_or(100) * 1024 * 1024,
+                max_backups: a.max_backups.unwrap_or(5),
+            });
+        }
+        if let Some(p) = &self.token_file {
+            cfg.tokens = capstan_gateway::authn::read_token_file(p).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(w) = self.workers {
+            cfg.workers = w;
+        }
+        if let Some(r) = self.change_log_retention {
+            cfg.change_log_retention = r;
+        }
+        if let Some(n) = self.watch_cache_events {
+            cfg.watch_cache_events = n;
+        }
+        Ok(())
     }
 
     /// The names and addresses the serving certificate must carry for a gateway listening

@@ -64,14 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &hosts)?;
     let mut cfg = capstan_gateway::Config::new(pki.clone());
     cfg.listen = listen;
-    cfg.service_network = network.services;
-    cfg.advertise_address = file.advertise_address;
-    if let Some(w) = file.workers {
-        cfg.workers = w;
-    }
-    if let Some(r) = file.change_log_retention {
-        cfg.change_log_retention = r;
-    }
+    file.apply_gateway(&mut cfg, &network)?;
     let nats = args.nats.or(file.nats);
     actix_rt::System::new().block_on(async move {
         if let Some(url) = nats.as_deref() {

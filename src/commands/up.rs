@@ -50,17 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store: Arc<dyn capstan_storage::Store> = Arc::new(store);
     let mut cfg = capstan_gateway::Config::new(pki.clone());
     cfg.listen = listen;
-    cfg.service_network = network.services;
-    cfg.advertise_address = file.advertise_address;
-    if let Some(w) = file.workers {
-        cfg.workers = w;
-    }
-    if let Some(r) = file.change_log_retention {
-        cfg.change_log_retention = r;
-    }
-    if let Some(n) = file.watch_cache_events {
-        cfg.watch_cache_events = n;
-    }
+    file.apply_gateway(&mut cfg, &network)?;
     let nats = args.nats.or(file.nats);
     let sim_nodes = args.sim_nodes.or(file.sim_nodes).unwrap_or(0);
     let node = file.node;
@@ -74,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // This process owns the store file alone: a restart may take the relay over at once.
         cfg.relay_holder = Some("capstan-up".into());
         let running = capstan_gateway::start(cfg, store).await?;
-        super::roles::start_controllers(bus.clone(), None);
+        super::roles::start_controllers(bus.clone(), None, Some(pki.ca_cert.clone()));
         super::roles::start_scheduler(bus.clone());
         super::roles::start_sim_nodes(bus.clone(), sim_nodes, "sim-");
         if let Some(agent) = agent {

@@ -190,14 +190,37 @@ impl Chain {
         Chain { plugins }
     }
 
-    /// capstan's plugins in upstream's order: NamespaceLifecycle, ServiceAccount,
-    /// DefaultTolerationSeconds.
+    /// capstan's plugins in upstream's order: NamespaceLifecycle, ServiceAccount (without a
+    /// token signer: see [`Chain::configured`]), DefaultTolerationSeconds.
     pub fn standard() -> Chain {
         Chain::new(vec![
             Arc::new(NamespaceLifecycle::default()),
-            Arc::new(ServiceAccount),
+            Arc::new(ServiceAccount::default()),
             Arc::new(DefaultTolerationSeconds::from_env()),
         ])
+    }
+
+    /// The gateway's chain: NamespaceLifecycle, ServiceAccount (filling legacy token
+    /// Secrets with `signer` and the cluster `ca`), DefaultTolerationSeconds, then
+    /// `validating` (RBAC escalation checks...), in upstream's order.
+    pub fn configured(
+        signer: Option<Arc<crate::tokens::TokenSigner>>,
+        ca: String,
+        validating: Vec<Arc<dyn Plugin>>,
+    ) -> Chain {
+        let mut plugins: Vec<Arc<dyn Plugin>> = vec![
+            Arc::new(NamespaceLifecycle::default()),
+            Arc::new(ServiceAccount::new(signer, ca)),
+            Arc::new(DefaultTolerationSeconds::from_env()),
+        ];
+        plugins.extend(validating);
+        Chain::new(plugins)
+    }
+
+    /// The chain with `plugin` appended.
+    pub fn with(mut self, plugin: Arc<dyn Plugin>) -> Chain {
+        self.plugins.push(plugin);
+        self
     }
 
     /// The plugins' names, in order.

@@ -168,6 +168,8 @@ pub struct PodState {
     /// The IP a finished pod had (its network is released).
     finished_ip: Option<String>,
     deleted: bool,
+    /// ServiceAccount tokens in projected volumes and when to refresh each.
+    tokens: Vec<(volumes::TokenSource, Instant)>,
 }
 
 impl PodState {
@@ -260,6 +262,7 @@ impl PodState {
             prepare_backoff: Duration::ZERO,
             start_time,
             last_status: None,
+            tokens: Vec::new(),
             finished_phase,
             finished_ip: None,
             deleted: false,
@@ -380,6 +383,17 @@ impl PodState {
                 }
             }
         }
+        // ServiceAccount tokens for projected volumes, bound to this pod.
+        let mut tokens = Vec::new();
+        for src in volumes::token_sources(&pod) {
+            let (token, refresh) = self
+                .request_token(deps, &pod, &src)
+                .await
+                .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+            sources.tokens.insert(format!("{}/{}", src.volume, src.path), token.into_bytes());
+            tokens.push((src, refresh));
+        }
+        self.tokens = tokens;
         // Images, with credentials from imagePullSecrets.
         let mut creds = HashMap::new();
         for sref in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
@@ -452,7 +466,58 @@ impl PodState {
     }
 
     /// Looks at every container: exits, restarts, starts, probes.
+    /// Asks the API for a token bound to this pod; returns it and when to refresh it (at 80 %
+    /// of its lifetime, as upstream's kubelet).
+    async fn request_token(
+        &self,
+        deps: &Deps,
+        pod: &Value,
+        src: &volumes::TokenSource,
+    ) -> Result<(String, Instant), String> {
+        let sa = pod["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
+        let (token, expiry) = deps
+            .client
+            .request_token(&self.namespace, sa, src.audience.as_deref(), src.seconds, (&self.name, &self.uid))
+            .await
+            .map_err(|e| format!("failed to get a token for service account {sa:?}: {e}"))?;
+        let now = jiff::Timestamp::now().as_second();
+        let lifetime = (expiry - now).clamp(60, src.seconds.max(60));
+        Ok((token, Instant::now() + Duration::from_secs((lifetime as u64) * 4 / 5)))
+    }
+
+    /// Refreshes the tokens that are due (a failed refresh is tried again in 10 s; the old
+    /// token stays until it expires).
+    async fn refresh_tokens(&mut self, deps: &Deps) {
+        let now = Instant::now();
+        if !self.tokens.iter().any(|(_, at)| *at <= now) {
+            return;
+        }
+        let pod = self.pod();
+        let dir = self.pod_dir(deps);
+        let mut tokens = std::mem::take(&mut self.tokens);
+        for (src, at) in tokens.iter_mut() {
+            if *at > now {
+                continue;
+            }
+            match self.request_token(deps, &pod, src).await {
+                Ok((token, next)) => match volumes::write_token(&dir, src, token.as_bytes()) {
+                    Ok(()) => *at = next,
+                    Err(e) => {
+                        tracing::warn!(pod = %self.name, "failed to refresh a token: {e}");
+                        *at = now + Duration::from_secs(10);
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(pod = %self.name, "failed to refresh a token: {e}");
+                    *at = now + Duration::from_secs(10);
+                }
+            }
+        }
+        self.tokens = tokens;
+    }
+
     async fn supervise(&mut self, deps: &Deps) {
+        self.refresh_tokens(deps).await;
         // 1. Exits of running containers.
         for i in 0..self.ctrs.len() {
             let Some(id) = self.ctrs[i].id.clone() else { continue };

@@ -15,6 +15,60 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
+/// A `serviceAccountToken` source of a projected volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSource {
+    /// The volume's name.
+    pub volume: String,
+    /// The file's path inside the volume.
+    pub path: String,
+    /// The audience asked for (None: the API's).
+    pub audience: Option<String>,
+    /// The lifetime asked for (upstream's default 3600 s, at least 600).
+    pub seconds: i64,
+    /// The volume's file mode.
+    pub mode: u32,
+}
+
+/// The `serviceAccountToken` sources of a pod's projected volumes.
+pub fn token_sources(pod: &Value) -> Vec<TokenSource> {
+    let mut out = Vec::new();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let Some(name) = v["name"].as_str() else { continue };
+        let dm = mode(&v["projected"]["defaultMode"], 0o644);
+        for s in v["projected"]["sources"].as_array().into_iter().flatten() {
+            let t = &s["serviceAccountToken"];
+            if !t.is_object() {
+                continue;
+            }
+            out.push(TokenSource {
+                volume: name.to_string(),
+                path: t["path"].as_str().unwrap_or("token").to_string(),
+                audience: t["audience"].as_str().filter(|a| !a.is_empty()).map(str::to_string),
+                seconds: t["expirationSeconds"].as_i64().unwrap_or(3600).max(600),
+                mode: dm,
+            });
+        }
+    }
+    out
+}
+
+/// Writes a token file atomically (a new file renamed over the old one), so a container
+/// never reads half a token while it is refreshed.
+pub fn write_token(pod_dir: &Path, src: &TokenSource, token: &[u8]) -> Result<(), String> {
+    let dir = pod_dir.join("volumes").join(&src.volume);
+    let rel = safe_relative(&src.path)?;
+    let dest = dir.join(&rel);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
+    }
+    let tmp = dest.with_extension("capstan-new");
+    std::fs::write(&tmp, token).map_err(|e| format!("failed to write {}: {e}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(src.mode))
+        .map_err(|e| format!("failed to chmod {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &dest).map_err(|e| format!("failed to replace {}: {e}", dest.display()))
+}
+
 /// ConfigMaps and Secrets a pod refers to, fetched before its start.
 #[derive(Debug, Default)]
 pub struct Sources {
@@ -25,6 +79,8 @@ pub struct Sources {
     pub secrets: HashMap<String, BTreeMap<String, String>>,
     /// Raw bytes for keys that are not valid UTF-8 (binaryData, binary secrets).
     pub binary: HashMap<(String, String, String), Vec<u8>>,
+    /// ServiceAccount tokens by `<volume>/<path>`.
+    pub tokens: HashMap<String, Vec<u8>>,
 }
 
 impl EnvSources for Sources {
@@ -265,6 +321,12 @@ pub fn prepare(
                     project_keys(&dir, "secret", sec["name"].as_str().unwrap_or(""), sec, dm, sources)?;
                 } else if let Some(d) = s.get("downwardAPI") {
                     project_downward(&dir, &d["items"], dm, pod, node)?;
+                } else if let Some(t) = s.get("serviceAccountToken") {
+                    let path = t["path"].as_str().unwrap_or("token");
+                    let token = sources.tokens.get(&format!("{name}/{path}")).ok_or_else(|| {
+                        format!("volume {name:?}: no ServiceAccount token was issued for {path:?}")
+                    })?;
+                    write_file(&dir, path, token, dm)?;
                 }
             }
             dir
