@@ -494,3 +494,87 @@ fn tokens_die_with_what_they_are_bound_to() {
         (outcome(&run(&c, &t, &["get", "pods", "-n", "dev"])) == "401").then_some(())
     });
 }
+
+#[test]
+fn a_node_credential_reaches_only_its_node_and_pods() {
+    let Env { c, .. } = start();
+    let dir = c.dir.path().to_path_buf();
+    let ca = std::fs::read_to_string(dir.join("pki/ca.crt")).expect("ca");
+    let ca_key = std::fs::read_to_string(dir.join("pki/ca.key")).expect("ca key");
+    let (crt, key) =
+        capstan_gateway::pki::issue_client_cert(&ca, &ca_key, "system:node:a", &["system:nodes"])
+            .expect("node certificate");
+    let (crt_p, key_p) = (dir.join("node-a.crt"), dir.join("node-a.key"));
+    std::fs::write(&crt_p, crt).expect("write");
+    std::fs::write(&key_p, key).expect("write");
+    let node_a = Cred::Cert(&crt_p, &key_p);
+    for n in ["a", "b"] {
+        let node = c.file(
+            &format!("node-{n}.yaml"),
+            &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\n"),
+        );
+        c.ok(&["apply", "-f", node.to_str().unwrap_or("")]);
+    }
+    c.ok(&["create", "secret", "generic", "used-by-a", "--from-literal=k=v", "-n", "dev"]);
+    c.ok(&["create", "secret", "generic", "used-by-b", "--from-literal=k=v", "-n", "dev"]);
+    for (pod, node, secret) in [("on-a", "a", "used-by-a"), ("on-b", "b", "used-by-b")] {
+        let f = c.file(
+            &format!("{pod}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: dev}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: busybox, env: [{{name: S, valueFrom: {{secretKeyRef: {{name: {secret}, key: k}}}}}}]}}]\n"
+            ),
+        );
+        c.ok(&["apply", "-f", f.to_str().unwrap_or("")]);
+    }
+    let cells: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["label", "node", "a", "mine=yes"], "ok"),
+        (vec!["label", "node", "b", "mine=yes"], "403"),
+        (vec!["get", "nodes"], "ok"),
+        (vec!["get", "secret", "used-by-a", "-n", "dev"], "ok"),
+        (vec!["get", "secret", "used-by-b", "-n", "dev"], "403"),
+        (vec!["get", "secrets", "-n", "dev"], "403"),
+        (vec!["get", "pods", "-A"], "ok"),
+        (vec!["delete", "pod", "on-b", "-n", "dev", "--wait=false"], "403"),
+        (vec!["create", "namespace", "made-by-a-node"], "403"),
+        (vec!["get", "lease", "b", "-n", "kube-node-lease"], "403"),
+    ];
+    let mut wrong = Vec::new();
+    for (args, want) in &cells {
+        let got = outcome(&run(&c, &node_a, args));
+        if got != *want {
+            wrong.push(format!("node a {args:?}: want {want}, got {got}"));
+        }
+    }
+    // Pod status: its own pod's, not another node's.
+    let status = c.file("status.json", r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#);
+    let patch = |pod: &str| {
+        outcome(&run(
+            &c,
+            &node_a,
+            &[
+                "patch",
+                "pod",
+                pod,
+                "-n",
+                "dev",
+                "--subresource=status",
+                "--type=merge",
+                "--patch-file",
+                status.to_str().unwrap_or(""),
+            ],
+        ))
+    };
+    if patch("on-a") != "ok" {
+        wrong.push("node a patching the status of its own pod".into());
+    }
+    if patch("on-b") != "403" {
+        wrong.push("node a patching the status of node b's pod".into());
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let msg = run(&c, &node_a, &["label", "node", "b", "mine=yes"]);
+    assert!(
+        String::from_utf8_lossy(&msg.stderr).contains("node \"a\" is not allowed to modify node \"b\""),
+        "{}",
+        String::from_utf8_lossy(&msg.stderr)
+    );
+}

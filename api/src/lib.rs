@@ -27,6 +27,7 @@ pub mod defaults;
 pub mod meta;
 pub mod openapi;
 pub mod patch;
+pub mod podrefs;
 pub mod protobuf;
 pub mod quantity;
 pub mod registry;

@@ -363,6 +363,16 @@ impl ApiService {
                 secret = reference;
             }
         }
+        // A node asks only for tokens bound to pods running on it (NodeRestriction).
+        if let Some(me) = crate::rbac::node::node_name(user) {
+            let forbid = |msg: &str| Err(ApiError::forbidden(sa_res, name, msg));
+            if pod.is_none() {
+                return forbid("node requested token not bound to a pod");
+            }
+            if node.as_ref().map(|n| n.name.as_str()) != Some(me) {
+                return forbid("node requested token bound to a pod scheduled on a different node");
+            }
+        }
         let (token, exp) = signer
             .issue(namespace, name, &sa_uid, &audiences, seconds, pod, secret, node)
             .map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -296,14 +296,18 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     let issuer = format!("https://kubernetes.default.svc.{}", config.cluster_domain);
     let signer = Arc::new(tokens::TokenSigner::load_or_create(&config.pki.dir, &issuer)?);
     let service = Arc::new(
-        service::ApiService::new(store, cache.clone(), rbac.clone())
-            .with_service_network(config.service_network.clone())
-            .with_tokens(signer.clone())
-            .with_admission(admission::Chain::configured(
-                Some(signer),
-                config.pki.ca_cert.clone(),
-                vec![Arc::new(rbac::Escalation::new(rbac))],
-            )),
+        service::ApiService::new(
+            store,
+            cache.clone(),
+            Arc::new(rbac::node::NodeAuthorizer::new(cache.clone(), rbac.clone())),
+        )
+        .with_service_network(config.service_network.clone())
+        .with_tokens(signer.clone())
+        .with_admission(admission::Chain::configured(
+            Some(signer),
+            config.pki.ca_cert.clone(),
+            vec![Arc::new(rbac::Escalation::new(rbac))],
+        )),
     );
     bootstrap::cluster(&service).await?;
     // With a bus, the change log is kept until the relay has published it.

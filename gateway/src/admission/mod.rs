@@ -15,10 +15,12 @@
 
 mod default_tolerations;
 mod namespace_lifecycle;
+mod node_restriction;
 mod service_account;
 
 pub use default_tolerations::DefaultTolerationSeconds;
 pub use namespace_lifecycle::{NamespaceLifecycle, SYSTEM_NAMESPACES};
+pub use node_restriction::NodeRestriction;
 pub use service_account::ServiceAccount;
 
 use crate::auth::User;
@@ -201,7 +203,7 @@ impl Chain {
     }
 
     /// The gateway's chain: NamespaceLifecycle, ServiceAccount (filling legacy token
-    /// Secrets with `signer` and the cluster `ca`), DefaultTolerationSeconds, then
+    /// Secrets with `signer` and the cluster `ca`), NodeRestriction, DefaultTolerationSeconds, then
     /// `validating` (RBAC escalation checks...), in upstream's order.
     pub fn configured(
         signer: Option<Arc<crate::tokens::TokenSigner>>,
@@ -211,6 +213,7 @@ impl Chain {
         let mut plugins: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(NamespaceLifecycle::default()),
             Arc::new(ServiceAccount::new(signer, ca)),
+            Arc::new(NodeRestriction),
             Arc::new(DefaultTolerationSeconds::from_env()),
         ];
         plugins.extend(validating);

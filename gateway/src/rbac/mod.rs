@@ -13,6 +13,7 @@
 //! updating a Role or ClusterRole needs every permission it grants (or the `escalate` verb on
 //! it), and a binding needs the permissions of the role it names (or `bind` on that role).
 
+pub mod node;
 mod policy;
 
 pub use policy::{default_bindings, default_cluster_roles};
