@@ -578,3 +578,123 @@ fn a_node_credential_reaches_only_its_node_and_pods() {
         String::from_utf8_lossy(&msg.stderr)
     );
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn secrets_are_ciphertext_on_disk_and_on_the_bus() {
+    let nats = common::nats::Nats::start();
+    let mut c = Cluster::start_with(&["--nats", &nats.url()]);
+    let value = format!("s3cr3t-value-{}", std::process::id());
+    c.ok(&["create", "secret", "generic", "db", &format!("--from-literal=password={value}")]);
+    // Also through apply, whose last-applied annotation repeats the data.
+    let applied = format!("applied-{value}");
+    let f = c.file(
+        "secret.yaml",
+        &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: applied}}\nstringData: {{password: {applied}}}\n"),
+    );
+    c.ok(&["apply", "-f", f.to_str().unwrap_or("")]);
+    std::fs::remove_file(&f).expect("remove the manifest, which holds the value");
+    assert_eq!(c.ok(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]).trim(), {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&value)
+    });
+    // Wait until the events of both Secrets are in JetStream, then search every byte.
+    let rv = c.ok(&["get", "secret", "applied", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    let rv: u64 = rv.trim().parse().expect("resourceVersion");
+    wait_for("the Secret events on the stream", Duration::from_secs(20), || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            use capstan_bus::Bus;
+            use futures::StreamExt;
+            let bus = capstan_bus::NatsBus::connect(capstan_bus::NatsConfig::new(nats.url())).await.ok()?;
+            let mut s = bus
+                .events("capstan.v1.events.core.secrets.>".into(), capstan_bus::StartAt::AfterRevision(0))
+                .await
+                .ok()?;
+            loop {
+                let item = tokio::time::timeout(Duration::from_secs(2), s.next()).await.ok()??;
+                if let capstan_bus::StreamItem::Event { revision, payload, .. } = item {
+                    let env = capstan_bus::EventEnvelope::from_bytes(&payload).ok()?;
+                    assert!(
+                        env.object.get("data").is_none(),
+                        "a Secret event carries its data: {}",
+                        env.object
+                    );
+                    assert_eq!(env.object["metadata"]["annotations"]["capstan.io/data-redacted"], "true");
+                    if revision >= rv {
+                        return Some(());
+                    }
+                }
+            }
+        })
+    });
+    for needle in [value.as_bytes(), applied.as_bytes()] {
+        let found = files_containing(c.dir.path(), needle);
+        assert!(found.is_empty(), "plaintext in the data directory: {found:?}");
+        let found = files_containing(nats.store_dir(), needle);
+        assert!(found.is_empty(), "plaintext in the JetStream store: {found:?}");
+    }
+    // Rotation: a new key first, the old one still listed; old Secrets read, and once
+    // re-encrypted at start the old key can go.
+    let cfg_path = c.dir.path().join("encryption.yaml");
+    let cfg = std::fs::read_to_string(&cfg_path).expect("encryption.yaml");
+    let rotated = cfg.replace(
+        "      keys:\n",
+        "      keys:\n      - name: key2\n        secret: MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
+    );
+    assert_ne!(rotated, cfg);
+    let rv_of =
+        |c: &Cluster, s: &str| c.ok(&["get", "secret", s, "-o", "jsonpath={.metadata.resourceVersion}"]);
+    let before: Vec<String> = ["db", "applied"].iter().map(|s| rv_of(&c, s)).collect();
+    std::fs::write(&cfg_path, &rotated).expect("write");
+    c.restart();
+    assert_eq!(c.ok(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]).trim(), {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&value)
+    });
+    c.ok(&["create", "secret", "generic", "after-rotation", "--from-literal=k=v"]);
+    let key1_gone: String = rotated
+        .lines()
+        .scan(false, |skip, l| {
+            // Drop key1's two lines.
+            if l.trim_start().starts_with("- name: key1") {
+                *skip = true;
+                return Some(None);
+            }
+            if *skip {
+                *skip = false;
+                return Some(None);
+            }
+            Some(Some(format!("{l}\n")))
+        })
+        .flatten()
+        .collect();
+    assert!(!key1_gone.contains("key1"), "{key1_gone}");
+    // The restart above re-encrypts the Secrets in the background (a write each, so their
+    // resourceVersions move): wait for both, then key1 can go.
+    wait_for("every Secret to be re-encrypted with key2", Duration::from_secs(20), || {
+        let now: Vec<String> = ["db", "applied"].iter().map(|s| rv_of(&c, s)).collect();
+        now.iter().zip(&before).all(|(n, b)| n != b).then_some(())
+    });
+    std::fs::write(&cfg_path, &key1_gone).expect("write");
+    c.restart();
+    for s in ["db", "applied", "after-rotation"] {
+        c.ok(&["get", "secret", s]);
+    }
+}

@@ -7,8 +7,11 @@
 //! roll-out time and memory on simulated nodes.
 //!
 //! `capstan-bench pods` (module [`pods`]) measures pod start latency on the real node.
+//!
+//! `capstan-bench rbac` (module [`rbac`]) measures what RBAC costs a non-admin user.
 
 mod pods;
+mod rbac;
 mod sched;
 
 use anyhow::{bail, Context};
@@ -26,6 +29,7 @@ const USAGE: &str =
     "usage: capstan-bench api [--capstan PATH] [--clients N] [--duration SECS] [--pods N] [--watch-events N]
        capstan-bench sched --help (scheduling throughput and Deployment roll-out on simulated nodes)
        capstan-bench pods --help (pod start latency on the real node: create to Running)
+       capstan-bench rbac --help (creates/s and GETs/s of a non-admin user under RBAC vs the admin)
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --clients N         concurrent HTTPS connections for creates and GETs (default 16)
@@ -552,6 +556,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("pods") {
         return pods::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("rbac") {
+        return rbac::main(std::env::args().skip(2));
     }
     let o = parse_args()?;
     let mut server = Server::start(&o.capstan)?;

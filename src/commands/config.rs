@@ -41,6 +41,9 @@ pub struct FileConfig {
     /// Static bearer tokens: a CSV file of `token,user,uid,"group1,group2"` lines, as
     /// upstream's `--token-auth-file`.
     pub token_file: Option<PathBuf>,
+    /// Upstream's EncryptionConfiguration file for encryption at rest (default
+    /// `<dataDir>/encryption.yaml`, created with a new AES-GCM key for Secrets).
+    pub encryption_config: Option<PathBuf>,
     /// The audit log (none without this section).
     pub audit: Option<AuditConfig>,
 }

@@ -59,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .parse()
         .context("invalid --listen address (want IP:PORT)")?;
     let store = open_store(&store_url)?;
+    let (store, encrypted) = super::encryption::wrap(store, &data_dir, file.encryption_config.as_deref())?;
     let network = file.cluster_network()?;
     let hosts = file.serving_hosts(listen, &network);
     let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &hosts)?;
@@ -71,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cfg.bus = Some(super::roles::connect_bus(Some(url), "capstan-gateway").await?);
         }
         let running = capstan_gateway::start(cfg, store).await?;
+        super::encryption::rewrite_stale(encrypted);
         let (url, kubeconfig) = super::write_admin_kubeconfig(&pki, running.addr, &data_dir)?;
         println!("capstan gateway listening on {url}");
         println!("export KUBECONFIG={}", kubeconfig.display());

@@ -48,6 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store = capstan_storage::RedbStore::open(&store_path)
         .with_context(|| format!("failed to open the store at {}", store_path.display()))?;
     let store: Arc<dyn capstan_storage::Store> = Arc::new(store);
+    let (store, encrypted) = super::encryption::wrap(store, &data_dir, file.encryption_config.as_deref())?;
     let mut cfg = capstan_gateway::Config::new(pki.clone());
     cfg.listen = listen;
     file.apply_gateway(&mut cfg, &network)?;
@@ -64,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // This process owns the store file alone: a restart may take the relay over at once.
         cfg.relay_holder = Some("capstan-up".into());
         let running = capstan_gateway::start(cfg, store).await?;
+        super::encryption::rewrite_stale(encrypted);
         super::roles::start_controllers(bus.clone(), None, Some(pki.ca_cert.clone()));
         super::roles::start_scheduler(bus.clone());
         super::roles::start_sim_nodes(bus.clone(), sim_nodes, "sim-");
