@@ -18,7 +18,7 @@ use actix::prelude::*;
 use capstan_actors::client::{gvr, ApiClient};
 use capstan_actors::events::Recorder;
 use capstan_actors::informer::{Change, Informer};
-use capstan_actors::simnodes::objects::{lease_object, lease_renewal, micro_time, LEASE_NAMESPACE};
+use capstan_actors::nodeobjects::{lease_object, lease_renewal, micro_time, LEASE_NAMESPACE};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::IpAddr;

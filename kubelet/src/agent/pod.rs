@@ -131,7 +131,7 @@ impl Probe {
 }
 
 fn now() -> String {
-    capstan_actors::simnodes::objects::time(jiff::Timestamp::now())
+    capstan_actors::nodeobjects::time(jiff::Timestamp::now())
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
@@ -1058,7 +1058,7 @@ impl PodState {
 const SECRETS: capstan_actors::client::Gvr = capstan_actors::client::Gvr::new("", "v1", "secrets");
 
 fn fmt_time(t: jiff::Timestamp) -> String {
-    capstan_actors::simnodes::objects::time(t)
+    capstan_actors::nodeobjects::time(t)
 }
 
 fn terminated_json(t: &Terminated) -> Value {
