@@ -1,7 +1,7 @@
 //! `capstan-bench pods`: pod start latency on the real node (runc containers, CNI network).
 //!
 //! 1. Starts a `docker-registry` on loopback and pushes the busybox test image to it
-//!    ([`capstan_kubelet::testing`]), then `capstan up` with its real node on a temporary data
+//!    ([`capstan_testkit`]), then `capstan up` with its real node on a temporary data
 //!    directory and a free loopback port (`node:` section: a bridge `cpbench<N>`, `--pod-cidr`,
 //!    cgroup parent `/capstan-bench-<pid>`), and waits until the Node is Ready.
 //! 2. Warm-up: one pod with the image until Running (the node pulls and unpacks the image once,
@@ -24,7 +24,7 @@
 
 use anyhow::{bail, Context};
 use capstan_bench::client::{Client, Connection, Kubeconfig};
-use capstan_kubelet::testing::{push_busybox_image, Registry};
+use capstan_testkit::{push_busybox_image, Registry};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
