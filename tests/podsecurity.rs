@@ -149,6 +149,15 @@ fn security_contexts_are_enforced_in_containers() {
             ),
         ),
         (
+            "missing-profile",
+            pod_yaml(
+                "missing-profile",
+                &image,
+                "{seccompProfile: {type: Localhost, localhostProfile: profiles/nope.json}}",
+                "",
+            ),
+        ),
+        (
             "safe-sysctl",
             pod_yaml("safe-sysctl", &image, "{sysctls: [{name: kernel.shm_rmid_forced, value: \"1\"}]}", ""),
         ),
@@ -229,6 +238,14 @@ fn security_contexts_are_enforced_in_containers() {
         waiting,
         format!("container has runAsNonRoot and image will run as root (pod: \"nonroot_default({uid})\", container: main)")
     );
+
+    // A Localhost profile that is not there: the container is not created.
+    let waiting = wait_pod(&c, "missing-profile", "CreateContainerError", |p| {
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        (w["reason"] == "CreateContainerError").then(|| w["message"].as_str().unwrap_or("").to_string())
+    });
+    assert!(waiting.starts_with("cannot load seccomp profile"), "{waiting}");
+    assert!(waiting.contains("profiles/nope.json"), "{waiting}");
 
     // An unsafe sysctl: the node rejects the pod.
     let (reason, message) = wait_pod(&c, "unsafe-sysctl", "rejection", |p| {
