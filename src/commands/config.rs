@@ -162,6 +162,9 @@ pub struct NodeConfig {
     pub cni_bin_dir: Option<PathBuf>,
     /// The cgroup every pod goes under (default /capstan).
     pub cgroup_parent: Option<String>,
+    /// Containers that name no seccomp profile run under `RuntimeDefault` (default true;
+    /// false: `Unconfined`, as upstream's kubelet by default).
+    pub seccomp_default: Option<bool>,
 }
 
 impl FileConfig {

@@ -60,6 +60,9 @@ pub fn agent_config(
         if let Some(c) = n.cgroup_parent {
             cfg.cgroup_parent = c;
         }
+        if let Some(s) = n.seccomp_default {
+            cfg.seccomp_default = s;
+        }
     }
     cfg
 }

@@ -7,6 +7,7 @@
 
 pub mod node;
 pub mod pod;
+pub mod security;
 pub mod sessions;
 pub mod spec;
 pub mod volumes;
@@ -18,7 +19,7 @@ use actix::prelude::*;
 use capstan_actors::client::{gvr, ApiClient};
 use capstan_actors::events::Recorder;
 use capstan_actors::informer::{Change, Informer};
-use capstan_actors::simnodes::objects::{lease_object, lease_renewal, micro_time, LEASE_NAMESPACE};
+use capstan_actors::nodeobjects::{lease_object, lease_renewal, micro_time, LEASE_NAMESPACE};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -51,6 +52,9 @@ pub struct AgentConfig {
     pub backoff_base: Duration,
     /// The longest crash-loop back-off (upstream: 300 s).
     pub backoff_max: Duration,
+    /// Run containers that name no seccomp profile under `RuntimeDefault` (default true;
+    /// upstream's kubelet: false, i.e. `Unconfined`).
+    pub seccomp_default: bool,
 }
 
 impl AgentConfig {
@@ -68,6 +72,7 @@ impl AgentConfig {
             registries: RegistryConfig::default(),
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
+            seccomp_default: true,
         }
     }
 }
@@ -146,6 +151,8 @@ pub struct Deps {
     pub workers: Mutex<HashMap<String, Addr<pod::PodWorker>>>,
     /// Pod starts (images, volumes, network, first containers) in progress at once.
     pub starts: tokio::sync::Semaphore,
+    /// Seccomp default and `Localhost` profile directory.
+    pub security: security::NodeSecurity,
 }
 
 /// The container runtime and the pod network of a node, or why it cannot have them.
@@ -178,7 +185,8 @@ fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<De
     let (runtime, network) = runtime_and_network(cfg)?;
     let images = ImageStore::open(&root.join("images"), cfg.registries.clone()).map_err(|e| e.to_string())?;
     let dirs = Dirs { pods: root.join("pods"), logs: root.join("logs") };
-    for d in [&dirs.pods, &dirs.logs] {
+    let seccomp_root = root.join("seccomp");
+    for d in [&dirs.pods, &dirs.logs, &seccomp_root] {
         std::fs::create_dir_all(d).map_err(|e| format!("failed to create {}: {e}", d.display()))?;
     }
     Ok(Deps {
@@ -195,6 +203,7 @@ fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<De
         views: Mutex::new(HashMap::new()),
         workers: Mutex::new(HashMap::new()),
         starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS.max(host_cpus())),
+        security: security::NodeSecurity { seccomp_default: cfg.seccomp_default, seccomp_root },
     })
 }
 
