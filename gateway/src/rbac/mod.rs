@@ -131,6 +131,37 @@ struct Grant {
     role: String,
     /// How the subject was named, for the reason text.
     subject: String,
+    /// The role's rules, resolved once the index is built (empty when the role is missing).
+    rules: Arc<Vec<Rule>>,
+}
+
+/// Grants by user name and by group name.
+#[derive(Default)]
+struct BySubject {
+    users: HashMap<String, Vec<Grant>>,
+    groups: HashMap<String, Vec<Grant>>,
+}
+
+impl BySubject {
+    fn add(&mut self, s: Subject, g: Grant) {
+        match s {
+            Subject::User(u) => self.users.entry(u).or_default().push(g),
+            Subject::Group(n) => self.groups.entry(n).or_default().push(g),
+        }
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Grant> {
+        self.users.values_mut().chain(self.groups.values_mut()).flatten()
+    }
+
+    /// The grants of `user` (by name, then by each group), without allocating.
+    fn of<'a>(&'a self, user: &'a User) -> impl Iterator<Item = &'a Grant> + 'a {
+        self.users
+            .get(user.name.as_str())
+            .into_iter()
+            .flatten()
+            .chain(user.groups.iter().flat_map(|g| self.groups.get(g.as_str()).into_iter().flatten()))
+    }
 }
 
 #[derive(Default)]
@@ -138,8 +169,8 @@ struct Index {
     revision: u64,
     cluster_roles: HashMap<String, Arc<Vec<Rule>>>,
     roles: HashMap<(String, String), Arc<Vec<Rule>>>,
-    cluster_bindings: HashMap<Subject, Vec<Grant>>,
-    ns_bindings: HashMap<(String, Subject), Vec<Grant>>,
+    cluster_bindings: BySubject,
+    ns_bindings: HashMap<String, BySubject>,
 }
 
 fn subjects_of(binding: &Value, ns: Option<&str>) -> Vec<(Subject, String)> {
@@ -205,11 +236,12 @@ impl Index {
                             role_kind: role_kind.clone(),
                             role: role.clone(),
                             subject: text,
+                            rules: Arc::default(),
                         };
                         if cluster {
-                            ix.cluster_bindings.entry(subject).or_default().push(g);
+                            ix.cluster_bindings.add(subject, g);
                         } else {
-                            ix.ns_bindings.entry((ns.clone(), subject)).or_default().push(g);
+                            ix.ns_bindings.entry(ns.clone()).or_default().add(subject, g);
                         }
                     }
                 }
@@ -256,39 +288,35 @@ impl Index {
                 break;
             }
         }
+        ix.resolve();
         ix
     }
 
-    fn role_rules(&self, g: &Grant, ns: &str) -> Option<Arc<Vec<Rule>>> {
-        match g.role_kind.as_str() {
-            "ClusterRole" => self.cluster_roles.get(&g.role).cloned(),
-            "Role" => self.roles.get(&(ns.to_string(), g.role.clone())).cloned(),
-            _ => None,
+    /// Points every grant at its role's rules (after aggregation).
+    fn resolve(&mut self) {
+        let (cluster_roles, roles) = (&self.cluster_roles, &self.roles);
+        let rules = |g: &Grant, ns: &str| -> Arc<Vec<Rule>> {
+            match g.role_kind.as_str() {
+                "ClusterRole" => cluster_roles.get(&g.role).cloned(),
+                "Role" => roles.get(&(ns.to_string(), g.role.clone())).cloned(),
+                _ => None,
+            }
+            .unwrap_or_default()
+        };
+        for g in self.cluster_bindings.all_mut() {
+            g.rules = rules(g, "");
+        }
+        for (ns, by) in self.ns_bindings.iter_mut() {
+            for g in by.all_mut() {
+                g.rules = rules(g, ns);
+            }
         }
     }
 
     /// Every grant that applies to `user` in `namespace` (cluster ones first).
-    fn grants<'a>(&'a self, user: &User, namespace: &str) -> Vec<(&'a Grant, Arc<Vec<Rule>>)> {
-        let mut subjects = vec![Subject::User(user.name.clone())];
-        subjects.extend(user.groups.iter().map(|g| Subject::Group(g.clone())));
-        let mut out = Vec::new();
-        for s in &subjects {
-            for g in self.cluster_bindings.get(s).into_iter().flatten() {
-                if let Some(r) = self.role_rules(g, "") {
-                    out.push((g, r));
-                }
-            }
-        }
-        if !namespace.is_empty() {
-            for s in subjects {
-                for g in self.ns_bindings.get(&(namespace.to_string(), s)).into_iter().flatten() {
-                    if let Some(r) = self.role_rules(g, namespace) {
-                        out.push((g, r));
-                    }
-                }
-            }
-        }
-        out
+    fn grants<'a>(&'a self, user: &'a User, namespace: &str) -> impl Iterator<Item = &'a Grant> + 'a {
+        let local = if namespace.is_empty() { None } else { self.ns_bindings.get(namespace) };
+        self.cluster_bindings.of(user).chain(local.into_iter().flat_map(move |b| b.of(user)))
     }
 }
 
@@ -343,8 +371,8 @@ impl Rbac {
     pub fn rules_of(&self, user: &User, namespace: &str) -> Vec<Rule> {
         let ix = self.index();
         let mut out: Vec<Rule> = Vec::new();
-        for (_, rules) in ix.grants(user, namespace) {
-            for r in rules.iter() {
+        for g in ix.grants(user, namespace) {
+            for r in g.rules.iter() {
                 if !out.contains(r) {
                     out.push(r.clone());
                 }
@@ -445,8 +473,8 @@ impl Authorizer for Rbac {
             return Decision::Allow("user is in group system:masters".into());
         }
         let ix = self.index();
-        for (g, rules) in ix.grants(user, &a.namespace) {
-            if rules.iter().any(|r| r.allows(a)) {
+        for g in ix.grants(user, &a.namespace) {
+            if g.rules.iter().any(|r| r.allows(a)) {
                 let of = if g.binding_kind == "RoleBinding" {
                     format!("RoleBinding \"{}/{}\"", g.binding, a.namespace)
                 } else {
