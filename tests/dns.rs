@@ -6,7 +6,7 @@
 
 mod common;
 
-use capstan_kubelet::testing::{dns_query, push_busybox_image, Dnsmasq, Registry};
+use capstan_testkit::{dns_query, push_busybox_image, Dnsmasq, Registry};
 use common::{wait_for, Cluster, Role};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
@@ -168,20 +168,6 @@ fn service_ip(c: &Cluster, name: &str) -> String {
     json(c, &["get", "service", name])["spec"]["clusterIP"].as_str().expect("cluster IP").to_string()
 }
 
-const KUBE_DNS: &str = r#"apiVersion: v1
-kind: Service
-metadata:
-  name: kube-dns
-  namespace: kube-system
-  labels:
-    capstan.io/node-local-dns: "true"
-spec:
-  clusterIP: 10.96.0.10
-  ports:
-  - {name: dns, port: 53, protocol: UDP}
-  - {name: dns-tcp, port: 53, protocol: TCP}
-"#;
-
 fn client_pod(image: &str, name: &str, extra_spec: &str) -> String {
     format!(
         r#"apiVersion: v1
@@ -207,13 +193,24 @@ fn cluster_names_resolve_in_pods_and_the_rest_is_forwarded() {
     let dns: SocketAddr = format!("{ip}:53").parse().unwrap();
     let c = Cluster::start_node(&dns_yaml(n, &ip, up.addr));
     node_ready(&c);
-    apply(&c, "kube-dns.yaml", KUBE_DNS);
-    // The node's DNS answers from its informers: kube-dns itself first.
+    // The gateway wrote kube-dns (tenth address of the service CIDR, no selector, marked as
+    // served by every node) and kubernetes (the first) at start; the node's DNS answers for
+    // both from its informers.
+    let kube_dns = json(&c, &["get", "service", "kube-dns", "-n", "kube-system"]);
+    assert_eq!(kube_dns["spec"]["clusterIP"], "10.96.0.10");
+    assert_eq!(kube_dns["metadata"]["labels"]["capstan.io/node-local-dns"], "true");
     let m = query_until(dns, "kube-dns.kube-system.svc.cluster.local", RecordType::A, |m| {
         a_records(m) == ["10.96.0.10"]
     });
     assert!(m.metadata.authoritative);
     assert_eq!(m.answers[0].ttl, 5);
+    query_until(dns, "kubernetes.default.svc.cluster.local", RecordType::A, |m| {
+        a_records(m) == ["10.96.0.1"]
+    });
+    // Its named ports as SRV.
+    let m =
+        dns_query(dns, "_dns._udp.kube-dns.kube-system.svc.cluster.local", RecordType::SRV, false).unwrap();
+    assert!(matches!(&m.answers[..], [r] if matches!(&r.data, RData::SRV(s) if s.port == 53)), "{m:?}");
 
     let apps = format!(
         r#"apiVersion: v1
@@ -391,17 +388,9 @@ fn resolv_conf_follows_dns_policy_and_pods_get_service_variables() {
     let c = Cluster::start_node(&yaml);
     node_ready(&c);
 
-    // Services first (as upstream, variables are taken when a container starts).
+    // Services first (as upstream, variables are taken when a container starts); the
+    // gateway made `kubernetes` at start.
     let services = r#"apiVersion: v1
-kind: Service
-metadata:
-  name: kubernetes
-  namespace: default
-spec:
-  ports:
-  - {name: https, port: 443}
----
-apiVersion: v1
 kind: Service
 metadata:
   name: alpha-api

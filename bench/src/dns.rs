@@ -25,7 +25,7 @@
 
 use anyhow::{bail, Context};
 use capstan_bench::client::{Client, Kubeconfig};
-use capstan_kubelet::testing::{dns_query, Dnsmasq};
+use capstan_testkit::{dns_query, Dnsmasq};
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 use serde_json::{json, Value};

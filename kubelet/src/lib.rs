@@ -21,4 +21,3 @@ pub mod logs;
 pub mod network;
 pub mod probes;
 pub mod runtime;
-pub mod testing;

@@ -25,14 +25,131 @@ pub struct FileConfig {
     pub sim_nodes: Option<usize>,
     /// Revisions of change log kept (older ones are compacted).
     pub change_log_retention: Option<u64>,
-    /// The service CIDR (default 10.96.0.0/12): ClusterIPs come from it, its first address
-    /// is the `kubernetes` Service's and its tenth the cluster DNS's (`kube-dns`).
-    #[serde(rename = "serviceCIDR")]
-    pub service_cidr: Option<String>,
-    /// The cluster domain (default cluster.local): Services are `<svc>.<ns>.svc.<domain>`.
-    pub cluster_domain: Option<String>,
     /// The node agent (`capstan up`'s node and `capstan kubelet`).
     pub node: Option<NodeConfig>,
+    /// The range Service ClusterIPs come from (default 10.96.0.0/12; the first address is
+    /// the `kubernetes` Service's, the tenth the cluster DNS's).
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: Option<String>,
+    /// The range node ports come from (default 30000-32767).
+    pub node_port_range: Option<String>,
+    /// The cluster's DNS domain (default cluster.local).
+    pub cluster_domain: Option<String>,
+    /// The address the `kubernetes` Service's endpoints name (default: the listen address,
+    /// or the default route's source address when listening on 0.0.0.0).
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// Static bearer tokens: a CSV file of `token,user,uid,"group1,group2"` lines, as
+    /// upstream's `--token-auth-file`.
+    pub token_file: Option<PathBuf>,
+    /// Upstream's EncryptionConfiguration file for encryption at rest (default
+    /// `<dataDir>/encryption.yaml`, created with a new AES-GCM key for Secrets).
+    pub encryption_config: Option<PathBuf>,
+    /// The audit log (none without this section).
+    pub audit: Option<AuditConfig>,
+}
+
+/// The `audit:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditConfig {
+    /// The log file.
+    pub path: PathBuf,
+    /// An `audit.k8s.io/v1` Policy file (default: everything at Metadata).
+    pub policy: Option<PathBuf>,
+    /// Rotate the file before it passes this size (default 100).
+    #[serde(rename = "maxSizeMB")]
+    pub max_size_mb: Option<u64>,
+    /// Rotated files kept (default 5).
+    pub max_backups: Option<u32>,
+}
+
+/// The cluster-wide network settings the gateways and node agents need.
+pub struct ClusterNetwork {
+    /// Service ClusterIP and node port ranges.
+    pub services: capstan_gateway::strategy::ServiceNetwork,
+    /// The DNS domain.
+    pub cluster_domain: String,
+}
+
+impl FileConfig {
+    /// The cluster network settings, validated (an invalid range is a usage error before
+    /// any port is bound).
+    pub fn cluster_network(&self) -> anyhow::Result<ClusterNetwork> {
+        let services = capstan_gateway::strategy::ServiceNetwork::parse(
+            self.service_cidr.as_deref().unwrap_or("10.96.0.0/12"),
+            self.node_port_range.as_deref().unwrap_or("30000-32767"),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let cluster_domain = self
+            .cluster_domain
+            .as_deref()
+            .unwrap_or("cluster.local")
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if cluster_domain.len() > 253 || !cluster_domain.split('.').all(label_ok) {
+            anyhow::bail!(
+                "invalid clusterDomain {cluster_domain:?}: not a DNS domain (want e.g. cluster.local)"
+            );
+        }
+        Ok(ClusterNetwork { services, cluster_domain })
+    }
+
+    /// Settings every gateway takes from the file: the network, static tokens.
+    pub fn apply_gateway(
+        &self,
+        cfg: &mut capstan_gateway::Config,
+        net: &ClusterNetwork,
+    ) -> anyhow::Result<()> {
+        cfg.service_network = net.services.clone();
+        cfg.cluster_domain = net.cluster_domain.clone();
+        cfg.advertise_address = self.advertise_address;
+        if let Some(a) = &self.audit {
+            let policy = match &a.policy {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| anyhow::anyhow!("failed to read audit policy {}: {e}", p.display()))?;
+                    capstan_gateway::audit::Policy::parse(&text).map_err(anyhow::Error::msg)?
+                }
+                None => capstan_gateway::audit::Policy::all(capstan_gateway::audit::Level::Metadata),
+            };
+            cfg.audit = Some(capstan_gateway::audit::Config {
+                path: a.path.clone(),
+                policy,
+                max_bytes: a.max_size_mb.unwrap_or(100) * 1024 * 1024,
+                max_backups: a.max_backups.unwrap_or(5),
+            });
+        }
+        if let Some(p) = &self.token_file {
+            cfg.tokens = capstan_gateway::authn::read_token_file(p).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(w) = self.workers {
+            cfg.workers = w;
+        }
+        if let Some(r) = self.change_log_retention {
+            cfg.change_log_retention = r;
+        }
+        if let Some(n) = self.watch_cache_events {
+            cfg.watch_cache_events = n;
+        }
+        Ok(())
+    }
+
+    /// The names and addresses the serving certificate must carry for a gateway listening
+    /// on `listen`.
+    pub fn serving_hosts(&self, listen: std::net::SocketAddr, net: &ClusterNetwork) -> Vec<String> {
+        let mut hosts = vec![listen.ip().to_string()];
+        hosts.extend(self.advertise_address.map(|a| a.to_string()));
+        hosts
+            .extend(capstan_gateway::pki::kubernetes_service_names(&net.cluster_domain, net.services.nth(1)));
+        hosts
+    }
 }
 
 /// The `node:` section: settings of the node agent.
@@ -64,6 +181,9 @@ pub struct NodeConfig {
     pub resolv_conf: Option<PathBuf>,
     /// The cluster DNS this node serves.
     pub dns: Option<DnsConfig>,
+    /// Containers that name no seccomp profile run under `RuntimeDefault` (default true;
+    /// false: `Unconfined`, as upstream's kubelet by default).
+    pub seccomp_default: Option<bool>,
 }
 
 /// The `node.dns:` section: the cluster DNS server inside the node agent.
@@ -87,15 +207,6 @@ pub struct DnsConfig {
     pub workers: Option<usize>,
 }
 
-/// The cluster-wide network settings the node agent needs.
-#[derive(Debug, Clone)]
-pub struct ClusterNetwork {
-    /// The service CIDR.
-    pub service_cidr: String,
-    /// The cluster domain.
-    pub cluster_domain: String,
-}
-
 impl FileConfig {
     /// Reads the file, or defaults when no file was named.
     pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -107,31 +218,6 @@ impl FileConfig {
         file.cluster_network().with_context(|| format!("invalid config file {}", p.display()))?;
         Ok(file)
     }
-
-    /// `serviceCIDR` and `clusterDomain`, checked, over their defaults.
-    pub fn cluster_network(&self) -> anyhow::Result<ClusterNetwork> {
-        let service_cidr =
-            self.service_cidr.clone().unwrap_or_else(|| capstan_kubelet::dns::DEFAULT_SERVICE_CIDR.into());
-        capstan_kubelet::dns::nth_address(&service_cidr, 10)
-            .map_err(|e| anyhow::anyhow!("serviceCIDR: {e} (want e.g. 10.96.0.0/12)"))?;
-        let cluster_domain = self
-            .cluster_domain
-            .clone()
-            .unwrap_or_else(|| capstan_kubelet::dns::DEFAULT_CLUSTER_DOMAIN.into())
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
-        if cluster_domain.len() > 253 || !cluster_domain.split('.').all(label_ok) {
-            anyhow::bail!("clusterDomain: {cluster_domain:?} is not a DNS domain (want e.g. cluster.local)");
-        }
-        Ok(ClusterNetwork { service_cidr, cluster_domain })
-    }
 }
 
 #[cfg(test)]
@@ -141,11 +227,18 @@ mod tests {
     #[test]
     fn cluster_network_defaults_and_errors() {
         let c = FileConfig::default().cluster_network().unwrap();
-        assert_eq!((c.service_cidr.as_str(), c.cluster_domain.as_str()), ("10.96.0.0/12", "cluster.local"));
+        assert_eq!(
+            (c.services.cidr.to_string().as_str(), c.cluster_domain.as_str()),
+            ("10.96.0.0/12", "cluster.local")
+        );
+        assert_eq!(c.services.nth(10).to_string(), "10.96.0.10");
         let f: FileConfig =
             serde_yaml_ng::from_str("serviceCIDR: 10.100.0.0/16\nclusterDomain: Corp.Example.\n").unwrap();
         let c = f.cluster_network().unwrap();
-        assert_eq!((c.service_cidr.as_str(), c.cluster_domain.as_str()), ("10.100.0.0/16", "corp.example"));
+        assert_eq!(
+            (c.services.cidr.to_string().as_str(), c.cluster_domain.as_str()),
+            ("10.100.0.0/16", "corp.example")
+        );
         for bad in
             ["serviceCIDR: 10.100.0.0/29", "serviceCIDR: nope", "clusterDomain: a..b", "clusterDomain: -x"]
         {

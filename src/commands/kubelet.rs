@@ -41,8 +41,7 @@ pub fn agent_config(
 ) -> anyhow::Result<capstan_kubelet::agent::AgentConfig> {
     let mut cfg = capstan_kubelet::agent::AgentConfig::new(&name, data_dir.join("node"));
     cfg.cluster_domain = net.cluster_domain.clone();
-    cfg.cluster_dns = capstan_kubelet::dns::nth_address(&net.service_cidr, 10)
-        .map_err(|e| anyhow::anyhow!("serviceCIDR: {e}"))?;
+    cfg.cluster_dns = std::net::IpAddr::V4(net.services.nth(10));
     if let Some(n) = node {
         if let Some(c) = n.pod_cidr {
             cfg.pod_cidr = c;
@@ -64,6 +63,9 @@ pub fn agent_config(
         }
         if let Some(c) = n.cgroup_parent {
             cfg.cgroup_parent = c;
+        }
+        if let Some(s) = n.seccomp_default {
+            cfg.seccomp_default = s;
         }
         if let Some(r) = n.resolv_conf {
             cfg.resolv_conf = r;

@@ -9,6 +9,7 @@
 
 pub mod node;
 pub mod pod;
+pub mod security;
 pub mod service_env;
 pub mod sessions;
 pub mod spec;
@@ -21,7 +22,7 @@ use actix::prelude::*;
 use capstan_actors::client::{gvr, ApiClient};
 use capstan_actors::events::Recorder;
 use capstan_actors::informer::{Change, Informer};
-use capstan_actors::simnodes::objects::{lease_object, lease_renewal, micro_time, LEASE_NAMESPACE};
+use capstan_actors::nodeobjects::{lease_object, lease_renewal, micro_time, LEASE_NAMESPACE};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -64,6 +65,9 @@ pub struct AgentConfig {
     pub resolv_conf: PathBuf,
     /// The cluster DNS server.
     pub dns: crate::dns::Config,
+    /// Run containers that name no seccomp profile under `RuntimeDefault` (default true;
+    /// upstream's kubelet: false, i.e. `Unconfined`).
+    pub seccomp_default: bool,
 }
 
 impl AgentConfig {
@@ -86,6 +90,7 @@ impl AgentConfig {
             cluster_domain: crate::dns::DEFAULT_CLUSTER_DOMAIN.into(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             dns: crate::dns::Config::default(),
+            seccomp_default: true,
         }
     }
 
@@ -178,6 +183,8 @@ pub struct Deps {
     pub cluster_dns: Option<crate::dns::resolv::ClusterDns>,
     /// The node's resolv.conf.
     pub resolv_conf: PathBuf,
+    /// Seccomp default and `Localhost` profile directory.
+    pub security: security::NodeSecurity,
 }
 
 /// The container runtime and the pod network of a node, or why it cannot have them.
@@ -215,7 +222,8 @@ fn build_deps(
     let (runtime, network) = runtime_and_network(cfg)?;
     let images = ImageStore::open(&root.join("images"), cfg.registries.clone()).map_err(|e| e.to_string())?;
     let dirs = Dirs { pods: root.join("pods"), logs: root.join("logs") };
-    for d in [&dirs.pods, &dirs.logs] {
+    let seccomp_root = root.join("seccomp");
+    for d in [&dirs.pods, &dirs.logs, &seccomp_root] {
         std::fs::create_dir_all(d).map_err(|e| format!("failed to create {}: {e}", d.display()))?;
     }
     Ok(Deps {
@@ -235,6 +243,7 @@ fn build_deps(
         services,
         cluster_dns: cfg.pod_dns(),
         resolv_conf: cfg.resolv_conf.clone(),
+        security: security::NodeSecurity { seccomp_default: cfg.seccomp_default, seccomp_root },
     })
 }
 

@@ -1,6 +1,18 @@
-//! Test support: a real local registry (`docker-registry`, Debian's Distribution 2.8) and a
-//! busybox test image built without network and pushed to it. Used by this crate's tests and by
-//! the integration tests of the node agent.
+//! capstan's test kit: a real local registry (`docker-registry`, Debian's Distribution 2.8),
+//! a busybox test image built without network and pushed to it, and a real `dnsmasq`
+//! answering from a hosts file on loopback (the outside resolver of the DNS tests and the
+//! peer of `capstan-bench dns`). Shared by the node
+//! agent's tests, the integration tests (`tests/`) and the benchmarks (`bench/`), so none of
+//! them depends on another's crate for it.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let registry = capstan_testkit::Registry::start(None)?;
+//! let image = capstan_testkit::push_busybox_image(&registry, "busybox", "1", None).await?;
+//! assert!(image.ends_with("/busybox:1"));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
