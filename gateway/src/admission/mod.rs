@@ -13,6 +13,7 @@
 //! Plugins read cluster state through a [`Context`] (the watch cache, falling back to the
 //! store), never through their own connections; each is unit-tested on a temporary store.
 
+pub mod certificates;
 mod default_tolerations;
 mod namespace_lifecycle;
 mod node_restriction;
