@@ -801,3 +801,51 @@ fn certificates_through_the_csr_api() {
     let e = c.fails(&["create", "-f", m.to_str().unwrap_or("")]);
     assert!(e.contains("system:masters group is not allowed"), "{e}");
 }
+
+#[test]
+fn pod_security_admission_enforces_and_warns() {
+    let Env { c, .. } = start();
+    c.ok(&["create", "namespace", "locked"]);
+    c.ok(&["label", "namespace", "locked", "pod-security.kubernetes.io/enforce=restricted"]);
+    c.ok(&["create", "namespace", "watched"]);
+    c.ok(&["label", "namespace", "watched", "pod-security.kubernetes.io/warn=baseline"]);
+    let pod = |ns: &str| {
+        c.file(
+            &format!("priv-{ns}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: priv, namespace: {ns}}}\nspec:\n  containers: [{{name: c, image: busybox, securityContext: {{privileged: true}}}}]\n"
+            ),
+        )
+    };
+    let e = c.fails(&["apply", "-f", pod("locked").to_str().unwrap_or("")]);
+    assert!(
+        e.contains("pods \"priv\" is forbidden: violates PodSecurity \"restricted:latest\": privileged (container \"c\" must not set securityContext.privileged=true)"),
+        "{e}"
+    );
+    let out = c.kubectl(&["apply", "-f", pod("watched").to_str().unwrap_or("")]);
+    assert!(out.status.success());
+    let warn = String::from_utf8_lossy(&out.stderr);
+    assert!(warn.contains("Warning: would violate PodSecurity \"baseline:latest\": privileged"), "{warn}");
+    // A restricted-conformant pod is admitted in the locked namespace.
+    let ok = c.file(
+        "restricted.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: fine, namespace: locked}\nspec:\n  securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}\n  containers:\n  - name: c\n    image: busybox\n    securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}\n",
+    );
+    c.ok(&["apply", "-f", ok.to_str().unwrap_or("")]);
+    // Tightening a namespace warns about the pods already there.
+    let tighten =
+        c.kubectl(&["label", "namespace", "watched", "pod-security.kubernetes.io/enforce=baseline"]);
+    let w = String::from_utf8_lossy(&tighten.stderr);
+    assert!(
+        w.contains("existing pods in namespace \"watched\" violate the new PodSecurity enforce level"),
+        "{w}"
+    );
+    let bad = c.fails(&[
+        "label",
+        "namespace",
+        "watched",
+        "pod-security.kubernetes.io/enforce=strictest",
+        "--overwrite",
+    ]);
+    assert!(bad.contains("Invalid value: \"strictest\""), "{bad}");
+}

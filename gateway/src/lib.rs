@@ -77,6 +77,8 @@ pub struct Config {
     /// The address the `kubernetes` Service's endpoints name (default: the listen address,
     /// or the default route's source address when listening on every address).
     pub advertise_address: Option<std::net::IpAddr>,
+    /// Pod Security Admission's cluster defaults and exemptions.
+    pub pod_security: admission::pod_security::Config,
     /// The audit log (None: no audit).
     pub audit: Option<audit::Config>,
     /// The cluster's DNS domain (the ServiceAccount token issuer is
@@ -101,6 +103,7 @@ impl Config {
             advertise_address: None,
             cluster_domain: "cluster.local".into(),
             audit: None,
+            pod_security: Default::default(),
         }
     }
 }
@@ -309,6 +312,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
             .with_admission(admission::Chain::configured(
                 Some(signer),
                 config.pki.ca_cert.clone(),
+                config.pod_security.clone(),
                 vec![
                     Arc::new(admission::certificates::Certificates::new(authorizer)),
                     Arc::new(rbac::Escalation::new(rbac)),
