@@ -698,3 +698,154 @@ fn secrets_are_ciphertext_on_disk_and_on_the_bus() {
         c.ok(&["get", "secret", s]);
     }
 }
+
+/// A key and a base64 PEM certificate request for `cn` in `orgs`.
+fn certificate_request(cn: &str, orgs: &[&str]) -> (String, String) {
+    use base64::Engine;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    for o in orgs {
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, *o);
+    }
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = params.serialize_request(&key).expect("csr");
+    (key.serialize_pem(), base64::engine::general_purpose::STANDARD.encode(csr.pem().expect("pem")))
+}
+
+fn csr_manifest(name: &str, request: &str, signer: &str) -> String {
+    format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\n\
+         spec:\n  request: {request}\n  signerName: {signer}\n  expirationSeconds: 86400\n  usages: [digital signature, key encipherment, client auth]\n"
+    )
+}
+
+/// The issued certificate of a CSR, once there.
+fn issued(c: &Cluster, name: &str) -> String {
+    use base64::Engine;
+    let b64 = wait_for(&format!("the certificate of {name}"), Duration::from_secs(10), || {
+        let out = c.ok(&["get", "csr", name, "-o", "jsonpath={.status.certificate}"]);
+        (!out.trim().is_empty()).then(|| out.trim().to_string())
+    });
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("pem")
+}
+
+#[test]
+fn certificates_through_the_csr_api() {
+    let Env { c, .. } = start();
+    let dir = c.dir.path().to_path_buf();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    // A node joins with a bootstrap token: its node client certificate request is approved
+    // and signed at once.
+    let token_secret = c.file(
+        "bootstrap.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: bootstrap-token-abcdef, namespace: kube-system}\n\
+         type: bootstrap.kubernetes.io/token\nstringData: {token-id: abcdef, token-secret: 0123456789abcdef, usage-bootstrap-authentication: \"true\"}\n",
+    );
+    c.ok(&["apply", "-f", token_secret.to_str().unwrap_or("")]);
+    let bootstrap = Cred::Token("abcdef.0123456789abcdef");
+    let who = run(&c, &bootstrap, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout),
+        "system:bootstrap:abcdef",
+        "{}",
+        String::from_utf8_lossy(&who.stderr)
+    );
+    assert_eq!(outcome(&run(&c, &Cred::Token("abcdef.ffffffffffffffff"), &["auth", "whoami"])), "401");
+    let (node_key, node_req) = certificate_request("system:node:n9", &["system:nodes"]);
+    let m = write(
+        "node-csr.yaml",
+        &csr_manifest("node-n9", &node_req, "kubernetes.io/kube-apiserver-client-kubelet"),
+    );
+    assert_eq!(outcome(&run(&c, &bootstrap, &["create", "-f", m.to_str().unwrap_or("")])), "ok");
+    let cert = issued(&c, "node-n9");
+    let listed = c.ok(&["get", "csr", "node-n9"]);
+    assert!(listed.contains("Approved,Issued") && listed.contains("system:bootstrap:abcdef"), "{listed}");
+    let (crt, key) = (write("n9.crt", &cert), write("n9.key", &node_key));
+    let node = Cred::Cert(&crt, &key);
+    let me = run(&c, &node, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    assert_eq!(String::from_utf8_lossy(&me.stdout), "system:node:n9");
+    let n9 = c.file("n9.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: n9}\n");
+    assert_eq!(outcome(&run(&c, &node, &["create", "-f", n9.to_str().unwrap_or("")])), "ok");
+    let other = c.file("n10.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: n10}\n");
+    assert_eq!(outcome(&run(&c, &node, &["create", "-f", other.to_str().unwrap_or("")])), "403");
+
+    // A user certificate: pending until `kubectl certificate approve`.
+    let (jane_key, jane_req) = certificate_request("jane", &["dev-team"]);
+    let m = write("jane-csr.yaml", &csr_manifest("jane", &jane_req, "kubernetes.io/kube-apiserver-client"));
+    c.ok(&["create", "-f", m.to_str().unwrap_or("")]);
+    assert!(c.ok(&["get", "csr", "jane"]).contains("Pending"));
+    // Alice may not approve it.
+    let alice = Cred::Token("alice-static-token-0123456789");
+    assert_eq!(outcome(&run(&c, &alice, &["certificate", "approve", "jane"])), "403");
+    c.ok(&["certificate", "approve", "jane"]);
+    let cert = issued(&c, "jane");
+    let (crt, key) = (write("jane.crt", &cert), write("jane.key", &jane_key));
+    let jane =
+        run(&c, &Cred::Cert(&crt, &key), &["auth", "whoami", "-o", "jsonpath={.status.userInfo.groups}"]);
+    let groups = String::from_utf8_lossy(&jane.stdout);
+    assert!(groups.contains("dev-team"), "{groups}{}", String::from_utf8_lossy(&jane.stderr));
+    // Denied: no certificate.
+    let (_, req) = certificate_request("joe", &[]);
+    let m = write("joe-csr.yaml", &csr_manifest("joe", &req, "kubernetes.io/kube-apiserver-client"));
+    c.ok(&["create", "-f", m.to_str().unwrap_or("")]);
+    c.ok(&["certificate", "deny", "joe"]);
+    assert!(c.ok(&["get", "csr", "joe"]).contains("Denied"));
+    assert!(c.ok(&["get", "csr", "joe", "-o", "jsonpath={.status.certificate}"]).trim().is_empty());
+    // Nobody gets system:masters from this signer.
+    let (_, req) = certificate_request("mallory", &["system:masters"]);
+    let m = write("mallory-csr.yaml", &csr_manifest("mallory", &req, "kubernetes.io/kube-apiserver-client"));
+    let e = c.fails(&["create", "-f", m.to_str().unwrap_or("")]);
+    assert!(e.contains("system:masters group is not allowed"), "{e}");
+}
+
+#[test]
+fn pod_security_admission_enforces_and_warns() {
+    let Env { c, .. } = start();
+    c.ok(&["create", "namespace", "locked"]);
+    c.ok(&["label", "namespace", "locked", "pod-security.kubernetes.io/enforce=restricted"]);
+    c.ok(&["create", "namespace", "watched"]);
+    c.ok(&["label", "namespace", "watched", "pod-security.kubernetes.io/warn=baseline"]);
+    let pod = |ns: &str| {
+        c.file(
+            &format!("priv-{ns}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: priv, namespace: {ns}}}\nspec:\n  containers: [{{name: c, image: busybox, securityContext: {{privileged: true}}}}]\n"
+            ),
+        )
+    };
+    let e = c.fails(&["apply", "-f", pod("locked").to_str().unwrap_or("")]);
+    assert!(
+        e.contains("pods \"priv\" is forbidden: violates PodSecurity \"restricted:latest\": privileged (container \"c\" must not set securityContext.privileged=true)"),
+        "{e}"
+    );
+    let out = c.kubectl(&["apply", "-f", pod("watched").to_str().unwrap_or("")]);
+    assert!(out.status.success());
+    let warn = String::from_utf8_lossy(&out.stderr);
+    assert!(warn.contains("Warning: would violate PodSecurity \"baseline:latest\": privileged"), "{warn}");
+    // A restricted-conformant pod is admitted in the locked namespace.
+    let ok = c.file(
+        "restricted.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: fine, namespace: locked}\nspec:\n  securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}\n  containers:\n  - name: c\n    image: busybox\n    securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}\n",
+    );
+    c.ok(&["apply", "-f", ok.to_str().unwrap_or("")]);
+    // Tightening a namespace warns about the pods already there.
+    let tighten =
+        c.kubectl(&["label", "namespace", "watched", "pod-security.kubernetes.io/enforce=baseline"]);
+    let w = String::from_utf8_lossy(&tighten.stderr);
+    assert!(
+        w.contains("existing pods in namespace \"watched\" violate the new PodSecurity enforce level"),
+        "{w}"
+    );
+    let bad = c.fails(&[
+        "label",
+        "namespace",
+        "watched",
+        "pod-security.kubernetes.io/enforce=strictest",
+        "--overwrite",
+    ]);
+    assert!(bad.contains("Invalid value: \"strictest\""), "{bad}");
+}

@@ -166,8 +166,8 @@ macro_rules! review {
 
 use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, batch::v1 as batch,
-    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac,
-    storage::v1 as storage,
+    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, rbac::v1 as rbac, storage::v1 as storage,
 };
 
 const POD_SUBS: &[Subresource] = &[
@@ -454,6 +454,27 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subs = []
     ),
     // rbac.authorization.k8s.io/v1
+    res!(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        certificates::CertificateSigningRequest,
+        short = ["csr"],
+        cats = [],
+        Cluster,
+        subs = [
+            status("certificates.k8s.io", "v1", "CertificateSigningRequest"),
+            Subresource {
+                name: "approval",
+                group: "certificates.k8s.io",
+                version: "v1",
+                kind: "CertificateSigningRequest",
+                verbs: STATUS_VERBS
+            }
+        ]
+    ),
     res!(
         "rbac.authorization.k8s.io",
         "v1",

@@ -82,6 +82,57 @@ fn split_csv(line: &str) -> Vec<String> {
     out
 }
 
+/// `<id>.<secret>` of a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`).
+fn bootstrap_token_parts(token: &str) -> Option<(&str, &str)> {
+    let (id, secret) = token.split_once('.')?;
+    let ok =
+        |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
+}
+
+/// The user of a bootstrap token, as upstream's bootstrap token authenticator: the Secret
+/// `kube-system/bootstrap-token-<id>` of type `bootstrap.kubernetes.io/token` with that
+/// secret, `usage-bootstrap-authentication: "true"` and no past `expiration` makes
+/// `system:bootstrap:<id>` in `system:bootstrappers` (plus `auth-extra-groups`).
+async fn bootstrap_user(ctx: &Context, id: &str, secret: &str) -> Option<User> {
+    let res = res("secrets").ok()?;
+    let obj = ctx.get(res, Some("kube-system"), &format!("bootstrap-token-{id}")).await.ok()??;
+    if obj.get("type").and_then(Value::as_str) != Some("bootstrap.kubernetes.io/token") {
+        return None;
+    }
+    let field = |k: &str| -> Option<String> {
+        let b = obj["data"].get(k).and_then(Value::as_str)?;
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).ok()?).ok()
+    };
+    // Constant-time comparison of the secret.
+    let stored = field("token-secret")?;
+    let same = stored.len() == secret.len()
+        && stored.bytes().zip(secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if !same
+        || field("token-id").as_deref() != Some(id)
+        || field("usage-bootstrap-authentication").as_deref() != Some("true")
+    {
+        return None;
+    }
+    if let Some(exp) = field("expiration") {
+        let t: jiff::Timestamp = exp.parse().ok()?;
+        if t <= jiff::Timestamp::now() {
+            return None;
+        }
+    }
+    let mut groups = vec!["system:bootstrappers".to_string()];
+    if let Some(extra) = field("auth-extra-groups") {
+        groups.extend(
+            extra
+                .split(',')
+                .map(str::trim)
+                .filter(|g| g.starts_with("system:bootstrappers:"))
+                .map(str::to_string),
+        );
+    }
+    Some(User::new(format!("system:bootstrap:{id}"), groups))
+}
+
 /// The user a verified ServiceAccount token stands for, if what it names still exists.
 pub async fn service_account_user(ctx: &Context, v: Verified, token: &str) -> Result<User, Invalid> {
     let gone = |what: &str| Invalid(format!("{what} the token names no longer exists"));
@@ -239,10 +290,14 @@ impl ApiService {
         Ok(user)
     }
 
-    /// The user a bearer token stands for: a static token, else a ServiceAccount JWT.
+    /// The user a bearer token stands for: a static token, a bootstrap token, else a
+    /// ServiceAccount JWT.
     pub async fn authenticate_bearer(&self, statics: &HashMap<String, User>, token: &str) -> Option<User> {
         if let Some(u) = statics.get(token) {
             return Some(u.clone());
+        }
+        if let Some((id, secret)) = bootstrap_token_parts(token) {
+            return bootstrap_user(self.context(), id, secret).await;
         }
         let signer = self.tokens()?;
         let verified = match signer.verify(token, &[]) {

@@ -129,25 +129,25 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
             Ok(object(200, svc.delete_collection(user, res, ns, &lopts, &dopts).await?))
         }
         (Verb::Get, Some(name), None) => Ok(object(200, svc.get(user, res, ns, name).await?)),
-        (Verb::Update, Some(name), None | Some("status")) => {
-            let status_only = t.subresource.is_some();
+        (Verb::Update, Some(name), None | Some("status" | "approval")) => {
             let opts = q.write_options_for(&user_agent, false)?;
-            let r = svc.update(user, res, ns, name, required_body(body)?, &opts, status_only).await?;
+            let sub = t.subresource.as_deref();
+            let r = svc.update_sub(user, res, ns, name, required_body(body)?, &opts, sub).await?;
             Ok(Reply::Object {
                 code: if r.created { 201 } else { 200 },
                 object: r.object,
                 warnings: r.warnings,
             })
         }
-        (Verb::Patch(pt), Some(name), None | Some("status")) => {
-            let status_only = t.subresource.is_some();
+        (Verb::Patch(pt), Some(name), None | Some("status" | "approval")) => {
+            let sub = t.subresource.as_deref();
             let opts = q.write_options_for(&user_agent, pt == PatchType::Apply)?;
             if pt != PatchType::Apply && q.get("force").is_some() {
                 return Err(ApiError::BadRequest(
                     "force: Forbidden: may not be specified for non-apply patch".into(),
                 ));
             }
-            let r = svc.patch(user, res, ns, name, pt, required_body(body)?, &opts, status_only).await?;
+            let r = svc.patch_sub(user, res, ns, name, pt, required_body(body)?, &opts, sub).await?;
             Ok(Reply::Object {
                 code: if r.created { 201 } else { 200 },
                 object: r.object,
@@ -176,8 +176,8 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
             });
             Ok(object(200, success_status(Some(details))))
         }
-        (Verb::Get, Some(name), Some("status")) => {
-            svc.authorize(user, "get", res, Some("status"), ns, Some(name))?;
+        (Verb::Get, Some(name), Some(sub @ ("status" | "approval"))) => {
+            svc.authorize(user, "get", res, Some(sub), ns, Some(name))?;
             Ok(object(200, svc.get(&User::system(), res, ns, name).await?))
         }
         (Verb::Update, Some(name), Some("finalize")) if res.kind == "Namespace" => {

@@ -72,7 +72,8 @@ pub fn error_response(e: &ApiError) -> HttpResponse {
 
 fn with_warnings(mut resp: HttpResponse, warnings: &[String]) -> HttpResponse {
     for w in warnings {
-        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        // A quoted-string: backslash and quote escaped, as kubectl (client-go) unescapes them.
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
             resp.headers_mut().append(header::WARNING, v);
         }

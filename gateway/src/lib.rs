@@ -27,6 +27,7 @@ pub mod authn;
 pub mod bootstrap;
 pub mod busapi;
 pub mod cache;
+pub mod csr;
 pub mod discovery;
 pub mod dispatch;
 pub mod http;
@@ -76,6 +77,8 @@ pub struct Config {
     /// The address the `kubernetes` Service's endpoints name (default: the listen address,
     /// or the default route's source address when listening on every address).
     pub advertise_address: Option<std::net::IpAddr>,
+    /// Pod Security Admission's cluster defaults and exemptions.
+    pub pod_security: admission::pod_security::Config,
     /// The audit log (None: no audit).
     pub audit: Option<audit::Config>,
     /// The cluster's DNS domain (the ServiceAccount token issuer is
@@ -100,6 +103,7 @@ impl Config {
             advertise_address: None,
             cluster_domain: "cluster.local".into(),
             audit: None,
+            pod_security: Default::default(),
         }
     }
 }
@@ -293,21 +297,27 @@ async fn compactor(store: Arc<dyn Store>, retention: u64, relayed: Arc<std::sync
 pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, StartError> {
     let cache = cache::Cache::start(store.clone(), config.watch_cache_events).await?;
     let rbac = rbac::Rbac::start(cache.clone());
+    let authorizer: Arc<dyn auth::Authorizer> =
+        Arc::new(rbac::node::NodeAuthorizer::new(cache.clone(), rbac.clone()));
     let issuer = format!("https://kubernetes.default.svc.{}", config.cluster_domain);
     let signer = Arc::new(tokens::TokenSigner::load_or_create(&config.pki.dir, &issuer)?);
     let service = Arc::new(
-        service::ApiService::new(
-            store,
-            cache.clone(),
-            Arc::new(rbac::node::NodeAuthorizer::new(cache.clone(), rbac.clone())),
-        )
-        .with_service_network(config.service_network.clone())
-        .with_tokens(signer.clone())
-        .with_admission(admission::Chain::configured(
-            Some(signer),
-            config.pki.ca_cert.clone(),
-            vec![Arc::new(rbac::Escalation::new(rbac))],
-        )),
+        service::ApiService::new(store, cache.clone(), authorizer.clone())
+            .with_service_network(config.service_network.clone())
+            .with_tokens(signer.clone())
+            .with_csr_signer(Arc::new(csr::Signer::new(
+                config.pki.ca_cert.clone(),
+                config.pki.ca_key.clone(),
+            )))
+            .with_admission(admission::Chain::configured(
+                Some(signer),
+                config.pki.ca_cert.clone(),
+                config.pod_security.clone(),
+                vec![
+                    Arc::new(admission::certificates::Certificates::new(authorizer)),
+                    Arc::new(rbac::Escalation::new(rbac)),
+                ],
+            )),
     );
     bootstrap::cluster(&service).await?;
     // With a bus, the change log is kept until the relay has published it.

@@ -188,6 +188,7 @@ pub struct ApiService {
     strategies: Strategies,
     admission: Chain,
     tokens: Option<Arc<crate::tokens::TokenSigner>>,
+    csr_signer: Option<Arc<crate::csr::Signer>>,
 }
 
 const MAX_UPDATE_RETRIES: usize = 32;
@@ -276,7 +277,14 @@ impl ApiService {
             strategies: Strategies::default(),
             admission: Chain::standard(),
             tokens: None,
+            csr_signer: None,
         }
+    }
+
+    /// Signs approved CertificateSigningRequests with `signer` (the cluster CA).
+    pub fn with_csr_signer(mut self, signer: Arc<crate::csr::Signer>) -> ApiService {
+        self.csr_signer = Some(signer);
+        self
     }
 
     /// Signs and verifies ServiceAccount tokens with `signer`.
@@ -582,9 +590,65 @@ impl ApiService {
 
     /// What follows a committed write: a change to authorization objects counts for the
     /// next request (read-your-writes for RBAC through this gateway).
-    async fn after_commit(&self, res: &ResourceInfo, revision: u64) {
+    async fn after_commit(&self, res: &ResourceInfo, name: &str, revision: u64) {
         if res.group == "rbac.authorization.k8s.io" {
             self.authorizer.settle(revision).await;
+        }
+        if res.group == "certificates.k8s.io" && self.csr_signer.is_some() {
+            Box::pin(self.csr_followup(res, name)).await;
+        }
+    }
+
+    /// After a write to a CertificateSigningRequest: approve a node client request
+    /// automatically when its requestor may, sign an approved request (or mark it Failed).
+    /// Each step is a write of its own, which comes back here; a request that is decided
+    /// and issued ends it.
+    async fn csr_followup(&self, res: &ResourceInfo, name: &str) {
+        let Some(signer) = self.csr_signer.clone() else { return };
+        let system = User::system();
+        let Ok(obj) = self.get(&system, res, None, name).await else { return };
+        let conds = obj["status"].get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let has = |t: &str| conds.iter().any(|c| c.get("type").and_then(Value::as_str) == Some(t));
+        let issued = obj["status"].get("certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
+        if issued || has("Denied") || has("Failed") {
+            return;
+        }
+        let mut status = obj.clone();
+        let sub = if !has("Approved") {
+            if !crate::csr::auto_approvable(&obj, |u, a| self.authorizer.authorize(u, a)) {
+                return;
+            }
+            let mut c = conds.clone();
+            c.push(crate::csr::condition(
+                "Approved",
+                "AutoApproved",
+                "Auto approving kubelet client certificate after SubjectAccessReview.",
+            ));
+            status["status"]["conditions"] = json!(c);
+            "approval"
+        } else {
+            match signer.sign(&obj) {
+                Ok(pem) => {
+                    use base64::Engine;
+                    status["status"]["certificate"] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(pem));
+                }
+                Err(why) => {
+                    let mut c = conds.clone();
+                    c.push(crate::csr::condition("Failed", "SignerValidationFailure", &why));
+                    status["status"]["conditions"] = json!(c);
+                }
+            }
+            "status"
+        };
+        if let Err(e) =
+            self.update_sub(&system, res, None, name, status, &WriteOptions::default(), Some(sub)).await
+        {
+            tracing::warn!(
+                csr = name,
+                "failed to {} a certificate signing request: {e}",
+                if sub == "approval" { "approve" } else { "sign" }
+            );
         }
     }
 
@@ -709,7 +773,7 @@ impl ApiService {
             create_stats::record(committing - started, committing.elapsed());
             match outcome? {
                 CommitOutcome::Committed(rev) => {
-                    self.after_commit(res, rev).await;
+                    self.after_commit(res, &name, rev).await;
                     meta::set_meta_str(&mut obj, "resourceVersion", &rev.to_string());
                     return Ok(WriteResult { object: obj, created: true, warnings });
                 }
@@ -741,7 +805,8 @@ impl ApiService {
         F: FnMut(Option<&Value>, &mut Vec<String>) -> ApiResult<(Value, bool)>,
     {
         Self::check_namespace_arg(res, namespace)?;
-        let status_only = subresource == Some("status");
+        // `approval` (CertificateSigningRequests) writes status conditions, like `status`.
+        let status_only = matches!(subresource, Some("status" | "approval"));
         // `pods/binding` sets spec.nodeName, a change pod updates may not make: the pod is
         // validated as if it had already been bound.
         let binding = subresource == Some("binding");
@@ -921,7 +986,7 @@ impl ApiService {
             }
             match self.commit_write(ops, &on_conflict).await? {
                 CommitOutcome::Committed(rev) => {
-                    self.after_commit(res, rev).await;
+                    self.after_commit(res, name, rev).await;
                     meta::set_meta_str(&mut new, "resourceVersion", &rev.to_string());
                     return Ok(WriteResult { object: new, created: false, warnings });
                 }
@@ -944,7 +1009,22 @@ impl ApiService {
         opts: &WriteOptions,
         status_only: bool,
     ) -> ApiResult<WriteResult> {
-        self.authorize(user, "update", res, status_only.then_some("status"), namespace, Some(name))?;
+        self.update_sub(user, res, namespace, name, body, opts, status_only.then_some("status")).await
+    }
+
+    /// PUT of an object or of one of its status-like subresources (`status`, `approval`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_sub(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        body: Value,
+        opts: &WriteOptions,
+        subresource: Option<&str>,
+    ) -> ApiResult<WriteResult> {
+        self.authorize(user, "update", res, subresource, namespace, Some(name))?;
         let mut warnings = Vec::new();
         let obj = Self::decode_body(res, body, opts.field_validation, &mut warnings)?;
         if meta::name(&obj).unwrap_or("").is_empty() {
@@ -961,16 +1041,9 @@ impl ApiService {
         }
         let pinned = meta::meta_str(&obj, "resourceVersion").is_some_and(|s| !s.is_empty());
         let mut r = self
-            .guaranteed_update(
-                user,
-                res,
-                namespace,
-                name,
-                status_only.then_some("status"),
-                opts,
-                false,
-                |_, _| Ok((obj.clone(), pinned)),
-            )
+            .guaranteed_update(user, res, namespace, name, subresource, opts, false, |_, _| {
+                Ok((obj.clone(), pinned))
+            })
             .await?;
         r.warnings.extend(warnings);
         Ok(r)
@@ -989,7 +1062,24 @@ impl ApiService {
         opts: &WriteOptions,
         status_only: bool,
     ) -> ApiResult<WriteResult> {
-        self.authorize(user, "patch", res, status_only.then_some("status"), namespace, Some(name))?;
+        self.patch_sub(user, res, namespace, name, patch_type, patch, opts, status_only.then_some("status"))
+            .await
+    }
+
+    /// PATCH of an object or of one of its status-like subresources (`status`, `approval`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch_sub(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        patch_type: PatchType,
+        patch: Value,
+        opts: &WriteOptions,
+        subresource: Option<&str>,
+    ) -> ApiResult<WriteResult> {
+        self.authorize(user, "patch", res, subresource, namespace, Some(name))?;
         let manager = opts.field_manager.clone().unwrap_or_default();
         if patch_type == PatchType::Apply {
             if manager.is_empty() {
@@ -1019,7 +1109,7 @@ impl ApiService {
             res,
             namespace,
             name,
-            status_only.then_some("status"),
+            subresource,
             &inner_opts,
             allow_create,
             |current, warnings| {
@@ -1176,7 +1266,7 @@ impl ApiService {
             ops.extend(strategy.release(&obj));
             match self.commit_write(ops, &[]).await? {
                 CommitOutcome::Committed(nrev) => {
-                    self.after_commit(res, nrev).await;
+                    self.after_commit(res, name, nrev).await;
                     meta::set_meta_str(&mut last, "resourceVersion", &nrev.to_string());
                     return Ok((last, true));
                 }

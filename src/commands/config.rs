@@ -44,8 +44,39 @@ pub struct FileConfig {
     /// Upstream's EncryptionConfiguration file for encryption at rest (default
     /// `<dataDir>/encryption.yaml`, created with a new AES-GCM key for Secrets).
     pub encryption_config: Option<PathBuf>,
+    /// Pod Security Admission defaults and exemptions.
+    pub pod_security: Option<PodSecurityConfig>,
     /// The audit log (none without this section).
     pub audit: Option<AuditConfig>,
+}
+
+/// The `podSecurity:` section (upstream's PodSecurityConfiguration, flattened).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSecurityConfig {
+    /// Default enforce level for unlabelled namespaces (`baseline`, `restricted:v1.30`...).
+    pub enforce: Option<String>,
+    /// Default warn level.
+    pub warn: Option<String>,
+    /// Default audit level.
+    pub audit: Option<String>,
+    /// Exemptions.
+    pub exemptions: Option<PodSecurityExemptions>,
+}
+
+/// `podSecurity.exemptions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSecurityExemptions {
+    /// Users.
+    #[serde(default)]
+    pub usernames: Vec<String>,
+    /// Namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Runtime classes.
+    #[serde(default)]
+    pub runtime_classes: Vec<String>,
 }
 
 /// The `audit:` section.
@@ -110,6 +141,25 @@ impl FileConfig {
         cfg.service_network = net.services.clone();
         cfg.cluster_domain = net.cluster_domain.clone();
         cfg.advertise_address = self.advertise_address;
+        if let Some(ps) = &self.pod_security {
+            let parse = |v: &Option<String>,
+                         what: &str|
+             -> anyhow::Result<Option<capstan_api::podsecurity::LevelVersion>> {
+                v.as_deref()
+                    .map(|s| s.parse().map_err(|e| anyhow::anyhow!("invalid podSecurity.{what} {s:?}: {e}")))
+                    .transpose()
+            };
+            let d = capstan_gateway::admission::pod_security::Config::default();
+            let ex = ps.exemptions.as_ref();
+            cfg.pod_security = capstan_gateway::admission::pod_security::Config {
+                enforce: parse(&ps.enforce, "enforce")?.unwrap_or(d.enforce),
+                warn: parse(&ps.warn, "warn")?.unwrap_or(d.warn),
+                audit: parse(&ps.audit, "audit")?.unwrap_or(d.audit),
+                exempt_users: ex.map(|e| e.usernames.clone()).unwrap_or_default(),
+                exempt_namespaces: ex.map(|e| e.namespaces.clone()).unwrap_or_default(),
+                exempt_runtime_classes: ex.map(|e| e.runtime_classes.clone()).unwrap_or_default(),
+            };
+        }
         if let Some(a) = &self.audit {
             let policy = match &a.policy {
                 Some(p) => {

@@ -33,8 +33,9 @@ fn generator() -> SchemaGenerator {
 fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -> Option<String> {
     use k8s_openapi::api::{
         apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
-        autoscaling::v1 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
-        core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac, storage::v1 as storage,
+        autoscaling::v1 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
+        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac,
+        storage::v1 as storage,
     };
 
     macro_rules! kinds {
@@ -80,6 +81,7 @@ fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -
         "authorization.k8s.io", "v1", "SubjectAccessReview" => authz::SubjectAccessReview;
         "authorization.k8s.io", "v1", "LocalSubjectAccessReview" => authz::LocalSubjectAccessReview;
         "authentication.k8s.io", "v1", "TokenReview" => authn::TokenReview;
+        "certificates.k8s.io", "v1", "CertificateSigningRequest" => certificates::CertificateSigningRequest;
         "authentication.k8s.io", "v1", "SelfSubjectReview" => authn::SelfSubjectReview;
     };
     ref_name(schema.as_value())

@@ -91,6 +91,7 @@ pub(super) fn lookup(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("v1", "Secret") => &SECRET,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
         ("v1", "ServiceAccount") => &SERVICE_ACCOUNT,
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => &CSR,
         ("authentication.k8s.io/v1", "TokenRequest") => &TOKEN_REQUEST,
         ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,
         ("rbac.authorization.k8s.io/v1", "Role") => &ROLE,
@@ -472,6 +473,43 @@ static OBJECT_REFERENCE: Msg = Msg {
 };
 
 static LOCAL_OBJECT_REFERENCE_SA: Msg = Msg { name: "LocalObjectReference", fields: &[f(1, "name", Str)] };
+
+// ---- certificates.k8s.io/v1 ----
+
+static CSR: Msg = Msg {
+    name: "CertificateSigningRequest",
+    fields: &[f(1, "metadata", M(&OBJECT_META)), f(2, "spec", M(&CSR_SPEC)), f(3, "status", M(&CSR_STATUS))],
+};
+
+static CSR_SPEC: Msg = Msg {
+    name: "CertificateSigningRequestSpec",
+    fields: &[
+        f(1, "request", Ty::Bytes),
+        f(2, "username", Str),
+        f(3, "uid", Str),
+        r(4, "groups", Str),
+        r(5, "usages", Str),
+        f(7, "signerName", Str),
+        p(8, "expirationSeconds", I32),
+    ],
+};
+
+static CSR_STATUS: Msg = Msg {
+    name: "CertificateSigningRequestStatus",
+    fields: &[r(1, "conditions", M(&CSR_CONDITION)), f(2, "certificate", Ty::Bytes)],
+};
+
+static CSR_CONDITION: Msg = Msg {
+    name: "CertificateSigningRequestCondition",
+    fields: &[
+        f(1, "type", Str),
+        f(6, "status", Str),
+        f(2, "reason", Str),
+        f(3, "message", Str),
+        f(4, "lastUpdateTime", Time),
+        f(5, "lastTransitionTime", Time),
+    ],
+};
 
 // ---- rbac.authorization.k8s.io/v1 ----
 

@@ -13,9 +13,11 @@
 //! Plugins read cluster state through a [`Context`] (the watch cache, falling back to the
 //! store), never through their own connections; each is unit-tested on a temporary store.
 
+pub mod certificates;
 mod default_tolerations;
 mod namespace_lifecycle;
 mod node_restriction;
+pub mod pod_security;
 mod service_account;
 
 pub use default_tolerations::DefaultTolerationSeconds;
@@ -203,17 +205,19 @@ impl Chain {
     }
 
     /// The gateway's chain: NamespaceLifecycle, ServiceAccount (filling legacy token
-    /// Secrets with `signer` and the cluster `ca`), NodeRestriction, DefaultTolerationSeconds, then
+    /// Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity, DefaultTolerationSeconds, then
     /// `validating` (RBAC escalation checks...), in upstream's order.
     pub fn configured(
         signer: Option<Arc<crate::tokens::TokenSigner>>,
         ca: String,
+        pod_security: pod_security::Config,
         validating: Vec<Arc<dyn Plugin>>,
     ) -> Chain {
         let mut plugins: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(NamespaceLifecycle::default()),
             Arc::new(ServiceAccount::new(signer, ca)),
             Arc::new(NodeRestriction),
+            Arc::new(pod_security::PodSecurity::new(pod_security)),
             Arc::new(DefaultTolerationSeconds::from_env()),
         ];
         plugins.extend(validating);

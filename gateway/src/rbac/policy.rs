@@ -114,6 +114,42 @@ const ROLES: &[RoleSpec] = &[
         &["create | authentication.k8s.io | tokenreviews", "create | authorization.k8s.io | subjectaccessreviews"],
     ),
     (
+        "system:node-bootstrapper",
+        &[],
+        None,
+        &["create,get,list,watch | certificates.k8s.io | certificatesigningrequests"],
+    ),
+    (
+        "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+        &[],
+        None,
+        &["create | certificates.k8s.io | certificatesigningrequests/nodeclient"],
+    ),
+    (
+        "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+        &[],
+        None,
+        &["create | certificates.k8s.io | certificatesigningrequests/selfnodeclient"],
+    ),
+    (
+        "system:certificates.k8s.io:kube-apiserver-client-approver",
+        &[],
+        None,
+        &["approve | certificates.k8s.io | signers | kubernetes.io/kube-apiserver-client"],
+    ),
+    (
+        "system:certificates.k8s.io:kube-apiserver-client-kubelet-approver",
+        &[],
+        None,
+        &["approve | certificates.k8s.io | signers | kubernetes.io/kube-apiserver-client-kubelet"],
+    ),
+    (
+        "system:certificates.k8s.io:kubelet-serving-approver",
+        &[],
+        None,
+        &["approve | certificates.k8s.io | signers | kubernetes.io/kubelet-serving"],
+    ),
+    (
         "system:kube-scheduler",
         &[],
         None,
@@ -153,6 +189,19 @@ const BINDINGS: &[(&str, &str, &[&str])] = &[
         &["Group:system:serviceaccounts"],
     ),
     ("system:kube-scheduler", "system:kube-scheduler", &["User:system:kube-scheduler"]),
+    // Node join with bootstrap tokens (as kubeadm sets it up): bootstrappers may ask for node
+    // client certificates, which are approved automatically; nodes may renew their own.
+    ("system:node-bootstrapper", "system:node-bootstrapper", &["Group:system:bootstrappers"]),
+    (
+        "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+        "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+        &["Group:system:bootstrappers"],
+    ),
+    (
+        "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+        "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+        &["Group:system:nodes"],
+    ),
 ];
 
 fn bootstrap_meta(name: &str, labels: &[(&str, &str)]) -> Value {
