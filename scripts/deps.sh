@@ -32,6 +32,8 @@ if [ "$what" = test ]; then
   [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
   [ -x /bin/busybox ] || need_apt+=(busybox-static)
   have htpasswd || need_apt+=(apache2-utils)
+  # The "outside" resolver of the cluster DNS tests and the peer of `capstan-bench dns`.
+  [ -x /usr/sbin/dnsmasq ] || have dnsmasq || need_apt+=(dnsmasq-base)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -5,7 +5,7 @@
 
 mod common;
 
-use capstan_kubelet::testing::{push_busybox_image, Registry};
+use capstan_testkit::{push_busybox_image, Registry};
 use common::{wait_for, Cluster};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

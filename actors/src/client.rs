@@ -317,6 +317,41 @@ impl ApiClient {
         self.call(req).await
     }
 
+    /// `serviceaccounts/<name>/token`: a token for the ServiceAccount bound to the pod
+    /// `pod` (name, uid), for `audience` (None: the API's), valid `seconds`. Returns the
+    /// token and its expiry (seconds since the epoch).
+    pub async fn request_token(
+        &self,
+        ns: &str,
+        service_account: &str,
+        audience: Option<&str>,
+        seconds: i64,
+        pod: (&str, &str),
+    ) -> Result<(String, i64)> {
+        let mut req = Self::req("create", gvr::SERVICE_ACCOUNTS, Some(ns), Some(service_account));
+        req.subresource = Some("token".into());
+        let mut spec = json!({
+            "expirationSeconds": seconds,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.0, "uid": pod.1},
+        });
+        if let Some(a) = audience {
+            spec["audiences"] = json!([a]);
+        }
+        req.body =
+            Some(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}));
+        let out = self.call(req).await?;
+        let token = out["status"]["token"].as_str().unwrap_or("").to_string();
+        let expiry = out["status"]["expirationTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_second())
+            .unwrap_or(0);
+        if token.is_empty() {
+            return Err(ClientError::Bus("the token request answered without a token".into()));
+        }
+        Ok((token, expiry))
+    }
+
     /// `pods/binding`: assigns a pod to a node.
     pub async fn bind(&self, ns: &str, pod: &str, node: &str) -> Result<Value> {
         let mut req = Self::req("create", gvr::PODS, Some(ns), Some(pod));

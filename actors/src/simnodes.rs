@@ -23,11 +23,13 @@
 pub mod objects;
 pub mod pods;
 
-pub use objects::{LEASE_NAMESPACE, STOP_HEARTBEAT_ANNOTATION};
+pub use crate::nodeobjects::LEASE_NAMESPACE;
+pub use objects::STOP_HEARTBEAT_ANNOTATION;
 pub use pods::COMPLETE_AFTER_ANNOTATION;
 
 use crate::client::{gvr, ApiClient, ClientError};
 use crate::informer::{key_of, Change, Informer, Informers, Key};
+use crate::nodeobjects;
 use crate::runtime::{Controller, Enqueue, EnqueueAll};
 use actix::prelude::*;
 use futures::StreamExt;
@@ -425,9 +427,9 @@ impl Runner {
         } else if w.full_status || w.heartbeat {
             let cached = self.nodes.get(&name);
             let status = if w.full_status {
-                objects::node_status(w.i, &name, &objects::time(now), cached.as_deref())
+                objects::node_status(w.i, &name, &nodeobjects::time(now), cached.as_deref())
             } else {
-                json!({"conditions": objects::conditions(&objects::time(now), cached.as_deref())})
+                json!({"conditions": nodeobjects::conditions(&nodeobjects::time(now), cached.as_deref())})
             };
             match self.patch_status(&name, status).await {
                 Ok(()) => {}
@@ -469,7 +471,7 @@ impl Runner {
         let uid_of = |v: &Value| {
             v.get("metadata").and_then(|m| m.get("uid")).and_then(Value::as_str).unwrap_or("").to_string()
         };
-        let now_s = objects::time(now);
+        let now_s = nodeobjects::time(now);
         match self.client.create(gvr::NODES, None, objects::node_object(i, name, &now_s)).await {
             Ok(created) => return Ok(uid_of(&created)),
             Err(e) if e.is_already_exists() => {}
@@ -488,12 +490,15 @@ impl Runner {
         node_uid: Option<&str>,
         now: jiff::Timestamp,
     ) -> Result<(), ClientError> {
-        let renew = objects::micro_time(now);
+        let renew = nodeobjects::micro_time(now);
         let ns = Some(LEASE_NAMESPACE);
-        match self.client.merge_patch(gvr::LEASES, ns, name, objects::lease_renewal(name, &renew)).await {
+        match self.client.merge_patch(gvr::LEASES, ns, name, nodeobjects::lease_renewal(name, &renew)).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => {
-                match self.client.create(gvr::LEASES, ns, objects::lease_object(name, node_uid, &renew)).await
+                match self
+                    .client
+                    .create(gvr::LEASES, ns, nodeobjects::lease_object(name, node_uid, &renew))
+                    .await
                 {
                     Ok(_) => Ok(()),
                     Err(e) if e.is_already_exists() => Ok(()),
@@ -544,7 +549,7 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, config: Config) {
                     .and_then(|m| m.get("uid"))
                     .and_then(Value::as_str)
                     .map(str::to_string);
-                actor.do_send(NodeSeen { i, stopped, healthy: objects::conditions_healthy(new), uid });
+                actor.do_send(NodeSeen { i, stopped, healthy: nodeobjects::conditions_healthy(new), uid });
             }
             Change::Deleted(_) => {
                 sh.set_live(i, false);

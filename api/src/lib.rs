@@ -12,7 +12,9 @@
 //! * [`table`]: conversion to `meta.k8s.io/v1` Table rows with upstream's columns;
 //! * [`meta`]: small helpers to read and write `metadata` on a JSON object;
 //! * [`protobuf`]: decoding of the protobuf request bodies kubectl's typed clients send;
-//! * [`openapi`]: the OpenAPI v3 documents (`/openapi/v3`) built from the registry.
+//! * [`openapi`]: the OpenAPI v3 documents (`/openapi/v3`) built from the registry;
+//! * [`podsecurity`]: the Pod Security Standards checks (upstream's Pod Security Admission
+//!   policy) with upstream's messages.
 //!
 //! ```
 //! let pods = capstan_api::registry::find("", "v1", "pods").unwrap();
@@ -27,6 +29,8 @@ pub mod defaults;
 pub mod meta;
 pub mod openapi;
 pub mod patch;
+pub mod podrefs;
+pub mod podsecurity;
 pub mod protobuf;
 pub mod quantity;
 pub mod registry;

@@ -346,7 +346,9 @@ mod tests {
     fn review_kinds_only_accept_create() {
         let d = doc("authorization.k8s.io", "v1");
         let paths = d["paths"].as_object().expect("paths");
-        assert_eq!(paths.len(), 2);
+        // selfsubjectaccessreviews, selfsubjectrulesreviews, subjectaccessreviews and the
+        // namespaced localsubjectaccessreviews.
+        assert_eq!(paths.len(), 4);
         let ssar = &paths["/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"];
         assert_eq!(ssar["post"]["x-kubernetes-group-version-kind"]["kind"], "SelfSubjectAccessReview");
         assert!(d["components"]["schemas"]

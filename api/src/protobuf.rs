@@ -713,6 +713,28 @@ mod tests {
     ];
 
     #[test]
+    fn round_trip_accounts_and_rbac() {
+        round_trip(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "bot", "namespace": "dev"}, "automountServiceAccountToken": false,
+            "imagePullSecrets": [{"name": "reg"}], "secrets": [{"name": "s", "kind": "Secret"}]}));
+        round_trip(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "r", "namespace": "dev"},
+            "rules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["a"]}]}));
+        round_trip(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "c"}, "rules": [{"verbs": ["get"], "nonResourceURLs": ["/healthz"]}],
+            "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"a": "b"}}]}}));
+        for kind in ["RoleBinding", "ClusterRoleBinding"] {
+            round_trip(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+                "metadata": {"name": "b"},
+                "subjects": [{"kind": "ServiceAccount", "name": "bot", "namespace": "dev"}],
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}}));
+        }
+        round_trip(
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview", "metadata": {}}),
+        );
+    }
+
+    #[test]
     fn golden_self_subject_access_review() {
         let obj = decode(SSAR_GOLDEN).unwrap();
         assert_eq!(

@@ -143,9 +143,31 @@ macro_rules! res {
     };
 }
 
+/// A review-style resource: answers a create, is not stored.
+macro_rules! review {
+    ($group:expr, $kind:expr, $plural:expr, $singular:expr, $ty:ty, $scope:ident) => {
+        ResourceInfo {
+            group: $group,
+            version: "v1",
+            kind: $kind,
+            list_kind: concat!($kind, "List"),
+            plural: $plural,
+            singular: $singular,
+            short_names: &[],
+            categories: &[],
+            scope: Scope::$scope,
+            verbs: CREATE_ONLY,
+            subresources: &[],
+            stored: false,
+            round_trip: rt::<$ty>,
+        }
+    };
+}
+
 use k8s_openapi::api::{
-    apps::v1 as apps, authorization::v1 as authz, batch::v1 as batch, coordination::v1 as coordination,
-    core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac, storage::v1 as storage,
+    apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, batch::v1 as batch,
+    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, rbac::v1 as rbac, storage::v1 as storage,
 };
 
 const POD_SUBS: &[Subresource] = &[
@@ -433,6 +455,27 @@ pub static RESOURCES: &[ResourceInfo] = &[
     ),
     // rbac.authorization.k8s.io/v1
     res!(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        certificates::CertificateSigningRequest,
+        short = ["csr"],
+        cats = [],
+        Cluster,
+        subs = [
+            status("certificates.k8s.io", "v1", "CertificateSigningRequest"),
+            Subresource {
+                name: "approval",
+                group: "certificates.k8s.io",
+                version: "v1",
+                kind: "CertificateSigningRequest",
+                verbs: STATUS_VERBS
+            }
+        ]
+    ),
+    res!(
         "rbac.authorization.k8s.io",
         "v1",
         "Role",
@@ -493,37 +536,56 @@ pub static RESOURCES: &[ResourceInfo] = &[
         Cluster,
         subs = []
     ),
-    // authorization.k8s.io/v1: reviews answer a create and are not stored
-    ResourceInfo {
-        group: "authorization.k8s.io",
-        version: "v1",
-        kind: "SelfSubjectAccessReview",
-        list_kind: "SelfSubjectAccessReviewList",
-        plural: "selfsubjectaccessreviews",
-        singular: "selfsubjectaccessreview",
-        short_names: &[],
-        categories: &[],
-        scope: Scope::Cluster,
-        verbs: CREATE_ONLY,
-        subresources: &[],
-        stored: false,
-        round_trip: rt::<authz::SelfSubjectAccessReview>,
-    },
-    ResourceInfo {
-        group: "authorization.k8s.io",
-        version: "v1",
-        kind: "SelfSubjectRulesReview",
-        list_kind: "SelfSubjectRulesReviewList",
-        plural: "selfsubjectrulesreviews",
-        singular: "selfsubjectrulesreview",
-        short_names: &[],
-        categories: &[],
-        scope: Scope::Cluster,
-        verbs: CREATE_ONLY,
-        subresources: &[],
-        stored: false,
-        round_trip: rt::<authz::SelfSubjectRulesReview>,
-    },
+    // authentication.k8s.io/v1 and authorization.k8s.io/v1: reviews answer a create and
+    // are not stored.
+    review!(
+        "authentication.k8s.io",
+        "TokenReview",
+        "tokenreviews",
+        "tokenreview",
+        authn::TokenReview,
+        Cluster
+    ),
+    review!(
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        authn::SelfSubjectReview,
+        Cluster
+    ),
+    review!(
+        "authorization.k8s.io",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        authz::SelfSubjectAccessReview,
+        Cluster
+    ),
+    review!(
+        "authorization.k8s.io",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        authz::SelfSubjectRulesReview,
+        Cluster
+    ),
+    review!(
+        "authorization.k8s.io",
+        "SubjectAccessReview",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        authz::SubjectAccessReview,
+        Cluster
+    ),
+    review!(
+        "authorization.k8s.io",
+        "LocalSubjectAccessReview",
+        "localsubjectaccessreviews",
+        "localsubjectaccessreview",
+        authz::LocalSubjectAccessReview,
+        Namespaced
+    ),
 ];
 
 /// Finds a resource by group, version and plural name.

@@ -199,6 +199,14 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             col("Holder", "string", 0, "holderIdentity contains the identity of the holder of a current lease."),
             AGE,
         ],
+        ("certificates.k8s.io", "certificatesigningrequests") => vec![
+            NAME,
+            AGE,
+            col("SignerName", "string", 0, "signerName indicates the requested signer, and is a qualified name."),
+            col("Requestor", "string", 0, "username contains the name of the user that created the CertificateSigningRequest."),
+            col("RequestedDuration", "string", 0, "expirationSeconds is the requested duration of validity of the issued certificate."),
+            col("Condition", "string", 0, "The state of the certificate request."),
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -211,6 +219,38 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
     let status = obj.get("status");
     match (res.group, res.plural) {
         ("", "pods") => pod_cells(obj, name, age, now),
+        ("certificates.k8s.io", "certificatesigningrequests") => {
+            let duration = spec
+                .and_then(|sp| sp.get("expirationSeconds"))
+                .and_then(Value::as_i64)
+                .map(|secs| since(Some(now - jiff::SignedDuration::from_secs(secs)), now))
+                .unwrap_or_else(|| "<none>".into());
+            let mut conds: Vec<String> = status
+                .and_then(|st| st.get("conditions"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("type").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            if conds.is_empty() {
+                conds.push("Pending".into());
+            }
+            if status
+                .and_then(|st| st.get("certificate"))
+                .and_then(Value::as_str)
+                .is_some_and(|c| !c.is_empty())
+            {
+                conds.push("Issued".into());
+            }
+            vec![
+                name.into(),
+                age.into(),
+                s(spec, "signerName").to_string().into(),
+                s(spec, "username").to_string().into(),
+                duration.into(),
+                conds.join(",").into(),
+            ]
+        }
         ("apps", "deployments") => {
             let (c, i) = containers(spec.and_then(|sp| sp.get("template")));
             let sel = selector_string(spec.and_then(|sp| sp.get("selector")), "");

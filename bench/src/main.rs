@@ -9,9 +9,15 @@
 //! `capstan-bench pods` (module [`pods`]) measures pod start latency on the real node.
 //!
 //! `capstan-bench proxy` (module [`proxy`]) measures the service proxy's sync time.
+//!
+//! `capstan-bench rbac` (module [`rbac`]) measures what RBAC costs a non-admin user.
+//!
+//! `capstan-bench dns` (module [`dns`]) measures the node's cluster DNS against dnsmasq.
 
+mod dns;
 mod pods;
 mod proxy;
+mod rbac;
 mod sched;
 
 use anyhow::{bail, Context};
@@ -30,6 +36,8 @@ const USAGE: &str =
        capstan-bench sched --help (scheduling throughput and Deployment roll-out on simulated nodes)
        capstan-bench pods --help (pod start latency on the real node: create to Running)
        capstan-bench proxy --help (service proxy: EndpointSlice change to rule in place)
+       capstan-bench dns --help (the node's cluster DNS: queries/s and p99 beside dnsmasq)
+       capstan-bench rbac --help (creates/s and GETs/s of a non-admin user under RBAC vs the admin)
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --clients N         concurrent HTTPS connections for creates and GETs (default 16)
@@ -559,6 +567,12 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("proxy") {
         return proxy::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("rbac") {
+        return rbac::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("dns") {
+        return dns::main(std::env::args().skip(2));
     }
     let o = parse_args()?;
     let mut server = Server::start(&o.capstan)?;

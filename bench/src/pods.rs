@@ -1,7 +1,7 @@
 //! `capstan-bench pods`: pod start latency on the real node (runc containers, CNI network).
 //!
 //! 1. Starts a `docker-registry` on loopback and pushes the busybox test image to it
-//!    ([`capstan_kubelet::testing`]), then `capstan up` with its real node on a temporary data
+//!    ([`capstan_testkit`]), then `capstan up` with its real node on a temporary data
 //!    directory and a free loopback port (`node:` section: a bridge `cpbench<N>`, `--pod-cidr`,
 //!    cgroup parent `/capstan-bench-<pid>`), and waits until the Node is Ready.
 //! 2. Warm-up: one pod with the image until Running (the node pulls and unpacks the image once,
@@ -24,7 +24,7 @@
 
 use anyhow::{bail, Context};
 use capstan_bench::client::{Client, Connection, Kubeconfig};
-use capstan_kubelet::testing::{push_busybox_image, Registry};
+use capstan_testkit::{push_busybox_image, Registry};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -46,6 +46,8 @@ const USAGE: &str =
   --timeout SECS      longest wait for the image pull and for all pods Running (default 120)
   --pod-cidr CIDR     the node's pod CIDR (default 10.124.0.0/22)
   --log LEVEL         CAPSTAN_LOG of the server (default warn; debug logs each pod network set up)
+  --seccomp-default B the node's seccompDefault (true: pods run under RuntimeDefault, the
+                      node's default; false: Unconfined), to measure the seccomp filter's cost
   --save-log PATH     copy the server's log to PATH at the end
 
 Needs root, runc, the CNI plugins, docker-registry and busybox-static.";
@@ -66,6 +68,7 @@ struct Opts {
     pod_cidr: String,
     log: String,
     save_log: Option<PathBuf>,
+    seccomp_default: Option<bool>,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
@@ -79,6 +82,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
         pod_cidr: "10.124.0.0/22".into(),
         log: "warn".into(),
         save_log: None,
+        seccomp_default: None,
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -98,6 +102,13 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
             "--pod-cidr" => o.pod_cidr = value()?,
             "--log" => o.log = value()?,
             "--save-log" => o.save_log = Some(PathBuf::from(value()?)),
+            "--seccomp-default" => {
+                o.seccomp_default = Some(match value()?.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => bail!("--seccomp-default wants true or false, not {other:?}"),
+                })
+            }
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
@@ -199,19 +210,32 @@ pub(crate) struct Node {
 
 impl Node {
     fn start(o: &Opts) -> anyhow::Result<Node> {
-        Node::start_with(&o.capstan, &o.pod_cidr, &o.log)
+        Node::start_with(&o.capstan, &o.pod_cidr, &o.log, o.seccomp_default)
     }
 
     /// `capstan up` (binary `capstan`) with a node whose pod CIDR is `pod_cidr`, logging at
-    /// `log`; waits until it is ready.
-    pub(crate) fn start_with(capstan: &std::path::Path, pod_cidr: &str, log: &str) -> anyhow::Result<Node> {
+    /// `log`, with `node.seccompDefault` if given; waits until it is ready.
+    pub(crate) fn start_with(
+        capstan: &std::path::Path,
+        pod_cidr: &str,
+        log: &str,
+        seccomp_default: Option<bool>,
+    ) -> anyhow::Result<Node> {
         let dir =
             tempfile::Builder::new().prefix("capstan-pods-bench-").tempdir().context("create temp dir")?;
         let pid = std::process::id();
         let bridge = format!("cpbench{}", pid % 100_000);
-        let yaml = format!(
-            "node:\n  name: {NODE_NAME}\n  bridge: {bridge}\n  podCIDR: {pod_cidr}\n  cgroupParent: /capstan-bench-{pid}\n"
+        let mut yaml = format!(
+            "node:
+  name: {NODE_NAME}
+  bridge: {bridge}
+  podCIDR: {pod_cidr}
+  cgroupParent: /capstan-bench-{pid}
+"
         );
+        if let Some(s) = seccomp_default {
+            yaml.push_str(&format!("  seccompDefault: {s}\n"));
+        }
         let config = dir.path().join("capstan.yaml");
         std::fs::write(&config, yaml).context("write the config file")?;
         let log_file = std::fs::File::create(dir.path().join("up.log")).context("create the log file")?;
@@ -862,6 +886,7 @@ pub fn main(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     v["pods"] = json!(o.pods);
     v["concurrency"] = json!(o.concurrency);
     v["interval_ms"] = json!(o.interval.as_millis() as u64);
+    v["seccomp_default"] = json!(o.seccomp_default);
     v["image"] = json!(image);
     v["pod_cidr"] = json!(o.pod_cidr);
     v["capstan_ready_ms"] = json!(ready_ms);

@@ -306,7 +306,7 @@ async fn served(table: &str) -> usize {
 async fn end_to_end(o: &Opts, nft: &Nft) -> anyhow::Result<Value> {
     use crate::pods::{request, wait_node_ready, Node};
     use capstan_bench::client::{Client, Kubeconfig};
-    let mut node = Node::start_with(&o.capstan, "10.125.0.0/24", "warn")?;
+    let mut node = Node::start_with(&o.capstan, "10.125.0.0/24", "warn", None)?;
     let result = async {
         let client = Client::new(&Kubeconfig::load(&node.kubeconfig).context("kubeconfig")?)?;
         wait_node_ready(&client, Duration::from_secs(60)).await?;

@@ -17,9 +17,11 @@ use std::sync::Arc;
 /// The user a bus identity stands for.
 pub fn user_for_identity(identity: &str) -> User {
     match identity.split_once('.') {
-        // Node restriction arrives with RBAC; until then nodes act as masters.
+        // Subject tokens cannot hold dots: node agents send theirs as `_` (node names,
+        // DNS subdomains, never contain `_`). A node is authorized as a node: the Node
+        // authorizer and NodeRestriction confine it to itself and its pods.
         Some(("node", name)) => {
-            User::new(format!("system:node:{name}"), vec!["system:nodes".into(), "system:masters".into()])
+            User::new(format!("system:node:{}", name.replace('_', ".")), vec!["system:nodes".into()])
         }
         _ => match identity {
             "controllers" => User::new("system:kube-controller-manager", vec!["system:masters".into()]),

@@ -1,7 +1,7 @@
 //! One transport-neutral request path: HTTP and bus callers both build a [`Request`] and
 //! get a [`Reply`] from [`dispatch`]; only watches, logs and streams are transport-specific.
 
-use crate::auth::{Attributes, Decision, User};
+use crate::auth::User;
 use crate::service::{
     ApiService, DeleteOptions, FieldValidation, ListOptions, ListPage, PatchType, WriteOptions,
 };
@@ -117,7 +117,7 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
         (Verb::Create, None, None) => {
             let obj = required_body(body)?;
             if !res.stored {
-                return Ok(object(201, review(svc, user, res, obj)?));
+                return Ok(object(201, crate::reviews::serve(svc, user, res, ns, obj).await?));
             }
             let opts = q.write_options_for(&user_agent, false)?;
             let r = svc.create(user, res, ns, obj, &opts).await?;
@@ -129,25 +129,25 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
             Ok(object(200, svc.delete_collection(user, res, ns, &lopts, &dopts).await?))
         }
         (Verb::Get, Some(name), None) => Ok(object(200, svc.get(user, res, ns, name).await?)),
-        (Verb::Update, Some(name), None | Some("status")) => {
-            let status_only = t.subresource.is_some();
+        (Verb::Update, Some(name), None | Some("status" | "approval")) => {
             let opts = q.write_options_for(&user_agent, false)?;
-            let r = svc.update(user, res, ns, name, required_body(body)?, &opts, status_only).await?;
+            let sub = t.subresource.as_deref();
+            let r = svc.update_sub(user, res, ns, name, required_body(body)?, &opts, sub).await?;
             Ok(Reply::Object {
                 code: if r.created { 201 } else { 200 },
                 object: r.object,
                 warnings: r.warnings,
             })
         }
-        (Verb::Patch(pt), Some(name), None | Some("status")) => {
-            let status_only = t.subresource.is_some();
+        (Verb::Patch(pt), Some(name), None | Some("status" | "approval")) => {
+            let sub = t.subresource.as_deref();
             let opts = q.write_options_for(&user_agent, pt == PatchType::Apply)?;
             if pt != PatchType::Apply && q.get("force").is_some() {
                 return Err(ApiError::BadRequest(
                     "force: Forbidden: may not be specified for non-apply patch".into(),
                 ));
             }
-            let r = svc.patch(user, res, ns, name, pt, required_body(body)?, &opts, status_only).await?;
+            let r = svc.patch_sub(user, res, ns, name, pt, required_body(body)?, &opts, sub).await?;
             Ok(Reply::Object {
                 code: if r.created { 201 } else { 200 },
                 object: r.object,
@@ -176,8 +176,8 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
             });
             Ok(object(200, success_status(Some(details))))
         }
-        (Verb::Get, Some(name), Some("status")) => {
-            svc.authorize(user, "get", res, Some("status"), ns, Some(name))?;
+        (Verb::Get, Some(name), Some(sub @ ("status" | "approval"))) => {
+            svc.authorize(user, "get", res, Some(sub), ns, Some(name))?;
             Ok(object(200, svc.get(&User::system(), res, ns, name).await?))
         }
         (Verb::Update, Some(name), Some("finalize")) if res.kind == "Namespace" => {
@@ -219,6 +219,9 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
                 })
                 .await?;
             Ok(object(200, v))
+        }
+        (Verb::Create, Some(name), Some("token")) if res.kind == "ServiceAccount" => {
+            Ok(object(201, svc.create_token(user, ns.unwrap_or(""), name, required_body(body)?).await?))
         }
         (Verb::Create, Some(name), Some("binding")) => {
             Ok(object(201, svc.bind(user, ns.unwrap_or(""), name, &required_body(body)?).await?))
@@ -404,83 +407,4 @@ pub fn parse_target(group: &str, version: &str, segs: &[&str]) -> ApiResult<Targ
         return Err(not_found_path());
     }
     Ok(target)
-}
-
-/// SelfSubjectAccessReview and SelfSubjectRulesReview.
-fn review(svc: &ApiService, user: &User, res: &ResourceInfo, obj: Value) -> ApiResult<Value> {
-    if !obj.is_object() {
-        return Err(ApiError::BadRequest(format!("{}: the request body must be a JSON object", res.kind)));
-    }
-    let spec = obj.get("spec").cloned().unwrap_or(json!({}));
-    let mut out = obj.clone();
-    out["apiVersion"] = json!(res.api_version());
-    out["kind"] = json!(res.kind);
-    if out.get("metadata").is_none() {
-        out["metadata"] = json!({});
-    }
-    match res.kind {
-        "SelfSubjectAccessReview" => {
-            let (attrs, nonresource) = if let Some(ra) = spec.get("resourceAttributes") {
-                let s = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                (
-                    Attributes {
-                        verb: s("verb"),
-                        group: s("group"),
-                        resource: s("resource"),
-                        subresource: s("subresource"),
-                        namespace: s("namespace"),
-                        name: s("name"),
-                    },
-                    false,
-                )
-            } else if let Some(nr) = spec.get("nonResourceAttributes") {
-                let s = |k: &str| nr.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                (
-                    Attributes {
-                        verb: s("verb"),
-                        group: String::new(),
-                        resource: s("path"),
-                        subresource: String::new(),
-                        namespace: String::new(),
-                        name: String::new(),
-                    },
-                    true,
-                )
-            } else {
-                return Err(ApiError::invalid(
-                    res.kind,
-                    res.group,
-                    "",
-                    vec![capstan_api::Cause::invalid(
-                        "spec.resourceAttributes",
-                        "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
-                    )],
-                ));
-            };
-            let _ = nonresource;
-            let status = match svc.decide(user, &attrs) {
-                Decision::Allow(r) => json!({"allowed": true, "reason": r}),
-                Decision::Deny(r) => json!({"allowed": false, "reason": r}),
-            };
-            out["status"] = status;
-        }
-        _ => {
-            let probe = Attributes {
-                verb: "*".into(),
-                group: "*".into(),
-                resource: "*".into(),
-                subresource: String::new(),
-                namespace: spec.get("namespace").and_then(Value::as_str).unwrap_or("").to_string(),
-                name: String::new(),
-            };
-            let all = matches!(svc.decide(user, &probe), Decision::Allow(_));
-            out["status"] = if all {
-                json!({"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-                       "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false})
-            } else {
-                json!({"resourceRules": [], "nonResourceRules": [], "incomplete": false})
-            };
-        }
-    }
-    Ok(out)
 }

@@ -9,7 +9,7 @@ use crate::service::{ApiService, ListOptions, PatchType};
 use crate::status::{ApiError, ApiResult};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use capstan_api::{meta, ResourceInfo};
 use futures::StreamExt;
@@ -32,11 +32,28 @@ pub struct Gateway {
     pub bus: Option<Arc<dyn capstan_bus::Bus>>,
     /// Recent failed WebSocket upgrades, for kubectl's SPDY retry.
     pub stream_failures: crate::streams::Failures,
+    /// The audit log, if one is configured.
+    pub audit: Option<Arc<crate::audit::Auditor>>,
 }
+
+/// Who made a request (after impersonation) and who authenticated, for the audit log.
+#[derive(Clone)]
+struct AuditIdentity(User, Option<User>);
+
+/// The decoded request body, for the audit log.
+#[derive(Clone)]
+struct AuditBody(Value);
 
 /// The identity a TLS client certificate proved, stored per connection.
 #[derive(Debug, Clone)]
-pub struct PeerIdentity(pub Option<User>);
+pub enum PeerIdentity {
+    /// No certificate.
+    None,
+    /// A certificate of the cluster CA, valid now.
+    Valid(User),
+    /// A certificate that failed verification (another CA, expired, not yet valid).
+    Invalid(String),
+}
 
 fn json_response(code: StatusCode, body: &Value) -> HttpResponse {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
@@ -55,7 +72,8 @@ pub fn error_response(e: &ApiError) -> HttpResponse {
 
 fn with_warnings(mut resp: HttpResponse, warnings: &[String]) -> HttpResponse {
     for w in warnings {
-        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        // A quoted-string: backslash and quote escaped, as kubectl (client-go) unescapes them.
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
             resp.headers_mut().append(header::WARNING, v);
         }
@@ -67,15 +85,74 @@ fn header_str(req: &HttpRequest, name: header::HeaderName) -> &str {
     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-/// Authenticates a request: client certificate first, then a bearer token.
-fn authenticate(req: &HttpRequest, gw: &Gateway) -> ApiResult<User> {
-    if let Some(PeerIdentity(Some(u))) = req.conn_data::<PeerIdentity>() {
-        return Ok(u.clone());
+/// Authenticates a request and applies impersonation headers.
+async fn authenticate(req: &HttpRequest, gw: &Gateway) -> ApiResult<User> {
+    let user = authenticate_credentials(req, gw).await?;
+    let mut imp = crate::authn::Impersonation::default();
+    for (name, value) in req.headers() {
+        let n = name.as_str();
+        let Ok(v) = value.to_str() else { continue };
+        if n.eq_ignore_ascii_case("impersonate-user") {
+            imp.user = Some(v.to_string());
+        } else if n.eq_ignore_ascii_case("impersonate-group") {
+            imp.groups.push(v.to_string());
+        } else if n.eq_ignore_ascii_case("impersonate-uid") {
+            imp.uid = Some(v.to_string());
+        } else if let Some(key) = n.strip_prefix("impersonate-extra-") {
+            let key = percent_decode(key);
+            imp.extra.entry(key).or_default().push(v.to_string());
+        }
+    }
+    if imp.is_empty() {
+        return Ok(user);
+    }
+    req.extensions_mut().insert(Authenticated(user.clone()));
+    gw.service.impersonate(&user, &imp)
+}
+
+/// The authenticated user of an impersonating request.
+struct Authenticated(User);
+
+/// Decodes `%XX` escapes (impersonation extra keys are percent-encoded).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(x) =
+                std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(x);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Authenticates a request's credentials: client certificate first, then a bearer token
+/// (static or a ServiceAccount token). A request with a bad credential is 401; one with
+/// none is `system:anonymous`.
+async fn authenticate_credentials(req: &HttpRequest, gw: &Gateway) -> ApiResult<User> {
+    match req.conn_data::<PeerIdentity>() {
+        Some(PeerIdentity::Valid(u)) => return Ok(u.clone()),
+        Some(PeerIdentity::Invalid(why)) => {
+            tracing::debug!("client certificate refused: {why}");
+            return Err(ApiError::Unauthorized);
+        }
+        _ => {}
     }
     let auth = header_str(req, header::AUTHORIZATION);
-    if let Some(token) = auth.strip_prefix("Bearer ").map(str::trim) {
-        if let Some(u) = gw.tokens.get(token) {
-            return Ok(u.clone());
+    if auth.is_empty() {
+        return Ok(User::anonymous());
+    }
+    if let Some(token) = auth.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()) {
+        if let Some(u) = gw.service.authenticate_bearer(&gw.tokens, token).await {
+            return Ok(u);
         }
     }
     Err(ApiError::Unauthorized)
@@ -254,15 +331,73 @@ fn object_response(code: StatusCode, res: &ResourceInfo, obj: Value, out: Output
 
 /// The catch-all handler: every request goes through here.
 pub async fn dispatch(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
-    match handle(&req, payload, &gw).await {
-        Ok(resp) => resp,
+    let received = jiff::Timestamp::now();
+    let (resp, status) = match handle(&req, payload, &gw).await {
+        Ok(resp) => (resp, None),
         Err(e) => {
             if e.code() >= 500 {
                 tracing::warn!(method = %req.method(), path = %req.path(), "request failed: {e}");
             }
-            error_response(&e)
+            (error_response(&e), Some(e.to_status()))
+        }
+    };
+    match &gw.audit {
+        Some(a) => audit(a, &req, resp, status, received).await,
+        None => resp,
+    }
+}
+
+/// Records the request in the audit log; returns the response (rebuilt when its body was
+/// read for a RequestResponse entry).
+async fn audit(
+    a: &crate::audit::Auditor,
+    req: &HttpRequest,
+    resp: HttpResponse,
+    status: Option<Value>,
+    received: jiff::Timestamp,
+) -> HttpResponse {
+    let watch = query_pairs(req)
+        .ok()
+        .is_some_and(|q| q.iter().any(|(k, v)| k == "watch" && (v == "true" || v == "1")));
+    let (object, verb) = crate::audit::object_ref(req.method().as_str(), req.path(), watch);
+    let identity = req.extensions().get::<AuditIdentity>().cloned();
+    let (user, impersonator) = match identity {
+        Some(AuditIdentity(u, i)) => (u, i),
+        None => (User::default(), None),
+    };
+    let mut record = crate::audit::Record {
+        user,
+        impersonator,
+        verb,
+        path: req.path().to_string(),
+        uri: match req.query_string() {
+            "" => req.path().to_string(),
+            q => format!("{}?{q}", req.path()),
+        },
+        object,
+        source_ip: req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+        user_agent: header_str(req, header::USER_AGENT).to_string(),
+        code: resp.status().as_u16(),
+        status,
+        request_object: req.extensions().get::<AuditBody>().map(|b| b.0.clone()),
+        response_object: None,
+        received,
+    };
+    let mut resp = resp;
+    let sized =
+        matches!(actix_web::body::MessageBody::size(resp.body()), actix_web::body::BodySize::Sized(_));
+    if a.level(&record) >= crate::audit::Level::RequestResponse && sized {
+        let (head, body) = resp.into_parts();
+        match actix_web::body::to_bytes(body).await {
+            Ok(bytes) => {
+                record.response_object = serde_json::from_slice(&bytes).ok();
+                resp = head.set_body(bytes).map_into_boxed_body();
+            }
+            Err(_) => resp = head.map_into_boxed_body(),
         }
     }
+    a.record(&record);
+    resp
 }
 
 async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiResult<HttpResponse> {
@@ -276,10 +411,32 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
         }
         _ => {}
     }
-    let user = authenticate(req, gw)?;
+    let user = authenticate(req, gw).await?;
+    if gw.audit.is_some() {
+        let original = req.extensions().get::<Authenticated>().map(|a| a.0.clone());
+        let impersonator = original.filter(|o| *o != user);
+        req.extensions_mut().insert(AuditIdentity(user.clone(), impersonator));
+    }
     let q = Query(query_pairs(req)?);
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // Non-resource paths are authorized by their URL (RBAC nonResourceURLs), as upstream:
+    // discovery and OpenAPI for authenticated users, nothing for anonymous ones.
+    let resource_request = matches!(segs.as_slice(), ["api", "v1", _, ..] | ["apis", _, _, _, ..]);
+    if !resource_request {
+        gw.service.authorize_path(&user, &req.method().as_str().to_ascii_lowercase(), &path)?;
+    }
     match segs.as_slice() {
+        [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"] => {
+            let signer = gw.service.tokens().ok_or_else(not_found_path)?;
+            let doc = if segs[0] == "openid" {
+                signer.jwks()
+            } else {
+                signer.discovery(&format!("https://{}/openid/v1/jwks", gw.server_address))
+            };
+            let body = serde_json::to_vec(&doc).unwrap_or_default();
+            let ct = if segs[0] == "openid" { "application/jwk-set+json" } else { "application/json" };
+            return Ok(HttpResponse::Ok().content_type(ct).body(body));
+        }
         ["api"] => return discovery_response(req, true, &gw.server_address),
         ["apis"] => return discovery_response(req, false, &gw.server_address),
         ["api", "v1"] => return plain(discovery::resource_list("", "v1")),
@@ -312,7 +469,36 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
         _ => return Err(not_found_path()),
     };
     let target = parse_target(group, version, rest)?;
+    preauthorize(req, gw, &user, &q, &target)?;
     resource(req, payload, gw, &user, q, target).await
+}
+
+/// Authorizes a resource request before its body is read or decoded, as upstream's
+/// authorization filter does: a caller who may not make the request gets 403, not a
+/// complaint about its body. (The API service checks again with the exact verb; streams —
+/// logs, exec, attach, port-forward — are authorized where they are served.)
+fn preauthorize(req: &HttpRequest, gw: &Gateway, user: &User, q: &Query, t: &Target) -> ApiResult<()> {
+    if matches!(t.subresource.as_deref(), Some("log" | "exec" | "attach" | "portforward" | "proxy")) {
+        return Ok(());
+    }
+    let watch = matches!(q.get("watch"), Some("true" | "1"));
+    // Reads carry no body and the API service authorizes them; a watch needs `watch`.
+    if matches!(req.method().as_str(), "GET" | "HEAD") && !watch {
+        return Ok(());
+    }
+    let verb = match (req.method().as_str(), t.name.is_some()) {
+        ("GET" | "HEAD", _) if watch => "watch",
+        ("GET" | "HEAD", true) => "get",
+        ("GET" | "HEAD", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return Ok(()),
+    };
+    let name = t.name.as_deref().filter(|n| !n.is_empty());
+    gw.service.authorize(user, verb, t.res, t.subresource.as_deref(), t.namespace.as_deref(), name)
 }
 
 fn is_health(p: &str) -> bool {
@@ -385,6 +571,11 @@ async fn resource(
         Verb::Patch(pt) => Some(decode_patch(pt, &raw)?),
         _ => Some(decode_object(req, &raw)?),
     };
+    if gw.audit.is_some() {
+        if let Some(b) = &body {
+            req.extensions_mut().insert(AuditBody(b.clone()));
+        }
+    }
     let request = dispatch::Request {
         verb,
         target: t,

@@ -20,19 +20,28 @@
 // `ApiError` carries Status details inline; errors are not on a hot path.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
+pub mod audit;
 pub mod auth;
+pub mod authn;
+pub mod bootstrap;
 pub mod busapi;
 pub mod cache;
+pub mod csr;
 pub mod discovery;
 pub mod dispatch;
 pub mod http;
 pub mod keys;
 pub mod pki;
+pub mod rbac;
 pub mod relay;
+pub mod reviews;
 pub mod service;
 pub mod spdy;
 pub mod status;
+pub mod strategy;
 pub mod streams;
+pub mod tokens;
 
 use auth::User;
 use capstan_storage::Store;
@@ -63,6 +72,18 @@ pub struct Config {
     /// Revisions of change log kept behind the newest (older ones are compacted away;
     /// watchers and event-stream readers behind them get 410 and relist).
     pub change_log_retention: u64,
+    /// The ranges Service addresses and node ports come from.
+    pub service_network: strategy::ServiceNetwork,
+    /// The address the `kubernetes` Service's endpoints name (default: the listen address,
+    /// or the default route's source address when listening on every address).
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// Pod Security Admission's cluster defaults and exemptions.
+    pub pod_security: admission::pod_security::Config,
+    /// The audit log (None: no audit).
+    pub audit: Option<audit::Config>,
+    /// The cluster's DNS domain (the ServiceAccount token issuer is
+    /// `https://kubernetes.default.svc.<domain>`).
+    pub cluster_domain: String,
 }
 
 impl Config {
@@ -78,6 +99,11 @@ impl Config {
             bus: None,
             relay_holder: None,
             change_log_retention: 100_000,
+            service_network: strategy::ServiceNetwork::default(),
+            advertise_address: None,
+            cluster_domain: "cluster.local".into(),
+            audit: None,
+            pod_security: Default::default(),
         }
     }
 }
@@ -100,6 +126,12 @@ pub enum StartError {
     /// The API service could not start.
     #[error("failed to start the API service: {0}")]
     Service(#[from] status::ApiError),
+    /// The audit log could not be opened.
+    #[error("failed to open the audit log: {0}")]
+    Audit(#[source] std::io::Error),
+    /// The ServiceAccount signing key could not be loaded or created.
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokenError),
 }
 
 /// A running gateway.
@@ -112,6 +144,64 @@ pub struct Running {
     pub service: Arc<service::ApiService>,
 }
 
+/// A client certificate verifier that lets the handshake finish with any certificate the
+/// client proves it holds the key of, and leaves the chain check to [`on_connect`]: a
+/// certificate from another CA, expired or not yet valid, is then answered with a 401
+/// `Status` (as upstream) instead of a TLS alert the client cannot explain.
+#[derive(Debug)]
+struct CheckedLater {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for CheckedLater {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The chain check the handshake left to us.
+static CLIENT_VERIFIER: std::sync::OnceLock<Arc<dyn rustls::server::danger::ClientCertVerifier>> =
+    std::sync::OnceLock::new();
+
 fn tls_config(pki: &pki::Pki) -> Result<rustls::ServerConfig, StartError> {
     let tls = |e: String| StartError::Tls(e);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -120,11 +210,13 @@ fn tls_config(pki: &pki::Pki) -> Result<rustls::ServerConfig, StartError> {
         let c = c.map_err(|e| tls(format!("failed to read CA certificate: {e}")))?;
         roots.add(c).map_err(|e| tls(format!("failed to add CA certificate: {e}")))?;
     }
-    let verifier =
+    let inner =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .allow_unauthenticated()
             .build()
             .map_err(|e| tls(format!("failed to build client verifier: {e}")))?;
+    let _ = CLIENT_VERIFIER.set(inner.clone());
+    let verifier = Arc::new(CheckedLater { inner });
     let chain: Vec<_> = rustls_pemfile::certs(&mut pki.server_cert.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| tls(format!("failed to read serving certificate: {e}")))?;
@@ -154,9 +246,24 @@ fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
     type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_rt::net::TcpStream>;
     if let Some(tls) = conn.downcast_ref::<Tls>() {
         let (_, session) = tls.get_ref();
-        let user =
-            session.peer_certificates().and_then(|c| c.first()).and_then(|c| user_from_cert(c.as_ref()));
-        ext.insert(http::PeerIdentity(user));
+        let identity = match session.peer_certificates() {
+            None | Some([]) => http::PeerIdentity::None,
+            Some([end, intermediates @ ..]) => {
+                let verified = match CLIENT_VERIFIER.get() {
+                    Some(v) => v
+                        .verify_client_cert(end, intermediates, rustls::pki_types::UnixTime::now())
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => Err("no client certificate verifier".into()),
+                };
+                match verified.map(|_| user_from_cert(end.as_ref())) {
+                    Ok(Some(u)) => http::PeerIdentity::Valid(u),
+                    Ok(None) => http::PeerIdentity::Invalid("the certificate names no user".into()),
+                    Err(e) => http::PeerIdentity::Invalid(e),
+                }
+            }
+        };
+        ext.insert(identity);
     }
 }
 
@@ -189,8 +296,30 @@ async fn compactor(store: Arc<dyn Store>, retention: u64, relayed: Arc<std::sync
 /// Starts the API service and the HTTPS server. Must run inside an actix system.
 pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, StartError> {
     let cache = cache::Cache::start(store.clone(), config.watch_cache_events).await?;
-    let service = Arc::new(service::ApiService::new(store, cache, Arc::new(auth::MastersOnly)));
-    service.bootstrap().await?;
+    let rbac = rbac::Rbac::start(cache.clone());
+    let authorizer: Arc<dyn auth::Authorizer> =
+        Arc::new(rbac::node::NodeAuthorizer::new(cache.clone(), rbac.clone()));
+    let issuer = format!("https://kubernetes.default.svc.{}", config.cluster_domain);
+    let signer = Arc::new(tokens::TokenSigner::load_or_create(&config.pki.dir, &issuer)?);
+    let service = Arc::new(
+        service::ApiService::new(store, cache.clone(), authorizer.clone())
+            .with_service_network(config.service_network.clone())
+            .with_tokens(signer.clone())
+            .with_csr_signer(Arc::new(csr::Signer::new(
+                config.pki.ca_cert.clone(),
+                config.pki.ca_key.clone(),
+            )))
+            .with_admission(admission::Chain::configured(
+                Some(signer),
+                config.pki.ca_cert.clone(),
+                config.pod_security.clone(),
+                vec![
+                    Arc::new(admission::certificates::Certificates::new(authorizer)),
+                    Arc::new(rbac::Escalation::new(rbac)),
+                ],
+            )),
+    );
+    bootstrap::cluster(&service).await?;
     // With a bus, the change log is kept until the relay has published it.
     let relayed =
         Arc::new(std::sync::atomic::AtomicU64::new(if config.bus.is_some() { 0 } else { u64::MAX }));
@@ -219,6 +348,9 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let advertised =
+        SocketAddr::new(bootstrap::advertise_address(addr, config.advertise_address), addr.port());
+    bootstrap::kubernetes_service(&service, advertised).await?;
     let gateway = actix_web::web::Data::new(http::Gateway {
         service: service.clone(),
         server_address: addr.to_string(),
@@ -226,6 +358,10 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
         tokens: config.tokens.clone(),
         bus: config.bus.clone(),
         stream_failures: Default::default(),
+        audit: match config.audit.clone() {
+            Some(a) => Some(Arc::new(audit::Auditor::start(a).map_err(StartError::Audit)?)),
+            None => None,
+        },
     });
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()

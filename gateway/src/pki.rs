@@ -107,6 +107,41 @@ pub fn issue_client_cert(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Whether the PEM certificate's subject alternative names include every one of `hosts`.
+fn covers(pem: &str, hosts: &[String]) -> bool {
+    let Some(Ok(der)) = rustls_pemfile::certs(&mut pem.as_bytes()).next() else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return false };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return false };
+    let mut names = Vec::new();
+    for n in &san.value.general_names {
+        match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                let ip = match b.len() {
+                    4 => <[u8; 4]>::try_from(*b).map(std::net::IpAddr::from).ok(),
+                    16 => <[u8; 16]>::try_from(*b).map(std::net::IpAddr::from).ok(),
+                    _ => None,
+                };
+                names.extend(ip.map(|i| i.to_string()));
+            }
+            _ => {}
+        }
+    }
+    hosts.iter().filter(|h| !h.is_empty() && h.as_str() != "0.0.0.0").all(|h| names.contains(h))
+}
+
+/// The names the serving certificate carries for in-cluster clients: the `kubernetes`
+/// Service's DNS names in `cluster_domain` and its ClusterIP.
+pub fn kubernetes_service_names(cluster_domain: &str, service_ip: std::net::Ipv4Addr) -> Vec<String> {
+    vec![
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        format!("kubernetes.default.svc.{cluster_domain}"),
+        service_ip.to_string(),
+    ]
+}
+
 impl Pki {
     /// Loads the PKI from `dir`, creating what is missing. `hosts` are the extra names and
     /// addresses the serving certificate must cover (besides localhost and 127.0.0.1).
@@ -140,6 +175,11 @@ impl Pki {
         }
         let ca_cert = read(&p("ca.crt"))?;
         let ca_key = read(&p("ca.key"))?;
+        // A serving certificate that lacks a name asked for now (a new listen address, the
+        // `kubernetes` Service's names after an upgrade) is issued again.
+        if p("server.crt").exists() && !covers(&read(&p("server.crt"))?, hosts) {
+            let _ = std::fs::remove_file(p("server.crt"));
+        }
         if !p("server.crt").exists() || !p("server.key").exists() {
             let key_pair = KeyPair::from_pem(&ca_key).map_err(cert_err("parse the CA key"))?;
             let issuer =

@@ -29,6 +29,31 @@ fn parse_key(key: &[u8]) -> Option<(String, String, Option<String>, String)> {
     }
 }
 
+/// The annotation on a Secret event whose data was left out.
+pub const REDACTED: &str = "capstan.io/data-redacted";
+
+/// Secrets go on the bus without their values: `data` and `stringData` are dropped and the
+/// annotation [`REDACTED`] says so. A subscriber that needs the values reads the Secret
+/// through the API, which authorizes it; the event stream (and JetStream's files) never
+/// hold a Secret's plaintext.
+pub fn redact(group: &str, resource: &str, mut object: serde_json::Value) -> serde_json::Value {
+    if group.is_empty() && resource == "secrets" {
+        if let Some(o) = object.as_object_mut() {
+            o.remove("data");
+            o.remove("stringData");
+        }
+        if let Some(m) = object.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
+            let annotations = m.entry("annotations").or_insert_with(|| serde_json::json!({}));
+            if let Some(a) = annotations.as_object_mut() {
+                a.insert(REDACTED.into(), serde_json::json!("true"));
+                // kubectl apply keeps the whole object, values included, in this annotation.
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        }
+    }
+    object
+}
+
 /// Runs the relay until the store closes. `holder` identifies this process; `progress`
 /// is set to the last revision known to be in the event stream (the compactor keeps the
 /// change log from there on).
@@ -108,6 +133,7 @@ pub async fn run(store: Arc<dyn Store>, bus: Arc<dyn Bus>, holder: String, progr
                     ChangeKind::Update => "MODIFIED",
                     ChangeKind::Delete => "DELETED",
                 };
+                let object = redact(&group, &resource, object);
                 let env = EventEnvelope { type_: type_.into(), revision: c.revision, object };
                 let payload = match env.to_bytes() {
                     Ok(p) => p,
@@ -145,6 +171,20 @@ pub async fn run(store: Arc<dyn Store>, bus: Arc<dyn Bus>, holder: String, progr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_leave_without_values() {
+        let s = serde_json::json!({"kind": "Secret", "metadata": {"name": "s", "annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"data\":{\"k\":\"c2VjcmV0\"}}"}},
+            "data": {"k": "c2VjcmV0"}, "stringData": {"x": "y"}, "type": "Opaque"});
+        let r = redact("", "secrets", s.clone());
+        assert!(r.get("data").is_none() && r.get("stringData").is_none());
+        assert_eq!(r["metadata"]["annotations"][REDACTED], "true");
+        assert!(!r.to_string().contains("c2VjcmV0"));
+        assert_eq!(r["type"], "Opaque");
+        let cm = serde_json::json!({"kind": "ConfigMap", "data": {"k": "v"}});
+        assert_eq!(redact("", "configmaps", cm.clone()), cm);
+    }
 
     #[test]
     fn keys() {

@@ -1,13 +1,19 @@
-//! The API service: one code path for every caller (HTTP today, the bus next).
+//! The API service: one code path for every caller (HTTP and the bus).
 //!
-//! authorize → decode (typed round trip) → default → validate → admission → one store
-//! transaction guarded by the object's revision (409 on conflict). Reads of single
-//! objects go to the store; lists and watches are served from the [`Cache`].
+//! A write goes: authorize → decode (typed round trip, unknown fields) → the kind's
+//! [`Strategy`] prepares it (server-owned fields) → defaults → admission's mutating turn →
+//! the strategy validates (422) → admission's validating turn → the strategy's reservations
+//! (Service addresses) → one store transaction guarded by the object's revision (409 on
+//! conflict) carrying the object and every reservation. POST and an apply that creates share
+//! one create path ([`ApiService::create_object`]). Reads of single objects go to the
+//! store; lists and watches are served from the [`Cache`].
 
-use crate::auth::{Attributes, Authorizer, Decision, User};
+use crate::admission::{self, Attributes, Chain, Operation, Outcome};
+use crate::auth::{Attributes as AuthAttributes, Authorizer, Decision, User};
 use crate::cache::{decode_stored, Cache, Event, EventKind};
 use crate::keys;
 use crate::status::{success_status, ApiError, ApiResult};
+use crate::strategy::{Deletion, Reservations, ServiceNetwork, Strategies, Strategy};
 use capstan_api::selectors::{FieldSelector, LabelSelector};
 use capstan_api::{meta, registry, ResourceInfo};
 use capstan_storage::{Op, Precondition, Store, Txn};
@@ -15,8 +21,7 @@ use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The namespaces that exist from the start and cannot be deleted.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub use crate::admission::SYSTEM_NAMESPACES;
 
 /// How unknown fields in a request body are treated (`fieldValidation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -179,6 +184,11 @@ pub struct ApiService {
     store: Arc<dyn Store>,
     cache: Arc<Cache>,
     authorizer: Arc<dyn Authorizer>,
+    ctx: admission::Context,
+    strategies: Strategies,
+    admission: Chain,
+    tokens: Option<Arc<crate::tokens::TokenSigner>>,
+    csr_signer: Option<Arc<crate::csr::Signer>>,
 }
 
 const MAX_UPDATE_RETRIES: usize = 32;
@@ -254,25 +264,60 @@ fn spec_of(obj: &Value) -> Value {
     }
 }
 
-fn uses_generation(res: &ResourceInfo) -> bool {
-    !matches!(
-        res.kind,
-        "ConfigMap"
-            | "Secret"
-            | "Event"
-            | "Endpoints"
-            | "EndpointSlice"
-            | "Lease"
-            | "ServiceAccount"
-            | "Namespace"
-            | "Node"
-    )
-}
-
 impl ApiService {
-    /// A service over `store`, answering lists and watches from `cache`.
+    /// A service over `store`, answering lists and watches from `cache`, with the standard
+    /// admission chain and the default Service ranges.
     pub fn new(store: Arc<dyn Store>, cache: Arc<Cache>, authorizer: Arc<dyn Authorizer>) -> ApiService {
-        ApiService { store, cache, authorizer }
+        let ctx = admission::Context::new(store.clone(), cache.clone());
+        ApiService {
+            store,
+            cache,
+            authorizer,
+            ctx,
+            strategies: Strategies::default(),
+            admission: Chain::standard(),
+            tokens: None,
+            csr_signer: None,
+        }
+    }
+
+    /// Signs approved CertificateSigningRequests with `signer` (the cluster CA).
+    pub fn with_csr_signer(mut self, signer: Arc<crate::csr::Signer>) -> ApiService {
+        self.csr_signer = Some(signer);
+        self
+    }
+
+    /// Signs and verifies ServiceAccount tokens with `signer`.
+    pub fn with_tokens(mut self, signer: Arc<crate::tokens::TokenSigner>) -> ApiService {
+        self.tokens = Some(signer);
+        self
+    }
+
+    /// The ServiceAccount token signer, if this gateway has the key.
+    pub fn tokens(&self) -> Option<&Arc<crate::tokens::TokenSigner>> {
+        self.tokens.as_ref()
+    }
+
+    /// Replaces the admission chain.
+    pub fn with_admission(mut self, chain: Chain) -> ApiService {
+        self.admission = chain;
+        self
+    }
+
+    /// Allocates Service addresses and node ports from `network`.
+    pub fn with_service_network(mut self, network: ServiceNetwork) -> ApiService {
+        self.strategies = Strategies::new(network);
+        self
+    }
+
+    /// The Service address ranges.
+    pub fn service_network(&self) -> &ServiceNetwork {
+        self.strategies.service_network()
+    }
+
+    /// The admission plugins, in order.
+    pub fn admission_plugins(&self) -> Vec<&'static str> {
+        self.admission.names()
     }
 
     /// The store.
@@ -295,13 +340,14 @@ impl ApiService {
         namespace: Option<&str>,
         name: Option<&str>,
     ) -> ApiResult<()> {
-        let attrs = Attributes {
+        let attrs = AuthAttributes {
             verb: verb.to_string(),
             group: res.group.to_string(),
             resource: res.plural.to_string(),
             subresource: subresource.unwrap_or("").to_string(),
             namespace: namespace.unwrap_or("").to_string(),
             name: name.unwrap_or("").to_string(),
+            path: None,
         };
         match self.authorizer.authorize(user, &attrs) {
             Decision::Allow(_) => Ok(()),
@@ -326,24 +372,39 @@ impl ApiService {
         }
     }
 
+    /// Checks authorization of a non-resource URL; 403 in upstream's wording.
+    pub fn authorize_path(&self, user: &User, verb: &str, path: &str) -> ApiResult<()> {
+        let attrs = AuthAttributes {
+            verb: verb.to_string(),
+            group: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+            path: Some(path.to_string()),
+        };
+        match self.authorizer.authorize(user, &attrs) {
+            Decision::Allow(_) => Ok(()),
+            Decision::Deny(_) => Err(ApiError::Forbidden {
+                message: format!("forbidden: User \"{}\" cannot {verb} path \"{path}\"", user.name),
+                details: None,
+            }),
+        }
+    }
+
+    /// What `user` may do in `namespace` (SelfSubjectRulesReview).
+    pub fn rules(&self, user: &User, namespace: &str) -> crate::auth::RuleList {
+        self.authorizer.rules(user, namespace)
+    }
+
     /// The authorizer's raw decision (for access reviews).
-    pub fn decide(&self, user: &User, attrs: &Attributes) -> Decision {
+    pub fn decide(&self, user: &User, attrs: &AuthAttributes) -> Decision {
         self.authorizer.authorize(user, attrs)
     }
 
-    /// Creates the system namespaces if they are missing.
-    pub async fn bootstrap(&self) -> ApiResult<()> {
-        let Some(ns_res) = registry::find("", "v1", "namespaces") else {
-            return Err(ApiError::Internal("namespaces are not registered".into()));
-        };
-        for ns in SYSTEM_NAMESPACES {
-            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match self.create(&User::system(), ns_res, None, body, &WriteOptions::default()).await {
-                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+    /// The admission context (cluster state as plugins and strategies read it).
+    pub fn context(&self) -> &admission::Context {
+        &self.ctx
     }
 
     async fn read(&self, key: &[u8]) -> ApiResult<Option<(Value, u64)>> {
@@ -496,36 +557,16 @@ impl ApiService {
         Ok(out)
     }
 
-    fn validate(res: &ResourceInfo, old: Option<&Value>, new: &Value) -> ApiResult<()> {
-        let causes = match old {
-            None => capstan_api::validation::validate_create(res, new),
-            Some(o) => capstan_api::validation::validate_update(res, o, new),
-        };
+    fn invalid(res: &ResourceInfo, obj: &Value, causes: Vec<capstan_api::Cause>) -> ApiResult<()> {
         if causes.is_empty() {
             Ok(())
         } else {
-            Err(ApiError::invalid(res.kind, res.group, meta::name(new).unwrap_or(""), causes))
+            Err(ApiError::invalid(res.kind, res.group, meta::name(obj).unwrap_or(""), causes))
         }
     }
 
-    async fn namespace_exists(&self, ns: &str) -> ApiResult<Value> {
-        let Some(ns_res) = registry::find("", "v1", "namespaces") else {
-            return Err(ApiError::Internal("namespaces are not registered".into()));
-        };
-        let key = keys::object_key(ns_res, None, ns);
-        // The cache answers almost always; a namespace created a moment ago may not be in
-        // it yet, so a miss falls back to the store.
-        if let Some(v) = self.cache.get(&key) {
-            return Ok((*v).clone());
-        }
-        match self.read(&key).await? {
-            Some((v, _)) => Ok(v),
-            None => Err(ApiError::namespace_not_found(ns)),
-        }
-    }
-
-    /// Admission and create-time preparation shared by create and create-on-apply.
-    fn prepare_create(&self, res: &ResourceInfo, obj: &mut Value, now: &str) {
+    /// The generic create-time preparation: identity, timestamps, generation, status.
+    fn prepare_create(res: &ResourceInfo, strategy: &dyn Strategy, obj: &mut Value, now: &str) {
         if let Some(m) = meta::metadata_mut(obj) {
             m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
             m.insert("creationTimestamp".into(), json!(now));
@@ -533,76 +574,103 @@ impl ApiService {
             m.remove("deletionTimestamp");
             m.remove("deletionGracePeriodSeconds");
             m.remove("selfLink");
-            if uses_generation(res) {
+            if strategy.uses_generation() {
                 m.insert("generation".into(), json!(1));
             } else {
                 m.remove("generation");
             }
         }
-        if res.has_status() && res.kind != "Namespace" && res.kind != "Node" {
+        if res.has_status() && !strategy.keeps_status_on_create() {
             if let Some(o) = obj.as_object_mut() {
                 o.remove("status");
             }
         }
-        match res.kind {
-            "Pod" => {
-                obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(obj)});
-                if obj["spec"].get("serviceAccountName").and_then(Value::as_str).is_none() {
-                    obj["spec"]["serviceAccountName"] = json!("default");
-                }
-                add_default_tolerations(obj);
-            }
-            "Namespace" => {
-                obj["status"] = json!({"phase": "Active"});
-            }
-            "Service" => self.allocate_service_ips(obj),
-            _ => {}
+        strategy.prepare_for_create(obj);
+    }
+
+    /// What follows a committed write: a change to authorization objects counts for the
+    /// next request (read-your-writes for RBAC through this gateway).
+    async fn after_commit(&self, res: &ResourceInfo, name: &str, revision: u64) {
+        if res.group == "rbac.authorization.k8s.io" {
+            self.authorizer.settle(revision).await;
+        }
+        if res.group == "certificates.k8s.io" && self.csr_signer.is_some() {
+            Box::pin(self.csr_followup(res, name)).await;
         }
     }
 
-    fn allocate_service_ips(&self, obj: &mut Value) {
-        let ty = obj["spec"].get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
-        if ty == "ExternalName" {
+    /// After a write to a CertificateSigningRequest: approve a node client request
+    /// automatically when its requestor may, sign an approved request (or mark it Failed).
+    /// Each step is a write of its own, which comes back here; a request that is decided
+    /// and issued ends it.
+    async fn csr_followup(&self, res: &ResourceInfo, name: &str) {
+        let Some(signer) = self.csr_signer.clone() else { return };
+        let system = User::system();
+        let Ok(obj) = self.get(&system, res, None, name).await else { return };
+        let conds = obj["status"].get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let has = |t: &str| conds.iter().any(|c| c.get("type").and_then(Value::as_str) == Some(t));
+        let issued = obj["status"].get("certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
+        if issued || has("Denied") || has("Failed") {
             return;
         }
-        let want = obj["spec"].get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
-        if want != "None" && want.is_empty() {
-            let Some(svc) = registry::find("", "v1", "services") else { return };
-            let prefix = keys::prefix(svc, None);
-            let end = capstan_storage::prefix_end(&prefix);
-            let (all, _, _) = self.cache.list(&prefix, &end, 0, |_| true);
-            let used: std::collections::HashSet<String> = all
-                .iter()
-                .filter_map(|s| s["spec"].get("clusterIP").and_then(Value::as_str).map(str::to_string))
-                .collect();
-            let bytes = *uuid::Uuid::new_v4().as_bytes();
-            let mut n = u32::from(bytes[0]) << 8 | u32::from(bytes[1]);
-            for _ in 0..65536 {
-                let ip = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
-                if n & 0xff != 0 && n & 0xff != 255 && n != 1 && !used.contains(&ip) {
-                    obj["spec"]["clusterIP"] = json!(ip);
-                    obj["spec"]["clusterIPs"] = json!([ip]);
-                    break;
-                }
-                n = (n + 1) & 0xffff;
+        let mut status = obj.clone();
+        let sub = if !has("Approved") {
+            if !crate::csr::auto_approvable(&obj, |u, a| self.authorizer.authorize(u, a)) {
+                return;
             }
-        } else if want == "None" {
-            obj["spec"]["clusterIPs"] = json!(["None"]);
-        }
-        obj["spec"]["ipFamilies"] = json!(["IPv4"]);
-        if ty == "NodePort" || ty == "LoadBalancer" {
-            if let Some(ports) = obj["spec"].get_mut("ports").and_then(Value::as_array_mut) {
-                for p in ports {
-                    if p.get("nodePort").and_then(Value::as_i64).is_none() {
-                        let b = uuid::Uuid::new_v4();
-                        let r = u16::from_le_bytes([b.as_bytes()[0], b.as_bytes()[1]]);
-                        p["nodePort"] = json!(30000 + i64::from(r % 2768));
-                    }
+            let mut c = conds.clone();
+            c.push(crate::csr::condition(
+                "Approved",
+                "AutoApproved",
+                "Auto approving kubelet client certificate after SubjectAccessReview.",
+            ));
+            status["status"]["conditions"] = json!(c);
+            "approval"
+        } else {
+            match signer.sign(&obj) {
+                Ok(pem) => {
+                    use base64::Engine;
+                    status["status"]["certificate"] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(pem));
+                }
+                Err(why) => {
+                    let mut c = conds.clone();
+                    c.push(crate::csr::condition("Failed", "SignerValidationFailure", &why));
+                    status["status"]["conditions"] = json!(c);
                 }
             }
+            "status"
+        };
+        if let Err(e) =
+            self.update_sub(&system, res, None, name, status, &WriteOptions::default(), Some(sub)).await
+        {
+            tracing::warn!(
+                csr = name,
+                "failed to {} a certificate signing request: {e}",
+                if sub == "approval" { "approve" } else { "sign" }
+            );
         }
-        if obj.get("status").is_none() {
-            obj["status"] = json!({"loadBalancer": {}});
+    }
+
+    /// Commits `ops` (the object's op first, then reservations); on a failed precondition of
+    /// a reservation, the error it names, or `Ok(None)` to prepare the write again.
+    async fn commit_write(
+        &self,
+        ops: Vec<Op>,
+        reservations: &[Option<ApiError>],
+    ) -> ApiResult<CommitOutcome> {
+        match self.store.commit(Txn { ops }).await {
+            Ok(r) => Ok(CommitOutcome::Committed(r.revisions.first().copied().unwrap_or(0))),
+            Err(capstan_storage::Error::PreconditionFailed { index: 0, .. }) => {
+                Ok(CommitOutcome::ObjectChanged)
+            }
+            Err(capstan_storage::Error::PreconditionFailed { index, .. }) => {
+                match reservations.get(index - 1).cloned().flatten() {
+                    Some(e) => Err(e),
+                    None => Ok(CommitOutcome::Retry),
+                }
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -615,7 +683,6 @@ impl ApiService {
         body: Value,
         opts: &WriteOptions,
     ) -> ApiResult<WriteResult> {
-        let started = std::time::Instant::now();
         self.authorize(user, "create", res, None, namespace, None)?;
         if !res.has_verb("create") {
             return Err(ApiError::MethodNotAllowed(format!(
@@ -625,7 +692,23 @@ impl ApiService {
         }
         Self::check_namespace_arg(res, namespace)?;
         let mut warnings = Vec::new();
-        let mut obj = Self::decode_body(res, body, opts.field_validation, &mut warnings)?;
+        let obj = Self::decode_body(res, body, opts.field_validation, &mut warnings)?;
+        self.create_object(user, res, namespace, obj, opts, warnings).await
+    }
+
+    /// The one create path, behind POST and an apply that creates: `obj` is decoded; the
+    /// strategy prepares it, admission and validation run, and it is committed with its
+    /// reservations.
+    pub async fn create_object(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+        mut warnings: Vec<String>,
+    ) -> ApiResult<WriteResult> {
+        let started = std::time::Instant::now();
         // Namespace in body must agree with the URL.
         if res.namespaced() {
             let url_ns = namespace.unwrap_or("");
@@ -647,88 +730,87 @@ impl ApiService {
             }
         }
         let name = meta::name(&obj).unwrap_or("").to_string();
+        let namespace = namespace.filter(|_| res.namespaced());
+        let strategy = self.strategies.of(res);
         let now = now_rfc3339();
         // Identity first: defaulting derives Job selectors from the uid.
-        self.prepare_create(res, &mut obj, &now);
+        Self::prepare_create(res, strategy, &mut obj, &now);
         capstan_api::defaults::apply_defaults(res, &mut obj);
-        Self::validate(res, None, &obj)?;
-        if let Some(ns) = namespace.filter(|_| res.namespaced()) {
-            let nsobj = self.namespace_exists(ns).await?;
-            if nsobj.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some_and(|v| !v.is_null()) {
-                return Err(ApiError::forbidden(
-                    res,
-                    &name,
-                    &format!("unable to create new content in namespace {ns} because it is being terminated"),
-                ));
-            }
-        }
+        let attrs = Attributes {
+            operation: Operation::Create,
+            res,
+            subresource: None,
+            namespace,
+            name: &name,
+            user,
+            old: None,
+            dry_run: opts.dry_run,
+        };
+        let mut out = Outcome::default();
+        self.admission.admit(&self.ctx, &attrs, &mut obj, &mut out).await?;
+        // What plugins added (containers, volumes) gets its defaults too.
+        capstan_api::defaults::apply_defaults(res, &mut obj);
+        Self::invalid(res, &obj, strategy.validate_create(res, &obj))?;
+        self.admission.validate(&self.ctx, &attrs, &obj, &mut out).await?;
         if let Some(m) = &opts.field_manager {
             capstan_api::ssa::record_update(None, &mut obj, m, &now);
         }
+        warnings.append(&mut out.warnings);
         let key = keys::object_key(res, namespace, &name);
-        if opts.dry_run {
-            if self.store.get(&key).await?.is_some() {
-                return Err(ApiError::already_exists(res, &name));
+        for _ in 0..MAX_UPDATE_RETRIES {
+            let mut obj = obj.clone();
+            let reserved = strategy.allocate(&self.ctx, &mut obj, None).await?;
+            if opts.dry_run {
+                if self.store.get(&key).await?.is_some() {
+                    return Err(ApiError::already_exists(res, &name));
+                }
+                return Ok(WriteResult { object: obj, created: true, warnings });
             }
-            return Ok(WriteResult { object: obj, created: true, warnings });
+            let (ops, on_conflict) =
+                with_reservations(Op::put(key.clone(), encode(&obj)?, Precondition::Absent), reserved, &out);
+            let committing = std::time::Instant::now();
+            let outcome = self.commit_write(ops, &on_conflict).await;
+            create_stats::record(committing - started, committing.elapsed());
+            match outcome? {
+                CommitOutcome::Committed(rev) => {
+                    self.after_commit(res, &name, rev).await;
+                    meta::set_meta_str(&mut obj, "resourceVersion", &rev.to_string());
+                    return Ok(WriteResult { object: obj, created: true, warnings });
+                }
+                CommitOutcome::ObjectChanged => return Err(ApiError::already_exists(res, &name)),
+                CommitOutcome::Retry => continue,
+            }
         }
-        let value = encode(&obj)?;
-        let committing = std::time::Instant::now();
-        let outcome = self.store.commit(Txn::single(Op::put(key, value, Precondition::Absent))).await;
-        create_stats::record(committing - started, committing.elapsed());
-        match outcome {
-            Ok(r) => {
-                let rev = r.revisions.first().copied().unwrap_or(0);
-                meta::set_meta_str(&mut obj, "resourceVersion", &rev.to_string());
-                Ok(WriteResult { object: obj, created: true, warnings })
-            }
-            Err(capstan_storage::Error::PreconditionFailed { .. }) => {
-                Err(ApiError::already_exists(res, &name))
-            }
-            Err(e) => Err(e.into()),
-        }
+        Err(ApiError::conflict(res, &name))
     }
 
-    /// The read-modify-write loop behind update, patch and the subresources. `mutate` gets
-    /// the current object (None when absent) and returns the new one; when the caller
-    /// pinned a resourceVersion a conflict is returned instead of retrying.
+    /// The read-modify-write loop behind update, patch and the subresources (`status`,
+    /// `scale`, `binding`, `finalize`). `mutate` gets the current object (None when absent)
+    /// and returns the new one and whether the caller pinned a resourceVersion (then a
+    /// conflict is returned instead of retrying). With `allow_create`, a missing object is
+    /// created through [`ApiService::create_object`].
     #[allow(clippy::too_many_arguments)]
     async fn guaranteed_update<F>(
         &self,
+        user: &User,
         res: &ResourceInfo,
         namespace: Option<&str>,
         name: &str,
+        subresource: Option<&str>,
         opts: &WriteOptions,
         allow_create: bool,
-        status_only: bool,
-        mutate: F,
-    ) -> ApiResult<WriteResult>
-    where
-        F: FnMut(Option<&Value>, &mut Vec<String>) -> ApiResult<(Value, bool)>,
-    {
-        self.guaranteed_update_inner(res, namespace, name, opts, allow_create, status_only, false, mutate)
-            .await
-    }
-
-    /// [`Self::guaranteed_update`]; `binding`: the write is `pods/binding`, which sets
-    /// `spec.nodeName` (a change pod updates may not make), so the pod is validated as if
-    /// it had already been bound.
-    #[allow(clippy::too_many_arguments)]
-    async fn guaranteed_update_inner<F>(
-        &self,
-        res: &ResourceInfo,
-        namespace: Option<&str>,
-        name: &str,
-        opts: &WriteOptions,
-        allow_create: bool,
-        status_only: bool,
-        binding: bool,
         mut mutate: F,
     ) -> ApiResult<WriteResult>
     where
         F: FnMut(Option<&Value>, &mut Vec<String>) -> ApiResult<(Value, bool)>,
     {
         Self::check_namespace_arg(res, namespace)?;
+        // `approval` (CertificateSigningRequests) writes status conditions, like `status`.
+        let status_only = matches!(subresource, Some("status" | "approval"));
+        // `pods/binding` sets spec.nodeName, a change pod updates may not make: the pod is
+        // validated as if it had already been bound.
+        let binding = subresource == Some("binding");
+        let strategy = self.strategies.of(res);
         let key = keys::object_key(res, namespace, name);
         for _ in 0..MAX_UPDATE_RETRIES {
             let mut warnings = Vec::new();
@@ -737,36 +819,18 @@ impl ApiService {
                 if !allow_create {
                     return Err(ApiError::not_found(res, name));
                 }
-                let (mut obj, _) = mutate(None, &mut warnings)?;
+                self.authorize(user, "create", res, None, namespace, Some(name))?;
+                let (obj, _) = mutate(None, &mut warnings)?;
                 let nm = meta::name(&obj).unwrap_or("").to_string();
                 if nm != name {
                     return Err(ApiError::BadRequest(format!(
                         "the name of the object ({nm}) does not match the name on the URL ({name})"
                     )));
                 }
-                if let Some(ns) = namespace.filter(|_| res.namespaced()) {
-                    meta::set_meta_str(&mut obj, "namespace", ns);
-                    self.namespace_exists(ns).await?;
-                }
-                let now = now_rfc3339();
-                self.prepare_create(res, &mut obj, &now);
-                capstan_api::defaults::apply_defaults(res, &mut obj);
-                Self::validate(res, None, &obj)?;
-                if opts.dry_run {
-                    return Ok(WriteResult { object: obj, created: true, warnings });
-                }
-                match self
-                    .store
-                    .commit(Txn::single(Op::put(key.clone(), encode(&obj)?, Precondition::Absent)))
-                    .await
-                {
-                    Ok(r) => {
-                        let rev = r.revisions.first().copied().unwrap_or(0);
-                        meta::set_meta_str(&mut obj, "resourceVersion", &rev.to_string());
-                        return Ok(WriteResult { object: obj, created: true, warnings });
-                    }
-                    Err(capstan_storage::Error::PreconditionFailed { .. }) => continue,
-                    Err(e) => return Err(e.into()),
+                match self.create_object(user, res, namespace, obj, opts, warnings).await {
+                    // Created meanwhile: update it instead.
+                    Err(ApiError::AlreadyExists { .. }) => continue,
+                    other => return other,
                 }
             };
             let (mut new, pinned) = mutate(Some(&old), &mut warnings)?;
@@ -823,7 +887,6 @@ impl ApiService {
                         }
                     }
                 }
-                // Keep metadata changes to labels/annotations out of status writes.
                 new = merged;
             } else if res.has_status() {
                 match old.get("status") {
@@ -835,19 +898,9 @@ impl ApiService {
                     }
                 }
             }
-            if res.kind == "Service" {
-                // Allocated addresses stay unless the client names them.
-                for f in ["clusterIP", "clusterIPs", "ipFamilies"] {
-                    let empty = new["spec"].get(f).is_none_or(|v| v.is_null() || v.as_str() == Some(""));
-                    if empty {
-                        if let Some(v) = old["spec"].get(f) {
-                            new["spec"][f] = v.clone();
-                        }
-                    }
-                }
-            }
+            strategy.prepare_for_update(&mut new, &old);
             capstan_api::defaults::apply_defaults(res, &mut new);
-            if uses_generation(res) {
+            if strategy.uses_generation() {
                 let g = meta::generation(&old).max(1);
                 let g = if spec_of(&old) != spec_of(&new) { g + 1 } else { g };
                 if let Some(m) = meta::metadata_mut(&mut new) {
@@ -882,12 +935,28 @@ impl ApiService {
                 conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
                                   "lastTransitionTime": now_rfc3339()}));
                 new["status"]["conditions"] = Value::Array(conds);
+            }
+            let attrs = Attributes {
+                operation: Operation::Update,
+                res,
+                subresource,
+                namespace: namespace.filter(|_| res.namespaced()),
+                name,
+                user,
+                old: Some(&old),
+                dry_run: opts.dry_run,
+            };
+            let mut out = Outcome::default();
+            self.admission.admit(&self.ctx, &attrs, &mut new, &mut out).await?;
+            if binding {
                 let mut bound = old.clone();
                 bound["spec"]["nodeName"] = new["spec"]["nodeName"].clone();
-                Self::validate(res, Some(&bound), &new)?;
+                Self::invalid(res, &new, strategy.validate_update(res, &bound, &new))?;
             } else {
-                Self::validate(res, Some(&old), &new)?;
+                Self::invalid(res, &new, strategy.validate_update(res, &old, &new))?;
             }
+            self.admission.validate(&self.ctx, &attrs, &new, &mut out).await?;
+            warnings.append(&mut out.warnings);
             if let Some(m) = &opts.field_manager {
                 capstan_api::ssa::record_update(Some(&old), &mut new, m, &now_rfc3339());
             }
@@ -897,40 +966,32 @@ impl ApiService {
                 // No-op writes keep the resourceVersion (as upstream).
                 return Ok(WriteResult { object: old, created: false, warnings });
             }
+            let finished = deleting && meta::finalizers(&new).is_empty() && strategy.may_remove(&new);
+            let (ops, on_conflict) = if finished {
+                let release = Reservations { ops: strategy.release(&new), ..Default::default() };
+                let op = Op::Delete {
+                    key: key.clone(),
+                    precondition: Precondition::ModRevision(old_rev),
+                    last_value: Some(encode(&new)?),
+                };
+                with_reservations(op, release, &Outcome::default())
+            } else {
+                let reserved = strategy.allocate(&self.ctx, &mut new, Some(&old)).await?;
+                let op = Op::put(key.clone(), encode(&new)?, Precondition::ModRevision(old_rev));
+                with_reservations(op, reserved, &out)
+            };
             if opts.dry_run {
                 meta::set_meta_str(&mut new, "resourceVersion", &old_rev.to_string());
                 return Ok(WriteResult { object: new, created: false, warnings });
             }
-            // A namespace also waits for its spec.finalizers (see namespaces/<name>/finalize).
-            let finished = deleting
-                && meta::finalizers(&new).is_empty()
-                && (res.kind != "Namespace"
-                    || new["spec"].get("finalizers").and_then(Value::as_array).is_none_or(|a| a.is_empty()));
-            let op = if finished {
-                Op::Delete {
-                    key: key.clone(),
-                    precondition: Precondition::ModRevision(old_rev),
-                    last_value: Some(encode(&new)?),
-                }
-            } else {
-                Op::put(key.clone(), encode(&new)?, Precondition::ModRevision(old_rev))
-            };
-            match self.store.commit(Txn::single(op)).await {
-                Ok(r) => {
-                    let rev = r.revisions.first().copied().unwrap_or(0);
+            match self.commit_write(ops, &on_conflict).await? {
+                CommitOutcome::Committed(rev) => {
+                    self.after_commit(res, name, rev).await;
                     meta::set_meta_str(&mut new, "resourceVersion", &rev.to_string());
-                    if finished && res.kind == "Namespace" {
-                        // Nothing else to do: contents were removed before the finalizer went.
-                    }
                     return Ok(WriteResult { object: new, created: false, warnings });
                 }
-                Err(capstan_storage::Error::PreconditionFailed { .. }) => {
-                    if pinned {
-                        return Err(ApiError::conflict(res, name));
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+                CommitOutcome::ObjectChanged if pinned => return Err(ApiError::conflict(res, name)),
+                CommitOutcome::ObjectChanged | CommitOutcome::Retry => continue,
             }
         }
         Err(ApiError::conflict(res, name))
@@ -948,7 +1009,22 @@ impl ApiService {
         opts: &WriteOptions,
         status_only: bool,
     ) -> ApiResult<WriteResult> {
-        self.authorize(user, "update", res, status_only.then_some("status"), namespace, Some(name))?;
+        self.update_sub(user, res, namespace, name, body, opts, status_only.then_some("status")).await
+    }
+
+    /// PUT of an object or of one of its status-like subresources (`status`, `approval`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_sub(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        body: Value,
+        opts: &WriteOptions,
+        subresource: Option<&str>,
+    ) -> ApiResult<WriteResult> {
+        self.authorize(user, "update", res, subresource, namespace, Some(name))?;
         let mut warnings = Vec::new();
         let obj = Self::decode_body(res, body, opts.field_validation, &mut warnings)?;
         if meta::name(&obj).unwrap_or("").is_empty() {
@@ -965,7 +1041,7 @@ impl ApiService {
         }
         let pinned = meta::meta_str(&obj, "resourceVersion").is_some_and(|s| !s.is_empty());
         let mut r = self
-            .guaranteed_update(res, namespace, name, opts, false, status_only, |_, _| {
+            .guaranteed_update(user, res, namespace, name, subresource, opts, false, |_, _| {
                 Ok((obj.clone(), pinned))
             })
             .await?;
@@ -986,7 +1062,24 @@ impl ApiService {
         opts: &WriteOptions,
         status_only: bool,
     ) -> ApiResult<WriteResult> {
-        self.authorize(user, "patch", res, status_only.then_some("status"), namespace, Some(name))?;
+        self.patch_sub(user, res, namespace, name, patch_type, patch, opts, status_only.then_some("status"))
+            .await
+    }
+
+    /// PATCH of an object or of one of its status-like subresources (`status`, `approval`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch_sub(
+        &self,
+        user: &User,
+        res: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        patch_type: PatchType,
+        patch: Value,
+        opts: &WriteOptions,
+        subresource: Option<&str>,
+    ) -> ApiResult<WriteResult> {
+        self.authorize(user, "patch", res, subresource, namespace, Some(name))?;
         let manager = opts.field_manager.clone().unwrap_or_default();
         if patch_type == PatchType::Apply {
             if manager.is_empty() {
@@ -1012,12 +1105,13 @@ impl ApiService {
             inner_opts.field_manager = None;
         }
         self.guaranteed_update(
+            user,
             res,
             namespace,
             name,
+            subresource,
             &inner_opts,
             allow_create,
-            status_only,
             |current, warnings| {
                 let patched = match (patch_type, current) {
                     (PatchType::Apply, cur) => {
@@ -1064,14 +1158,25 @@ impl ApiService {
     ) -> ApiResult<(Value, bool)> {
         self.authorize(user, "delete", res, None, namespace, Some(name))?;
         Self::check_namespace_arg(res, namespace)?;
-        if res.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
-            return Err(ApiError::forbidden(res, name, "this namespace may not be deleted"));
-        }
         let key = keys::object_key(res, namespace, name);
         for _ in 0..MAX_UPDATE_RETRIES {
             let Some((obj, rev)) = self.read(&key).await? else {
                 return Err(ApiError::not_found(res, name));
             };
+            let attrs = Attributes {
+                operation: Operation::Delete,
+                res,
+                subresource: None,
+                namespace: namespace.filter(|_| res.namespaced()),
+                name,
+                user,
+                old: Some(&obj),
+                dry_run: opts.dry_run,
+            };
+            let mut out = Outcome::default();
+            let mut stored = obj.clone();
+            self.admission.admit(&self.ctx, &attrs, &mut stored, &mut out).await?;
+            self.admission.validate(&self.ctx, &attrs, &obj, &mut out).await?;
             if let Some(uid) = &opts.precondition_uid {
                 if meta::meta_str(&obj, "uid") != Some(uid.as_str()) {
                     return Err(ApiError::conflict_msg(
@@ -1114,31 +1219,17 @@ impl ApiService {
                     finalizers_changed = true;
                 }
             }
-            let graceful_pod = res.kind == "Pod"
-                && obj["spec"].get("nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
-                && opts.grace_period_seconds != Some(0)
-                && obj["status"]
-                    .get("phase")
-                    .and_then(Value::as_str)
-                    .is_none_or(|p| p != "Succeeded" && p != "Failed");
-            // A namespace with spec.finalizers is emptied by the namespace controller, which
-            // then removes its finalizer through namespaces/<name>/finalize.
-            let namespace_with_content = res.kind == "Namespace"
-                && obj["spec"].get("finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-            if !finalizers.is_empty() || graceful_pod || namespace_with_content {
+            let strategy = self.strategies.of(res);
+            let deletion = strategy.deletion(&obj, opts);
+            if !finalizers.is_empty() || deletion != Deletion::Immediate {
                 // Graceful: mark and keep.
                 let mut new = obj.clone();
                 if !already_deleting {
                     if let Some(m) = meta::metadata_mut(&mut new) {
                         m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-                        let grace = if graceful_pod {
-                            opts.grace_period_seconds
-                                .or_else(|| {
-                                    obj["spec"].get("terminationGracePeriodSeconds").and_then(Value::as_i64)
-                                })
-                                .unwrap_or(30)
-                        } else {
-                            0
+                        let grace = match deletion {
+                            Deletion::Graceful(g) => g,
+                            Deletion::Immediate => 0,
                         };
                         m.insert("deletionGracePeriodSeconds".into(), json!(grace));
                     }
@@ -1147,9 +1238,7 @@ impl ApiService {
                             m.insert("finalizers".into(), json!(finalizers));
                         }
                     }
-                    if namespace_with_content {
-                        new["status"]["phase"] = json!("Terminating");
-                    }
+                    strategy.mark_deleting(&mut new);
                 }
                 if opts.dry_run {
                     return Ok((new, false));
@@ -1173,9 +1262,16 @@ impl ApiService {
                 precondition: Precondition::ModRevision(rev),
                 last_value: Some(encode(&last)?),
             };
-            let Some(nrev) = self.commit_one(op).await? else { continue };
-            meta::set_meta_str(&mut last, "resourceVersion", &nrev.to_string());
-            return Ok((last, true));
+            let mut ops = vec![op];
+            ops.extend(strategy.release(&obj));
+            match self.commit_write(ops, &[]).await? {
+                CommitOutcome::Committed(nrev) => {
+                    self.after_commit(res, name, nrev).await;
+                    meta::set_meta_str(&mut last, "resourceVersion", &nrev.to_string());
+                    return Ok((last, true));
+                }
+                CommitOutcome::ObjectChanged | CommitOutcome::Retry => continue,
+            }
         }
         Err(ApiError::conflict(res, name))
     }
@@ -1241,7 +1337,7 @@ impl ApiService {
     ) -> ApiResult<Value> {
         self.authorize(user, verb, res, Some("scale"), namespace, Some(name))?;
         let r = self
-            .guaranteed_update(res, namespace, name, opts, false, false, |cur, _| {
+            .guaranteed_update(user, res, namespace, name, Some("scale"), opts, false, |cur, _| {
                 let Some(cur) = cur else { return Err(ApiError::not_found(res, name)) };
                 let scale = f(&to_scale(cur))?;
                 let replicas =
@@ -1288,7 +1384,7 @@ impl ApiService {
                 ApiError::invalid("Binding", "", name, vec![capstan_api::Cause::required("target.name")])
             })?
             .to_string();
-        self.guaranteed_update_inner(pods, Some(namespace), name, &WriteOptions::default(), false, false, true, |cur, _| {
+        self.guaranteed_update(user, pods, Some(namespace), name, Some("binding"), &WriteOptions::default(), false, |cur, _| {
             let Some(cur) = cur else { return Err(ApiError::not_found(pods, name)) };
             if cur["spec"].get("nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
                 return Err(ApiError::conflict_msg(
@@ -1341,10 +1437,6 @@ impl ApiService {
     }
 }
 
-/// Upstream's DefaultTolerationSeconds admission: pods tolerate not-ready and
-/// unreachable nodes for 300 s unless they say otherwise.
-/// `tolerationSeconds` of the default not-ready/unreachable tolerations: 300, or
-/// `CAPSTAN_DEFAULT_TOLERATION_SECONDS` (read once; for tests).
 /// Where creates spend their time, logged at `debug` about once a second under load:
 /// preparation (decode, defaults, validation, namespace check, encode) vs. waiting for the
 /// store's commit.
@@ -1380,64 +1472,6 @@ mod create_stats {
             commit_wait_avg_ms = format_args!("{commit:.3}"),
             "create stages"
         );
-    }
-}
-
-fn default_toleration_seconds() -> i64 {
-    static SECONDS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *SECONDS.get_or_init(|| {
-        std::env::var("CAPSTAN_DEFAULT_TOLERATION_SECONDS")
-            .ok()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .filter(|s| *s >= 0)
-            .unwrap_or(300)
-    })
-}
-
-fn add_default_tolerations(pod: &mut Value) {
-    let seconds = default_toleration_seconds();
-    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
-    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
-    let Some(list) = tolerations.as_array_mut() else { return };
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
-        let present = list.iter().any(|t| {
-            let k = t.get("key").and_then(Value::as_str);
-            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
-            (k == Some(key) || (k.is_none() && t.get("operator").and_then(Value::as_str) == Some("Exists")))
-                && (effect.is_empty() || effect == "NoExecute")
-        });
-        if !present {
-            list.push(
-                json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}),
-            );
-        }
-    }
-}
-
-fn qos_class(pod: &Value) -> &'static str {
-    let containers = pod["spec"].get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &containers {
-        let req = c.get("resources").and_then(|r| r.get("requests")).and_then(Value::as_object);
-        let lim = c.get("resources").and_then(|r| r.get("limits")).and_then(Value::as_object);
-        if req.is_some_and(|m| !m.is_empty()) || lim.is_some_and(|m| !m.is_empty()) {
-            any = true;
-        }
-        for r in ["cpu", "memory"] {
-            let l = lim.and_then(|m| m.get(r));
-            let q = req.and_then(|m| m.get(r)).or(l);
-            if l.is_none() || q != l {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed && !containers.is_empty() {
-        "Guaranteed"
-    } else {
-        "Burstable"
     }
 }
 
@@ -1521,3 +1555,31 @@ fn ssa_error(res: &ResourceInfo, name: &str, e: capstan_api::ssa::ApplyError) ->
 pub fn encode(obj: &Value) -> ApiResult<Vec<u8>> {
     rmp_serde::to_vec_named(obj).map_err(|e| ApiError::Internal(format!("failed to encode object: {e}")))
 }
+
+/// How a commit of a write ended.
+enum CommitOutcome {
+    /// Committed at this revision.
+    Committed(u64),
+    /// The object's own precondition failed: it exists (create) or changed (update).
+    ObjectChanged,
+    /// A reservation was taken meanwhile: prepare the write again.
+    Retry,
+}
+
+/// The transaction of a write: the object's op, then the strategy's reservations, then the
+/// plugins'; and per reservation the error its failed precondition means.
+fn with_reservations(
+    object: Op,
+    strategy: Reservations,
+    plugins: &Outcome,
+) -> (Vec<Op>, Vec<Option<ApiError>>) {
+    let mut ops = vec![object];
+    ops.extend(strategy.ops);
+    ops.extend(plugins.reservations.ops.iter().cloned());
+    let mut on_conflict = strategy.on_conflict;
+    on_conflict.extend(plugins.reservations.on_conflict.iter().cloned());
+    (ops, on_conflict)
+}
+
+#[cfg(test)]
+mod tests;

@@ -8,6 +8,8 @@
 //! * [`network`]: a network namespace per pod wired by the standard CNI plugins;
 //! * [`logs`]: the CRI log format (read side: tail, since, timestamps, limit, follow);
 //! * [`probes`]: httpGet and tcpSocket probe checks;
+//! * [`dns`]: the cluster DNS server (records from the agent's informers, forwarding
+//!   for the rest) and pods' resolv.conf;
 //! * [`proxy`]: the service proxy (kube-proxy's job): Services and EndpointSlices as rules in
 //!   an nftables table the agent owns.
 //!
@@ -15,10 +17,10 @@
 //! attach and port-forward over the bus) sits on top of these.
 
 pub mod agent;
+pub mod dns;
 pub mod image;
 pub mod logs;
 pub mod network;
 pub mod probes;
 pub mod proxy;
 pub mod runtime;
-pub mod testing;

@@ -10,9 +10,7 @@ use std::process::Command;
 use capstan_kubelet::image::{
     parse_docker_config, Credentials, ImageInfo, ImageStore, Mirror, PullError, PullPolicy, RegistryConfig,
 };
-use capstan_kubelet::testing::{
-    push_busybox_image, push_busybox_image_as, ImageFormat, Registry, INDEX_HTML,
-};
+use capstan_testkit::{push_busybox_image, push_busybox_image_as, ImageFormat, Registry, INDEX_HTML};
 
 struct TempDir(PathBuf);
 

@@ -16,9 +16,20 @@ pub struct Args {
     /// Seconds after which a silent member's partitions are taken over.
     #[arg(long, default_value_t = 10)]
     lease_seconds: u64,
+    /// The cluster CA certificate (PEM), published into every namespace as the ConfigMap
+    /// `kube-root-ca.crt` (pods' token volumes need it). Without it nothing is published.
+    #[arg(long, env = "CAPSTAN_ROOT_CA_FILE")]
+    root_ca_file: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let root_ca = match &args.root_ca_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("failed to read --root-ca-file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
     actix_rt::System::new().block_on(async move {
         let bus = super::roles::connect_bus(Some(&args.nats), "capstan-controllers").await?;
         let pool = args.partitions.map(|partitions| capstan_actors::pool::Config {
@@ -29,7 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             partitions,
             lease_duration: std::time::Duration::from_secs(args.lease_seconds.max(1)),
         });
-        super::roles::start_controllers(bus, pool);
+        super::roles::start_controllers(bus, pool, root_ca);
         println!("capstan controllers running");
         super::shutdown_signal().await;
         anyhow::Ok(())

@@ -47,33 +47,32 @@ fn open_store(url: &str) -> anyhow::Result<Arc<dyn capstan_storage::Store>> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let file = FileConfig::load(args.config.as_deref())?;
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".capstan"));
+    let data_dir = args.data_dir.or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from(".capstan"));
     let store_url = args
         .store
-        .or(file.store)
+        .or(file.store.clone())
         .unwrap_or_else(|| format!("redb:{}", data_dir.join("state.redb").display()));
     let listen: SocketAddr = args
         .listen
-        .or(file.listen)
+        .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:6443".into())
         .parse()
         .context("invalid --listen address (want IP:PORT)")?;
     let store = open_store(&store_url)?;
-    let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &[listen.ip().to_string()])?;
+    let (store, encrypted) = super::encryption::wrap(store, &data_dir, file.encryption_config.as_deref())?;
+    let network = file.cluster_network()?;
+    let hosts = file.serving_hosts(listen, &network);
+    let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &hosts)?;
     let mut cfg = capstan_gateway::Config::new(pki.clone());
     cfg.listen = listen;
-    if let Some(w) = file.workers {
-        cfg.workers = w;
-    }
-    if let Some(r) = file.change_log_retention {
-        cfg.change_log_retention = r;
-    }
+    file.apply_gateway(&mut cfg, &network)?;
     let nats = args.nats.or(file.nats);
     actix_rt::System::new().block_on(async move {
         if let Some(url) = nats.as_deref() {
             cfg.bus = Some(super::roles::connect_bus(Some(url), "capstan-gateway").await?);
         }
         let running = capstan_gateway::start(cfg, store).await?;
+        super::encryption::rewrite_stale(encrypted);
         let (url, kubeconfig) = super::write_admin_kubeconfig(&pki, running.addr, &data_dir)?;
         println!("capstan gateway listening on {url}");
         println!("export KUBECONFIG={}", kubeconfig.display());

@@ -2,7 +2,8 @@
 //! per-container process the agent starts; `capstan node-reset`: removes every container,
 //! pod network and mount a node left behind.
 
-use super::config::{FileConfig, NodeConfig};
+use super::config::{ClusterNetwork, FileConfig, NodeConfig};
+use anyhow::Context;
 use std::path::PathBuf;
 
 /// Flags of `capstan kubelet`.
@@ -34,13 +35,17 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "capstan-node".into())
 }
 
-/// The agent's settings from the file's `node:` section over defaults.
+/// The agent's settings from the file's `node:` section and cluster network over defaults.
 pub fn agent_config(
     name: String,
     data_dir: &std::path::Path,
     node: Option<NodeConfig>,
-) -> capstan_kubelet::agent::AgentConfig {
+    net: &ClusterNetwork,
+) -> anyhow::Result<capstan_kubelet::agent::AgentConfig> {
     let mut cfg = capstan_kubelet::agent::AgentConfig::new(&name, data_dir.join("node"));
+    cfg.cluster_domain = net.cluster_domain.clone();
+    cfg.cluster_dns = std::net::IpAddr::V4(net.services.nth(10));
+    cfg.service_cidr = Some(net.services.cidr.to_string());
     if let Some(n) = node {
         if let Some(c) = n.pod_cidr {
             cfg.pod_cidr = c;
@@ -66,21 +71,52 @@ pub fn agent_config(
         if let Some(p) = n.service_proxy {
             cfg.service_proxy = p;
         }
-        if let Some(c) = n.service_cidr {
-            cfg.service_cidr = Some(c).filter(|c| !c.is_empty());
+        if let Some(s) = n.seccomp_default {
+            cfg.seccomp_default = s;
+        }
+        if let Some(r) = n.resolv_conf {
+            cfg.resolv_conf = r;
+        }
+        if let Some(d) = n.dns {
+            if let Some(e) = d.enabled {
+                cfg.dns.enabled = e;
+            }
+            if let Some(a) = d.address {
+                cfg.cluster_dns =
+                    a.parse().with_context(|| format!("node.dns.address: invalid address {a:?}"))?;
+            }
+            if let Some(p) = d.port {
+                cfg.dns.port = p;
+            }
+            if let Some(i) = d.interface {
+                if i.is_empty() || i.len() > 15 {
+                    anyhow::bail!("node.dns.interface: {i:?} is not an interface name (1 to 15 characters)");
+                }
+                cfg.dns.interface = i;
+            }
+            for u in d.upstreams.unwrap_or_default() {
+                cfg.dns.upstreams.push(
+                    capstan_kubelet::dns::parse_upstream(&u)
+                        .map_err(|e| anyhow::anyhow!("node.dns.upstreams: {e}"))?,
+                );
+            }
+            if let Some(w) = d.workers {
+                cfg.dns.workers = w;
+            }
         }
     }
-    cfg
+    Ok(cfg)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let file = FileConfig::load(args.config.as_deref())?;
+    let net = file.cluster_network()?;
     let node = file.node;
     let name =
         args.node_name.or_else(|| node.as_ref().and_then(|n| n.name.clone())).unwrap_or_else(host_name);
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = args.data_dir.canonicalize().unwrap_or(args.data_dir);
-    let mut cfg = agent_config(name.clone(), &data_dir, node);
+    let mut cfg = agent_config(name.clone(), &data_dir, node, &net)?;
     if args.no_service_proxy {
         cfg.service_proxy = false;
     }
@@ -108,7 +144,8 @@ pub struct ResetArgs {
 pub fn reset(args: ResetArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.config.as_deref())?;
     let data_dir = args.data_dir.canonicalize().unwrap_or(args.data_dir);
-    let cfg = agent_config(host_name(), &data_dir, file.node);
+    let net = file.cluster_network()?;
+    let cfg = agent_config(host_name(), &data_dir, file.node, &net)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(capstan_kubelet::agent::reset(&cfg)).map_err(|e| anyhow::anyhow!(e))?;
     println!("capstan: node state under {} reset", cfg.data_dir.display());

@@ -2,6 +2,7 @@
 
 mod config;
 mod controllers;
+mod encryption;
 mod gateway;
 mod kubelet;
 mod roles;

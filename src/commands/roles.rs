@@ -37,13 +37,22 @@ fn on_own_thread(f: impl FnOnce() + Send + 'static) {
 
 /// Starts the controller manager on `bus` (on its own thread); with `pool`, as a member
 /// of a controller pool that shares partitions with the other members.
-pub fn start_controllers(bus: Arc<dyn Bus>, pool: Option<capstan_actors::pool::Config>) {
+/// `root_ca` (PEM) is published into every namespace as `kube-root-ca.crt`.
+pub fn start_controllers(
+    bus: Arc<dyn Bus>,
+    pool: Option<capstan_actors::pool::Config>,
+    root_ca: Option<String>,
+) {
     on_own_thread(move || {
-        let _ = start_controllers_here(bus, pool);
+        let _ = start_controllers_here(bus, pool, root_ca);
     });
 }
 
-fn start_controllers_here(bus: Arc<dyn Bus>, pool: Option<capstan_actors::pool::Config>) -> Arc<Informers> {
+fn start_controllers_here(
+    bus: Arc<dyn Bus>,
+    pool: Option<capstan_actors::pool::Config>,
+    root_ca: Option<String>,
+) -> Arc<Informers> {
     let client = ApiClient::new(bus, "controllers");
     let informers = Informers::new(client.clone());
     let partition =
@@ -53,6 +62,7 @@ fn start_controllers_here(bus: Arc<dyn Bus>, pool: Option<capstan_actors::pool::
         client,
         informers: informers.clone(),
         partition,
+        root_ca: root_ca.map(Arc::from),
     };
     controllers::start_all(&ctx);
     informers

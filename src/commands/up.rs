@@ -31,39 +31,37 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let file = FileConfig::load(args.config.as_deref())?;
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".capstan"));
+    let data_dir = args.data_dir.or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from(".capstan"));
     let listen: SocketAddr = args
         .listen
-        .or(file.listen)
+        .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:6443".into())
         .parse()
         .context("invalid --listen address (want IP:PORT)")?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("failed to create data dir {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
-    let hosts = vec![listen.ip().to_string()];
+    let network = file.cluster_network()?;
+    let hosts = file.serving_hosts(listen, &network);
     let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &hosts)?;
     let store_path = data_dir.join("state.redb");
     let store = capstan_storage::RedbStore::open(&store_path)
         .with_context(|| format!("failed to open the store at {}", store_path.display()))?;
     let store: Arc<dyn capstan_storage::Store> = Arc::new(store);
+    let (store, encrypted) = super::encryption::wrap(store, &data_dir, file.encryption_config.as_deref())?;
     let mut cfg = capstan_gateway::Config::new(pki.clone());
     cfg.listen = listen;
-    if let Some(w) = file.workers {
-        cfg.workers = w;
-    }
-    if let Some(r) = file.change_log_retention {
-        cfg.change_log_retention = r;
-    }
-    if let Some(n) = file.watch_cache_events {
-        cfg.watch_cache_events = n;
-    }
+    file.apply_gateway(&mut cfg, &network)?;
     let nats = args.nats.or(file.nats);
     let sim_nodes = args.sim_nodes.or(file.sim_nodes).unwrap_or(0);
     let node = file.node;
     let run_node = !args.no_node && node.as_ref().and_then(|n| n.enabled) != Some(false);
     let node_name = node.as_ref().and_then(|n| n.name.clone()).unwrap_or_else(super::kubelet::host_name);
-    let agent = run_node.then(|| super::kubelet::agent_config(node_name, &data_dir, node));
+    let agent = if run_node {
+        Some(super::kubelet::agent_config(node_name, &data_dir, node, &network)?)
+    } else {
+        None
+    };
     actix_rt::System::new().block_on(async move {
         let started = std::time::Instant::now();
         let bus = super::roles::connect_bus(nats.as_deref(), "capstan-up").await?;
@@ -71,7 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // This process owns the store file alone: a restart may take the relay over at once.
         cfg.relay_holder = Some("capstan-up".into());
         let running = capstan_gateway::start(cfg, store).await?;
-        super::roles::start_controllers(bus.clone(), None);
+        super::encryption::rewrite_stale(encrypted);
+        super::roles::start_controllers(bus.clone(), None, Some(pki.ca_cert.clone()));
         super::roles::start_scheduler(bus.clone());
         super::roles::start_sim_nodes(bus.clone(), sim_nodes, "sim-");
         if let Some(agent) = agent {

@@ -138,6 +138,7 @@
 //! ```
 
 mod codec;
+mod encrypted;
 mod error;
 mod model;
 mod redb_store;
@@ -147,6 +148,7 @@ pub mod conformance;
 #[cfg(feature = "fdb")]
 mod fdb_store;
 
+pub use encrypted::{Encrypted, Key as EncryptionKey, Keyring};
 pub use error::{Error, Result};
 pub use model::{Change, ChangeKind, CommitResult, KeyValue, Lease, Op, Precondition, RangeResult, Txn};
 pub use redb_store::{Config as RedbConfig, RedbStore};

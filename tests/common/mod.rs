@@ -123,9 +123,10 @@ impl Cluster {
     }
 
     /// Starts `capstan up` with its real node (runc containers), configured by the YAML
-    /// `node:` section given (a unique bridge, pod CIDR and cgroup parent are added, so
-    /// several such clusters can run at once). The node's containers, networks and mounts
-    /// are removed on drop with `capstan node-reset`.
+    /// `node:` section given (a unique bridge, pod CIDR and cgroup parent are added, and,
+    /// unless the section has its own `dns:`, a unique cluster DNS address on its own
+    /// interface, so several such clusters can run at once). The node's containers,
+    /// networks, mounts and DNS address are removed on drop with `capstan node-reset`.
     pub fn start_node(node_yaml: &str) -> Cluster {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = (std::process::id() * 7 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 250;
@@ -134,6 +135,9 @@ impl Cluster {
             "node:\n  name: node-1\n  bridge: cpt{n}\n  podCIDR: 10.123.{n}.0/24\n  cgroupParent: /capstan-test-{}-{n}\n",
             std::process::id()
         );
+        if !node_yaml.lines().any(|l| l.starts_with("dns:")) {
+            yaml.push_str(&format!("  dns:\n    address: 10.253.{n}.10\n    interface: cptdns{n}\n"));
+        }
         for line in node_yaml.lines().filter(|l| !l.trim().is_empty()) {
             yaml.push_str(&format!("  {line}\n"));
         }
@@ -301,6 +305,11 @@ impl Cluster {
     /// The data directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The NATS URL of a multi-process cluster.
+    pub fn nats_url(&self) -> Option<String> {
+        self.nats.as_ref().map(|n| n.url())
     }
 }
 

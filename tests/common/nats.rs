@@ -58,6 +58,11 @@ impl Nats {
     }
 
     /// The client URL.
+    /// The JetStream store directory.
+    pub fn store_dir(&self) -> &std::path::Path {
+        &self.store
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

@@ -16,6 +16,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod rootca;
 pub mod serviceaccount;
 pub mod statefulset;
 
@@ -30,6 +31,8 @@ pub struct Ctx {
     pub partition: Option<Partition>,
     /// Event recorder.
     pub recorder: Recorder,
+    /// The cluster CA (PEM), published into every namespace as `kube-root-ca.crt`.
+    pub root_ca: Option<Arc<str>>,
 }
 
 impl Ctx {
@@ -52,4 +55,5 @@ pub fn start_all(ctx: &Ctx) {
     statefulset::start(ctx);
     endpoints::start(ctx);
     serviceaccount::start(ctx);
+    rootca::start(ctx);
 }

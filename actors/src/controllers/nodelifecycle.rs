@@ -21,6 +21,7 @@ use super::Ctx;
 use crate::client::{gvr, ApiClient};
 use crate::events::Recorder;
 use crate::informer::{key_of, split_key, Change, Informer, Key};
+use crate::nodeobjects::LEASE_NAMESPACE;
 use crate::runtime::{Action, Controller, Enqueue, EnqueueAll, ReconcileError, Reconciler};
 use actix::{Actor, Addr};
 use futures::future::BoxFuture;
@@ -34,8 +35,6 @@ use tokio::time::Instant;
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 /// Taint key of nodes that report Ready=False.
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
-/// Namespace of node leases.
-const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Default grace period (upstream `--node-monitor-grace-period`).
 const DEFAULT_GRACE_SECONDS: u64 = 40;
 /// The node conditions the kubelet owns and this controller marks Unknown.

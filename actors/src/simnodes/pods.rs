@@ -5,10 +5,11 @@
 //! them, once it carries a deletionTimestamp, `Terminating → gone`. [`plan`] looks at the
 //! pod as cached and names the next step; the reconciler carries it out.
 
-use super::objects::{pod_host, pod_ip, time};
+use super::objects::{pod_host, pod_ip};
 use super::Shared;
 use crate::client::{gvr, ApiClient};
 use crate::informer::{split_key, Informer, Key};
+use crate::nodeobjects::time;
 use crate::runtime::{Action, ReconcileError, Reconciler};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};

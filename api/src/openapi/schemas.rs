@@ -32,7 +32,8 @@ fn generator() -> SchemaGenerator {
 /// no type for.
 fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -> Option<String> {
     use k8s_openapi::api::{
-        apps::v1 as apps, authorization::v1 as authz, autoscaling::v1 as autoscaling, batch::v1 as batch,
+        apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
+        autoscaling::v1 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
         coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac,
         storage::v1 as storage,
     };
@@ -77,6 +78,11 @@ fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -
         "storage.k8s.io", "v1", "StorageClass" => storage::StorageClass;
         "authorization.k8s.io", "v1", "SelfSubjectAccessReview" => authz::SelfSubjectAccessReview;
         "authorization.k8s.io", "v1", "SelfSubjectRulesReview" => authz::SelfSubjectRulesReview;
+        "authorization.k8s.io", "v1", "SubjectAccessReview" => authz::SubjectAccessReview;
+        "authorization.k8s.io", "v1", "LocalSubjectAccessReview" => authz::LocalSubjectAccessReview;
+        "authentication.k8s.io", "v1", "TokenReview" => authn::TokenReview;
+        "certificates.k8s.io", "v1", "CertificateSigningRequest" => certificates::CertificateSigningRequest;
+        "authentication.k8s.io", "v1", "SelfSubjectReview" => authn::SelfSubjectReview;
     };
     ref_name(schema.as_value())
 }

@@ -90,7 +90,14 @@ pub(super) fn lookup(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("v1", "ConfigMap") => &CONFIG_MAP,
         ("v1", "Secret") => &SECRET,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
+        ("v1", "ServiceAccount") => &SERVICE_ACCOUNT,
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => &CSR,
         ("authentication.k8s.io/v1", "TokenRequest") => &TOKEN_REQUEST,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,
+        ("rbac.authorization.k8s.io/v1", "Role") => &ROLE,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => &CLUSTER_ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => &ROLE_BINDING,
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => &ROLE_BINDING_CLUSTER,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => &SELF_SUBJECT_ACCESS_REVIEW,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &SELF_SUBJECT_RULES_REVIEW,
         _ => return None,
@@ -439,6 +446,129 @@ static DEPLOYMENT_CONDITION: Msg = Msg {
         f(7, "lastTransitionTime", Time),
     ],
 };
+
+// ---- core/v1: ServiceAccount ----
+
+static SERVICE_ACCOUNT: Msg = Msg {
+    name: "ServiceAccount",
+    fields: &[
+        f(1, "metadata", M(&OBJECT_META)),
+        r(2, "secrets", M(&OBJECT_REFERENCE)),
+        r(3, "imagePullSecrets", M(&LOCAL_OBJECT_REFERENCE_SA)),
+        p(4, "automountServiceAccountToken", Bool),
+    ],
+};
+
+static OBJECT_REFERENCE: Msg = Msg {
+    name: "ObjectReference",
+    fields: &[
+        f(1, "kind", Str),
+        f(2, "namespace", Str),
+        f(3, "name", Str),
+        f(4, "uid", Str),
+        f(5, "apiVersion", Str),
+        f(6, "resourceVersion", Str),
+        f(7, "fieldPath", Str),
+    ],
+};
+
+static LOCAL_OBJECT_REFERENCE_SA: Msg = Msg { name: "LocalObjectReference", fields: &[f(1, "name", Str)] };
+
+// ---- certificates.k8s.io/v1 ----
+
+static CSR: Msg = Msg {
+    name: "CertificateSigningRequest",
+    fields: &[f(1, "metadata", M(&OBJECT_META)), f(2, "spec", M(&CSR_SPEC)), f(3, "status", M(&CSR_STATUS))],
+};
+
+static CSR_SPEC: Msg = Msg {
+    name: "CertificateSigningRequestSpec",
+    fields: &[
+        f(1, "request", Ty::Bytes),
+        f(2, "username", Str),
+        f(3, "uid", Str),
+        r(4, "groups", Str),
+        r(5, "usages", Str),
+        f(7, "signerName", Str),
+        p(8, "expirationSeconds", I32),
+    ],
+};
+
+static CSR_STATUS: Msg = Msg {
+    name: "CertificateSigningRequestStatus",
+    fields: &[r(1, "conditions", M(&CSR_CONDITION)), f(2, "certificate", Ty::Bytes)],
+};
+
+static CSR_CONDITION: Msg = Msg {
+    name: "CertificateSigningRequestCondition",
+    fields: &[
+        f(1, "type", Str),
+        f(6, "status", Str),
+        f(2, "reason", Str),
+        f(3, "message", Str),
+        f(4, "lastUpdateTime", Time),
+        f(5, "lastTransitionTime", Time),
+    ],
+};
+
+// ---- rbac.authorization.k8s.io/v1 ----
+
+static POLICY_RULE: Msg = Msg {
+    name: "PolicyRule",
+    fields: &[
+        r(1, "verbs", Str),
+        r(2, "apiGroups", Str),
+        r(3, "resources", Str),
+        r(4, "resourceNames", Str),
+        r(5, "nonResourceURLs", Str),
+    ],
+};
+
+static ROLE: Msg =
+    Msg { name: "Role", fields: &[f(1, "metadata", M(&OBJECT_META)), r(2, "rules", M(&POLICY_RULE))] };
+
+static CLUSTER_ROLE: Msg = Msg {
+    name: "ClusterRole",
+    fields: &[
+        f(1, "metadata", M(&OBJECT_META)),
+        r(2, "rules", M(&POLICY_RULE)),
+        f(3, "aggregationRule", M(&AGGREGATION_RULE)),
+    ],
+};
+
+static AGGREGATION_RULE: Msg =
+    Msg { name: "AggregationRule", fields: &[r(1, "clusterRoleSelectors", M(&LABEL_SELECTOR))] };
+
+static SUBJECT: Msg = Msg {
+    name: "Subject",
+    fields: &[f(1, "kind", Str), f(2, "apiGroup", Str), f(3, "name", Str), f(4, "namespace", Str)],
+};
+
+static ROLE_REF: Msg =
+    Msg { name: "RoleRef", fields: &[f(1, "apiGroup", Str), f(2, "kind", Str), f(3, "name", Str)] };
+
+static ROLE_BINDING: Msg = Msg {
+    name: "RoleBinding",
+    fields: &[
+        f(1, "metadata", M(&OBJECT_META)),
+        r(2, "subjects", M(&SUBJECT)),
+        f(3, "roleRef", M(&ROLE_REF)),
+    ],
+};
+
+static ROLE_BINDING_CLUSTER: Msg = Msg {
+    name: "ClusterRoleBinding",
+    fields: &[
+        f(1, "metadata", M(&OBJECT_META)),
+        r(2, "subjects", M(&SUBJECT)),
+        f(3, "roleRef", M(&ROLE_REF)),
+    ],
+};
+
+// ---- authentication.k8s.io/v1: SelfSubjectReview ----
+
+static SELF_SUBJECT_REVIEW: Msg =
+    Msg { name: "SelfSubjectReview", fields: &[f(1, "metadata", M(&OBJECT_META))] };
 
 // ---- authentication.k8s.io/v1: TokenRequest ----
 

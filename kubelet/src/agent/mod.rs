@@ -1,12 +1,16 @@
 //! The node agent: registers its Node, renews its Lease, follows the pods bound to it and
 //! runs one [`pod::PodWorker`] actor per pod; serves logs, exec, attach and port-forward
-//! sessions over the bus ([`sessions`]).
+//! sessions over the bus ([`sessions`]); serves cluster DNS ([`crate::dns`]) from its
+//! Service and EndpointSlice informers, which also give pods their Service variables
+//! ([`service_env`]).
 //!
 //! A node that cannot run containers (no `runc`, no CNI plugins, no cgroups) still
 //! registers, with Ready=False and a message naming what to install, and runs no pods.
 
 pub mod node;
 pub mod pod;
+pub mod security;
+pub mod service_env;
 pub mod sessions;
 pub mod spec;
 pub mod volumes;
@@ -18,7 +22,7 @@ use actix::prelude::*;
 use capstan_actors::client::{gvr, ApiClient};
 use capstan_actors::events::Recorder;
 use capstan_actors::informer::{Change, Informer};
-use capstan_actors::simnodes::objects::{lease_object, lease_renewal, micro_time, LEASE_NAMESPACE};
+use capstan_actors::nodeobjects::{lease_object, lease_renewal, micro_time, LEASE_NAMESPACE};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -56,6 +60,19 @@ pub struct AgentConfig {
     /// The Service CIDR: the proxy rejects traffic to an address in it that no Service
     /// serves, rather than letting it be routed away (upstream's default 10.96.0.0/12).
     pub service_cidr: Option<String>,
+    /// The cluster DNS address pods are given (upstream's `--cluster-dns`): the tenth
+    /// address of the service CIDR, where this agent serves DNS.
+    pub cluster_dns: IpAddr,
+    /// The cluster domain (upstream's `--cluster-domain`).
+    pub cluster_domain: String,
+    /// The node's resolv.conf (upstream's `--resolv-conf`): `dnsPolicy: Default` pods get
+    /// it, and the cluster DNS forwards to its nameservers.
+    pub resolv_conf: PathBuf,
+    /// The cluster DNS server.
+    pub dns: crate::dns::Config,
+    /// Run containers that name no seccomp profile under `RuntimeDefault` (default true;
+    /// upstream's kubelet: false, i.e. `Unconfined`).
+    pub seccomp_default: bool,
 }
 
 impl AgentConfig {
@@ -75,7 +92,21 @@ impl AgentConfig {
             backoff_max: Duration::from_secs(300),
             service_proxy: true,
             service_cidr: Some("10.96.0.0/12".into()),
+            cluster_dns: crate::dns::nth_address(crate::dns::DEFAULT_SERVICE_CIDR, 10)
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10))),
+            cluster_domain: crate::dns::DEFAULT_CLUSTER_DOMAIN.into(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            dns: crate::dns::Config::default(),
+            seccomp_default: true,
         }
+    }
+
+    /// The cluster DNS pods use, if this node serves one.
+    pub fn pod_dns(&self) -> Option<crate::dns::resolv::ClusterDns> {
+        self.dns.enabled.then(|| crate::dns::resolv::ClusterDns {
+            server: self.cluster_dns,
+            domain: self.cluster_domain.clone(),
+        })
     }
 }
 
@@ -153,6 +184,14 @@ pub struct Deps {
     pub workers: Mutex<HashMap<String, Addr<pod::PodWorker>>>,
     /// Pod starts (images, volumes, network, first containers) in progress at once.
     pub starts: tokio::sync::Semaphore,
+    /// Every Service (for Service environment variables).
+    pub services: Arc<Informer>,
+    /// The cluster DNS pods use (`None`: the node serves none).
+    pub cluster_dns: Option<crate::dns::resolv::ClusterDns>,
+    /// The node's resolv.conf.
+    pub resolv_conf: PathBuf,
+    /// Seccomp default and `Localhost` profile directory.
+    pub security: security::NodeSecurity,
 }
 
 /// The container runtime and the pod network of a node, or why it cannot have them.
@@ -180,12 +219,18 @@ fn runtime_and_network(cfg: &AgentConfig) -> Result<(RuncRuntime, PodNetwork), S
 }
 
 /// Builds the runtime, network and image store, or says why this node cannot run pods.
-fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<Deps, String> {
+fn build_deps(
+    cfg: &AgentConfig,
+    client: &ApiClient,
+    host_ip: &str,
+    services: Arc<Informer>,
+) -> Result<Deps, String> {
     let root = &cfg.data_dir;
     let (runtime, network) = runtime_and_network(cfg)?;
     let images = ImageStore::open(&root.join("images"), cfg.registries.clone()).map_err(|e| e.to_string())?;
     let dirs = Dirs { pods: root.join("pods"), logs: root.join("logs") };
-    for d in [&dirs.pods, &dirs.logs] {
+    let seccomp_root = root.join("seccomp");
+    for d in [&dirs.pods, &dirs.logs, &seccomp_root] {
         std::fs::create_dir_all(d).map_err(|e| format!("failed to create {}: {e}", d.display()))?;
     }
     Ok(Deps {
@@ -202,6 +247,10 @@ fn build_deps(cfg: &AgentConfig, client: &ApiClient, host_ip: &str) -> Result<De
         views: Mutex::new(HashMap::new()),
         workers: Mutex::new(HashMap::new()),
         starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS.max(host_cpus())),
+        services,
+        cluster_dns: cfg.pod_dns(),
+        resolv_conf: cfg.resolv_conf.clone(),
+        security: security::NodeSecurity { seccomp_default: cfg.seccomp_default, seccomp_root },
     })
 }
 
@@ -459,7 +508,42 @@ pub fn start(client: ApiClient, cfg: AgentConfig) -> Option<String> {
     let runtime_version =
         runc_version(&cfg.runc).map(|v| format!("runc://{v}")).unwrap_or_else(|| "runc://unknown".into());
     let host = node::HostInfo::read(&runtime_version);
-    let (deps, not_ready) = match build_deps(&cfg, &client, &host.internal_ip) {
+    // Services and EndpointSlices: cluster DNS records, the service proxy's rules and pods'
+    // Service variables.
+    let services = Informer::new(client.clone(), gvr::SERVICES);
+    let slices = Informer::new(client.clone(), gvr::ENDPOINT_SLICES);
+    if cfg.dns.enabled {
+        match crate::dns::start(
+            &cfg.dns,
+            cfg.cluster_dns,
+            &cfg.cluster_domain,
+            &cfg.resolv_conf,
+            &services,
+            &slices,
+        ) {
+            Ok(_) => {}
+            Err(e) => tracing::error!(node = %cfg.node_name, "cannot serve cluster DNS: {e}"),
+        }
+    }
+    // The service proxy (kube-proxy's job), on the same informers.
+    if cfg.service_proxy {
+        let proxy = crate::proxy::ProxyConfig {
+            node_name: cfg.node_name.clone(),
+            node_ip: host.internal_ip.parse().ok(),
+            bridge: cfg.bridge.clone(),
+            pod_cidr: cfg.pod_cidr.clone(),
+            service_cidr: cfg.service_cidr.clone(),
+        };
+        if let Err(e) = crate::proxy::start(client.clone(), &services, &slices, proxy) {
+            tracing::error!(node = %cfg.node_name, "the service proxy cannot run: {e}");
+            eprintln!("capstan: the service proxy cannot run: {e}");
+        }
+    }
+    if cfg.dns.enabled || cfg.service_proxy {
+        slices.start();
+    }
+    services.start();
+    let (deps, not_ready) = match build_deps(&cfg, &client, &host.internal_ip, services) {
         Ok(d) => (Some(Arc::new(d)), None),
         Err(why) => {
             tracing::error!(node = %cfg.node_name, "this node cannot run containers: {why}");
@@ -471,20 +555,6 @@ pub fn start(client: ApiClient, cfg: AgentConfig) -> Option<String> {
             Some(g) if g > 0 => Duration::from_secs((g / 4).clamp(1, 10)),
             _ => Duration::from_secs(10),
         };
-    if cfg.service_proxy {
-        let proxy = crate::proxy::ProxyConfig {
-            node_name: cfg.node_name.clone(),
-            node_ip: host.internal_ip.parse().ok(),
-            bridge: cfg.bridge.clone(),
-            pod_cidr: cfg.pod_cidr.clone(),
-            service_cidr: cfg.service_cidr.clone(),
-        };
-        let informers = capstan_actors::Informers::new(client.clone());
-        if let Err(e) = crate::proxy::start(client.clone(), &informers, proxy) {
-            tracing::error!(node = %cfg.node_name, "the service proxy cannot run: {e}");
-            eprintln!("capstan: the service proxy cannot run: {e}");
-        }
-    }
     let agent = NodeAgent {
         cfg,
         client,
@@ -515,7 +585,20 @@ pub async fn reset(cfg: &AgentConfig) -> Result<(), String> {
     // The bridge goes too (CNI creates it again for the next pod), also when the node could
     // not run pods (the service proxy may have made it).
     let _ = tokio::process::Command::new("ip").args(["link", "del", &cfg.bridge]).output().await;
+    // And the cluster DNS address (unless another agent on this host serves it now), with its
+    // interface when no address is left on it.
+    let dns = if cfg.dns.enabled {
+        let (iface, ip, port, locks) =
+            (cfg.dns.interface.clone(), cfg.cluster_dns, cfg.dns.port, cfg.dns.lock_dir.clone());
+        tokio::task::spawn_blocking(move || crate::dns::server::release(&iface, ip, port, &locks))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+    } else {
+        Ok(())
+    };
     pods?;
+    dns?;
     proxy.map_err(|e| format!("cannot remove the service proxy's rules: {e}"))
 }
 

@@ -1,7 +1,7 @@
 //! The node's own objects: its Node (capacity and allocatable read from the host,
 //! addresses, node info, conditions) and its Lease.
 
-use capstan_actors::simnodes::objects::{node_labels as labels, time, KUBELET_VERSION};
+use capstan_actors::nodeobjects::{node_labels as labels, time, KUBELET_VERSION};
 use serde_json::{json, Value};
 
 /// What the host offers, read once at start.
@@ -77,7 +77,7 @@ pub type NotReady = Option<String>;
 
 /// The node conditions, keeping each condition's transition time while its status holds.
 pub fn conditions(now: &str, not_ready: &NotReady, current: Option<&Value>) -> Value {
-    capstan_actors::simnodes::objects::conditions_with(now, not_ready.as_deref(), current)
+    capstan_actors::nodeobjects::conditions_with(now, not_ready.as_deref(), current)
 }
 
 /// The node's status.

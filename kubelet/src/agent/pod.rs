@@ -13,13 +13,14 @@
 //! state into one async step and takes it back when the step ends, so steps never overlap
 //! and pod updates arriving meanwhile are seen by the next step.
 
+use super::security;
 use super::spec::{self, ImageDefaults};
 use super::volumes::{self, Sources};
 use super::Deps;
 use crate::image::{ImageInfo, PullError, PullPolicy};
 use crate::network::PodNet;
 use crate::probes::{ProbeKind, ProbeOutcome, ProbeState, ProbeTiming};
-use crate::runtime::{ContainerSpec, ContainerStatus, ExitInfo, Mount, Resources};
+use crate::runtime::{ContainerSpec, ContainerStatus, ExitInfo, Mount, Resources, RuntimeError};
 use actix::prelude::*;
 use capstan_actors::client::gvr;
 use serde_json::{json, Value};
@@ -36,6 +37,9 @@ pub const LABEL_CONTAINER: &str = "io.kubernetes.container.name";
 pub const LABEL_RESTARTS: &str = "io.kubernetes.container.restartCount";
 /// The pod's namespace/name.
 pub const LABEL_POD: &str = "io.kubernetes.pod.name";
+
+/// How long a pod start waits for the first list of Services (for its Service variables).
+const SERVICES_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a pod is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +135,7 @@ impl Probe {
 }
 
 fn now() -> String {
-    capstan_actors::simnodes::objects::time(jiff::Timestamp::now())
+    capstan_actors::nodeobjects::time(jiff::Timestamp::now())
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
@@ -167,7 +171,13 @@ pub struct PodState {
     finished_phase: Option<&'static str>,
     /// The IP a finished pod had (its network is released).
     finished_ip: Option<String>,
+    /// Why the node refused to run the pod (reason, message), as upstream's admission.
+    rejected: Option<(String, String)>,
+    /// The pod's admitted sysctls.
+    sysctls: std::collections::BTreeMap<String, String>,
     deleted: bool,
+    /// ServiceAccount tokens in projected volumes and when to refresh each.
+    tokens: Vec<(volumes::TokenSource, Instant)>,
 }
 
 impl PodState {
@@ -260,8 +270,11 @@ impl PodState {
             prepare_backoff: Duration::ZERO,
             start_time,
             last_status: None,
+            tokens: Vec::new(),
             finished_phase,
             finished_ip: None,
+            rejected: None,
+            sysctls: Default::default(),
             deleted: false,
         }
     }
@@ -315,6 +328,20 @@ impl PodState {
     async fn prepare(&mut self, deps: &Deps) {
         if self.prepare_not_before.is_some_and(|t| Instant::now() < t) {
             return;
+        }
+        // Admission, as upstream's kubelet does before anything runs: a pod with sysctls
+        // the node does not allow fails at once.
+        match security::admit_sysctls(&self.pod()) {
+            Ok(sysctls) => self.sysctls = sysctls,
+            Err(message) => {
+                emit(deps, &self.pod(), "Warning", security::SYSCTL_FORBIDDEN, &message);
+                tracing::info!(pod = %self.name, "rejected: {message}");
+                self.rejected =
+                    Some((security::SYSCTL_FORBIDDEN.to_string(), format!("Pod was rejected: {message}")));
+                self.finished_phase = Some("Failed");
+                self.stage = Stage::Finished;
+                return;
+            }
         }
         match self.try_prepare(deps).await {
             Ok(()) => {
@@ -380,6 +407,17 @@ impl PodState {
                 }
             }
         }
+        // ServiceAccount tokens for projected volumes, bound to this pod.
+        let mut tokens = Vec::new();
+        for src in volumes::token_sources(&pod) {
+            let (token, refresh) = self
+                .request_token(deps, &pod, &src)
+                .await
+                .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+            sources.tokens.insert(format!("{}/{}", src.volume, src.path), token.into_bytes());
+            tokens.push((src, refresh));
+        }
+        self.tokens = tokens;
         // Images, with credentials from imagePullSecrets.
         let mut creds = HashMap::new();
         for sref in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
@@ -422,9 +460,19 @@ impl PodState {
                 }
             }
         }
+        // Service variables need the Services (as upstream, which refuses to guess).
+        if !deps.services.is_synced()
+            && tokio::time::timeout(SERVICES_SYNC_WAIT, deps.services.wait_synced()).await.is_err()
+        {
+            return Err((
+                "CreateContainerConfigError".into(),
+                "services have not yet been read at least once, cannot construct envvars".into(),
+            ));
+        }
         // Volumes.
         let pod_dir = self.pod_dir(deps);
-        let vols = volumes::prepare(&pod, &pod_dir, &deps.node, &sources)
+        let fs_group = security::fs_group(&pod).map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+        let vols = volumes::prepare(&pod, &pod_dir, &deps.node, &sources, fs_group)
             .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
         // Network.
         if pod["spec"]["hostNetwork"].as_bool() != Some(true) {
@@ -435,12 +483,11 @@ impl PodState {
             self.net = Some(net);
         }
         let hosts = spec::hosts_file(&pod, self.net.as_ref().map(|n| n.ip.to_string()).as_deref());
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        for (file, text) in [
-            ("hosts", hosts),
-            ("resolv.conf", spec::resolv_conf(&pod, &host_resolv)),
-            ("hostname", format!("{}\n", self.name)),
-        ] {
+        let host_resolv = crate::dns::resolv::ResolvConf::read(&deps.resolv_conf);
+        let resolv = crate::dns::resolv::pod_resolv_conf(&pod, &host_resolv, deps.cluster_dns.as_ref());
+        for (file, text) in
+            [("hosts", hosts), ("resolv.conf", resolv), ("hostname", format!("{}\n", self.name))]
+        {
             let p = pod_dir.join("etc");
             std::fs::create_dir_all(&p).and_then(|_| std::fs::write(p.join(file), text)).map_err(|e| {
                 ("CreateContainerError".to_string(), format!("failed to write /etc/{file}: {e}"))
@@ -452,7 +499,58 @@ impl PodState {
     }
 
     /// Looks at every container: exits, restarts, starts, probes.
+    /// Asks the API for a token bound to this pod; returns it and when to refresh it (at 80 %
+    /// of its lifetime, as upstream's kubelet).
+    async fn request_token(
+        &self,
+        deps: &Deps,
+        pod: &Value,
+        src: &volumes::TokenSource,
+    ) -> Result<(String, Instant), String> {
+        let sa = pod["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
+        let (token, expiry) = deps
+            .client
+            .request_token(&self.namespace, sa, src.audience.as_deref(), src.seconds, (&self.name, &self.uid))
+            .await
+            .map_err(|e| format!("failed to get a token for service account {sa:?}: {e}"))?;
+        let now = jiff::Timestamp::now().as_second();
+        let lifetime = (expiry - now).clamp(60, src.seconds.max(60));
+        Ok((token, Instant::now() + Duration::from_secs((lifetime as u64) * 4 / 5)))
+    }
+
+    /// Refreshes the tokens that are due (a failed refresh is tried again in 10 s; the old
+    /// token stays until it expires).
+    async fn refresh_tokens(&mut self, deps: &Deps) {
+        let now = Instant::now();
+        if !self.tokens.iter().any(|(_, at)| *at <= now) {
+            return;
+        }
+        let pod = self.pod();
+        let dir = self.pod_dir(deps);
+        let mut tokens = std::mem::take(&mut self.tokens);
+        for (src, at) in tokens.iter_mut() {
+            if *at > now {
+                continue;
+            }
+            match self.request_token(deps, &pod, src).await {
+                Ok((token, next)) => match volumes::write_token(&dir, src, token.as_bytes()) {
+                    Ok(()) => *at = next,
+                    Err(e) => {
+                        tracing::warn!(pod = %self.name, "failed to refresh a token: {e}");
+                        *at = now + Duration::from_secs(10);
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(pod = %self.name, "failed to refresh a token: {e}");
+                    *at = now + Duration::from_secs(10);
+                }
+            }
+        }
+        self.tokens = tokens;
+    }
+
     async fn supervise(&mut self, deps: &Deps) {
+        self.refresh_tokens(deps).await;
         // 1. Exits of running containers.
         for i in 0..self.ctrs.len() {
             let Some(id) = self.ctrs[i].id.clone() else { continue };
@@ -646,7 +744,7 @@ impl PodState {
                     finished_at: now(),
                     container_id: None,
                 };
-                if reason == "CreateContainerConfigError" {
+                if reason == "CreateContainerConfigError" || reason == "CreateContainerError" {
                     self.ctrs[i].state = CState::Waiting { reason, message: Some(message) };
                     self.ctrs[i].not_before = Some(Instant::now() + deps.backoff_base);
                 } else {
@@ -671,14 +769,30 @@ impl PodState {
             working_dir: image.config.working_dir.clone(),
             user: image.config.user.clone(),
         };
-        let env =
-            spec::environment(&pod, &c.spec, &defaults, &deps.node, &self.sources).map_err(config_err)?;
+        let links = pod["spec"]["enableServiceLinks"].as_bool() != Some(false);
+        let visible = super::service_env::visible_services(
+            &self.namespace,
+            links,
+            &deps.services.list_ns(&self.namespace),
+            &deps.services.list_ns("default"),
+        );
+        let service_vars = super::service_env::from_services(&visible);
+        let env = spec::environment(&pod, &c.spec, &defaults, &deps.node, &self.sources, &service_vars)
+            .map_err(config_err)?;
         let args = spec::argv(&c.spec, &defaults, &env).map_err(config_err)?;
+        // The security context: runAsNonRoot is checked against the image's user before
+        // anything is created, as upstream's kubelet does.
+        let eff = security::effective(&pod, &c.spec).map_err(config_err)?;
+        let pod_sc = security::pod_context(&pod).map_err(config_err)?;
+        let (image_uid, image_username) = security::image_user(defaults.user.as_deref());
+        security::verify_run_as_non_root(&pod, &c.name, &eff, image_uid, &image_username)
+            .map_err(config_err)?;
         let layers = image.layers.clone();
         let read_file = move |p: &str| {
             layers.iter().rev().find_map(|l| std::fs::read_to_string(l.join(p.trim_start_matches('/'))).ok())
         };
-        let (uid, gid, groups) = spec::user(&pod, &c.spec, &defaults, &read_file).map_err(config_err)?;
+        let ids = spec::user(&eff, &pod_sc, &defaults, &read_file).map_err(config_err)?;
+        let security = security::runtime_security(&eff, &self.sysctls, &deps.security).map_err(config_err)?;
         let mut mounts: Vec<Mount> = volumes::mounts(&pod, &c.spec, &self.volumes)
             .map_err(config_err)?
             .into_iter()
@@ -720,9 +834,9 @@ impl PodState {
             args,
             env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             cwd,
-            uid,
-            gid,
-            additional_gids: groups,
+            uid: ids.uid,
+            gid: ids.gid,
+            additional_gids: ids.additional_gids,
             hostname: pod["spec"]["hostname"].as_str().unwrap_or(&self.name).to_string(),
             // hostNetwork pods stay in the host's network namespace.
             netns: match &self.net {
@@ -739,6 +853,7 @@ impl PodState {
             stdin_once: c.spec["stdinOnce"].as_bool() == Some(true),
             tty: c.spec["tty"].as_bool() == Some(true),
             stop_signal: None,
+            security,
         };
         // A leftover of an earlier attempt with the same id (agent crash mid-start).
         if !matches!(deps.runtime.status(&id).await, Ok(None)) {
@@ -746,6 +861,10 @@ impl PodState {
         }
         match deps.runtime.start(&spec).await {
             Ok(started) => Ok((id, fmt_time(started.started_at))),
+            // The OCI config could not be made (a Localhost seccomp profile that cannot be
+            // read, an unknown capability): nothing was created, as upstream's
+            // CreateContainerError.
+            Err(RuntimeError::InvalidSpec(m)) => Err(("CreateContainerError".into(), m)),
             Err(e) => Err(("StartError".into(), e.to_string())),
         }
     }
@@ -927,6 +1046,14 @@ impl PodState {
     /// The pod status this agent reports.
     pub fn status(&self, deps: &Deps) -> Value {
         let pod = self.pod();
+        // A rejected pod reports only that (upstream's rejectPod).
+        if let Some((reason, message)) = &self.rejected {
+            let mut st = json!({"phase": "Failed", "reason": reason, "message": message});
+            if !pod["status"]["qosClass"].is_null() {
+                st["qosClass"] = pod["status"]["qosClass"].clone();
+            }
+            return st;
+        }
         let init: Vec<Value> =
             self.ctrs.iter().filter(|c| c.init).map(|c| self.container_status(c)).collect();
         let app: Vec<Value> =
@@ -1058,7 +1185,7 @@ impl PodState {
 const SECRETS: capstan_actors::client::Gvr = capstan_actors::client::Gvr::new("", "v1", "secrets");
 
 fn fmt_time(t: jiff::Timestamp) -> String {
-    capstan_actors::simnodes::objects::time(t)
+    capstan_actors::nodeobjects::time(t)
 }
 
 fn terminated_json(t: &Terminated) -> Value {

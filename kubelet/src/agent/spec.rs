@@ -130,14 +130,16 @@ pub fn map_lines(map: &Value) -> String {
     lines.join("\n")
 }
 
-/// The environment, in order: the image's ENV, `envFrom`, `env` (later wins), plus
-/// HOSTNAME; `$(VAR)` in `env` values expanded from what precedes them.
+/// The environment, in order: the image's ENV, HOSTNAME, the Service variables
+/// (`services`, see [`super::service_env`]), `envFrom`, `env` (later wins); `$(VAR)` in
+/// `env` values expanded from what precedes them.
 pub fn environment(
     pod: &Value,
     container: &Value,
     image: &ImageDefaults,
     node_name: &str,
     sources: &dyn EnvSources,
+    services: &[(String, String)],
 ) -> Result<Vec<(String, String)>, String> {
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
@@ -155,6 +157,9 @@ pub fn environment(
         }
     }
     set(&mut env, "HOSTNAME".into(), hostname);
+    for (k, v) in services {
+        set(&mut env, k.clone(), v.clone());
+    }
     for from in container.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
         let prefix = from.get("prefix").and_then(Value::as_str).unwrap_or("");
         let (data, kind, src) = if let Some(cm) = from.get("configMapRef") {
@@ -231,68 +236,110 @@ fn env_value_from(
     Ok(None)
 }
 
-/// Resolves the user: `securityContext.runAsUser/runAsGroup` (container, then pod) over the
-/// image's USER (`uid[:gid]` or names looked up in the image's /etc/passwd and /etc/group).
+/// The ids a container's process runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIds {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups, sorted, the primary group included (as containerd sets them).
+    pub additional_gids: Vec<u32>,
+}
+
+/// `name:x:uid:gid:...` lines as (name, uid, gid).
+fn passwd_entries(text: &str) -> impl Iterator<Item = (&str, u32, u32)> {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        Some((*f.first()?, f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+    })
+}
+
+/// `name:x:gid:member,member` lines as (name, gid, members).
+fn group_entries(text: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let members = f.get(3).map(|m| m.split(',').filter(|m| !m.is_empty()).collect()).unwrap_or_default();
+        Some((*f.first()?, f.get(2)?.parse().ok()?, members))
+    })
+}
+
+/// Resolves the user as kubelet and containerd do together: the effective
+/// `runAsUser`/`runAsGroup` (container over pod, see [`super::security::effective`]) over
+/// the image's USER (`uid[:gid]` or names looked up in the image's /etc/passwd and
+/// /etc/group, read through `files`); a uid's primary group comes from /etc/passwd (0 when
+/// it has no entry). Supplementary groups: the groups of /etc/group that list the user
+/// (unless `supplementalGroupsPolicy: Strict`), the pod's `supplementalGroups` and
+/// `fsGroup`, and the primary group.
 pub fn user(
-    pod: &Value,
-    container: &Value,
+    eff: &k8s_openapi::api::core::v1::SecurityContext,
+    pod_sc: &k8s_openapi::api::core::v1::PodSecurityContext,
     image: &ImageDefaults,
-    passwd: &dyn Fn(&str) -> Option<String>,
-) -> Result<(u32, u32, Vec<u32>), String> {
-    let sc = |field: &str| {
-        container["securityContext"][field]
-            .as_u64()
-            .or_else(|| pod["spec"]["securityContext"][field].as_u64())
+    files: &dyn Fn(&str) -> Option<String>,
+) -> Result<UserIds, String> {
+    let passwd_file = files("/etc/passwd").unwrap_or_default();
+    let group_file = files("/etc/group").unwrap_or_default();
+    let id = |v: i64, what: &str| u32::try_from(v).map_err(|_| format!("invalid {what} {v}"));
+    let by_uid =
+        |uid: u32| passwd_entries(&passwd_file).find(|e| e.1 == uid).map(|(n, _, g)| (n.to_string(), g));
+    let (uid, mut gid, username) = match eff.run_as_user {
+        Some(u) => {
+            let uid = id(u, "runAsUser")?;
+            let entry = by_uid(uid);
+            (uid, entry.as_ref().map(|e| e.1).unwrap_or(0), entry.map(|e| e.0))
+        }
+        None => {
+            let u = image.user.as_deref().unwrap_or("");
+            let (name, group) = match u.split_once(':') {
+                Some((a, b)) => (a, Some(b)),
+                None => (u, None),
+            };
+            let (uid, gid, username) = if name.is_empty() {
+                (0, by_uid(0).map(|e| e.1).unwrap_or(0), by_uid(0).map(|e| e.0))
+            } else if let Ok(n) = name.parse::<u32>() {
+                let entry = by_uid(n);
+                (n, entry.as_ref().map(|e| e.1).unwrap_or(0), entry.map(|e| e.0))
+            } else {
+                let (_, uid, gid) = passwd_entries(&passwd_file).find(|e| e.0 == name).ok_or_else(|| {
+                    format!("unable to find user {name}: no matching entries in passwd file")
+                })?;
+                (uid, gid, Some(name.to_string()))
+            };
+            let gid = match group.filter(|g| !g.is_empty()) {
+                None => gid,
+                Some(g) => match g.parse::<u32>() {
+                    Ok(n) => n,
+                    Err(_) => {
+                        group_entries(&group_file).find(|e| e.0 == g).map(|e| e.1).ok_or_else(|| {
+                            format!("unable to find group {g}: no matching entries in group file")
+                        })?
+                    }
+                },
+            };
+            (uid, gid, username)
+        }
     };
-    let mut uid = 0u32;
-    let mut gid: Option<u32> = None;
-    if let Some(u) = image.user.as_deref().filter(|u| !u.is_empty()) {
-        let (name, group) = match u.split_once(':') {
-            Some((a, b)) => (a, Some(b)),
-            None => (u, None),
-        };
-        let passwd_file = passwd("/etc/passwd").unwrap_or_default();
-        let group_file = passwd("/etc/group").unwrap_or_default();
-        match name.parse::<u32>() {
-            Ok(n) => uid = n,
-            Err(_) => {
-                let entry = passwd_file
-                    .lines()
-                    .map(|l| l.split(':').collect::<Vec<_>>())
-                    .find(|f| f.first() == Some(&name))
-                    .ok_or_else(|| {
-                        format!("unable to find user {name}: no matching entries in passwd file")
-                    })?;
-                uid = entry.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
-                gid = entry.get(3).and_then(|s| s.parse().ok());
-            }
-        }
-        if let Some(g) = group {
-            gid = Some(match g.parse::<u32>() {
-                Ok(n) => n,
-                Err(_) => group_file
-                    .lines()
-                    .map(|l| l.split(':').collect::<Vec<_>>())
-                    .find(|f| f.first() == Some(&g))
-                    .and_then(|f| f.get(2).and_then(|s| s.parse().ok()))
-                    .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
-            });
+    if let Some(g) = eff.run_as_group {
+        gid = id(g, "runAsGroup")?;
+    }
+    let mut extra: Vec<u32> = Vec::new();
+    if pod_sc.supplemental_groups_policy.as_deref() != Some("Strict") {
+        if let Some(name) = username.as_deref() {
+            extra.extend(
+                group_entries(&group_file).filter(|g| g.0 != name && g.2.contains(&name)).map(|g| g.1),
+            );
         }
     }
-    if let Some(u) = sc("runAsUser") {
-        uid = u as u32;
+    for g in pod_sc.supplemental_groups.iter().flatten() {
+        extra.push(id(*g, "supplemental group")?);
     }
-    if let Some(g) = sc("runAsGroup") {
-        gid = Some(g as u32);
+    if let Some(g) = pod_sc.fs_group {
+        extra.push(id(g, "fsGroup")?);
     }
-    let mut extra: Vec<u32> = pod["spec"]["securityContext"]["supplementalGroups"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|g| g.as_u64().map(|g| g as u32)).collect())
-        .unwrap_or_default();
-    if let Some(fs) = pod["spec"]["securityContext"]["fsGroup"].as_u64() {
-        extra.push(fs as u32);
-    }
-    Ok((uid, gid.unwrap_or(0), extra))
+    extra.push(gid);
+    extra.sort_unstable();
+    extra.dedup();
+    Ok(UserIds { uid, gid, additional_gids: extra })
 }
 
 /// `/etc/hosts` for a pod (as the kubelet writes it).
@@ -311,54 +358,6 @@ pub fn hosts_file(pod: &Value, pod_ip: Option<&str>) -> String {
         if let Some(ip) = alias["ip"].as_str() {
             s.push_str(&format!("{ip}\t{names}\n"));
         }
-    }
-    s
-}
-
-/// `/etc/resolv.conf` for a pod: the host's, without loopback nameservers (a pod's
-/// loopback is its own), plus the pod's `dnsConfig`.
-pub fn resolv_conf(pod: &Value, host: &str) -> String {
-    let mut servers: Vec<String> = Vec::new();
-    let mut search: Vec<String> = Vec::new();
-    let mut options: Vec<String> = Vec::new();
-    for l in host.lines() {
-        let mut f = l.split_whitespace();
-        match f.next() {
-            Some("nameserver") => {
-                if let Some(ip) = f.next().filter(|ip| !ip.starts_with("127.") && *ip != "::1") {
-                    servers.push(ip.to_string());
-                }
-            }
-            Some("search") => search.extend(f.map(str::to_string)),
-            Some("options") => options.extend(f.map(str::to_string)),
-            _ => {}
-        }
-    }
-    let dc = &pod["spec"]["dnsConfig"];
-    if pod["spec"]["dnsPolicy"].as_str() == Some("None") {
-        servers.clear();
-        search.clear();
-        options.clear();
-    }
-    servers.extend(strings(dc.get("nameservers")).unwrap_or_default());
-    search.extend(strings(dc.get("searches")).unwrap_or_default());
-    for o in dc.get("options").and_then(Value::as_array).into_iter().flatten() {
-        if let Some(n) = o["name"].as_str() {
-            options.push(match o["value"].as_str() {
-                Some(v) => format!("{n}:{v}"),
-                None => n.to_string(),
-            });
-        }
-    }
-    let mut s = String::new();
-    if !search.is_empty() {
-        s.push_str(&format!("search {}\n", search.join(" ")));
-    }
-    for ns in servers.iter().take(3) {
-        s.push_str(&format!("nameserver {ns}\n"));
-    }
-    if !options.is_empty() {
-        s.push_str(&format!("options {}\n", options.join(" ")));
     }
     s
 }
@@ -402,34 +401,65 @@ mod tests {
             {"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         ]});
         let img = ImageDefaults { env: vec!["PATH=/bin".into(), "Z=9".into()], ..Default::default() };
-        let env = environment(&pod, &c, &img, "node", &NoSources).unwrap();
+        let services =
+            vec![("WEB_SERVICE_HOST".to_string(), "10.96.1.1".to_string()), ("A".into(), "svc".into())];
+        let env = environment(&pod, &c, &img, "node", &NoSources, &services).unwrap();
         let m: HashMap<_, _> = env.into_iter().collect();
         assert_eq!(m["PATH"], "/bin");
         assert_eq!(m["B"], "xy");
         assert_eq!(m["N"], "ns");
         assert_eq!(m["HOSTNAME"], "p");
+        // Service variables are there; the container's own env wins.
+        assert_eq!(m["WEB_SERVICE_HOST"], "10.96.1.1");
+        assert_eq!(m["A"], "x");
         assert_eq!(field_ref(&pod, "metadata.labels", "n").unwrap(), "a=\"1\"\nb=\"2\"");
         let missing = json!({"envFrom": [{"configMapRef": {"name": "cm"}}]});
         assert_eq!(
-            environment(&pod, &missing, &img, "n", &NoSources).unwrap_err(),
+            environment(&pod, &missing, &img, "n", &NoSources, &[]).unwrap_err(),
             "configmap \"cm\" not found"
         );
     }
 
+    fn ids(uid: u32, gid: u32, additional_gids: &[u32]) -> UserIds {
+        UserIds { uid, gid, additional_gids: additional_gids.to_vec() }
+    }
+
     #[test]
     fn users_and_files() {
+        use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
         let pod = json!({"metadata": {"name": "p"}, "spec": {"securityContext": {"runAsUser": 1000}}});
         let img = ImageDefaults { user: Some("nobody".into()), ..Default::default() };
         let files = |p: &str| {
-            Some(if p == "/etc/passwd" { "nobody:x:65534:65534::/:/bin/sh\n" } else { "" }.to_string())
+            Some(match p {
+                "/etc/passwd" => "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+                _ => "root:x:0:\nnogroup:x:65534:\napp:x:1000:\nweb:x:33:app,other\nadm:x:4:root\n",
+            }
+            .to_string())
         };
-        assert_eq!(
-            user(&json!({"metadata": {}, "spec": {}}), &json!({}), &img, &files).unwrap(),
-            (65534, 65534, vec![])
-        );
-        assert_eq!(user(&pod, &json!({}), &img, &files).unwrap().0, 1000);
+        let none = (SecurityContext::default(), PodSecurityContext::default());
+        assert_eq!(user(&none.0, &none.1, &img, &files).unwrap(), ids(65534, 65534, &[65534]));
+        // No image user: root, with root's groups.
+        assert_eq!(user(&none.0, &none.1, &ImageDefaults::default(), &files).unwrap(), ids(0, 0, &[0, 4]));
+        // runAsUser: its passwd entry's group and the groups listing it.
+        let sc = SecurityContext { run_as_user: Some(1000), ..Default::default() };
+        assert_eq!(user(&sc, &none.1, &img, &files).unwrap(), ids(1000, 1000, &[33, 1000]));
+        // runAsGroup, supplementalGroups and fsGroup; Strict leaves out /etc/group.
+        let sc = SecurityContext { run_as_user: Some(1000), run_as_group: Some(3000), ..Default::default() };
+        let mut pod_sc = PodSecurityContext {
+            supplemental_groups: Some(vec![4000]),
+            fs_group: Some(2000),
+            ..Default::default()
+        };
+        assert_eq!(user(&sc, &pod_sc, &img, &files).unwrap(), ids(1000, 3000, &[33, 2000, 3000, 4000]));
+        pod_sc.supplemental_groups_policy = Some("Strict".into());
+        assert_eq!(user(&sc, &pod_sc, &img, &files).unwrap(), ids(1000, 3000, &[2000, 3000, 4000]));
+        // A uid with no passwd entry: group 0; numeric uid:gid from the image.
+        let sc = SecurityContext { run_as_user: Some(4242), ..Default::default() };
+        assert_eq!(user(&sc, &none.1, &img, &files).unwrap(), ids(4242, 0, &[0]));
+        let numeric = ImageDefaults { user: Some("7:app".into()), ..Default::default() };
+        assert_eq!(user(&none.0, &none.1, &numeric, &files).unwrap(), ids(7, 1000, &[1000]));
+        let missing = ImageDefaults { user: Some("ghost".into()), ..Default::default() };
+        assert!(user(&none.0, &none.1, &missing, &files).unwrap_err().contains("unable to find user ghost"));
         assert!(hosts_file(&pod, Some("10.0.0.2")).contains("10.0.0.2\tp\n"));
-        let r = resolv_conf(&pod, "nameserver 127.0.0.53\nnameserver 8.8.8.8\nsearch x\n");
-        assert_eq!(r, "search x\nnameserver 8.8.8.8\n");
     }
 }

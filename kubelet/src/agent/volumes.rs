@@ -7,6 +7,14 @@
 //! no `..`), each with its `mode` or the volume's `defaultMode` (0644). A missing
 //! ConfigMap or Secret (or key) fails the pod's start unless marked optional. Contents are
 //! written once at pod start (no live updates yet).
+//!
+//! With the pod's `fsGroup`, emptyDir, configMap, secret, downwardAPI and projected
+//! volumes are given to that group as upstream's `SetVolumeOwnership` does
+//! ([`set_ownership`]): every file and directory gets group `fsGroup` and at least
+//! group read-write (emptyDir) or group read (the others), directories also group
+//! execute and setgid, so files created later inherit the group. With
+//! `fsGroupChangePolicy: OnRootMismatch` a volume whose root already matches is left as
+//! it is. hostPath volumes are never changed.
 
 use super::spec::{field_ref, EnvSources};
 use base64::Engine;
@@ -14,6 +22,60 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+
+/// A `serviceAccountToken` source of a projected volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSource {
+    /// The volume's name.
+    pub volume: String,
+    /// The file's path inside the volume.
+    pub path: String,
+    /// The audience asked for (None: the API's).
+    pub audience: Option<String>,
+    /// The lifetime asked for (upstream's default 3600 s, at least 600).
+    pub seconds: i64,
+    /// The volume's file mode.
+    pub mode: u32,
+}
+
+/// The `serviceAccountToken` sources of a pod's projected volumes.
+pub fn token_sources(pod: &Value) -> Vec<TokenSource> {
+    let mut out = Vec::new();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let Some(name) = v["name"].as_str() else { continue };
+        let dm = mode(&v["projected"]["defaultMode"], 0o644);
+        for s in v["projected"]["sources"].as_array().into_iter().flatten() {
+            let t = &s["serviceAccountToken"];
+            if !t.is_object() {
+                continue;
+            }
+            out.push(TokenSource {
+                volume: name.to_string(),
+                path: t["path"].as_str().unwrap_or("token").to_string(),
+                audience: t["audience"].as_str().filter(|a| !a.is_empty()).map(str::to_string),
+                seconds: t["expirationSeconds"].as_i64().unwrap_or(3600).max(600),
+                mode: dm,
+            });
+        }
+    }
+    out
+}
+
+/// Writes a token file atomically (a new file renamed over the old one), so a container
+/// never reads half a token while it is refreshed.
+pub fn write_token(pod_dir: &Path, src: &TokenSource, token: &[u8]) -> Result<(), String> {
+    let dir = pod_dir.join("volumes").join(&src.volume);
+    let rel = safe_relative(&src.path)?;
+    let dest = dir.join(&rel);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
+    }
+    let tmp = dest.with_extension("capstan-new");
+    std::fs::write(&tmp, token).map_err(|e| format!("failed to write {}: {e}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(src.mode))
+        .map_err(|e| format!("failed to chmod {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &dest).map_err(|e| format!("failed to replace {}: {e}", dest.display()))
+}
 
 /// ConfigMaps and Secrets a pod refers to, fetched before its start.
 #[derive(Debug, Default)]
@@ -25,6 +87,8 @@ pub struct Sources {
     pub secrets: HashMap<String, BTreeMap<String, String>>,
     /// Raw bytes for keys that are not valid UTF-8 (binaryData, binary secrets).
     pub binary: HashMap<(String, String, String), Vec<u8>>,
+    /// ServiceAccount tokens by `<volume>/<path>`.
+    pub tokens: HashMap<String, Vec<u8>>,
 }
 
 impl EnvSources for Sources {
@@ -206,12 +270,70 @@ fn project_downward(
     Ok(())
 }
 
+/// Group read-write, as upstream's `rwMask`.
+const RW_MASK: u32 = 0o660;
+/// Group read, as upstream's `roMask`.
+const RO_MASK: u32 = 0o440;
+/// Execute for owner and group on directories, as upstream's `execMask`.
+const EXEC_MASK: u32 = 0o110;
+const SETGID: u32 = 0o2000;
+
+/// Whether a volume root needs its ownership changed (upstream's
+/// `requiresPermissionChange`, used with `OnRootMismatch`).
+fn requires_change(root: &Path, gid: u32, readonly: bool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(root) else { return true };
+    if meta.gid() != gid || !meta.is_dir() {
+        return true;
+    }
+    let wanted = if readonly { RO_MASK } else { RW_MASK } | EXEC_MASK;
+    meta.mode() & wanted != wanted || meta.mode() & SETGID == 0
+}
+
+/// Gives everything under `dir` to group `gid` (upstream's `SetVolumeOwnership`): the
+/// owner is kept, the group set, modes widened by group read-write (`readonly`: read),
+/// directories also by execute and setgid; symlinks get the group but no chmod. With
+/// `on_root_mismatch` nothing changes when the root already matches.
+pub fn set_ownership(dir: &Path, gid: u32, readonly: bool, on_root_mismatch: bool) -> Result<(), String> {
+    if on_root_mismatch && !requires_change(dir, gid, readonly) {
+        return Ok(());
+    }
+    fn walk(path: &Path, gid: u32, mask: u32) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta =
+            std::fs::symlink_metadata(path).map_err(|e| format!("failed to stat {}: {e}", path.display()))?;
+        std::os::unix::fs::lchown(path, None, Some(gid))
+            .map_err(|e| format!("failed to chown {}: {e}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let mut mode = meta.mode() & 0o7777 | mask;
+        if meta.is_dir() {
+            mode |= SETGID | EXEC_MASK;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("failed to chmod {}: {e}", path.display()))?;
+        if meta.is_dir() {
+            let entries =
+                std::fs::read_dir(path).map_err(|e| format!("failed to read {}: {e}", path.display()))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| format!("failed to read {}: {e}", path.display()))?;
+                walk(&entry.path(), gid, mask)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, gid, if readonly { RO_MASK } else { RW_MASK })
+}
+
 /// Creates every volume of `pod` under `pod_dir/volumes` and returns name → host path.
+/// `fs_group`: the pod's `fsGroup` and whether its change policy is `OnRootMismatch`.
 pub fn prepare(
     pod: &Value,
     pod_dir: &Path,
     node: &str,
     sources: &Sources,
+    fs_group: Option<(u32, bool)>,
 ) -> Result<HashMap<String, PathBuf>, String> {
     let mut out = HashMap::new();
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
@@ -265,6 +387,12 @@ pub fn prepare(
                     project_keys(&dir, "secret", sec["name"].as_str().unwrap_or(""), sec, dm, sources)?;
                 } else if let Some(d) = s.get("downwardAPI") {
                     project_downward(&dir, &d["items"], dm, pod, node)?;
+                } else if let Some(t) = s.get("serviceAccountToken") {
+                    let path = t["path"].as_str().unwrap_or("token");
+                    let token = sources.tokens.get(&format!("{name}/{path}")).ok_or_else(|| {
+                        format!("volume {name:?}: no ServiceAccount token was issued for {path:?}")
+                    })?;
+                    write_file(&dir, path, token, dm)?;
                 }
             }
             dir
@@ -273,6 +401,13 @@ pub fn prepare(
                 v.as_object().and_then(|o| o.keys().find(|k| *k != "name").cloned()).unwrap_or_default();
             return Err(format!("volume {name:?}: volume type {kind:?} is not supported by this node"));
         };
+        if let Some((gid, on_root_mismatch)) = fs_group {
+            if v.get("hostPath").is_none() {
+                let readonly = v.get("emptyDir").is_none();
+                set_ownership(&path, gid, readonly, on_root_mismatch)
+                    .map_err(|e| format!("volume {name:?}: failed to apply fsGroup {gid}: {e}"))?;
+            }
+        }
         out.insert(name.to_string(), path);
     }
     Ok(out)
@@ -348,7 +483,7 @@ mod tests {
         let mut src = Sources::default();
         src.add_config_map("cm", &json!({"data": {"a": "1", "b": "2"}}));
         src.add_secret("s", &json!({"data": {"pw": "aHVudGVyMg=="}}));
-        let vols = prepare(&pod, &tmp, "n", &src).unwrap();
+        let vols = prepare(&pod, &tmp, "n", &src, None).unwrap();
         assert_eq!(std::fs::read_to_string(vols["cfg"].join("b")).unwrap(), "2");
         let aa = vols["sel"].join("sub/aa");
         assert_eq!(std::fs::read_to_string(&aa).unwrap(), "1");
@@ -362,9 +497,43 @@ mod tests {
         assert!(m[0].read_only && !m[1].read_only);
         let bad =
             json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "nope"}}]}});
-        assert_eq!(prepare(&bad, &tmp, "n", &src).unwrap_err(), "configmap \"nope\" not found");
+        assert_eq!(prepare(&bad, &tmp, "n", &src, None).unwrap_err(), "configmap \"nope\" not found");
         let trav = json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "cm", "items": [{"key": "a", "path": "../x"}]}}]}});
-        assert!(prepare(&trav, &tmp, "n", &src).unwrap_err().contains(".."));
+        assert!(prepare(&trav, &tmp, "n", &src, None).unwrap_err().contains(".."));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
+    fn fs_group_ownership() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = std::env::temp_dir().join(format!("capstan-fsgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"volumes": [
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "cfg", "configMap": {"name": "cm", "items": [{"key": "a", "path": "sub/a", "mode": 0o600}]}},
+        ]}});
+        let mut src = Sources::default();
+        src.add_config_map("cm", &json!({"data": {"a": "1"}}));
+        let vols = prepare(&pod, &tmp, "n", &src, Some((2000, false))).unwrap();
+        let stat = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.gid(), m.mode() & 0o7777)
+        };
+        // emptyDir: 0777 widened by setgid (upstream's 2777 for a fresh emptyDir).
+        assert_eq!(stat(&vols["scratch"]), (2000, 0o2777));
+        // configMap: read-only group access, directories group-executable and setgid.
+        assert_eq!(stat(&vols["cfg"].join("sub/a")), (2000, 0o640));
+        assert_eq!(stat(&vols["cfg"].join("sub")).0, 2000);
+        assert_eq!(stat(&vols["cfg"].join("sub")).1 & 0o2550, 0o2550);
+        // OnRootMismatch: a matching root is left alone, a mismatching one changed.
+        let f = vols["scratch"].join("later");
+        std::fs::write(&f, "x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        set_ownership(&vols["scratch"], 2000, false, true).unwrap();
+        // (Created in a setgid directory: the group is inherited, the mode not widened.)
+        assert_eq!(stat(&f), (2000, 0o600));
+        set_ownership(&vols["scratch"], 3000, false, true).unwrap();
+        assert_eq!(stat(&f), (3000, 0o660));
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }

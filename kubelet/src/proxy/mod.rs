@@ -33,7 +33,7 @@ pub use proxier::{Proxier, SyncReport};
 pub use rules::{ServiceRules, Table};
 
 use capstan_actors::client::{gvr, ApiClient};
-use capstan_actors::informer::{key_of, split_key, Change, Informers};
+use capstan_actors::informer::{key_of, split_key, Change, Informer};
 use model::Ipv4Net;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -109,17 +109,22 @@ enum Msg {
     Recheck(String),
 }
 
-/// Starts the service proxy on the current tokio runtime, following Services and
-/// EndpointSlices through `informers`. Errors when `nft` is missing or the settings are bad;
-/// after that it keeps trying (a failed transaction is retried with back-off).
-pub fn start(client: ApiClient, informers: &Informers, cfg: ProxyConfig) -> Result<(), ProxyError> {
+/// Starts the service proxy on the current tokio runtime, following the `services` and
+/// EndpointSlice (`slices`) informers (shared with the cluster DNS; the caller starts them).
+/// Errors when `nft` is missing or the settings are bad; after that it keeps trying (a
+/// failed transaction is retried with back-off).
+pub fn start(
+    client: ApiClient,
+    services: &Arc<Informer>,
+    slices: &Arc<Informer>,
+    cfg: ProxyConfig,
+) -> Result<(), ProxyError> {
     let nft = Nft::find()?;
     let table = cfg.table()?;
     let relays = relay::Relays::new(table.pod_cidr.gateway());
     let proxier = Proxier::new(table.clone(), &cfg.node_name, nft, Some(relays));
     let (tx, rx) = mpsc::unbounded_channel();
-    let services = informers.get(gvr::SERVICES);
-    let slices = informers.get(gvr::ENDPOINT_SLICES);
+    let (services, slices) = (services.clone(), slices.clone());
     let t = tx.clone();
     services.on_change(Arc::new(move |c: &Change| {
         let _ = t.send(Msg::Service(c.clone()));

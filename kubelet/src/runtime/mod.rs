@@ -7,8 +7,11 @@
 //!   never written) with a per-container `upper`/`work` dir, mounted at
 //!   `<root>/containers/<id>/bundle/rootfs` (see [`state`] for the whole state directory).
 //! * **OCI config** ([`spec::build_spec`]): new pid, ipc, uts and mount namespaces, the given
-//!   network namespace (or a new empty one), a cgroup namespace only on cgroup v2; runc's
-//!   default mounts, masked and read-only paths; Docker's default capabilities;
+//!   network namespace (or a new empty one), a cgroup namespace only on cgroup v2 (not for
+//!   privileged containers); runc's default mounts; the [`Security`] settings as
+//!   containerd turns them into OCI fields (capabilities, `no_new_privs`, seccomp with
+//!   containerd's default profile in [`seccomp`], masked and read-only paths, read-only
+//!   root, sysctls, privileged mode; see [`security`]);
 //!   `RLIMIT_NOFILE` 1048576 (capped at the agent's own hard limit when it lacks
 //!   `CAP_SYS_RESOURCE`); the absolute cgroup path `<cgroup_parent>/<pod_id>/<id>` with
 //!   the [`Resources`] limits; `process.terminal` as [`ContainerSpec::tty`] says.
@@ -41,6 +44,8 @@
 pub mod cgroups;
 pub mod mounts;
 pub mod resources;
+pub mod seccomp;
+pub mod security;
 pub mod shim;
 pub mod spec;
 pub mod state;
@@ -62,6 +67,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 pub use resources::Resources;
+pub use security::{SeccompProfile, Security};
 pub use tty::Terminal;
 
 use cgroups::Hierarchies;
@@ -216,6 +222,9 @@ pub struct ContainerSpec {
     /// The signal [`RuncRuntime::stop`] sends first (the image's `StopSignal`); SIGTERM if
     /// `None`.
     pub stop_signal: Option<Signal>,
+    /// Capabilities, seccomp, `no_new_privs`, read-only root, masked paths, sysctls,
+    /// privileged mode (default: containerd's defaults, unconfined).
+    pub security: Security,
 }
 
 /// A started container.
@@ -376,7 +385,7 @@ pub struct RuncRuntime {
 struct Inner {
     config: RuntimeConfig,
     cgroups: Hierarchies,
-    nofile: u64,
+    host: spec::Host,
 }
 
 /// One entry of `runc list --format json`.
@@ -437,7 +446,9 @@ impl RuncRuntime {
         std::fs::create_dir_all(&config.runc_root)
             .map_err(io_err(format!("creating {}", config.runc_root.display())))?;
         probe_overlay(&config.root)?;
-        Ok(RuncRuntime { inner: Arc::new(Inner { config, cgroups, nofile: spec::nofile_limit() }) })
+        Ok(RuncRuntime {
+            inner: Arc::new(Inner { host: spec::Host::current(cgroups.unified()), config, cgroups }),
+        })
     }
 
     /// The configuration.
@@ -516,14 +527,8 @@ impl RuncRuntime {
             created_at: state::now_rfc3339(),
         };
         write_json_atomic(&state.meta(), &meta).map_err(io_err("writing meta.json"))?;
-        let oci = spec::build_spec(
-            spec,
-            &state.rootfs(),
-            &cgroups_path,
-            self.inner.cgroups.unified(),
-            self.inner.nofile,
-        )
-        .map_err(RuntimeError::InvalidSpec)?;
+        let oci = spec::build_spec(spec, &state.rootfs(), &cgroups_path, &self.inner.host)
+            .map_err(RuntimeError::InvalidSpec)?;
         for dir in [state.bundle(), state.rootfs(), state.upper(), state.work()] {
             std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }

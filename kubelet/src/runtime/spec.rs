@@ -4,13 +4,32 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
-use super::ContainerSpec;
+use super::security::{self, SeccompProfile};
+use super::{seccomp, ContainerSpec};
+
+/// What the host gives every container, learnt once when the runtime starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Host {
+    /// Give containers their own cgroup namespace (cgroup v2; not privileged ones).
+    pub cgroup_ns: bool,
+    /// `RLIMIT_NOFILE` of container processes (see [`nofile_limit`]).
+    pub nofile: u64,
+    /// The capabilities a privileged container gets: the agent's own.
+    pub capabilities: Capabilities,
+}
+
+impl Host {
+    /// This host, as the calling process sees it.
+    pub fn current(cgroup_ns: bool) -> Host {
+        Host { cgroup_ns, nofile: nofile_limit(), capabilities: security::current_capabilities() }
+    }
+}
 
 /// Annotation holding the pod id.
 pub const POD_ID_ANNOTATION: &str = "io.capstan.pod-id";
@@ -50,45 +69,6 @@ pub fn nofile_limit() -> u64 {
     hard.map_or(NOFILE_LIMIT, |h| h.min(NOFILE_LIMIT))
 }
 
-/// Docker's default capability set.
-pub fn default_capabilities() -> Capabilities {
-    [
-        Capability::Chown,
-        Capability::DacOverride,
-        Capability::Fsetid,
-        Capability::Fowner,
-        Capability::Mknod,
-        Capability::NetRaw,
-        Capability::Setgid,
-        Capability::Setuid,
-        Capability::Setfcap,
-        Capability::Setpcap,
-        Capability::NetBindService,
-        Capability::SysChroot,
-        Capability::Kill,
-        Capability::AuditWrite,
-    ]
-    .into_iter()
-    .collect()
-}
-
-/// runc's default masked paths.
-const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/proc/scsi",
-];
-
-/// runc's default read-only paths.
-const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
-
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<oci_spec::runtime::Mount, String> {
     MountBuilder::default()
         .destination(dest)
@@ -101,12 +81,15 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<oci_sp
 
 /// The standard mounts of runc's default spec. Without a network namespace of its own
 /// (`host_network`) the kernel refuses a new sysfs mount, so /sys is bind-mounted
-/// read-only instead (as Docker does for `--net=host`).
-fn default_mounts(host_network: bool) -> Result<Vec<oci_spec::runtime::Mount>, String> {
+/// instead (as Docker does for `--net=host`). `/sys` and the cgroup filesystem are
+/// read-only except in `privileged` containers (as containerd's `WithWriteableSysfs` and
+/// `WithWriteableCgroupfs`).
+fn default_mounts(host_network: bool, privileged: bool) -> Result<Vec<oci_spec::runtime::Mount>, String> {
+    let ro = if privileged { "rw" } else { "ro" };
     let sys = if host_network {
-        mount("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"])?
+        mount("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", ro])?
     } else {
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", ro])?
     };
     Ok(vec![
         mount("/proc", "proc", "proc", &[])?,
@@ -120,19 +103,24 @@ fn default_mounts(host_network: bool) -> Result<Vec<oci_spec::runtime::Mount>, S
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         sys,
-        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?,
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", ro])?,
     ])
 }
 
 /// Builds the OCI config of `spec` with its root filesystem at `rootfs`, in cgroup
-/// `cgroups_path`. `cgroup_ns`: give the container its own cgroup namespace (cgroup v2);
-/// `nofile`: its `RLIMIT_NOFILE` (see [`nofile_limit`]).
+/// `cgroups_path`, on `host`. The security settings ([`ContainerSpec::security`]) become
+/// OCI fields as containerd makes them: the capability set (bounding = effective =
+/// permitted, never inheritable or ambient, so a non-root process keeps none),
+/// `noNewPrivileges`, the seccomp filter (computed from the final bounding set), a
+/// read-only root, masked and read-only paths, sysctls; a privileged container gets the
+/// host's devices, every device allowed, writable `/sys` and no seccomp, masked or
+/// read-only paths. Reads a `Localhost` seccomp profile and walks `/dev` (privileged):
+/// call it off async threads.
 pub fn build_spec(
     spec: &ContainerSpec,
     rootfs: &Path,
     cgroups_path: &str,
-    cgroup_ns: bool,
-    nofile: u64,
+    host: &Host,
 ) -> Result<Spec, String> {
     let err = |e: oci_spec::OciSpecError| e.to_string();
     if spec.args.is_empty() {
@@ -152,11 +140,20 @@ pub fn build_spec(
     if !spec.additional_gids.is_empty() {
         user = user.additional_gids(spec.additional_gids.clone());
     }
-    let caps = default_capabilities();
+    let sec = &spec.security;
+    let caps = security::capabilities(sec, &host.capabilities)?;
+    let seccomp = match &sec.seccomp {
+        _ if sec.privileged => None,
+        SeccompProfile::Unconfined => None,
+        SeccompProfile::RuntimeDefault => Some(seccomp::default_profile(&caps)),
+        SeccompProfile::Localhost(path) => Some(seccomp::load_profile(path)?),
+    };
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
         .build()
         .map_err(err)?;
     let process = ProcessBuilder::default()
@@ -168,16 +165,16 @@ pub fn build_spec(
         .capabilities(capabilities)
         .rlimits(vec![PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
-            .hard(nofile)
-            .soft(nofile)
+            .hard(host.nofile)
+            .soft(host.nofile)
             .build()
             .map_err(err)?])
-        .no_new_privileges(false)
+        .no_new_privileges(sec.no_new_privs)
         .build()
         .map_err(err)?;
 
     let host_network = spec.netns.as_deref() == Some(Path::new(super::HOST_NETWORK));
-    let mut mounts = default_mounts(host_network)?;
+    let mut mounts = default_mounts(host_network, sec.privileged)?;
     for m in &spec.mounts {
         if !m.destination.starts_with('/') {
             return Err(format!("mount destination {:?} is not absolute", m.destination));
@@ -203,14 +200,15 @@ pub fn build_spec(
         }
         namespaces.push(net.build().map_err(err)?);
     }
-    if cgroup_ns {
+    if host.cgroup_ns && !sec.privileged {
         namespaces
             .push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Cgroup).build().map_err(err)?);
     }
 
     let r = &spec.resources;
+    // Privileged containers may use every device (containerd's WithAllDevicesAllowed).
     let mut resources = LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
-        .allow(false)
+        .allow(sec.privileged)
         .access("rwm")
         .build()
         .map_err(err)?]);
@@ -233,14 +231,28 @@ pub fn build_spec(
         resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build().map_err(err)?);
     }
 
-    let linux = LinuxBuilder::default()
+    let (masked, readonly) = if sec.privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (sec.masked_paths.clone(), sec.readonly_paths.clone())
+    };
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(cgroups_path))
         .resources(resources.build().map_err(err)?)
-        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .build()
-        .map_err(err)?;
+        .masked_paths(masked)
+        .readonly_paths(readonly);
+    if let Some(profile) = seccomp {
+        linux = linux.seccomp(profile);
+    }
+    if sec.privileged {
+        linux = linux.devices(security::host_devices()?);
+    }
+    if !sec.sysctls.is_empty() {
+        linux =
+            linux.sysctl(sec.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
+    }
+    let linux = linux.build().map_err(err)?;
 
     let mut annotations: HashMap<String, String> = HashMap::new();
     annotations.insert(POD_ID_ANNOTATION.to_string(), spec.pod_id.clone());
@@ -248,7 +260,7 @@ pub fn build_spec(
 
     SpecBuilder::default()
         .version("1.0.2-dev")
-        .root(RootBuilder::default().path(rootfs).readonly(false).build().map_err(err)?)
+        .root(RootBuilder::default().path(rootfs).readonly(sec.readonly_rootfs).build().map_err(err)?)
         .hostname(spec.hostname.clone())
         .process(process)
         .mounts(mounts)
@@ -265,4 +277,103 @@ fn labels_json(labels: &BTreeMap<String, String>) -> String {
 /// The labels stored in a config's annotations by [`build_spec`].
 pub fn labels_from_annotations(annotations: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     annotations.get(LABELS_ANNOTATION).and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::security::{capabilities_from_mask, capability_mask, Security};
+
+    fn build(security: Security) -> Spec {
+        let spec = ContainerSpec {
+            id: "c".into(),
+            pod_id: "p".into(),
+            args: vec!["sh".into()],
+            netns: Some("/run/netns/x".into()),
+            security,
+            ..Default::default()
+        };
+        let host =
+            Host { cgroup_ns: true, nofile: 1024, capabilities: capabilities_from_mask(0x1ff_ffff_ffff) };
+        build_spec(&spec, Path::new("/rootfs"), "/capstan/p/c", &host).unwrap()
+    }
+
+    fn caps(spec: &Spec) -> (u64, u64, u64, bool, bool) {
+        let c = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap();
+        let mask = |s: &Option<Capabilities>| capability_mask(s.as_ref().unwrap());
+        (
+            mask(c.bounding()),
+            mask(c.effective()),
+            mask(c.permitted()),
+            c.inheritable().as_ref().is_none_or(|s| s.is_empty()),
+            c.ambient().as_ref().is_none_or(|s| s.is_empty()),
+        )
+    }
+
+    fn mount_options(spec: &Spec, dest: &str) -> Vec<String> {
+        let m = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new(dest)).unwrap();
+        m.options().clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn default_security() {
+        let s = build(Security::default());
+        assert_eq!(caps(&s), (0xa804_25fb, 0xa804_25fb, 0xa804_25fb, true, true));
+        let linux = s.linux().as_ref().unwrap();
+        assert!(linux.seccomp().is_none());
+        assert!(!s.process().as_ref().unwrap().no_new_privileges().unwrap_or(false));
+        assert!(linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
+        assert!(linux.readonly_paths().as_ref().unwrap().contains(&"/proc/sys".to_string()));
+        assert!(mount_options(&s, "/sys").contains(&"ro".to_string()));
+        assert_eq!(s.root().as_ref().unwrap().readonly(), Some(false));
+        assert!(linux.namespaces().as_ref().unwrap().iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup));
+    }
+
+    #[test]
+    fn hardened_security() {
+        let s = build(Security {
+            drop_capabilities: vec!["ALL".into()],
+            no_new_privs: true,
+            seccomp: SeccompProfile::RuntimeDefault,
+            readonly_rootfs: true,
+            sysctls: [("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string())].into(),
+            ..Default::default()
+        });
+        assert_eq!(caps(&s), (0, 0, 0, true, true));
+        assert!(s.process().as_ref().unwrap().no_new_privileges().unwrap_or(false));
+        assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
+        let linux = s.linux().as_ref().unwrap();
+        let seccomp = linux.seccomp().as_ref().unwrap();
+        // Computed from the final (empty) bounding set: no mount, clone3 gives ENOSYS.
+        assert!(seccomp.syscalls().as_ref().unwrap().iter().any(|c| c.names() == &["clone3"]));
+        assert_eq!(linux.sysctl().as_ref().unwrap()["net.ipv4.ip_unprivileged_port_start"], "0");
+    }
+
+    #[test]
+    fn privileged_security() {
+        let s = build(Security {
+            privileged: true,
+            drop_capabilities: vec!["ALL".into()],
+            seccomp: SeccompProfile::RuntimeDefault,
+            ..Default::default()
+        });
+        assert_eq!(caps(&s).0, 0x1ff_ffff_ffff);
+        let linux = s.linux().as_ref().unwrap();
+        assert!(linux.seccomp().is_none());
+        assert!(linux.masked_paths().as_ref().unwrap().is_empty());
+        assert!(linux.readonly_paths().as_ref().unwrap().is_empty());
+        assert!(mount_options(&s, "/sys").contains(&"rw".to_string()));
+        assert!(mount_options(&s, "/sys/fs/cgroup").contains(&"rw".to_string()));
+        assert!(linux.devices().as_ref().unwrap().iter().any(|d| d.path() == Path::new("/dev/null")));
+        let allow = &linux.resources().as_ref().unwrap().devices().as_ref().unwrap()[0];
+        assert!(allow.allow());
+        assert!(!linux.namespaces().as_ref().unwrap().iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup));
+        // An unknown capability is a spec error, not a panic.
+        let spec = ContainerSpec {
+            args: vec!["sh".into()],
+            security: Security { add_capabilities: vec!["BOGUS".into()], ..Default::default() },
+            ..Default::default()
+        };
+        assert!(build_spec(&spec, Path::new("/r"), "/c", &Host::default()).is_err());
+    }
 }

@@ -1,6 +1,18 @@
-//! Test support: a real local registry (`docker-registry`, Debian's Distribution 2.8) and a
-//! busybox test image built without network and pushed to it. Used by this crate's tests and by
-//! the integration tests of the node agent.
+//! capstan's test kit: a real local registry (`docker-registry`, Debian's Distribution 2.8),
+//! a busybox test image built without network and pushed to it, and a real `dnsmasq`
+//! answering from a hosts file on loopback (the outside resolver of the DNS tests and the
+//! peer of `capstan-bench dns`). Shared by the node
+//! agent's tests, the integration tests (`tests/`) and the benchmarks (`bench/`), so none of
+//! them depends on another's crate for it.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let registry = capstan_testkit::Registry::start(None)?;
+//! let image = capstan_testkit::push_busybox_image(&registry, "busybox", "1", None).await?;
+//! assert!(image.ends_with("/busybox:1"));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -394,4 +406,132 @@ pub async fn push_busybox_image_as(
         .await
         .with_context(|| format!("pushing {host}/{name}:{tag}"))?;
     Ok(format!("{host}/{name}:{tag}"))
+}
+
+/// A real `dnsmasq` (Debian's `dnsmasq-base`) on 127.0.0.1 and a free port, answering only
+/// from a hosts file (no upstream, no /etc/hosts, authoritative for the domains given): the
+/// "outside world" of cluster DNS tests and the peer of the DNS benchmark. Dropping it kills
+/// the process and removes its directory.
+pub struct Dnsmasq {
+    /// Where it listens (UDP and TCP).
+    pub addr: SocketAddr,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq answering `hosts` (`(name, ipv4)`), with NXDOMAIN for other names
+    /// under `local_domains`; waits until it answers.
+    pub fn start(hosts: &[(&str, &str)], local_domains: &[&str]) -> anyhow::Result<Dnsmasq> {
+        let mut last_error = anyhow!("not started");
+        for _ in 0..3 {
+            match Self::try_start(hosts, local_domains) {
+                Ok(d) => return Ok(d),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    fn try_start(hosts: &[(&str, &str)], local_domains: &[&str]) -> anyhow::Result<Dnsmasq> {
+        let dir = temp_dir("dnsmasq")?;
+        let hosts_file = dir.join("hosts");
+        let text: String = hosts.iter().map(|(n, ip)| format!("{ip} {n}\n")).collect();
+        std::fs::write(&hosts_file, text)?;
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut cmd = Command::new(dnsmasq_binary());
+        cmd.args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
+            .arg(format!("--addn-hosts={}", hosts_file.display()))
+            .args(["--listen-address=127.0.0.1", "--bind-interfaces", "--user=root", "--group=root"])
+            .args(["--pid-file=", "--cache-size=1000", "--dns-forward-max=1000"])
+            .arg(format!("--port={port}"));
+        for d in local_domains {
+            cmd.arg(format!("--local=/{d}/"));
+        }
+        let log = std::fs::File::create(dir.join("dnsmasq.log"))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting dnsmasq (Debian package dnsmasq-base)")?;
+        let mut d = Dnsmasq { addr, child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let probe = hosts.first().map(|(n, _)| *n).unwrap_or("localhost");
+        loop {
+            if let Some(status) = d.child.try_wait()? {
+                let log = std::fs::read_to_string(d.dir.join("dnsmasq.log")).unwrap_or_default();
+                bail!("dnsmasq exited ({status}): {log}");
+            }
+            if dns_query(addr, probe, hickory_proto::rr::RecordType::A, false).is_ok() {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                bail!("dnsmasq did not answer on {addr} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn dnsmasq_binary() -> &'static str {
+    ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("dnsmasq")
+}
+
+/// Asks `server` one question over UDP (or TCP) and returns the decoded answer
+/// (2 s timeout).
+pub fn dns_query(
+    server: SocketAddr,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+    tcp: bool,
+) -> anyhow::Result<hickory_proto::op::Message> {
+    use hickory_proto::op::{Message, Query};
+    let mut q = Message::query();
+    q.metadata.recursion_desired = true;
+    let mut n = hickory_proto::rr::Name::from_ascii(name)?;
+    n.set_fqdn(true);
+    q.add_query(Query::query(n, qtype));
+    let bytes = q.to_vec()?;
+    let timeout = Duration::from_secs(2);
+    let answer = if tcp {
+        let mut s = TcpStream::connect_timeout(&server, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut msg = (bytes.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&bytes);
+        s.write_all(&msg)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut buf)?;
+        buf
+    } else {
+        let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+        let s = std::net::UdpSocket::bind(local)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.send_to(&bytes, server)?;
+        let mut buf = vec![0u8; 65535];
+        let n = s.recv(&mut buf)?;
+        buf.truncate(n);
+        buf
+    };
+    let m = Message::from_vec(&answer).map_err(|e| anyhow!("undecodable answer from {server}: {e}"))?;
+    if m.metadata.id != q.metadata.id {
+        bail!("answer from {server} has id {} for question {}", m.metadata.id, q.metadata.id);
+    }
+    Ok(m)
 }
