@@ -349,16 +349,15 @@ fn services_route_from_pods_the_node_and_outside() {
         let unique: BTreeSet<&String> = rules.iter().collect();
         assert_eq!(unique.len(), rules.len(), "duplicate rules in {chain}: {rules:?}");
     }
-    // Relay ports change with a restart; there are none here (no loopback endpoints).
+    // The `kubernetes` Service's relay (its endpoint is on loopback) listens on a new port
+    // after a restart: `listing` leaves that rule out.
     assert_eq!(after, before);
     let body = wait_for("web after the restart", Duration::from_secs(20), || http_get(&format!("{ip}:80")));
     assert!(backends.contains(&body));
 
     // Everything deleted: no rule of any Service remains (but the `kubernetes` Service's,
-    // if the API made one).
-    let kubernetes_ip = try_json(&c, &["get", "service", "kubernetes"])
-        .and_then(|s| s["spec"]["clusterIP"].as_str().map(|ip| format!("\"{ip}\"")))
-        .unwrap_or_else(|| "no kubernetes Service".into());
+    // which the gateway keeps).
+    let kubernetes_ip = format!("\"{}\"", cluster_ip(&c, "kubernetes"));
     c.ok(&["delete", "service", "web", "web-np", "web-lb", "web-sticky", "selfie"]);
     c.ok(&["delete", "deployment", "web"]);
     wait_for("no Service rules left", Duration::from_secs(20), || {
@@ -420,13 +419,10 @@ fn loopback_endpoints_are_reached_through_a_relay() {
     // And so does the node itself.
     assert_eq!(http_get(&format!("{ip}:80")).as_deref(), Some("hello from the host's loopback"));
 
-    // The `kubernetes` Service: the API of `capstan up` listens on 127.0.0.1. The API service
-    // creates the Service and its slice itself once it knows how; until then, the test does.
+    // The `kubernetes` Service, which the gateway writes: the API of `capstan up` listens on
+    // 127.0.0.1, so its endpoint is on loopback too.
     let api_port: u16 =
         c.url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("a port");
-    if try_json(&c, &["get", "service", "kubernetes"]).is_none() {
-        apply(&c, "kubernetes.yaml", &loopback_service("kubernetes", 443, api_port));
-    }
     let ip = cluster_ip(&c, "kubernetes");
     wait_for_rule(&table, "service-ips", &format!("\"{ip}\""));
     // busybox's own TLS client (used when there is no `openssl` to run, as in the test image)
@@ -470,4 +466,100 @@ fn the_service_proxy_can_be_turned_off() {
         assert!(nft_json(&table).is_none(), "a node without the service proxy has no table");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The status kubectl `-v=6` logged for a GET of `url` (exactly that URL, or with a query).
+fn status_of<'a>(log: &'a str, url: &str) -> Option<&'a str> {
+    let line = log.lines().find(|l| {
+        l.contains("GET")
+            && [format!("{url} "), format!("{url}?"), format!("{url}\"")]
+                .iter()
+                .any(|u| l.contains(u.as_str()))
+    })?;
+    ["200 OK", "401 Unauthorized", "403 Forbidden", "404 Not Found"].into_iter().find(|s| line.contains(s))
+}
+
+/// The API from inside a pod, as in-cluster clients reach it: the `kubernetes` Service that
+/// the gateway creates (10.96.0.1:443, its endpoint the API's loopback address under
+/// `capstan up`, so through the proxy's relay), the pod's mounted ServiceAccount token and
+/// CA, verified TLS. busybox's TLS client cannot talk to rustls (it sends no
+/// signature_algorithms extension; see `loopback_endpoints_are_reached_through_a_relay`), so
+/// the client in the pod is the real kubectl (a static Go binary) mounted from the host by a
+/// hostPath volume, running with its in-cluster configuration.
+#[test]
+fn a_pod_reaches_the_api_with_its_service_account() {
+    let (_reg, image) = registry_with_image();
+    let c = Cluster::start_node("");
+    let table = table_of(&c);
+    wait_node_ready(&c);
+    let api_port: u16 =
+        c.url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("a port");
+
+    // The gateway's `kubernetes` Service and its slice, and the node's rule for it.
+    let svc = json(&c, &["get", "service", "kubernetes"]);
+    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1", "{svc}");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443, "{svc}");
+    let slice = json(&c, &["get", "endpointslice", "kubernetes"]);
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "127.0.0.1", "{slice}");
+    assert_eq!(slice["ports"][0]["port"], api_port, "{slice}");
+    wait_for_rule(&table, "service-ips", "\"10.96.0.1\"");
+
+    let kubectl = std::fs::canonicalize("/usr/bin/kubectl").expect("kubectl is installed");
+    apply(
+        &c,
+        "api-client.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: api-client\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: main\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n    volumeMounts:\n    - {{name: kubectl, mountPath: /usr/local/bin/kubectl, readOnly: true}}\n  volumes:\n  - name: kubectl\n    hostPath: {{path: {}, type: File}}\n",
+            kubectl.display()
+        ),
+    );
+    wait_running(&c, "api-client");
+
+    // What the pod was given: the Service's address in its environment, token and CA.
+    let out = exec(
+        &c,
+        "api-client",
+        "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; ls /var/run/secrets/kubernetes.io/serviceaccount",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("10.96.0.1:443\n"), "{text}");
+    for f in ["ca.crt", "namespace", "token"] {
+        assert!(text.lines().any(|l| l == f), "no {f} in the pod's serviceaccount volume: {text}");
+    }
+
+    // kubectl in the pod, in-cluster (token and CA from the volume, server from the
+    // environment); `-v=6` logs each request's URL and status.
+    let in_pod = |args: &str| -> String {
+        let out = exec(&c, "api-client", &format!("HOME=/tmp kubectl -v=6 {args} 2>&1; echo rc=$?"));
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let api = in_pod("get --raw /api");
+    assert_eq!(status_of(&api, "https://10.96.0.1:443/api"), Some("200 OK"), "{api}");
+    assert!(api.contains("\"kind\":\"APIVersions\"") && api.contains("rc=0"), "{api}");
+
+    // The same through the Service's DNS name, the certificate checked for that name.
+    let token = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    let ca = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+    let by_name = in_pod(&format!(
+        "--server https://kubernetes.default.svc --certificate-authority {ca} --token \"$(cat {token})\" get --raw /api"
+    ));
+    assert_eq!(status_of(&by_name, "https://kubernetes.default.svc/api"), Some("200 OK"), "{by_name}");
+    assert!(by_name.contains("rc=0"), "{by_name}");
+
+    // Authorized as the pod's ServiceAccount: no pods until a RoleBinding grants them.
+    let pods = "get --raw /api/v1/namespaces/default/pods";
+    let pods_url = "https://10.96.0.1:443/api/v1/namespaces/default/pods";
+    let denied = in_pod(pods);
+    assert_eq!(status_of(&denied, pods_url), Some("403 Forbidden"), "{denied}");
+    assert!(denied.contains("system:serviceaccount:default:default") && denied.contains("rc=1"), "{denied}");
+    c.ok(&["create", "rolebinding", "r", "--clusterrole=view", "--serviceaccount=default:default"]);
+    let allowed = wait_for("the pod's token allowed to list pods", Duration::from_secs(10), || {
+        let out = in_pod(pods);
+        out.contains("rc=0").then_some(out)
+    });
+    assert_eq!(status_of(&allowed, pods_url), Some("200 OK"), "{allowed}");
+    assert!(
+        allowed.contains("\"kind\":\"PodList\"") && allowed.contains("\"name\":\"api-client\""),
+        "{allowed}"
+    );
 }
