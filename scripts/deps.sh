@@ -23,7 +23,9 @@ have ip || need_apt+=(iproute2)
 have iptables || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 if [ "$what" = test ]; then
   # libclang for `cargo check --features fdb` (bindgen).
-  ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
+  # (libclang itself: libclang-cpp, which other packages bring, does not do.)
+  ls /usr/lib/x86_64-linux-gnu/libclang.so* /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* \
+    /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
     || need_apt+=(libclang-dev)
   have python3 || need_apt+=(python3 python3-pip)
   [ -x /usr/sbin/nats-server ] || have nats-server || need_apt+=(nats-server)
