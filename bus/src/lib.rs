@@ -86,6 +86,7 @@
 //! # });
 //! ```
 
+pub mod access;
 mod envelope;
 mod error;
 mod inproc;

@@ -2,8 +2,9 @@
 //! every gateway in one queue group through the same [`dispatch`] path as HTTP.
 //!
 //! The caller's identity is the last subject token(s). With NATS, each role's credentials
-//! may publish only to its own subject, so the subject is proof of identity; the
-//! in-process bus is trusted.
+//! may publish only to its own subject (`capstan_bus::access`, enforced by the server as
+//! `capstan bus-config` configures it), so the subject is proof of identity; the
+//! in-process bus is trusted. Replies go only to `_INBOX.…` subjects.
 
 use crate::auth::User;
 use crate::dispatch::{self, parse_target, Query, Reply, Verb};
@@ -92,6 +93,12 @@ async fn serve_inner(svc: &ApiService, user: &User, req: ApiRequest) -> ApiResul
 
 async fn handle(bus: Arc<dyn Bus>, svc: Arc<ApiService>, msg: Message) {
     let Some(reply) = msg.reply else { return };
+    // The reply goes out with the gateway's own permissions: only to an inbox, never to a
+    // subject the caller chose to have the gateway publish on (a node session, the stream).
+    if !reply.starts_with("_INBOX.") {
+        tracing::warn!(subject = %msg.subject, reply = %reply, "dropping a bus API request whose reply subject is not an inbox");
+        return;
+    }
     let identity = msg.subject.strip_prefix(&format!("{}.api.", subjects::PREFIX)).unwrap_or("");
     let user = user_for_identity(identity);
     let resp = match ApiRequest::from_bytes(&msg.payload) {
