@@ -284,9 +284,10 @@ pub struct Incoming {
 impl Incoming {
     /// Accepts: subscribes to the opener's frames, then answers `Accepted`.
     pub async fn accept(mut self) -> Result<Session> {
-        let sub = self.bus.subscribe(session_up(&self.node, &self.request.session), None).await?;
+        let up = session_up(&self.node, &self.request.session);
+        let sub = self.bus.subscribe(up.clone(), None).await?;
         let tx = FrameSender::new(self.bus.clone(), session_down(&self.node, &self.request.session));
-        let rx = pump(sub, tx.clone());
+        let rx = pump(sub, up, tx.clone());
         self.answer(&SessionReply::Accepted).await?;
         Ok(Session { rx, tx })
     }
@@ -324,7 +325,8 @@ pub async fn open(
 ) -> std::result::Result<Session, OpenError> {
     request.session = new_session_id();
     let unreachable = |cause| OpenError::Unreachable { node: node.to_string(), cause };
-    let sub = bus.subscribe(session_down(node, &request.session), None).await.map_err(unreachable)?;
+    let down = session_down(node, &request.session);
+    let sub = bus.subscribe(down.clone(), None).await.map_err(unreachable)?;
     let payload = rmp_serde::to_vec_named(&request).map_err(|e| unreachable(Error::Encode(e.to_string())))?;
     let answer =
         bus.request(node_sessions(node), Bytes::from(payload), timeout).await.map_err(unreachable)?;
@@ -333,7 +335,7 @@ pub async fn open(
     match reply {
         SessionReply::Accepted => {
             let tx = FrameSender::new(bus, session_up(node, &request.session));
-            let rx = pump(sub, tx.clone());
+            let rx = pump(sub, down, tx.clone());
             Ok(Session { rx, tx })
         }
         SessionReply::Rejected { code, reason, message } => {
@@ -349,10 +351,17 @@ pub async fn serve(
     node: &str,
     handler: Arc<dyn Fn(Incoming) -> BoxFuture<'static, ()> + Send + Sync>,
 ) -> Result<()> {
-    let mut sub = bus.subscribe(node_sessions(node), None).await?;
+    let subject = node_sessions(node);
+    let mut sub = bus.subscribe(subject.clone(), None).await?;
     let node: Arc<str> = node.into();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
+            if msg.subject != subject {
+                // A JetStream push consumer can deliver stream messages here under their
+                // own subject: no session request.
+                tracing::warn!(subject = %msg.subject, "dropping a message that is no session request");
+                continue;
+            }
             let request: SessionRequest = match rmp_serde::from_slice(&msg.payload) {
                 Ok(r) => r,
                 Err(e) => {
@@ -370,7 +379,7 @@ pub async fn serve(
 /// Forwards decoded frames from a subscription to a channel, checking sequence numbers,
 /// dropping pings, pinging the peer while the channel is open, and ending the session when
 /// the peer is silent for [`IDLE_TIMEOUT`].
-fn pump(mut sub: crate::Subscription, tx: FrameSender) -> mpsc::Receiver<FrameBody> {
+fn pump(mut sub: crate::Subscription, subject: String, tx: FrameSender) -> mpsc::Receiver<FrameBody> {
     let (out, rx) = mpsc::channel(256);
     let pinger = {
         let out = out.clone();
@@ -398,6 +407,11 @@ fn pump(mut sub: crate::Subscription, tx: FrameSender) -> mpsc::Receiver<FrameBo
                     break;
                 }
             };
+            if msg.subject != subject {
+                // Delivered by a JetStream push consumer under its own subject: no frame.
+                tracing::warn!(subject = %msg.subject, "dropping a message that is no session frame");
+                continue;
+            }
             let frame: Frame = match rmp_serde::from_slice(&msg.payload) {
                 Ok(f) => f,
                 Err(e) => {

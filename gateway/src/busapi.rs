@@ -15,6 +15,15 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// The caller's identity in a request subject `capstan.v1.api.<identity>`; `None` for any
+/// other subject.
+pub fn identity_of(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(subjects::PREFIX)
+        .and_then(|s| s.strip_prefix(".api."))
+        .filter(|i| subjects::is_valid_subject(i))
+}
+
 /// The user a bus identity stands for.
 pub fn user_for_identity(identity: &str) -> User {
     match identity.split_once('.') {
@@ -27,7 +36,9 @@ pub fn user_for_identity(identity: &str) -> User {
         _ => match identity {
             "controllers" => User::new("system:kube-controller-manager", vec!["system:masters".into()]),
             "scheduler" => User::new("system:kube-scheduler", vec!["system:masters".into()]),
-            other => User::new(format!("system:bus:{other}"), vec!["system:masters".into()]),
+            "sim-nodes" => User::new("system:bus:sim-nodes", vec!["system:masters".into()]),
+            // No role of capstan's: whatever RBAC grants that user, no more.
+            other => User::new(format!("system:bus:{other}"), Vec::new()),
         },
     }
 }
@@ -99,7 +110,12 @@ async fn handle(bus: Arc<dyn Bus>, svc: Arc<ApiService>, msg: Message) {
         tracing::warn!(subject = %msg.subject, reply = %reply, "dropping a bus API request whose reply subject is not an inbox");
         return;
     }
-    let identity = msg.subject.strip_prefix(&format!("{}.api.", subjects::PREFIX)).unwrap_or("");
+    let Some(identity) = identity_of(&msg.subject) else {
+        // A JetStream push consumer can deliver stream messages onto any subject, keeping
+        // their own (`capstan.v1.events.…`) subject: such a message is no request.
+        tracing::warn!(subject = %msg.subject, "dropping a message on the API subjects that is no API request");
+        return;
+    };
     let user = user_for_identity(identity);
     let resp = match ApiRequest::from_bytes(&msg.payload) {
         Ok(req) => serve(&svc, &user, req).await,
@@ -125,4 +141,21 @@ pub async fn run(bus: Arc<dyn Bus>, svc: Arc<ApiService>) -> capstan_bus::Result
         tokio::spawn(handle(bus.clone(), svc.clone(), msg));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_only_from_request_subjects() {
+        assert_eq!(identity_of("capstan.v1.api.controllers"), Some("controllers"));
+        assert_eq!(identity_of("capstan.v1.api.node.a_b"), Some("node.a_b"));
+        assert_eq!(identity_of("capstan.v1.api."), None);
+        assert_eq!(identity_of("capstan.v1.events.core.pods.default.x"), None);
+        assert_eq!(identity_of("capstan.v1.apix.controllers"), None);
+        assert_eq!(user_for_identity("node.a_b").name, "system:node:a.b");
+        assert_eq!(user_for_identity("integrator-1").groups, vec!["system:authenticated".to_string()]);
+        assert!(user_for_identity("controllers").groups.contains(&"system:masters".to_string()));
+    }
 }
