@@ -51,8 +51,14 @@ async fn conn(nats: &Nats, identity: &str) -> Conn {
         .event_callback(move |event| {
             let tx = tx.clone();
             async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    let _ = tx.send(e.to_string());
+                match event {
+                    async_nats::Event::ServerError(e) => {
+                        let _ = tx.send(e.to_string());
+                    }
+                    async_nats::Event::Disconnected => {
+                        let _ = tx.send("disconnected".to_string());
+                    }
+                    _ => {}
                 }
             }
         })
@@ -74,6 +80,19 @@ impl Conn {
                 Ok(Some(e)) if e.to_lowercase().contains(&want) => return,
                 Ok(Some(e)) => seen.push(e),
                 _ => panic!("the server reported no {want:?}; it reported {seen:?}"),
+            }
+        }
+    }
+
+    /// Waits for the server to report `what` (an error text, or `disconnected`).
+    async fn reported(&mut self, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.errors.recv()).await {
+                Ok(Some(e)) if e.contains(what) => return,
+                Ok(Some(e)) => seen.push(e),
+                _ => panic!("no {what:?} reported; saw {seen:?}"),
             }
         }
     }
@@ -357,4 +376,60 @@ fn a_reader_gains_no_identity_through_a_push_consumer() {
         let r = ctl.api("controllers", &get_namespace()).await.expect("the controllers get a reply");
         assert_eq!(r.code, 200, "{}", r.body);
     });
+}
+
+/// docs/OPERATIONS.md: adding a node and revoking one is running `bus-config` again on its
+/// directory and reloading the server; a revoked credential's connection is closed and it
+/// cannot come back, while the others stay connected.
+#[test]
+fn adding_and_revoking_credentials_with_a_reload() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let nats = Nats::start_locked(data.path(), &["a", "b"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut a = conn(&nats, "node.a").await;
+        let mut b = conn(&nats, "node.b").await;
+        // Add node c (a and b stay: the directory keeps them), revoke b.
+        let b_creds = NatsCredentials::from_file(&nats.creds("node.b")).expect("b's credential");
+        std::fs::remove_file(nats.creds("node.b")).expect("remove b's credential");
+        nats.rerun_bus_config(data.path(), &["--nodes", "c"]);
+        nats.reload();
+        b.reported("disconnected").await;
+        let mut cfg = bus_config(&nats, "node.a");
+        cfg.credentials = Some(b_creds);
+        let err = NatsBus::connect(cfg).await.expect_err("the revoked credential connected").to_string();
+        assert!(err.contains("authorization violation"), "{err}");
+        // c connects; a is still connected and may still subscribe to its own subjects.
+        let _c = conn(&nats, "node.c").await;
+        let _sub = a.client.subscribe("capstan.v1.node.a.sessions").await.expect("subscribe");
+        a.client.flush().await.expect("node a is still connected");
+        assert!(a.errors.try_recv().is_err(), "node a was disturbed by the reload");
+    });
+}
+
+/// The Python integrator of docs/BUS.md ("Connecting"): TLS with the cluster CA, its
+/// credential, its inbox prefix; it reads events and its API request is refused.
+#[test]
+fn python_integrator_written_from_bus_md() {
+    let c = Cluster::start_multiprocess_locked(0, &[]);
+    let nats = c.nats().expect("nats");
+    c.ok(&["create", "configmap", "for-python", "--from-literal=k=v"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/bus_integrator.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(nats.url())
+        .arg(nats.creds("integrator-1"))
+        .arg(nats.ca())
+        .arg(capstan_bus::access::inbox_prefix("integrator-1"))
+        .arg("for-python")
+        .output()
+        .expect("python3 runs (scripts/deps.sh test installs nats-py, nkeys and msgpack)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "integrator failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0]["event"], "ADDED", "{stdout}");
+    assert_eq!(lines[0]["subject"], "capstan.v1.events.core.configmaps.default.for-python");
+    assert_eq!(lines[1]["api"], "refused", "{stdout}");
 }

@@ -139,6 +139,30 @@ impl Nats {
         }
     }
 
+    /// Makes the server reload its configuration (SIGHUP by PID).
+    pub fn reload(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args(["-HUP", &c.id().to_string()]).status();
+        }
+    }
+
+    /// Runs `capstan bus-config` again on a locked-down server's directory (keeping the
+    /// credentials there) with extra flags.
+    pub fn rerun_bus_config(&self, data_dir: &std::path::Path, extra: &[&str]) {
+        let out = self.locked.as_ref().expect("a locked-down server");
+        let res = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["bus-config", "--out"])
+            .arg(out)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(extra)
+            .env("CAPSTAN_LOG", "warn")
+            .output()
+            .expect("capstan bus-config runs");
+        assert!(res.status.success(), "capstan bus-config failed: {}", String::from_utf8_lossy(&res.stderr));
+    }
+
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.stop();
