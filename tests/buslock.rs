@@ -433,3 +433,34 @@ fn python_integrator_written_from_bus_md() {
     assert_eq!(lines[0]["subject"], "capstan.v1.events.core.configmaps.default.for-python");
     assert_eq!(lines[1]["api"], "refused", "{stdout}");
 }
+
+/// A real node agent (runc, CNI, an image from a real registry) on the locked-down bus with
+/// its own node credential (`capstan up --nats-creds-dir`): it registers, runs a pod (its
+/// token volume comes from a TokenRequest over the bus), and `kubectl logs` and `exec`
+/// reach it; the server refused nothing.
+#[test]
+fn a_real_node_runs_a_pod_over_the_locked_down_bus() {
+    let reg = capstan_testkit::Registry::start(None).expect("start docker-registry");
+    let image = runtime()
+        .block_on(capstan_testkit::push_busybox_image(&reg, "busybox", "1", None))
+        .expect("push the test image");
+    let c = Cluster::start_node_locked("");
+    let pod = c.file(
+        "pod.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo hello from the node; sleep 3600\"]\n"
+        ),
+    );
+    c.ok(&["apply", "-f", pod.to_str().expect("path")]);
+    c.ok(&["wait", "pod/p", "--for=condition=Ready", "--timeout=90s"]);
+    common::wait_for("the pod's log", Duration::from_secs(30), || {
+        c.kubectl(&["logs", "p"]).stdout.starts_with(b"hello from the node").then_some(())
+    });
+    let out =
+        c.kubectl(&["exec", "p", "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/namespace"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "default");
+    c.ok(&["delete", "pod", "p", "--wait=true", "--timeout=60s"]);
+    let log = c.nats().expect("nats").log();
+    assert!(!log.contains("Violation"), "the server refused something a role did:\n{log}");
+}

@@ -131,6 +131,17 @@ impl Cluster {
     /// several such clusters can run at once). The node's containers, networks and mounts
     /// are removed on drop with `capstan node-reset`.
     pub fn start_node(node_yaml: &str) -> Cluster {
+        Cluster::node_cluster(node_yaml, false)
+    }
+
+    /// As [`Cluster::start_node`], over a nats-server locked down by `capstan bus-config`:
+    /// `capstan up --nats URL --nats-creds-dir DIR`, so the node agent (`node-1`) connects
+    /// with its own node credential.
+    pub fn start_node_locked(node_yaml: &str) -> Cluster {
+        Cluster::node_cluster(node_yaml, true)
+    }
+
+    fn node_cluster(node_yaml: &str, locked: bool) -> Cluster {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = (std::process::id() * 7 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 250;
         let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
@@ -156,6 +167,12 @@ impl Cluster {
             roles: Vec::new(),
             nats: None,
         };
+        if locked {
+            let nats = nats::Nats::start_locked(c.path(), &["node-1"]);
+            let dir = nats.creds_dir().expect("locked").to_string_lossy().into_owned();
+            c.extra.extend(["--nats".into(), nats.url(), "--nats-creds-dir".into(), dir]);
+            c.nats = Some(nats);
+        }
         c.spawn();
         c
     }
