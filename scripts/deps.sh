@@ -46,9 +46,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if [ "$what" = test ]; then
-  if ! python3 -c 'import kubernetes, nats, msgpack' >/dev/null 2>&1; then
-    echo "capstan: installing the Python kubernetes, nats-py and msgpack packages" >&2
-    python3 -m pip install -q kubernetes nats-py msgpack 2>/dev/null \
-      || python3 -m pip install -q --break-system-packages kubernetes nats-py msgpack
+  # nkeys: nats-py's nkey authentication (the locked-down bus's integrator example).
+  if ! python3 -c 'import kubernetes, nats, msgpack, nkeys' >/dev/null 2>&1; then
+    echo "capstan: installing the Python kubernetes, nats-py, nkeys and msgpack packages" >&2
+    python3 -m pip install -q kubernetes nats-py nkeys msgpack 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages kubernetes nats-py nkeys msgpack
   fi
 fi

@@ -21,6 +21,8 @@ pub struct Args {
     /// YAML configuration file (its `node:` section).
     #[arg(long, env = "CAPSTAN_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    auth: super::roles::NatsAuth,
 }
 
 /// The host's name, as a node name.
@@ -111,7 +113,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let data_dir = args.data_dir.canonicalize().unwrap_or(args.data_dir);
     let cfg = agent_config(name.clone(), &data_dir, node, &net)?;
     actix_rt::System::new().block_on(async move {
-        let bus = super::roles::connect_bus(Some(&args.nats), &format!("capstan-kubelet-{name}")).await?;
+        let role = capstan_bus::access::Role::Node(name.clone());
+        let bus = super::roles::connect_bus(
+            Some(&args.nats),
+            &format!("capstan-kubelet-{name}"),
+            &role,
+            &args.auth,
+        )
+        .await?;
         super::roles::start_kubelet(bus, cfg);
         println!("capstan kubelet running (node {name})");
         super::shutdown_signal().await;

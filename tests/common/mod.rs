@@ -77,6 +77,9 @@ pub enum Mode {
     /// `capstan gateway`, `controllers`, `scheduler` and `sim-nodes`, each its own
     /// process, over a real nats-server.
     Nats,
+    /// As [`Mode::Nats`], over a nats-server locked down by `capstan bus-config` (TLS,
+    /// each role with its own credential and subject permissions).
+    LockedNats,
 }
 
 impl Mode {
@@ -87,6 +90,7 @@ impl Mode {
             Mode::InProcess if sim_nodes == 0 => Cluster::start_env(&[], envs),
             Mode::InProcess => Cluster::start_env(&["--sim-nodes", &sim_nodes.to_string()], envs),
             Mode::Nats => Cluster::start_multiprocess(sim_nodes, envs),
+            Mode::LockedNats => Cluster::start_multiprocess_locked(sim_nodes, envs),
         }
     }
 }
@@ -128,6 +132,17 @@ impl Cluster {
     /// interface, so several such clusters can run at once). The node's containers,
     /// networks, mounts and DNS address are removed on drop with `capstan node-reset`.
     pub fn start_node(node_yaml: &str) -> Cluster {
+        Cluster::node_cluster(node_yaml, false)
+    }
+
+    /// As [`Cluster::start_node`], over a nats-server locked down by `capstan bus-config`:
+    /// `capstan up --nats URL --nats-creds-dir DIR`, so the node agent (`node-1`) connects
+    /// with its own node credential.
+    pub fn start_node_locked(node_yaml: &str) -> Cluster {
+        Cluster::node_cluster(node_yaml, true)
+    }
+
+    fn node_cluster(node_yaml: &str, locked: bool) -> Cluster {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = (std::process::id() * 7 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 250;
         let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
@@ -156,6 +171,12 @@ impl Cluster {
             roles: Vec::new(),
             nats: None,
         };
+        if locked {
+            let nats = nats::Nats::start_locked(c.path(), &["node-1"]);
+            let dir = nats.creds_dir().expect("locked").to_string_lossy().into_owned();
+            c.extra.extend(["--nats".into(), nats.url(), "--nats-creds-dir".into(), dir]);
+            c.nats = Some(nats);
+        }
         c.spawn();
         c
     }
@@ -176,18 +197,70 @@ impl Cluster {
     /// and sim-nodes (lease renewal) read `CAPSTAN_NODE_GRACE_SECONDS`. All are stopped by
     /// PID on drop; `restart`/`kill9` act on the gateway only.
     pub fn start_multiprocess(sim_nodes: usize, envs: &[(&str, &str)]) -> Cluster {
-        let nats = nats::Nats::start();
-        let url = nats.url();
-        let mut c = Cluster::unstarted("gateway", &["--nats", &url], envs);
-        c.nats = Some(nats);
+        Cluster::multiprocess(sim_nodes, envs, false)
+    }
+
+    /// As [`Cluster::start_multiprocess`], over a nats-server locked down by `capstan
+    /// bus-config` (its CA is the cluster's, under the gateway's data directory): each role
+    /// connects over TLS with its own credential (`--nats-creds`, `--nats-ca`).
+    pub fn start_multiprocess_locked(sim_nodes: usize, envs: &[(&str, &str)]) -> Cluster {
+        Cluster::multiprocess(sim_nodes, envs, true)
+    }
+
+    /// As [`Cluster::start_multiprocess_locked`], with credentials for `nodes` too (for
+    /// tests that act as those nodes: [`nats::Nats::creds`] `("node.<name>")`).
+    pub fn start_multiprocess_locked_with_nodes(
+        sim_nodes: usize,
+        envs: &[(&str, &str)],
+        nodes: &[&str],
+    ) -> Cluster {
+        Cluster::multiprocess_with(sim_nodes, envs, Some(nodes))
+    }
+
+    /// Starts `capstan up --nats URL --nats-creds-dir DIR` (no real node) over a nats-server
+    /// locked down by `capstan bus-config` with credentials for `nodes` too: every role in
+    /// the process connects with its own credential.
+    pub fn start_up_locked(nodes: &[&str], envs: &[(&str, &str)]) -> Cluster {
+        let mut c = Cluster::unstarted("up", &[], envs);
+        let nats = nats::Nats::start_locked(c.path(), nodes);
+        let dir = nats.creds_dir().expect("locked").to_string_lossy().into_owned();
+        c.extra = vec!["--nats".into(), nats.url(), "--nats-creds-dir".into(), dir];
         c.spawn();
-        c.roles.push(Role::start_env(&["controllers", "--nats", &url], envs));
-        c.roles.push(Role::start_env(&["scheduler", "--nats", &url], envs));
+        c.nats = Some(nats);
+        c
+    }
+
+    fn multiprocess(sim_nodes: usize, envs: &[(&str, &str)], locked: bool) -> Cluster {
+        Cluster::multiprocess_with(sim_nodes, envs, locked.then_some(&[][..]))
+    }
+
+    fn multiprocess_with(sim_nodes: usize, envs: &[(&str, &str)], locked: Option<&[&str]>) -> Cluster {
+        let mut c = Cluster::unstarted("gateway", &[], envs);
+        let nats = match locked {
+            Some(nodes) => nats::Nats::start_locked(c.path(), nodes),
+            None => nats::Nats::start(),
+        };
+        c.extra = nats.role_flags("gateway");
+        c.spawn();
+        let role = |args: &[&str], identity: &str| {
+            let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            a.extend(nats.role_flags(identity));
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            Role::start_env(&a, envs)
+        };
+        c.roles.push(role(&["controllers"], "controllers"));
+        c.roles.push(role(&["scheduler"], "scheduler"));
         if sim_nodes > 0 {
             let count = sim_nodes.to_string();
-            c.roles.push(Role::start_env(&["sim-nodes", "--nats", &url, "--count", &count], envs));
+            c.roles.push(role(&["sim-nodes", "--count", &count], "sim-nodes"));
         }
+        c.nats = Some(nats);
         c
+    }
+
+    /// The nats-server of a multi-process cluster.
+    pub fn nats(&self) -> Option<&nats::Nats> {
+        self.nats.as_ref()
     }
 
     fn spawn(&mut self) {
