@@ -46,6 +46,26 @@ fn await_line(
         .unwrap_or_else(|_| panic!("timed out after 60 s waiting for {what}"))
 }
 
+/// A number in 0..250 no other process on this host holds: each real-node cluster's bridge
+/// (`cpt<n>`), pod CIDR and DNS address derive from it, and a node agent removes pod networks
+/// of its own bridge it does not know, so two test processes (or two worktrees' suites) must
+/// never share one. Held by an advisory file lock, released when the process ends.
+fn node_slot() -> (u32, std::fs::File) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id() * 7 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for i in 0..250 {
+        let n = (start + i) % 250;
+        let path = std::env::temp_dir().join(format!("capstan-test-node-slot-{n}.lock"));
+        let Ok(f) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) else {
+            continue;
+        };
+        if f.try_lock().is_ok() {
+            return (n, f);
+        }
+    }
+    panic!("no free node slot: 250 real-node test clusters at once?");
+}
+
 /// A running `capstan up`.
 pub struct Cluster {
     child: Option<Child>,
@@ -63,6 +83,8 @@ pub struct Cluster {
     envs: Vec<(String, String)>,
     /// The config file of a cluster with a real node (reset on drop).
     node_config: Option<PathBuf>,
+    /// The real-node slot lock (see [`node_slot`]), held while the cluster lives.
+    _slot: Option<std::fs::File>,
     /// The other roles of a multi-process cluster (stopped on drop, before the gateway).
     roles: Vec<Role>,
     /// The nats-server of a multi-process cluster (stopped on drop, last).
@@ -121,6 +143,7 @@ impl Cluster {
             role,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             node_config: None,
+            _slot: None,
             roles: Vec::new(),
             nats: None,
         }
@@ -143,8 +166,9 @@ impl Cluster {
     }
 
     fn node_cluster(node_yaml: &str, locked: bool) -> Cluster {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = (std::process::id() * 7 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 250;
+        // `slot` keeps the number this cluster's bridge, pod CIDR and DNS address use for as
+        // long as the test process lives.
+        let (n, slot) = node_slot();
         let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
         let mut yaml = format!(
             "node:\n  name: node-1\n  bridge: cpt{n}\n  podCIDR: 10.123.{n}.0/24\n  cgroupParent: /capstan-test-{}-{n}\n",
@@ -168,6 +192,7 @@ impl Cluster {
             role: "up",
             envs: vec![("CAPSTAN_NO_NODE".into(), "false".into())],
             node_config: Some(config),
+            _slot: Some(slot),
             roles: Vec::new(),
             nats: None,
         };
