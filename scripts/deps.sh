@@ -24,7 +24,9 @@ have iptables || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 have nft || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 if [ "$what" = test ]; then
   # libclang for `cargo check --features fdb` (bindgen).
-  ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
+  # (libclang itself: libclang-cpp, which other packages bring, does not do.)
+  ls /usr/lib/x86_64-linux-gnu/libclang.so* /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* \
+    /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
     || need_apt+=(libclang-dev)
   have python3 || need_apt+=(python3 python3-pip)
   [ -x /usr/sbin/nats-server ] || have nats-server || need_apt+=(nats-server)
@@ -45,9 +47,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if [ "$what" = test ]; then
-  if ! python3 -c 'import kubernetes, nats, msgpack' >/dev/null 2>&1; then
-    echo "capstan: installing the Python kubernetes, nats-py and msgpack packages" >&2
-    python3 -m pip install -q kubernetes nats-py msgpack 2>/dev/null \
-      || python3 -m pip install -q --break-system-packages kubernetes nats-py msgpack
+  # nkeys: nats-py's nkey authentication (the locked-down bus's integrator example).
+  if ! python3 -c 'import kubernetes, nats, msgpack, nkeys' >/dev/null 2>&1; then
+    echo "capstan: installing the Python kubernetes, nats-py, nkeys and msgpack packages" >&2
+    python3 -m pip install -q kubernetes nats-py nkeys msgpack 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages kubernetes nats-py nkeys msgpack
   fi
 fi

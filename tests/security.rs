@@ -361,6 +361,13 @@ fn can_i_list_whoami_and_escalation() {
         c.kubectl(&["auth", "can-i", "list", "pods", "-n", "default", "--as=system:serviceaccount:dev:bot"]);
     assert_eq!(String::from_utf8_lossy(&no.stdout).trim(), "no");
 
+    // The aggregated default roles carry their members' rules (edit ← view ← aggregate-to-view).
+    wait_for("admin's aggregated rules", Duration::from_secs(10), || {
+        let rules = c.ok(&["get", "clusterrole", "admin", "-o", "jsonpath={.rules[*].resources}"]);
+        (rules.contains("deployments") && rules.contains("rolebindings") && rules.contains("pods/log"))
+            .then_some(())
+    });
+
     // whoami, for the admin certificate and for a ServiceAccount token.
     let me = c.ok(&["auth", "whoami"]);
     assert!(me.contains("admin") && me.contains("system:masters"), "{me}");

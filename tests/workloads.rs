@@ -162,6 +162,11 @@ fn deployment_rolls_out_and_scales_over_nats() {
     deployment_rolls_out_and_scales(Mode::Nats);
 }
 
+#[test]
+fn deployment_rolls_out_and_scales_over_locked_down_nats() {
+    deployment_rolls_out_and_scales(Mode::LockedNats);
+}
+
 /// Restart, set image and undo, each checked against the bounds from a pod watch; then
 /// the revision history.
 fn rollout_scenario(c: &Cluster) {

@@ -14,6 +14,9 @@ pub enum Error {
         /// Cause.
         message: String,
     },
+    /// A credential file could not be read or holds no credential.
+    #[error("invalid nats credentials: {0}")]
+    Credentials(String),
     /// No reply within the timeout.
     #[error("request on {subject} timed out")]
     Timeout {

@@ -18,6 +18,14 @@
 //! * API requests: `capstan.v1.api.<identity>` with an [`ApiRequest`] payload answered by
 //!   an [`ApiResponse`]; `<identity>` names the caller (see [`subjects::api_request`]).
 //!
+//! # Access
+//!
+//! On a shared NATS server the request subject is proof of identity only if the server
+//! confines each credential to its own subjects: [`access`] tables each role's
+//! permissions and renders the nats-server configuration (`capstan bus-config`); a role
+//! connects with its credential ([`NatsCredentials::from_file`]), TLS
+//! ([`NatsTlsConfig`]) and its own inbox prefix ([`NatsConfig::inbox_prefix`]).
+//!
 //! # Delivery guarantees
 //!
 //! * **Core messages** ([`Bus::publish`], [`Bus::subscribe`]) are at most once, as in
@@ -86,6 +94,7 @@
 //! # });
 //! ```
 
+pub mod access;
 mod envelope;
 mod error;
 mod inproc;

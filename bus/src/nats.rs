@@ -61,6 +61,26 @@ pub enum Credentials {
     NkeySeed(String),
 }
 
+impl Credentials {
+    /// Reads a credential file as `capstan bus-config` writes it (`<role>.creds`): the
+    /// user's nkey seed (`SU...`) on a line of its own; other lines (comments) are ignored.
+    pub fn from_file(path: &std::path::Path) -> Result<Credentials> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Credentials(format!("failed to read {}: {e}", path.display())))?;
+        Credentials::parse(&text).ok_or_else(|| {
+            Error::Credentials(format!("no user nkey seed (SU...) found in {}", path.display()))
+        })
+    }
+
+    /// The credential in a file's text, if it holds a user nkey seed.
+    pub fn parse(text: &str) -> Option<Credentials> {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("SU") && l.len() > 2 && l.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .map(|seed| Credentials::NkeySeed(seed.to_string()))
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -127,6 +147,14 @@ pub struct Config {
     pub name: String,
     /// Credentials, if the server requires them.
     pub credentials: Option<Credentials>,
+    /// The prefix of this client's reply inboxes (default `_INBOX`). A locked-down server
+    /// lets each role subscribe only to `_INBOX.<identity>.>`
+    /// ([`crate::access::inbox_prefix`]).
+    pub inbox_prefix: Option<String>,
+    /// Create the event stream, or update it to [`Config::stream`], on connect. Only the
+    /// gateway (the relay) does; readers' credentials may not change the stream, and their
+    /// consumers wait for it to exist. Default true.
+    pub manage_stream: bool,
     /// TLS, if wanted; the server must then offer TLS.
     pub tls: Option<TlsConfig>,
     /// Messages buffered per subscription before the client drops them (reported as a
@@ -147,6 +175,8 @@ impl Config {
             url: url.into(),
             name: "capstan".to_string(),
             credentials: None,
+            inbox_prefix: None,
+            manage_stream: true,
             tls: None,
             subscription_capacity: 65_536,
             connect_timeout: Duration::from_secs(5),
@@ -195,6 +225,9 @@ fn on_event(connections: &watch::Sender<u64>, event: Event) {
             tracing::warn!(sid, "nats client dropped messages for a slow subscription")
         }
         Event::LameDuckMode => tracing::warn!("nats server entered lame duck mode"),
+        Event::ServerError(e) if e.to_string().to_lowercase().contains("permissions violation") => {
+            tracing::error!(error = %e, "nats server refused an operation this credential may not do")
+        }
         Event::ServerError(e) => tracing::warn!(error = %e, "nats server error"),
         Event::ClientError(e) => tracing::warn!(error = %e, "nats client error"),
         Event::Draining => tracing::info!("nats connection draining"),
@@ -244,11 +277,14 @@ impl NatsBus {
             .name(&config.name)
             .subscription_capacity(config.subscription_capacity.max(1))
             .connection_timeout(config.connect_timeout)
-            .request_timeout(Some(config.jetstream_timeout))
-            .event_callback(move |event| {
-                let tx = tx.clone();
-                async move { on_event(&tx, event) }
-            });
+            .request_timeout(Some(config.jetstream_timeout));
+        if let Some(prefix) = &config.inbox_prefix {
+            opts = opts.custom_inbox_prefix(prefix);
+        }
+        opts = opts.event_callback(move |event| {
+            let tx = tx.clone();
+            async move { on_event(&tx, event) }
+        });
         if let Some(tls) = &config.tls {
             opts = opts.require_tls(true);
             if let Some(ca) = &tls.ca_file {
@@ -263,9 +299,11 @@ impl NatsBus {
             .await
             .map_err(|e| Error::Connect { url: config.url.clone(), message: e.to_string() })?;
         let js = jetstream::ContextBuilder::new().timeout(config.jetstream_timeout).build(client.clone());
-        js.create_or_update_stream(stream_config(&config.stream))
-            .await
-            .map_err(|e| backend(&format!("failed to create or update stream {}", config.stream.name), e))?;
+        if config.manage_stream {
+            js.create_or_update_stream(stream_config(&config.stream)).await.map_err(|e| {
+                backend(&format!("failed to create or update stream {}", config.stream.name), e)
+            })?;
+        }
         Ok(NatsBus {
             client,
             js,

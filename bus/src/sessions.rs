@@ -5,11 +5,11 @@
 //! # Protocol (version `v1`; see `docs/BUS.md`)
 //!
 //! 1. The opener (a gateway) picks a unique session id, subscribes to
-//!    [`session_down`]`(id)`, and sends a [`SessionRequest`] as a request on
+//!    [`session_down`]`(node, id)`, and sends a [`SessionRequest`] as a request on
 //!    [`node_sessions`]`(node)`.
 //! 2. The node answers with a [`SessionReply`]: `Rejected` carries the HTTP status the
 //!    gateway returns (e.g. 400 "container x is not valid for pod y"); `Accepted` is sent
-//!    only after the node subscribed to [`session_up`]`(id)`, so no frame is lost.
+//!    only after the node subscribed to [`session_up`]`(node, id)`, so no frame is lost.
 //! 3. Both sides then send [`Frame`]s (msgpack, named fields) on their subject: the opener
 //!    on `up`, the node on `down`. Frames carry a per-direction sequence number from 1; a
 //!    receiver that sees a gap ends the session with an error (core NATS is at most once).
@@ -45,14 +45,16 @@ pub fn node_sessions(node: &str) -> String {
     format!("{PREFIX}.node.{}.sessions", node.replace('.', "_"))
 }
 
-/// The subject the opener sends frames on.
-pub fn session_up(id: &str) -> String {
-    format!("{PREFIX}.session.{id}.up")
+/// The subject the opener sends frames on. Session subjects live under the node's own
+/// subjects, so the bus permissions that confine a node's credential to
+/// `capstan.v1.node.<node>.…` keep it out of every other node's sessions.
+pub fn session_up(node: &str, id: &str) -> String {
+    format!("{PREFIX}.node.{}.session.{id}.up", node.replace('.', "_"))
 }
 
 /// The subject the node sends frames on.
-pub fn session_down(id: &str) -> String {
-    format!("{PREFIX}.session.{id}.down")
+pub fn session_down(node: &str, id: &str) -> String {
+    format!("{PREFIX}.node.{}.session.{id}.down", node.replace('.', "_"))
 }
 
 /// What a session is for.
@@ -274,6 +276,7 @@ pub struct Session {
 pub struct Incoming {
     /// The request.
     pub request: SessionRequest,
+    node: Arc<str>,
     bus: Arc<dyn Bus>,
     reply: Option<String>,
 }
@@ -281,9 +284,10 @@ pub struct Incoming {
 impl Incoming {
     /// Accepts: subscribes to the opener's frames, then answers `Accepted`.
     pub async fn accept(mut self) -> Result<Session> {
-        let sub = self.bus.subscribe(session_up(&self.request.session), None).await?;
-        let tx = FrameSender::new(self.bus.clone(), session_down(&self.request.session));
-        let rx = pump(sub, tx.clone());
+        let up = session_up(&self.node, &self.request.session);
+        let sub = self.bus.subscribe(up.clone(), None).await?;
+        let tx = FrameSender::new(self.bus.clone(), session_down(&self.node, &self.request.session));
+        let rx = pump(sub, up, tx.clone());
         self.answer(&SessionReply::Accepted).await?;
         Ok(Session { rx, tx })
     }
@@ -321,7 +325,8 @@ pub async fn open(
 ) -> std::result::Result<Session, OpenError> {
     request.session = new_session_id();
     let unreachable = |cause| OpenError::Unreachable { node: node.to_string(), cause };
-    let sub = bus.subscribe(session_down(&request.session), None).await.map_err(unreachable)?;
+    let down = session_down(node, &request.session);
+    let sub = bus.subscribe(down.clone(), None).await.map_err(unreachable)?;
     let payload = rmp_serde::to_vec_named(&request).map_err(|e| unreachable(Error::Encode(e.to_string())))?;
     let answer =
         bus.request(node_sessions(node), Bytes::from(payload), timeout).await.map_err(unreachable)?;
@@ -329,8 +334,8 @@ pub async fn open(
         rmp_serde::from_slice(&answer).map_err(|e| unreachable(Error::Decode(e.to_string())))?;
     match reply {
         SessionReply::Accepted => {
-            let tx = FrameSender::new(bus, session_up(&request.session));
-            let rx = pump(sub, tx.clone());
+            let tx = FrameSender::new(bus, session_up(node, &request.session));
+            let rx = pump(sub, down, tx.clone());
             Ok(Session { rx, tx })
         }
         SessionReply::Rejected { code, reason, message } => {
@@ -346,9 +351,17 @@ pub async fn serve(
     node: &str,
     handler: Arc<dyn Fn(Incoming) -> BoxFuture<'static, ()> + Send + Sync>,
 ) -> Result<()> {
-    let mut sub = bus.subscribe(node_sessions(node), None).await?;
+    let subject = node_sessions(node);
+    let mut sub = bus.subscribe(subject.clone(), None).await?;
+    let node: Arc<str> = node.into();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
+            if msg.subject != subject {
+                // A JetStream push consumer can deliver stream messages here under their
+                // own subject: no session request.
+                tracing::warn!(subject = %msg.subject, "dropping a message that is no session request");
+                continue;
+            }
             let request: SessionRequest = match rmp_serde::from_slice(&msg.payload) {
                 Ok(r) => r,
                 Err(e) => {
@@ -356,7 +369,7 @@ pub async fn serve(
                     continue;
                 }
             };
-            let incoming = Incoming { request, bus: bus.clone(), reply: msg.reply };
+            let incoming = Incoming { request, node: node.clone(), bus: bus.clone(), reply: msg.reply };
             tokio::spawn(handler(incoming));
         }
     });
@@ -366,7 +379,7 @@ pub async fn serve(
 /// Forwards decoded frames from a subscription to a channel, checking sequence numbers,
 /// dropping pings, pinging the peer while the channel is open, and ending the session when
 /// the peer is silent for [`IDLE_TIMEOUT`].
-fn pump(mut sub: crate::Subscription, tx: FrameSender) -> mpsc::Receiver<FrameBody> {
+fn pump(mut sub: crate::Subscription, subject: String, tx: FrameSender) -> mpsc::Receiver<FrameBody> {
     let (out, rx) = mpsc::channel(256);
     let pinger = {
         let out = out.clone();
@@ -394,6 +407,11 @@ fn pump(mut sub: crate::Subscription, tx: FrameSender) -> mpsc::Receiver<FrameBo
                     break;
                 }
             };
+            if msg.subject != subject {
+                // Delivered by a JetStream push consumer under its own subject: no frame.
+                tracing::warn!(subject = %msg.subject, "dropping a message that is no session frame");
+                continue;
+            }
             let frame: Frame = match rmp_serde::from_slice(&msg.payload) {
                 Ok(f) => f,
                 Err(e) => {

@@ -2,8 +2,9 @@
 //! every gateway in one queue group through the same [`dispatch`] path as HTTP.
 //!
 //! The caller's identity is the last subject token(s). With NATS, each role's credentials
-//! may publish only to its own subject, so the subject is proof of identity; the
-//! in-process bus is trusted.
+//! may publish only to its own subject (`capstan_bus::access`, enforced by the server as
+//! `capstan bus-config` configures it), so the subject is proof of identity; the
+//! in-process bus is trusted. Replies go only to `_INBOX.…` subjects.
 
 use crate::auth::User;
 use crate::dispatch::{self, parse_target, Query, Reply, Verb};
@@ -13,6 +14,15 @@ use capstan_bus::{subjects, ApiRequest, ApiResponse, Bus, Message};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
+
+/// The caller's identity in a request subject `capstan.v1.api.<identity>`; `None` for any
+/// other subject.
+pub fn identity_of(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(subjects::PREFIX)
+        .and_then(|s| s.strip_prefix(".api."))
+        .filter(|i| subjects::is_valid_subject(i))
+}
 
 /// The user a bus identity stands for.
 pub fn user_for_identity(identity: &str) -> User {
@@ -26,7 +36,9 @@ pub fn user_for_identity(identity: &str) -> User {
         _ => match identity {
             "controllers" => User::new("system:kube-controller-manager", vec!["system:masters".into()]),
             "scheduler" => User::new("system:kube-scheduler", vec!["system:masters".into()]),
-            other => User::new(format!("system:bus:{other}"), vec!["system:masters".into()]),
+            "sim-nodes" => User::new("system:bus:sim-nodes", vec!["system:masters".into()]),
+            // No role of capstan's: whatever RBAC grants that user, no more.
+            other => User::new(format!("system:bus:{other}"), Vec::new()),
         },
     }
 }
@@ -92,7 +104,18 @@ async fn serve_inner(svc: &ApiService, user: &User, req: ApiRequest) -> ApiResul
 
 async fn handle(bus: Arc<dyn Bus>, svc: Arc<ApiService>, msg: Message) {
     let Some(reply) = msg.reply else { return };
-    let identity = msg.subject.strip_prefix(&format!("{}.api.", subjects::PREFIX)).unwrap_or("");
+    // The reply goes out with the gateway's own permissions: only to an inbox, never to a
+    // subject the caller chose to have the gateway publish on (a node session, the stream).
+    if !reply.starts_with("_INBOX.") {
+        tracing::warn!(subject = %msg.subject, reply = %reply, "dropping a bus API request whose reply subject is not an inbox");
+        return;
+    }
+    let Some(identity) = identity_of(&msg.subject) else {
+        // A JetStream push consumer can deliver stream messages onto any subject, keeping
+        // their own (`capstan.v1.events.…`) subject: such a message is no request.
+        tracing::warn!(subject = %msg.subject, "dropping a message on the API subjects that is no API request");
+        return;
+    };
     let user = user_for_identity(identity);
     let resp = match ApiRequest::from_bytes(&msg.payload) {
         Ok(req) => serve(&svc, &user, req).await,
@@ -118,4 +141,21 @@ pub async fn run(bus: Arc<dyn Bus>, svc: Arc<ApiService>) -> capstan_bus::Result
         tokio::spawn(handle(bus.clone(), svc.clone(), msg));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_only_from_request_subjects() {
+        assert_eq!(identity_of("capstan.v1.api.controllers"), Some("controllers"));
+        assert_eq!(identity_of("capstan.v1.api.node.a_b"), Some("node.a_b"));
+        assert_eq!(identity_of("capstan.v1.api."), None);
+        assert_eq!(identity_of("capstan.v1.events.core.pods.default.x"), None);
+        assert_eq!(identity_of("capstan.v1.apix.controllers"), None);
+        assert_eq!(user_for_identity("node.a_b").name, "system:node:a.b");
+        assert_eq!(user_for_identity("integrator-1").groups, vec!["system:authenticated".to_string()]);
+        assert!(user_for_identity("controllers").groups.contains(&"system:masters".to_string()));
+    }
 }

@@ -107,6 +107,42 @@ pub fn issue_client_cert(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Signs a serving certificate named `common_name` with the CA, valid for `localhost`,
+/// `127.0.0.1`, `::1` and each of `hosts` (DNS names or IP addresses); returns the
+/// certificate and key (PEM).
+pub fn issue_server_cert(
+    ca_cert: &str,
+    ca_key: &str,
+    common_name: &str,
+    hosts: &[String],
+) -> Result<(String, String), PkiError> {
+    let key_pair = KeyPair::from_pem(ca_key).map_err(cert_err("parse the CA key"))?;
+    let issuer = Issuer::from_ca_cert_pem(ca_cert, key_pair).map_err(cert_err("parse the CA certificate"))?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    for h in hosts {
+        if !names.contains(h) && !h.is_empty() && h != "0.0.0.0" {
+            names.push(h.clone());
+        }
+    }
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(cert_err("build serving certificate"))?;
+    params.subject_alt_names = names
+        .iter()
+        .filter_map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(SanType::IpAddress(ip)),
+            Err(_) => n.clone().try_into().ok().map(SanType::DnsName),
+        })
+        .collect();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let key = KeyPair::generate().map_err(cert_err("generate serving key"))?;
+    let cert = params.signed_by(&key, &issuer).map_err(cert_err("sign serving certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// Whether the PEM certificate's subject alternative names include every one of `hosts`.
 fn covers(pem: &str, hosts: &[String]) -> bool {
     let Some(Ok(der)) = rustls_pemfile::certs(&mut pem.as_bytes()).next() else { return false };
@@ -181,39 +217,17 @@ impl Pki {
             let _ = std::fs::remove_file(p("server.crt"));
         }
         if !p("server.crt").exists() || !p("server.key").exists() {
-            let key_pair = KeyPair::from_pem(&ca_key).map_err(cert_err("parse the CA key"))?;
-            let issuer =
-                Issuer::from_ca_cert_pem(&ca_cert, key_pair).map_err(cert_err("parse the CA certificate"))?;
-            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+            let mut names = Vec::new();
             if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
                 let h = h.trim();
                 if !h.is_empty() {
                     names.push(h.to_string());
                 }
             }
-            for h in hosts {
-                if !names.contains(h) && !h.is_empty() && h != "0.0.0.0" {
-                    names.push(h.clone());
-                }
-            }
-            let mut params = CertificateParams::new(Vec::<String>::new())
-                .map_err(cert_err("build serving certificate"))?;
-            params.subject_alt_names = names
-                .iter()
-                .filter_map(|n| match n.parse::<std::net::IpAddr>() {
-                    Ok(ip) => Some(SanType::IpAddress(ip)),
-                    Err(_) => n.clone().try_into().ok().map(SanType::DnsName),
-                })
-                .collect();
-            params.distinguished_name.push(DnType::CommonName, "capstan-apiserver");
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2036, 1, 1);
-            let key = KeyPair::generate().map_err(cert_err("generate serving key"))?;
-            let cert = params.signed_by(&key, &issuer).map_err(cert_err("sign serving certificate"))?;
-            write(&p("server.key"), &key.serialize_pem(), true)?;
-            write(&p("server.crt"), &cert.pem(), false)?;
+            names.extend(hosts.iter().cloned());
+            let (cert, key) = issue_server_cert(&ca_cert, &ca_key, "capstan-apiserver", &names)?;
+            write(&p("server.key"), &key, true)?;
+            write(&p("server.crt"), &cert, false)?;
         }
         if !p("admin.crt").exists() || !p("admin.key").exists() {
             let (cert, key) = issue_client_cert(&ca_cert, &ca_key, "admin", &["system:masters"])?;

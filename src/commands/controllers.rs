@@ -20,6 +20,8 @@ pub struct Args {
     /// `kube-root-ca.crt` (pods' token volumes need it). Without it nothing is published.
     #[arg(long, env = "CAPSTAN_ROOT_CA_FILE")]
     root_ca_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    auth: super::roles::NatsAuth,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -31,7 +33,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     actix_rt::System::new().block_on(async move {
-        let bus = super::roles::connect_bus(Some(&args.nats), "capstan-controllers").await?;
+        let bus = super::roles::connect_bus(
+            Some(&args.nats),
+            "capstan-controllers",
+            &capstan_bus::access::Role::Controllers,
+            &args.auth,
+        )
+        .await?;
         let pool = args.partitions.map(|partitions| capstan_actors::pool::Config {
             member: args.member.clone().unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();

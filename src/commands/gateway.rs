@@ -24,6 +24,8 @@ pub struct Args {
     /// NATS server URL: serve the API on the bus and relay events to it.
     #[arg(long, env = "CAPSTAN_NATS")]
     nats: Option<String>,
+    #[command(flatten)]
+    auth: super::roles::NatsAuth,
 }
 
 fn open_store(url: &str) -> anyhow::Result<Arc<dyn capstan_storage::Store>> {
@@ -67,9 +69,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.listen = listen;
     file.apply_gateway(&mut cfg, &network)?;
     let nats = args.nats.or(file.nats);
+    let auth = args.auth;
     actix_rt::System::new().block_on(async move {
         if let Some(url) = nats.as_deref() {
-            cfg.bus = Some(super::roles::connect_bus(Some(url), "capstan-gateway").await?);
+            let role = capstan_bus::access::Role::Gateway;
+            cfg.bus = Some(super::roles::connect_bus(Some(url), "capstan-gateway", &role, &auth).await?);
         }
         let running = capstan_gateway::start(cfg, store).await?;
         super::encryption::rewrite_stale(encrypted);

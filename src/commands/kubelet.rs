@@ -24,6 +24,8 @@ pub struct Args {
     /// Do not run the service proxy (the node's nftables rules for Services).
     #[arg(long, env = "CAPSTAN_NO_SERVICE_PROXY")]
     no_service_proxy: bool,
+    #[command(flatten)]
+    auth: super::roles::NatsAuth,
 }
 
 /// The host's name, as a node name.
@@ -121,7 +123,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cfg.service_proxy = false;
     }
     actix_rt::System::new().block_on(async move {
-        let bus = super::roles::connect_bus(Some(&args.nats), &format!("capstan-kubelet-{name}")).await?;
+        let role = capstan_bus::access::Role::Node(name.clone());
+        let bus = super::roles::connect_bus(
+            Some(&args.nats),
+            &format!("capstan-kubelet-{name}"),
+            &role,
+            &args.auth,
+        )
+        .await?;
         super::roles::start_kubelet(bus, cfg);
         println!("capstan kubelet running (node {name})");
         super::shutdown_signal().await;

@@ -1,5 +1,6 @@
 //! One module per subcommand; `main` parses flags and hands off.
 
+mod bus_config;
 mod config;
 mod controllers;
 mod encryption;
@@ -37,6 +38,8 @@ enum Command {
     SimNodes(sim_nodes::Args),
     /// Run the node agent (over NATS): real pods on runc.
     Kubelet(kubelet::Args),
+    /// Write a locked-down nats-server configuration and one NATS credential per role.
+    BusConfig(bus_config::Args),
     /// Remove every container, pod network and mount a node left behind.
     NodeReset(kubelet::ResetArgs),
 }
@@ -59,6 +62,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::SimNodes(a) => sim_nodes::run(a),
         Command::Kubelet(a) => kubelet::run(a),
         Command::NodeReset(a) => kubelet::reset(a),
+        Command::BusConfig(a) => bus_config::run(a),
     }
 }
 

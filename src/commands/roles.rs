@@ -4,11 +4,50 @@ use anyhow::Context;
 use capstan_actors::controllers::{self, Ctx};
 use capstan_actors::events::Recorder;
 use capstan_actors::{ApiClient, Informers};
+use capstan_bus::access::Role;
 use capstan_bus::Bus;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Connects to NATS at `url`, or makes an in-process bus when `url` is `None`.
-pub async fn connect_bus(url: Option<&str>, name: &str) -> anyhow::Result<Arc<dyn Bus>> {
+/// How a role authenticates to a locked-down NATS server (`capstan bus-config`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NatsAuth {
+    /// This role's NATS credential, `<role>.creds` as `capstan bus-config` writes it
+    /// (the server then knows who is calling and what it may do).
+    #[arg(long, env = "CAPSTAN_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// The CA certificate (PEM) the NATS server's certificate must chain to; connects with
+    /// TLS. Default: `ca.crt` beside the credential file, when there is one.
+    #[arg(long, env = "CAPSTAN_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+}
+
+impl NatsAuth {
+    /// The CA to trust: `--nats-ca`, else `ca.crt` beside the credential if it exists.
+    fn ca(&self) -> Option<PathBuf> {
+        self.nats_ca.clone().or_else(|| {
+            let beside = self.nats_creds.as_deref()?.parent()?.join("ca.crt");
+            beside.exists().then_some(beside)
+        })
+    }
+
+    /// The credential of `role` in a directory of credentials (`up --nats-creds-dir`).
+    pub fn in_dir(dir: &Path, role: &Role, ca: Option<PathBuf>) -> NatsAuth {
+        NatsAuth {
+            nats_creds: Some(dir.join(format!("{}.creds", role.identity()))),
+            nats_ca: ca.or_else(|| Some(dir.join("ca.crt")).filter(|p| p.exists())),
+        }
+    }
+}
+
+/// Connects to NATS at `url` as `role`, or makes an in-process bus when `url` is `None`.
+/// Only the gateway creates or updates the event stream; the other roles read it.
+pub async fn connect_bus(
+    url: Option<&str>,
+    name: &str,
+    role: &Role,
+    auth: &NatsAuth,
+) -> anyhow::Result<Arc<dyn Bus>> {
     match url {
         // Events are kept for late readers; 100k is minutes of history at scale.
         None => Ok(Arc::new(capstan_bus::InProcBus::with_config(capstan_bus::InProcConfig {
@@ -18,9 +57,23 @@ pub async fn connect_bus(url: Option<&str>, name: &str) -> anyhow::Result<Arc<dy
         Some(u) => {
             let mut cfg = capstan_bus::NatsConfig::new(u);
             cfg.name = name.to_string();
+            cfg.manage_stream = *role == Role::Gateway;
+            cfg.inbox_prefix = Some(role.inbox_prefix());
+            if let Some(path) = &auth.nats_creds {
+                cfg.credentials = Some(
+                    capstan_bus::NatsCredentials::from_file(path)
+                        .with_context(|| format!("invalid --nats-creds for the {}", role.identity()))?,
+                );
+            }
+            if let Some(ca) = auth.ca() {
+                if !ca.exists() {
+                    anyhow::bail!("the NATS CA certificate {} does not exist", ca.display());
+                }
+                cfg.tls = Some(capstan_bus::NatsTlsConfig { ca_file: Some(ca), client_cert: None });
+            }
             let bus = capstan_bus::NatsBus::connect(cfg)
                 .await
-                .with_context(|| format!("failed to connect to NATS at {u}"))?;
+                .with_context(|| format!("failed to connect to NATS at {u} as the {}", role.identity()))?;
             Ok(Arc::new(bus))
         }
     }

@@ -6,11 +6,19 @@ pub struct Args {
     /// NATS server URL.
     #[arg(long, env = "CAPSTAN_NATS")]
     nats: String,
+    #[command(flatten)]
+    auth: super::roles::NatsAuth,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     actix_rt::System::new().block_on(async move {
-        let bus = super::roles::connect_bus(Some(&args.nats), "capstan-scheduler").await?;
+        let bus = super::roles::connect_bus(
+            Some(&args.nats),
+            "capstan-scheduler",
+            &capstan_bus::access::Role::Scheduler,
+            &args.auth,
+        )
+        .await?;
         super::roles::start_scheduler(bus);
         println!("capstan scheduler running");
         super::shutdown_signal().await;

@@ -12,11 +12,19 @@ pub struct Args {
     /// Node name prefix.
     #[arg(long, default_value = "sim-")]
     prefix: String,
+    #[command(flatten)]
+    auth: super::roles::NatsAuth,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     actix_rt::System::new().block_on(async move {
-        let bus = super::roles::connect_bus(Some(&args.nats), "capstan-sim-nodes").await?;
+        let bus = super::roles::connect_bus(
+            Some(&args.nats),
+            "capstan-sim-nodes",
+            &capstan_bus::access::Role::SimNodes,
+            &args.auth,
+        )
+        .await?;
         super::roles::start_sim_nodes(bus, args.count, &args.prefix);
         println!("capstan sim-nodes running ({} nodes)", args.count);
         super::shutdown_signal().await;

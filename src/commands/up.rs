@@ -1,7 +1,9 @@
 //! `capstan up`: the all-in-one single-machine cluster.
 
 use super::config::FileConfig;
+use super::roles::NatsAuth;
 use anyhow::Context;
+use capstan_bus::access::Role;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +23,15 @@ pub struct Args {
     /// Use this NATS server as the bus instead of the in-process one.
     #[arg(long, env = "CAPSTAN_NATS")]
     nats: Option<String>,
+    /// With `--nats`: the directory of credentials `capstan bus-config` wrote; each role in
+    /// this process connects with its own (`gateway.creds`, `controllers.creds`,
+    /// `scheduler.creds`, `sim-nodes.creds`, `node.<name>.creds`), over TLS with the CA in
+    /// `ca.crt` there unless `--nats-ca` says otherwise.
+    #[arg(long, env = "CAPSTAN_NATS_CREDS_DIR")]
+    nats_creds_dir: Option<PathBuf>,
+    /// The CA certificate (PEM) of the NATS server; connects with TLS.
+    #[arg(long, env = "CAPSTAN_NATS_CA")]
+    nats_ca: Option<PathBuf>,
     /// Also run this many simulated nodes (for trying out workloads without containers).
     #[arg(long, env = "CAPSTAN_SIM_NODES")]
     sim_nodes: Option<usize>,
@@ -53,6 +64,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.listen = listen;
     file.apply_gateway(&mut cfg, &network)?;
     let nats = args.nats.or(file.nats);
+    let creds_dir = args.nats_creds_dir;
+    let nats_ca = args.nats_ca;
+    if creds_dir.is_some() && nats.is_none() {
+        anyhow::bail!("--nats-creds-dir needs --nats URL (the in-process bus has no credentials)");
+    }
     let sim_nodes = args.sim_nodes.or(file.sim_nodes).unwrap_or(0);
     let node = file.node;
     let run_node = !args.no_node && node.as_ref().and_then(|n| n.enabled) != Some(false);
@@ -64,17 +80,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     actix_rt::System::new().block_on(async move {
         let started = std::time::Instant::now();
-        let bus = super::roles::connect_bus(nats.as_deref(), "capstan-up").await?;
+        // Without a credentials directory, one connection serves every role (an open
+        // server, or the in-process bus); with one, each role connects as itself.
+        let connect = |role: Role| {
+            let auth = match &creds_dir {
+                Some(dir) => NatsAuth::in_dir(dir, &role, nats_ca.clone()),
+                None => NatsAuth { nats_creds: None, nats_ca: nats_ca.clone() },
+            };
+            let nats = nats.clone();
+            async move {
+                let name = format!("capstan-up-{}", role.identity());
+                super::roles::connect_bus(nats.as_deref(), &name, &role, &auth).await
+            }
+        };
+        let bus = connect(Role::Gateway).await?;
         cfg.bus = Some(bus.clone());
+        let (controllers_bus, scheduler_bus, sim_bus, node_bus) = if creds_dir.is_some() {
+            (
+                connect(Role::Controllers).await?,
+                connect(Role::Scheduler).await?,
+                if sim_nodes > 0 { connect(Role::SimNodes).await? } else { bus.clone() },
+                match &agent {
+                    Some(a) => connect(Role::Node(a.node_name.clone())).await?,
+                    None => bus.clone(),
+                },
+            )
+        } else {
+            (bus.clone(), bus.clone(), bus.clone(), bus.clone())
+        };
         // This process owns the store file alone: a restart may take the relay over at once.
         cfg.relay_holder = Some("capstan-up".into());
         let running = capstan_gateway::start(cfg, store).await?;
         super::encryption::rewrite_stale(encrypted);
-        super::roles::start_controllers(bus.clone(), None, Some(pki.ca_cert.clone()));
-        super::roles::start_scheduler(bus.clone());
-        super::roles::start_sim_nodes(bus.clone(), sim_nodes, "sim-");
+        super::roles::start_controllers(controllers_bus, None, Some(pki.ca_cert.clone()));
+        super::roles::start_scheduler(scheduler_bus);
+        super::roles::start_sim_nodes(sim_bus, sim_nodes, "sim-");
         if let Some(agent) = agent {
-            super::roles::start_kubelet(bus, agent);
+            super::roles::start_kubelet(node_bus, agent);
         }
         let (server_url, kubeconfig) = super::write_admin_kubeconfig(&pki, running.addr, &data_dir)?;
         let handle = running.server.handle();

@@ -46,6 +46,26 @@ fn await_line(
         .unwrap_or_else(|_| panic!("timed out after 60 s waiting for {what}"))
 }
 
+/// A number in 0..250 no other process on this host holds: each real-node cluster's bridge
+/// (`cpt<n>`), pod CIDR and DNS address derive from it, and a node agent removes pod networks
+/// of its own bridge it does not know, so two test processes (or two worktrees' suites) must
+/// never share one. Held by an advisory file lock, released when the process ends.
+fn node_slot() -> (u32, std::fs::File) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id() * 7 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for i in 0..250 {
+        let n = (start + i) % 250;
+        let path = std::env::temp_dir().join(format!("capstan-test-node-slot-{n}.lock"));
+        let Ok(f) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) else {
+            continue;
+        };
+        if f.try_lock().is_ok() {
+            return (n, f);
+        }
+    }
+    panic!("no free node slot: 250 real-node test clusters at once?");
+}
+
 /// A running `capstan up`.
 pub struct Cluster {
     child: Option<Child>,
@@ -63,6 +83,8 @@ pub struct Cluster {
     envs: Vec<(String, String)>,
     /// The config file of a cluster with a real node (reset on drop).
     node_config: Option<PathBuf>,
+    /// The real-node slot lock (see [`node_slot`]), held while the cluster lives.
+    _slot: Option<std::fs::File>,
     /// The other roles of a multi-process cluster (stopped on drop, before the gateway).
     roles: Vec<Role>,
     /// The nats-server of a multi-process cluster (stopped on drop, last).
@@ -77,6 +99,9 @@ pub enum Mode {
     /// `capstan gateway`, `controllers`, `scheduler` and `sim-nodes`, each its own
     /// process, over a real nats-server.
     Nats,
+    /// As [`Mode::Nats`], over a nats-server locked down by `capstan bus-config` (TLS,
+    /// each role with its own credential and subject permissions).
+    LockedNats,
 }
 
 impl Mode {
@@ -87,6 +112,7 @@ impl Mode {
             Mode::InProcess if sim_nodes == 0 => Cluster::start_env(&[], envs),
             Mode::InProcess => Cluster::start_env(&["--sim-nodes", &sim_nodes.to_string()], envs),
             Mode::Nats => Cluster::start_multiprocess(sim_nodes, envs),
+            Mode::LockedNats => Cluster::start_multiprocess_locked(sim_nodes, envs),
         }
     }
 }
@@ -117,6 +143,7 @@ impl Cluster {
             role,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             node_config: None,
+            _slot: None,
             roles: Vec::new(),
             nats: None,
         }
@@ -128,8 +155,20 @@ impl Cluster {
     /// interface, so several such clusters can run at once). The node's containers,
     /// networks, mounts and DNS address are removed on drop with `capstan node-reset`.
     pub fn start_node(node_yaml: &str) -> Cluster {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = (std::process::id() * 7 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 250;
+        Cluster::node_cluster(node_yaml, false)
+    }
+
+    /// As [`Cluster::start_node`], over a nats-server locked down by `capstan bus-config`:
+    /// `capstan up --nats URL --nats-creds-dir DIR`, so the node agent (`node-1`) connects
+    /// with its own node credential.
+    pub fn start_node_locked(node_yaml: &str) -> Cluster {
+        Cluster::node_cluster(node_yaml, true)
+    }
+
+    fn node_cluster(node_yaml: &str, locked: bool) -> Cluster {
+        // `slot` keeps the number this cluster's bridge, pod CIDR and DNS address use for as
+        // long as the test process lives.
+        let (n, slot) = node_slot();
         let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
         let mut yaml = format!(
             "node:\n  name: node-1\n  bridge: cpt{n}\n  podCIDR: 10.123.{n}.0/24\n  cgroupParent: /capstan-test-{}-{n}\n",
@@ -153,9 +192,16 @@ impl Cluster {
             role: "up",
             envs: vec![("CAPSTAN_NO_NODE".into(), "false".into())],
             node_config: Some(config),
+            _slot: Some(slot),
             roles: Vec::new(),
             nats: None,
         };
+        if locked {
+            let nats = nats::Nats::start_locked(c.path(), &["node-1"]);
+            let dir = nats.creds_dir().expect("locked").to_string_lossy().into_owned();
+            c.extra.extend(["--nats".into(), nats.url(), "--nats-creds-dir".into(), dir]);
+            c.nats = Some(nats);
+        }
         c.spawn();
         c
     }
@@ -176,18 +222,70 @@ impl Cluster {
     /// and sim-nodes (lease renewal) read `CAPSTAN_NODE_GRACE_SECONDS`. All are stopped by
     /// PID on drop; `restart`/`kill9` act on the gateway only.
     pub fn start_multiprocess(sim_nodes: usize, envs: &[(&str, &str)]) -> Cluster {
-        let nats = nats::Nats::start();
-        let url = nats.url();
-        let mut c = Cluster::unstarted("gateway", &["--nats", &url], envs);
-        c.nats = Some(nats);
+        Cluster::multiprocess(sim_nodes, envs, false)
+    }
+
+    /// As [`Cluster::start_multiprocess`], over a nats-server locked down by `capstan
+    /// bus-config` (its CA is the cluster's, under the gateway's data directory): each role
+    /// connects over TLS with its own credential (`--nats-creds`, `--nats-ca`).
+    pub fn start_multiprocess_locked(sim_nodes: usize, envs: &[(&str, &str)]) -> Cluster {
+        Cluster::multiprocess(sim_nodes, envs, true)
+    }
+
+    /// As [`Cluster::start_multiprocess_locked`], with credentials for `nodes` too (for
+    /// tests that act as those nodes: [`nats::Nats::creds`] `("node.<name>")`).
+    pub fn start_multiprocess_locked_with_nodes(
+        sim_nodes: usize,
+        envs: &[(&str, &str)],
+        nodes: &[&str],
+    ) -> Cluster {
+        Cluster::multiprocess_with(sim_nodes, envs, Some(nodes))
+    }
+
+    /// Starts `capstan up --nats URL --nats-creds-dir DIR` (no real node) over a nats-server
+    /// locked down by `capstan bus-config` with credentials for `nodes` too: every role in
+    /// the process connects with its own credential.
+    pub fn start_up_locked(nodes: &[&str], envs: &[(&str, &str)]) -> Cluster {
+        let mut c = Cluster::unstarted("up", &[], envs);
+        let nats = nats::Nats::start_locked(c.path(), nodes);
+        let dir = nats.creds_dir().expect("locked").to_string_lossy().into_owned();
+        c.extra = vec!["--nats".into(), nats.url(), "--nats-creds-dir".into(), dir];
         c.spawn();
-        c.roles.push(Role::start_env(&["controllers", "--nats", &url], envs));
-        c.roles.push(Role::start_env(&["scheduler", "--nats", &url], envs));
+        c.nats = Some(nats);
+        c
+    }
+
+    fn multiprocess(sim_nodes: usize, envs: &[(&str, &str)], locked: bool) -> Cluster {
+        Cluster::multiprocess_with(sim_nodes, envs, locked.then_some(&[][..]))
+    }
+
+    fn multiprocess_with(sim_nodes: usize, envs: &[(&str, &str)], locked: Option<&[&str]>) -> Cluster {
+        let mut c = Cluster::unstarted("gateway", &[], envs);
+        let nats = match locked {
+            Some(nodes) => nats::Nats::start_locked(c.path(), nodes),
+            None => nats::Nats::start(),
+        };
+        c.extra = nats.role_flags("gateway");
+        c.spawn();
+        let role = |args: &[&str], identity: &str| {
+            let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            a.extend(nats.role_flags(identity));
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            Role::start_env(&a, envs)
+        };
+        c.roles.push(role(&["controllers"], "controllers"));
+        c.roles.push(role(&["scheduler"], "scheduler"));
         if sim_nodes > 0 {
             let count = sim_nodes.to_string();
-            c.roles.push(Role::start_env(&["sim-nodes", "--nats", &url, "--count", &count], envs));
+            c.roles.push(role(&["sim-nodes", "--count", &count], "sim-nodes"));
         }
+        c.nats = Some(nats);
         c
+    }
+
+    /// The nats-server of a multi-process cluster.
+    pub fn nats(&self) -> Option<&nats::Nats> {
+        self.nats.as_ref()
     }
 
     fn spawn(&mut self) {

@@ -1,5 +1,6 @@
 //! A real `nats-server -js` on a free loopback port with its own store directory,
-//! stopped by PID on drop.
+//! stopped by PID on drop; or, locked down, a server run from the configuration
+//! `capstan bus-config` writes (TLS, one credential per role, subject permissions).
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub struct Nats {
     pub port: u16,
     store: PathBuf,
     dir: tempfile::TempDir,
+    /// The `capstan bus-config` output directory of a locked-down server.
+    locked: Option<PathBuf>,
 }
 
 impl Nats {
@@ -33,16 +36,77 @@ impl Nats {
             .expect("free port")
             .port();
         let store = dir.path().join("js");
-        let mut n = Nats { child: None, port, store, dir };
+        let mut n = Nats { child: None, port, store, dir, locked: None };
         n.spawn();
         n
     }
 
+    /// Starts a locked-down server: `capstan bus-config --out <tmp>/bus --data-dir
+    /// <data_dir> --nodes <nodes>` writes the configuration and credentials (signed by the
+    /// cluster CA under `<data_dir>/pki`), and nats-server runs with `-c nats.conf`.
+    pub fn start_locked(data_dir: &std::path::Path, nodes: &[&str]) -> Nats {
+        let dir = tempfile::Builder::new().prefix("capstan-nats-").tempdir().expect("temp dir");
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let out = dir.path().join("bus");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
+        cmd.args(["bus-config", "--out"]).arg(&out).arg("--data-dir").arg(data_dir);
+        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--integrators", "1"]);
+        if !nodes.is_empty() {
+            cmd.args(["--nodes", &nodes.join(",")]);
+        }
+        let res = cmd.env("CAPSTAN_LOG", "warn").output().expect("capstan bus-config runs");
+        assert!(res.status.success(), "capstan bus-config failed: {}", String::from_utf8_lossy(&res.stderr));
+        let store = out.join("jetstream");
+        let mut n = Nats { child: None, port, store, dir, locked: Some(out) };
+        n.spawn();
+        n
+    }
+
+    /// The credential file of a role's identity (`gateway`, `node.a`, `integrator-1`) of a
+    /// locked-down server.
+    pub fn creds(&self, identity: &str) -> PathBuf {
+        self.locked.as_ref().expect("a locked-down server").join(format!("{identity}.creds"))
+    }
+
+    /// The CA certificate clients of a locked-down server verify it with.
+    pub fn ca(&self) -> PathBuf {
+        self.locked.as_ref().expect("a locked-down server").join("ca.crt")
+    }
+
+    /// The `capstan bus-config` directory of a locked-down server.
+    pub fn creds_dir(&self) -> Option<&std::path::Path> {
+        self.locked.as_deref()
+    }
+
+    /// The `--nats ... --nats-creds ... --nats-ca ...` flags of a role with `identity`
+    /// (only `--nats URL` for an open server).
+    pub fn role_flags(&self, identity: &str) -> Vec<String> {
+        let mut flags = vec!["--nats".to_string(), self.url()];
+        if self.locked.is_some() {
+            flags.push("--nats-creds".into());
+            flags.push(self.creds(identity).to_string_lossy().into_owned());
+            flags.push("--nats-ca".into());
+            flags.push(self.ca().to_string_lossy().into_owned());
+        }
+        flags
+    }
+
     fn spawn(&mut self) {
-        let child = Command::new(binary())
-            .args(["-js", "-sd"])
-            .arg(&self.store)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-l"])
+        let mut cmd = Command::new(binary());
+        match &self.locked {
+            Some(out) => cmd.arg("-c").arg(out.join("nats.conf")),
+            None => cmd.args(["-js", "-sd"]).arg(&self.store).args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ]),
+        };
+        let child = cmd
+            .arg("-l")
             .arg(self.dir.path().join("nats.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -57,12 +121,12 @@ impl Nats {
         }
     }
 
-    /// The client URL.
     /// The JetStream store directory.
     pub fn store_dir(&self) -> &std::path::Path {
         &self.store
     }
 
+    /// The client URL.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -75,10 +139,41 @@ impl Nats {
         }
     }
 
+    /// Makes the server reload its configuration (SIGHUP by PID).
+    pub fn reload(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args(["-HUP", &c.id().to_string()]).status();
+        }
+    }
+
+    /// Runs `capstan bus-config` again on a locked-down server's directory (keeping the
+    /// credentials there) with extra flags.
+    pub fn rerun_bus_config(&self, data_dir: &std::path::Path, extra: &[&str]) {
+        let out = self.locked.as_ref().expect("a locked-down server");
+        let res = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["bus-config", "--out"])
+            .arg(out)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(extra)
+            .env("CAPSTAN_LOG", "warn")
+            .output()
+            .expect("capstan bus-config runs");
+        assert!(res.status.success(), "capstan bus-config failed: {}", String::from_utf8_lossy(&res.stderr));
+    }
+
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+}
+
+impl Nats {
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 }
 

@@ -7,6 +7,7 @@ use crate::informer::Informers;
 use crate::runtime::Partition;
 use std::sync::Arc;
 
+pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -56,4 +57,5 @@ pub fn start_all(ctx: &Ctx) {
     endpoints::start(ctx);
     serviceaccount::start(ctx);
     rootca::start(ctx);
+    clusterroleaggregation::start(ctx);
 }

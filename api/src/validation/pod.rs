@@ -240,6 +240,26 @@ fn container<'a>(
         &["File", "FallbackToLogsOnError"],
         false,
     );
+    // allowPrivilegeEscalation: false cannot go with privileged or CAP_SYS_ADMIN.
+    if let Some(sc) = c.and_then(|c| c.get("securityContext")).filter(|v| v.is_object()) {
+        if sc.get("allowPrivilegeEscalation").and_then(Value::as_bool) == Some(false) {
+            if sc.get("privileged").and_then(Value::as_bool) == Some(true) {
+                e.invalid(
+                    &format!("{p}.securityContext"),
+                    "core.SecurityContext{...}",
+                    "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
+                );
+            }
+            let adds = sc.get("capabilities").and_then(|c| c.get("add")).and_then(Value::as_array);
+            if adds.is_some_and(|a| a.iter().any(|x| x.as_str() == Some("CAP_SYS_ADMIN"))) {
+                e.invalid(
+                    &format!("{p}.securityContext"),
+                    "core.SecurityContext{...}",
+                    "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN",
+                );
+            }
+        }
+    }
     let sidecar = st(c, "restartPolicy") == "Always";
     if init {
         one_of(e, &format!("{p}.restartPolicy"), st(c, "restartPolicy"), &["Always"], false);

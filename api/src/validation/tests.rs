@@ -293,3 +293,21 @@ fn rbac_rules() {
     let causes = update("rbac.authorization.k8s.io", r, rb("view"), rb("edit"));
     assert_eq!(fields(&causes), vec!["roleRef"]);
 }
+
+#[test]
+fn no_privilege_escalation_conflicts_with_privileged_and_sys_admin() {
+    let mut p = pod("p");
+    p["spec"]["containers"][0]["securityContext"] =
+        json!({"allowPrivilegeEscalation": false, "privileged": true});
+    let c = create("", "pods", p);
+    assert_eq!(fields(&c), vec!["spec.containers[0].securityContext"]);
+    assert!(c[0].message.contains("cannot set `allowPrivilegeEscalation` to false and `privileged` to true"));
+    let mut p = pod("p");
+    p["spec"]["containers"][0]["securityContext"] =
+        json!({"allowPrivilegeEscalation": false, "capabilities": {"add": ["CAP_SYS_ADMIN"]}});
+    assert_eq!(fields(&create("", "pods", p)), vec!["spec.containers[0].securityContext"]);
+    let mut ok = pod("p");
+    ok["spec"]["containers"][0]["securityContext"] =
+        json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    assert!(create("", "pods", ok).is_empty());
+}

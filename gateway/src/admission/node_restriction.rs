@@ -49,6 +49,11 @@ impl Plugin for NodeRestriction {
                     }
                     Ok(())
                 }
+                ("coordination.k8s.io", "Lease")
+                    if a.name != node || a.namespace != Some("kube-node-lease") =>
+                {
+                    forbid(format!("node {node:?} can only access its own lease in kube-node-lease"))
+                }
                 ("", "Pod") => match (a.operation, a.subresource) {
                     (Operation::Create, None) => {
                         let mirror =

@@ -119,7 +119,9 @@ impl NodeAuthorizer {
                 }
             }
             ("coordination.k8s.io", "leases", "") => {
-                let own = a.namespace == "kube-node-lease" && a.name == node;
+                // A create names no object in its URL: NodeRestriction checks its name.
+                let own = a.namespace == "kube-node-lease"
+                    && (a.name == node || (a.verb == "create" && a.name.is_empty()));
                 if own && matches!(a.verb.as_str(), "get" | "create" | "update" | "patch" | "delete") {
                     allow()
                 } else {
