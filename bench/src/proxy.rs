@@ -1,7 +1,7 @@
 //! `capstan-bench proxy`: the node agent's service proxy, from an EndpointSlice change to
 //! the rule being in place.
 //!
-//! Drives the proxier of `capstan-kubelet` (the same code the node agent runs, minus the
+//! Drives the proxier of `capstan-nftproxy` (the same code the node agent runs, minus the
 //! informers) against the real kernel through the real `nft`, in a table of its own
 //! (`capstan-cpbench-proxy`, for a pod bridge `cpbench-proxy` that does not exist, so its
 //! rules match no traffic; ClusterIPs in 10.252.0.0/16, endpoints in 10.253.0.0/16). For
@@ -27,8 +27,8 @@
 
 use crate::pods::{loadavg, machine, stats};
 use anyhow::{bail, Context};
-use capstan_kubelet::proxy::model::Ipv4Net;
-use capstan_kubelet::proxy::{Nft, Proxier, Table};
+use capstan_nftproxy::model::Ipv4Net;
+use capstan_nftproxy::{Nft, Proxier, Table};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -22,15 +22,9 @@
 //! need `route_localnet`), IPv6, clearing UDP conntrack entries of removed endpoints,
 //! `loadBalancerSourceRanges`, topology hints.
 
-pub mod model;
-pub mod nft;
-mod proxier;
-pub mod relay;
-pub mod rules;
-
-pub use nft::Nft;
-pub use proxier::{Proxier, SyncReport};
-pub use rules::{ServiceRules, Table};
+pub use capstan_nftproxy::{
+    model, nft, relay, rules, Nft, Proxier, ProxyError, ServiceRules, SyncReport, Table,
+};
 
 use capstan_actors::client::{gvr, ApiClient};
 use capstan_actors::informer::{key_of, split_key, Change, Informer};
@@ -42,20 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-/// Errors of the service proxy.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// `nft` is not installed.
-    #[error("nft is missing: install the Debian package `nftables`")]
-    Missing,
-    /// `nft` failed.
-    #[error("{0}")]
-    Nft(String),
-    /// Bad settings.
-    #[error("{0}")]
-    Invalid(String),
-}
 
 /// Settings of the service proxy.
 #[derive(Debug, Clone)]

@@ -7,11 +7,11 @@
 //! transaction. Chains a Service no longer uses are flushed at once and deleted a second
 //! later ([`Proxier::delete_stale`]).
 
-use super::model::{service_model, slice_service_key, Ipv4Net};
-use super::nft::Nft;
-use super::relay::Relays;
-use super::rules::{self, Element, ServiceRules, Table};
-use super::ProxyError;
+use crate::model::{service_model, slice_service_key, Ipv4Net};
+use crate::nft::Nft;
+use crate::relay::Relays;
+use crate::rules::{self, Element, ServiceRules, Table};
+use crate::ProxyError;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddrV4;
@@ -188,7 +188,7 @@ impl Proxier {
         let mut relays = HashMap::new();
         if let Some(r) = self.relays.as_mut() {
             let held = self.held.get(key);
-            for p in model.ports.iter().filter(|p| p.protocol == super::model::Protocol::Tcp) {
+            for p in model.ports.iter().filter(|p| p.protocol == crate::model::Protocol::Tcp) {
                 for e in p.endpoints.iter().filter(|e| e.ip.is_loopback()) {
                     let target = SocketAddrV4::new(e.ip, e.port);
                     if wanted.contains(&target) {

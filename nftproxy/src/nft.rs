@@ -1,7 +1,7 @@
 //! Running `nft`: each script is one `nft -f -` transaction (all or nothing), as
 //! kube-proxy's knftables does.
 
-use super::ProxyError;
+use crate::ProxyError;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;

@@ -27,7 +27,7 @@
 //! on its bridge) and from the node itself: two node agents on one host (tests) then never
 //! serve each other's pods, and a ClusterIP routed to the node from outside is not served.
 
-use super::model::{usable, Endpoint, Ipv4Net, PortModel, ServiceModel};
+use crate::model::{usable, Endpoint, Ipv4Net, PortModel, ServiceModel};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -168,7 +168,7 @@ fn port_rules(
     let no_endpoints = if has_endpoints { "drop" } else { "goto reject-chain" };
 
     for cip in &svc.cluster_ips {
-        out.elements.insert(element(super::rules::CLUSTER_IPS, cip.to_string(), None));
+        out.elements.insert(element(crate::rules::CLUSTER_IPS, cip.to_string(), None));
         let key = format!("{cip} . {proto} . {}", p.port);
         if has_internal {
             out.elements.insert(element(SERVICE_IPS, key, Some(format!("goto {internal_chain}"))));
