@@ -252,6 +252,16 @@ fn services_route_from_pods_the_node_and_outside() {
     let seen: BTreeSet<String> = bodies.iter().cloned().collect();
     assert_eq!(seen, backends, "every answer is a backend's name and all three answer");
 
+    // By name, through the node's cluster DNS and the proxy, as a user would.
+    for name in ["web", "web.default", "web.default.svc.cluster.local"] {
+        let body = wait_for(&format!("http://{name} from a pod"), Duration::from_secs(30), || {
+            requests_from(&c, "client", &format!("http://{name}"), 1)
+                .into_iter()
+                .find(|b| backends.contains(b))
+        });
+        assert!(backends.contains(&body), "{name}: {body}");
+    }
+
     // The ClusterIP from the node itself.
     let body =
         wait_for("the ClusterIP from the host", Duration::from_secs(10), || http_get(&format!("{ip}:80")));
