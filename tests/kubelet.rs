@@ -280,13 +280,15 @@ fn probes_oom_and_init_containers() {
 "#,
     );
     apply(&c, "live.yaml", &live);
-    // Readiness: an HTTP probe that succeeds only once the page exists (after 3 s).
+    // Readiness: an HTTP probe that succeeds only once the page exists (after 3 s); its
+    // port is named, as the chart `helm create` writes (`port: http`).
     let ready = simple_pod(
         "ready",
         &image,
         "mkdir -p /tmp/www; httpd -p 8080 -h /tmp/www; sleep 3; echo ok > /tmp/www/ready; sleep 1000",
-        r#"    readinessProbe:
-      httpGet: {path: /ready, port: 8080}
+        r#"    ports: [{name: http, containerPort: 8080}]
+    readinessProbe:
+      httpGet: {path: /ready, port: http}
       periodSeconds: 1
 "#,
     );

@@ -895,7 +895,8 @@ impl PodState {
                 }
                 p.next = now + Duration::from_secs(p.spec["periodSeconds"].as_u64().unwrap_or(10).max(1));
                 let spec = p.spec.clone();
-                let outcome = check(deps, &id, &ip, &spec).await;
+                let container = c.spec.clone();
+                let outcome = check(deps, &id, &ip, &spec, &container).await;
                 let c = &mut self.ctrs[i];
                 let p = match kind {
                     "startup" => c.startup.as_mut(),
@@ -1239,8 +1240,8 @@ fn host_ports(pod: &Value) -> Vec<crate::network::HostPort> {
     out
 }
 
-/// Runs one probe check.
-async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value) -> ProbeOutcome {
+/// Runs one probe check; a named port is the container's port of that name, as upstream.
+async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value, container: &Value) -> ProbeOutcome {
     let timeout = Duration::from_secs(spec["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
     let port = |p: &Value, c: &Value| -> Option<u16> {
         p.as_u64().map(|n| n as u16).or_else(|| {
@@ -1250,9 +1251,8 @@ async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value) -> ProbeOutcome {
                 .map(|n| n as u16)
         })
     };
-    let none = Value::Null;
     if let Some(h) = spec.get("httpGet") {
-        let Some(p) = port(&h["port"], &none) else {
+        let Some(p) = port(&h["port"], container) else {
             return ProbeOutcome::Failure(format!("invalid probe port {}", h["port"]));
         };
         let host = h["host"].as_str().unwrap_or(ip).to_string();
@@ -1274,7 +1274,7 @@ async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value) -> ProbeOutcome {
         .await;
     }
     if let Some(t) = spec.get("tcpSocket") {
-        let Some(p) = port(&t["port"], &none) else {
+        let Some(p) = port(&t["port"], container) else {
             return ProbeOutcome::Failure(format!("invalid probe port {}", t["port"]));
         };
         let host = t["host"].as_str().unwrap_or(ip).to_string();
