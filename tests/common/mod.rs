@@ -15,6 +15,20 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+/// A client binary that `scripts/deps.sh test` fetched (`kubectl-1.35`, `helm`), from
+/// `$CAPSTAN_CLIENTS` or `~/.cache/capstan/clients`.
+pub fn client(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CAPSTAN_CLIENTS").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+        cache.join("capstan/clients")
+    });
+    let p = dir.join(name);
+    assert!(p.is_file(), "{} is missing: `bash scripts/deps.sh test` fetches it", p.display());
+    p
+}
+
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -348,11 +362,24 @@ impl Cluster {
 
     /// Runs kubectl with extra environment and optional stdin.
     pub fn kubectl_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new("kubectl");
+        self.kubectl_as(Path::new("kubectl"), args, env, stdin)
+    }
+
+    /// Runs the kubectl binary `program` (e.g. [`client`]`("kubectl-1.35")`) with its own
+    /// discovery cache, extra environment and optional stdin.
+    pub fn kubectl_as(
+        &self,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> Output {
+        let mut cmd = Command::new(program);
+        let cache = program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
-            .arg(self.dir.path().join("kube-cache"))
+            .arg(self.dir.path().join("kube-cache").join(cache))
             .args(args)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
