@@ -492,6 +492,7 @@ impl Handler<Synced> for NodeAgent {
                     for e in rd.flatten() {
                         let name = e.file_name().to_string_lossy().to_string();
                         if !owned.contains(&name) {
+                            let _ = volumes::unmount_all(&e.path());
                             let _ = std::fs::remove_dir_all(e.path());
                         }
                     }
@@ -609,6 +610,8 @@ async fn reset_pods(cfg: &AgentConfig) -> Result<(), String> {
     for id in network.list().await.map_err(|e| e.to_string())? {
         network.teardown(&id).await.map_err(|e| e.to_string())?;
     }
+    // Memory-backed volumes are mounts under the pods' directories.
+    volumes::unmount_all(&root.join("pods"))?;
     for d in ["pods", "logs"] {
         let _ = std::fs::remove_dir_all(root.join(d));
     }

@@ -3,11 +3,19 @@
 //!
 //! ```text
 //! Prepare (pull images, fetch ConfigMaps/Secrets, volumes, network)
-//!   → Init (init containers in order, each to success)
+//!   → Init (init containers in order, each to success; a sidecar — an init container with
+//!           `restartPolicy: Always` — only until it has started, then it keeps running)
 //!   → Main (containers started, supervised: exits, restarts with back-off, probes)
-//!   → Finished (every container ended and none restarts: Succeeded or Failed)
-//! any stage → Terminating (deletionTimestamp, or the pod vanished) → Gone
+//!   → Finished (every container ended and none restarts: Succeeded or Failed; the
+//!               sidecars are stopped then)
+//! any stage → Terminating (deletionTimestamp, or the pod vanished): preStop hooks, the
+//!             containers stopped within the grace period, sidecars last → Gone
 //! ```
+//!
+//! Lifecycle hooks as upstream: `postStart` runs right after a container starts (a failure
+//! kills the container, which restarts by the pod's policy), `preStop` before a container is
+//! stopped (deletion or a failed liveness probe), its time counted in the grace period;
+//! both may `exec`, `httpGet` (a named port is the container's) or `sleep`.
 //!
 //! The actor ([`PodWorker`]) is a mailbox around an owned [`PodState`]: each tick moves the
 //! state into one async step and takes it back when the step ends, so steps never overlap
@@ -96,6 +104,8 @@ pub struct Ctr {
     /// Its name.
     pub name: String,
     init: bool,
+    /// An init container with `restartPolicy: Always` (a native sidecar).
+    sidecar: bool,
     spec: Value,
     restart_count: u32,
     /// The runtime id of the current instance.
@@ -115,6 +125,28 @@ pub struct Ctr {
     startup: Option<Probe>,
     /// Signals log followers that the current instance ended.
     pub done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Ctr {
+    /// Done with its turn in the init sequence: a regular init container has succeeded, a
+    /// sidecar runs and has started (its startup probe, if any, passed).
+    fn initialized(&self) -> bool {
+        if self.sidecar {
+            self.id.is_some() && self.started
+        } else {
+            self.succeeded
+        }
+    }
+
+    /// Sets up the probes of a new (or adopted) instance.
+    fn arm_probes(&mut self) {
+        let began = Instant::now();
+        self.liveness = Probe::new(self.spec.get("livenessProbe"), began, ProbeKind::Liveness);
+        self.readiness = Probe::new(self.spec.get("readinessProbe"), began, ProbeKind::Readiness);
+        self.startup = Probe::new(self.spec.get("startupProbe"), began, ProbeKind::Startup);
+        self.started = self.startup.is_none();
+        self.ready = self.readiness.is_none();
+    }
 }
 
 struct Probe {
@@ -195,9 +227,11 @@ impl PodState {
                     .as_array()
                     .and_then(|a| a.iter().find(|st| st["name"].as_str() == Some(&cname)));
                 let restart_count = known.and_then(|k| k["restartCount"].as_u64()).unwrap_or(0) as u32;
+                let sidecar = init && c["restartPolicy"].as_str() == Some("Always");
                 ctrs.push(Ctr {
                     name: cname,
                     init,
+                    sidecar,
                     spec: c.clone(),
                     restart_count,
                     id: None,
@@ -210,6 +244,7 @@ impl PodState {
                     ready: false,
                     started: false,
                     succeeded: init
+                        && !sidecar
                         && known.is_some_and(|k| k["state"]["terminated"]["exitCode"].as_i64() == Some(0)),
                     liveness: None,
                     readiness: None,
@@ -226,6 +261,9 @@ impl PodState {
                     c.restart_count = n;
                 }
                 c.state = CState::Running { started_at: now() };
+                // Probed again from now, as upstream's kubelet does after a restart (without
+                // probes an adopted container would never be ready again).
+                c.arm_probes();
             }
         }
         let start_time = pod["status"]["startTime"].as_str().map(str::to_string);
@@ -585,13 +623,33 @@ impl PodState {
         // 2. Init containers in order, or the main containers.
         if self.stage == Stage::Init {
             let policy = self.restart_policy();
-            let Some(i) = self.ctrs.iter().position(|c| c.init && !c.succeeded) else {
+            let Some(i) = self.ctrs.iter().position(|c| c.init && !c.initialized()) else {
                 self.stage = Stage::Main;
                 return Box::pin(self.supervise(deps)).await;
             };
+            // Sidecars started before this one run on (restarted whenever they exit), and
+            // a sidecar that is starting has its startup probe checked.
+            for j in 0..i {
+                if self.ctrs[j].sidecar && self.ctrs[j].id.is_none() {
+                    self.maybe_start(deps, j).await;
+                }
+            }
+            if self.ctrs[i].sidecar {
+                if self.ctrs[i].id.is_none() {
+                    self.maybe_start(deps, i).await;
+                }
+                self.run_probes(deps).await;
+                if self.ctrs[i].initialized() {
+                    return Box::pin(self.supervise(deps)).await;
+                }
+                return;
+            }
             if self.ctrs[i].id.is_none() {
                 if let CState::Terminated(t) = &self.ctrs[i].state {
                     if t.exit_code != 0 && policy == "Never" {
+                        let grace =
+                            self.pod()["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+                        self.stop_containers(deps, Duration::from_secs(grace), true).await;
                         self.finish(deps, "Failed").await;
                         return;
                     }
@@ -603,10 +661,12 @@ impl PodState {
         if self.stage == Stage::Main {
             let policy = self.restart_policy();
             for i in 0..self.ctrs.len() {
-                if self.ctrs[i].init || self.ctrs[i].id.is_some() {
+                if (self.ctrs[i].init && !self.ctrs[i].sidecar) || self.ctrs[i].id.is_some() {
                     continue;
                 }
                 let should = match &self.ctrs[i].state {
+                    // Sidecars always restart, whatever the pod's policy.
+                    _ if self.ctrs[i].sidecar => true,
                     CState::Terminated(t) => match policy.as_str() {
                         "Never" => false,
                         "OnFailure" => t.exit_code != 0,
@@ -627,6 +687,10 @@ impl PodState {
                 });
             if all_done {
                 let ok = app.iter().all(|c| matches!(&c.state, CState::Terminated(t) if t.exit_code == 0));
+                // The sidecars are not waited for: they are stopped once the main
+                // containers are done (in reverse order, as upstream).
+                let grace = self.pod()["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+                self.stop_containers(deps, Duration::from_secs(grace), true).await;
                 self.finish(deps, if ok { "Succeeded" } else { "Failed" }).await;
                 return;
             }
@@ -666,7 +730,7 @@ impl PodState {
         c.ready = false;
         c.started = false;
         let _ = c.done.send(true);
-        if c.init && t.exit_code == 0 {
+        if c.init && !c.sidecar && t.exit_code == 0 {
             c.succeeded = true;
         }
         let ran = match (&c.state, &t.started_at) {
@@ -724,14 +788,21 @@ impl PodState {
                 c.id = Some(id);
                 c.state = CState::Running { started_at };
                 c.done = tokio::sync::watch::channel(false).0;
-                let began = Instant::now();
-                c.liveness = Probe::new(c.spec.get("livenessProbe"), began, ProbeKind::Liveness);
-                c.readiness = Probe::new(c.spec.get("readinessProbe"), began, ProbeKind::Readiness);
-                c.startup = Probe::new(c.spec.get("startupProbe"), began, ProbeKind::Startup);
-                c.started = c.startup.is_none();
-                c.ready = c.readiness.is_none();
+                c.arm_probes();
                 let name = c.name.clone();
                 emit(deps, &pod, "Normal", "Started", &format!("Started container {name}"));
+                let hook = c.spec["lifecycle"]["postStart"].clone();
+                let container = c.spec.clone();
+                if !hook.is_null() {
+                    let id = c.id.clone().unwrap_or_default();
+                    if let Err(m) = run_hook(deps, &id, &self.ip(deps), &hook, &container).await {
+                        let msg = format!("PostStartHook failed: {m}");
+                        emit(deps, &pod, "Warning", "FailedPostStartHook", &msg);
+                        tracing::info!(pod = %self.name, container = %name, "{msg}");
+                        let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+                        self.stop_wave(deps, &[i], Instant::now() + Duration::from_secs(grace)).await;
+                    }
+                }
             }
             Err((reason, message)) => {
                 emit(deps, &pod, "Warning", "Failed", &format!("Error: {message}"));
@@ -869,8 +940,13 @@ impl PodState {
         }
     }
 
+    /// The address probes and hooks reach the pod at.
+    fn ip(&self, deps: &Deps) -> String {
+        self.net.as_ref().map(|n| n.ip.to_string()).unwrap_or_else(|| deps.host_ip.clone())
+    }
+
     async fn run_probes(&mut self, deps: &Deps) {
-        let ip = self.net.as_ref().map(|n| n.ip.to_string()).unwrap_or_else(|| deps.host_ip.clone());
+        let ip = self.ip(deps);
         let pod = self.pod();
         for i in 0..self.ctrs.len() {
             let Some(id) = self.ctrs[i].id.clone() else { continue };
@@ -926,9 +1002,7 @@ impl PodState {
                         let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
                         let msg = format!("Container {name} failed {kind} probe, will be restarted");
                         emit(deps, &pod, "Normal", "Killing", &msg);
-                        if let Ok(exit) = deps.runtime.stop(&id, Duration::from_secs(grace)).await {
-                            self.container_exited(deps, i, &id, &exit).await;
-                        }
+                        self.stop_wave(deps, &[i], Instant::now() + Duration::from_secs(grace)).await;
                         break;
                     }
                     _ => {}
@@ -943,37 +1017,7 @@ impl PodState {
             .as_u64()
             .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_u64())
             .unwrap_or(30);
-        let grace = Duration::from_secs(grace);
-        let mut stops = Vec::new();
-        for c in &self.ctrs {
-            if let Some(id) = c.id.clone() {
-                if !self.deleted {
-                    let msg = format!("Stopping container {}", c.name);
-                    emit(deps, &pod, "Normal", "Killing", &msg);
-                }
-                let rt = deps.runtime.clone();
-                stops.push(async move {
-                    let exit = rt.stop(&id, grace).await;
-                    let _ = rt.remove(&id).await;
-                    (id, exit)
-                });
-            }
-        }
-        let results = futures::future::join_all(stops).await;
-        for (id, exit) in results {
-            if let Some(i) = self.ctrs.iter().position(|c| c.id.as_deref() == Some(&id)) {
-                match exit {
-                    Ok(exit) => {
-                        let t = Terminated::from_exit(&id, &exit);
-                        self.ended(deps, i, t).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(pod = %self.name, "stopping {id} failed: {e}");
-                        self.ctrs[i].id = None;
-                    }
-                }
-            }
-        }
+        self.stop_containers(deps, Duration::from_secs(grace), false).await;
         self.cleanup(deps).await;
         if !self.deleted {
             self.write_status(deps).await;
@@ -994,6 +1038,80 @@ impl PodState {
         self.stage = Stage::Gone;
     }
 
+    /// Stops the running containers within `grace`: first the main and regular init
+    /// containers together, then the sidecars one by one in reverse order (upstream's
+    /// order); with `sidecars_only`, just the sidecars.
+    async fn stop_containers(&mut self, deps: &Deps, grace: Duration, sidecars_only: bool) {
+        let deadline = Instant::now() + grace;
+        if !sidecars_only {
+            let first: Vec<usize> = (0..self.ctrs.len())
+                .filter(|&i| self.ctrs[i].id.is_some() && !self.ctrs[i].sidecar)
+                .collect();
+            self.stop_wave(deps, &first, deadline).await;
+        }
+        for i in (0..self.ctrs.len()).rev() {
+            if self.ctrs[i].sidecar && self.ctrs[i].id.is_some() {
+                self.stop_wave(deps, &[i], deadline).await;
+            }
+        }
+    }
+
+    /// Stops the containers `which` at once, each after its `preStop` hook, all by
+    /// `deadline` (a hook that used up the time still leaves its container 2 s, as
+    /// upstream), and records how each ended.
+    async fn stop_wave(&mut self, deps: &Deps, which: &[usize], deadline: Instant) {
+        let pod = self.pod();
+        let ip = self.ip(deps);
+        let mut stops = Vec::new();
+        for &i in which {
+            let c = &self.ctrs[i];
+            let Some(id) = c.id.clone() else { continue };
+            if !self.deleted {
+                emit(deps, &pod, "Normal", "Killing", &format!("Stopping container {}", c.name));
+            }
+            let hook = c.spec["lifecycle"]["preStop"].clone();
+            let (container, name, pod, ip) = (c.spec.clone(), c.name.clone(), pod.clone(), ip.clone());
+            let rt = deps.runtime.clone();
+            stops.push(async move {
+                if !hook.is_null() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let failed =
+                        match tokio::time::timeout(left, run_hook(deps, &id, &ip, &hook, &container)).await {
+                            Ok(Ok(())) => None,
+                            Ok(Err(m)) => Some(m),
+                            Err(_) => Some(format!("timed out after {}s", left.as_secs())),
+                        };
+                    if let Some(m) = failed {
+                        let msg = format!("PreStopHook failed for container {name}: {m}");
+                        emit(deps, &pod, "Warning", "FailedPreStopHook", &msg);
+                    }
+                }
+                let mut left = deadline.saturating_duration_since(Instant::now());
+                if !hook.is_null() {
+                    left = left.max(Duration::from_secs(2));
+                }
+                let exit = rt.stop(&id, left).await;
+                let _ = rt.remove(&id).await;
+                (id, exit)
+            });
+        }
+        let results = futures::future::join_all(stops).await;
+        for (id, exit) in results {
+            if let Some(i) = self.ctrs.iter().position(|c| c.id.as_deref() == Some(&id)) {
+                match exit {
+                    Ok(exit) => {
+                        let t = Terminated::from_exit(&id, &exit);
+                        self.ended(deps, i, t).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %self.name, "stopping {id} failed: {e}");
+                        self.ctrs[i].id = None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Releases the pod's network, volumes and cgroups (its containers are gone).
     pub async fn cleanup(&mut self, deps: &Deps) {
         if let Err(e) = deps.network.teardown(&self.uid).await {
@@ -1002,6 +1120,9 @@ impl PodState {
         self.net = None;
         if let Err(e) = deps.runtime.remove_pod_cgroups(&self.uid).await {
             tracing::warn!(pod = %self.name, "pod cgroup cleanup failed: {e}");
+        }
+        if let Err(e) = volumes::unmount_all(&self.pod_dir(deps)) {
+            tracing::warn!(pod = %self.name, "volume cleanup failed: {e}");
         }
         let _ = std::fs::remove_dir_all(self.pod_dir(deps));
         let _ = std::fs::remove_dir_all(self.log_dir(deps));
@@ -1059,8 +1180,9 @@ impl PodState {
             self.ctrs.iter().filter(|c| c.init).map(|c| self.container_status(c)).collect();
         let app: Vec<Value> =
             self.ctrs.iter().filter(|c| !c.init).map(|c| self.container_status(c)).collect();
-        let inits_done = self.ctrs.iter().filter(|c| c.init).all(|c| c.succeeded);
-        let all_ready = self.ctrs.iter().filter(|c| !c.init).all(|c| c.ready && c.id.is_some());
+        let inits_done = self.ctrs.iter().filter(|c| c.init).all(|c| c.initialized());
+        // Sidecars count for readiness, as upstream.
+        let all_ready = self.ctrs.iter().filter(|c| !c.init || c.sidecar).all(|c| c.ready && c.id.is_some());
         let any_running = self.ctrs.iter().any(|c| !c.init && c.id.is_some());
         let phase = match self.finished_phase {
             Some(p) => p,
@@ -1296,6 +1418,26 @@ async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value, container: &Value)
         };
     }
     ProbeOutcome::Success
+}
+
+/// Runs a lifecycle hook (`exec`, `httpGet` or `sleep`) of `container`, whose instance is
+/// `id`, at the pod's address `ip`.
+async fn run_hook(deps: &Deps, id: &str, ip: &str, hook: &Value, container: &Value) -> Result<(), String> {
+    if let Some(seconds) = hook["sleep"]["seconds"].as_u64() {
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        return Ok(());
+    }
+    let (kind, spec) = if let Some(e) = hook.get("exec") {
+        ("Exec", json!({"exec": e, "timeoutSeconds": 3600}))
+    } else if let Some(h) = hook.get("httpGet") {
+        ("HTTP", json!({"httpGet": h, "timeoutSeconds": 10}))
+    } else {
+        return Ok(());
+    };
+    match check(deps, id, ip, &spec, container).await {
+        ProbeOutcome::Success => Ok(()),
+        ProbeOutcome::Failure(m) => Err(format!("{kind} lifecycle hook failed: {m}")),
+    }
 }
 
 /// Records an Event without waiting for it (events are best effort and must not delay

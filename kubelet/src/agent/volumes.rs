@@ -8,6 +8,10 @@
 //! ConfigMap or Secret (or key) fails the pod's start unless marked optional. Contents are
 //! written once at pod start (no live updates yet).
 //!
+//! Memory-backed, as upstream: an emptyDir with `medium: Memory` is a tmpfs (its
+//! `sizeLimit` the tmpfs size), and secret and projected volumes are written to a tmpfs, so
+//! no secret reaches the node's disk. The pod's cleanup unmounts them.
+//!
 //! With the pod's `fsGroup`, emptyDir, configMap, secret, downwardAPI and projected
 //! volumes are given to that group as upstream's `SetVolumeOwnership` does
 //! ([`set_ownership`]): every file and directory gets group `fsGroup` and at least
@@ -326,6 +330,37 @@ pub fn set_ownership(dir: &Path, gid: u32, readonly: bool, on_root_mismatch: boo
     walk(dir, gid, if readonly { RO_MASK } else { RW_MASK })
 }
 
+/// Mounts a tmpfs (mode 0777, `size` bytes or the kernel's default of half the memory) on
+/// `dir`, unless one is there already (the pod was prepared before an agent restart).
+fn tmpfs(dir: &Path, size: Option<u64>) -> Result<(), String> {
+    use nix::mount::MsFlags;
+    if crate::runtime::mounts::is_mounted(dir).unwrap_or(false) {
+        return Ok(());
+    }
+    let mut data = "mode=0777".to_string();
+    if let Some(size) = size {
+        data.push_str(&format!(",size={size}"));
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(|e| format!("failed to mount a tmpfs on {}: {e}", dir.display()))
+}
+
+/// Unmounts every volume of a pod that is a mount (tmpfs) under `pod_dir`.
+pub fn unmount_all(pod_dir: &Path) -> Result<(), String> {
+    let found =
+        crate::runtime::mounts::mounts_under(pod_dir).map_err(|e| format!("reading mountinfo: {e}"))?;
+    for m in found {
+        crate::runtime::mounts::unmount(&m).map_err(|e| format!("unmounting {}: {e}", m.display()))?;
+    }
+    Ok(())
+}
+
 /// Creates every volume of `pod` under `pod_dir/volumes` and returns name → host path.
 /// `fs_group`: the pod's `fsGroup` and whether its change policy is `OnRootMismatch`.
 pub fn prepare(
@@ -344,8 +379,12 @@ pub fn prepare(
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777))
                 .map_err(|e| format!("failed to chmod {}: {e}", d.display()))
         };
-        let path = if v.get("emptyDir").is_some() {
+        let path = if let Some(ed) = v.get("emptyDir") {
             fresh(&dir)?;
+            if ed["medium"].as_str() == Some("Memory") {
+                let size = ed["sizeLimit"].as_str().and_then(capstan_api::quantity::parse_value);
+                tmpfs(&dir, size.and_then(|s| u64::try_from(s).ok()))?;
+            }
             dir
         } else if let Some(hp) = v.get("hostPath") {
             let p = PathBuf::from(hp["path"].as_str().unwrap_or(""));
@@ -370,6 +409,7 @@ pub fn prepare(
             dir
         } else if let Some(sec) = v.get("secret") {
             fresh(&dir)?;
+            tmpfs(&dir, None)?;
             let n = sec["secretName"].as_str().unwrap_or("");
             project_keys(&dir, "secret", n, sec, mode(&sec["defaultMode"], 0o644), sources)?;
             dir
@@ -379,6 +419,7 @@ pub fn prepare(
             dir
         } else if let Some(p) = v.get("projected") {
             fresh(&dir)?;
+            tmpfs(&dir, None)?;
             let dm = mode(&p["defaultMode"], 0o644);
             for s in p["sources"].as_array().into_iter().flatten() {
                 if let Some(cm) = s.get("configMap") {
