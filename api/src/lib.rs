@@ -33,6 +33,7 @@ pub mod podrefs;
 pub mod podsecurity;
 pub mod protobuf;
 pub mod quantity;
+pub mod quota;
 pub mod registry;
 pub mod selectors;
 pub mod ssa;

@@ -751,14 +751,21 @@ impl ApiService {
         // What plugins added (containers, volumes) gets its defaults too.
         capstan_api::defaults::apply_defaults(res, &mut obj);
         Self::invalid(res, &obj, strategy.validate_create(res, &obj))?;
-        self.admission.validate(&self.ctx, &attrs, &obj, &mut out).await?;
         if let Some(m) = &opts.field_manager {
             capstan_api::ssa::record_update(None, &mut obj, m, &now);
         }
         warnings.append(&mut out.warnings);
         let key = keys::object_key(res, namespace, &name);
-        for _ in 0..MAX_UPDATE_RETRIES {
+        for attempt in 0..MAX_UPDATE_RETRIES {
             let mut obj = obj.clone();
+            // The validating turn runs again on every attempt: what a plugin reserves (a
+            // quota's usage) is read afresh after a conflict.
+            let mut checked = Outcome::default();
+            self.admission.validate(&self.ctx, &attrs, &obj, &mut checked).await?;
+            if attempt == 0 {
+                warnings.append(&mut checked.warnings);
+            }
+            let out = out.merged(&checked);
             let reserved = strategy.allocate(&self.ctx, &mut obj, None).await?;
             if opts.dry_run {
                 if self.store.get(&key).await?.is_some() {

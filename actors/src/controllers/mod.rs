@@ -17,6 +17,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod rootca;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -57,5 +58,6 @@ pub fn start_all(ctx: &Ctx) {
     endpoints::start(ctx);
     serviceaccount::start(ctx);
     rootca::start(ctx);
+    resourcequota::start(ctx);
     clusterroleaggregation::start(ctx);
 }

@@ -15,14 +15,18 @@
 
 pub mod certificates;
 mod default_tolerations;
+mod limit_ranger;
 mod namespace_lifecycle;
 mod node_restriction;
 pub mod pod_security;
+mod resource_quota;
 mod service_account;
 
 pub use default_tolerations::DefaultTolerationSeconds;
+pub use limit_ranger::LimitRanger;
 pub use namespace_lifecycle::{NamespaceLifecycle, SYSTEM_NAMESPACES};
 pub use node_restriction::NodeRestriction;
+pub use resource_quota::ResourceQuota;
 pub use service_account::ServiceAccount;
 
 use crate::auth::User;
@@ -96,6 +100,22 @@ pub struct Outcome {
     pub warnings: Vec<String>,
     /// Store operations committed with the object.
     pub reservations: Reservations,
+    /// Locks held until the write is committed or abandoned (a namespace's quota charges
+    /// are serialized in this process rather than left to conflict).
+    pub guards: Vec<Arc<tokio::sync::OwnedMutexGuard<()>>>,
+}
+
+impl Outcome {
+    /// The reservations and guards of both turns (warnings are the caller's to collect).
+    pub fn merged(&self, other: &Outcome) -> Outcome {
+        let mut reservations = Reservations::default();
+        for o in [self, other] {
+            reservations.ops.extend(o.reservations.ops.iter().cloned());
+            reservations.on_conflict.extend(o.reservations.on_conflict.iter().cloned());
+        }
+        let guards = self.guards.iter().chain(&other.guards).cloned().collect();
+        Outcome { warnings: Vec::new(), reservations, guards }
+    }
 }
 
 /// Read access to cluster state for plugins and strategies.
@@ -204,9 +224,10 @@ impl Chain {
         ])
     }
 
-    /// The gateway's chain: NamespaceLifecycle, ServiceAccount (filling legacy token
-    /// Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity, DefaultTolerationSeconds, then
-    /// `validating` (RBAC escalation checks...), in upstream's order.
+    /// The gateway's chain: NamespaceLifecycle, LimitRanger, ServiceAccount (filling legacy token
+    /// Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity,
+    /// DefaultTolerationSeconds, then `validating` (RBAC escalation checks...), and
+    /// ResourceQuota last, in upstream's order.
     pub fn configured(
         signer: Option<Arc<crate::tokens::TokenSigner>>,
         ca: String,
@@ -215,12 +236,14 @@ impl Chain {
     ) -> Chain {
         let mut plugins: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(NamespaceLifecycle::default()),
+            Arc::new(LimitRanger),
             Arc::new(ServiceAccount::new(signer, ca)),
             Arc::new(NodeRestriction),
             Arc::new(pod_security::PodSecurity::new(pod_security)),
             Arc::new(DefaultTolerationSeconds::from_env()),
         ];
         plugins.extend(validating);
+        plugins.push(Arc::new(ResourceQuota::default()));
         Chain::new(plugins)
     }
 
