@@ -158,6 +158,7 @@ const ROLES: &[RoleSpec] = &[
             "create | coordination.k8s.io | leases",
             "get,update | coordination.k8s.io | leases | kube-scheduler",
             "READ | core | nodes",
+            "READ | core | namespaces",
             "delete,get,list,watch | core | pods",
             "create | core | bindings,pods/binding",
             "patch,update | core | pods/status",
@@ -169,6 +170,16 @@ const ROLES: &[RoleSpec] = &[
             "create | authentication.k8s.io | tokenreviews",
             "create | authorization.k8s.io | subjectaccessreviews",
             "READ | storage.k8s.io | csidrivers,csinodes,csistoragecapacities,storageclasses",
+        ],
+    ),
+    (
+        "system:volume-scheduler",
+        &[],
+        None,
+        &[
+            "READ,patch,update | core | persistentvolumes",
+            "READ | storage.k8s.io | storageclasses",
+            "READ,patch,update | core | persistentvolumeclaims",
         ],
     ),
 ];
@@ -189,6 +200,7 @@ const BINDINGS: &[(&str, &str, &[&str])] = &[
         &["Group:system:serviceaccounts"],
     ),
     ("system:kube-scheduler", "system:kube-scheduler", &["User:system:kube-scheduler"]),
+    ("system:volume-scheduler", "system:volume-scheduler", &["User:system:kube-scheduler"]),
     // Node join with bootstrap tokens (as kubeadm sets it up): bootstrappers may ask for node
     // client certificates, which are approved automatically; nodes may renew their own.
     ("system:node-bootstrapper", "system:node-bootstrapper", &["Group:system:bootstrappers"]),
