@@ -34,7 +34,9 @@ pub fn user_for_identity(identity: &str) -> User {
             User::new(format!("system:node:{}", name.replace('_', ".")), vec!["system:nodes".into()])
         }
         _ => match identity {
-            "controllers" => User::new("system:kube-controller-manager", vec!["system:masters".into()]),
+            // The controllers: everything but impersonation, approval and signing
+            // (`system:capstan:controllers`).
+            "controllers" => User::new("system:kube-controller-manager", vec!["system:authenticated".into()]),
             // The scheduler has upstream's system:kube-scheduler and system:volume-scheduler
             // roles and nothing more.
             "scheduler" => User::new("system:kube-scheduler", vec!["system:authenticated".into()]),
@@ -158,7 +160,7 @@ mod tests {
         assert_eq!(identity_of("capstan.v1.apix.controllers"), None);
         assert_eq!(user_for_identity("node.a_b").name, "system:node:a.b");
         assert_eq!(user_for_identity("integrator-1").groups, vec!["system:authenticated".to_string()]);
-        assert!(user_for_identity("controllers").groups.contains(&"system:masters".to_string()));
+        assert!(!user_for_identity("controllers").groups.contains(&"system:masters".to_string()));
         assert!(!user_for_identity("scheduler").groups.contains(&"system:masters".to_string()));
     }
 }

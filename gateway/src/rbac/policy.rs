@@ -172,6 +172,17 @@ const ROLES: &[RoleSpec] = &[
             "READ | storage.k8s.io | csidrivers,csinodes,csistoragecapacities,storageclasses",
         ],
     ),
+    // capstan's controllers run in one pool (one bus identity) rather than with a
+    // ServiceAccount per controller as upstream's controller manager: they need to read and
+    // write every kind (the garbage collector and the namespace controller touch all of
+    // them) and to write ClusterRoles with any rule (aggregation), but never to
+    // impersonate, approve or sign.
+    (
+        "system:capstan:controllers",
+        &[],
+        None,
+        &["READ,WRITE | * | *", "escalate,bind | rbac.authorization.k8s.io | clusterroles,roles"],
+    ),
     (
         "system:volume-scheduler",
         &[],
@@ -201,6 +212,7 @@ const BINDINGS: &[(&str, &str, &[&str])] = &[
     ),
     ("system:kube-scheduler", "system:kube-scheduler", &["User:system:kube-scheduler"]),
     ("system:volume-scheduler", "system:volume-scheduler", &["User:system:kube-scheduler"]),
+    ("system:capstan:controllers", "system:capstan:controllers", &["User:system:kube-controller-manager"]),
     // Node join with bootstrap tokens (as kubeadm sets it up): bootstrappers may ask for node
     // client certificates, which are approved automatically; nodes may renew their own.
     ("system:node-bootstrapper", "system:node-bootstrapper", &["Group:system:bootstrappers"]),
