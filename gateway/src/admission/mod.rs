@@ -19,11 +19,13 @@ mod namespace_lifecycle;
 mod node_restriction;
 pub mod pod_security;
 mod service_account;
+mod storage;
 
 pub use default_tolerations::DefaultTolerationSeconds;
 pub use namespace_lifecycle::{NamespaceLifecycle, SYSTEM_NAMESPACES};
 pub use node_restriction::NodeRestriction;
 pub use service_account::ServiceAccount;
+pub use storage::{DefaultStorageClass, StorageObjectInUseProtection};
 
 use crate::auth::User;
 use crate::cache::{decode_stored, Cache};
@@ -195,17 +197,21 @@ impl Chain {
     }
 
     /// capstan's plugins in upstream's order: NamespaceLifecycle, ServiceAccount (without a
-    /// token signer: see [`Chain::configured`]), DefaultTolerationSeconds.
+    /// token signer: see [`Chain::configured`]), DefaultTolerationSeconds,
+    /// DefaultStorageClass, StorageObjectInUseProtection.
     pub fn standard() -> Chain {
         Chain::new(vec![
             Arc::new(NamespaceLifecycle::default()),
             Arc::new(ServiceAccount::default()),
             Arc::new(DefaultTolerationSeconds::from_env()),
+            Arc::new(DefaultStorageClass),
+            Arc::new(StorageObjectInUseProtection),
         ])
     }
 
     /// The gateway's chain: NamespaceLifecycle, ServiceAccount (filling legacy token
-    /// Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity, DefaultTolerationSeconds, then
+    /// Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity,
+    /// DefaultTolerationSeconds, DefaultStorageClass, StorageObjectInUseProtection, then
     /// `validating` (RBAC escalation checks...), in upstream's order.
     pub fn configured(
         signer: Option<Arc<crate::tokens::TokenSigner>>,
@@ -219,6 +225,8 @@ impl Chain {
             Arc::new(NodeRestriction),
             Arc::new(pod_security::PodSecurity::new(pod_security)),
             Arc::new(DefaultTolerationSeconds::from_env()),
+            Arc::new(DefaultStorageClass),
+            Arc::new(StorageObjectInUseProtection),
         ];
         plugins.extend(validating);
         Chain::new(plugins)
