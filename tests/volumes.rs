@@ -387,6 +387,27 @@ spec:
     assert_eq!(c.ok(&["logs", "reader"]), "silver\nreadonly\n");
     assert!(!base.join("silver").join("x").exists());
 
+    // A hand-made volume whose directory is missing: the pod waits, with an event saying why.
+    let missing = base.join("missing");
+    let pv = format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: static-missing\nspec:\n  capacity: {{storage: 64Mi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: manual\n  local: {{path: {}}}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms:\n      - matchExpressions:\n        - {{key: kubernetes.io/hostname, operator: In, values: [node-1]}}\n",
+        missing.display()
+    );
+    apply(&c, "pv-missing.yaml", &pv);
+    apply(
+        &c,
+        "lost.yaml",
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: lost\nspec:\n  storageClassName: manual\n  volumeName: static-missing\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 16Mi\n",
+    );
+    apply(&c, "stuck.yaml", &claim_pod("stuck", &image, "lost", "sleep 3600"));
+    let event = wait_for("a FailedMount event", T, || {
+        let evs = get(&c, &["get", "events", "--field-selector", "involvedObject.name=stuck"])?;
+        evs["items"].as_array()?.iter().find(|e| e["reason"] == "FailedMount").cloned()
+    });
+    let msg = event["message"].as_str().unwrap();
+    assert!(msg.contains("does not exist") && msg.contains(&missing.display().to_string()), "{msg}");
+    assert_eq!(get(&c, &["get", "pod", "stuck"]).unwrap()["status"]["phase"], "Pending");
+
     // An ephemeral volume: a claim per pod, owned by it, gone with it.
     let eph = format!(
         r#"apiVersion: v1
@@ -424,4 +445,65 @@ spec:
     wait_gone(&c, &["get", "pvc", "eph-scratch"]);
     wait_gone(&c, &["get", "pv", &pv]);
     wait_for("the ephemeral directory removed", T, || (!dir.exists()).then_some(()));
+}
+
+#[test]
+fn simulated_nodes_run_pods_with_claims() {
+    let c = Cluster::start_with(&["--sim-nodes", "2"]);
+    wait_for("sim nodes", T, || {
+        let nodes = get(&c, &["get", "nodes"])?;
+        (nodes["items"].as_array()?.len() == 2).then_some(())
+    });
+    let sts = r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: db
+spec:
+  serviceName: db
+  replicas: 3
+  podManagementPolicy: Parallel
+  selector:
+    matchLabels: {app: db}
+  template:
+    metadata:
+      labels: {app: db}
+    spec:
+      containers:
+      - name: main
+        image: example.invalid/db:1
+        volumeMounts:
+        - {name: data, mountPath: /data}
+  volumeClaimTemplates:
+  - metadata:
+      name: data
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources:
+        requests:
+          storage: 1Gi
+"#;
+    apply(&c, "db.yaml", sts);
+    let mut volumes = Vec::new();
+    for i in 0..3 {
+        let pod = wait_running(&c, &format!("db-{i}"));
+        let node = pod["spec"]["nodeName"].as_str().unwrap().to_string();
+        let claim = wait_for("claim Bound", T, || {
+            let p = get(&c, &["get", "pvc", &format!("data-db-{i}")])?;
+            (p["status"]["phase"] == "Bound").then_some(p)
+        });
+        let pv = get(&c, &["get", "pv", claim["spec"]["volumeName"].as_str().unwrap()]).unwrap();
+        let pinned = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+            ["values"][0];
+        assert_eq!(pinned, node.as_str(), "the volume lives where its pod runs");
+        volumes.push(pv["metadata"]["name"].as_str().unwrap().to_string());
+    }
+    // Claims outlive the set; deleting them after it frees the volumes (reclaim Delete).
+    c.ok(&["delete", "statefulset", "db"]);
+    for i in 0..3 {
+        wait_gone(&c, &["get", "pod", &format!("db-{i}")]);
+        c.ok(&["delete", "pvc", &format!("data-db-{i}")]);
+    }
+    for pv in &volumes {
+        wait_gone(&c, &["get", "pv", pv]);
+    }
 }
