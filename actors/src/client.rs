@@ -103,6 +103,12 @@ pub mod gvr {
     pub const LEASES: Gvr = Gvr::new("coordination.k8s.io", "v1", "leases");
     /// EndpointSlices.
     pub const ENDPOINT_SLICES: Gvr = Gvr::new("discovery.k8s.io", "v1", "endpointslices");
+    /// PersistentVolumes.
+    pub const PERSISTENT_VOLUMES: Gvr = Gvr::new("", "v1", "persistentvolumes");
+    /// PersistentVolumeClaims.
+    pub const PERSISTENT_VOLUME_CLAIMS: Gvr = Gvr::new("", "v1", "persistentvolumeclaims");
+    /// StorageClasses.
+    pub const STORAGE_CLASSES: Gvr = Gvr::new("storage.k8s.io", "v1", "storageclasses");
 }
 
 /// A cheap-to-clone API client on the bus. `identity` picks the request subject

@@ -24,6 +24,7 @@ pub mod pool;
 pub mod runtime;
 pub mod scheduler;
 pub mod simnodes;
+pub mod volumes;
 
 pub use client::{ApiClient, ClientError, Gvr};
 pub use informer::{Change, Informer, Informers, Key};

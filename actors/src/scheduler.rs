@@ -18,7 +18,8 @@
 
 mod algorithm;
 mod cache;
-mod model;
+pub(crate) mod model;
+mod volumes;
 
 use crate::client::{gvr, ApiClient};
 use crate::events::Recorder;
@@ -34,6 +35,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
+use volumes::{PreBind, VolumeFilter};
 
 /// The scheduler name this scheduler serves.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -151,6 +153,9 @@ struct Scheduler {
     pods: Arc<Informer>,
     nodes: Arc<Informer>,
     namespaces: Arc<Informer>,
+    claims: Arc<Informer>,
+    volumes: Arc<Informer>,
+    classes: Arc<Informer>,
     state: Arc<Mutex<State>>,
 }
 
@@ -232,6 +237,53 @@ impl Scheduler {
     }
 }
 
+impl Scheduler {
+    /// VolumeBinding's PreBind: pre-binds the static volumes chosen on `node` and asks
+    /// for the others to be provisioned there.
+    async fn prebind(&self, f: &VolumeFilter, node: &str) -> Result<(), crate::ClientError> {
+        let def = match self.nodes.get(node) {
+            Some(n) => NodeDef::parse(&n),
+            None => crate::volumes::named_node(node),
+        };
+        let Ok(plan) = f.plan(&def) else { return Ok(()) };
+        for step in plan {
+            match step {
+                PreBind::Volume { pv, claim } => {
+                    if crate::volumes::bound_to_claim(&pv, &claim) {
+                        continue;
+                    }
+                    let mut pv = (*pv).clone();
+                    pv["spec"]["claimRef"] = json!({
+                        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "namespace": claim["metadata"]["namespace"], "name": claim["metadata"]["name"],
+                        "uid": claim["metadata"]["uid"], "resourceVersion": claim["metadata"]["resourceVersion"],
+                    });
+                    if !pv["metadata"]["annotations"].is_object() {
+                        pv["metadata"]["annotations"] = json!({});
+                    }
+                    pv["metadata"]["annotations"][crate::volumes::ANN_BOUND_BY_CONTROLLER] = json!("yes");
+                    self.client.update(gvr::PERSISTENT_VOLUMES, None, pv).await?;
+                }
+                PreBind::SelectNode { claim } => {
+                    if crate::volumes::annotation(&claim, crate::volumes::ANN_SELECTED_NODE) == node {
+                        continue;
+                    }
+                    let ns = claim["metadata"]["namespace"].as_str().unwrap_or("");
+                    let name = claim["metadata"]["name"].as_str().unwrap_or("");
+                    let patch =
+                        json!({"metadata": {"annotations": {crate::volumes::ANN_SELECTED_NODE: node}}});
+                    self.client.merge_patch(gvr::PERSISTENT_VOLUME_CLAIMS, Some(ns), name, patch).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn volume_claims_of(pod: &Value) -> Vec<crate::volumes::PodClaim> {
+    crate::volumes::pod_claims(pod)
+}
+
 impl Reconciler for Scheduler {
     fn name(&self) -> &'static str {
         "scheduler"
@@ -245,7 +297,28 @@ impl Reconciler for Scheduler {
                 lock(&self.state).stop_waiting(&key);
                 return Ok(Action::Done);
             };
-            let info = PodInfo::parse(&pod);
+            let mut info = PodInfo::parse(&pod);
+            if !volume_claims_of(&pod).is_empty() {
+                self.claims.wait_synced().await;
+                self.volumes.wait_synced().await;
+                self.classes.wait_synced().await;
+                match VolumeFilter::prepare(&pod, &self.claims, &self.volumes, &self.classes) {
+                    Ok(f) => info.volumes = f.map(Arc::new),
+                    Err(why) => {
+                        let n = {
+                            let mut st = lock(&self.state);
+                            st.failed(&key, false);
+                            st.cache.order().len()
+                        };
+                        let message = format!(
+                            "0/{n} nodes are available: {why}. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
+                        );
+                        tracing::debug!(pod = %key, "unschedulable: {message}");
+                        self.report_unschedulable(&pod, &message).await;
+                        return Ok(Action::Done);
+                    }
+                }
+            }
             match self.decide(&key, &info) {
                 Decision::Skip => Ok(Action::Done),
                 Decision::Unschedulable(message) => {
@@ -255,6 +328,14 @@ impl Reconciler for Scheduler {
                 }
                 Decision::Bind(node) => {
                     let (ns, name) = split_key(&key);
+                    if let Some(f) = &info.volumes {
+                        if let Err(e) = self.prebind(f, &node).await {
+                            lock(&self.state).cache.forget(&key);
+                            return Err(ReconcileError(format!(
+                                "failed to bind volumes of pod {key} on node {node}: {e}"
+                            )));
+                        }
+                    }
                     match self.client.bind(ns.unwrap_or(""), name, &node).await {
                         Ok(_) => Ok(Action::Done),
                         Err(e) => {
@@ -282,6 +363,9 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, recorder: Recorder) {
     let pods = informers.get(gvr::PODS);
     let nodes = informers.get(gvr::NODES);
     let namespaces = informers.get(gvr::NAMESPACES);
+    let claims = informers.get(gvr::PERSISTENT_VOLUME_CLAIMS);
+    let volumes = informers.get(gvr::PERSISTENT_VOLUMES);
+    let classes = informers.get(gvr::STORAGE_CLASSES);
     let seed = uuid::Uuid::new_v4().as_u64_pair().0;
     let state = Arc::new(Mutex::new(State::new(seed)));
     let sched = Arc::new(Scheduler {
@@ -290,8 +374,16 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, recorder: Recorder) {
         pods: pods.clone(),
         nodes: nodes.clone(),
         namespaces,
+        claims: claims.clone(),
+        volumes: volumes.clone(),
+        classes: classes.clone(),
         state: state.clone(),
     });
+    // A claim, volume or class appearing or changing may make a waiting pod schedulable.
+    for inf in [&claims, &volumes, &classes] {
+        let st = state.clone();
+        inf.on_change(Arc::new(move |_: &Change| lock(&st).moves += 1));
+    }
     let addr = Controller::new(sched, MAX_BINDS_IN_FLIGHT).start();
 
     let st = state.clone();

@@ -9,8 +9,15 @@
 //!
 //! The cost is what a scale test can afford: one [`SimNodes`] actor ticks once a second
 //! for every node (no task per node), renewals are spread over the period in batches,
-//! writes run in parallel under a concurrency cap, and there are two informers in all
-//! (nodes, pods). Pod work goes through a keyed [`Controller`] ([`pods::SimPods`]).
+//! writes run in parallel under a concurrency cap, and there are three informers in all
+//! (nodes, pods, persistent volumes). Pod work goes through a keyed [`Controller`]
+//! ([`pods::SimPods`]).
+//!
+//! Volumes: a simulated node advertises a local-path root, so claims of the default class
+//! are provisioned and bound for pods placed on it; its pods run whatever their volumes
+//! (they are taken as present). A local-path volume of one of its nodes that is Released
+//! with reclaim `Delete` is deleted, as a real node agent does after removing its
+//! directory.
 //!
 //! For tests, a node with the annotation `capstan.io/sim-stop-heartbeat: "true"` stops
 //! renewing its lease and posting status and leaves its pods alone, as an unreachable
@@ -521,6 +528,7 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, config: Config) {
         POD_CONCURRENCY,
     )
     .start();
+    let volume_client = client.clone();
     let actor = SimNodes {
         client,
         nodes: nodes.clone(),
@@ -557,9 +565,31 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, config: Config) {
             }
         }
     }));
+    let sh = shared.clone();
     pods.on_change(Arc::new(move |c: &Change| {
-        if let Some(key) = shared.pod_changed(c) {
+        if let Some(key) = sh.pod_changed(c) {
             pod_controller.do_send(Enqueue(key));
+        }
+    }));
+    let volumes = informers.get(gvr::PERSISTENT_VOLUMES);
+    volumes.on_change(Arc::new(move |c: &Change| {
+        let Change::Applied { new, .. } = c else { return };
+        use crate::volumes as v;
+        let ours = v::local_node(new).and_then(|n| shared.index_of(n)).is_some();
+        if ours
+            && !v::is_deleting(new)
+            && v::annotation(new, v::ANN_PROVISIONED_BY) == v::LOCAL_PATH_PROVISIONER
+            && v::phase(new) == "Released"
+            && v::reclaim_policy(new) == "Delete"
+        {
+            let (client, name) = (volume_client.clone(), v::key(new));
+            tokio::spawn(async move {
+                match client.delete(gvr::PERSISTENT_VOLUMES, None, &name, None).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => tracing::warn!(volume = %name, "failed to delete a released volume: {e}"),
+                }
+            });
         }
     }));
 }

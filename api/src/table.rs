@@ -194,6 +194,14 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             AGE,
             col("VolumeMode", "string", 1, "volumeMode defines if a volume is intended to be used with a formatted filesystem or to remain in raw block state."),
         ],
+        ("storage.k8s.io", "storageclasses") => vec![
+            NAME,
+            col("Provisioner", "string", 0, "provisioner indicates the type of the provisioner."),
+            col("ReclaimPolicy", "string", 0, "reclaimPolicy controls the reclaimPolicy for dynamically provisioned PersistentVolumes of this storage class. Defaults to Delete."),
+            col("VolumeBindingMode", "string", 0, "volumeBindingMode indicates how PersistentVolumeClaims should be provisioned and bound.  When unset, VolumeBindingImmediate is used. This field is only honored by servers that enable the VolumeScheduling feature."),
+            col("AllowVolumeExpansion", "string", 0, "allowVolumeExpansion shows whether the storage class allow volume expand."),
+            AGE,
+        ],
         ("coordination.k8s.io", "leases") => vec![
             NAME,
             col("Holder", "string", 0, "holderIdentity contains the identity of the holder of a current lease."),
@@ -352,6 +360,26 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
         ("", "endpoints") => vec![name.into(), format_endpoints(obj).into(), age.into()],
         ("", "persistentvolumeclaims") => pvc_cells(obj, name, age),
         ("", "persistentvolumes") => pv_cells(obj, name, age),
+        ("storage.k8s.io", "storageclasses") => {
+            let default = [
+                "storageclass.kubernetes.io/is-default-class",
+                "storageclass.beta.kubernetes.io/is-default-class",
+            ]
+            .iter()
+            .any(|k| obj["metadata"]["annotations"][*k].as_str() == Some("true"));
+            let name = if default { format!("{name} (default)") } else { name };
+            let policy = none_or(s(Some(obj), "reclaimPolicy"), "Delete").to_string();
+            let mode = none_or(s(Some(obj), "volumeBindingMode"), "Immediate").to_string();
+            let expand = obj.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false);
+            vec![
+                name.into(),
+                s(Some(obj), "provisioner").into(),
+                policy.into(),
+                mode.into(),
+                expand.to_string().into(),
+                age.into(),
+            ]
+        }
         ("coordination.k8s.io", "leases") => {
             vec![name.into(), s(spec, "holderIdentity").into(), age.into()]
         }

@@ -14,6 +14,11 @@
 //! 2. **deployment**: one Deployment of `--replicas` replicas is created; its status is
 //!    polled until `readyReplicas` and `availableReplicas` reach the replica count, while a
 //!    watch records when the last pod was created, bound and Running.
+//! 3. **claims**: `--claims` PersistentVolumeClaims of the default `local-path` class
+//!    (`WaitForFirstConsumer`) and one pod per claim are created; watches on pods and on
+//!    claims record when each pod's `spec.nodeName` and each claim's `Bound` phase show
+//!    up: the latency is claim Bound − its pod bound (the scheduler's selected-node, the
+//!    provisioner's volume, the binder's four writes).
 //!
 //! The resident memory of every process is sampled when the nodes are Ready, after each
 //! scenario, and as the peak (VmHWM); CPU per process and per thread name is measured
@@ -34,7 +39,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: capstan-bench sched [--capstan PATH] [--nodes N] [--pods M] [--clients C]
                            [--replicas R] [--timeout SECS] [--multiprocess] [--nats-server PATH]
-                           [--skip-throughput] [--skip-deployment]
+                           [--claims K] [--skip-throughput] [--skip-deployment] [--skip-claims]
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --nodes N           simulated nodes (default 1000)
@@ -44,8 +49,10 @@ const USAGE: &str = "usage: capstan-bench sched [--capstan PATH] [--nodes N] [--
   --timeout SECS      longest wait for the nodes, and for each scenario (default 600)
   --multiprocess      run nats-server + gateway, controllers, scheduler, sim-nodes processes
   --nats-server PATH  the nats-server binary (default /usr/sbin/nats-server)
+  --claims K          claims (one pod each) of the claims scenario (default 500)
   --skip-throughput   skip scenario 1
-  --skip-deployment   skip scenario 2";
+  --skip-deployment   skip scenario 2
+  --skip-claims       skip scenario 3";
 
 const NS_PODS: &str = "/api/v1/namespaces/default/pods";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
@@ -55,6 +62,9 @@ const ACCEPT: (&str, &str) = ("Accept", "application/json");
 const THROUGHPUT_APP: &str = "sched-bench";
 /// Label (and name) of the Deployment scenario.
 const DEPLOY_APP: &str = "sched-deploy";
+/// Label of the claims scenario's pods and claims.
+const CLAIMS_APP: &str = "sched-claims";
+const NS_CLAIMS: &str = "/api/v1/namespaces/default/persistentvolumeclaims";
 
 struct Opts {
     capstan: PathBuf,
@@ -67,6 +77,8 @@ struct Opts {
     multiprocess: bool,
     throughput: bool,
     deployment: bool,
+    claims: usize,
+    claims_on: bool,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
@@ -82,6 +94,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
         multiprocess: false,
         throughput: true,
         deployment: true,
+        claims: 500,
+        claims_on: true,
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -103,6 +117,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
             "--multiprocess" => o.multiprocess = true,
             "--skip-throughput" => o.throughput = false,
             "--skip-deployment" => o.deployment = false,
+            "--claims" => o.claims = number(value()?, "--claims")?,
+            "--skip-claims" => o.claims_on = false,
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
@@ -815,6 +831,143 @@ async fn throughput(client: &Client, o: &Opts, cluster: &Cluster) -> anyhow::Res
     }))
 }
 
+/// Watches the claims labelled [`CLAIMS_APP`], recording when each is first seen Bound.
+async fn watch_claims(
+    client: &Client,
+    deadline: Instant,
+) -> anyhow::Result<(Arc<Mutex<HashMap<String, Instant>>>, tokio::task::JoinHandle<()>)> {
+    let mut conn = client.open().await?;
+    let r = conn.request("GET", &format!("{NS_CLAIMS}?limit=1"), &[ACCEPT], b"").await?;
+    if r.status != 200 {
+        bail!("list claims: {} {}", r.status, r.text());
+    }
+    let rv = r.json()?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+    let path = format!(
+        "{NS_CLAIMS}?watch=true&labelSelector=app%3D{CLAIMS_APP}&resourceVersion={rv}&timeoutSeconds=3600"
+    );
+    let mut watch = client.open().await?.stream("GET", &path, &[], b"").await?;
+    if watch.status != 200 {
+        bail!("watch claims failed with {}", watch.status);
+    }
+    let bound: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let b = bound.clone();
+    let task = tokio::spawn(async move {
+        while Instant::now() < deadline {
+            let line = match tokio::time::timeout(Duration::from_secs(1), watch.next_line()).await {
+                Err(_) => continue,
+                Ok(Ok(Some(l))) => l,
+                Ok(_) => return,
+            };
+            let at = Instant::now();
+            let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+            let o = &ev["object"];
+            if o["status"]["phase"] == "Bound" {
+                let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+                lock(&b).entry(name).or_insert(at);
+            }
+        }
+    });
+    Ok((bound, task))
+}
+
+/// Scenario 3: claims of the default class, one pod each; time pod bound → claim Bound.
+async fn claims(client: &Client, o: &Opts) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + o.timeout;
+    let (rec, pod_watch) = start_watch(client, CLAIMS_APP, deadline).await?;
+    let (bound, claim_watch) = watch_claims(client, deadline).await?;
+    let n = o.claims;
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..o.clients.min(n) {
+        let mut conn = client.open().await.context("connect")?;
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let claim = serde_json::to_vec(&json!({
+                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": format!("sc-{i}"), "labels": {"app": CLAIMS_APP}},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                }))
+                .unwrap_or_default();
+                let pod = serde_json::to_vec(&json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("sc-{i}"), "labels": {"app": CLAIMS_APP}},
+                    "spec": {"containers": [{"name": "c", "image": "nginx",
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}],
+                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": format!("sc-{i}")}}]},
+                }))
+                .unwrap_or_default();
+                for (path, body) in [(NS_CLAIMS, claim), (NS_PODS, pod)] {
+                    match conn.request("POST", path, &[JSON_CT, ACCEPT], &body).await {
+                        Ok(r) if r.status == 201 => {}
+                        Ok(r) => errors.push(format!("{}: {}", r.status, r.text())),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+            }
+            errors
+        }));
+    }
+    let mut errors = Vec::new();
+    for t in tasks {
+        errors.extend(t.await?);
+    }
+    eprintln!(
+        "  created {n} claims and pods in {:.2} s ({} errors)",
+        t0.elapsed().as_secs_f64(),
+        errors.len()
+    );
+    let mut last = Instant::now();
+    let all_bound = loop {
+        let done = lock(&bound).len();
+        if done >= n {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        if last.elapsed() >= Duration::from_secs(5) {
+            eprintln!("  claims: {done} of {n} Bound");
+            last = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let bound_at = t0.elapsed();
+    pod_watch.abort();
+    claim_watch.abort();
+    let r = lock(&rec);
+    let b = lock(&bound);
+    let mut lat = Vec::new();
+    let mut before_pod = 0;
+    for i in 0..n {
+        let name = format!("sc-{i}");
+        let (Some(pod_bound), Some(claim_bound)) = (r.pods.get(&name).and_then(|s| s.bound), b.get(&name))
+        else {
+            continue;
+        };
+        if *claim_bound < pod_bound {
+            before_pod += 1;
+        }
+        lat.push(claim_bound.saturating_duration_since(pod_bound));
+    }
+    Ok(json!({
+        "claims": n,
+        "create_errors": errors.len(),
+        "first_create_error": errors.first(),
+        "bound": b.len(),
+        "all_bound": all_bound,
+        "seconds_to_all_bound": secs(bound_at),
+        "pod_bound_to_claim_bound": latency_json(lat),
+        "claims_bound_before_their_pod_was_seen_bound": before_pod,
+    }))
+}
+
 /// Scenario 2: one Deployment of `o.replicas` replicas until all are ready and available.
 async fn deployment(client: &Client, o: &Opts, cluster: &Cluster) -> anyhow::Result<Value> {
     let deadline = Instant::now() + o.timeout;
@@ -934,6 +1087,10 @@ async fn run(o: &Opts, cluster: &mut Cluster) -> anyhow::Result<Value> {
         out["deployment"] = deployment(&client, o, cluster).await?;
         out["rss_after_deployment_mb"] = cluster.rss();
     }
+    if o.claims_on && o.claims > 0 {
+        eprintln!("claims: {} claims, one pod each...", o.claims);
+        out["claims"] = claims(&client, o).await?;
+    }
     Ok(out)
 }
 
@@ -971,6 +1128,18 @@ fn summary(v: &Value) -> String {
             d["last_pod_created_s"],
             d["last_pod_bound_s"],
             d["last_pod_running_s"],
+        );
+    }
+    let c = &v["claims"];
+    if !c.is_null() {
+        s += &format!(
+            "claims: {} of {} Bound in {} s; pod bound → claim Bound p50 {} ms p99 {} ms max {} ms\n",
+            c["bound"],
+            c["claims"],
+            c["seconds_to_all_bound"],
+            c["pod_bound_to_claim_bound"]["p50_ms"],
+            c["pod_bound_to_claim_bound"]["p99_ms"],
+            c["pod_bound_to_claim_bound"]["max_ms"],
         );
     }
     s += &format!("rss at end (MB): {}; peak (MB): {}", v["rss_end_mb"], v["rss_peak_mb"]);

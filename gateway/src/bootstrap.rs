@@ -1,6 +1,8 @@
 //! What every cluster has from the start, written by the gateway at start: the system
 //! namespaces, the `kubernetes` Service with endpoints at the API's own address, and the
-//! `kube-dns` Service at the tenth address of the service CIDR (served by every node agent).
+//! `kube-dns` Service at the tenth address of the service CIDR (served by every node agent),
+//! and the default StorageClass `local-path` (provisioner `capstan.io/local-path`,
+//! `WaitForFirstConsumer`; a class deleted by the user comes back at the next start).
 //! Each write is a no-op when the object is already as it should be.
 
 use crate::auth::User;
@@ -51,7 +53,20 @@ pub async fn cluster(svc: &ApiService) -> ApiResult<()> {
             {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
             {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
     });
-    create_if_missing(svc, "", "services", Some("kube-system"), dns).await
+    create_if_missing(svc, "", "services", Some("kube-system"), dns).await?;
+    create_if_missing(svc, "storage.k8s.io", "storageclasses", None, local_path_class()).await
+}
+
+/// The default StorageClass: node-local directories made by the local-path provisioner.
+pub fn local_path_class() -> Value {
+    json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "local-path", "annotations": {
+            "storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "capstan.io/local-path",
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    })
 }
 
 /// The address other machines and pods reach this gateway at: the listen address, or, when

@@ -12,15 +12,19 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod ephemeral;
 pub mod gc;
 pub mod job;
+pub mod localpath;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod persistentvolume;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod rootca;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod storageprotection;
 
 /// What every controller gets.
 #[derive(Clone)]
@@ -60,4 +64,8 @@ pub fn start_all(ctx: &Ctx) {
     rootca::start(ctx);
     resourcequota::start(ctx);
     clusterroleaggregation::start(ctx);
+    persistentvolume::start(ctx);
+    storageprotection::start(ctx);
+    localpath::start(ctx);
+    ephemeral::start(ctx);
 }

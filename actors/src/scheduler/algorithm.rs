@@ -276,6 +276,10 @@ pub fn filter(pod: &PodInfo, def: &NodeDef, st: &NodeState, pre: &PreState) -> R
     if !reasons.is_empty() {
         return Err(Unfit { reasons, unresolvable: false });
     }
+    // VolumeBinding.
+    if let Some(v) = &pod.volumes {
+        v.check(def).map_err(Unfit::hard)?;
+    }
     // PodTopologySpread.
     for (s, ss) in pod.spread.iter().zip(&pre.spread) {
         if !s.hard {

@@ -293,6 +293,8 @@ pub struct NodeDef {
     pub taints: Vec<Taint>,
     /// `spec.unschedulable` (cordoned).
     pub unschedulable: bool,
+    /// The node's agent provisions local-path volumes (it names their root directory).
+    pub local_path: bool,
 }
 
 impl NodeDef {
@@ -336,6 +338,12 @@ impl NodeDef {
             pods,
             taints,
             unschedulable: spec.get("unschedulable").and_then(Value::as_bool).unwrap_or(false),
+            local_path: node
+                .get("metadata")
+                .and_then(|m| m.get("annotations"))
+                .and_then(|a| a.get(crate::volumes::ANN_LOCAL_PATH_ROOT))
+                .and_then(Value::as_str)
+                .is_some_and(|r| !r.is_empty()),
         }
     }
 }
@@ -419,7 +427,8 @@ pub struct NodeTerm {
 }
 
 impl NodeTerm {
-    fn parse(v: &Value) -> NodeTerm {
+    /// Parses a node selector term.
+    pub fn parse(v: &Value) -> NodeTerm {
         let mut t = NodeTerm::default();
         for e in array(v.get("matchExpressions")) {
             match NodeReq::parse(e) {
@@ -604,6 +613,9 @@ pub struct PodInfo {
     pub spread: Vec<Spread>,
     /// `preemptionPolicy: Never`.
     pub never_preempt: bool,
+    /// What the pod's claims require of a node (set by the scheduler from its volume
+    /// informers; `None`: no claims).
+    pub volumes: Option<std::sync::Arc<super::volumes::VolumeFilter>>,
 }
 
 impl PodInfo {
@@ -662,6 +674,7 @@ impl PodInfo {
                 .filter_map(|s| Spread::parse(s, &labels))
                 .collect(),
             never_preempt: str_of(spec, "preemptionPolicy") == "Never",
+            volumes: None,
             labels,
             namespace,
         }

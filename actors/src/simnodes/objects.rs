@@ -5,6 +5,10 @@
 use crate::nodeobjects::{conditions, node_labels, KUBELET_VERSION};
 use serde_json::{json, Value};
 
+/// Where a simulated node says its local-path volumes live (nothing is made there: its
+/// pods run without containers, so their volumes are taken as present).
+pub const SIM_LOCAL_PATH_ROOT: &str = "/var/lib/capstan-sim/local-path";
+
 /// Node annotation that stops a simulated node's heartbeats (lease and status).
 pub const STOP_HEARTBEAT_ANNOTATION: &str = "capstan.io/sim-stop-heartbeat";
 
@@ -97,7 +101,8 @@ pub fn node_object(i: usize, name: &str, now: &str) -> Value {
         "metadata": {
             "name": name,
             "labels": labels(name),
-            "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0",
+                            crate::volumes::ANN_LOCAL_PATH_ROOT: SIM_LOCAL_PATH_ROOT},
         },
         "spec": {"podCIDR": pod_cidr(i), "podCIDRs": [pod_cidr(i)]},
         "status": node_status(i, name, now, None),
@@ -108,7 +113,8 @@ pub fn node_object(i: usize, name: &str, now: &str) -> Value {
 /// status goes through the status subresource).
 pub fn adopt_patch(i: usize, name: &str) -> Value {
     json!({
-        "metadata": {"labels": labels(name)},
+        "metadata": {"labels": labels(name),
+                     "annotations": {crate::volumes::ANN_LOCAL_PATH_ROOT: SIM_LOCAL_PATH_ROOT}},
         "spec": {"podCIDR": pod_cidr(i), "podCIDRs": [pod_cidr(i)]},
     })
 }

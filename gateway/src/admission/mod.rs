@@ -21,6 +21,7 @@ mod node_restriction;
 pub mod pod_security;
 mod resource_quota;
 mod service_account;
+mod storage;
 
 pub use default_tolerations::DefaultTolerationSeconds;
 pub use limit_ranger::LimitRanger;
@@ -28,6 +29,7 @@ pub use namespace_lifecycle::{NamespaceLifecycle, SYSTEM_NAMESPACES};
 pub use node_restriction::NodeRestriction;
 pub use resource_quota::ResourceQuota;
 pub use service_account::ServiceAccount;
+pub use storage::{DefaultStorageClass, StorageObjectInUseProtection};
 
 use crate::auth::User;
 use crate::cache::{decode_stored, Cache};
@@ -215,19 +217,22 @@ impl Chain {
     }
 
     /// capstan's plugins in upstream's order: NamespaceLifecycle, ServiceAccount (without a
-    /// token signer: see [`Chain::configured`]), DefaultTolerationSeconds.
+    /// token signer: see [`Chain::configured`]), DefaultTolerationSeconds,
+    /// DefaultStorageClass, StorageObjectInUseProtection.
     pub fn standard() -> Chain {
         Chain::new(vec![
             Arc::new(NamespaceLifecycle::default()),
             Arc::new(ServiceAccount::default()),
             Arc::new(DefaultTolerationSeconds::from_env()),
+            Arc::new(DefaultStorageClass),
+            Arc::new(StorageObjectInUseProtection),
         ])
     }
 
-    /// The gateway's chain: NamespaceLifecycle, LimitRanger, ServiceAccount (filling legacy token
-    /// Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity,
-    /// DefaultTolerationSeconds, then `validating` (RBAC escalation checks...), and
-    /// ResourceQuota last, in upstream's order.
+    /// The gateway's chain: NamespaceLifecycle, LimitRanger, ServiceAccount (filling legacy
+    /// token Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity,
+    /// DefaultTolerationSeconds, DefaultStorageClass, StorageObjectInUseProtection, then
+    /// `validating` (RBAC escalation checks...), and ResourceQuota last, in upstream's order.
     pub fn configured(
         signer: Option<Arc<crate::tokens::TokenSigner>>,
         ca: String,
@@ -241,6 +246,8 @@ impl Chain {
             Arc::new(NodeRestriction),
             Arc::new(pod_security::PodSecurity::new(pod_security)),
             Arc::new(DefaultTolerationSeconds::from_env()),
+            Arc::new(DefaultStorageClass),
+            Arc::new(StorageObjectInUseProtection),
         ];
         plugins.extend(validating);
         plugins.push(Arc::new(ResourceQuota::default()));

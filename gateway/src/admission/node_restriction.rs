@@ -1,6 +1,9 @@
 //! NodeRestriction: a node may change only its own Node (and not the labels reserved for
 //! the control plane), create only mirror pods bound to itself, and update the status of,
-//! delete or evict only pods bound to it — as upstream's plugin.
+//! delete or evict only pods bound to it — as upstream's plugin. capstan's node agent also
+//! deletes the local-path volumes it cleaned up: a node may delete only a PersistentVolume
+//! the local-path provisioner made for it (pinned to it by node affinity) once it is
+//! Released or Failed.
 
 use super::{Attributes, Context, Operation, Outcome, Plugin};
 use crate::rbac::node::node_name;
@@ -14,6 +17,25 @@ const RESERVED_LABELS: &str = "node-restriction.kubernetes.io/";
 
 /// The NodeRestriction plugin.
 pub struct NodeRestriction;
+
+/// The node a local-path volume is pinned to (its single `kubernetes.io/hostname In [n]`).
+fn local_path_node(pv: &Value) -> Option<&str> {
+    if meta::string_map(pv, "annotations").get("pv.kubernetes.io/provisioned-by").map(String::as_str)
+        != Some("capstan.io/local-path")
+    {
+        return None;
+    }
+    let terms = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"].as_array()?;
+    let [term] = terms.as_slice() else { return None };
+    let [e] = term["matchExpressions"].as_array()?.as_slice() else { return None };
+    if e["key"] != "kubernetes.io/hostname" || e["operator"] != "In" {
+        return None;
+    }
+    match e["values"].as_array()?.as_slice() {
+        [v] => v.as_str(),
+        _ => None,
+    }
+}
 
 fn bound_to(pod: Option<&Value>) -> &str {
     pod.and_then(|p| p["spec"].get("nodeName")).and_then(Value::as_str).unwrap_or("")
@@ -82,6 +104,17 @@ impl Plugin for NodeRestriction {
                         "node {node:?} can only change the status of, or delete, pods bound to it"
                     )),
                 },
+                ("", "PersistentVolume") => {
+                    let pv = a.old.unwrap_or(obj);
+                    let released = matches!(pv["status"]["phase"].as_str(), Some("Released" | "Failed"));
+                    if a.operation == Operation::Delete && local_path_node(pv) == Some(node) && released {
+                        Ok(())
+                    } else {
+                        forbid(format!(
+                            "node {node:?} can only delete released local-path persistentvolumes on itself"
+                        ))
+                    }
+                }
                 _ => Ok(()),
             }
         })
@@ -148,5 +181,33 @@ mod tests {
         assert!(p.validate(&ctx, &create, &mine, &mut out).await.is_err(), "only mirror pods");
         let spec_change = at(Operation::Update, pods, None, "p", &n1, Some(&mine));
         assert!(p.validate(&ctx, &spec_change, &mine, &mut out).await.is_err());
+        // Local-path volumes: only released ones pinned to this node.
+        let pvs = capstan_api::registry::find("", "v1", "persistentvolumes").unwrap();
+        let pv = |node: &str, phase: &str| {
+            json!({"metadata": {"name": "v", "annotations": {"pv.kubernetes.io/provisioned-by": "capstan.io/local-path"}},
+                "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}},
+                "status": {"phase": phase}})
+        };
+        let mut hand_made = pv("n1", "Released");
+        hand_made["metadata"]["annotations"] = json!({});
+        for (obj, ok) in [
+            (pv("n1", "Released"), true),
+            (pv("n2", "Released"), false),
+            (pv("n1", "Bound"), false),
+            (hand_made, false),
+        ] {
+            let a = Attributes {
+                operation: Operation::Delete,
+                res: pvs,
+                subresource: None,
+                namespace: None,
+                name: "v",
+                user: &n1,
+                old: Some(&obj),
+                dry_run: false,
+            };
+            assert_eq!(p.validate(&ctx, &a, &obj, &mut out).await.is_ok(), ok, "{obj}");
+        }
     }
 }

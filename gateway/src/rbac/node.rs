@@ -40,7 +40,10 @@ fn node_rules() -> &'static [Rule] {
             // --subresource=status` reads before it writes.
             r(&["get", "patch", "update"], &[""], &["pods/status", "nodes/status"]),
             r(&["create"], &[""], &["pods/eviction"]),
+            // delete: the node removes released local-path volumes it cleaned up (narrowed
+            // to those by NodeRestriction).
             r(&["get"], &[""], &["persistentvolumes"]),
+            r(&["delete"], &[""], &["persistentvolumes"]),
             r(&["get", "list", "watch"], &["storage.k8s.io"], &["csidrivers", "storageclasses"]),
             r(&["get", "list", "watch"], &["node.k8s.io"], &["runtimeclasses"]),
             r(&["create", "get", "list", "watch"], &["certificates.k8s.io"], &["certificatesigningrequests"]),

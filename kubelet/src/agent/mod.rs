@@ -7,6 +7,7 @@
 //! A node that cannot run containers (no `runc`, no CNI plugins, no cgroups) still
 //! registers, with Ready=False and a message naming what to install, and runs no pods.
 
+pub mod localpath;
 pub mod node;
 pub mod pod;
 pub mod security;
@@ -101,6 +102,11 @@ impl AgentConfig {
         }
     }
 
+    /// Where this node keeps local-path volumes (`<data-dir>/local-path`).
+    pub fn local_path_root(&self) -> String {
+        self.data_dir.join(localpath::ROOT_DIR).to_string_lossy().into_owned()
+    }
+
     /// The cluster DNS pods use, if this node serves one.
     pub fn pod_dns(&self) -> Option<crate::dns::resolv::ClusterDns> {
         self.dns.enabled.then(|| crate::dns::resolv::ClusterDns {
@@ -109,6 +115,9 @@ impl AgentConfig {
         })
     }
 }
+
+/// How often released local-path volumes are looked for.
+const LOCAL_PATH_SWEEP: Duration = Duration::from_secs(2);
 
 /// Pod starts in progress at once (at least; more on machines with more CPUs).
 const MAX_CONCURRENT_STARTS: usize = 2;
@@ -286,7 +295,12 @@ impl NodeAgent {
         let result = match client.get(gvr::NODES, None, &name).await {
             Ok(current) => {
                 let _ = client
-                    .merge_patch(gvr::NODES, None, &name, node::adopt_patch(&name, &cfg.pod_cidr))
+                    .merge_patch(
+                        gvr::NODES,
+                        None,
+                        &name,
+                        node::adopt_patch(&name, &cfg.pod_cidr, &cfg.local_path_root()),
+                    )
                     .await;
                 let st = node::node_status(&name, &host, &not_ready, Some(&current));
                 client
@@ -302,7 +316,11 @@ impl NodeAgent {
                     .map(|_| ())
             }
             Err(e) if e.is_not_found() => client
-                .create(gvr::NODES, None, node::node_object(&name, &cfg.pod_cidr, &host, &not_ready))
+                .create(
+                    gvr::NODES,
+                    None,
+                    node::node_object(&name, &cfg.pod_cidr, &host, &not_ready, &cfg.local_path_root()),
+                )
                 .await
                 .map(|_| ()),
             Err(e) => Err(e),
@@ -414,6 +432,17 @@ impl Actor for NodeAgent {
         actix::spawn(async move {
             informer.wait_synced().await;
             addr.do_send(Synced);
+        });
+        // Released local-path volumes with reclaim Delete: directory and volume removed.
+        let (client, root, node) =
+            (self.client.clone(), PathBuf::from(self.cfg.local_path_root()), self.cfg.node_name.clone());
+        actix::spawn(async move {
+            let mut tick = tokio::time::interval(LOCAL_PATH_SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                localpath::sweep(&client, &root, &node).await;
+            }
         });
         let handler_deps = deps.clone();
         let bus = self.client.bus().clone();

@@ -118,14 +118,24 @@ pub fn node_status(name: &str, host: &HostInfo, not_ready: &NotReady, current: O
 }
 
 /// A new Node object.
-pub fn node_object(name: &str, pod_cidr: &str, host: &HostInfo, not_ready: &NotReady) -> Value {
+///
+/// `local_path_root`: where this node keeps local-path volumes (the provisioner reads it
+/// from the `capstan.io/local-path-root` annotation).
+pub fn node_object(
+    name: &str,
+    pod_cidr: &str,
+    host: &HostInfo,
+    not_ready: &NotReady,
+    local_path_root: &str,
+) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
             "name": name,
             "labels": labels(name),
-            "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0",
+                            capstan_actors::volumes::ANN_LOCAL_PATH_ROOT: local_path_root},
         },
         "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
         "status": node_status(name, host, not_ready, None),
@@ -133,8 +143,10 @@ pub fn node_object(name: &str, pod_cidr: &str, host: &HostInfo, not_ready: &NotR
 }
 
 /// The patch that adopts an existing Node object (after a restart).
-pub fn adopt_patch(name: &str, pod_cidr: &str) -> Value {
-    json!({"metadata": {"labels": labels(name)}, "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}})
+pub fn adopt_patch(name: &str, pod_cidr: &str, local_path_root: &str) -> Value {
+    json!({"metadata": {"labels": labels(name),
+                        "annotations": {capstan_actors::volumes::ANN_LOCAL_PATH_ROOT: local_path_root}},
+           "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}})
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ pub const LABEL_POD: &str = "io.kubernetes.pod.name";
 
 /// How long a pod start waits for the first list of Services (for its Service variables).
 const SERVICES_SYNC_WAIT: Duration = Duration::from_secs(10);
+/// The prepare error of a pod whose claims are not bound yet (retried soon, not backed off).
+const VOLUME_WAIT: &str = "VolumeWait";
+const VOLUME_WAIT_RETRY: Duration = Duration::from_millis(500);
 
 /// Where a pod is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,8 +400,15 @@ impl PodState {
                 self.supervise(deps).await;
             }
             Err((reason, message)) => {
-                self.prepare_backoff = (self.prepare_backoff * 2).clamp(deps.backoff_base, deps.backoff_max);
-                self.prepare_not_before = Some(Instant::now() + self.prepare_backoff);
+                if reason == VOLUME_WAIT {
+                    // A claim is being bound or provisioned: look again soon.
+                    self.prepare_not_before = Some(Instant::now() + VOLUME_WAIT_RETRY);
+                } else {
+                    self.prepare_backoff =
+                        (self.prepare_backoff * 2).clamp(deps.backoff_base, deps.backoff_max);
+                    self.prepare_not_before = Some(Instant::now() + self.prepare_backoff);
+                }
+                let reason = if reason == VOLUME_WAIT { "ContainerCreating".to_string() } else { reason };
                 let image_error = reason == "ErrImagePull" || reason == "ErrImageNeverPull";
                 let shown = match &self.prepare_error {
                     Some((r, _)) if image_error && (r == "ErrImagePull" || r == "ImagePullBackOff") => {
@@ -510,7 +520,14 @@ impl PodState {
         // Volumes.
         let pod_dir = self.pod_dir(deps);
         let fs_group = security::fs_group(&pod).map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
-        let vols = volumes::prepare(&pod, &pod_dir, &deps.node, &sources, fs_group)
+        let claims = match super::localpath::resolve(&deps.client, &pod, &deps.node).await {
+            Ok(c) => c,
+            Err(super::localpath::ClaimError::Wait(m)) => return Err((VOLUME_WAIT.to_string(), m)),
+            Err(super::localpath::ClaimError::Fail(m)) => {
+                return Err(("CreateContainerConfigError".to_string(), m))
+            }
+        };
+        let vols = volumes::prepare(&pod, &pod_dir, &deps.node, &sources, fs_group, &claims)
             .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
         // Network.
         if pod["spec"]["hostNetwork"].as_bool() != Some(true) {
@@ -864,7 +881,7 @@ impl PodState {
         };
         let ids = spec::user(&eff, &pod_sc, &defaults, &read_file).map_err(config_err)?;
         let security = security::runtime_security(&eff, &self.sysctls, &deps.security).map_err(config_err)?;
-        let mut mounts: Vec<Mount> = volumes::mounts(&pod, &c.spec, &self.volumes)
+        let mut mounts: Vec<Mount> = volumes::mounts(&pod, &c.spec, &self.volumes, &env)
             .map_err(config_err)?
             .into_iter()
             .map(|m| Mount { destination: m.destination, source: m.source, read_only: m.read_only })

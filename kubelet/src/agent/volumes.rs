@@ -1,6 +1,8 @@
-//! Pod volumes on the node: emptyDir, hostPath, configMap, secret, downwardAPI and
-//! projected (of those sources), laid out under the pod's directory and bind-mounted into
-//! its containers.
+//! Pod volumes on the node: emptyDir, hostPath, configMap, secret, downwardAPI, projected
+//! (of those sources), and claims (persistentVolumeClaim and ephemeral, resolved to their
+//! local or hostPath volume by [`super::localpath`]), laid out under the pod's directory
+//! (claims: where their volume lives) and bind-mounted into its containers, with
+//! `subPath`/`subPathExpr` for every type.
 //!
 //! Key → path semantics follow upstream: without `items` every key becomes a file named
 //! after it; with `items` only the listed keys, at their `path` (subdirectories allowed,
@@ -361,14 +363,39 @@ pub fn unmount_all(pod_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A hostPath source checked (and created) by its `type`, as upstream's.
+pub fn host_path(p: &Path, kind: &str) -> Result<PathBuf, String> {
+    match kind {
+        "DirectoryOrCreate" => {
+            std::fs::create_dir_all(p).map_err(|e| format!("failed to create {}: {e}", p.display()))?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| format!("failed to chmod {}: {e}", p.display()))?
+        }
+        "Directory" if !p.is_dir() => {
+            return Err(format!("hostPath type check failed: {} is not a directory", p.display()))
+        }
+        "File" if !p.is_file() => {
+            return Err(format!("hostPath type check failed: {} is not a file", p.display()))
+        }
+        "FileOrCreate" if !p.exists() => {
+            std::fs::write(p, b"").map_err(|e| format!("failed to create {}: {e}", p.display()))?
+        }
+        _ => {}
+    }
+    Ok(p.to_path_buf())
+}
+
 /// Creates every volume of `pod` under `pod_dir/volumes` and returns name → host path.
 /// `fs_group`: the pod's `fsGroup` and whether its change policy is `OnRootMismatch`.
+/// `claims`: the pod's persistent and ephemeral volumes, resolved by
+/// [`super::localpath::resolve`].
 pub fn prepare(
     pod: &Value,
     pod_dir: &Path,
     node: &str,
     sources: &Sources,
     fs_group: Option<(u32, bool)>,
+    claims: &HashMap<String, super::localpath::ClaimVolume>,
 ) -> Result<HashMap<String, PathBuf>, String> {
     let mut out = HashMap::new();
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
@@ -387,21 +414,14 @@ pub fn prepare(
             }
             dir
         } else if let Some(hp) = v.get("hostPath") {
-            let p = PathBuf::from(hp["path"].as_str().unwrap_or(""));
-            match hp["type"].as_str().unwrap_or("") {
-                "DirectoryOrCreate" => fresh(&p)?,
-                "Directory" if !p.is_dir() => {
-                    return Err(format!("hostPath type check failed: {} is not a directory", p.display()))
-                }
-                "File" if !p.is_file() => {
-                    return Err(format!("hostPath type check failed: {} is not a file", p.display()))
-                }
-                "FileOrCreate" if !p.exists() => {
-                    std::fs::write(&p, b"").map_err(|e| format!("failed to create {}: {e}", p.display()))?
-                }
-                _ => {}
+            host_path(Path::new(hp["path"].as_str().unwrap_or("")), hp["type"].as_str().unwrap_or(""))?
+        } else if v.get("persistentVolumeClaim").is_some() || v.get("ephemeral").is_some() {
+            let c = claims.get(name).ok_or_else(|| format!("volume {name:?}: its claim was not resolved"))?;
+            if !c.ownership {
+                out.insert(name.to_string(), c.path.clone());
+                continue;
             }
-            p
+            c.path.clone()
         } else if let Some(cm) = v.get("configMap") {
             fresh(&dir)?;
             let n = cm["name"].as_str().unwrap_or("");
@@ -444,7 +464,10 @@ pub fn prepare(
         };
         if let Some((gid, on_root_mismatch)) = fs_group {
             if v.get("hostPath").is_none() {
-                let readonly = v.get("emptyDir").is_none();
+                let writable = v.get("emptyDir").is_some()
+                    || v.get("persistentVolumeClaim").is_some()
+                    || v.get("ephemeral").is_some();
+                let readonly = !writable;
                 set_ownership(&path, gid, readonly, on_root_mismatch)
                     .map_err(|e| format!("volume {name:?}: failed to apply fsGroup {gid}: {e}"))?;
             }
@@ -465,12 +488,17 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
-/// The container's volume mounts as bind mounts (`subPath` resolved, created if missing).
+/// The container's volume mounts as bind mounts (`subPath`, or `subPathExpr` expanded
+/// with the container's environment `env` as upstream: `$(VAR)`, unknown names kept,
+/// resolved and created if missing). A claim's `readOnly` makes every mount of it
+/// read-only.
 pub fn mounts(
     pod: &Value,
     container: &Value,
     volumes: &HashMap<String, PathBuf>,
+    env: &[(String, String)],
 ) -> Result<Vec<BindMount>, String> {
+    let vars: HashMap<String, String> = env.iter().cloned().collect();
     let mut out = Vec::new();
     for m in container["volumeMounts"].as_array().into_iter().flatten() {
         let name = m["name"].as_str().unwrap_or("");
@@ -485,10 +513,16 @@ pub fn mounts(
                 || v.get("secret").is_some()
                 || v.get("downwardAPI").is_some()
                 || v.get("projected").is_some()
+                || v["persistentVolumeClaim"]["readOnly"].as_bool() == Some(true)
         });
         let mut source = base.clone();
-        if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
-            source = source.join(safe_relative(sub)?);
+        let sub = match m["subPathExpr"].as_str().filter(|s| !s.is_empty()) {
+            Some(expr) => Some(super::spec::expand(expr, &vars)),
+            None => m["subPath"].as_str().filter(|s| !s.is_empty()).map(str::to_string),
+        };
+        if let Some(sub) = sub.as_deref() {
+            source =
+                source.join(safe_relative(sub).map_err(|e| format!("volume mount {name:?}: subPath: {e}"))?);
             if !source.exists() {
                 std::fs::create_dir_all(&source)
                     .map_err(|e| format!("failed to create subPath {sub}: {e}"))?;
@@ -524,7 +558,7 @@ mod tests {
         let mut src = Sources::default();
         src.add_config_map("cm", &json!({"data": {"a": "1", "b": "2"}}));
         src.add_secret("s", &json!({"data": {"pw": "aHVudGVyMg=="}}));
-        let vols = prepare(&pod, &tmp, "n", &src, None).unwrap();
+        let vols = prepare(&pod, &tmp, "n", &src, None, &HashMap::new()).unwrap();
         assert_eq!(std::fs::read_to_string(vols["cfg"].join("b")).unwrap(), "2");
         let aa = vols["sel"].join("sub/aa");
         assert_eq!(std::fs::read_to_string(&aa).unwrap(), "1");
@@ -534,13 +568,16 @@ mod tests {
         assert_eq!(std::fs::read_to_string(vols["down"].join("labels")).unwrap(), "app=\"x\"");
         assert!(vols["scratch"].is_dir());
         let c = json!({"volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}, {"name": "scratch", "mountPath": "/s"}]});
-        let m = mounts(&pod, &c, &vols).unwrap();
+        let m = mounts(&pod, &c, &vols, &[]).unwrap();
         assert!(m[0].read_only && !m[1].read_only);
         let bad =
             json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "nope"}}]}});
-        assert_eq!(prepare(&bad, &tmp, "n", &src, None).unwrap_err(), "configmap \"nope\" not found");
+        assert_eq!(
+            prepare(&bad, &tmp, "n", &src, None, &HashMap::new()).unwrap_err(),
+            "configmap \"nope\" not found"
+        );
         let trav = json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "cm", "items": [{"key": "a", "path": "../x"}]}}]}});
-        assert!(prepare(&trav, &tmp, "n", &src, None).unwrap_err().contains(".."));
+        assert!(prepare(&trav, &tmp, "n", &src, None, &HashMap::new()).unwrap_err().contains(".."));
         let _ = std::fs::remove_dir_all(&tmp);
     }
 
@@ -555,7 +592,7 @@ mod tests {
         ]}});
         let mut src = Sources::default();
         src.add_config_map("cm", &json!({"data": {"a": "1"}}));
-        let vols = prepare(&pod, &tmp, "n", &src, Some((2000, false))).unwrap();
+        let vols = prepare(&pod, &tmp, "n", &src, Some((2000, false)), &HashMap::new()).unwrap();
         let stat = |p: &Path| {
             let m = std::fs::metadata(p).unwrap();
             (m.gid(), m.mode() & 0o7777)
