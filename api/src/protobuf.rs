@@ -1,8 +1,7 @@
-//! Decoding of the Kubernetes protobuf request bodies kubectl's typed clients send.
+//! The Kubernetes protobuf encoding (`application/vnd.kubernetes.protobuf`) of every stable kind.
 //!
-//! kubectl 1.32 POSTs `Content-Type: application/vnd.kubernetes.protobuf` for
-//! `create namespace|configmap|secret|deployment|token` and `auth can-i [--list]`
-//! (KUBECTL.md 0.4). Such a body is the 4 magic bytes `k8s\0` followed by a
+//! client-go's typed clients (kubectl `create …`, `describe`, `auth can-i`, Helm, controllers)
+//! POST protobuf bodies and ask for protobuf replies (KUBECTL.md 0.4). Such a body is the 4 magic bytes `k8s\0` followed by a
 //! `runtime.Unknown` message: {1: TypeMeta{1: apiVersion, 2: kind}, 2: raw,
 //! 3: contentEncoding, 4: contentType}, where `raw` is the object's own protobuf.
 //!
