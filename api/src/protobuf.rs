@@ -1185,6 +1185,72 @@ mod tests {
         }
     }
 
+    /// The object bytes inside an envelope.
+    fn envelope_raw(body: &[u8]) -> &[u8] {
+        let mut r = Reader::new(&body[4..]);
+        while !r.is_empty() {
+            let (num, _) = r.tag().unwrap();
+            let bytes = r.bytes().unwrap();
+            if num == 2 {
+                return bytes;
+            }
+        }
+        &[]
+    }
+
+    /// Decodes `raw` with the k8s-pb type of the kind and encodes it again.
+    fn prost_round_trip(group: &str, kind: &str, raw: &[u8]) -> Option<Vec<u8>> {
+        use k8s_pb::api::{
+            apps, authentication, authorization, batch, certificates, coordination, core, discovery, rbac,
+            storage,
+        };
+        use prost::Message;
+        macro_rules! kinds {
+            ($($g:literal, $k:literal => $ty:ty;)*) => {
+                match (group, kind) {
+                    $(($g, $k) => <$ty>::decode(raw).expect("k8s-pb decodes our bytes").encode_to_vec(),)*
+                    _ => return None,
+                }
+            };
+        }
+        Some(kinds! {
+            "", "Namespace" => core::v1::Namespace;
+            "", "Node" => core::v1::Node;
+            "", "Pod" => core::v1::Pod;
+            "", "Service" => core::v1::Service;
+            "", "Endpoints" => core::v1::Endpoints;
+            "", "ConfigMap" => core::v1::ConfigMap;
+            "", "Secret" => core::v1::Secret;
+            "", "ServiceAccount" => core::v1::ServiceAccount;
+            "", "Event" => core::v1::Event;
+            "", "PersistentVolume" => core::v1::PersistentVolume;
+            "", "PersistentVolumeClaim" => core::v1::PersistentVolumeClaim;
+            "", "ResourceQuota" => core::v1::ResourceQuota;
+            "", "LimitRange" => core::v1::LimitRange;
+            "apps", "Deployment" => apps::v1::Deployment;
+            "apps", "ReplicaSet" => apps::v1::ReplicaSet;
+            "apps", "StatefulSet" => apps::v1::StatefulSet;
+            "apps", "DaemonSet" => apps::v1::DaemonSet;
+            "apps", "ControllerRevision" => apps::v1::ControllerRevision;
+            "batch", "Job" => batch::v1::Job;
+            "batch", "CronJob" => batch::v1::CronJob;
+            "coordination.k8s.io", "Lease" => coordination::v1::Lease;
+            "discovery.k8s.io", "EndpointSlice" => discovery::v1::EndpointSlice;
+            "certificates.k8s.io", "CertificateSigningRequest" => certificates::v1::CertificateSigningRequest;
+            "rbac.authorization.k8s.io", "Role" => rbac::v1::Role;
+            "rbac.authorization.k8s.io", "RoleBinding" => rbac::v1::RoleBinding;
+            "rbac.authorization.k8s.io", "ClusterRole" => rbac::v1::ClusterRole;
+            "rbac.authorization.k8s.io", "ClusterRoleBinding" => rbac::v1::ClusterRoleBinding;
+            "storage.k8s.io", "StorageClass" => storage::v1::StorageClass;
+            "authentication.k8s.io", "TokenReview" => authentication::v1::TokenReview;
+            "authentication.k8s.io", "SelfSubjectReview" => authentication::v1::SelfSubjectReview;
+            "authorization.k8s.io", "SelfSubjectAccessReview" => authorization::v1::SelfSubjectAccessReview;
+            "authorization.k8s.io", "SelfSubjectRulesReview" => authorization::v1::SelfSubjectRulesReview;
+            "authorization.k8s.io", "SubjectAccessReview" => authorization::v1::SubjectAccessReview;
+            "authorization.k8s.io", "LocalSubjectAccessReview" => authorization::v1::LocalSubjectAccessReview;
+        })
+    }
+
     /// The paths where two JSON values differ.
     fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
         match (a, b) {
@@ -1236,6 +1302,17 @@ mod tests {
             let mut diffs = Vec::new();
             diff(&obj, &back, "", &mut diffs);
             assert!(diffs.is_empty(), "{key} changed in a protobuf round trip: {diffs:#?}");
+            // Upstream's own generated code (the k8s-pb crate's prost types, compiled from the
+            // same generated.proto) reads every field we write, with the wire types we use.
+            let raw = envelope_raw(&body);
+            let reencoded =
+                prost_round_trip(res.group, res.kind, raw).unwrap_or_else(|| panic!("{key}: no k8s-pb type"));
+            let back = decode(&envelope(&res.api_version(), res.kind, &reencoded))
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+            let back = (res.round_trip)(back).unwrap();
+            let mut diffs = Vec::new();
+            diff(&obj, &back, "", &mut diffs);
+            assert!(diffs.is_empty(), "{key} changed through k8s-pb's prost types: {diffs:#?}");
             // A list of the kind too.
             let list = json!({"apiVersion": res.api_version(), "kind": res.list_kind,
                               "metadata": {"resourceVersion": "7", "continue": "c"}, "items": [obj.clone()]});
