@@ -429,7 +429,9 @@ async fn audit(
         let (head, body) = resp.into_parts();
         match actix_web::body::to_bytes(body).await {
             Ok(bytes) => {
-                record.response_object = serde_json::from_slice(&bytes).ok();
+                record.response_object = serde_json::from_slice(&bytes)
+                    .ok()
+                    .or_else(|| capstan_api::protobuf::decode(&bytes).ok());
                 resp = head.set_body(bytes).map_into_boxed_body();
             }
             Err(_) => resp = head.map_into_boxed_body(),
@@ -856,4 +858,25 @@ fn watch(
         .content_type(ct)
         .insert_header((header::CACHE_CONTROL, "no-cache, private"))
         .streaming(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protobuf_only_when_listed_before_json() {
+        assert!(negotiate("application/vnd.kubernetes.protobuf,application/json") == Some(Output::Protobuf));
+        assert!(negotiate("application/vnd.kubernetes.protobuf, */*") == Some(Output::Protobuf));
+        assert!(negotiate("application/vnd.kubernetes.protobuf;stream=watch") == Some(Output::Protobuf));
+        assert!(negotiate("application/json, application/vnd.kubernetes.protobuf") == Some(Output::Json));
+        assert!(negotiate("") == Some(Output::Json));
+        assert!(negotiate("*/*") == Some(Output::Json));
+        // PartialObjectMetadata in protobuf is not served: the JSON that follows is.
+        assert!(
+            negotiate("application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json")
+                == Some(Output::Json)
+        );
+        assert!(negotiate("text/html").is_none());
+    }
 }
