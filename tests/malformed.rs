@@ -1181,6 +1181,19 @@ fn protobuf(rng: &mut Rng, out: &mut Vec<Req>) {
         ("/api/v1/namespaces/default/secrets", secret("pb")),
         ("/api/v1/namespaces", namespace("pb-ns")),
         (DEPLOYS, deployment("pb")),
+        (PODS, pod("pb")),
+        ("/api/v1/namespaces/default/services", service("pb")),
+        (
+            "/apis/batch/v1/namespaces/default/jobs",
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pb"},
+                   "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+                            "containers": [{"name": "c", "image": "busybox"}]}}}}),
+        ),
+        (
+            "/api/v1/namespaces/default/resourcequotas",
+            json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pb"},
+                   "spec": {"hard": {"pods": "10", "requests.cpu": "2"}}}),
+        ),
     ]
     .into_iter()
     .map(|(p, v)| (p, capstan_api::protobuf::encode(&v).expect("encode protobuf")))
@@ -1213,6 +1226,23 @@ fn protobuf(rng: &mut Rng, out: &mut Vec<Req>) {
         }
         out.push(http("protobuf", "POST", &format!("{p}?dryRun=All"), Some(PROTOBUF), b));
     }
+    // DeleteOptions bodies (Helm's uninstall sends protobuf), whole and mutated.
+    let opts = capstan_api::protobuf::encode(
+        &json!({"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background", "gracePeriodSeconds": 0}),
+    )
+    .expect("encode DeleteOptions");
+    for i in 0..100 {
+        let mut b = opts.clone();
+        if i > 0 {
+            let at = 4 + rng.below(b.len() - 4);
+            b[at] = rng.next() as u8;
+        }
+        out.push(http("protobuf", "DELETE", &format!("{CMS}/pb-missing?dryRun=All"), Some(PROTOBUF), b));
+    }
+    // An envelope of another kind than the collection's.
+    let wrong = capstan_api::protobuf::encode(&pod("wrong")).expect("encode pod");
+    out.push(http("protobuf", "POST", CMS, Some(PROTOBUF), wrong.clone()));
+    out.push(http("protobuf", "PUT", &format!("{CMS}/wrong"), Some(PROTOBUF), wrong));
     // Hand-made edge cases: huge lengths, deep nesting, overlong varints, wrong wire types.
     let mut deepmsg = b"k8s\0".to_vec();
     deepmsg.extend(std::iter::repeat_n([0x0a, 0x7f], 200).flatten());

@@ -60,10 +60,30 @@ fn json_response(code: StatusCode, body: &Value) -> HttpResponse {
     HttpResponse::build(code).content_type("application/json").body(bytes)
 }
 
+/// The protobuf media type (`application/vnd.kubernetes.protobuf`).
+const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+/// The media type of a protobuf watch stream.
+const PROTOBUF_WATCH: &str = "application/vnd.kubernetes.protobuf;stream=watch";
+
+/// An object in its protobuf envelope, or in JSON when its kind has no protobuf form
+/// (custom resources), as upstream answers such kinds.
+fn protobuf_response(code: StatusCode, body: &Value) -> HttpResponse {
+    match capstan_api::protobuf::encode(body) {
+        Ok(bytes) => HttpResponse::build(code).content_type(PROTOBUF).body(bytes),
+        Err(_) => json_response(code, body),
+    }
+}
+
 /// The one place an [`ApiError`] becomes an HTTP response.
 pub fn error_response(e: &ApiError) -> HttpResponse {
+    error_response_as(e, false)
+}
+
+/// An error as a Status, in protobuf when the client prefers it.
+fn error_response_as(e: &ApiError, protobuf: bool) -> HttpResponse {
     let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = json_response(code, &e.to_status());
+    let mut resp =
+        if protobuf { protobuf_response(code, &e.to_status()) } else { json_response(code, &e.to_status()) };
     if matches!(e, ApiError::TooManyRequests(_)) {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
@@ -234,7 +254,12 @@ fn decode_patch(pt: PatchType, body: &[u8]) -> ApiResult<Value> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Output {
     Json,
-    Table { include_object: bool, include_none: bool },
+    /// `application/vnd.kubernetes.protobuf` (objects, lists, Status, watch frames).
+    Protobuf,
+    Table {
+        include_object: bool,
+        include_none: bool,
+    },
 }
 
 fn output(req: &HttpRequest, q: &Query) -> ApiResult<Output> {
@@ -247,25 +272,38 @@ fn output(req: &HttpRequest, q: &Query) -> ApiResult<Output> {
         let inc = q.get("includeObject").unwrap_or("Metadata");
         return Ok(Output::Table { include_object: inc == "Object", include_none: inc == "None" });
     }
-    if !accept.is_empty()
-        && !accept.split(',').any(|p| {
-            let mt = p.split(';').next().unwrap_or("").trim();
-            matches!(
-                mt,
-                "application/json"
-                    | "*/*"
-                    | "application/*"
-                    | "application/vnd.kubernetes.protobuf"
-                    | "application/yaml"
-                    | ""
-            )
-        })
-    {
-        return Err(ApiError::NotAcceptable(format!(
+    match negotiate(accept) {
+        Some(out) => Ok(out),
+        None => Err(ApiError::NotAcceptable(format!(
             "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {accept:?})"
-        )));
+        ))),
     }
-    Ok(Output::Json)
+}
+
+/// The first media type of `Accept` that is served: protobuf when the client lists it before
+/// JSON (client-go's typed clients send `application/vnd.kubernetes.protobuf,application/json`),
+/// JSON for anything else acceptable; `None` when nothing is. A protobuf entry that asks for
+/// another form (`as=PartialObjectMetadata`) is skipped: those stay JSON, as upstream.
+fn negotiate(accept: &str) -> Option<Output> {
+    if accept.trim().is_empty() {
+        return Some(Output::Json);
+    }
+    for part in accept.split(',') {
+        let mt = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match mt.as_str() {
+            PROTOBUF if !part.contains("as=") => return Some(Output::Protobuf),
+            "application/json" | "*/*" | "application/*" | "application/yaml" | "" => {
+                return Some(Output::Json)
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether errors for this request go back in protobuf.
+fn prefers_protobuf(req: &HttpRequest) -> bool {
+    negotiate(header_str(req, header::ACCEPT)) == Some(Output::Protobuf)
 }
 
 fn partial_metadata(obj: &Value) -> Value {
@@ -283,7 +321,7 @@ fn table(
     let now = jiff::Timestamp::now();
     let (include_object, include_none) = match out {
         Output::Table { include_object, include_none } => (include_object, include_none),
-        Output::Json => (false, false),
+        Output::Json | Output::Protobuf => (false, false),
     };
     let rows: Vec<Value> = objs
         .iter()
@@ -320,6 +358,7 @@ const TABLE_CT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 fn object_response(code: StatusCode, res: &ResourceInfo, obj: Value, out: Output) -> HttpResponse {
     match out {
         Output::Json => json_response(code, &obj),
+        Output::Protobuf => protobuf_response(code, &obj),
         Output::Table { .. } => {
             let rv = meta::meta_str(&obj, "resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0);
             let t = table(res, &[Arc::new(obj)], rv, None, out, true);
@@ -338,7 +377,7 @@ pub async fn dispatch(req: HttpRequest, payload: web::Payload, gw: web::Data<Gat
             if e.code() >= 500 {
                 tracing::warn!(method = %req.method(), path = %req.path(), "request failed: {e}");
             }
-            (error_response(&e), Some(e.to_status()))
+            (error_response_as(&e, prefers_protobuf(&req)), Some(e.to_status()))
         }
     };
     match &gw.audit {
@@ -390,7 +429,9 @@ async fn audit(
         let (head, body) = resp.into_parts();
         match actix_web::body::to_bytes(body).await {
             Ok(bytes) => {
-                record.response_object = serde_json::from_slice(&bytes).ok();
+                record.response_object = serde_json::from_slice(&bytes)
+                    .ok()
+                    .or_else(|| capstan_api::protobuf::decode(&bytes).ok());
                 resp = head.set_body(bytes).map_into_boxed_body();
             }
             Err(_) => resp = head.map_into_boxed_body(),
@@ -537,7 +578,10 @@ async fn resource(
         return crate::streams::serve(req, payload, gw, user, q, t).await;
     }
     let res = t.res;
-    let out = output(req, &q)?;
+    let out = match output(req, &q)? {
+        Output::Protobuf if !capstan_api::protobuf::supports(&res.api_version(), res.kind) => Output::Json,
+        out => out,
+    };
     let method = req.method().clone();
     let collection = t.name.is_none();
     let verb = match (&method, collection) {
@@ -587,25 +631,35 @@ async fn resource(
         Reply::Object { code, object, warnings } => {
             let code = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
             let is_status = object.get("kind").and_then(Value::as_str) == Some("Status");
-            let out =
-                if is_status || !matches!(verb, Verb::Get | Verb::Create | Verb::Update | Verb::Patch(_)) {
-                    Output::Json
+            let out = if out == Output::Protobuf {
+                // Every reply of a protobuf client is protobuf, when its kind has a protobuf form.
+                let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+                let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+                if capstan_api::protobuf::supports(api_version, kind) {
+                    Output::Protobuf
                 } else {
-                    out
-                };
+                    Output::Json
+                }
+            } else if is_status || !matches!(verb, Verb::Get | Verb::Create | Verb::Update | Verb::Patch(_)) {
+                Output::Json
+            } else {
+                out
+            };
             Ok(with_warnings(object_response(code, res, object, out), &warnings))
         }
         Reply::List(page) => Ok(match out {
-            Output::Json => {
+            Output::Json | Output::Protobuf => {
                 let items: Vec<&Value> = page.items.iter().map(|a| a.as_ref()).collect();
                 let mut md = json!({"resourceVersion": page.revision.to_string()});
                 if let Some(c) = &page.continue_token {
                     md["continue"] = json!(c);
                 }
-                json_response(
-                    StatusCode::OK,
-                    &json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": md, "items": items}),
-                )
+                let list = json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": md, "items": items});
+                if out == Output::Protobuf {
+                    protobuf_response(StatusCode::OK, &list)
+                } else {
+                    json_response(StatusCode::OK, &list)
+                }
             }
             Output::Table { .. } => {
                 let t = table(res, &page.items, page.revision, page.continue_token.as_deref(), out, true);
@@ -636,10 +690,27 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// One watch event in the stream's encoding: a JSON line, or a length-prefixed protobuf
+/// WatchEvent frame.
+fn event(out: Output, kind: &str, object: &Value) -> Bytes {
+    if out == Output::Protobuf {
+        match capstan_api::protobuf::encode_watch_event(kind, object) {
+            Ok(frame) => return Bytes::from(frame),
+            Err(e) => {
+                let status = ApiError::Internal(format!("failed to encode watch event: {e}")).to_status();
+                if let Ok(frame) = capstan_api::protobuf::encode_watch_event("ERROR", &status) {
+                    return Bytes::from(frame);
+                }
+            }
+        }
+    }
+    event_line(kind, object)
+}
+
 impl WatchState {
     fn render(&mut self, kind: EventKind, obj: &Arc<Value>) -> Bytes {
         match self.out {
-            Output::Json => event_line(kind.as_str(), obj),
+            Output::Json | Output::Protobuf => event(self.out, kind.as_str(), obj),
             Output::Table { .. } => {
                 let rv = meta::meta_str(obj, "resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0);
                 let t = table(self.res, std::slice::from_ref(obj), rv, None, self.out, self.first_table);
@@ -654,7 +725,8 @@ impl WatchState {
         if let Some(a) = annotations {
             md["annotations"] = a;
         }
-        event_line(
+        event(
+            self.out,
             "BOOKMARK",
             &json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": md}),
         )
@@ -671,7 +743,7 @@ impl WatchState {
             match self.svc.watch_events(self.res, self.ns.as_deref(), &self.opts, self.cursor, 512) {
                 Err(e) => {
                     self.done = true;
-                    return Some(event_line("ERROR", &e.to_status()));
+                    return Some(event(self.out, "ERROR", &e.to_status()));
                 }
                 Ok((events, scanned)) => {
                     self.cursor = scanned.max(self.cursor);
@@ -779,10 +851,32 @@ fn watch(
     });
     let ct = match out {
         Output::Json => "application/json",
+        Output::Protobuf => PROTOBUF_WATCH,
         Output::Table { .. } => TABLE_CT,
     };
     Ok(HttpResponse::Ok()
         .content_type(ct)
         .insert_header((header::CACHE_CONTROL, "no-cache, private"))
         .streaming(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protobuf_only_when_listed_before_json() {
+        assert!(negotiate("application/vnd.kubernetes.protobuf,application/json") == Some(Output::Protobuf));
+        assert!(negotiate("application/vnd.kubernetes.protobuf, */*") == Some(Output::Protobuf));
+        assert!(negotiate("application/vnd.kubernetes.protobuf;stream=watch") == Some(Output::Protobuf));
+        assert!(negotiate("application/json, application/vnd.kubernetes.protobuf") == Some(Output::Json));
+        assert!(negotiate("") == Some(Output::Json));
+        assert!(negotiate("*/*") == Some(Output::Json));
+        // PartialObjectMetadata in protobuf is not served: the JSON that follows is.
+        assert!(
+            negotiate("application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json")
+                == Some(Output::Json)
+        );
+        assert!(negotiate("text/html").is_none());
+    }
 }
