@@ -85,7 +85,7 @@ async fn follow(service: Arc<ApiService>) {
         } else {
             Vec::new()
         };
-        let touched = match cache.events_after(since, 0, |e| {
+        let touched = match cache.events_after(since, usize::MAX, |e| {
             e.key.starts_with(PREFIX) || terminating_prefixes.iter().any(|p| e.key.starts_with(p))
         }) {
             Ok((events, scanned)) => {
