@@ -380,3 +380,36 @@ fn name_conflicts_and_cluster_scope() {
     let raw = c.ok(&["get", "--raw", "/apis/stable.example.com/v1/clusterthings/thing1"]);
     assert!(raw.contains("\"name\":\"thing1\""), "{raw}");
 }
+
+/// In a cluster whose controllers run in their own process, custom kinds still get
+/// namespace deletion and garbage collection (the controllers follow CRDs themselves).
+#[test]
+fn custom_objects_get_namespace_deletion_and_gc_across_processes() {
+    let c = Cluster::start_multiprocess(0, &[]);
+    let crd = c.file("crd.yaml", CRD);
+    c.ok(&["apply", "-f", crd.to_str().unwrap()]);
+    c.ok(&["wait", "--for=condition=Established", "crd/crontabs.stable.example.com", "--timeout=10s"]);
+    let f = c.file("ct.yaml", CRONTAB);
+    wait_for("crontabs to be served", Duration::from_secs(5), || {
+        c.kubectl(&["apply", "-f", f.to_str().unwrap()]).status.success().then_some(())
+    });
+    // A ConfigMap owned by the CronTab goes with it.
+    let uid = json(&c, &["get", "ct", "my-new-cron-object"])["metadata"]["uid"].as_str().unwrap().to_string();
+    let cm = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owned\n  ownerReferences:\n  - apiVersion: stable.example.com/v1\n    kind: CronTab\n    name: my-new-cron-object\n    uid: {uid}\ndata:\n  a: b\n"
+    );
+    let f = c.file("cm.yaml", &cm);
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    c.ok(&["delete", "ct", "my-new-cron-object"]);
+    wait_for("the owned ConfigMap to be collected", Duration::from_secs(20), || {
+        let out = c.kubectl(&["get", "cm", "owned"]);
+        String::from_utf8_lossy(&out.stderr).contains("not found").then_some(())
+    });
+    // A namespace's deletion deletes its CronTabs.
+    c.ok(&["create", "namespace", "scratch"]);
+    let f = c.file("ct-ns.yaml", &CRONTAB.replace("my-new-cron-object", "in-scratch"));
+    c.ok(&["apply", "-n", "scratch", "-f", f.to_str().unwrap()]);
+    c.ok(&["delete", "namespace", "scratch", "--timeout=60s"]);
+    let left = c.ok(&["get", "crontabs", "-A", "-o", "name"]);
+    assert!(!left.contains("in-scratch"), "{left}");
+}

@@ -596,6 +596,43 @@ pub fn start(ctx: &Ctx) {
         };
         inf.on_change(Arc::new(move |c: &Change| w.handle(c)));
     }
+    watch_custom_owners(ctx, Watcher { kind: 0, ctx: ctx.clone(), informers, graph, addr });
+}
+
+/// Custom kinds as owners: when an object of an established CRD's storage version goes
+/// (or starts deleting), its dependents of monitored kinds are looked at again. (Custom
+/// objects as dependents, and a custom owner's foreground deletion, are not covered: the
+/// graph holds the monitored kinds only.)
+fn watch_custom_owners(ctx: &Ctx, w: Watcher) {
+    let w = Arc::new(w);
+    let seen: Arc<Mutex<std::collections::HashSet<Gvr>>> = Arc::default();
+    let informers = ctx.informers.clone();
+    let crds = ctx.informers.get(super::customresources::CRDS);
+    crds.on_change(Arc::new(move |c: &Change| {
+        let Change::Applied { new, .. } = c else { return };
+        let spec = &new["spec"];
+        let (group, plural) =
+            (spec["group"].as_str().unwrap_or(""), spec["names"]["plural"].as_str().unwrap_or(""));
+        let storage = spec["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["storage"].as_bool() == Some(true))
+            .and_then(|v| v["name"].as_str())
+            .unwrap_or("");
+        // Installed in this process's registry by `customresources` (its handler runs first).
+        let Some(res) = registry::find(group, storage, plural) else { return };
+        let g = Gvr::new(res.group, res.version, res.plural);
+        if !seen.lock().unwrap_or_else(|e| e.into_inner()).insert(g) {
+            return;
+        }
+        let w = w.clone();
+        informers.get(g).on_change(Arc::new(move |c: &Change| match c {
+            Change::Deleted(o) => w.enqueue_dependents(uid(o)),
+            Change::Applied { new, .. } if is_deleting(new) => w.enqueue_dependents(uid(new)),
+            Change::Applied { .. } => {}
+        }));
+    }));
 }
 
 #[cfg(test)]
