@@ -334,6 +334,26 @@ fn name_conflicts_and_cluster_scope() {
     let crd = c.file("crd.yaml", CRD);
     c.ok(&["apply", "-f", crd.to_str().unwrap()]);
     c.ok(&["wait", "--for=condition=Established", "crd/crontabs.stable.example.com", "--timeout=10s"]);
+    // RBAC applies to custom resources by group and plural, as to built-in ones.
+    let f = c.file("ct.yaml", CRONTAB);
+    wait_for("crontabs to be served", Duration::from_secs(5), || {
+        c.kubectl(&["apply", "-f", f.to_str().unwrap()]).status.success().then_some(())
+    });
+    let err = c.fails(&["get", "crontabs", "--as", "bob"]);
+    assert!(
+        err.contains("crontabs.stable.example.com is forbidden: User \"bob\" cannot list resource \"crontabs\" in API group \"stable.example.com\" in the namespace \"default\""),
+        "{err}"
+    );
+    c.ok(&["create", "role", "crontab-reader", "--verb=get,list", "--resource=crontabs.stable.example.com"]);
+    c.ok(&["create", "rolebinding", "bob-reads", "--role=crontab-reader", "--user=bob"]);
+    let out = c.ok(&["get", "crontabs", "--as", "bob"]);
+    assert!(out.contains("my-new-cron-object"), "{out}");
+    let err = c.fails(&["delete", "crontab", "my-new-cron-object", "--as", "bob"]);
+    assert!(err.contains("cannot delete resource \"crontabs\""), "{err}");
+    let can = c.kubectl(&["auth", "can-i", "patch", "crontabs.stable.example.com/status", "--as", "bob"]);
+    assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "no");
+    assert_eq!(c.ok(&["auth", "can-i", "list", "crontabs.stable.example.com", "--as", "bob"]).trim(), "yes");
+
     // A second CRD of the group claiming the kind CronTab is not accepted.
     let clash = CRD
         .replace("name: crontabs.stable.example.com", "name: crontabz.stable.example.com")
