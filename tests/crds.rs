@@ -386,7 +386,12 @@ fn name_conflicts_and_cluster_scope() {
         .replace("plural: crontabs", "plural: clusterthings")
         .replace("singular: crontab", "singular: clusterthing")
         .replace("kind: CronTab", "kind: ClusterThing")
-        .replace("shortNames: [ct]", "shortNames: [cth]");
+        .replace("shortNames: [ct]", "shortNames: [cth]")
+        // A second served version (conversion None: only apiVersion differs).
+        .replace(
+            "  versions:\n",
+            "  versions:\n  - name: v1beta1\n    served: true\n    storage: false\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n",
+        );
     let f = c.file("cluster.yaml", &cluster);
     c.ok(&["apply", "-f", f.to_str().unwrap()]);
     c.ok(&["wait", "--for=condition=Established", "crd/clusterthings.stable.example.com", "--timeout=10s"]);
@@ -399,6 +404,20 @@ fn name_conflicts_and_cluster_scope() {
     assert!(v["metadata"].get("namespace").is_none(), "{v}");
     let raw = c.ok(&["get", "--raw", "/apis/stable.example.com/v1/clusterthings/thing1"]);
     assert!(raw.contains("\"name\":\"thing1\""), "{raw}");
+    // Both versions serve the same objects, each under its own apiVersion; v1 (GA) is
+    // the preferred version.
+    let beta = c.ok(&["get", "--raw", "/apis/stable.example.com/v1beta1/clusterthings/thing1"]);
+    assert!(beta.contains("\"apiVersion\":\"stable.example.com/v1beta1\""), "{beta}");
+    let f = c.file(
+        "thing2.yaml",
+        &obj.replace("stable.example.com/v1", "stable.example.com/v1beta1").replace("thing1", "thing2"),
+    );
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let v = json(&c, &["get", "clusterthings.v1.stable.example.com", "thing2"]);
+    assert_eq!(v["apiVersion"], "stable.example.com/v1");
+    let group = c.ok(&["get", "--raw", "/apis/stable.example.com"]);
+    let group: serde_json::Value = serde_json::from_str(&group).unwrap();
+    assert_eq!(group["preferredVersion"]["version"], "v1", "{group}");
 }
 
 /// In a cluster whose controllers run in their own process, custom kinds still get

@@ -117,8 +117,10 @@ pub fn resources_of(crd: &Value) -> Vec<ResourceInfo> {
     if group.is_empty() || kind.is_empty() || plural.is_empty() {
         return Vec::new();
     }
+    let mut served: Vec<&Value> = versions.iter().filter(|v| v["served"].as_bool() != Some(false)).collect();
+    served.sort_by_key(|v| version_priority(s(v, "name")));
     let mut out = Vec::new();
-    for v in versions.iter().filter(|v| v["served"].as_bool() != Some(false)) {
+    for v in served {
         let version = intern(s(v, "name"));
         let subres = &v["subresources"];
         let mut subs = Vec::new();
@@ -188,6 +190,34 @@ pub fn resources_of(crd: &Value) -> Vec<ResourceInfo> {
         });
     }
     out
+}
+
+/// Upstream's version priority (`version.CompareKubeAwareVersionStrings`) as a sort key,
+/// most preferred first: GA before beta before alpha, higher numbers first, then other
+/// names alphabetically.
+pub fn version_priority(v: &str) -> (u8, i64, i64, String) {
+    let parse = || -> Option<(u8, i64, i64)> {
+        let rest = v.strip_prefix('v')?;
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let major: i64 = rest[..digits].parse().ok()?;
+        let tail = &rest[digits..];
+        if tail.is_empty() {
+            return Some((0, -major, 0));
+        }
+        let (rank, num) = if let Some(n) = tail.strip_prefix("beta") {
+            (1, n)
+        } else if let Some(n) = tail.strip_prefix("alpha") {
+            (2, n)
+        } else {
+            return None;
+        };
+        let minor: i64 = num.parse().ok()?;
+        Some((rank, -major, -minor))
+    };
+    match parse() {
+        Some((rank, major, minor)) => (rank, major, minor, String::new()),
+        None => (3, 0, 0, v.to_string()),
+    }
 }
 
 /// What decides whether a CRD's served resources must be rebuilt: its spec.
@@ -623,6 +653,13 @@ mod tests {
         let (reason, msg) = name_conflicts(&crd, &[other]).unwrap();
         assert_eq!(reason, "PluralConflict");
         assert_eq!(msg, "\"crontabs\" is already in use");
+    }
+
+    #[test]
+    fn versions_sort_as_upstream() {
+        let mut v = vec!["v1alpha1", "foo", "v1beta1", "v2", "v1", "v2beta1", "v10"];
+        v.sort_by_key(|x| version_priority(x));
+        assert_eq!(v, ["v10", "v2", "v1", "v2beta1", "v1beta1", "v1alpha1", "foo"]);
     }
 
     #[test]

@@ -630,11 +630,28 @@ pub fn find_kind(group: &str, kind: &str) -> Option<&'static ResourceInfo> {
 /// The served group/versions, in discovery order: `("", "v1")` first, custom ones last.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES.iter().chain(custom()) {
+    for r in RESOURCES {
         if !out.contains(&(r.group, r.version)) {
             out.push((r.group, r.version));
         }
     }
+    // Custom group-versions: by group, each group's versions most preferred first (as
+    // upstream orders a group's versions, whichever CRDs serve them).
+    let mut groups: Vec<&'static str> = Vec::new();
+    let mut custom_gvs: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in custom() {
+        if !groups.contains(&r.group) {
+            groups.push(r.group);
+        }
+        if !out.contains(&(r.group, r.version)) && !custom_gvs.contains(&(r.group, r.version)) {
+            custom_gvs.push((r.group, r.version));
+        }
+    }
+    custom_gvs.sort_by(|a, b| {
+        let pos = |g: &str| groups.iter().position(|x| *x == g);
+        (pos(a.0), crate::crd::version_priority(a.1)).cmp(&(pos(b.0), crate::crd::version_priority(b.1)))
+    });
+    out.extend(custom_gvs);
     out
 }
 
