@@ -444,6 +444,33 @@ fn custom_objects_get_namespace_deletion_and_gc_across_processes() {
         let out = c.kubectl(&["get", "cm", "owned"]);
         String::from_utf8_lossy(&out.stderr).contains("not found").then_some(())
     });
+    // A CronTab owned by a ConfigMap goes with it (custom dependents)...
+    c.ok(&["create", "configmap", "owner", "--from-literal=a=b"]);
+    let uid = json(&c, &["get", "cm", "owner"])["metadata"]["uid"].as_str().unwrap().to_string();
+    let owned = CRONTAB.replace("my-new-cron-object", "owned-ct").replace(
+        "metadata:\n  name: owned-ct\n",
+        &format!("metadata:\n  name: owned-ct\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: owner\n    uid: {uid}\n"),
+    );
+    let f = c.file("owned-ct.yaml", &owned);
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    c.ok(&["delete", "cm", "owner"]);
+    wait_for("the owned CronTab to be collected", Duration::from_secs(20), || {
+        let out = c.kubectl(&["get", "ct", "owned-ct"]);
+        String::from_utf8_lossy(&out.stderr).contains("not found").then_some(())
+    });
+    // ...and a CronTab deleted in the foreground waits for its dependents.
+    let f = c.file("parent.yaml", &CRONTAB.replace("my-new-cron-object", "parent"));
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let uid = json(&c, &["get", "ct", "parent"])["metadata"]["uid"].as_str().unwrap().to_string();
+    let cm = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  ownerReferences:\n  - apiVersion: stable.example.com/v1\n    kind: CronTab\n    name: parent\n    uid: {uid}\n    blockOwnerDeletion: true\ndata:\n  a: b\n"
+    );
+    let f = c.file("child.yaml", &cm);
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    c.ok(&["delete", "ct", "parent", "--cascade=foreground", "--timeout=30s"]);
+    let err = c.fails(&["get", "cm", "child"]);
+    assert!(err.contains("not found"), "{err}");
+
     // A namespace's deletion deletes its CronTabs.
     c.ok(&["create", "namespace", "scratch"]);
     let f = c.file("ct-ns.yaml", &CRONTAB.replace("my-new-cron-object", "in-scratch"));
