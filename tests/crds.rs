@@ -35,6 +35,12 @@ spec:
           spec:
             type: object
             description: The desired state of a CronTab.
+            x-kubernetes-validations:
+            - rule: "!has(self.image) || self.image.startsWith('my-')"
+              message: image must start with my-
+            - rule: "!has(oldSelf.image) || (has(self.image) && self.image == oldSelf.image)"
+              message: image is immutable
+              fieldPath: .image
             required: [cronSpec]
             properties:
               cronSpec:
@@ -225,6 +231,20 @@ fn crontab_crd_end_to_end() {
         assert!(err.contains(&format!("* {field}:")), "{field}: {err}");
     }
     assert!(err.contains("spec.replicas in body should be less than or equal to 10"), "{err}");
+    // CEL rules (x-kubernetes-validations), transition rules with oldSelf included.
+    let f =
+        c.file("ct-cel.yaml", &CRONTAB.replace("my-new-cron-object", "cel").replace("my-awesome", "awesome"));
+    let err = c.fails(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("spec: Invalid value: \"object\": image must start with my-"), "{err}");
+    let err = c.fails(&[
+        "patch",
+        "ct",
+        "my-new-cron-object",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"image":"my-other"}}"#,
+    ]);
+    assert!(err.contains("spec.image: Invalid value: \"object\": image is immutable"), "{err}");
     let missing = c.file(
         "ct-missing.yaml",
         "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: bad\nspec: {}\n",
@@ -372,6 +392,21 @@ fn name_conflicts_and_cluster_scope() {
     assert_eq!(cond["message"], "\"CronTab\" is already in use");
     let err = c.fails(&["get", "crontabz"]);
     assert!(err.contains("doesn't have a resource type"), "{err}");
+
+    // A CRD with a rule that does not compile is refused with the rule's path.
+    let bad_rule = CRD
+        .replace("name: crontabs.stable.example.com", "name: badrules.stable.example.com")
+        .replace("plural: crontabs", "plural: badrules")
+        .replace("singular: crontab", "singular: badrule")
+        .replace("kind: CronTab", "kind: BadRule")
+        .replace("shortNames: [ct]", "shortNames: [br]")
+        .replace("self.image.startsWith('my-')", "self.image.startsWith(");
+    let f = c.file("badrule.yaml", &bad_rule);
+    let err = c.fails(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(
+        err.contains("spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value"),
+        "{err}"
+    );
 
     // A CRD whose name does not match its names is refused with the field named.
     let bad = CRD.replace("name: crontabs.stable.example.com", "name: wrong.stable.example.com");

@@ -9,6 +9,7 @@
 //! the CRD kind's own validation and defaulting; [`name_conflicts`] decides
 //! `NamesAccepted`.
 
+pub mod rules;
 pub mod schema;
 
 use crate::registry::{self, ResourceInfo, Scope, Subresource, ALL_VERBS};

@@ -39,6 +39,12 @@ pub fn validate_create(res: &ResourceInfo, obj: &Value) -> Vec<Cause> {
 
 /// Validates an update of `old` to `new` (including immutable fields).
 pub fn validate_update(res: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cause> {
+    if let Some(custom) = res.custom {
+        let mut e = errs::Errs::default();
+        meta::object_meta(&mut e, new, kinds::name_rule(res.group, res.kind), res.namespaced());
+        e.0.extend(crate::crd::schema::validate_update(&custom.schema, new, Some(old)));
+        return e.0;
+    }
     let mut causes = validate_create(res, new);
     if res.group == "apiextensions.k8s.io" && res.custom.is_none() {
         causes.extend(

@@ -151,9 +151,28 @@ fn default_at(schema: &Value, v: &mut Value, depth: usize) {
 /// Validates `obj` against `schema`; every failing field is one [`Cause`]. The root's
 /// `apiVersion`, `kind` and `metadata` are checked elsewhere.
 pub fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
+    validate_update(schema, obj, None)
+}
+
+/// As [`validate`], on an update from `old`: CEL transition rules (`oldSelf`) run where
+/// the old object has a value at the same place.
+pub fn validate_update(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut out = Vec::new();
-    validate_at(schema, obj, "", true, &mut out, 0);
+    validate_at(schema, obj, old, "", true, &mut out, 0);
     out
+}
+
+/// The old item of a `x-kubernetes-list-type: map` list with the same keys as `item`.
+fn old_map_item<'a>(schema: &Value, old: Option<&'a Value>, item: &Value) -> Option<&'a Value> {
+    if schema.get("x-kubernetes-list-type").and_then(Value::as_str) != Some("map") {
+        return None;
+    }
+    let keys: Vec<&str> = schema
+        .get("x-kubernetes-list-map-keys")
+        .and_then(Value::as_array)
+        .map(|k| k.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    old?.as_array()?.iter().find(|o| keys.iter().all(|k| o.get(*k) == item.get(*k)))
 }
 
 /// The value as upstream quotes it in `Invalid value: ...`.
@@ -193,7 +212,15 @@ fn body(path: &str) -> String {
     }
 }
 
-fn validate_at(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<Cause>, depth: usize) {
+fn validate_at(
+    schema: &Value,
+    v: &Value,
+    old: Option<&Value>,
+    path: &str,
+    root: bool,
+    out: &mut Vec<Cause>,
+    depth: usize,
+) {
     if depth > MAX_DEPTH {
         return;
     }
@@ -266,7 +293,8 @@ fn validate_at(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<
             list_type_checks(schema, items, path, out);
             if let Some(item) = schema.get("items").filter(|i| i.is_object()) {
                 for (i, val) in items.iter().enumerate() {
-                    validate_at(item, val, &format!("{path}[{i}]"), false, out, depth + 1);
+                    let o = old_map_item(schema, old, val);
+                    validate_at(item, val, o, &format!("{path}[{i}]"), false, out, depth + 1);
                 }
             }
         }
@@ -301,10 +329,11 @@ fn validate_at(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<
                 if root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
+                let o = old.and_then(|o| o.get(k));
                 if let Some(sub) = props.and_then(|p| p.get(k)) {
-                    validate_at(sub, val, &join(path, k), false, out, depth + 1);
+                    validate_at(sub, val, o, &join(path, k), false, out, depth + 1);
                 } else if let Some(add) = additional(schema) {
-                    validate_at(add, val, &join(path, k), false, out, depth + 1);
+                    validate_at(add, val, o, &join(path, k), false, out, depth + 1);
                 }
             }
         }
@@ -313,13 +342,13 @@ fn validate_at(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<
     // Value validations combined by the logical junctors (structural schemas allow them).
     if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
         for s in all {
-            validate_at(s, v, path, root, out, depth + 1);
+            validate_at(s, v, old, path, root, out, depth + 1);
         }
     }
     if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
         let passes = any.iter().any(|s| {
             let mut o = Vec::new();
-            validate_at(s, v, path, root, &mut o, depth + 1);
+            validate_at(s, v, old, path, root, &mut o, depth + 1);
             o.is_empty()
         });
         if !passes && !any.is_empty() {
@@ -331,7 +360,7 @@ fn validate_at(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<
             .iter()
             .filter(|s| {
                 let mut o = Vec::new();
-                validate_at(s, v, path, root, &mut o, depth + 1);
+                validate_at(s, v, old, path, root, &mut o, depth + 1);
                 o.is_empty()
             })
             .count();
@@ -341,11 +370,12 @@ fn validate_at(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<
     }
     if let Some(not) = schema.get("not").filter(|n| n.is_object()) {
         let mut o = Vec::new();
-        validate_at(not, v, path, root, &mut o, depth + 1);
+        validate_at(not, v, old, path, root, &mut o, depth + 1);
         if o.is_empty() {
             invalid(out, path, v, format!("{} must not validate the schema (not)", body(path)));
         }
     }
+    super::rules::check(schema, v, old, path, out);
 }
 
 fn string_checks(schema: &Value, v: &Value, s: &str, path: &str, out: &mut Vec<Cause>) {
@@ -543,6 +573,7 @@ fn structural_at(schema: &Value, field: &str, root: bool, out: &mut Vec<Cause>, 
     if root && obj.contains_key("default") {
         out.push(Cause::forbidden(format!("{field}.default"), "Forbidden: must not be set at the root"));
     }
+    super::rules::check_definitions(schema, field, out);
     if let Some(p) = obj.get("pattern").and_then(Value::as_str) {
         if let Err(e) = regex::Regex::new(p) {
             out.push(Cause::invalid(
