@@ -111,7 +111,7 @@ fn deleting(obj: &Value) -> bool {
 async fn sync(service: &ApiService) {
     let cache = service.cache();
     let (crds, _, _) = cache.list(PREFIX, &prefix_end(PREFIX), 0, |_| true);
-    let crds: Vec<Value> = crds.iter().map(|c| (**c).clone()).collect();
+    let mut crds: Vec<Value> = crds.iter().map(|c| (**c).clone()).collect();
     let mut present = HashSet::new();
     let mut terminating = HashSet::new();
     for c in &crds {
@@ -122,9 +122,16 @@ async fn sync(service: &ApiService) {
         }
     }
     *TERMINATING.write().unwrap_or_else(|e| e.into_inner()) = terminating;
-    for c in &crds {
-        let name = meta::name(c).unwrap_or("");
-        let result = if deleting(c) { cleanup(service, c).await } else { establish(service, c, &crds).await };
+    for i in 0..crds.len() {
+        let c = crds[i].clone();
+        let name = meta::name(&c).unwrap_or("");
+        let result = if deleting(&c) {
+            cleanup(service, &c).await
+        } else {
+            // Names accepted in this pass count for the CRDs after it (of two CRDs created
+            // at once with the same names, one is accepted).
+            establish(service, &c, &crds).await.map(|status| crds[i]["status"] = status)
+        };
         match result {
             Ok(()) | Err(ApiError::Conflict { .. }) | Err(ApiError::NotFound { .. }) => {}
             Err(e) => tracing::warn!(crd = name, "failed to reconcile a CustomResourceDefinition: {e}"),
@@ -175,8 +182,8 @@ async fn write_status(service: &ApiService, crd: &Value, status: Value) -> Resul
     Ok(())
 }
 
-/// Accepts the names of a CRD and serves it, or reports the conflict.
-async fn establish(service: &ApiService, crd: &Value, all: &[Value]) -> Result<(), ApiError> {
+/// Accepts the names of a CRD and serves it, or reports the conflict; returns the status.
+async fn establish(service: &ApiService, crd: &Value, all: &[Value]) -> Result<Value, ApiError> {
     let name = meta::name(crd).unwrap_or("").to_string();
     let mut status = crd["status"].clone();
     if !status.is_object() {
@@ -224,7 +231,8 @@ async fn establish(service: &ApiService, crd: &Value, all: &[Value]) -> Result<(
             );
         }
     }
-    write_status(service, crd, status).await
+    write_status(service, crd, status.clone()).await?;
+    Ok(status)
 }
 
 /// Deletes every object of a deleting CRD, then lets the CRD go.
@@ -279,10 +287,118 @@ async fn cleanup(service: &ApiService, crd: &Value) -> Result<(), ApiError> {
     let mut obj = crd.clone();
     let rest: Vec<String> = meta::finalizers(crd).into_iter().filter(|f| f != CLEANUP_FINALIZER).collect();
     obj["metadata"]["finalizers"] = json!(rest);
-    set_conditions(
-        &mut obj["status"],
-        vec![condition("Terminating", "True", "InstanceDeletionCompleted", "removed all instances")],
-    );
     service.update(&User::system(), res, None, &name, obj, &WriteOptions::default(), false).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::MastersOnly;
+    use crate::cache::Cache;
+    use capstan_storage::Store;
+
+    /// The registry is the process's: tests whose syncs would uninstall each other's CRDs
+    /// take turns.
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    async fn service() -> (Arc<ApiService>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store: Arc<dyn Store> =
+            Arc::new(capstan_storage::RedbStore::open(&dir.path().join("s.redb")).expect("open store"));
+        let cache = Cache::start(store.clone(), 10_000).await.expect("cache");
+        let svc = ApiService::new(store, cache, Arc::new(MastersOnly));
+        crate::bootstrap::cluster(&svc).await.expect("bootstrap");
+        (Arc::new(svc), dir)
+    }
+
+    fn crd(plural: &str, group: &str, kind: &str) -> Value {
+        json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.{group}")},
+            "spec": {"group": group, "scope": "Namespaced",
+                     "names": {"plural": plural, "kind": kind},
+                     "versions": [{"name": "v1", "served": true, "storage": true,
+                                   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
+        })
+    }
+
+    async fn settle(svc: &ApiService) {
+        let rev = svc.store().current_revision().await.expect("revision");
+        svc.cache().wait_for(rev, Duration::from_secs(3)).await.expect("cache caught up");
+    }
+
+    async fn get(svc: &ApiService, name: &str) -> Option<Value> {
+        svc.get(&User::system(), crd_resource().unwrap(), None, name).await.ok()
+    }
+
+    fn cond<'a>(c: &'a Value, t: &str) -> &'a Value {
+        c["status"]["conditions"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["type"] == t))
+            .unwrap_or(&Value::Null)
+    }
+
+    #[tokio::test]
+    async fn of_two_crds_with_one_kind_created_at_once_one_is_accepted() {
+        let _turn = TURN.lock().await;
+        let (svc, _dir) = service().await;
+        let res = crd_resource().unwrap();
+        let opts = WriteOptions::default();
+        for plural in ["alphas", "betas"] {
+            svc.create(&User::system(), res, None, crd(plural, "race.example.com", "Same"), &opts)
+                .await
+                .unwrap();
+        }
+        settle(&svc).await;
+        sync(&svc).await;
+        settle(&svc).await;
+        let a = get(&svc, "alphas.race.example.com").await.unwrap();
+        let b = get(&svc, "betas.race.example.com").await.unwrap();
+        assert_eq!(cond(&a, "Established")["status"], "True");
+        assert_eq!(cond(&b, "NamesAccepted")["status"], "False");
+        // The singular defaults to the lower-cased kind, so it clashes first.
+        assert_eq!(cond(&b, "NamesAccepted")["reason"], "SingularConflict");
+        assert!(registry::find("race.example.com", "v1", "alphas").is_some());
+        assert!(registry::find("race.example.com", "v1", "betas").is_none());
+    }
+
+    #[tokio::test]
+    async fn deleting_a_crd_deletes_its_objects_first() {
+        let _turn = TURN.lock().await;
+        let (svc, _dir) = service().await;
+        let res = crd_resource().unwrap();
+        let opts = WriteOptions::default();
+        let system = User::system();
+        svc.create(&system, res, None, crd("gizmos", "cleanup.example.com", "Gizmo"), &opts).await.unwrap();
+        settle(&svc).await;
+        sync(&svc).await;
+        let gizmos = registry::find("cleanup.example.com", "v1", "gizmos").expect("served");
+        for n in ["a", "b"] {
+            let obj = json!({"apiVersion": "cleanup.example.com/v1", "kind": "Gizmo", "metadata": {"name": n}, "x": 1});
+            svc.create(&system, gizmos, Some("default"), obj, &opts).await.unwrap();
+        }
+        svc.delete(&system, res, None, "gizmos.cleanup.example.com", &DeleteOptions::default())
+            .await
+            .unwrap();
+        settle(&svc).await;
+        sync(&svc).await;
+        assert!(is_terminating("gizmos.cleanup.example.com"));
+        // Terminating: no new objects.
+        let obj = json!({"apiVersion": "cleanup.example.com/v1", "kind": "Gizmo", "metadata": {"name": "c"}});
+        let r = svc.create(&system, gizmos, Some("default"), obj, &opts).await;
+        assert!(matches!(r, Err(ApiError::MethodNotAllowed(_))), "creates refused while terminating");
+        settle(&svc).await;
+        sync(&svc).await;
+        settle(&svc).await;
+        assert!(get(&svc, "gizmos.cleanup.example.com").await.is_none(), "finalizer removed, CRD gone");
+        let left = svc
+            .store()
+            .range(b"/registry/cleanup.example.com/", b"/registry/cleanup.example.com0", 0)
+            .await
+            .unwrap();
+        assert!(left.kvs.is_empty());
+        sync(&svc).await;
+        assert!(registry::find("cleanup.example.com", "v1", "gizmos").is_none(), "no longer served");
+    }
 }
