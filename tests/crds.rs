@@ -453,6 +453,12 @@ fn name_conflicts_and_cluster_scope() {
     let group = c.ok(&["get", "--raw", "/apis/stable.example.com"]);
     let group: serde_json::Value = serde_json::from_str(&group).unwrap();
     assert_eq!(group["preferredVersion"]["version"], "v1", "{group}");
+
+    // A restarted server serves custom kinds from its first request.
+    let mut c = c;
+    c.restart();
+    let out = c.ok(&["get", "clusterthings", "-o", "name"]);
+    assert!(out.contains("clusterthing.stable.example.com/thing1"), "{out}");
 }
 
 /// In a cluster whose controllers run in their own process, custom kinds still get
