@@ -14,7 +14,12 @@ pub fn apply_defaults(res: &ResourceInfo, obj: &mut Value) {
     if !obj.is_object() {
         return;
     }
+    if let Some(custom) = res.custom {
+        crate::crd::schema::apply_defaults(&custom.schema, obj);
+        return;
+    }
     match (res.group, res.kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::crd::default_crd(obj),
         ("", "Pod") => pod(obj),
         ("", "Service") => service(obj),
         ("", "Namespace") => namespace(obj),

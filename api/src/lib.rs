@@ -4,6 +4,8 @@
 //! every served kind is listed in the [`registry`] with a typed round trip through its
 //! `k8s-openapi` struct, which checks field types. On top of that this crate offers:
 //!
+//! * [`crd`]: CustomResourceDefinitions: the resources a CRD serves, structural schema
+//!   pruning, defaulting and validation, printer columns;
 //! * [`defaults`]: upstream defaulting (port protocol, restartPolicy, Deployment strategy...);
 //! * [`validation`]: upstream validation, answered as a list of [`Cause`]s;
 //! * [`selectors`]: label selectors (equality and set-based) and field selectors;
@@ -25,6 +27,7 @@
 //! assert!(sel.matches(&labels));
 //! ```
 
+pub mod crd;
 pub mod defaults;
 pub mod meta;
 pub mod openapi;

@@ -20,7 +20,7 @@
 mod paths;
 mod schemas;
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::{json, Map, Value};
 
@@ -37,19 +37,54 @@ struct Document {
     hash: String,
 }
 
-/// Every document, built on first use.
+/// Every document of a built-in group-version, built on first use.
 static DOCUMENTS: LazyLock<Vec<Document>> = LazyLock::new(build_all);
 
+/// The documents of custom group-versions (served by CustomResourceDefinitions), rebuilt
+/// when the registry's custom part changes: (registry generation, documents).
+static CUSTOM_DOCUMENTS: LazyLock<Mutex<(u64, Arc<Vec<Document>>)>> =
+    LazyLock::new(|| Mutex::new((u64::MAX, Arc::new(Vec::new()))));
+
 fn build_all() -> Vec<Document> {
-    registry::group_versions()
-        .into_iter()
-        .filter_map(|(group, version)| {
-            let value = build(group, version)?;
-            let bytes = serde_json::to_vec(&value).ok()?;
-            let hash = hash_hex(&bytes);
-            Some(Document { group, version, bytes: Arc::new(bytes), hash })
-        })
-        .collect()
+    let mut gvs: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in registry::RESOURCES {
+        if !gvs.contains(&(r.group, r.version)) {
+            gvs.push((r.group, r.version));
+        }
+    }
+    gvs.into_iter().filter_map(|(group, version)| document_of(group, version, false)).collect()
+}
+
+fn document_of(group: &'static str, version: &'static str, custom: bool) -> Option<Document> {
+    let resources: Vec<&ResourceInfo> = if custom {
+        registry::all()
+            .into_iter()
+            .filter(|r| r.custom.is_some() && r.group == group && r.version == version)
+            .collect()
+    } else {
+        registry::RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect()
+    };
+    let value = build(group, version, &resources)?;
+    let bytes = serde_json::to_vec(&value).ok()?;
+    let hash = hash_hex(&bytes);
+    Some(Document { group, version, bytes: Arc::new(bytes), hash })
+}
+
+/// The documents of the custom group-versions served now.
+fn custom_documents() -> Arc<Vec<Document>> {
+    let generation = registry::generation();
+    let mut cached = CUSTOM_DOCUMENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if cached.0 != generation {
+        let mut gvs: Vec<(&'static str, &'static str)> = Vec::new();
+        for r in registry::all().into_iter().filter(|r| r.custom.is_some()) {
+            if !gvs.contains(&(r.group, r.version)) {
+                gvs.push((r.group, r.version));
+            }
+        }
+        let docs = gvs.into_iter().filter_map(|(g, v)| document_of(g, v, true)).collect();
+        *cached = (generation, Arc::new(docs));
+    }
+    Arc::clone(&cached.1)
 }
 
 /// `api/v1` or `apis/<group>/<version>`: the key of a group-version in the index.
@@ -62,14 +97,12 @@ fn gv_path(group: &str, version: &str) -> String {
 }
 
 /// Builds the document of one group-version, or `None` if nothing is served there.
-fn build(group: &str, version: &str) -> Option<Value> {
-    let resources: Vec<&ResourceInfo> =
-        registry::RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+fn build(group: &str, version: &str, resources: &[&ResourceInfo]) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
-    let comps = schemas::components(group, version, &resources);
-    let paths = paths::paths(group, version, &resources, &comps);
+    let comps = schemas::components(group, version, resources);
+    let paths = paths::paths(group, version, resources, &comps);
     let mut components = Map::new();
     components.insert("schemas".to_string(), Value::Object(comps.schemas));
     Some(json!({
@@ -88,9 +121,17 @@ fn hash_hex(bytes: &[u8]) -> String {
     format!("{hash:032X}")
 }
 
-fn find(group: &str, version: &str) -> Option<&'static Document> {
+/// The bytes and hash of a served document.
+fn find(group: &str, version: &str) -> Option<(Arc<Vec<u8>>, String)> {
     let docs: &'static Vec<Document> = &DOCUMENTS;
-    docs.iter().find(|d| d.group == group && d.version == version)
+    if let Some(d) = docs.iter().find(|d| d.group == group && d.version == version) {
+        return Some((Arc::clone(&d.bytes), d.hash.clone()));
+    }
+    let custom = custom_documents();
+    custom
+        .iter()
+        .find(|d| d.group == group && d.version == version)
+        .map(|d| (Arc::clone(&d.bytes), d.hash.clone()))
 }
 
 /// The `/openapi/v3` index:
@@ -98,7 +139,8 @@ fn find(group: &str, version: &str) -> Option<&'static Document> {
 /// one entry per served group-version.
 pub fn index() -> Value {
     let mut paths = Map::new();
-    for doc in DOCUMENTS.iter() {
+    let custom = custom_documents();
+    for doc in DOCUMENTS.iter().chain(custom.iter()) {
         let key = gv_path(doc.group, doc.version);
         let url = format!("/openapi/v3/{key}?hash={}", doc.hash);
         paths.insert(key, json!({ "serverRelativeURL": url }));
@@ -107,15 +149,16 @@ pub fn index() -> Value {
 }
 
 /// The OpenAPI 3.0 document of one group-version (`""` for core), as serialized JSON, or
-/// `None` if that group-version is not served. Built once; later calls share the bytes.
+/// `None` if that group-version is not served. Built once (a custom group-version's again
+/// when its CRDs change); later calls share the bytes.
 pub fn document(group: &str, version: &str) -> Option<Arc<Vec<u8>>> {
-    find(group, version).map(|d| Arc::clone(&d.bytes))
+    find(group, version).map(|d| d.0)
 }
 
 /// A stable hash of [`document`]'s bytes (32 upper-case hex digits), used in the index's
 /// `?hash=` and as the ETag, or `None` if that group-version is not served.
-pub fn document_hash(group: &str, version: &str) -> Option<&'static str> {
-    find(group, version).map(|d| d.hash.as_str())
+pub fn document_hash(group: &str, version: &str) -> Option<String> {
+    find(group, version).map(|d| d.1)
 }
 
 #[cfg(test)]
@@ -365,7 +408,7 @@ mod tests {
         for d in &fresh {
             let cached = document(d.group, d.version).expect("served");
             assert_eq!(*cached, *d.bytes, "{}/{}: deterministic", d.group, d.version);
-            assert_eq!(document_hash(d.group, d.version), Some(d.hash.as_str()));
+            assert_eq!(document_hash(d.group, d.version).as_deref(), Some(d.hash.as_str()));
             let parsed: Value = serde_json::from_slice(&d.bytes).expect("valid JSON");
             assert_eq!(parsed["openapi"], "3.0.0");
             assert!(d.bytes.len() < 3_000_000, "{}/{}: {}", d.group, d.version, d.bytes.len());

@@ -106,7 +106,8 @@ fn pod_spec_list(rest: &[&str]) -> ListStrategy {
 
 /// Whether `(group, kind)` is a built-in kind with a known schema.
 fn builtin(group: &str, kind: &str) -> bool {
-    crate::registry::find_kind(group, kind).is_some() || pod_spec_prefix(group, kind).is_some()
+    crate::registry::RESOURCES.iter().any(|r| r.group == group && r.kind == kind)
+        || pod_spec_prefix(group, kind).is_some()
 }
 
 /// How the list at `path` (field names from the object root, list positions omitted) of

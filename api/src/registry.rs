@@ -4,6 +4,9 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, RwLock};
 
 /// Whether a resource lives in a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,8 @@ pub struct ResourceInfo {
     pub stored: bool,
     /// Typed round trip.
     pub round_trip: RoundTrip,
+    /// For a version of a CustomResourceDefinition: its schema, columns and subresources.
+    pub custom: Option<&'static crate::crd::CustomResource>,
 }
 
 impl ResourceInfo {
@@ -139,6 +144,7 @@ macro_rules! res {
             subresources: &[$($sub),*],
             stored: true,
             round_trip: rt::<$ty>,
+            custom: None,
         }
     };
 }
@@ -160,6 +166,7 @@ macro_rules! review {
             subresources: &[],
             stored: false,
             round_trip: rt::<$ty>,
+            custom: None,
         }
     };
 }
@@ -224,6 +231,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: POD_SUBS,
         stored: true,
         round_trip: rt::<core::Pod>,
+        custom: None,
     },
     res!(
         "",
@@ -523,6 +531,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
         Cluster,
         subs = []
     ),
+    // apiextensions.k8s.io/v1
+    res!(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        short = ["crd", "crds"],
+        cats = ["api-extensions"],
+        Cluster,
+        subs = [status("apiextensions.k8s.io", "v1", "CustomResourceDefinition")]
+    ),
     // storage.k8s.io/v1
     res!(
         "storage.k8s.io",
@@ -588,17 +609,25 @@ pub static RESOURCES: &[ResourceInfo] = &[
     ),
 ];
 
-/// Finds a resource by group, version and plural name.
+/// Finds a resource by group, version and plural name (built-in or custom).
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .or_else(|| custom().find(|r| r.group == group && r.version == version && r.plural == plural))
 }
 
-/// Finds a resource by group and kind (any version).
+/// Finds a resource by group and kind (any version; a custom kind's storage version first).
 pub fn find_kind(group: &str, kind: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
+    RESOURCES.iter().find(|r| r.group == group && r.kind == kind).or_else(|| {
+        let mut found: Vec<&'static ResourceInfo> =
+            custom().filter(|r| r.group == group && r.kind == kind).collect();
+        found.sort_by_key(|r| r.custom.is_none_or(|c| c.storage_version != r.version));
+        found.first().copied()
+    })
 }
 
-/// The served group/versions, in discovery order: `("", "v1")` first.
+/// The served group/versions, in discovery order: `("", "v1")` first, custom ones last.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
     for r in RESOURCES {
@@ -606,7 +635,82 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
             out.push((r.group, r.version));
         }
     }
+    // Custom group-versions: by group, each group's versions most preferred first (as
+    // upstream orders a group's versions, whichever CRDs serve them).
+    let mut groups: Vec<&'static str> = Vec::new();
+    let mut custom_gvs: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in custom() {
+        if !groups.contains(&r.group) {
+            groups.push(r.group);
+        }
+        if !out.contains(&(r.group, r.version)) && !custom_gvs.contains(&(r.group, r.version)) {
+            custom_gvs.push((r.group, r.version));
+        }
+    }
+    custom_gvs.sort_by(|a, b| {
+        let pos = |g: &str| groups.iter().position(|x| *x == g);
+        (pos(a.0), crate::crd::version_priority(a.1)).cmp(&(pos(b.0), crate::crd::version_priority(b.1)))
+    });
+    out.extend(custom_gvs);
     out
+}
+
+/// Every served resource: the built-in ones, then the custom ones.
+pub fn all() -> Vec<&'static ResourceInfo> {
+    RESOURCES.iter().chain(custom()).collect()
+}
+
+// ---- the dynamic part: resources of established CustomResourceDefinitions ------------------
+
+/// The resources of one CRD and what they were built from.
+struct Installed {
+    fingerprint: String,
+    resources: Vec<&'static ResourceInfo>,
+}
+
+/// CRD name → its resources. Infos are leaked: each lives as long as the process, which
+/// bounds the cost to one set per distinct CRD spec ever served.
+static CUSTOM: LazyLock<RwLock<BTreeMap<String, Installed>>> = LazyLock::new(|| RwLock::new(BTreeMap::new()));
+/// Bumped on every change of the custom resources (discovery and OpenAPI caches key on it).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+fn custom() -> impl Iterator<Item = &'static ResourceInfo> {
+    let map = CUSTOM.read().unwrap_or_else(|e| e.into_inner());
+    let list: Vec<&'static ResourceInfo> = map.values().flat_map(|i| i.resources.iter().copied()).collect();
+    list.into_iter()
+}
+
+/// Installs (or replaces) the resources of the CRD `crd_name`; `build` runs only when
+/// `fingerprint` differs from what is installed. Returns whether anything changed.
+pub fn install_custom(crd_name: &str, fingerprint: &str, build: impl FnOnce() -> Vec<ResourceInfo>) -> bool {
+    let mut map = CUSTOM.write().unwrap_or_else(|e| e.into_inner());
+    if map.get(crd_name).is_some_and(|i| i.fingerprint == fingerprint) {
+        return false;
+    }
+    let resources = build().into_iter().map(|r| &*Box::leak(Box::new(r))).collect();
+    map.insert(crd_name.to_string(), Installed { fingerprint: fingerprint.to_string(), resources });
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    true
+}
+
+/// Stops serving the resources of the CRD `crd_name`. Returns whether it was served.
+pub fn remove_custom(crd_name: &str) -> bool {
+    let mut map = CUSTOM.write().unwrap_or_else(|e| e.into_inner());
+    let removed = map.remove(crd_name).is_some();
+    if removed {
+        GENERATION.fetch_add(1, Ordering::SeqCst);
+    }
+    removed
+}
+
+/// The names of the CRDs whose resources are served.
+pub fn custom_crds() -> Vec<String> {
+    CUSTOM.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+}
+
+/// A number that changes whenever the set of custom resources changes.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::SeqCst)
 }
 
 /// Splits an `apiVersion` into group and version.

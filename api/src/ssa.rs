@@ -561,7 +561,7 @@ pub fn apply(
         .or_else(|| live.and_then(|l| l.get("apiVersion")).and_then(Value::as_str))
         .unwrap_or("")
         .to_string();
-    let own = Entry {
+    let mut own = Entry {
         manager: manager.to_string(),
         operation: "Apply".into(),
         api_version,
@@ -578,9 +578,12 @@ pub fn apply(
     };
 
     let mut entries = parse_entries(live);
-    let previous: BTreeSet<FPath> =
-        entries.iter().find(|e| e.is(manager, "Apply")).map(|e| e.fields.clone()).unwrap_or_default();
-    entries.retain(|e| !e.is(manager, "Apply"));
+    let previous_at = entries.iter().position(|e| e.is(manager, "Apply"));
+    let previous_time = previous_at.map(|i| entries[i].time.clone());
+    let previous: BTreeSet<FPath> = previous_at.map(|i| entries[i].fields.clone()).unwrap_or_default();
+    if let Some(i) = previous_at {
+        entries.remove(i);
+    }
     let others: BTreeSet<FPath> = entries.iter().flat_map(|e| e.fields.iter().cloned()).collect();
 
     let mut merged = schema.merge(live, applied, &mut Vec::new(), 0)?;
@@ -626,7 +629,16 @@ pub fn apply(
     for e in &mut entries {
         e.fields.retain(|p| !changed.contains(p));
     }
-    entries.push(own);
+    // An apply that changes nothing (same fields, same values) leaves the object as it
+    // was, its entry's time and place included, so the write is a no-op as upstream.
+    match (previous_at, previous_time) {
+        (Some(i), Some(t)) if changed.is_empty() && dropped.is_empty() && previous == applied_set => {
+            own.time = t;
+            entries.insert(i.min(entries.len()), own);
+        }
+        (Some(i), _) => entries.insert(i.min(entries.len()), own),
+        _ => entries.push(own),
+    }
     write_entries(&mut merged, entries);
     Ok(merged)
 }
@@ -720,6 +732,15 @@ mod tests {
             .as_array()?
             .iter()
             .find(|e| e["manager"] == manager && e["operation"] == op)
+    }
+
+    #[test]
+    fn an_identical_apply_changes_nothing() {
+        let first = apply(None, &manifest(2), "kubectl", false, T0, "apps", "Deployment").unwrap();
+        let again = apply_d(Some(&first), &manifest(2), "kubectl", false).unwrap();
+        assert_eq!(again, first, "same fields, same values: not even the time moves");
+        let changed = apply_d(Some(&first), &manifest(3), "kubectl", false).unwrap();
+        assert_eq!(entry(&changed, "kubectl", "Apply").unwrap()["time"], T1);
     }
 
     #[test]

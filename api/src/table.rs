@@ -45,6 +45,15 @@ const SELECTOR: Column = col("Selector", "string", 1, SELECTOR_DESC);
 
 /// The columns for a resource.
 pub fn columns(res: &ResourceInfo) -> Vec<Column> {
+    if let Some(custom) = res.custom {
+        // A CRD's additionalPrinterColumns, or upstream's default: the age.
+        if custom.columns.is_empty() {
+            return vec![NAME, col("Age", "date", 0, AGE_DESC)];
+        }
+        let mut out = vec![NAME];
+        out.extend(custom.columns.iter().map(|c| c.column.clone()));
+        return out;
+    }
     match (res.group, res.plural) {
         ("", "pods") => vec![
             NAME,
@@ -215,6 +224,10 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             col("RequestedDuration", "string", 0, "expirationSeconds is the requested duration of validity of the issued certificate."),
             col("Condition", "string", 0, "The state of the certificate request."),
         ],
+        ("apiextensions.k8s.io", "customresourcedefinitions") => vec![
+            NAME,
+            col("Created At", "date", 0, AGE_DESC),
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -225,8 +238,19 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
     let age = since(ts(obj, "metadata.creationTimestamp"), now);
     let spec = obj.get("spec");
     let status = obj.get("status");
+    if let Some(custom) = res.custom {
+        if custom.columns.is_empty() {
+            return vec![name.into(), age.into()];
+        }
+        let mut out = vec![Value::from(name)];
+        out.extend(crate::crd::cells(custom, obj, now));
+        return out;
+    }
     match (res.group, res.plural) {
         ("", "pods") => pod_cells(obj, name, age, now),
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            vec![name.into(), s(Some(obj), "metadata.creationTimestamp").into()]
+        }
         ("certificates.k8s.io", "certificatesigningrequests") => {
             let duration = spec
                 .and_then(|sp| sp.get("expirationSeconds"))

@@ -21,10 +21,16 @@ use serde_json::Value;
 /// Validates an object about to be created.
 pub fn validate_create(res: &ResourceInfo, obj: &Value) -> Vec<Cause> {
     let mut e = errs::Errs::default();
-    if res.stored {
+    if let Some(custom) = res.custom {
+        meta::object_meta(&mut e, obj, kinds::name_rule(res.group, res.kind), res.namespaced());
+        e.0.extend(crate::crd::schema::validate(&custom.schema, obj));
+    } else if res.stored {
         let rule = kinds::name_rule(res.group, res.kind);
         meta::object_meta(&mut e, obj, rule, res.namespaced());
         kinds::validate(&mut e, res.group, res.kind, obj);
+        if res.group == "apiextensions.k8s.io" {
+            e.0.extend(crate::crd::validate_crd(obj));
+        }
     } else {
         review(&mut e, res.kind, obj);
     }
@@ -33,8 +39,21 @@ pub fn validate_create(res: &ResourceInfo, obj: &Value) -> Vec<Cause> {
 
 /// Validates an update of `old` to `new` (including immutable fields).
 pub fn validate_update(res: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cause> {
+    if let Some(custom) = res.custom {
+        let mut e = errs::Errs::default();
+        meta::object_meta(&mut e, new, kinds::name_rule(res.group, res.kind), res.namespaced());
+        e.0.extend(crate::crd::schema::validate_update(&custom.schema, new, Some(old)));
+        return e.0;
+    }
     let mut causes = validate_create(res, new);
-    if res.stored {
+    if res.group == "apiextensions.k8s.io" && res.custom.is_none() {
+        causes.extend(
+            crate::crd::validate_crd_update(old, new)
+                .into_iter()
+                .filter(|c| c.message.ends_with("field is immutable")),
+        );
+    }
+    if res.stored && res.custom.is_none() {
         let mut e = errs::Errs::default();
         update::validate(&mut e, res.group, res.kind, old, new);
         if res.kind == "Pod" && res.group.is_empty() {

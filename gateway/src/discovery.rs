@@ -86,8 +86,8 @@ pub fn aggregated(core: bool) -> Value {
             let versions: Vec<Value> = versions
                 .into_iter()
                 .map(|v| {
-                    let resources: Vec<Value> = registry::RESOURCES
-                        .iter()
+                    let resources: Vec<Value> = registry::all()
+                        .into_iter()
                         .filter(|r| r.group == g && r.version == v)
                         .map(aggregated_resource)
                         .collect();
@@ -145,7 +145,7 @@ pub fn legacy_group_doc(g: &str) -> Option<Value> {
 /// Legacy `/api/v1` or `/apis/<group>/<version>`, if served.
 pub fn resource_list(g: &str, v: &str) -> Option<Value> {
     let rs: Vec<&ResourceInfo> =
-        registry::RESOURCES.iter().filter(|r| r.group == g && r.version == v).collect();
+        registry::all().into_iter().filter(|r| r.group == g && r.version == v).collect();
     if rs.is_empty() {
         return None;
     }

@@ -496,7 +496,7 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
             resp.content_type("application/json");
             if let Some(h) = capstan_api::openapi::document_hash(g, v) {
                 resp.insert_header((header::ETAG, format!("\"{h}\"")));
-                if q.get("hash") == Some(h) {
+                if q.get("hash") == Some(h.as_str()) {
                     resp.insert_header((header::CACHE_CONTROL, "public, immutable"));
                 }
             }

@@ -27,6 +27,7 @@ pub mod authn;
 pub mod bootstrap;
 pub mod busapi;
 pub mod cache;
+pub mod crds;
 pub mod csr;
 pub mod discovery;
 pub mod dispatch;
@@ -320,6 +321,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
             )),
     );
     bootstrap::cluster(&service).await?;
+    crds::start(service.clone()).await;
     // With a bus, the change log is kept until the relay has published it.
     let relayed =
         Arc::new(std::sync::atomic::AtomicU64::new(if config.bus.is_some() { 0 } else { u64::MAX }));

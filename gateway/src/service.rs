@@ -251,6 +251,36 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
     }
 }
 
+/// A custom object as the version `res` serves it (conversion `None`: only `apiVersion`
+/// differs between versions); built-in objects are returned as they are.
+fn in_version(res: &ResourceInfo, obj: Arc<Value>) -> Arc<Value> {
+    if res.custom.is_none() || obj.get("apiVersion").and_then(Value::as_str) == Some(&res.api_version()) {
+        return obj;
+    }
+    let mut o = (*obj).clone();
+    o["apiVersion"] = json!(res.api_version());
+    Arc::new(o)
+}
+
+/// Sets a custom object's `apiVersion` to the version `res` serves.
+fn to_version(res: &ResourceInfo, obj: &mut Value) {
+    if res.custom.is_some() && obj.is_object() {
+        obj["apiVersion"] = json!(res.api_version());
+    }
+}
+
+/// Encodes an object for the store: a custom object in its storage version.
+fn encode_stored(res: &ResourceInfo, obj: &Value) -> ApiResult<Vec<u8>> {
+    match res.custom {
+        Some(c) if c.storage_version != res.version && obj.is_object() => {
+            let mut o = obj.clone();
+            o["apiVersion"] = json!(format!("{}/{}", res.group, c.storage_version));
+            encode(&o)
+        }
+        _ => encode(obj),
+    }
+}
+
 fn spec_of(obj: &Value) -> Value {
     // Everything except metadata and status counts as "spec" for generation purposes.
     match obj.as_object() {
@@ -439,7 +469,10 @@ impl ApiService {
         Self::check_namespace_arg(res, namespace)?;
         let key = keys::object_key(res, namespace, name);
         match self.read(&key).await? {
-            Some((v, _)) => Ok(v),
+            Some((mut v, _)) => {
+                to_version(res, &mut v);
+                Ok(v)
+            }
             None => Err(ApiError::not_found(res, name)),
         }
     }
@@ -488,6 +521,11 @@ impl ApiService {
         });
         // Continued pages report the revision of the first page, as upstream.
         let revision = min_rev.unwrap_or(revision);
+        let items = if res.custom.is_some() {
+            items.into_iter().map(|o| in_version(res, o)).collect()
+        } else {
+            items
+        };
         Ok(ListPage { items, revision, continue_token: next.map(|k| encode_continue(revision, &k)) })
     }
 
@@ -529,6 +567,11 @@ impl ApiService {
                 res.kind, res.version, res.kind, e
             ))
         })?;
+        if let Some(custom) = res.custom.filter(|c| c.schema.is_object()) {
+            // Pruning: what the schema does not name goes (reported below as unknown).
+            let mut pruned = Vec::new();
+            capstan_api::crd::schema::prune(&custom.schema, &mut out, &mut pruned);
+        }
         if validation != FieldValidation::Ignore {
             let mut unknown = Vec::new();
             unknown_fields(&input, &out, "", &mut unknown, 0);
@@ -709,6 +752,11 @@ impl ApiService {
         mut warnings: Vec<String>,
     ) -> ApiResult<WriteResult> {
         let started = std::time::Instant::now();
+        if res.custom.is_some_and(|c| crate::crds::is_terminating(c.crd)) {
+            return Err(ApiError::MethodNotAllowed(
+                "create not allowed while custom resource definition is terminating".into(),
+            ));
+        }
         // Namespace in body must agree with the URL.
         if res.namespaced() {
             let url_ns = namespace.unwrap_or("");
@@ -773,8 +821,11 @@ impl ApiService {
                 }
                 return Ok(WriteResult { object: obj, created: true, warnings });
             }
-            let (ops, on_conflict) =
-                with_reservations(Op::put(key.clone(), encode(&obj)?, Precondition::Absent), reserved, &out);
+            let (ops, on_conflict) = with_reservations(
+                Op::put(key.clone(), encode_stored(res, &obj)?, Precondition::Absent),
+                reserved,
+                &out,
+            );
             let committing = std::time::Instant::now();
             let outcome = self.commit_write(ops, &on_conflict).await;
             create_stats::record(committing - started, committing.elapsed());
@@ -840,6 +891,8 @@ impl ApiService {
                     other => return other,
                 }
             };
+            let mut old = old;
+            to_version(res, &mut old);
             let (mut new, pinned) = mutate(Some(&old), &mut warnings)?;
             // Identity and server-owned metadata come from the stored object.
             if let Some(rv) = meta::meta_str(&new, "resourceVersion").filter(|s| !s.is_empty()) {
@@ -979,12 +1032,12 @@ impl ApiService {
                 let op = Op::Delete {
                     key: key.clone(),
                     precondition: Precondition::ModRevision(old_rev),
-                    last_value: Some(encode(&new)?),
+                    last_value: Some(encode_stored(res, &new)?),
                 };
                 with_reservations(op, release, &Outcome::default())
             } else {
                 let reserved = strategy.allocate(&self.ctx, &mut new, Some(&old)).await?;
-                let op = Op::put(key.clone(), encode(&new)?, Precondition::ModRevision(old_rev));
+                let op = Op::put(key.clone(), encode_stored(res, &new)?, Precondition::ModRevision(old_rev));
                 with_reservations(op, reserved, &out)
             };
             if opts.dry_run {
@@ -1327,7 +1380,7 @@ impl ApiService {
         self.authorize(user, "get", res, Some("scale"), namespace, Some(name))?;
         let key = keys::object_key(res, namespace, name);
         let Some((obj, _)) = self.read(&key).await? else { return Err(ApiError::not_found(res, name)) };
-        Ok(to_scale(&obj))
+        Ok(to_scale(res, &obj))
     }
 
     /// PUT or PATCH of the scale subresource: `f` turns the current Scale into the new one.
@@ -1346,7 +1399,7 @@ impl ApiService {
         let r = self
             .guaranteed_update(user, res, namespace, name, Some("scale"), opts, false, |cur, _| {
                 let Some(cur) = cur else { return Err(ApiError::not_found(res, name)) };
-                let scale = f(&to_scale(cur))?;
+                let scale = f(&to_scale(res, cur))?;
                 let replicas =
                     scale.get("spec").and_then(|s| s.get("replicas")).and_then(Value::as_i64).unwrap_or(0);
                 if replicas < 0 {
@@ -1369,11 +1422,14 @@ impl ApiService {
                     return Err(ApiError::conflict(res, name));
                 }
                 let mut new = cur.clone();
-                new["spec"]["replicas"] = json!(replicas);
+                match res.custom.and_then(|c| c.scale.as_ref()) {
+                    Some(paths) => set_path(&mut new, &paths.spec_replicas, json!(replicas)),
+                    None => new["spec"]["replicas"] = json!(replicas),
+                }
                 Ok((new, false))
             })
             .await?;
-        Ok(to_scale(&r.object))
+        Ok(to_scale(res, &r.object))
     }
 
     /// `pods/binding`: assigns a pod to a node.
@@ -1437,7 +1493,7 @@ impl ApiService {
                 _ => None,
             };
             if let Some(k) = kind {
-                out.push((k, e.object.clone(), e.revision));
+                out.push((k, in_version(res, e.object.clone()), e.revision));
             }
         }
         Ok((out, scanned))
@@ -1482,17 +1538,49 @@ mod create_stats {
     }
 }
 
-fn to_scale(obj: &Value) -> Value {
-    let replicas = obj["spec"].get("replicas").and_then(Value::as_i64).unwrap_or(0);
-    let status_replicas = obj["status"].get("replicas").and_then(Value::as_i64).unwrap_or(0);
-    let selector = obj["spec"]
-        .get("selector")
-        .map(|s| {
-            capstan_api::selectors::LabelSelector::from_label_selector_json(s)
-                .map(|ls| ls.to_string())
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
+/// Sets the value at a dotted path, creating objects on the way.
+fn set_path(obj: &mut Value, dotted: &str, value: Value) {
+    let mut cur = obj;
+    let parts: Vec<&str> = dotted.split('.').filter(|p| !p.is_empty()).collect();
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        if i + 1 == parts.len() {
+            cur[*p] = value;
+            return;
+        }
+        cur = &mut cur[*p];
+    }
+}
+
+fn to_scale(res: &ResourceInfo, obj: &Value) -> Value {
+    let (replicas, status_replicas, selector) = match res.custom.and_then(|c| c.scale.as_ref()) {
+        Some(paths) => (
+            meta::path(obj, &paths.spec_replicas).and_then(Value::as_i64).unwrap_or(0),
+            meta::path(obj, &paths.status_replicas).and_then(Value::as_i64).unwrap_or(0),
+            // A custom kind's selector path holds the selector as a string already.
+            paths
+                .label_selector
+                .as_deref()
+                .and_then(|p| meta::path(obj, p))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        ),
+        None => (
+            obj["spec"].get("replicas").and_then(Value::as_i64).unwrap_or(0),
+            obj["status"].get("replicas").and_then(Value::as_i64).unwrap_or(0),
+            obj["spec"]
+                .get("selector")
+                .map(|s| {
+                    capstan_api::selectors::LabelSelector::from_label_selector_json(s)
+                        .map(|ls| ls.to_string())
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default(),
+        ),
+    };
     let m = obj.get("metadata").cloned().unwrap_or(Value::Object(Map::new()));
     let mut md = Map::new();
     for f in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {

@@ -1,8 +1,10 @@
 """An integrator's subscriber written only from docs/BUS.md.
 
-Usage: bus_subscriber.py NATS_URL POD_NAME
-Reads pod events from the start of the stream until it sees POD_NAME deleted, and prints
-one JSON line per event about POD_NAME: {"type", "revision", "name", "namespace", "kind"}.
+Usage: bus_subscriber.py NATS_URL NAME [SUBJECT [STOP_TYPE]]
+Reads events on SUBJECT (default: every pod's, capstan.v1.events.core.pods.>) from the start
+of the stream until it sees an event of type STOP_TYPE (default DELETED) about NAME, and
+prints one JSON line per event about NAME:
+{"type", "revision", "name", "namespace", "kind", "subject"}.
 """
 import asyncio
 import json
@@ -12,10 +14,10 @@ import msgpack
 import nats
 
 
-async def main(url, pod):
+async def main(url, pod, subject="capstan.v1.events.core.pods.>", stop="DELETED"):
     nc = await nats.connect(url)
     js = nc.jetstream()
-    sub = await js.subscribe("capstan.v1.events.core.pods.>", ordered_consumer=True)
+    sub = await js.subscribe(subject, ordered_consumer=True)
     try:
         while True:
             msg = await sub.next_msg(timeout=30)
@@ -29,11 +31,11 @@ async def main(url, pod):
             print(json.dumps({"type": ev["type"], "revision": ev["revision"], "name": md["name"],
                               "namespace": md.get("namespace"), "kind": obj.get("kind"),
                               "subject": msg.subject}), flush=True)
-            if ev["type"] == "DELETED":
+            if ev["type"] == stop:
                 break
     finally:
         await nc.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(*sys.argv[1:]))

@@ -10,8 +10,8 @@
 //! - an owner with the `orphan` finalizer has the references to it removed from its
 //!   dependents, then the finalizer goes.
 //!
-//! The graph covers the resources in [`MONITORED`]; owners of other kinds are looked up
-//! through the API. The cache's "absent" is always confirmed by a live read before acting.
+//! The graph covers the resources in [`MONITORED`] and the custom kinds of established
+//! CustomResourceDefinitions; owners of other kinds are looked up through the API. The cache's "absent" is always confirmed by a live read before acting.
 
 use super::Ctx;
 use crate::client::{gvr, ApiClient, ClientError, Gvr};
@@ -114,8 +114,45 @@ fn resolve(api_version: &str, kind: &str) -> Option<(Gvr, bool)> {
     Some((Gvr::new(res.group, res.version, res.plural), res.namespaced()))
 }
 
-fn monitored_index(g: Gvr) -> Option<usize> {
-    MONITORED.iter().position(|m| m.group == g.group && m.resource == g.resource)
+/// The kinds in the graph: [`MONITORED`] first, then the storage versions of established
+/// custom kinds as they appear. Only ever grows, so an index names one kind for good.
+#[derive(Default)]
+struct Kinds(std::sync::RwLock<Vec<(Gvr, Arc<Informer>)>>);
+
+impl Kinds {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<(Gvr, Arc<Informer>)>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a kind, returning its index (or None when it is there already).
+    fn push(&self, g: Gvr, inf: Arc<Informer>) -> Option<usize> {
+        let mut v = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if v.iter().any(|(k, _)| k.group == g.group && k.resource == g.resource) {
+            return None;
+        }
+        v.push((g, inf));
+        Some(v.len() - 1)
+    }
+
+    fn informer(&self, i: usize) -> Option<Arc<Informer>> {
+        self.read().get(i).map(|(_, inf)| inf.clone())
+    }
+
+    fn gvr(&self, i: usize) -> Option<Gvr> {
+        self.read().get(i).map(|(g, _)| *g)
+    }
+
+    fn index_of(&self, g: Gvr) -> Option<usize> {
+        self.read().iter().position(|(m, _)| m.group == g.group && m.resource == g.resource)
+    }
+
+    fn get(&self, i: usize, key: &str) -> Option<Arc<Value>> {
+        self.informer(i)?.get(key)
+    }
+
+    fn all_synced(&self) -> bool {
+        self.read().iter().all(|(_, i)| i.is_synced())
+    }
 }
 
 /// The cache key of the owner an ownerReference of a dependent in `dep_ns` names.
@@ -286,20 +323,20 @@ fn parse_key(k: &str) -> Option<(bool, usize, &str)> {
         _ => return None,
     };
     let kind: usize = head.get(1..)?.parse().ok()?;
-    (kind < MONITORED.len()).then_some((owner, kind, key))
+    Some((owner, kind, key))
 }
 
 // ---- the reconciler ---------------------------------------------------------------------
 
 struct GarbageCollector {
     client: ApiClient,
-    informers: Arc<Vec<Arc<Informer>>>,
+    kinds: Arc<Kinds>,
     graph: Arc<Mutex<Graph>>,
 }
 
 impl GarbageCollector {
     fn synced(&self) -> bool {
-        self.informers.iter().all(|i| i.is_synced())
+        self.kinds.all_synced()
     }
 
     fn graph(&self) -> std::sync::MutexGuard<'_, Graph> {
@@ -323,8 +360,8 @@ impl GarbageCollector {
             Some(n) => format!("{n}/{}", r.name),
             None => r.name.clone(),
         };
-        if let Some(i) = monitored_index(g) {
-            if let Some(o) = self.informers[i].get(&key) {
+        if let Some(i) = self.kinds.index_of(g) {
+            if let Some(o) = self.kinds.get(i, &key) {
                 if uid(&o) == r.uid {
                     return Ok(state_of(&o));
                 }
@@ -403,7 +440,9 @@ impl GarbageCollector {
 
     /// A dependent: delete it when its owners are gone, or drop dangling references.
     async fn process_dependent(&self, kind: usize, key: &str) -> Result<Action, ReconcileError> {
-        let Some(obj) = self.informers[kind].get(key) else { return Ok(Action::Done) };
+        let (Some(obj), Some(g)) = (self.kinds.get(kind, key), self.kinds.gvr(kind)) else {
+            return Ok(Action::Done);
+        };
         if is_deleting(&obj) {
             return Ok(Action::Done);
         }
@@ -424,16 +463,18 @@ impl GarbageCollector {
         match decide_dependent(&owners, has_dependents, &finalizers) {
             DependentAction::Keep => {}
             DependentAction::RemoveReferences(uids) => {
-                self.patch_pinned(MONITORED[kind], &obj, |o| remove_references_patch(o, &uids)).await?;
+                self.patch_pinned(g, &obj, |o| remove_references_patch(o, &uids)).await?;
             }
-            DependentAction::Delete(policy) => self.delete(MONITORED[kind], &obj, policy).await?,
+            DependentAction::Delete(policy) => self.delete(g, &obj, policy).await?,
         }
         Ok(Action::Done)
     }
 
     /// An owner being deleted with the `orphan` or `foregroundDeletion` finalizer.
     async fn process_owner(&self, kind: usize, key: &str) -> Result<Action, ReconcileError> {
-        let Some(obj) = self.informers[kind].get(key) else { return Ok(Action::Done) };
+        let (Some(obj), Some(g)) = (self.kinds.get(kind, key), self.kinds.gvr(kind)) else {
+            return Ok(Action::Done);
+        };
         if !is_deleting(&obj) {
             return Ok(Action::Done);
         }
@@ -447,15 +488,15 @@ impl GarbageCollector {
         }
         let owner_uid = uid(&obj).to_string();
         let dependents = self.graph().dependents_of(&owner_uid);
-        let live = |n: &Node| self.informers[n.kind].get(&n.key).filter(|d| uid(d) == n.uid);
+        let live = |n: &Node| self.kinds.get(n.kind, &n.key).filter(|d| uid(d) == n.uid);
         if orphan {
             let uids = [owner_uid.clone()];
             for n in &dependents {
-                if let Some(d) = live(n) {
-                    self.patch_pinned(MONITORED[n.kind], &d, |o| remove_references_patch(o, &uids)).await?;
+                if let (Some(d), Some(dg)) = (live(n), self.kinds.gvr(n.kind)) {
+                    self.patch_pinned(dg, &d, |o| remove_references_patch(o, &uids)).await?;
                 }
             }
-            self.patch_pinned(MONITORED[kind], &obj, |o| remove_finalizer_patch(o, ORPHAN)).await?;
+            self.patch_pinned(g, &obj, |o| remove_finalizer_patch(o, ORPHAN)).await?;
             return Ok(Action::Done);
         }
         let mut blocking = 0usize;
@@ -471,7 +512,7 @@ impl GarbageCollector {
         if blocking > 0 {
             return Ok(Action::RequeueAfter(FOREGROUND_RECHECK));
         }
-        self.patch_pinned(MONITORED[kind], &obj, |o| remove_finalizer_patch(o, FOREGROUND)).await?;
+        self.patch_pinned(g, &obj, |o| remove_finalizer_patch(o, FOREGROUND)).await?;
         Ok(Action::Done)
     }
 }
@@ -497,7 +538,7 @@ impl Reconciler for GarbageCollector {
 struct Watcher {
     kind: usize,
     ctx: Ctx,
-    informers: Arc<Vec<Arc<Informer>>>,
+    kinds: Arc<Kinds>,
     graph: Arc<Mutex<Graph>>,
     addr: Addr<Controller<GarbageCollector>>,
 }
@@ -521,8 +562,8 @@ impl Watcher {
     fn enqueue_deleting_owners(&self, refs: &[OwnerRef], dep_ns: Option<&str>) {
         for r in refs {
             let Some((g, _, key)) = owner_location(r, dep_ns) else { continue };
-            let Some(i) = monitored_index(g) else { continue };
-            if self.informers[i].get(&key).is_some_and(|o| is_deleting(&o)) {
+            let Some(i) = self.kinds.index_of(g) else { continue };
+            if self.kinds.get(i, &key).is_some_and(|o| is_deleting(&o)) {
                 self.enqueue(i, &key, true);
             }
         }
@@ -577,25 +618,62 @@ impl Watcher {
 
 /// Starts the controller.
 pub fn start(ctx: &Ctx) {
-    let informers: Arc<Vec<Arc<Informer>>> =
-        Arc::new(MONITORED.iter().map(|g| ctx.informers.get(*g)).collect());
+    let kinds = Arc::new(Kinds::default());
+    for g in MONITORED {
+        kinds.push(*g, ctx.informers.get(*g));
+    }
     let graph = Arc::new(Mutex::new(Graph::default()));
-    let gc = Arc::new(GarbageCollector {
-        client: ctx.client.clone(),
-        informers: informers.clone(),
-        graph: graph.clone(),
-    });
+    let gc =
+        Arc::new(GarbageCollector { client: ctx.client.clone(), kinds: kinds.clone(), graph: graph.clone() });
     let addr = Controller::new(gc, 8).start();
-    for (kind, inf) in informers.iter().enumerate() {
+    let watcher = |kind: usize| Watcher {
+        kind,
+        ctx: ctx.clone(),
+        kinds: kinds.clone(),
+        graph: graph.clone(),
+        addr: addr.clone(),
+    };
+    for kind in 0..MONITORED.len() {
+        let w = watcher(kind);
+        if let Some(inf) = kinds.informer(kind) {
+            inf.on_change(Arc::new(move |c: &Change| w.handle(c)));
+        }
+    }
+    monitor_custom_kinds(ctx, watcher(0));
+}
+
+/// Custom kinds join the graph when their CRD is established: the storage version of each
+/// is watched like a monitored kind, as dependent and as owner (foreground and orphan
+/// deletion included).
+fn monitor_custom_kinds(ctx: &Ctx, template: Watcher) {
+    let informers = ctx.informers.clone();
+    let crds = ctx.informers.get(super::customresources::CRDS);
+    crds.on_change(Arc::new(move |c: &Change| {
+        let Change::Applied { new, .. } = c else { return };
+        let spec = &new["spec"];
+        let (group, plural) =
+            (spec["group"].as_str().unwrap_or(""), spec["names"]["plural"].as_str().unwrap_or(""));
+        let storage = spec["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["storage"].as_bool() == Some(true))
+            .and_then(|v| v["name"].as_str())
+            .unwrap_or("");
+        // Installed in this process's registry by `customresources` (its handler runs first).
+        let Some(res) = registry::find(group, storage, plural) else { return };
+        let g = Gvr::new(res.group, res.version, res.plural);
+        let inf = informers.get(g);
+        let Some(kind) = template.kinds.push(g, inf.clone()) else { return };
         let w = Watcher {
             kind,
-            ctx: ctx.clone(),
-            informers: informers.clone(),
-            graph: graph.clone(),
-            addr: addr.clone(),
+            ctx: template.ctx.clone(),
+            kinds: template.kinds.clone(),
+            graph: template.graph.clone(),
+            addr: template.addr.clone(),
         };
         inf.on_change(Arc::new(move |c: &Change| w.handle(c)));
-    }
+    }));
 }
 
 #[cfg(test)]
@@ -689,7 +767,8 @@ mod tests {
         assert_eq!(parse_key(&k), Some((true, 3, "ns/a")));
         assert_eq!(parse_key(&dependent_key(0, "n1")), Some((false, 0, "n1")));
         assert_eq!(parse_key("x|y"), None);
-        assert_eq!(parse_key("d999|y"), None);
+        // Unknown kind indexes parse; the reconciler finds no informer for them.
+        assert_eq!(parse_key("d999|y"), Some((false, 999, "y")));
         assert_eq!(resolve("apps/v1", "ReplicaSet"), Some((gvr::REPLICA_SETS, true)));
         assert_eq!(resolve("v1", "Node"), Some((gvr::NODES, false)));
         assert_eq!(resolve("example.com/v1", "Widget"), None);
@@ -702,6 +781,6 @@ mod tests {
         };
         assert_eq!(owner_location(&r, Some("ns")).map(|l| l.2), Some("ns/a".to_string()));
         assert_eq!(owner_location(&r, None), None);
-        assert!(monitored_index(gvr::CONFIG_MAPS).is_some());
+        assert!(MONITORED.contains(&gvr::CONFIG_MAPS));
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 pub mod clusterroleaggregation;
 pub mod cronjob;
+pub mod customresources;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -50,6 +51,7 @@ impl Ctx {
 
 /// Starts every controller. Must run inside an actix system.
 pub fn start_all(ctx: &Ctx) {
+    customresources::start(ctx);
     replicaset::start(ctx);
     deployment::start(ctx);
     gc::start(ctx);

@@ -57,8 +57,9 @@ fn finalize_body(ns: &Value) -> Value {
 
 /// Every resource whose objects live in namespaces and are stored.
 fn namespaced_resources() -> impl Iterator<Item = Gvr> {
-    registry::RESOURCES
-        .iter()
+    // Custom kinds too: in `capstan up` the gateway's registry is this process's.
+    registry::all()
+        .into_iter()
         .filter(|r| r.namespaced() && r.stored && r.has_verb("list") && r.has_verb("delete"))
         .map(|r| Gvr::new(r.group, r.version, r.plural))
 }

@@ -76,6 +76,7 @@ fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -
         "rbac.authorization.k8s.io", "v1", "ClusterRole" => rbac::ClusterRole;
         "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding" => rbac::ClusterRoleBinding;
         "storage.k8s.io", "v1", "StorageClass" => storage::StorageClass;
+        "apiextensions.k8s.io", "v1", "CustomResourceDefinition" => k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         "authorization.k8s.io", "v1", "SelfSubjectAccessReview" => authz::SelfSubjectAccessReview;
         "authorization.k8s.io", "v1", "SelfSubjectRulesReview" => authz::SelfSubjectRulesReview;
         "authorization.k8s.io", "v1", "SubjectAccessReview" => authz::SubjectAccessReview;
@@ -140,10 +141,19 @@ pub(crate) fn components(group: &str, version: &str, resources: &[&ResourceInfo]
     }
 
     let mut kind_names = Vec::new();
+    let mut customs: Vec<(String, Value)> = Vec::new();
     for &gvk in &kinds {
-        if let Some(name) = add_kind(&mut gen, gvk.0, gvk.1, gvk.2) {
+        if let Some(r) = resources.iter().find(|r| r.custom.is_some() && (r.group, r.version, r.kind) == gvk)
+        {
+            let name = custom_name(r);
+            customs.push((name.clone(), custom_schema(r)));
+            kind_names.push((gvk, name));
+        } else if let Some(name) = add_kind(&mut gen, gvk.0, gvk.1, gvk.2) {
             kind_names.push((gvk, name));
         }
+    }
+    if !customs.is_empty() {
+        gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
     }
     gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
     gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>();
@@ -156,6 +166,9 @@ pub(crate) fn components(group: &str, version: &str, resources: &[&ResourceInfo]
     let mut schemas = gen.take_definitions(true);
     for schema in schemas.values_mut() {
         to_openapi30(schema);
+    }
+    for (name, schema) in customs {
+        schemas.insert(name, schema);
     }
 
     // Top-level kinds carry their GVK as a list. k8s-openapi marks their `metadata` required
@@ -190,6 +203,42 @@ pub(crate) fn components(group: &str, version: &str, resources: &[&ResourceInfo]
     }
 
     Components { schemas, kind_names, list_names }
+}
+
+/// Upstream's name of a custom kind's schema: the group reversed, the version, the kind
+/// (`com.example.stable.v1.CronTab`).
+fn custom_name(r: &ResourceInfo) -> String {
+    let mut parts: Vec<&str> = r.group.split('.').collect();
+    parts.reverse();
+    format!("{}.{}.{}", parts.join("."), r.version, r.kind)
+}
+
+/// A custom kind's published schema: its `openAPIV3Schema` with `apiVersion`, `kind` and
+/// `metadata` (a reference to ObjectMeta) filled in, as upstream publishes it.
+fn custom_schema(r: &ResourceInfo) -> Value {
+    let mut schema = r
+        .custom
+        .map(|c| c.schema.clone())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+    let Some(obj) = schema.as_object_mut() else { return schema };
+    let props = obj.entry("properties").or_insert_with(|| json!({}));
+    if let Some(props) = props.as_object_mut() {
+        props.insert(
+            "apiVersion".into(),
+            json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"}),
+        );
+        props.insert(
+            "kind".into(),
+            json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"}),
+        );
+        props.insert(
+            "metadata".into(),
+            json!({"allOf": [{"$ref": format!("{REF_PREFIX}io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")}],
+                   "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}),
+        );
+    }
+    schema
 }
 
 /// Sets `x-kubernetes-group-version-kind` on a schema, if present.

@@ -121,6 +121,22 @@ impl Strategy for Generic {
     }
 }
 
+/// CustomResourceDefinitions: created with the `customresourcecleanup` finalizer, so that
+/// deleting one removes its objects first (`crate::crds`).
+pub struct CrdStrategy;
+
+impl Strategy for CrdStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        let mut finalizers = capstan_api::meta::finalizers(obj);
+        if !finalizers.iter().any(|f| f == capstan_api::crd::CLEANUP_FINALIZER) {
+            finalizers.push(capstan_api::crd::CLEANUP_FINALIZER.to_string());
+        }
+        if let Some(m) = capstan_api::meta::metadata_mut(obj) {
+            m.insert("finalizers".into(), serde_json::json!(finalizers));
+        }
+    }
+}
+
 /// The strategies of every kind.
 pub struct Strategies {
     generic: Generic,
@@ -129,6 +145,7 @@ pub struct Strategies {
     service: service::ServiceStrategy,
     namespace: namespace::NamespaceStrategy,
     node: namespace::NodeStrategy,
+    crd: CrdStrategy,
 }
 
 impl Strategies {
@@ -141,6 +158,7 @@ impl Strategies {
             service: service::ServiceStrategy::new(network),
             namespace: namespace::NamespaceStrategy,
             node: namespace::NodeStrategy,
+            crd: CrdStrategy,
         }
     }
 
@@ -156,6 +174,7 @@ impl Strategies {
             ("", "Service") => &self.service,
             ("", "Namespace") => &self.namespace,
             ("", "Node") => &self.node,
+            ("apiextensions.k8s.io", "CustomResourceDefinition") if res.custom.is_none() => &self.crd,
             // Kinds without a spec, whose generation upstream leaves unset.
             ("", "ConfigMap" | "Secret" | "Event" | "Endpoints" | "ServiceAccount")
             | ("events.k8s.io", "Event")
