@@ -140,6 +140,16 @@ fn every_kubectl_create_subcommand() {
     // A protobuf Status error, decoded into kubectl's usual message.
     let err = c.fails(&["create", "configmap", "cm2", "--from-literal=x=y"]);
     assert!(err.contains("configmaps \"cm2\" already exists"), "{err}");
+    // A protobuf LIST and WATCH read by kubectl: `run --attach` waits for the pod through an
+    // informer on client-go's typed client, then attaches (which sim nodes cannot serve).
+    let out =
+        c.kubectl(&["run", "w", "--image=busybox", "--restart=Never", "--attach", "-v=8", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Content-Type: application/vnd.kubernetes.protobuf;stream=watch"),
+        "no protobuf watch:\n{err}"
+    );
+    assert!(err.contains("/pods/w/attach"), "kubectl did not see the pod running through the watch:\n{err}");
     // Typed reads: describe GETs the object and LISTs events and replica sets in protobuf.
     let out = c.ok(&["describe", "deployment", "dep1"]);
     assert!(out.contains("Replicas:") && out.contains("dep1"), "{out}");
