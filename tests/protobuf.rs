@@ -213,6 +213,30 @@ fn protobuf_list_watch_errors_and_delete_options() {
         assert_eq!(status["code"], 404);
         assert_eq!(status["reason"], "NotFound");
 
+        // Bad protobuf bodies: 400 (or 413 past the body limit) with a Status, never a crash.
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                         "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        let pod = capstan_api::protobuf::encode(&pod).unwrap();
+        let mut huge_prefix = b"k8s\0\x12".to_vec();
+        huge_prefix.extend([0x80, 0x80, 0x80, 0x80, 0x32]); // raw: 100 MB announced, 0 sent
+        let mut too_big = b"k8s\0".to_vec();
+        too_big.resize(4 << 20, 0x08);
+        for (body, code, reason) in [
+            (pod.clone(), 400, "BadRequest"),                  // a Pod envelope for the configmaps collection
+            (pod[..pod.len() / 2].to_vec(), 400, "BadRequest"), // truncated
+            (huge_prefix, 400, "BadRequest"),
+            (too_big, 413, "RequestEntityTooLarge"),
+        ] {
+            let r = conn.request("POST", "/api/v1/namespaces/default/configmaps", &accept, &body).await.expect("post");
+            assert_eq!(r.status, code, "{}", String::from_utf8_lossy(&r.body));
+            let status = capstan_api::protobuf::decode(&r.body).expect("a protobuf Status");
+            assert_eq!(status["reason"], reason, "{status}");
+            if r.status == 413 {
+                // A fresh connection after the server cut the oversized upload.
+                conn = connect(&kc).await;
+            }
+        }
+
         // WATCH from the list's revision: length-prefixed WatchEvent frames.
         let watch = connect(&kc).await;
         let path = format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}");
