@@ -140,6 +140,16 @@ fn every_kubectl_create_subcommand() {
     // A protobuf Status error, decoded into kubectl's usual message.
     let err = c.fails(&["create", "configmap", "cm2", "--from-literal=x=y"]);
     assert!(err.contains("configmaps \"cm2\" already exists"), "{err}");
+    // A protobuf LIST and WATCH read by kubectl: `run --attach` waits for the pod through an
+    // informer on client-go's typed client, then attaches (which sim nodes cannot serve).
+    let out =
+        c.kubectl(&["run", "w", "--image=busybox", "--restart=Never", "--attach", "-v=8", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Content-Type: application/vnd.kubernetes.protobuf;stream=watch"),
+        "no protobuf watch:\n{err}"
+    );
+    assert!(err.contains("/pods/w/attach"), "kubectl did not see the pod running through the watch:\n{err}");
     // Typed reads: describe GETs the object and LISTs events and replica sets in protobuf.
     let out = c.ok(&["describe", "deployment", "dep1"]);
     assert!(out.contains("Replicas:") && out.contains("dep1"), "{out}");
@@ -202,6 +212,30 @@ fn protobuf_list_watch_errors_and_delete_options() {
         assert_eq!(status["kind"], "Status");
         assert_eq!(status["code"], 404);
         assert_eq!(status["reason"], "NotFound");
+
+        // Bad protobuf bodies: 400 (or 413 past the body limit) with a Status, never a crash.
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                         "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        let pod = capstan_api::protobuf::encode(&pod).unwrap();
+        let mut huge_prefix = b"k8s\0\x12".to_vec();
+        huge_prefix.extend([0x80, 0x80, 0x80, 0x80, 0x32]); // raw: 100 MB announced, 0 sent
+        let mut too_big = b"k8s\0".to_vec();
+        too_big.resize(4 << 20, 0x08);
+        for (body, code, reason) in [
+            (pod.clone(), 400, "BadRequest"),                  // a Pod envelope for the configmaps collection
+            (pod[..pod.len() / 2].to_vec(), 400, "BadRequest"), // truncated
+            (huge_prefix, 400, "BadRequest"),
+            (too_big, 413, "RequestEntityTooLarge"),
+        ] {
+            let r = conn.request("POST", "/api/v1/namespaces/default/configmaps", &accept, &body).await.expect("post");
+            assert_eq!(r.status, code, "{}", String::from_utf8_lossy(&r.body));
+            let status = capstan_api::protobuf::decode(&r.body).expect("a protobuf Status");
+            assert_eq!(status["reason"], reason, "{status}");
+            if r.status == 413 {
+                // A fresh connection after the server cut the oversized upload.
+                conn = connect(&kc).await;
+            }
+        }
 
         // WATCH from the list's revision: length-prefixed WatchEvent frames.
         let watch = connect(&kc).await;

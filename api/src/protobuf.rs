@@ -198,7 +198,7 @@ pub fn encode(obj: &Value) -> Result<Vec<u8>> {
 }
 
 fn encode_at(obj: &Value, depth: usize) -> Result<Vec<u8>> {
-    let map = obj.as_object().ok_or_else(|| encode_err("", "expected a json object"))?;
+    let map = obj.as_object().ok_or_else(|| encode_err(&Path::ROOT, "expected a json object"))?;
     let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
     if api_version.is_empty() || kind.is_empty() {
@@ -209,7 +209,7 @@ fn encode_at(obj: &Value, depth: usize) -> Result<Vec<u8>> {
         api_version: api_version.to_owned(),
         kind: kind.to_owned(),
     })?;
-    let raw = encode_msg(pool, msg, map, "", depth)?;
+    let raw = encode_msg(pool, msg, map, &Path::ROOT, depth)?;
     let mut type_meta = Vec::new();
     put_bytes(&mut type_meta, 1, api_version.as_bytes());
     put_bytes(&mut type_meta, 2, kind.as_bytes());
@@ -233,7 +233,7 @@ pub fn encode_watch_event(event_type: &str, obj: &Value) -> Result<Vec<u8>> {
     let mut event = Vec::with_capacity(raw_ext.len() + event_type.len() + 16);
     put_bytes(&mut event, 1, event_type.as_bytes());
     put_bytes(&mut event, 2, &raw_ext);
-    let len = u32::try_from(event.len()).map_err(|_| encode_err("", "watch event too large"))?;
+    let len = u32::try_from(event.len()).map_err(|_| encode_err(&Path::ROOT, "watch event too large"))?;
     let mut frame = Vec::with_capacity(event.len() + 4);
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&event);
@@ -692,16 +692,49 @@ fn decode_map_entry(
 // Encoding
 // ---------------------------------------------------------------------------------------
 
-fn encode_err(field: &str, reason: &str) -> ProtobufError {
-    ProtobufError::Encode { field: field.to_owned(), reason: reason.to_owned() }
+/// Where in the object a value being encoded sits; rendered (`spec.ports[0].port`) only
+/// for an error, so encoding allocates no path strings.
+#[derive(Clone, Copy)]
+struct Path<'a> {
+    parent: Option<&'a Path<'a>>,
+    seg: Seg<'a>,
 }
 
-fn join(path: &str, name: &str) -> String {
-    if path.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{path}.{name}")
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Root,
+    Field(&'a str),
+    Index(usize),
+}
+
+impl<'a> Path<'a> {
+    const ROOT: Path<'static> = Path { parent: None, seg: Seg::Root };
+
+    fn field(&'a self, name: &'a str) -> Path<'a> {
+        Path { parent: Some(self), seg: Seg::Field(name) }
     }
+
+    fn index(&'a self, i: usize) -> Path<'a> {
+        Path { parent: Some(self), seg: Seg::Index(i) }
+    }
+
+    fn render(&self) -> String {
+        let mut out = self.parent.map(Path::render).unwrap_or_default();
+        match self.seg {
+            Seg::Root => {}
+            Seg::Field(name) if out.is_empty() => out.push_str(name),
+            Seg::Field(name) => {
+                out.push('.');
+                out.push_str(name);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+        out
+    }
+}
+
+fn encode_err(path: &Path<'_>, reason: &str) -> ProtobufError {
+    ProtobufError::Encode { field: path.render(), reason: reason.to_owned() }
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -731,7 +764,7 @@ fn encode_msg(
     pool: &'static Pool,
     msg: usize,
     obj: &Map<String, Value>,
-    path: &str,
+    path: &Path<'_>,
     depth: usize,
 ) -> Result<Vec<u8>> {
     if depth > MAX_DEPTH {
@@ -750,11 +783,11 @@ fn encode_msg(
         let Some(value) = obj.get(&field.name).filter(|v| !v.is_null()) else {
             continue;
         };
-        let fpath = join(path, &field.name);
+        let fpath = path.field(&field.name);
         if field.card == Card::Rep {
             let items = value.as_array().ok_or_else(|| encode_err(&fpath, "expected an array"))?;
             for (i, item) in items.iter().enumerate() {
-                encode_single(pool, &mut out, field.num, &field.ty, item, &format!("{fpath}[{i}]"), depth)?;
+                encode_single(pool, &mut out, field.num, &field.ty, item, &fpath.index(i), depth)?;
             }
         } else {
             encode_single(pool, &mut out, field.num, &field.ty, value, &fpath, depth)?;
@@ -763,25 +796,25 @@ fn encode_msg(
     Ok(out)
 }
 
-fn as_str<'v>(value: &'v Value, path: &str) -> Result<&'v str> {
+fn as_str<'v>(value: &'v Value, path: &Path<'_>) -> Result<&'v str> {
     value.as_str().ok_or_else(|| encode_err(path, "expected a string"))
 }
 
-fn as_int(value: &Value, path: &str) -> Result<i64> {
+fn as_int(value: &Value, path: &Path<'_>) -> Result<i64> {
     value.as_i64().ok_or_else(|| encode_err(path, "expected an integer"))
 }
 
-fn as_i32(value: &Value, path: &str) -> Result<i32> {
+fn as_i32(value: &Value, path: &Path<'_>) -> Result<i32> {
     i32::try_from(as_int(value, path)?).map_err(|_| encode_err(path, "integer out of int32 range"))
 }
 
-fn base64_decode(s: &str, path: &str) -> Result<Vec<u8>> {
+fn base64_decode(s: &str, path: &Path<'_>) -> Result<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .map_err(|e| encode_err(path, &format!("invalid base64: {e}")))
 }
 
-fn encode_time(value: &Value, path: &str, micro: bool) -> Result<Vec<u8>> {
+fn encode_time(value: &Value, path: &Path<'_>, micro: bool) -> Result<Vec<u8>> {
     let ts: jiff::Timestamp =
         as_str(value, path)?.parse().map_err(|e| encode_err(path, &format!("invalid RFC 3339 time: {e}")))?;
     let mut bytes = Vec::new();
@@ -800,7 +833,7 @@ fn encode_single(
     num: u32,
     ty: &Ty,
     value: &Value,
-    path: &str,
+    path: &Path<'_>,
     depth: usize,
 ) -> Result<()> {
     match ty {
@@ -880,7 +913,7 @@ fn encode_single(
                 let mut entry = Vec::new();
                 put_bytes(&mut entry, 1, key.as_bytes());
                 if !item.is_null() {
-                    encode_single(pool, &mut entry, 2, value_ty, item, &format!("{path}.{key}"), depth + 1)?;
+                    encode_single(pool, &mut entry, 2, value_ty, item, &path.field(key), depth + 1)?;
                 }
                 put_bytes(out, num, &entry);
             }
