@@ -187,6 +187,12 @@ spec:
     metadata:
       labels: {app: spread}
     spec:
+      # Two per node, whatever else runs there (sim-2 also holds the two pods above, and
+      # the default scoring would rather leave it out); once sim-2 is tainted unreachable it
+      # leaves the spread, so the replacements fit on the other two.
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Honor,
+         labelSelector: {matchLabels: {app: spread}}}
       containers:
       - name: c
         image: nginx:1.27
