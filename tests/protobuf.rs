@@ -77,7 +77,11 @@ fn every_kubectl_create_subcommand() {
             &["create", "clusterrolebinding", "crb1", "--clusterrole=cr1", "--user=u"],
             "clusterrolebinding.rbac.authorization.k8s.io/crb1 created",
         ),
-        (&["create", "quota", "q1", "--hard=pods=10,requests.cpu=2"], "resourcequota/q1 created"),
+        // In a namespace of its own: a quota on requests.cpu refuses pods that state none.
+        (
+            &["create", "quota", "q1", "--hard=pods=10,requests.cpu=2", "-n", "kube-public"],
+            "resourcequota/q1 created",
+        ),
     ];
     for (args, expect) in served {
         let out = c.ok(args);
@@ -107,7 +111,7 @@ fn every_kubectl_create_subcommand() {
     let dep = get_json(&c, &["get", "deployment", "dep1"]);
     assert_eq!(dep["spec"]["replicas"], 2);
     assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80);
-    let q = get_json(&c, &["get", "quota", "q1"]);
+    let q = get_json(&c, &["get", "quota", "q1", "-n", "kube-public"]);
     assert_eq!(q["spec"]["hard"], json!({"pods": "10", "requests.cpu": "2"}));
     let tls = get_json(&c, &["get", "secret", "t1"]);
     assert_eq!(tls["type"], "kubernetes.io/tls");
