@@ -1234,8 +1234,8 @@ mod tests {
     /// Decodes `raw` with the k8s-pb type of the kind and encodes it again.
     fn prost_round_trip(group: &str, kind: &str, raw: &[u8]) -> Option<Vec<u8>> {
         use k8s_pb::api::{
-            apps, authentication, authorization, batch, certificates, coordination, core, discovery, rbac,
-            storage,
+            apps, authentication, authorization, batch, certificates, coordination, core, discovery,
+            networking, policy, rbac, scheduling, storage,
         };
         use prost::Message;
         macro_rules! kinds {
@@ -1275,6 +1275,11 @@ mod tests {
             "rbac.authorization.k8s.io", "ClusterRole" => rbac::v1::ClusterRole;
             "rbac.authorization.k8s.io", "ClusterRoleBinding" => rbac::v1::ClusterRoleBinding;
             "storage.k8s.io", "StorageClass" => storage::v1::StorageClass;
+            "policy", "PodDisruptionBudget" => policy::v1::PodDisruptionBudget;
+            "scheduling.k8s.io", "PriorityClass" => scheduling::v1::PriorityClass;
+            "networking.k8s.io", "Ingress" => networking::v1::Ingress;
+            "networking.k8s.io", "IngressClass" => networking::v1::IngressClass;
+            "networking.k8s.io", "NetworkPolicy" => networking::v1::NetworkPolicy;
             "authentication.k8s.io", "TokenReview" => authentication::v1::TokenReview;
             "authentication.k8s.io", "SelfSubjectReview" => authentication::v1::SelfSubjectReview;
             "authorization.k8s.io", "SelfSubjectAccessReview" => authorization::v1::SelfSubjectAccessReview;

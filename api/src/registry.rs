@@ -174,7 +174,8 @@ macro_rules! review {
 use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, batch::v1 as batch,
     certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
-    discovery::v1 as discovery, rbac::v1 as rbac, storage::v1 as storage,
+    discovery::v1 as discovery, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+    scheduling::v1 as scheduling, storage::v1 as storage,
 };
 
 const POD_SUBS: &[Subresource] = &[
@@ -555,6 +556,69 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short = ["sc"],
         cats = [],
         Cluster,
+        subs = []
+    ),
+    // policy/v1
+    res!(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        policy::PodDisruptionBudget,
+        short = ["pdb"],
+        cats = [],
+        Namespaced,
+        subs = [status("policy", "v1", "PodDisruptionBudget")]
+    ),
+    // scheduling.k8s.io/v1
+    res!(
+        "scheduling.k8s.io",
+        "v1",
+        "PriorityClass",
+        "priorityclasses",
+        "priorityclass",
+        scheduling::PriorityClass,
+        short = ["pc"],
+        cats = [],
+        Cluster,
+        subs = []
+    ),
+    // networking.k8s.io/v1
+    res!(
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        "ingresses",
+        "ingress",
+        networking::Ingress,
+        short = ["ing"],
+        cats = [],
+        Namespaced,
+        subs = [status("networking.k8s.io", "v1", "Ingress")]
+    ),
+    res!(
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "ingressclasses",
+        "ingressclass",
+        networking::IngressClass,
+        short = [],
+        cats = [],
+        Cluster,
+        subs = []
+    ),
+    res!(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        networking::NetworkPolicy,
+        short = ["netpol"],
+        cats = [],
+        Namespaced,
         subs = []
     ),
     // authentication.k8s.io/v1 and authorization.k8s.io/v1: reviews answer a create and

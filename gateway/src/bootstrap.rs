@@ -54,7 +54,18 @@ pub async fn cluster(svc: &ApiService) -> ApiResult<()> {
             {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
     });
     create_if_missing(svc, "", "services", Some("kube-system"), dns).await?;
-    create_if_missing(svc, "storage.k8s.io", "storageclasses", None, local_path_class()).await
+    create_if_missing(svc, "storage.k8s.io", "storageclasses", None, local_path_class()).await?;
+    // Upstream's two system priority classes.
+    for (name, value, description) in [
+        ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+        ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
+    ] {
+        let class = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": name}, "value": value, "description": description,
+            "preemptionPolicy": "PreemptLowerPriority"});
+        create_if_missing(svc, "scheduling.k8s.io", "priorityclasses", None, class).await?;
+    }
+    Ok(())
 }
 
 /// The default StorageClass: node-local directories made by the local-path provisioner.

@@ -34,7 +34,8 @@ fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -
     use k8s_openapi::api::{
         apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
         autoscaling::v1 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
-        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac,
+        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+        networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
         storage::v1 as storage,
     };
 
@@ -76,6 +77,11 @@ fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -
         "rbac.authorization.k8s.io", "v1", "ClusterRole" => rbac::ClusterRole;
         "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding" => rbac::ClusterRoleBinding;
         "storage.k8s.io", "v1", "StorageClass" => storage::StorageClass;
+        "policy", "v1", "PodDisruptionBudget" => policy::PodDisruptionBudget;
+        "scheduling.k8s.io", "v1", "PriorityClass" => scheduling::PriorityClass;
+        "networking.k8s.io", "v1", "Ingress" => networking::Ingress;
+        "networking.k8s.io", "v1", "IngressClass" => networking::IngressClass;
+        "networking.k8s.io", "v1", "NetworkPolicy" => networking::NetworkPolicy;
         "apiextensions.k8s.io", "v1", "CustomResourceDefinition" => k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         "authorization.k8s.io", "v1", "SelfSubjectAccessReview" => authz::SelfSubjectAccessReview;
         "authorization.k8s.io", "v1", "SelfSubjectRulesReview" => authz::SelfSubjectRulesReview;

@@ -19,6 +19,7 @@ mod limit_ranger;
 mod namespace_lifecycle;
 mod node_restriction;
 pub mod pod_security;
+mod priority;
 mod resource_quota;
 mod service_account;
 mod storage;
@@ -27,6 +28,7 @@ pub use default_tolerations::DefaultTolerationSeconds;
 pub use limit_ranger::LimitRanger;
 pub use namespace_lifecycle::{NamespaceLifecycle, SYSTEM_NAMESPACES};
 pub use node_restriction::NodeRestriction;
+pub use priority::Priority;
 pub use resource_quota::ResourceQuota;
 pub use service_account::ServiceAccount;
 pub use storage::{DefaultStorageClass, StorageObjectInUseProtection};
@@ -231,7 +233,7 @@ impl Chain {
 
     /// The gateway's chain: NamespaceLifecycle, LimitRanger, ServiceAccount (filling legacy
     /// token Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity,
-    /// DefaultTolerationSeconds, DefaultStorageClass, StorageObjectInUseProtection, then
+    /// Priority, DefaultTolerationSeconds, DefaultStorageClass, StorageObjectInUseProtection, then
     /// `validating` (RBAC escalation checks...), and ResourceQuota last, in upstream's order.
     pub fn configured(
         signer: Option<Arc<crate::tokens::TokenSigner>>,
@@ -245,6 +247,7 @@ impl Chain {
             Arc::new(ServiceAccount::new(signer, ca)),
             Arc::new(NodeRestriction),
             Arc::new(pod_security::PodSecurity::new(pod_security)),
+            Arc::new(Priority),
             Arc::new(DefaultTolerationSeconds::from_env()),
             Arc::new(DefaultStorageClass),
             Arc::new(StorageObjectInUseProtection),
