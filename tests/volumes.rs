@@ -1,8 +1,8 @@
 //! Persistent volumes on the real node of `capstan up` (runc, CNI, real kubectl): the
 //! default `local-path` class, a StatefulSet keeping its replicas' data across pod
 //! deletion, pvc-protection, reclaim Delete and Retain, static volumes chosen by selector
-//! (hand-made `local` volumes, read-only claims, `subPathExpr`), ephemeral volumes, and
-//! `kubectl get pv,pvc,storageclass` as upstream prints them.
+//! (hand-made `local` and `hostPath` volumes, read-only claims, `subPathExpr`), ephemeral
+//! volumes, and `kubectl get pv,pvc,storageclass` as upstream prints them.
 
 mod common;
 
@@ -386,6 +386,29 @@ spec:
     });
     assert_eq!(c.ok(&["logs", "reader"]), "silver\nreadonly\n");
     assert!(!base.join("silver").join("x").exists());
+
+    // A hostPath volume, claimed by name (pre-binding through volumeName).
+    let hp = base.join("hostpath");
+    let pv = format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: static-hostpath\nspec:\n  capacity: {{storage: 64Mi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: manual\n  hostPath: {{path: {}, type: DirectoryOrCreate}}\n",
+        hp.display()
+    );
+    apply(&c, "pv-hostpath.yaml", &pv);
+    apply(
+        &c,
+        "byname.yaml",
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: byname\nspec:\n  storageClassName: manual\n  volumeName: static-hostpath\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 16Mi\n",
+    );
+    apply(
+        &c,
+        "writer.yaml",
+        &claim_pod("writer", &image, "byname", "echo via-hostpath > /data/out; sleep 3600"),
+    );
+    wait_running(&c, "writer");
+    wait_for("the hostPath volume's file", T, || {
+        (std::fs::read_to_string(hp.join("out")).ok()? == "via-hostpath\n").then_some(())
+    });
+    assert_eq!(get(&c, &["get", "pvc", "byname"]).unwrap()["status"]["phase"], "Bound");
 
     // A hand-made volume whose directory is missing: the pod waits, with an event saying why.
     let missing = base.join("missing");
