@@ -115,8 +115,19 @@ fn node_ready(c: &Cluster) -> PathBuf {
 
 #[test]
 fn statefulset_keeps_its_data_and_claims_are_reclaimed() {
+    statefulset_and_reclaim(false);
+}
+
+/// The same over a locked-down bus: the node agent reads claims and volumes and deletes
+/// released ones with its own node credential (Node authorizer, NodeRestriction).
+#[test]
+fn statefulset_keeps_its_data_and_claims_are_reclaimed_over_locked_down_nats() {
+    statefulset_and_reclaim(true);
+}
+
+fn statefulset_and_reclaim(locked: bool) {
     let (_reg, image) = registry_with_image();
-    let c = Cluster::start_node("");
+    let c = if locked { Cluster::start_node_locked("") } else { Cluster::start_node("") };
     let root = node_ready(&c);
 
     // The default class, as upstream prints it.
