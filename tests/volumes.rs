@@ -1,8 +1,8 @@
 //! Persistent volumes on the real node of `capstan up` (runc, CNI, real kubectl): the
 //! default `local-path` class, a StatefulSet keeping its replicas' data across pod
 //! deletion, pvc-protection, reclaim Delete and Retain, static volumes chosen by selector
-//! (hand-made `local` volumes, read-only claims, `subPathExpr`), ephemeral volumes, and
-//! `kubectl get pv,pvc,storageclass` as upstream prints them.
+//! (hand-made `local` and `hostPath` volumes, read-only claims, `subPathExpr`), ephemeral
+//! volumes, and `kubectl get pv,pvc,storageclass` as upstream prints them.
 
 mod common;
 
@@ -115,8 +115,19 @@ fn node_ready(c: &Cluster) -> PathBuf {
 
 #[test]
 fn statefulset_keeps_its_data_and_claims_are_reclaimed() {
+    statefulset_and_reclaim(false);
+}
+
+/// The same over a locked-down bus: the node agent reads claims and volumes and deletes
+/// released ones with its own node credential (Node authorizer, NodeRestriction).
+#[test]
+fn statefulset_keeps_its_data_and_claims_are_reclaimed_over_locked_down_nats() {
+    statefulset_and_reclaim(true);
+}
+
+fn statefulset_and_reclaim(locked: bool) {
     let (_reg, image) = registry_with_image();
-    let c = Cluster::start_node("");
+    let c = if locked { Cluster::start_node_locked("") } else { Cluster::start_node("") };
     let root = node_ready(&c);
 
     // The default class, as upstream prints it.
@@ -386,6 +397,29 @@ spec:
     });
     assert_eq!(c.ok(&["logs", "reader"]), "silver\nreadonly\n");
     assert!(!base.join("silver").join("x").exists());
+
+    // A hostPath volume, claimed by name (pre-binding through volumeName).
+    let hp = base.join("hostpath");
+    let pv = format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: static-hostpath\nspec:\n  capacity: {{storage: 64Mi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: manual\n  hostPath: {{path: {}, type: DirectoryOrCreate}}\n",
+        hp.display()
+    );
+    apply(&c, "pv-hostpath.yaml", &pv);
+    apply(
+        &c,
+        "byname.yaml",
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: byname\nspec:\n  storageClassName: manual\n  volumeName: static-hostpath\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 16Mi\n",
+    );
+    apply(
+        &c,
+        "writer.yaml",
+        &claim_pod("writer", &image, "byname", "echo via-hostpath > /data/out; sleep 3600"),
+    );
+    wait_running(&c, "writer");
+    wait_for("the hostPath volume's file", T, || {
+        (std::fs::read_to_string(hp.join("out")).ok()? == "via-hostpath\n").then_some(())
+    });
+    assert_eq!(get(&c, &["get", "pvc", "byname"]).unwrap()["status"]["phase"], "Bound");
 
     // A hand-made volume whose directory is missing: the pod waits, with an event saying why.
     let missing = base.join("missing");

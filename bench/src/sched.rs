@@ -17,8 +17,10 @@
 //! 3. **claims**: `--claims` PersistentVolumeClaims of the default `local-path` class
 //!    (`WaitForFirstConsumer`) and one pod per claim are created; watches on pods and on
 //!    claims record when each pod's `spec.nodeName` and each claim's `Bound` phase show
-//!    up: the latency is claim Bound − its pod bound (the scheduler's selected-node, the
-//!    provisioner's volume, the binder's four writes).
+//!    up, and a watch on claims when each claim's `volume.kubernetes.io/selected-node`
+//!    (the scheduler's decision) and its `Bound` phase do: the latency is claim Bound − its
+//!    selected node (the provisioner's volume, the binder's four writes), and claim Bound −
+//!    pod bound (0 when the claim was Bound first). `--claims-rate` paces the creates.
 //!
 //! The resident memory of every process is sampled when the nodes are Ready, after each
 //! scenario, and as the peak (VmHWM); CPU per process and per thread name is measured
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: capstan-bench sched [--capstan PATH] [--nodes N] [--pods M] [--clients C]
                            [--replicas R] [--timeout SECS] [--multiprocess] [--nats-server PATH]
-                           [--claims K] [--skip-throughput] [--skip-deployment] [--skip-claims]
+                           [--claims K] [--claims-rate R] [--skip-throughput] [--skip-deployment] [--skip-claims]
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --nodes N           simulated nodes (default 1000)
@@ -50,6 +52,7 @@ const USAGE: &str = "usage: capstan-bench sched [--capstan PATH] [--nodes N] [--
   --multiprocess      run nats-server + gateway, controllers, scheduler, sim-nodes processes
   --nats-server PATH  the nats-server binary (default /usr/sbin/nats-server)
   --claims K          claims (one pod each) of the claims scenario (default 500)
+  --claims-rate R     create R claims (and their pods) per second (default 0: at once)
   --skip-throughput   skip scenario 1
   --skip-deployment   skip scenario 2
   --skip-claims       skip scenario 3";
@@ -78,6 +81,7 @@ struct Opts {
     throughput: bool,
     deployment: bool,
     claims: usize,
+    claims_rate: usize,
     claims_on: bool,
 }
 
@@ -95,6 +99,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
         throughput: true,
         deployment: true,
         claims: 500,
+        claims_rate: 0,
         claims_on: true,
     };
     let mut args = args;
@@ -118,6 +123,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
             "--skip-throughput" => o.throughput = false,
             "--skip-deployment" => o.deployment = false,
             "--claims" => o.claims = number(value()?, "--claims")?,
+            "--claims-rate" => o.claims_rate = number(value()?, "--claims-rate")?,
             "--skip-claims" => o.claims_on = false,
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
@@ -831,11 +837,18 @@ async fn throughput(client: &Client, o: &Opts, cluster: &Cluster) -> anyhow::Res
     }))
 }
 
-/// Watches the claims labelled [`CLAIMS_APP`], recording when each is first seen Bound.
+/// When a claim was first seen with its selected node and first seen Bound.
+#[derive(Default, Clone, Copy)]
+struct ClaimSeen {
+    selected: Option<Instant>,
+    bound: Option<Instant>,
+}
+
+/// Watches the claims labelled [`CLAIMS_APP`], recording [`ClaimSeen`] per claim.
 async fn watch_claims(
     client: &Client,
     deadline: Instant,
-) -> anyhow::Result<(Arc<Mutex<HashMap<String, Instant>>>, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(Arc<Mutex<HashMap<String, ClaimSeen>>>, tokio::task::JoinHandle<()>)> {
     let mut conn = client.open().await?;
     let r = conn.request("GET", &format!("{NS_CLAIMS}?limit=1"), &[ACCEPT], b"").await?;
     if r.status != 200 {
@@ -849,7 +862,7 @@ async fn watch_claims(
     if watch.status != 200 {
         bail!("watch claims failed with {}", watch.status);
     }
-    let bound: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let bound: Arc<Mutex<HashMap<String, ClaimSeen>>> = Arc::default();
     let b = bound.clone();
     let task = tokio::spawn(async move {
         while Instant::now() < deadline {
@@ -861,9 +874,16 @@ async fn watch_claims(
             let at = Instant::now();
             let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
             let o = &ev["object"];
-            if o["status"]["phase"] == "Bound" {
-                let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
-                lock(&b).entry(name).or_insert(at);
+            let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let mut b = lock(&b);
+            let seen = b.entry(name).or_default();
+            if seen.selected.is_none()
+                && o["metadata"]["annotations"]["volume.kubernetes.io/selected-node"].is_string()
+            {
+                seen.selected = Some(at);
+            }
+            if seen.bound.is_none() && o["status"]["phase"] == "Bound" {
+                seen.bound = Some(at);
             }
         }
     });
@@ -878,6 +898,7 @@ async fn claims(client: &Client, o: &Opts) -> anyhow::Result<Value> {
     let n = o.claims;
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
+    let rate = o.claims_rate;
     let mut tasks = Vec::new();
     for _ in 0..o.clients.min(n) {
         let mut conn = client.open().await.context("connect")?;
@@ -888,6 +909,11 @@ async fn claims(client: &Client, o: &Opts) -> anyhow::Result<Value> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
                     break;
+                }
+                if rate > 0 {
+                    // Claim i is due i/rate seconds after the start.
+                    let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
                 }
                 let claim = serde_json::to_vec(&json!({
                     "apiVersion": "v1", "kind": "PersistentVolumeClaim",
@@ -925,7 +951,7 @@ async fn claims(client: &Client, o: &Opts) -> anyhow::Result<Value> {
     );
     let mut last = Instant::now();
     let all_bound = loop {
-        let done = lock(&bound).len();
+        let done = lock(&bound).values().filter(|s| s.bound.is_some()).count();
         if done >= n {
             break true;
         }
@@ -944,14 +970,17 @@ async fn claims(client: &Client, o: &Opts) -> anyhow::Result<Value> {
     let r = lock(&rec);
     let b = lock(&bound);
     let mut lat = Vec::new();
+    let mut selected_lat = Vec::new();
     let mut before_pod = 0;
     for i in 0..n {
         let name = format!("sc-{i}");
-        let (Some(pod_bound), Some(claim_bound)) = (r.pods.get(&name).and_then(|s| s.bound), b.get(&name))
-        else {
-            continue;
-        };
-        if *claim_bound < pod_bound {
+        let Some(seen) = b.get(&name) else { continue };
+        let Some(claim_bound) = seen.bound else { continue };
+        if let Some(sel) = seen.selected {
+            selected_lat.push(claim_bound.saturating_duration_since(sel));
+        }
+        let Some(pod_bound) = r.pods.get(&name).and_then(|s| s.bound) else { continue };
+        if claim_bound < pod_bound {
             before_pod += 1;
         }
         lat.push(claim_bound.saturating_duration_since(pod_bound));
@@ -960,9 +989,11 @@ async fn claims(client: &Client, o: &Opts) -> anyhow::Result<Value> {
         "claims": n,
         "create_errors": errors.len(),
         "first_create_error": errors.first(),
-        "bound": b.len(),
+        "rate_per_sec": o.claims_rate,
+        "bound": b.values().filter(|s| s.bound.is_some()).count(),
         "all_bound": all_bound,
         "seconds_to_all_bound": secs(bound_at),
+        "selected_node_to_claim_bound": latency_json(selected_lat),
         "pod_bound_to_claim_bound": latency_json(lat),
         "claims_bound_before_their_pod_was_seen_bound": before_pod,
     }))
@@ -1133,10 +1164,14 @@ fn summary(v: &Value) -> String {
     let c = &v["claims"];
     if !c.is_null() {
         s += &format!(
-            "claims: {} of {} Bound in {} s; pod bound → claim Bound p50 {} ms p99 {} ms max {} ms\n",
+            "claims: {} of {} Bound in {} s; selected node → claim Bound p50 {} ms p99 {} ms max {} ms; \
+             pod bound → claim Bound p50 {} ms p99 {} ms max {} ms\n",
             c["bound"],
             c["claims"],
             c["seconds_to_all_bound"],
+            c["selected_node_to_claim_bound"]["p50_ms"],
+            c["selected_node_to_claim_bound"]["p99_ms"],
+            c["selected_node_to_claim_bound"]["max_ms"],
             c["pod_bound_to_claim_bound"]["p50_ms"],
             c["pod_bound_to_claim_bound"]["p99_ms"],
             c["pod_bound_to_claim_bound"]["max_ms"],

@@ -118,7 +118,7 @@ pub fn start(ctx: &Ctx) {
         nodes: ctx.informers.get(gvr::NODES),
     });
     let claims = r.claims.clone();
-    let addr = Controller::new(r, 8).start();
+    let addr = Controller::new(r, 32).start();
     let c = ctx.clone();
     claims.on_change(Arc::new(move |ch: &Change| {
         if let Change::Applied { new, .. } = ch {

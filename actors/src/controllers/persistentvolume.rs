@@ -425,8 +425,8 @@ pub fn start(ctx: &Ctx) {
         nodes: ctx.informers.get(gvr::NODES),
         said: Mutex::new(HashSet::new()),
     });
-    let claims_addr = Controller::new(Arc::new(Claims(sh.clone())), 8).start();
-    let volumes_addr = Controller::new(Arc::new(Volumes(sh.clone())), 8).start();
+    let claims_addr = Controller::new(Arc::new(Claims(sh.clone())), 32).start();
+    let volumes_addr = Controller::new(Arc::new(Volumes(sh.clone())), 32).start();
 
     let (c, ca, va) = (ctx.clone(), claims_addr.clone(), volumes_addr.clone());
     sh.claims.on_change(Arc::new(move |ch: &Change| {
