@@ -121,20 +121,39 @@ fn every_kubectl_create_subcommand() {
         json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "u"})
     );
 
-    // Kinds not served yet (their own issues): the request reaches the server as protobuf and
-    // is refused for the missing resource, not for its encoding.
-    for args in [
-        &["create", "ingress", "ing1", "--rule=a.example/=svc1:80"][..],
-        &["create", "poddisruptionbudget", "pdb1", "--selector=app=x", "--min-available=1"],
-        &["create", "priorityclass", "pc1", "--value=1000"],
+    // Kinds served since: PodDisruptionBudget, PriorityClass, Ingress.
+    for (args, expect) in [
+        (
+            &["create", "ingress", "ing1", "--rule=a.example/=svc1:80"][..],
+            "ingress.networking.k8s.io/ing1 created",
+        ),
+        (
+            &["create", "poddisruptionbudget", "pdb1", "--selector=app=x", "--min-available=1"],
+            "poddisruptionbudget.policy/pdb1 created",
+        ),
+        (&["create", "priorityclass", "pc1", "--value=1000"], "priorityclass.scheduling.k8s.io/pc1 created"),
     ] {
-        let out = c.kubectl(args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            continue;
-        }
-        assert!(!err.contains("unknown format") && !err.contains("415"), "kubectl {args:?}: {err}");
+        let out = c.ok(args);
+        assert!(out.contains(expect), "kubectl {args:?} printed {out:?}");
     }
+    // A pod naming the class gets its priority; a missing class is refused as upstream.
+    let pod = c.file(
+        "prio.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: prio}\nspec:\n  priorityClassName: pc1\n  containers: [{name: c, image: busybox}]\n",
+    );
+    c.ok(&["create", "-f", pod.to_str().unwrap()]);
+    assert_eq!(get_json(&c, &["get", "pod", "prio"])["spec"]["priority"], 1000);
+    let missing = c.file(
+        "noclass.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: noclass}\nspec:\n  priorityClassName: nope\n  containers: [{name: c, image: busybox}]\n",
+    );
+    let err = c.fails(&["create", "-f", missing.to_str().unwrap()]);
+    assert!(err.contains("no PriorityClass with name nope was found"), "{err}");
+    let classes = c.ok(&["get", "priorityclasses"]);
+    assert!(
+        classes.contains("system-node-critical") && classes.contains("system-cluster-critical"),
+        "{classes}"
+    );
 
     // The reply really is protobuf, and kubectl decodes it.
     let out = c.kubectl(&["create", "configmap", "cm2", "--from-literal=x=y", "-v=8"]);
