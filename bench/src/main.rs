@@ -12,8 +12,12 @@
 //!
 //! `capstan-bench rbac` (module [`rbac`]) measures what RBAC costs a non-admin user.
 //!
+//! `capstan-bench crd` (module [`crd`]) measures custom resources: CRD create to served,
+//! creates/s of a custom object beside a ConfigMap.
+//!
 //! `capstan-bench dns` (module [`dns`]) measures the node's cluster DNS against dnsmasq.
 
+mod crd;
 mod dns;
 mod pods;
 mod proxy;
@@ -38,6 +42,7 @@ const USAGE: &str =
        capstan-bench proxy --help (service proxy: EndpointSlice change to rule in place)
        capstan-bench dns --help (the node's cluster DNS: queries/s and p99 beside dnsmasq)
        capstan-bench rbac --help (creates/s and GETs/s of a non-admin user under RBAC vs the admin)
+       capstan-bench crd --help (CRD create to served; custom object creates/s beside ConfigMaps)
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --clients N         concurrent HTTPS connections for creates and GETs (default 16)
@@ -567,6 +572,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("proxy") {
         return proxy::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("crd") {
+        return crd::main(std::env::args().skip(2));
     }
     if std::env::args().nth(1).as_deref() == Some("rbac") {
         return rbac::main(std::env::args().skip(2));

@@ -393,7 +393,7 @@ fn string_checks(schema: &Value, v: &Value, s: &str, path: &str, out: &mut Vec<C
     if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
         // Patterns were checked when the CRD was accepted; one that does not compile here
         // matches nothing rather than everything.
-        let ok = regex::Regex::new(p).map(|re| re.is_match(s)).unwrap_or(false);
+        let ok = pattern(p).is_some_and(|re| re.is_match(s));
         if !ok {
             invalid(out, path, v, format!("{} should match '{p}'", body(path)));
         }
@@ -403,6 +403,24 @@ fn string_checks(schema: &Value, v: &Value, s: &str, path: &str, out: &mut Vec<C
             invalid(out, path, v, format!("{} must be of type {f}: {}", body(path), quoted(v)));
         }
     }
+}
+
+/// A compiled `pattern` (cached: the same few run on every write of a kind).
+fn pattern(p: &str) -> Option<std::sync::Arc<regex::Regex>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+    static CACHE: LazyLock<Mutex<HashMap<String, Option<Arc<regex::Regex>>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(re) = cache.get(p) {
+        return re.clone();
+    }
+    let re = regex::Regex::new(p).ok().map(Arc::new);
+    if cache.len() > 10_000 {
+        cache.clear();
+    }
+    cache.insert(p.to_string(), re.clone());
+    re
 }
 
 fn number_checks(schema: &Value, v: &Value, n: f64, path: &str, out: &mut Vec<Cause>) {
