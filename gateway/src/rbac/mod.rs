@@ -334,11 +334,18 @@ impl Rbac {
         let weak = Arc::downgrade(&rbac);
         let mut head = cache.subscribe();
         tokio::spawn(async move {
+            // How far the event buffer was looked through without finding an RBAC change.
+            let mut scanned = 0;
             while head.changed().await.is_ok() {
                 let Some(r) = weak.upgrade() else { return };
-                let since = r.index().revision;
-                let touched = match r.cache.events_after(since, 0, |e| e.key.starts_with(PREFIX)) {
-                    Ok((events, _)) => !events.is_empty(),
+                let since = r.index().revision.max(scanned);
+                // One matching event is enough to know the index is stale (a `max` of 0 would
+                // return none: RBAC writes made through another gateway went unseen).
+                let touched = match r.cache.events_after(since, 1, |e| e.key.starts_with(PREFIX)) {
+                    Ok((events, to)) => {
+                        scanned = to;
+                        !events.is_empty()
+                    }
                     Err(_) => true,
                 };
                 if touched {
