@@ -3,6 +3,11 @@
 //! connected to one upstream, and the answer is matched by id and question. An upstream
 //! that stays silent for [`TRY_TIMEOUT`] gets the query passed to the next one; when every
 //! try is used up the asker gets SERVFAIL.
+//!
+//! Answers that came back over UDP (NOERROR or NXDOMAIN, not truncated) are kept per worker
+//! for their smallest TTL (at most [`MAX_CACHE_TTL`]) and served again with their TTLs
+//! counted down, as CoreDNS's `cache` plugin does; the question's exact bytes (case, flags,
+//! EDNS) are the key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +21,62 @@ use tokio::sync::oneshot;
 pub const TRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest datagram read from an upstream.
 const MAX_DATAGRAM: usize = 65535;
+/// The longest a forwarded answer is kept.
+pub const MAX_CACHE_TTL: u32 = 300;
+/// Most forwarded answers a worker keeps.
+const MAX_CACHED: usize = 16_384;
+
+/// A forwarded answer kept for reuse.
+struct Cached {
+    answer: Vec<u8>,
+    /// Where each record's TTL is in `answer`.
+    ttls: Vec<usize>,
+    stored: Instant,
+    expires: Instant,
+}
+
+/// The byte offsets of the TTLs of every record of a DNS message except OPT, and the
+/// smallest of them; `None` when the message cannot be walked or has no record.
+pub fn ttl_offsets(m: &[u8]) -> Option<(Vec<usize>, u32)> {
+    let count = |i: usize| m.get(i..i + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let (qd, an, ns, ar) = (count(4)?, count(6)?, count(8)?, count(10)?);
+    let skip_name = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = *m.get(i)?;
+            if len == 0 {
+                return Some(i + 1);
+            }
+            if len & 0xc0 == 0xc0 {
+                return Some(i + 2);
+            }
+            if len & 0xc0 != 0 {
+                return None;
+            }
+            i += 1 + usize::from(len);
+        }
+    };
+    let mut i = 12;
+    for _ in 0..qd {
+        i = skip_name(i)? + 4;
+    }
+    let mut offsets = Vec::new();
+    let mut min = u32::MAX;
+    for _ in 0..an + ns + ar {
+        i = skip_name(i)?;
+        let ty = u16::from_be_bytes([*m.get(i)?, *m.get(i + 1)?]);
+        let ttl = m.get(i + 4..i + 8)?;
+        if ty != 41 {
+            min = min.min(u32::from_be_bytes([ttl[0], ttl[1], ttl[2], ttl[3]]));
+            offsets.push(i + 4);
+        }
+        let rdlen = usize::from(u16::from_be_bytes([*m.get(i + 8)?, *m.get(i + 9)?]));
+        i += 10 + rdlen;
+        if i > m.len() {
+            return None;
+        }
+    }
+    (!offsets.is_empty()).then_some((offsets, min))
+}
 
 enum ReplyTo {
     Client { socket: Arc<UdpSocket>, addr: SocketAddr },
@@ -75,6 +136,7 @@ pub struct Forwarder {
     sockets: Vec<Arc<UdpSocket>>,
     pending: Mutex<HashMap<u16, Pending>>,
     rng: Mutex<u64>,
+    cache: Mutex<HashMap<Vec<u8>, Cached>>,
 }
 
 impl Forwarder {
@@ -95,6 +157,7 @@ impl Forwarder {
             sockets,
             pending: Mutex::new(HashMap::new()),
             rng: Mutex::new(seed),
+            cache: Mutex::new(HashMap::new()),
         });
         for i in 0..fwd.sockets.len() {
             let f = Arc::downgrade(&fwd);
@@ -135,6 +198,57 @@ impl Forwarder {
         *s ^= *s >> 7;
         *s ^= *s << 17;
         *s
+    }
+
+    /// A kept answer to `packet` (the same bytes after the id), with its id and its TTLs
+    /// counted down, if it has not expired.
+    pub fn cached(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let key = packet.get(2..)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let c = cache.get(key)?;
+        let now = Instant::now();
+        if now >= c.expires {
+            cache.remove(key);
+            return None;
+        }
+        let elapsed = u32::try_from(now.duration_since(c.stored).as_secs()).unwrap_or(u32::MAX);
+        let mut a = c.answer.clone();
+        a[..2].copy_from_slice(&packet[..2]);
+        for &o in &c.ttls {
+            let ttl = u32::from_be_bytes([a[o], a[o + 1], a[o + 2], a[o + 3]]).saturating_sub(elapsed);
+            a[o..o + 4].copy_from_slice(&ttl.to_be_bytes());
+        }
+        Some(a)
+    }
+
+    /// Keeps `answer` to `query` (bytes after the id) when it may be reused.
+    fn keep(&self, query: &[u8], answer: &[u8]) {
+        let rcode = answer[3] & 0x0f;
+        if answer[2] & 0x02 != 0 || (rcode != 0 && rcode != 3) {
+            return;
+        }
+        let Some((ttls, min)) = ttl_offsets(answer) else { return };
+        let ttl = min.min(MAX_CACHE_TTL);
+        if ttl == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, c| c.expires > now);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            query[2..].to_vec(),
+            Cached {
+                answer: answer.to_vec(),
+                ttls,
+                stored: now,
+                expires: now + Duration::from_secs(ttl.into()),
+            },
+        );
     }
 
     /// Sends `packet` upstream and later answers `addr` through `socket`.
@@ -229,6 +343,7 @@ impl Forwarder {
         match p.reply {
             ReplyTo::Client { socket, addr } => {
                 let _ = socket.try_send_to(answer, addr);
+                self.keep(&p.query, answer);
             }
             ReplyTo::Waiter(tx) => {
                 let _ = tx.send(answer.to_vec());
@@ -287,6 +402,34 @@ mod tests {
         assert_eq!(&f[..4], &[0, 9, 0x81, 0x82]);
         assert_eq!(&f[4..12], &[0, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(servfail(&q[..5], 3).len(), 12);
+    }
+
+    #[tokio::test]
+    async fn answers_are_kept_for_their_ttl_and_counted_down() {
+        // "a" A IN, answered with one A record of TTL 60 (name compressed to the question).
+        let q = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1];
+        let mut a = q.to_vec();
+        a[2] |= 0x80;
+        a[7] = 1;
+        a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
+        assert_eq!(ttl_offsets(&a), Some((vec![25], 60)));
+        let fwd = Forwarder::start(vec![]).await.unwrap();
+        fwd.keep(&q, &a);
+        let mut again = q;
+        again[..2].copy_from_slice(&[0x56, 0x78]);
+        let hit = fwd.cached(&again).expect("kept");
+        assert_eq!(&hit[..2], &[0x56, 0x78]);
+        assert_eq!(&hit[2..], &a[2..]);
+        // Another question (case differs) is not served from it; SERVFAIL is never kept.
+        let mut other = q;
+        other[13] = b'A';
+        assert!(fwd.cached(&other).is_none());
+        let mut fail = a.clone();
+        fail[3] = 2;
+        fwd.keep(&other, &fail);
+        assert!(fwd.cached(&other).is_none());
+        // A walk that runs off the end is refused.
+        assert_eq!(ttl_offsets(&a[..30]), None);
     }
 
     #[tokio::test]

@@ -314,7 +314,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, handler: Handler, fwd: Arc<Forwarder>
             }
         };
         let packet = &buf[..n];
-        if let Some(answer) = cache.get(packet, handler.generation()) {
+        if let Some(answer) = cache.get(packet, handler.generation()).or_else(|| fwd.cached(packet)) {
             if socket.try_send_to(&answer, peer).is_err() {
                 let _ = socket.send_to(&answer, peer).await;
             }
