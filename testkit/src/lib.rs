@@ -463,7 +463,9 @@ impl Dnsmasq {
         cmd.args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
             .arg(format!("--addn-hosts={}", hosts_file.display()))
             .args(["--listen-address=127.0.0.1", "--bind-interfaces", "--user=root", "--group=root"])
-            .args(["--pid-file=", "--cache-size=1000", "--dns-forward-max=1000"])
+            // Answers carry a TTL of 30 s, as a real upstream's would (dnsmasq's default for
+            // its hosts file is 0, which nothing may keep).
+            .args(["--pid-file=", "--cache-size=1000", "--dns-forward-max=1000", "--local-ttl=30"])
             .arg(format!("--port={port}"));
         for d in local_domains {
             cmd.arg(format!("--local=/{d}/"));
