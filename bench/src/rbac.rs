@@ -2,8 +2,9 @@
 //! for the user `bench-user`, creates `--roles` Roles and as many RoleBindings (bindings to
 //! other users, plus one granting `bench-user` pods create/get), then measures pod creates/s
 //! and GETs/s as the admin (client certificate, `system:masters`) and as `bench-user`
-//! (bearer token, decided by RBAC), alternating `--rounds` times in one run, and prints the
-//! medians and the ratio non-admin / admin as one JSON object (summary on stderr).
+//! (bearer token, decided by RBAC), alternating `--rounds` times in one run (who goes first
+//! alternates too), and prints the medians, their ratio non-admin / admin and the median of
+//! each round's own ratio as one JSON object (summary on stderr).
 
 use anyhow::{bail, Context};
 use capstan_bench::client::{Client, Connection, Kubeconfig};
@@ -22,7 +23,8 @@ const USAGE: &str =
   --roles N        Roles and RoleBindings created before measuring (default 1000)
   --clients N      concurrent HTTPS connections (default 16)
   --seconds S      length of each measured phase (default 5)
-  --rounds R       admin / non-admin alternations; medians are reported (default 3)";
+  --rounds R       admin / non-admin alternations; medians are reported (default 3;
+                   use an even number: who goes first alternates)";
 
 const TOKEN: &str = "capstan-bench-rbac-token-0123456789";
 const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -246,37 +248,63 @@ pub fn main(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
         let populate_s = t.elapsed().as_secs_f64();
         let (mut ca, mut cu, mut ga, mut gu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..o.rounds {
-            eprintln!("round {}: creates as admin, as bench-user; GETs as admin, as bench-user", round + 1);
-            let (a, names_a) = phase(&admin, o.clients, o.seconds, None, None, &format!("a{round}")).await?;
-            let (u, _) = phase(&user, o.clients, o.seconds, Some(TOKEN), None, &format!("u{round}")).await?;
+            // Who goes first alternates: creates slow down as the store grows, so a fixed
+            // order would charge the growth to the second phase of every round.
+            let admin_first = round % 2 == 0;
+            let order = if admin_first { "admin, then bench-user" } else { "bench-user, then admin" };
+            eprintln!("round {}: creates and GETs as {order}", round + 1);
+            let (a, u, names_a) = if admin_first {
+                let (a, names) = phase(&admin, o.clients, o.seconds, None, None, &format!("a{round}")).await?;
+                let (u, _) = phase(&user, o.clients, o.seconds, Some(TOKEN), None, &format!("u{round}")).await?;
+                (a, u, names)
+            } else {
+                let (u, _) = phase(&user, o.clients, o.seconds, Some(TOKEN), None, &format!("u{round}")).await?;
+                let (a, names) = phase(&admin, o.clients, o.seconds, None, None, &format!("a{round}")).await?;
+                (a, u, names)
+            };
             let names = Arc::new(names_a);
-            let (g1, _) = phase(&admin, o.clients, o.seconds, None, Some(names.clone()), "ga").await?;
-            let (g2, _) = phase(&user, o.clients, o.seconds, Some(TOKEN), Some(names), "gu").await?;
+            let (g1, g2) = if admin_first {
+                let (g1, _) = phase(&admin, o.clients, o.seconds, None, Some(names.clone()), "ga").await?;
+                let (g2, _) = phase(&user, o.clients, o.seconds, Some(TOKEN), Some(names), "gu").await?;
+                (g1, g2)
+            } else {
+                let (g2, _) = phase(&user, o.clients, o.seconds, Some(TOKEN), Some(names.clone()), "gu").await?;
+                let (g1, _) = phase(&admin, o.clients, o.seconds, None, Some(names), "ga").await?;
+                (g1, g2)
+            };
             ca.push(a);
             cu.push(u);
             ga.push(g1);
             gu.push(g2);
         }
         let (ca_m, cu_m, ga_m, gu_m) = (median(ca.clone()), median(cu.clone()), median(ga.clone()), median(gu.clone()));
+        // The ratio of each round's neighbouring phases, then their median: background load
+        // that changes between rounds cancels out of each pair.
+        let paired = |u: &[f64], a: &[f64]| {
+            let r: Vec<f64> = u.iter().zip(a).map(|(u, a)| u / a.max(1.0) * 100.0).collect();
+            median(r) / 100.0
+        };
         anyhow::Ok(json!({
             "roles": o.roles, "role_bindings": o.roles, "clients": o.clients, "seconds": o.seconds, "rounds": o.rounds,
             "populate_s": (populate_s * 10.0).round() / 10.0,
             "creates_per_s": {"admin": ca_m, "non_admin": cu_m, "ratio": ((cu_m / ca_m.max(1.0)) * 100.0).round() / 100.0,
-                              "admin_runs": ca, "non_admin_runs": cu},
+                              "paired_ratio": paired(&cu, &ca), "admin_runs": ca, "non_admin_runs": cu},
             "gets_per_s": {"admin": ga_m, "non_admin": gu_m, "ratio": ((gu_m / ga_m.max(1.0)) * 100.0).round() / 100.0,
-                           "admin_runs": ga, "non_admin_runs": gu},
+                           "paired_ratio": paired(&gu, &ga), "admin_runs": ga, "non_admin_runs": gu},
         }))
     })?;
     drop(server);
     println!("{v}");
     eprintln!(
-        "creates/s: admin {} vs non-admin {} (ratio {}); GETs/s: admin {} vs non-admin {} (ratio {}), {} Roles + {} RoleBindings",
+        "creates/s: admin {} vs non-admin {} (ratio {}, paired {}); GETs/s: admin {} vs non-admin {} (ratio {}, paired {}), {} Roles + {} RoleBindings",
         v["creates_per_s"]["admin"],
         v["creates_per_s"]["non_admin"],
         v["creates_per_s"]["ratio"],
+        v["creates_per_s"]["paired_ratio"],
         v["gets_per_s"]["admin"],
         v["gets_per_s"]["non_admin"],
         v["gets_per_s"]["ratio"],
+        v["gets_per_s"]["paired_ratio"],
         v["roles"],
         v["role_bindings"]
     );

@@ -40,7 +40,9 @@ pub fn user_for_identity(identity: &str) -> User {
             // The scheduler has upstream's system:kube-scheduler and system:volume-scheduler
             // roles and nothing more.
             "scheduler" => User::new("system:kube-scheduler", vec!["system:authenticated".into()]),
-            "sim-nodes" => User::new("system:bus:sim-nodes", vec!["system:masters".into()]),
+            // The simulated nodes: their nodes, leases, pods' status and volumes
+            // (`system:capstan:sim-nodes`).
+            "sim-nodes" => User::new("system:capstan:sim-nodes", vec!["system:authenticated".into()]),
             // No role of capstan's: whatever RBAC grants that user, no more.
             other => User::new(format!("system:bus:{other}"), Vec::new()),
         },
@@ -161,6 +163,7 @@ mod tests {
         assert_eq!(user_for_identity("node.a_b").name, "system:node:a.b");
         assert_eq!(user_for_identity("integrator-1").groups, vec!["system:authenticated".to_string()]);
         assert!(!user_for_identity("controllers").groups.contains(&"system:masters".to_string()));
+        assert!(!user_for_identity("sim-nodes").groups.contains(&"system:masters".to_string()));
         assert!(!user_for_identity("scheduler").groups.contains(&"system:masters".to_string()));
     }
 }

@@ -183,6 +183,23 @@ const ROLES: &[RoleSpec] = &[
         None,
         &["READ,WRITE | * | *", "escalate,bind | rbac.authorization.k8s.io | clusterroles,roles"],
     ),
+    // The simulated nodes (`capstan sim-nodes`, `up --sim-nodes`): one process speaking for
+    // many nodes, so not a `system:node:<name>`; it registers and heartbeats its nodes,
+    // reports the status of their pods, and removes released volumes pinned to them.
+    (
+        "system:capstan:sim-nodes",
+        &[],
+        None,
+        &[
+            "READ,create,patch,update,delete | core | nodes",
+            "patch,update | core | nodes/status",
+            "READ,create,patch,update | coordination.k8s.io | leases",
+            "READ,delete | core | pods",
+            "patch,update | core | pods/status",
+            "READ,delete | core | persistentvolumes",
+            "create,patch,update | core,events.k8s.io | events",
+        ],
+    ),
     (
         "system:volume-scheduler",
         &[],
@@ -213,6 +230,7 @@ const BINDINGS: &[(&str, &str, &[&str])] = &[
     ("system:kube-scheduler", "system:kube-scheduler", &["User:system:kube-scheduler"]),
     ("system:volume-scheduler", "system:volume-scheduler", &["User:system:kube-scheduler"]),
     ("system:capstan:controllers", "system:capstan:controllers", &["User:system:kube-controller-manager"]),
+    ("system:capstan:sim-nodes", "system:capstan:sim-nodes", &["User:system:capstan:sim-nodes"]),
     // Node join with bootstrap tokens (as kubeadm sets it up): bootstrappers may ask for node
     // client certificates, which are approved automatically; nodes may renew their own.
     ("system:node-bootstrapper", "system:node-bootstrapper", &["Group:system:bootstrappers"]),

@@ -121,6 +121,18 @@ async fn bindings_roles_groups_and_service_accounts() {
     assert!(!allowed(&rbac, &anon, &path("get", "/apis")));
     let masters = User::new("admin", vec!["system:masters".into()]);
     assert!(allowed(&rbac, &masters, &attrs("delete", "", "nodes", "", "", "n")));
+    // The simulated nodes: their nodes and pods' status, no Secrets, no workloads.
+    let sim = crate::busapi::user_for_identity("sim-nodes");
+    assert!(allowed(&rbac, &sim, &attrs("patch", "", "nodes", "status", "", "n")));
+    assert!(allowed(&rbac, &sim, &attrs("patch", "", "pods", "status", "dev", "p")));
+    assert!(allowed(
+        &rbac,
+        &sim,
+        &attrs("update", "coordination.k8s.io", "leases", "", "kube-node-lease", "n")
+    ));
+    assert!(!allowed(&rbac, &sim, &attrs("get", "", "secrets", "", "dev", "s")));
+    assert!(!allowed(&rbac, &sim, &attrs("create", "apps", "deployments", "", "dev", "")));
+    assert!(!allowed(&rbac, &sim, &attrs("update", "", "pods", "", "dev", "p")));
     // What alice may do in dev.
     let rules = rbac.rules(&alice, "dev");
     assert!(rules.resource_rules.iter().any(|r| r["resources"] == json!(["pods", "pods/log"])), "{rules:?}");
