@@ -64,10 +64,11 @@ if [ "$what" = test ]; then
     install -m 0755 "$tmp/layer/helm/helm" "$clients/helm"
     rm -rf "$tmp"
   fi
-  # nkeys: nats-py's nkey authentication (the locked-down bus's integrator example).
-  if ! python3 -c 'import kubernetes, nats, msgpack, nkeys' >/dev/null 2>&1; then
-    echo "capstan: installing the Python kubernetes, nats-py, nkeys and msgpack packages" >&2
-    python3 -m pip install -q kubernetes nats-py nkeys msgpack 2>/dev/null \
-      || python3 -m pip install -q --break-system-packages kubernetes nats-py nkeys msgpack
+  # nkeys: nats-py's nkey authentication (the locked-down bus's integrator example);
+  # prometheus_client: the Prometheus project's text-format parser (tests/metrics.rs).
+  if ! python3 -c 'import kubernetes, nats, msgpack, nkeys, prometheus_client' >/dev/null 2>&1; then
+    echo "capstan: installing the Python kubernetes, nats-py, nkeys, msgpack and prometheus_client packages" >&2
+    python3 -m pip install -q kubernetes nats-py nkeys msgpack prometheus_client 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages kubernetes nats-py nkeys msgpack prometheus_client
   fi
 fi

@@ -137,6 +137,13 @@ spec:
     let pods = json(&c, &["get", "pods", "-l", "app=web"]);
     let items = pods["items"].as_array().cloned().unwrap_or_default();
     assert_eq!(items.len(), 2);
+    // The node agent timed both starts (upstream's kubelet_pod_start_duration_seconds).
+    let metrics = c.ok(&["get", "--raw", "/metrics"]);
+    let starts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kubelet_pod_start_duration_seconds_count "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(starts.is_some_and(|n| n >= 2), "pod starts in /metrics: {starts:?}");
     let mut ips = Vec::new();
     for p in &items {
         assert_eq!(p["status"]["phase"], "Running");

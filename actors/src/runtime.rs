@@ -10,8 +10,43 @@ use crate::informer::Key;
 use actix::prelude::*;
 use futures::future::BoxFuture;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+/// Upstream's workqueue metrics (client-go `workqueue`), labelled by controller name.
+struct QueueMetrics {
+    adds: capstan_metrics::IntCounterVec,
+    depth: capstan_metrics::IntGaugeVec,
+    retries: capstan_metrics::IntCounterVec,
+    work: capstan_metrics::HistogramVec,
+    queued: capstan_metrics::HistogramVec,
+}
+
+static QUEUE: LazyLock<QueueMetrics> = LazyLock::new(|| QueueMetrics {
+    adds: capstan_metrics::counters(
+        "workqueue_adds_total",
+        "Total number of adds handled by workqueue",
+        &["name"],
+    ),
+    depth: capstan_metrics::gauges("workqueue_depth", "Current depth of workqueue", &["name"]),
+    retries: capstan_metrics::counters(
+        "workqueue_retries_total",
+        "Total number of retries handled by workqueue",
+        &["name"],
+    ),
+    work: capstan_metrics::histograms(
+        "workqueue_work_duration_seconds",
+        "How long in seconds processing an item from workqueue takes.",
+        &["name"],
+        capstan_metrics::WORK_BUCKETS,
+    ),
+    queued: capstan_metrics::histograms(
+        "workqueue_queue_duration_seconds",
+        "How long in seconds an item stays in workqueue before being requested.",
+        &["name"],
+        capstan_metrics::WORK_BUCKETS,
+    ),
+});
 
 /// What to do after a reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +94,7 @@ pub struct EnqueueAll(pub Vec<Key>);
 struct Finished {
     key: Key,
     result: Result<Action, ReconcileError>,
+    took: Duration,
 }
 
 /// Asks how many keys are queued or in flight (for tests and metrics).
@@ -69,7 +105,7 @@ pub struct Pending;
 /// The controller actor.
 pub struct Controller<R: Reconciler> {
     reconciler: Arc<R>,
-    queue: VecDeque<Key>,
+    queue: VecDeque<(Key, Instant)>,
     queued: HashSet<Key>,
     in_flight: HashSet<Key>,
     dirty: HashSet<Key>,
@@ -105,23 +141,30 @@ impl<R: Reconciler> Controller<R> {
                 return;
             }
         }
+        let name = self.reconciler.name();
+        QUEUE.adds.with_label_values(&[name]).inc();
         if self.in_flight.contains(&key) {
             self.dirty.insert(key);
         } else if self.queued.insert(key.clone()) {
-            self.queue.push_back(key);
+            self.queue.push_back((key, Instant::now()));
+            QUEUE.depth.with_label_values(&[name]).set(self.queue.len() as i64);
         }
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while self.in_flight.len() < self.max_concurrent {
-            let Some(key) = self.queue.pop_front() else { break };
+            let Some((key, since)) = self.queue.pop_front() else { break };
+            let name = self.reconciler.name();
+            QUEUE.queued.with_label_values(&[name]).observe(since.elapsed().as_secs_f64());
+            QUEUE.depth.with_label_values(&[name]).set(self.queue.len() as i64);
             self.queued.remove(&key);
             self.in_flight.insert(key.clone());
             let fut = self.reconciler.clone().reconcile(key.clone());
             let addr = ctx.address();
             actix::spawn(async move {
+                let started = Instant::now();
                 let result = fut.await;
-                addr.do_send(Finished { key, result });
+                addr.do_send(Finished { key, result, took: started.elapsed() });
             });
         }
     }
@@ -160,6 +203,7 @@ impl<R: Reconciler> Handler<Finished> for Controller<R> {
     type Result = ();
     fn handle(&mut self, msg: Finished, ctx: &mut Context<Self>) {
         let key = msg.key;
+        QUEUE.work.with_label_values(&[self.reconciler.name()]).observe(msg.took.as_secs_f64());
         self.in_flight.remove(&key);
         match msg.result {
             Ok(Action::Done) => {
@@ -174,6 +218,7 @@ impl<R: Reconciler> Handler<Finished> for Controller<R> {
                 });
             }
             Err(e) => {
+                QUEUE.retries.with_label_values(&[self.reconciler.name()]).inc();
                 let n = self.failures.entry(key.clone()).or_insert(0);
                 *n = n.saturating_add(1);
                 let delay = Duration::from_millis(5u64.saturating_mul(1u64 << (*n).min(13)))

@@ -284,6 +284,37 @@ fn volume_claims_of(pod: &Value) -> Vec<crate::volumes::PodClaim> {
     crate::volumes::pod_claims(pod)
 }
 
+/// Upstream's `scheduler_schedule_attempts_total` and
+/// `scheduler_scheduling_attempt_duration_seconds`, by result.
+static ATTEMPTS: std::sync::LazyLock<(capstan_metrics::IntCounterVec, capstan_metrics::HistogramVec)> =
+    std::sync::LazyLock::new(|| {
+        (
+            capstan_metrics::counters(
+                "scheduler_schedule_attempts_total",
+                "Number of attempts to schedule pods, by the result. 'unschedulable' means a pod could not be scheduled, while 'error' means an internal scheduler problem.",
+                &["result", "profile"],
+            ),
+            capstan_metrics::histograms(
+                "scheduler_scheduling_attempt_duration_seconds",
+                "Scheduling attempt latency in seconds (scheduling algorithm + binding)",
+                &["result", "profile"],
+                capstan_metrics::WORK_BUCKETS,
+            ),
+        )
+    });
+
+/// Counts a scheduling attempt that ended with `r` (`result` unless it failed).
+fn attempted(
+    started: std::time::Instant,
+    r: Result<Action, ReconcileError>,
+    result: &str,
+) -> Result<Action, ReconcileError> {
+    let result = if r.is_err() { "error" } else { result };
+    ATTEMPTS.0.with_label_values(&[result, "default-scheduler"]).inc();
+    ATTEMPTS.1.with_label_values(&[result, "default-scheduler"]).observe(started.elapsed().as_secs_f64());
+    r
+}
+
 impl Reconciler for Scheduler {
     fn name(&self) -> &'static str {
         "scheduler"
@@ -291,6 +322,7 @@ impl Reconciler for Scheduler {
 
     fn reconcile(self: Arc<Self>, key: Key) -> BoxFuture<'static, Result<Action, ReconcileError>> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             self.nodes.wait_synced().await;
             self.pods.wait_synced().await;
             let Some(pod) = self.pods.get(&key).filter(|p| wants(p)) else {
@@ -315,7 +347,7 @@ impl Reconciler for Scheduler {
                         );
                         tracing::debug!(pod = %key, "unschedulable: {message}");
                         self.report_unschedulable(&pod, &message).await;
-                        return Ok(Action::Done);
+                        return attempted(started, Ok(Action::Done), "unschedulable");
                     }
                 }
             }
@@ -324,19 +356,20 @@ impl Reconciler for Scheduler {
                 Decision::Unschedulable(message) => {
                     tracing::debug!(pod = %key, "unschedulable: {message}");
                     self.report_unschedulable(&pod, &message).await;
-                    Ok(Action::Done)
+                    attempted(started, Ok(Action::Done), "unschedulable")
                 }
                 Decision::Bind(node) => {
                     let (ns, name) = split_key(&key);
                     if let Some(f) = &info.volumes {
                         if let Err(e) = self.prebind(f, &node).await {
                             lock(&self.state).cache.forget(&key);
-                            return Err(ReconcileError(format!(
+                            let e = ReconcileError(format!(
                                 "failed to bind volumes of pod {key} on node {node}: {e}"
-                            )));
+                            ));
+                            return attempted(started, Err(e), "error");
                         }
                     }
-                    match self.client.bind(ns.unwrap_or(""), name, &node).await {
+                    let bound = match self.client.bind(ns.unwrap_or(""), name, &node).await {
                         Ok(_) => Ok(Action::Done),
                         Err(e) => {
                             lock(&self.state).cache.forget(&key);
@@ -347,7 +380,8 @@ impl Reconciler for Scheduler {
                                 Err(ReconcileError(format!("failed to bind pod {key} to node {node}: {e}")))
                             }
                         }
-                    }
+                    };
+                    attempted(started, bound, "scheduled")
                 }
             }
         })

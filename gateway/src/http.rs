@@ -371,6 +371,7 @@ fn object_response(code: StatusCode, res: &ResourceInfo, obj: Value, out: Output
 /// The catch-all handler: every request goes through here.
 pub async fn dispatch(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
     let received = jiff::Timestamp::now();
+    let started = std::time::Instant::now();
     let (resp, status) = match handle(&req, payload, &gw).await {
         Ok(resp) => (resp, None),
         Err(e) => {
@@ -380,6 +381,7 @@ pub async fn dispatch(req: HttpRequest, payload: web::Payload, gw: web::Data<Gat
             (error_response_as(&e, prefers_protobuf(&req)), Some(e.to_status()))
         }
     };
+    crate::metrics::request(&req, resp.status().as_u16(), started.elapsed());
     match &gw.audit {
         Some(a) => audit(a, &req, resp, status, received).await,
         None => resp,
@@ -477,6 +479,11 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
             let body = serde_json::to_vec(&doc).unwrap_or_default();
             let ct = if segs[0] == "openid" { "application/jwk-set+json" } else { "application/json" };
             return Ok(HttpResponse::Ok().content_type(ct).body(body));
+        }
+        ["metrics"] if req.method() == Method::GET => {
+            return Ok(HttpResponse::Ok()
+                .content_type(capstan_metrics::CONTENT_TYPE)
+                .body(capstan_metrics::render()));
         }
         ["api"] => return discovery_response(req, true, &gw.server_address),
         ["apis"] => return discovery_response(req, false, &gw.server_address),

@@ -33,6 +33,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod http;
 pub mod keys;
+mod metrics;
 pub mod pki;
 pub mod rbac;
 pub mod relay;

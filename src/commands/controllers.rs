@@ -21,6 +21,8 @@ pub struct Args {
     #[arg(long, env = "CAPSTAN_ROOT_CA_FILE")]
     root_ca_file: Option<std::path::PathBuf>,
     #[command(flatten)]
+    metrics: super::roles::MetricsArgs,
+    #[command(flatten)]
     auth: super::roles::NatsAuth,
 }
 
@@ -49,6 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             lease_duration: std::time::Duration::from_secs(args.lease_seconds.max(1)),
         });
         super::roles::start_controllers(bus, pool, root_ca);
+        args.metrics.start("controllers").await?;
         println!("capstan controllers running");
         super::shutdown_signal().await;
         anyhow::Ok(())

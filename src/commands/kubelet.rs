@@ -25,6 +25,8 @@ pub struct Args {
     #[arg(long, env = "CAPSTAN_NO_SERVICE_PROXY")]
     no_service_proxy: bool,
     #[command(flatten)]
+    metrics: super::roles::MetricsArgs,
+    #[command(flatten)]
     auth: super::roles::NatsAuth,
 }
 
@@ -132,6 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .await?;
         super::roles::start_kubelet(bus, cfg);
+        args.metrics.start("kubelet").await?;
         println!("capstan kubelet running (node {name})");
         super::shutdown_signal().await;
         anyhow::Ok(())

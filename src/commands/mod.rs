@@ -20,6 +20,10 @@ struct Cli {
     /// Log filter (as RUST_LOG), e.g. `info` or `capstan_gateway=debug`.
     #[arg(long, global = true, env = "CAPSTAN_LOG")]
     log: Option<String>,
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object per line,
+    /// for log collectors).
+    #[arg(long, global = true, env = "CAPSTAN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,10 +52,15 @@ enum Command {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = cli.log.clone().unwrap_or_else(|| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        builder.json().with_current_span(true).init();
+    } else {
+        // Colour escapes only for a person at a terminal, not in files and pipes.
+        use std::io::IsTerminal;
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     // One crypto provider for every TLS user in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {

@@ -40,6 +40,28 @@ impl NatsAuth {
     }
 }
 
+/// Where a role without an HTTPS port of its own serves Prometheus metrics.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MetricsArgs {
+    /// Serve `GET /metrics` (Prometheus text format) over plain HTTP on this address,
+    /// e.g. `127.0.0.1:10257`; port 0 picks a free one. Off by default.
+    #[arg(long, env = "CAPSTAN_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl MetricsArgs {
+    /// Starts serving when asked to, and says where.
+    pub async fn start(&self, role: &str) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_addr {
+            let bound = capstan_metrics::serve(addr)
+                .await
+                .with_context(|| format!("failed to serve metrics on {addr}"))?;
+            println!("capstan {role} metrics at http://{bound}/metrics");
+        }
+        Ok(())
+    }
+}
+
 /// Connects to NATS at `url` as `role`, or makes an in-process bus when `url` is `None`.
 /// Only the gateway creates or updates the event stream; the other roles read it.
 pub async fn connect_bus(

@@ -7,6 +7,8 @@ pub struct Args {
     #[arg(long, env = "CAPSTAN_NATS")]
     nats: String,
     #[command(flatten)]
+    metrics: super::roles::MetricsArgs,
+    #[command(flatten)]
     auth: super::roles::NatsAuth,
 }
 
@@ -20,6 +22,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .await?;
         super::roles::start_scheduler(bus);
+        args.metrics.start("scheduler").await?;
         println!("capstan scheduler running");
         super::shutdown_signal().await;
         anyhow::Ok(())

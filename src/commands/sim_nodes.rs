@@ -13,6 +13,8 @@ pub struct Args {
     #[arg(long, default_value = "sim-")]
     prefix: String,
     #[command(flatten)]
+    metrics: super::roles::MetricsArgs,
+    #[command(flatten)]
     auth: super::roles::NatsAuth,
 }
 
@@ -26,6 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .await?;
         super::roles::start_sim_nodes(bus, args.count, &args.prefix);
+        args.metrics.start("sim-nodes").await?;
         println!("capstan sim-nodes running ({} nodes)", args.count);
         super::shutdown_signal().await;
         anyhow::Ok(())

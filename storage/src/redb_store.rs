@@ -19,6 +19,36 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
+/// Durable commits as the API service sees them: from the request to the writer thread to
+/// its reply (queueing behind other batches, applying, fsync), as upstream's
+/// `etcd_request_duration_seconds` times each etcd request.
+static COMMITS: std::sync::LazyLock<capstan_metrics::Histogram> = std::sync::LazyLock::new(|| {
+    capstan_metrics::histogram(
+        "capstan_storage_commit_duration_seconds",
+        "Time from a transaction's submission to its durable commit in the embedded store.",
+        capstan_metrics::WORK_BUCKETS,
+    )
+});
+
+/// The writer thread's group commits: how long applying a batch and committing it took.
+static BATCH_COMMITS: std::sync::LazyLock<capstan_metrics::HistogramVec> = std::sync::LazyLock::new(|| {
+    capstan_metrics::histograms(
+        "capstan_storage_batch_duration_seconds",
+        "Time the embedded store's writer spent per group commit, by phase (apply, commit with fsync).",
+        &["phase"],
+        capstan_metrics::WORK_BUCKETS,
+    )
+});
+
+/// Transactions per group commit.
+static BATCH_WRITES: std::sync::LazyLock<capstan_metrics::Histogram> = std::sync::LazyLock::new(|| {
+    capstan_metrics::histogram(
+        "capstan_storage_batch_transactions",
+        "Transactions made durable by one group commit of the embedded store.",
+        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+    )
+});
+
 /// Objects: user key → `[1u8][create_revision u64 BE][mod_revision u64 BE][value]`.
 const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 /// Change log: revision as u64 big-endian (8 bytes) → named msgpack [`Change`].
@@ -284,6 +314,9 @@ impl WriterStats {
     }
 
     fn record(&mut self, batch: usize, apply: Duration, commit: Duration) {
+        BATCH_WRITES.observe(batch as f64);
+        BATCH_COMMITS.with_label_values(&["apply"]).observe(apply.as_secs_f64());
+        BATCH_COMMITS.with_label_values(&["commit"]).observe(commit.as_secs_f64());
         self.txns += 1;
         self.requests += batch as u64;
         self.max_batch = self.max_batch.max(batch);
@@ -622,7 +655,13 @@ impl Store for RedbStore {
     }
 
     fn commit(&self, txn: Txn) -> BoxFuture<'_, Result<CommitResult>> {
-        Box::pin(self.request(move |reply| Request::Commit { txn, reply }))
+        let started = Instant::now();
+        let fut = self.request(move |reply| Request::Commit { txn, reply });
+        Box::pin(async move {
+            let r = fut.await;
+            COMMITS.observe(started.elapsed().as_secs_f64());
+            r
+        })
     }
 
     fn current_revision(&self) -> BoxFuture<'_, Result<u64>> {

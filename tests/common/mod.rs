@@ -297,6 +297,11 @@ impl Cluster {
         c
     }
 
+    /// The other roles of a multi-process cluster (controllers, scheduler, sim-nodes).
+    pub fn roles(&self) -> &[Role] {
+        &self.roles
+    }
+
     /// The nats-server of a multi-process cluster.
     pub fn nats(&self) -> Option<&nats::Nats> {
         self.nats.as_ref()
@@ -443,6 +448,8 @@ pub struct Role {
     child: Option<Child>,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// Where it serves metrics (`--metrics-addr` / `CAPSTAN_METRICS_ADDR`), once said.
+    metrics: Option<String>,
 }
 
 impl Role {
@@ -457,9 +464,15 @@ impl Role {
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            metrics: None,
         };
         r.spawn();
         r
+    }
+
+    /// The URL of its `/metrics`, when it serves them.
+    pub fn metrics_url(&self) -> Option<&str> {
+        self.metrics.as_deref()
     }
 
     fn spawn(&mut self) {
@@ -471,9 +484,16 @@ impl Role {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn capstan role");
-        await_line(&mut child, "the capstan role to start", |line| {
+        // The metrics line comes before the `running` one.
+        let metrics = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = metrics.clone();
+        await_line(&mut child, "the capstan role to start", move |line| {
+            if let Some((_, url)) = line.split_once(" metrics at ") {
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.trim().to_string());
+            }
             line.contains("running").then_some(String::new())
         });
+        self.metrics = metrics.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.child = Some(child);
     }
 

@@ -201,6 +201,12 @@ const ROLES: &[RoleSpec] = &[
         ],
     ),
     (
+        "system:monitoring",
+        &[],
+        None,
+        &["get | url:/healthz,/healthz/*,/livez,/livez/*,/readyz,/readyz/*,/metrics,/metrics/slis"],
+    ),
+    (
         "system:volume-scheduler",
         &[],
         None,
@@ -227,6 +233,7 @@ const BINDINGS: &[(&str, &str, &[&str])] = &[
         "system:service-account-issuer-discovery",
         &["Group:system:serviceaccounts"],
     ),
+    ("system:monitoring", "system:monitoring", &["Group:system:monitoring"]),
     ("system:kube-scheduler", "system:kube-scheduler", &["User:system:kube-scheduler"]),
     ("system:volume-scheduler", "system:volume-scheduler", &["User:system:kube-scheduler"]),
     ("system:capstan:controllers", "system:capstan:controllers", &["User:system:kube-controller-manager"]),

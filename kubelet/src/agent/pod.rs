@@ -181,6 +181,19 @@ fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     cur.as_str().unwrap_or("")
 }
 
+/// Upstream's `kubelet_pod_start_duration_seconds`: from the agent seeing a pod to the
+/// status that says it runs.
+static POD_START: std::sync::LazyLock<capstan_metrics::Histogram> = std::sync::LazyLock::new(|| {
+    capstan_metrics::histogram(
+        "kubelet_pod_start_duration_seconds",
+        "Duration in seconds from kubelet seeing a pod for the first time to the pod starting to run",
+        &[
+            0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 240.0, 300.0,
+            360.0, 480.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
+        ],
+    )
+});
+
 /// The state a pod actor owns.
 pub struct PodState {
     /// The pod as last seen (None once deleted from the API).
@@ -213,6 +226,9 @@ pub struct PodState {
     deleted: bool,
     /// ServiceAccount tokens in projected volumes and when to refresh each.
     tokens: Vec<(volumes::TokenSource, Instant)>,
+    /// When this agent first saw the pod, until it reports it Running (for
+    /// `kubelet_pod_start_duration_seconds`; None for pods already running when adopted).
+    seen: Option<Instant>,
 }
 
 impl PodState {
@@ -296,6 +312,7 @@ impl PodState {
                 }
             }
         }
+        let seen = (pod["status"]["phase"].as_str().unwrap_or("Pending") == "Pending").then(Instant::now);
         PodState {
             pod: Some(pod),
             namespace,
@@ -312,6 +329,7 @@ impl PodState {
             start_time,
             last_status: None,
             tokens: Vec::new(),
+            seen,
             finished_phase,
             finished_ip: None,
             rejected: None,
@@ -1290,7 +1308,14 @@ impl PodState {
             )
             .await
         {
-            Ok(_) => self.last_status = Some(comparable),
+            Ok(_) => {
+                if st["phase"].as_str() == Some("Running") {
+                    if let Some(seen) = self.seen.take() {
+                        POD_START.observe(seen.elapsed().as_secs_f64());
+                    }
+                }
+                self.last_status = Some(comparable);
+            }
             Err(e) if e.is_not_found() => {
                 self.deleted = true;
             }
