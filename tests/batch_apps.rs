@@ -414,13 +414,11 @@ fn cronjob_creates_a_job_each_minute(mode: Mode) {
 }
 
 #[test]
-#[ignore = "slow: waits for the next minute"]
 fn cronjob_creates_a_job_each_minute_in_process() {
     cronjob_creates_a_job_each_minute(Mode::InProcess);
 }
 
 #[test]
-#[ignore = "slow: waits for the next minute"]
 fn cronjob_creates_a_job_each_minute_over_nats() {
     cronjob_creates_a_job_each_minute(Mode::Nats);
 }

@@ -103,6 +103,57 @@ pub struct Cluster {
     roles: Vec<Role>,
     /// The nats-server of a multi-process cluster (stopped on drop, last).
     nats: Option<nats::Nats>,
+    /// Fails the test if it hangs (see [`Watchdog`]); dropped last.
+    _watchdog: Watchdog,
+}
+
+/// Turns a hanging test into a failing one: when the test that started a cluster has not
+/// finished within `CAPSTAN_TEST_TIMEOUT_SECONDS` (default 900), it says which test, kills
+/// the test binary's child processes (capstan, nats-server, kubectl) and aborts the test
+/// binary, so the run fails instead of eating CI's time.
+pub struct Watchdog(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+impl Watchdog {
+    /// Starts watching the current test.
+    pub fn start() -> Watchdog {
+        let limit = std::env::var("CAPSTAN_TEST_TIMEOUT_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(900);
+        let test = std::thread::current().name().unwrap_or("a test").to_string();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            // A message never comes: the sender's drop (the test ended) disconnects.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(Duration::from_secs(limit))
+            {
+                // Straight to the stream: the test harness would keep (and lose) an eprintln.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n{test} is still running after {limit} s (CAPSTAN_TEST_TIMEOUT_SECONDS): \
+                     failing the run by aborting this test binary"
+                );
+                kill_children();
+                std::process::abort();
+            }
+        });
+        Watchdog(tx)
+    }
+}
+
+/// SIGKILLs this process's direct children.
+fn kill_children() {
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else { continue };
+        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1));
+        if ppid == Some(me.as_str()) {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+    }
 }
 
 /// Where the roles of a test cluster run.
@@ -160,6 +211,7 @@ impl Cluster {
             _slot: None,
             roles: Vec::new(),
             nats: None,
+            _watchdog: Watchdog::start(),
         }
     }
 
@@ -209,6 +261,7 @@ impl Cluster {
             _slot: Some(slot),
             roles: Vec::new(),
             nats: None,
+            _watchdog: Watchdog::start(),
         };
         if locked {
             let nats = nats::Nats::start_locked(c.path(), &["node-1"]);
