@@ -1,0 +1,480 @@
+//! The fault harness: concurrent writers (creates, updates and deletes with
+//! resourceVersion preconditions) and HTTP watchers that resume, while `capstan up` is
+//! killed with SIGKILL and restarted, or paused with SIGSTOP beyond its clients' patience.
+//! Afterwards a checker compares everything with the store's durable change log, read from
+//! the data directory once the server is stopped:
+//!
+//! - the change log's revisions only grow;
+//! - every acknowledged create and update is in it, with the revision its answer gave, and
+//!   every acknowledged delete is;
+//! - every watcher's events, between (re)starts, are consecutive entries of the change log:
+//!   nothing lost, nothing twice, nothing out of order, also across a resume from the last
+//!   revision seen (or a 410 and a relist);
+//! - every object ends as its writer last wrote it.
+//!
+//! `CAPSTAN_FAULT_SECONDS` (default 60) is how long faults go on; `CAPSTAN_FAULT_SEED`
+//! replays a run (the seed is printed). A long run: `CAPSTAN_FAULT_SECONDS=1800 cargo test
+//! --test faults -- --nocapture`.
+
+mod common;
+
+use capstan_bench::client::{Client, Connection, Kubeconfig};
+use common::Cluster;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NS: &str = "faults";
+const CMS: &str = "/api/v1/namespaces/faults/configmaps";
+
+/// A small deterministic generator (xorshift64*), enough to make a run replayable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A write the server answered with success.
+#[derive(Debug, Clone)]
+enum Ack {
+    Created { name: String, rv: u64 },
+    Updated { name: String, rv: u64 },
+    Deleted { name: String, after: u64 },
+}
+
+/// What a watcher saw: a (re)start from a revision, or an event.
+#[derive(Debug, Clone)]
+enum Seen {
+    Start(u64),
+    Event { kind: String, name: String, rv: u64 },
+}
+
+fn rv_of(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+async fn connect(client: &Client, stop: &AtomicBool) -> Option<Connection> {
+    loop {
+        if let Ok(c) = client.open().await {
+            return Some(c);
+        }
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // the server is down: retry pacing
+    }
+}
+
+/// One request; `None` when the connection failed (the outcome is unknown).
+async fn call(
+    conn: &mut Option<Connection>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Option<(u16, Value)> {
+    let c = conn.as_mut()?;
+    let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
+    let headers = [("Content-Type", "application/json"), ("Accept", "application/json")];
+    let r = tokio::time::timeout(Duration::from_secs(10), c.request(method, path, &headers, &bytes)).await;
+    match r {
+        Ok(Ok(resp)) => Some((resp.status, resp.json().unwrap_or(Value::Null))),
+        _ => {
+            *conn = None;
+            None
+        }
+    }
+}
+
+/// The writer's view of its objects: name → (resourceVersion, value).
+type Objects = BTreeMap<String, (u64, u64)>;
+
+async fn writer(
+    id: usize,
+    client: Client,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+) -> (Objects, usize) {
+    let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut objects: Objects = BTreeMap::new();
+    let mut next = 0u64;
+    let mut uncertain = 0usize;
+    let mut conn: Option<Connection> = None;
+    // Names whose last write's outcome is unknown: read back before anything else.
+    let mut unsure: Vec<String> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        if conn.is_none() {
+            conn = connect(&client, &stop).await;
+            if conn.is_none() {
+                break;
+            }
+        }
+        if let Some(name) = unsure.last().cloned() {
+            match call(&mut conn, "GET", &format!("{CMS}/{name}"), None).await {
+                Some((200, obj)) => {
+                    let v = obj["data"]["v"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    objects.insert(name, (rv_of(&obj), v));
+                    unsure.pop();
+                }
+                Some((404, _)) => {
+                    objects.remove(&name);
+                    unsure.pop();
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let choice = rng.below(10);
+        let existing: Vec<String> = objects.keys().cloned().collect();
+        if existing.is_empty() || choice < 4 {
+            let name = format!("w{id}-{next}");
+            next += 1;
+            let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": "0"}});
+            match call(&mut conn, "POST", CMS, Some(&body)).await {
+                Some((201, obj)) => {
+                    objects.insert(name.clone(), (rv_of(&obj), 0));
+                    acks.lock().unwrap().push(Ack::Created { name, rv: rv_of(&obj) });
+                }
+                Some((code, _)) if code >= 500 || code == 429 => {
+                    uncertain += 1;
+                    unsure.push(name);
+                }
+                Some((code, obj)) => panic!("create {name}: {code} {obj}"),
+                None => {
+                    uncertain += 1;
+                    unsure.push(name);
+                }
+            }
+        } else {
+            let name = existing[rng.below(existing.len() as u64) as usize].clone();
+            let (rv, v) = objects[&name];
+            if choice < 8 {
+                let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "resourceVersion": rv.to_string()}, "data": {"v": (v + 1).to_string()}});
+                match call(&mut conn, "PUT", &format!("{CMS}/{name}"), Some(&body)).await {
+                    Some((200, obj)) => {
+                        objects.insert(name.clone(), (rv_of(&obj), v + 1));
+                        acks.lock().unwrap().push(Ack::Updated { name, rv: rv_of(&obj) });
+                    }
+                    Some((code, _)) if code >= 500 || code == 429 => {
+                        uncertain += 1;
+                        unsure.push(name);
+                    }
+                    Some((code, obj)) => panic!("update {name} at {rv}: {code} {obj}"),
+                    None => {
+                        uncertain += 1;
+                        unsure.push(name);
+                    }
+                }
+            } else {
+                let body = json!({"preconditions": {"resourceVersion": rv.to_string()}});
+                match call(&mut conn, "DELETE", &format!("{CMS}/{name}"), Some(&body)).await {
+                    Some((200, _)) => {
+                        objects.remove(&name);
+                        acks.lock().unwrap().push(Ack::Deleted { name, after: rv });
+                    }
+                    Some((code, _)) if code >= 500 || code == 429 => {
+                        uncertain += 1;
+                        unsure.push(name);
+                    }
+                    Some((code, obj)) => panic!("delete {name} at {rv}: {code} {obj}"),
+                    None => {
+                        uncertain += 1;
+                        unsure.push(name);
+                    }
+                }
+            }
+        }
+    }
+    // Settle what is still unknown, now that the server stays up.
+    while let Some(name) = unsure.pop() {
+        loop {
+            if conn.is_none() {
+                conn = connect(&client, &AtomicBool::new(false)).await;
+            }
+            match call(&mut conn, "GET", &format!("{CMS}/{name}"), None).await {
+                Some((200, obj)) => {
+                    let v = obj["data"]["v"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    objects.insert(name, (rv_of(&obj), v));
+                    break;
+                }
+                Some((404, _)) => {
+                    objects.remove(&name);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    (objects, uncertain)
+}
+
+/// Follows the ConfigMaps from `from`, resuming after every disconnect from the last
+/// revision seen (relisting after a 410), until it has caught up with `until` once that is
+/// set.
+async fn watcher(client: Client, from: u64, until: Arc<Mutex<Option<u64>>>) -> (Vec<Seen>, usize, usize) {
+    let mut seen = Vec::new();
+    let mut last = from;
+    let (mut resumes, mut relists) = (0usize, 0usize);
+    'outer: loop {
+        let caught_up = |last: u64| until.lock().unwrap().is_some_and(|u| last >= u);
+        if caught_up(last) {
+            break;
+        }
+        // A watcher keeps trying until it has caught up: the server is up again soon.
+        let Some(conn) = connect(&client, &AtomicBool::new(false)).await else { continue };
+        seen.push(Seen::Start(last));
+        let path =
+            format!("{CMS}?watch=true&allowWatchBookmarks=true&resourceVersion={last}&timeoutSeconds=20");
+        let Ok(mut stream) = conn.stream("GET", &path, &[("Accept", "application/json")], b"").await else {
+            resumes += 1;
+            continue;
+        };
+        if stream.status != 200 {
+            resumes += 1;
+            continue;
+        }
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), stream.next_line()).await;
+            let Ok(Ok(Some(line))) = line else {
+                resumes += 1;
+                continue 'outer;
+            };
+            let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+            let kind = ev["type"].as_str().unwrap_or("").to_string();
+            match kind.as_str() {
+                "BOOKMARK" => last = last.max(rv_of(&ev["object"])),
+                "ERROR" => {
+                    assert_eq!(ev["object"]["code"], 410, "a watch error other than 410: {ev}");
+                    // Compacted: relist and go on from the list's revision.
+                    let mut conn = connect(&client, &AtomicBool::new(false)).await;
+                    let Some((200, list)) = call(&mut conn, "GET", CMS, None).await else { continue 'outer };
+                    relists += 1;
+                    last = rv_of(&list);
+                    continue 'outer;
+                }
+                _ => {
+                    let rv = rv_of(&ev["object"]);
+                    let name = ev["object"]["metadata"]["name"].as_str().unwrap_or("").to_string();
+                    seen.push(Seen::Event { kind, name, rv });
+                    last = rv;
+                }
+            }
+            if caught_up(last) {
+                break 'outer;
+            }
+        }
+    }
+    (seen, resumes, relists)
+}
+
+/// The store's own change log of the test's ConfigMaps from `from` to `to` (the server
+/// stopped): what every acknowledged write and every watch must agree with.
+fn history(data_dir: &std::path::Path, from: u64, to: u64) -> Vec<(String, String, u64)> {
+    use capstan_storage::{ChangeKind, Store};
+    let store = capstan_storage::RedbStore::open(&data_dir.join("state.redb")).expect("open the store");
+    let prefix = format!("/registry/core/configmaps/{NS}/");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut out = Vec::new();
+    let mut after = from;
+    while after < to {
+        let changes = rt.block_on(store.changes(after, 10_000)).expect("read the change log");
+        assert!(!changes.is_empty(), "the change log ends at {after}, before the fence at {to}");
+        for c in changes {
+            after = c.revision;
+            if c.revision > to {
+                break;
+            }
+            let Some(name) = c.key.strip_prefix(prefix.as_bytes()) else { continue };
+            let kind = match c.kind {
+                ChangeKind::Create => "ADDED",
+                ChangeKind::Update => "MODIFIED",
+                ChangeKind::Delete => "DELETED",
+            };
+            out.push((kind.to_string(), String::from_utf8_lossy(name).into_owned(), c.revision));
+        }
+    }
+    out
+}
+
+#[test]
+fn kills_and_pauses_lose_no_acknowledged_write_and_no_watch_event() {
+    let seed: u64 =
+        std::env::var("CAPSTAN_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    let seconds: u64 = std::env::var("CAPSTAN_FAULT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    println!("fault run: CAPSTAN_FAULT_SEED={seed} CAPSTAN_FAULT_SECONDS={seconds}");
+    let mut c = Cluster::start();
+    c.ok(&["create", "namespace", NS]);
+    let kc = Kubeconfig::load(&c.kubeconfig).expect("kubeconfig");
+    let client = Client::new(&kc).expect("client");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let start = rt.block_on(async {
+        let mut conn = Some(client.open().await.expect("connect"));
+        let (code, list) = call(&mut conn, "GET", CMS, None).await.expect("list");
+        assert_eq!(code, 200);
+        rv_of(&list)
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let until: Arc<Mutex<Option<u64>>> = Arc::default();
+    let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
+    let writers: Vec<_> =
+        (0..4).map(|w| rt.spawn(writer(w, client.clone(), seed, stop.clone(), acks.clone()))).collect();
+    let watchers: Vec<_> = (0..2).map(|_| rt.spawn(watcher(client.clone(), start, until.clone()))).collect();
+
+    // Faults, on this thread (it owns the server process).
+    let mut rng = Rng(seed);
+    let (mut kills, mut pauses) = (0, 0);
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(2000 + rng.below(4000))); // time between faults
+        if rng.below(3) < 2 {
+            c.kill9();
+            std::thread::sleep(Duration::from_millis(rng.below(1000))); // time the server stays down
+            c.restart();
+            kills += 1;
+        } else {
+            let pid = c.pid().to_string();
+            let _ = std::process::Command::new("kill").args(["-STOP", &pid]).status();
+            // Longer than the clients' 10 s request timeout some of the time.
+            std::thread::sleep(Duration::from_millis(2000 + rng.below(10_000))); // the pause itself
+            let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
+            pauses += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let results: Vec<(Objects, usize)> = rt.block_on(async {
+        futures::future::join_all(writers).await.into_iter().map(|r| r.expect("writer")).collect()
+    });
+    // A fence: one more write once the writers are done. Everything before it is in the
+    // change log up to its revision; the watchers are done when they have seen it.
+    let fence = rt.block_on(async {
+        let mut conn = Some(client.open().await.expect("connect"));
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fence"}});
+        let (code, obj) = call(&mut conn, "POST", CMS, Some(&body)).await.expect("create the fence");
+        assert_eq!(code, 201, "{obj}");
+        rv_of(&obj)
+    });
+    let acked = acks.lock().unwrap().clone();
+    *until.lock().unwrap() = Some(fence);
+    let seen: Vec<(Vec<Seen>, usize, usize)> = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(watchers))
+            .await
+            .expect("watchers catch up within 2 minutes")
+            .into_iter()
+            .map(|r| r.expect("watcher"))
+            .collect()
+    });
+
+    let finals = rt.block_on(async {
+        let mut conn = Some(client.open().await.expect("connect"));
+        let (_, list) = call(&mut conn, "GET", CMS, None).await.expect("list");
+        list["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| {
+                let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let v: u64 = o["data"]["v"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+                (name, (rv_of(&o), v))
+            })
+            // Only the writers' objects (not the fence, not kube-root-ca.crt).
+            .filter(|(name, _)| name.starts_with('w'))
+            .collect::<BTreeMap<_, _>>()
+    });
+    c.kill9();
+    let log = history(c.path(), start, fence);
+
+    // 1. The change log only grows.
+    for w in log.windows(2) {
+        assert!(w[0].2 < w[1].2, "change log out of order: {:?} then {:?}", w[0], w[1]);
+    }
+    let index: HashMap<u64, usize> = log.iter().enumerate().map(|(i, e)| (e.2, i)).collect();
+    // 2. Every acknowledged write is there.
+    for a in &acked {
+        match a {
+            Ack::Created { name, rv } | Ack::Updated { name, rv } => {
+                let want = if matches!(a, Ack::Created { .. }) { "ADDED" } else { "MODIFIED" };
+                let i =
+                    index.get(rv).unwrap_or_else(|| panic!("acknowledged {a:?} is not in the change log"));
+                assert_eq!((log[*i].0.as_str(), &log[*i].1), (want, name), "revision {rv} of {a:?}");
+            }
+            Ack::Deleted { name, after } => {
+                assert!(
+                    log.iter().any(|(k, n, rv)| k == "DELETED" && n == name && rv > after),
+                    "acknowledged {a:?} is not in the change log"
+                );
+            }
+        }
+    }
+    // 3. Each watcher's events are consecutive entries of the change log.
+    let mut events = 0;
+    for (w, (list, _, _)) in seen.iter().enumerate() {
+        let mut expect: Option<usize> = None;
+        for s in list {
+            match s {
+                Seen::Start(r) => expect = Some(log.partition_point(|e| e.2 <= *r)),
+                Seen::Event { kind, name, rv } => {
+                    let i = expect.unwrap_or(0);
+                    let want =
+                        log.get(i).unwrap_or_else(|| panic!("watcher {w} saw {s:?} past the end of the log"));
+                    assert_eq!(
+                        (kind.as_str(), name.as_str(), *rv),
+                        (want.0.as_str(), want.1.as_str(), want.2),
+                        "watcher {w}: lost, repeated or reordered event"
+                    );
+                    expect = Some(i + 1);
+                    events += 1;
+                }
+            }
+        }
+        assert_eq!(expect, Some(log.len()), "watcher {w} did not reach the end of the log");
+    }
+    // 4. Objects end as their writers last wrote them.
+    let mut expected = BTreeMap::new();
+    let mut uncertain = 0;
+    for (objects, u) in &results {
+        expected.extend(objects.clone());
+        uncertain += u;
+    }
+    let differ: Vec<_> = finals
+        .keys()
+        .chain(expected.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| finals.get(*k) != expected.get(*k))
+        .map(|k| format!("{k}: stored {:?}, written {:?}", finals.get(k), expected.get(k)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "objects differ from what their writers last wrote (resourceVersion, value):\n{}",
+        differ.join("\n")
+    );
+    let (resumes, relists): (usize, usize) = seen.iter().fold((0, 0), |a, s| (a.0 + s.1, a.1 + s.2));
+    println!(
+        "fault run (seed {seed}): {kills} kills, {pauses} pauses; {} acknowledged writes, {uncertain} with unknown outcome; \
+         change log {} entries; {events} watch events checked over {resumes} resumes and {relists} relists; \
+         0 lost, 0 duplicated, 0 out of order",
+        acked.len(),
+        log.len()
+    );
+    assert!(acked.len() > 50 && kills > 0, "the run did too little to mean anything");
+}
