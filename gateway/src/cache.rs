@@ -52,6 +52,9 @@ pub struct Event {
     pub prev: Option<Arc<Value>>,
 }
 
+/// An object with its storage key.
+pub type Entry = (Vec<u8>, Arc<Value>);
+
 struct State {
     revision: u64,
     /// Events with revision > `buffer_start` are all in `events`.
@@ -223,6 +226,14 @@ impl Cache {
             }
         }
         (out, st.revision, next)
+    }
+
+    /// Every object with a key in `[start, end)`, with its key, and the cache revision.
+    pub fn entries(&self, start: &[u8], end: &[u8]) -> (Vec<Entry>, u64) {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let out =
+            st.objects.range(start.to_vec()..end.to_vec()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        (out, st.revision)
     }
 
     /// Events after `revision` accepted by `filter`, at most `max`. Returns the events and

@@ -74,6 +74,8 @@ pub struct Config {
     /// Revisions of change log kept behind the newest (older ones are compacted away;
     /// watchers and event-stream readers behind them get 410 and relist).
     pub change_log_retention: u64,
+    /// How often the change log is compacted to `change_log_retention`.
+    pub compaction_interval: std::time::Duration,
     /// The ranges Service addresses and node ports come from.
     pub service_network: strategy::ServiceNetwork,
     /// The address the `kubernetes` Service's endpoints name (default: the listen address,
@@ -101,6 +103,7 @@ impl Config {
             bus: None,
             relay_holder: None,
             change_log_retention: 100_000,
+            compaction_interval: std::time::Duration::from_secs(60),
             service_network: strategy::ServiceNetwork::default(),
             advertise_address: None,
             cluster_domain: "cluster.local".into(),
@@ -272,9 +275,14 @@ fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
 /// Compacts the change log once a minute, keeping `retention` revisions and everything
 /// the relay has not published yet. With many gateways every one runs this; compaction
 /// is idempotent.
-async fn compactor(store: Arc<dyn Store>, retention: u64, relayed: Arc<std::sync::atomic::AtomicU64>) {
+async fn compactor(
+    store: Arc<dyn Store>,
+    retention: u64,
+    every: std::time::Duration,
+    relayed: Arc<std::sync::atomic::AtomicU64>,
+) {
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        tokio::time::sleep(every).await;
         let current = match store.current_revision().await {
             Ok(c) => c,
             Err(capstan_storage::Error::Closed) => return,
@@ -326,7 +334,12 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     // With a bus, the change log is kept until the relay has published it.
     let relayed =
         Arc::new(std::sync::atomic::AtomicU64::new(if config.bus.is_some() { 0 } else { u64::MAX }));
-    tokio::spawn(compactor(service.store().clone(), config.change_log_retention, relayed.clone()));
+    tokio::spawn(compactor(
+        service.store().clone(),
+        config.change_log_retention,
+        config.compaction_interval.max(std::time::Duration::from_millis(100)),
+        relayed.clone(),
+    ));
     if let Some(bus) = &config.bus {
         let holder = config
             .relay_holder

@@ -511,14 +511,40 @@ impl ApiService {
             self.cache.wait_for(t, Duration::from_secs(3)).await?;
         }
         let name = opts.field_selector.exact_name().map(str::to_string);
-        let (items, revision, next) = self.cache.list(&start, &end, opts.limit, |obj| {
+        let filter = |obj: &Value| {
             if let Some(n) = &name {
                 if meta::name(obj) != Some(n) {
                     return false;
                 }
             }
             opts.label_selector.matches(&meta::labels(obj)) && opts.field_selector.matches(obj)
-        });
+        };
+        // A continued list, or `resourceVersionMatch=Exact`, is served at exactly its
+        // revision, as upstream (an etcd snapshot read there): later pages do not see
+        // writes made after the first.
+        let exact = match (min_rev, opts.resource_version_match.as_deref()) {
+            (Some(rv), _) => Some(rv),
+            (None, Some("Exact")) => target,
+            _ => None,
+        };
+        let (items, revision, next) = match exact {
+            Some(at) if at < self.cache.revision() => {
+                let (items, next) =
+                    self.snapshot_list(&start, &end, at, opts.limit, filter).await.map_err(|e| match e {
+                        ApiError::Expired(_) if min_rev.is_some() => ApiError::Expired(
+                            "The provided continue parameter is too old to display a consistent list result. \
+                             You can start a new list without the continue parameter, or use the continue value from the 410 response."
+                                .into(),
+                        ),
+                        ApiError::Expired(_) => ApiError::Expired(format!(
+                            "The resourceVersion for the provided list is too old (resourceVersion {at})"
+                        )),
+                        e => e,
+                    })?;
+                (items, at, next)
+            }
+            _ => self.cache.list(&start, &end, opts.limit, filter),
+        };
         // Continued pages report the revision of the first page, as upstream.
         let revision = min_rev.unwrap_or(revision);
         let items = if res.custom.is_some() {
@@ -527,6 +553,73 @@ impl ApiService {
             items
         };
         Ok(ListPage { items, revision, continue_token: next.map(|k| encode_continue(revision, &k)) })
+    }
+
+    /// The objects with keys in `[start, end)` as they were at revision `at`, accepted by
+    /// `filter`, at most `limit`: the watch cache's current objects with every change after
+    /// `at` undone from the store's change log (the value a key had at `at` is the change
+    /// at its previous mod revision, or, for a delete, the deleted value). 410 when the
+    /// change log no longer reaches back to `at`.
+    async fn snapshot_list(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        at: u64,
+        limit: usize,
+        filter: impl Fn(&Value) -> bool,
+    ) -> ApiResult<(Vec<Arc<Value>>, Option<Vec<u8>>)> {
+        let (current, now) = self.cache.entries(start, end);
+        let mut objects: std::collections::BTreeMap<Vec<u8>, Arc<Value>> = current.into_iter().collect();
+        // The first change of each key after `at`, up to the cache's revision.
+        let mut first: std::collections::BTreeMap<Vec<u8>, capstan_storage::Change> = Default::default();
+        let mut after = at;
+        'read: while after < now {
+            let changes = self.store.changes(after, 4096).await?;
+            if changes.is_empty() {
+                break;
+            }
+            for c in changes {
+                if c.revision > now {
+                    break 'read;
+                }
+                after = c.revision;
+                if c.key.as_slice() >= start && c.key.as_slice() < end && !first.contains_key(&c.key) {
+                    first.insert(c.key.clone(), c);
+                }
+            }
+        }
+        for (key, c) in first {
+            objects.remove(&key);
+            let value = match c.kind {
+                capstan_storage::ChangeKind::Create => None,
+                capstan_storage::ChangeKind::Delete => Some(c.value),
+                capstan_storage::ChangeKind::Update => {
+                    // The value written at the previous mod revision.
+                    let before = self.store.changes(c.prev_revision.saturating_sub(1), 64).await?;
+                    let found = before.into_iter().find(|b| b.revision == c.prev_revision && b.key == key);
+                    Some(
+                        found
+                            .map(|b| b.value)
+                            .ok_or_else(|| ApiError::Expired(format!("too old resource version: {at}")))?,
+                    )
+                }
+            };
+            if let Some(v) = value.and_then(|v| crate::cache::decode_stored(&v, c.prev_revision)) {
+                objects.insert(key, Arc::new(v));
+            }
+        }
+        let mut out = Vec::new();
+        let mut next = None;
+        for (k, v) in objects {
+            if filter(&v) {
+                if limit > 0 && out.len() == limit {
+                    next = Some(k);
+                    break;
+                }
+                out.push(v);
+            }
+        }
+        Ok((out, next))
     }
 
     /// Decodes, checks and normalises a request body for `res`.

@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub sim_nodes: Option<usize>,
     /// Revisions of change log kept (older ones are compacted).
     pub change_log_retention: Option<u64>,
+    /// Seconds between compactions of the change log (default 60).
+    pub compaction_interval_seconds: Option<f64>,
     /// The node agent (`capstan up`'s node and `capstan kubelet`).
     pub node: Option<NodeConfig>,
     /// The range Service ClusterIPs come from (default 10.96.0.0/12; the first address is
@@ -184,6 +186,12 @@ impl FileConfig {
         }
         if let Some(r) = self.change_log_retention {
             cfg.change_log_retention = r;
+        }
+        if let Some(s) = self.compaction_interval_seconds {
+            if !(s.is_finite() && s > 0.0) {
+                anyhow::bail!("compactionIntervalSeconds must be a positive number of seconds, not {s}");
+            }
+            cfg.compaction_interval = std::time::Duration::from_secs_f64(s);
         }
         if let Some(n) = self.watch_cache_events {
             cfg.watch_cache_events = n;
