@@ -142,6 +142,22 @@ impl Watchdog {
     }
 }
 
+/// SIGTERM to `child`, then its exit status within `within`, or `None` (then SIGKILL).
+fn terminate(child: &mut Option<Child>, within: Duration) -> Option<std::process::ExitStatus> {
+    let mut c = child.take()?;
+    let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = c.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20)); // polling a process's exit
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    None
+}
+
 /// SIGKILLs this process's direct children.
 fn kill_children() {
     let me = std::process::id().to_string();
@@ -355,6 +371,11 @@ impl Cluster {
         &self.roles
     }
 
+    /// The same, to stop or restart them.
+    pub fn roles_mut(&mut self) -> &mut [Role] {
+        &mut self.roles
+    }
+
     /// The nats-server of a multi-process cluster.
     pub fn nats(&self) -> Option<&nats::Nats> {
         self.nats.as_ref()
@@ -410,6 +431,17 @@ impl Cluster {
     /// Starts the server again on the same data directory and port.
     pub fn restart(&mut self) {
         self.kill9();
+        self.spawn();
+    }
+
+    /// Sends SIGTERM to the server and waits up to `within` for it to exit; its exit
+    /// status, or `None` when it was still running (it is then killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        terminate(&mut self.child, within)
+    }
+
+    /// Starts the server again after [`Cluster::terminate`].
+    pub fn start_again(&mut self) {
         self.spawn();
     }
 
@@ -556,6 +588,11 @@ impl Role {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGTERM, then up to `within` for it to exit (see [`Cluster::terminate`]).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        terminate(&mut self.child, within)
     }
 
     /// Starts it again with the same arguments.
