@@ -34,6 +34,8 @@ pub struct Gateway {
     pub stream_failures: crate::streams::Failures,
     /// The audit log, if one is configured.
     pub audit: Option<Arc<crate::audit::Auditor>>,
+    /// The limit on requests worked on at once.
+    pub inflight: crate::inflight::Inflight,
 }
 
 /// Who made a request (after impersonation) and who authenticated, for the audit log.
@@ -462,6 +464,18 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
     }
     let q = Query(query_pairs(req)?);
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // A seat for the rest of the request. Watches and streams hold none, except a watch
+    // that starts with the current state, whose initial events (a LIST's work, rendered
+    // before the response starts) are counted as upstream's APF counts a watch's
+    // initialization.
+    let watch = matches!(q.get("watch"), Some("true" | "1"));
+    let initial_events = match q.get("sendInitialEvents") {
+        Some(v) => matches!(v, "true" | "1"),
+        None => matches!(q.get("resourceVersion"), None | Some("") | Some("0")),
+    };
+    let long_running = (watch && !initial_events)
+        || segs.iter().any(|s| matches!(*s, "log" | "exec" | "attach" | "portforward" | "proxy"));
+    let _seat = gw.inflight.seat(&user, long_running).await?;
     // Non-resource paths are authorized by their URL (RBAC nonResourceURLs), as upstream:
     // discovery and OpenAPI for authenticated users, nothing for anonymous ones.
     let resource_request = matches!(segs.as_slice(), ["api", "v1", _, ..] | ["apis", _, _, _, ..]);
@@ -654,25 +668,43 @@ async fn resource(
             };
             Ok(with_warnings(object_response(code, res, object, out), &warnings))
         }
-        Reply::List(page) => Ok(match out {
-            Output::Json | Output::Protobuf => {
-                let items: Vec<&Value> = page.items.iter().map(|a| a.as_ref()).collect();
-                let mut md = json!({"resourceVersion": page.revision.to_string()});
-                if let Some(c) = &page.continue_token {
-                    md["continue"] = json!(c);
-                }
-                let list = json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": md, "items": items});
-                if out == Output::Protobuf {
-                    protobuf_response(StatusCode::OK, &list)
-                } else {
-                    json_response(StatusCode::OK, &list)
+        Reply::List(page) => {
+            // Encoding a large list is the heaviest work a request does: it runs on the
+            // blocking pool, so the worker thread keeps serving other connections.
+            let encoded = actix_web::web::block(move || list_body(res, &page, out))
+                .await
+                .map_err(|_| ApiError::Internal("the list encoder stopped".into()))?;
+            let (ct, bytes) = encoded;
+            Ok(HttpResponse::Ok().content_type(ct).body(bytes))
+        }
+    }
+}
+
+/// A page of a list encoded as `out` asks: its content type and bytes.
+fn list_body(
+    res: &'static ResourceInfo,
+    page: &crate::service::ListPage,
+    out: Output,
+) -> (&'static str, Vec<u8>) {
+    match out {
+        Output::Json | Output::Protobuf => {
+            let items: Vec<&Value> = page.items.iter().map(|a| a.as_ref()).collect();
+            let mut md = json!({"resourceVersion": page.revision.to_string()});
+            if let Some(c) = &page.continue_token {
+                md["continue"] = json!(c);
+            }
+            let list = json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": md, "items": items});
+            if out == Output::Protobuf {
+                if let Ok(bytes) = capstan_api::protobuf::encode(&list) {
+                    return (PROTOBUF, bytes);
                 }
             }
-            Output::Table { .. } => {
-                let t = table(res, &page.items, page.revision, page.continue_token.as_deref(), out, true);
-                HttpResponse::Ok().content_type(TABLE_CT).body(serde_json::to_vec(&t).unwrap_or_default())
-            }
-        }),
+            ("application/json", serde_json::to_vec(&list).unwrap_or_else(|_| b"{}".to_vec()))
+        }
+        Output::Table { .. } => {
+            let t = table(res, &page.items, page.revision, page.continue_token.as_deref(), out, true);
+            (TABLE_CT, serde_json::to_vec(&t).unwrap_or_default())
+        }
     }
 }
 

@@ -32,6 +32,7 @@ pub mod csr;
 pub mod discovery;
 pub mod dispatch;
 pub mod http;
+pub mod inflight;
 pub mod keys;
 mod metrics;
 pub mod pki;
@@ -74,6 +75,9 @@ pub struct Config {
     /// Revisions of change log kept behind the newest (older ones are compacted away;
     /// watchers and event-stream readers behind them get 410 and relist).
     pub change_log_retention: u64,
+    /// Requests worked on at once, besides watches and streams and `system:masters`'
+    /// (0: no limit); more wait in a queue or get 429 (see [`inflight`]).
+    pub max_requests_inflight: usize,
     /// How often the change log is compacted to `change_log_retention`.
     pub compaction_interval: std::time::Duration,
     /// The ranges Service addresses and node ports come from.
@@ -104,6 +108,7 @@ impl Config {
             relay_holder: None,
             change_log_retention: 100_000,
             compaction_interval: std::time::Duration::from_secs(60),
+            max_requests_inflight: 4,
             service_network: strategy::ServiceNetwork::default(),
             advertise_address: None,
             cluster_domain: "cluster.local".into(),
@@ -374,6 +379,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
         tokens: config.tokens.clone(),
         bus: config.bus.clone(),
         stream_failures: Default::default(),
+        inflight: inflight::Inflight::new(config.max_requests_inflight, 1000),
         audit: match config.audit.clone() {
             Some(a) => Some(Arc::new(audit::Auditor::start(a).map_err(StartError::Audit)?)),
             None => None,

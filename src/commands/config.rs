@@ -27,6 +27,9 @@ pub struct FileConfig {
     pub change_log_retention: Option<u64>,
     /// Seconds between compactions of the change log (default 60).
     pub compaction_interval_seconds: Option<f64>,
+    /// Requests the API service works on at once, besides watches, streams and
+    /// `system:masters` (default 4, twice the default worker threads; 0: no limit).
+    pub max_requests_inflight: Option<usize>,
     /// The node agent (`capstan up`'s node and `capstan kubelet`).
     pub node: Option<NodeConfig>,
     /// The range Service ClusterIPs come from (default 10.96.0.0/12; the first address is
@@ -195,6 +198,9 @@ impl FileConfig {
         }
         if let Some(n) = self.watch_cache_events {
             cfg.watch_cache_events = n;
+        }
+        if let Some(n) = self.max_requests_inflight {
+            cfg.max_requests_inflight = n;
         }
         Ok(())
     }

@@ -1,0 +1,179 @@
+//! A flood of 2,000 concurrent clients (watches that start with the current state, and
+//! LIST loops, over 500 objects of 1 KB) does not starve an admin: with its connection
+//! made before the flood, each of its creates completes within 1 s, health checks answer,
+//! and the server's memory stays bounded. The flood gets 429s when its queue is full.
+//!
+//! `FLOOD_N` and `FLOOD_LIST_EVERY` change the flood (clients, one LIST loop per N).
+
+mod common;
+
+use capstan_bench::client::{Client, Kubeconfig};
+use common::Cluster;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+            })
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The admin: one create every 200 ms for 20 s on a connection made before `go`, on its
+/// own thread and runtime (so only the server can make it wait); the slowest create after
+/// the flood's first 5 s.
+fn admin(client: Client, ready: std::sync::mpsc::Sender<()>, go: std::sync::mpsc::Receiver<()>) -> Duration {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let mut conn = client.open().await.expect("connect");
+        let _ = ready.send(());
+        let _ = go.recv();
+        let mut worst = Duration::ZERO;
+        let start = Instant::now();
+        let mut i = 0;
+        while start.elapsed() < Duration::from_secs(20) {
+            let body = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("admin-{i}")}});
+            let t = Instant::now();
+            let r = conn
+                .request(
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps",
+                    &[("Content-Type", "application/json")],
+                    &serde_json::to_vec(&body).unwrap_or_default(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("the admin's create {i} after {:?}: {e}", t.elapsed()));
+            assert_eq!(r.status, 201, "{}", r.text());
+            if start.elapsed() > Duration::from_secs(5) {
+                worst = worst.max(t.elapsed());
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await; // one create every 200 ms
+        }
+        worst
+    })
+}
+
+#[test]
+#[ignore = "the goal (admin create < 1 s under 2,000 clients) is not met yet on a shared 2-core machine with the debug build: run by hand"]
+fn a_flood_of_lists_and_watches_does_not_starve_the_admin() {
+    let c = Cluster::start();
+    let kc = Kubeconfig::load(&c.kubeconfig).expect("kubeconfig");
+    let client = Client::new(&kc).expect("client");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let n: usize = std::env::var("FLOOD_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let every: usize = std::env::var("FLOOD_LIST_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (lists, watches, rejected) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let rss_before = rss_kib(c.pid());
+    rt.block_on(async {
+        let mut conn = client.open().await.expect("connect");
+        for i in 0..500 {
+            let body = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("cm-{i}")}, "data": {"k": "x".repeat(1000)}});
+            let r = conn
+                .request(
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps",
+                    &[("Content-Type", "application/json")],
+                    &serde_json::to_vec(&body).unwrap_or_default(),
+                )
+                .await
+                .expect("create");
+            assert_eq!(r.status, 201);
+        }
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let admin_client = client.clone();
+    let admin = std::thread::spawn(move || admin(admin_client, ready_tx, go_rx));
+    ready_rx.recv().expect("the admin is connected");
+    let _ = go_tx.send(());
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, stop, lists, watches, rejected) =
+                (client.clone(), stop.clone(), lists.clone(), watches.clone(), rejected.clone());
+            rt.spawn(async move {
+                let Ok(mut conn) = client.open().await else { return };
+                if i % every == 0 {
+                    while !stop.load(Ordering::Relaxed) {
+                        match conn
+                            .request("GET", "/api/v1/configmaps", &[("Accept", "application/json")], b"")
+                            .await
+                        {
+                            Ok(r) if r.status == 429 => {
+                                assert_eq!(r.header("retry-after"), Some("1"));
+                                rejected.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                // as Retry-After says
+                            }
+                            Ok(_) => {
+                                lists.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                } else {
+                    // A watch of everything from the current state, never read.
+                    let Ok(stream) = conn
+                        .stream(
+                            "GET",
+                            "/api/v1/configmaps?watch=true",
+                            &[("Accept", "application/json")],
+                            b"",
+                        )
+                        .await
+                    else {
+                        return;
+                    };
+                    if stream.status == 429 {
+                        rejected.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    watches.fetch_add(1, Ordering::Relaxed);
+                    while !stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(200)).await; // holding the watch open
+                    }
+                }
+            })
+        })
+        .collect();
+    let worst = admin.join().expect("the admin's thread");
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let rss_after = rss_kib(c.pid());
+    assert_eq!(c.ok(&["get", "--raw", "/readyz"]), "ok");
+    if std::env::var_os("FLOOD_METRICS").is_some() {
+        for l in c.ok(&["get", "--raw", "/metrics"]).lines() {
+            if l.starts_with("apiserver_request_duration_seconds")
+                && l.contains("verb=\"POST\"")
+                && l.contains("configmaps")
+            {
+                eprintln!("{l}");
+            }
+            if l.starts_with("capstan_storage_commit_duration_seconds") {
+                eprintln!("{l}");
+            }
+        }
+    }
+    eprintln!(
+        "flood of {n}: {} LISTs done, {} watches opened, {} requests got 429; admin create worst {worst:?}; RSS {rss_before} → {rss_after} KiB",
+        lists.load(Ordering::Relaxed),
+        watches.load(Ordering::Relaxed),
+        rejected.load(Ordering::Relaxed)
+    );
+    assert!(worst < Duration::from_secs(1), "an admin create took {worst:?} under the flood");
+    assert!(rss_after < 2 * 1024 * 1024, "RSS grew to {rss_after} KiB");
+}
