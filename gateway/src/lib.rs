@@ -108,7 +108,7 @@ impl Config {
             relay_holder: None,
             change_log_retention: 100_000,
             compaction_interval: std::time::Duration::from_secs(60),
-            max_requests_inflight: 4,
+            max_requests_inflight: 64,
             service_network: strategy::ServiceNetwork::default(),
             advertise_address: None,
             cluster_domain: "cluster.local".into(),

@@ -28,7 +28,7 @@ pub struct FileConfig {
     /// Seconds between compactions of the change log (default 60).
     pub compaction_interval_seconds: Option<f64>,
     /// Requests the API service works on at once, besides watches, streams and
-    /// `system:masters` (default 4, twice the default worker threads; 0: no limit).
+    /// `system:masters` (default 64; 0: no limit).
     pub max_requests_inflight: Option<usize>,
     /// The node agent (`capstan up`'s node and `capstan kubelet`).
     pub node: Option<NodeConfig>,
