@@ -1,0 +1,188 @@
+//! Clients other than kubectl's everyday commands against the real node (`capstan up` with
+//! runc pods, images from a real `docker-registry`): the official Python client's WebSocket
+//! port-forward, `kubectl cp`, `kubectl debug` with ephemeral containers, and the proxy
+//! subresources. Needs root, runc, the CNI plugins, docker-registry, busybox-static and
+//! python3-kubernetes (scripts/deps.sh installs them).
+
+mod common;
+
+use capstan_testkit::{push_busybox_image, Registry, INDEX_HTML};
+use common::{wait_for, Cluster};
+use serde_json::Value;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// A registry with the busybox test image, and a cluster with a Ready real node.
+fn node_cluster() -> (Registry, String, Cluster) {
+    let reg = Registry::start(None).expect("start docker-registry");
+    let image = rt().block_on(push_busybox_image(&reg, "busybox", "1", None)).expect("push the test image");
+    let c = Cluster::start_node("");
+    wait_for("node-1 Ready", Duration::from_secs(30), || {
+        let n = c.kubectl(&["get", "node", "node-1", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&n.stdout).ok()?;
+        v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            .then_some(())
+    });
+    (reg, image, c)
+}
+
+fn try_pod(c: &Cluster, name: &str) -> Option<Value> {
+    let out = c.kubectl(&["get", "pod", name, "-o", "json"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
+
+fn is_ready(p: &Value) -> bool {
+    p["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// Waits until the pod is Running and Ready; on timeout, fails with `kubectl describe`.
+fn wait_running(c: &Cluster, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(p) = try_pod(c, name).filter(|p| p["status"]["phase"] == "Running" && is_ready(p)) {
+            return p;
+        }
+        if Instant::now() > deadline {
+            let d = c.kubectl(&["describe", "pod", name]);
+            panic!("pod {name} not Running and Ready after 60 s:\n{}", String::from_utf8_lossy(&d.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn apply(c: &Cluster, name: &str, yaml: &str) {
+    let f = c.file(name, yaml);
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+}
+
+/// A pod `web` (label `app: web`) serving the test page with busybox httpd on port 80.
+fn web_pod(c: &Cluster, image: &str) -> Value {
+    apply(
+        c,
+        "web.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {{app: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: {image}
+    command: ["httpd", "-f", "-p", "80", "-h", "/var/www"]
+    ports: [{{name: http, containerPort: 80}}]
+"#
+        ),
+    );
+    wait_running(c, "web")
+}
+
+/// Runs a Python script (with the kubeconfig as its argument) under a deadline; returns
+/// its stdout, failing with both outputs when it fails.
+fn python(c: &Cluster, script: &str) -> String {
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(&c.kubeconfig)
+        .env_remove("KUBECONFIG")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for python3") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "python3 failed or timed out ({status:?}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    );
+    stdout
+}
+
+/// The Python client's `portforward()` speaks the plain WebSocket channel protocol
+/// (`v4.channel.k8s.io`): a GET through it returns the pod's page, and a closed port's
+/// error channel carries the node's connection error.
+#[test]
+fn python_client_port_forward_over_websocket() {
+    let (_reg, image, c) = node_cluster();
+    web_pod(&c, &image);
+    let script = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import portforward
+
+config.load_kube_config(sys.argv[1])
+core = client.CoreV1Api()
+
+def fetch(port, request):
+    pf = portforward(core.connect_get_namespaced_pod_portforward, "web", "default", ports=str(port))
+    sock = pf.socket(port)
+    sock.setblocking(True)
+    sock.settimeout(20)
+    if request:
+        sock.sendall(request)
+    data = b""
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            break
+        data += d
+    sock.close()
+    return data, pf.error(port)
+
+data, err = fetch(80, b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+head, _, body = data.partition(b"\r\n\r\n")
+print("STATUS", head.split(b"\r\n")[0].decode())
+print("BODY", repr(body.decode()))
+print("ERROR80", repr(err))
+# Nothing listens on 81: the connection ends, and its error channel says why.
+data, err = fetch(81, None)
+print("DATA81", repr(data))
+print("ERROR81", err)
+"#;
+    let out = python(&c, script);
+    let line = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k} ")))
+            .unwrap_or_else(|| panic!("no {k} line in {out}"))
+            .to_string()
+    };
+    assert!(line("STATUS").starts_with("HTTP/1.") && line("STATUS").contains(" 200"), "{out}");
+    assert_eq!(line("BODY"), format!("{INDEX_HTML:?}").replace('"', "'"), "{out}");
+    assert_eq!(line("ERROR80"), "None", "{out}");
+    assert_eq!(line("DATA81"), "b''", "{out}");
+    let e81 = line("ERROR81");
+    assert!(e81.contains("error forwarding port 81") && e81.contains("refused"), "{out}");
+}
