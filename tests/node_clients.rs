@@ -186,3 +186,42 @@ print("ERROR81", err)
     let e81 = line("ERROR81");
     assert!(e81.contains("error forwarding port 81") && e81.contains("refused"), "{out}");
 }
+
+/// `kubectl cp` both ways (tar through exec, stdin closed by the v5 close signal): a file
+/// and a directory into the pod, read back with exec; a file and a directory out of it,
+/// compared with what was written.
+#[test]
+fn kubectl_cp_both_ways() {
+    let (_reg, image, c) = node_cluster();
+    web_pod(&c, &image);
+    let local = c.path().join("cp-src");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    let big: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(local.join("a.txt"), "hello from the host\n").unwrap();
+    std::fs::write(local.join("sub/big.txt"), &big).unwrap();
+
+    // Into the pod: one file, then a whole directory.
+    let a = local.join("a.txt");
+    c.ok(&["cp", a.to_str().unwrap(), "web:/tmp/a.txt"]);
+    assert_eq!(c.ok(&["exec", "web", "--", "cat", "/tmp/a.txt"]), "hello from the host\n");
+    c.ok(&["cp", local.to_str().unwrap(), "web:/tmp/dir"]);
+    assert_eq!(c.ok(&["exec", "web", "--", "cat", "/tmp/dir/a.txt"]), "hello from the host\n");
+    let sum = c.ok(&["exec", "web", "--", "wc", "-c", "/tmp/dir/sub/big.txt"]);
+    assert_eq!(sum.split_whitespace().next(), Some(big.len().to_string().as_str()), "{sum}");
+
+    // Out of the pod: a file written inside, and the directory copied in above.
+    c.ok(&["exec", "web", "--", "sh", "-c", "echo made in the pod > /tmp/out.txt"]);
+    let back = c.path().join("out.txt");
+    c.ok(&["cp", "web:/tmp/out.txt", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "made in the pod\n");
+    let dir_back = c.path().join("dir-back");
+    c.ok(&["cp", "web:/tmp/dir", dir_back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(dir_back.join("a.txt")).unwrap(), "hello from the host\n");
+    assert_eq!(std::fs::read_to_string(dir_back.join("sub/big.txt")).unwrap(), big);
+    // A missing file: tar's complaint reaches the user (kubectl prints the remote stderr on
+    // stdout); whether kubectl then exits non-zero races in kubectl itself, as upstream.
+    let o = c.kubectl(&["cp", "web:/tmp/nope", c.path().join("nope").to_str().unwrap()]);
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(said.contains("/tmp/nope: No such file or directory"), "{said}");
+    assert!(!c.path().join("nope").exists());
+}
