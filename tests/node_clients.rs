@@ -9,7 +9,7 @@ mod common;
 use capstan_testkit::{push_busybox_image, Registry, INDEX_HTML};
 use common::{wait_for, Cluster};
 use serde_json::Value;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -224,4 +224,76 @@ fn kubectl_cp_both_ways() {
     let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(said.contains("/tmp/nope: No such file or directory"), "{said}");
     assert!(!c.path().join("nope").exists());
+}
+
+/// Runs `kubectl <args>` on a terminal of its own (util-linux `script`) with `input` typed
+/// into it; returns everything the terminal showed.
+fn kubectl_on_a_terminal(c: &Cluster, args: &str, input: &str) -> String {
+    let command = format!(
+        "stty rows 40 cols 100; exec kubectl --kubeconfig {} --cache-dir {} {args}",
+        c.kubeconfig.display(),
+        c.path().join("kube-cache").display()
+    );
+    let mut child = Command::new("timeout")
+        .args(["60", "script", "-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) is installed");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("typing");
+    drop(stdin);
+    let out = child.wait_with_output().expect("script runs");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn ephemeral_status(p: &Value, name: &str) -> Value {
+    p["status"]["ephemeralContainerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// `kubectl debug` adds ephemeral containers through `pods/ephemeralcontainers`; the node
+/// starts each once in the pod. With `--target` it sees the target container's processes;
+/// with `-it` kubectl attaches to it on a terminal. The pod stays Ready throughout.
+#[test]
+fn kubectl_debug_runs_ephemeral_containers() {
+    let (_reg, image, c) = node_cluster();
+    web_pod(&c, &image);
+
+    // Non-interactive, sharing httpd's process namespace: `ps` lists httpd.
+    c.ok(&["debug", "web", &format!("--image={image}"), "--target=httpd", "-c", "dbg1", "--", "ps"]);
+    let p = wait_for("dbg1 terminated", Duration::from_secs(60), || {
+        let p = try_pod(&c, "web")?;
+        ephemeral_status(&p, "dbg1")["state"]["terminated"].is_object().then_some(p)
+    });
+    let st = ephemeral_status(&p, "dbg1");
+    assert_eq!(st["state"]["terminated"]["exitCode"], 0, "{st}");
+    assert!(st["containerID"].as_str().unwrap_or("").starts_with("runc://"), "{st}");
+    let ps = c.ok(&["logs", "web", "-c", "dbg1"]);
+    assert!(ps.contains("httpd -f -p 80"), "the target's processes are not visible:\n{ps}");
+    assert_eq!(p["spec"]["ephemeralContainers"][0]["targetContainerName"], "httpd", "{p}");
+    assert!(is_ready(&p) && p["status"]["containerStatuses"].as_array().map(Vec::len) == Some(1), "{p}");
+
+    // Interactive: kubectl waits for the container to run, then attaches on a terminal.
+    let shown = kubectl_on_a_terminal(
+        &c,
+        &format!("debug -it web --image={image} --target=httpd -c dbg2 -- sh"),
+        "echo sum-$((6*7))\nexit\n",
+    );
+    assert!(shown.contains("sum-42"), "{shown:?}");
+    let p = wait_for("dbg2 terminated", Duration::from_secs(30), || {
+        let p = try_pod(&c, "web")?;
+        ephemeral_status(&p, "dbg2")["state"]["terminated"].is_object().then_some(p)
+    });
+    assert_eq!(p["spec"]["ephemeralContainers"].as_array().map(Vec::len), Some(2), "{p}");
+    assert!(is_ready(&p), "{p}");
+    // Ephemeral containers are never restarted.
+    assert_eq!(ephemeral_status(&p, "dbg1")["restartCount"], 0, "{p}");
+
+    // A name already used in the pod is refused with upstream's message.
+    let err = c.fails(&["debug", "web", &format!("--image={image}"), "-c", "httpd", "--", "true"]);
+    assert!(err.contains("spec.ephemeralContainers[2].name: Duplicate value: \"httpd\""), "{err}");
 }

@@ -198,6 +198,7 @@ const POD_SUBS: &[Subresource] = &[
         kind: "PodPortForwardOptions",
         verbs: &["create", "get"],
     },
+    Subresource { name: "ephemeralcontainers", group: "", version: "v1", kind: "Pod", verbs: STATUS_VERBS },
 ];
 
 /// Every resource capstan serves, in discovery order.
