@@ -297,3 +297,103 @@ fn kubectl_debug_runs_ephemeral_containers() {
     let err = c.fails(&["debug", "web", &format!("--image={image}"), "-c", "httpd", "--", "true"]);
     assert!(err.contains("spec.ephemeralContainers[2].name: Duplicate value: \"httpd\""), "{err}");
 }
+
+/// A plain HTTP GET of `path` from `host_port`; returns the body of a 200 answer.
+fn http_get(host_port: &str, path: &str) -> Option<String> {
+    use std::net::TcpStream;
+    let mut s = TcpStream::connect_timeout(&host_port.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    // kubectl proxy accepts only local Host headers (`--accept-hosts`).
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_string())
+}
+
+/// `pods/proxy` and `services/proxy` reach the pod through its node: `kubectl get --raw` on
+/// `services/web:80/proxy/`, the port by name, `pods/web/proxy/` (first container port),
+/// and `kubectl proxy`; a closed port, a missing service port and a service without
+/// endpoints are 503 with upstream's messages; RBAC on `pods/proxy` and `services/proxy`.
+#[test]
+fn proxy_subresources_reach_the_pod() {
+    let (_reg, image, c) = node_cluster();
+    web_pod(&c, &image);
+    apply(
+        &c,
+        "svc.yaml",
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  selector: {app: nothing}
+  ports: [{port: 80}]
+"#,
+    );
+    let raw = |path: &str| c.ok(&["get", "--raw", path]);
+    let page = wait_for("the page through services/web:80/proxy", Duration::from_secs(30), || {
+        let out = c.kubectl(&["get", "--raw", "/api/v1/namespaces/default/services/web:80/proxy/"]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(page, INDEX_HTML);
+    assert_eq!(raw("/api/v1/namespaces/default/services/web:http/proxy/index.html"), INDEX_HTML);
+    assert_eq!(raw("/api/v1/namespaces/default/services/http:web:80/proxy/"), INDEX_HTML);
+    assert_eq!(raw("/api/v1/namespaces/default/pods/web/proxy/"), INDEX_HTML);
+    assert_eq!(raw("/api/v1/namespaces/default/pods/web:80/proxy/index.html"), INDEX_HTML);
+    // The backend's own status comes back.
+    let err = c.fails(&["get", "--raw", "/api/v1/namespaces/default/pods/web/proxy/missing.html"]);
+    assert!(err.contains("NotFound") || err.contains("404"), "{err}");
+
+    // Failures: 503 with upstream's messages.
+    let err = c.fails(&["get", "--raw", "/api/v1/namespaces/default/pods/web:81/proxy/"]);
+    assert!(err.contains("error trying to reach service") && err.contains("refused"), "{err}");
+    let err = c.fails(&["get", "--raw", "/api/v1/namespaces/default/services/web:9999/proxy/"]);
+    assert!(err.contains("no service port 9999 found for service \"web\""), "{err}");
+    let err = c.fails(&["get", "--raw", "/api/v1/namespaces/default/services/empty:80/proxy/"]);
+    assert!(err.contains("no endpoints available for service \"empty\""), "{err}");
+    let err = c.fails(&["get", "--raw", "/api/v1/namespaces/default/pods/nope/proxy/"]);
+    assert!(err.contains("pods \"nope\" not found"), "{err}");
+
+    // RBAC: the verb of the method on pods/proxy or services/proxy.
+    let err = c.fails(&["get", "--raw", "/api/v1/namespaces/default/services/web:80/proxy/", "--as=bob"]);
+    assert!(err.contains("Forbidden") || err.contains("forbidden"), "{err}");
+    c.ok(&["create", "role", "svc-proxy", "--verb=get", "--resource=services/proxy"]);
+    c.ok(&["create", "rolebinding", "svc-proxy", "--role=svc-proxy", "--user=bob"]);
+    let page = wait_for("bob may proxy to services", Duration::from_secs(10), || {
+        let out =
+            c.kubectl(&["get", "--raw", "/api/v1/namespaces/default/services/web:80/proxy/", "--as=bob"]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(page, INDEX_HTML);
+    let err = c.fails(&["get", "--raw", "/api/v1/namespaces/default/pods/web/proxy/", "--as=bob"]);
+    assert!(err.contains("Forbidden") || err.contains("forbidden"), "{err}");
+
+    // `kubectl proxy` in front of it.
+    let mut proxy = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["proxy", "--port=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl proxy");
+    let mut out = proxy.stdout.take().expect("stdout");
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while out.read(&mut b).map(|n| n == 1).unwrap_or(false) && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let addr = line.rsplit(' ').next().unwrap_or("").trim().to_string();
+    let body = http_get(&addr, "/api/v1/namespaces/default/services/web:80/proxy/");
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert_eq!(body.as_deref(), Some(INDEX_HTML), "kubectl proxy said {line:?}");
+}

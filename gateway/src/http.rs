@@ -184,7 +184,7 @@ fn query_pairs(req: &HttpRequest) -> ApiResult<Vec<(String, String)>> {
 }
 
 /// Reads the body with the size limit.
-async fn read_body(mut payload: web::Payload, limit: usize) -> ApiResult<Bytes> {
+pub(crate) async fn read_body(mut payload: web::Payload, limit: usize) -> ApiResult<Bytes> {
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("failed to read request body: {e}")))?;
@@ -503,6 +503,9 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
             return Ok(resp.body(doc.as_ref().clone()));
         }
         _ => {}
+    }
+    if let Some(r) = crate::streams::proxy::route(&segs, req.path()) {
+        return crate::streams::proxy::serve(req, payload, gw, &user, r).await;
     }
     let (group, version, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("", "v1", rest),

@@ -7,7 +7,8 @@
 //! - exec and attach: WebSocket with `v5.channel.k8s.io` or `v4.channel.k8s.io` ([`exec`]);
 //! - port-forward: SPDY/3.1 tunnelled in WebSocket, `SPDY/3.1+portforward.k8s.io`
 //!   ([`portforward`]), or the plain WebSocket channel protocol (`v4.channel.k8s.io`, one
-//!   data and one error channel per port: [`wsportforward`]).
+//!   data and one error channel per port: [`wsportforward`]);
+//! - `pods/proxy` and `services/proxy`: HTTP relayed over a port-forward session ([`proxy`]).
 //!
 //! kubectl falls back to SPDY over a plain HTTP upgrade (`POST`, `Upgrade: SPDY/3.1`) when
 //! the WebSocket upgrade fails. actix-web hands a handler the raw connection only after a
@@ -17,6 +18,7 @@
 pub mod exec;
 pub mod logs;
 pub mod portforward;
+pub mod proxy;
 pub mod wsportforward;
 
 use crate::auth::User;
