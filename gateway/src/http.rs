@@ -484,7 +484,22 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
         ["api", "v1"] => return plain(discovery::resource_list("", "v1")),
         ["apis", g] => return plain(discovery::legacy_group_doc(g)),
         ["apis", g, v] => return plain(discovery::resource_list(g, v)),
-        ["openapi", "v2"] => return Err(not_found_path()),
+        ["openapi", "v2"] => {
+            // JSON, or gnostic's protobuf for client-go's `OpenAPISchema()`.
+            let doc = capstan_api::openapi::document_v2();
+            let accept = header_str(req, header::ACCEPT);
+            let protobuf = accept.contains(capstan_api::openapi::V2_PROTOBUF_MEDIA_TYPE);
+            let mut resp = HttpResponse::Ok();
+            resp.insert_header((header::ETAG, format!("\"{}\"", doc.hash)));
+            resp.insert_header((header::VARY, "Accept"));
+            return Ok(if protobuf {
+                // As upstream's kube-openapi handler: the media type asked for is not a valid
+                // Content-Type (Go's mime parser rejects its `@`).
+                resp.content_type("application/octet-stream").body(doc.protobuf.as_ref().clone())
+            } else {
+                resp.content_type("application/json").body(doc.json.as_ref().clone())
+            });
+        }
         ["openapi", "v3"] => return Ok(json_response(StatusCode::OK, &capstan_api::openapi::index())),
         ["openapi", "v3", rest @ ..] => {
             let (g, v) = match rest {
