@@ -120,7 +120,12 @@ pub async fn serve(
             Err(ApiError::BadRequest(format!(
                 "pods/{sub} is served over WebSocket only ({}); SPDY is not supported by this server",
                 if sub == "portforward" {
-                    portforward::PROTOCOL.to_string()
+                    format!(
+                        "{}, {}, {}",
+                        portforward::PROTOCOL,
+                        wsportforward::V4_BINARY,
+                        wsportforward::V4_BASE64
+                    )
                 } else {
                     format!("{}, {}", exec::V5, exec::V4)
                 }
