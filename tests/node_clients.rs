@@ -7,7 +7,7 @@
 mod common;
 
 use capstan_testkit::{push_busybox_image, Registry, INDEX_HTML};
-use common::{wait_for, Cluster};
+use common::{client, wait_for, Cluster};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -218,6 +218,17 @@ fn kubectl_cp_both_ways() {
     c.ok(&["cp", "web:/tmp/dir", dir_back.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(dir_back.join("a.txt")).unwrap(), "hello from the host\n");
     assert_eq!(std::fs::read_to_string(dir_back.join("sub/big.txt")).unwrap(), big);
+    // kubectl 1.35 too, both ways.
+    let k135 = client("kubectl-1.35");
+    let ok135 = |args: &[&str]| {
+        let out = c.kubectl_as(&k135, args, &[], None);
+        assert!(out.status.success(), "kubectl 1.35 {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ok135(&["cp", a.to_str().unwrap(), "web:/tmp/a135.txt"]);
+    let back135 = c.path().join("a135.txt");
+    ok135(&["cp", "web:/tmp/a135.txt", back135.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&back135).unwrap(), "hello from the host\n");
+
     // A missing file: tar's complaint reaches the user (kubectl prints the remote stderr on
     // stdout); whether kubectl then exits non-zero races in kubectl itself, as upstream.
     let o = c.kubectl(&["cp", "web:/tmp/nope", c.path().join("nope").to_str().unwrap()]);
@@ -293,9 +304,22 @@ fn kubectl_debug_runs_ephemeral_containers() {
     // Ephemeral containers are never restarted.
     assert_eq!(ephemeral_status(&p, "dbg1")["restartCount"], 0, "{p}");
 
+    // kubectl 1.35 adds one the same way.
+    let out = c.kubectl_as(
+        &client("kubectl-1.35"),
+        &["debug", "web", &format!("--image={image}"), "-c", "dbg3", "--", "true"],
+        &[],
+        None,
+    );
+    assert!(out.status.success(), "kubectl 1.35 debug: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for("dbg3 terminated", Duration::from_secs(30), || {
+        let p = try_pod(&c, "web")?;
+        (ephemeral_status(&p, "dbg3")["state"]["terminated"]["exitCode"] == 0).then_some(())
+    });
+
     // A name already used in the pod is refused with upstream's message.
     let err = c.fails(&["debug", "web", &format!("--image={image}"), "-c", "httpd", "--", "true"]);
-    assert!(err.contains("spec.ephemeralContainers[2].name: Duplicate value: \"httpd\""), "{err}");
+    assert!(err.contains("spec.ephemeralContainers[3].name: Duplicate value: \"httpd\""), "{err}");
 }
 
 /// A plain HTTP GET of `path` from `host_port`; returns the body of a 200 answer.

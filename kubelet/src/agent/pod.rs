@@ -388,6 +388,13 @@ impl PodState {
             Stage::Gone => return,
         }
         if self.stage != Stage::Gone && !self.deleted {
+            // Sessions see a container before the API says it runs: a client that waits for
+            // `running` (kubectl debug, attach) must find it when it connects.
+            let view = self.view(deps);
+            deps.views
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(format!("{}/{}", self.namespace, self.name), view);
             self.write_status(deps).await;
         }
     }
