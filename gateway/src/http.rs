@@ -56,8 +56,7 @@ pub enum PeerIdentity {
 }
 
 fn json_response(code: StatusCode, body: &Value) -> HttpResponse {
-    let bytes = crate::status::status_json(body)
-        .unwrap_or_else(|| serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()));
+    let bytes = crate::status::response_json(body);
     HttpResponse::build(code).content_type("application/json").body(bytes)
 }
 

@@ -387,6 +387,21 @@ pub fn status_json(v: &Value) -> Option<Vec<u8>> {
     Some(go_escape(out))
 }
 
+/// A JSON response body: a `v1` Status as [`status_json`] writes it; any other object with
+/// `kind` and `apiVersion` first, then `metadata`, as upstream's types put them (the rest
+/// keeps serde_json's key order).
+pub fn response_json(v: &Value) -> Vec<u8> {
+    if let Some(b) = status_json(v) {
+        return b;
+    }
+    if v.get("kind").is_none() {
+        return serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    }
+    let mut out = Vec::with_capacity(1024);
+    write_ordered(&mut out, v, &["kind", "apiVersion", "metadata"], &|_| &[]);
+    out
+}
+
 /// Go's JSON encoder escapes `<`, `>`, `&`, U+2028 and U+2029 inside strings (they occur
 /// nowhere else in JSON), as `\u003c` and so on.
 fn go_escape(out: Vec<u8>) -> Vec<u8> {
@@ -453,6 +468,12 @@ mod tests {
             "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"a \\u003cb\\u003e \\u0026 c\"}\n"
         );
         assert!(status_json(&json!({"kind": "Pod", "apiVersion": "v1"})).is_none());
+        let pod =
+            json!({"apiVersion": "v1", "kind": "Pod", "spec": {"b": 1, "a": 2}, "metadata": {"name": "p"}});
+        assert_eq!(
+            String::from_utf8(response_json(&pod)).unwrap(),
+            r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p"},"spec":{"a":2,"b":1}}"#
+        );
     }
 
     #[test]
