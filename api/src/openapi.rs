@@ -19,6 +19,9 @@
 
 mod paths;
 mod schemas;
+mod v2;
+
+pub use v2::PROTOBUF_MEDIA_TYPE as V2_PROTOBUF_MEDIA_TYPE;
 
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -159,6 +162,43 @@ pub fn document(group: &str, version: &str) -> Option<Arc<Vec<u8>>> {
 /// `?hash=` and as the ETag, or `None` if that group-version is not served.
 pub fn document_hash(group: &str, version: &str) -> Option<String> {
     find(group, version).map(|d| d.1)
+}
+
+/// The `/openapi/v2` document, rebuilt when custom kinds change: (registry generation,
+/// JSON bytes, protobuf bytes).
+static V2_DOCUMENT: LazyLock<Mutex<(u64, Option<V2Document>)>> =
+    LazyLock::new(|| Mutex::new((u64::MAX, None)));
+
+/// The `/openapi/v2` document in its two encodings.
+pub struct V2Document {
+    /// Swagger 2.0 JSON.
+    pub json: Arc<Vec<u8>>,
+    /// gnostic's `openapi.v2.Document` protobuf ([`V2_PROTOBUF_MEDIA_TYPE`]).
+    pub protobuf: Arc<Vec<u8>>,
+    /// A stable hash of the JSON bytes (the ETag).
+    pub hash: String,
+}
+
+/// The Swagger 2.0 document of everything served (`/openapi/v2`), derived from the v3
+/// documents; built on first use and again when CustomResourceDefinitions change.
+pub fn document_v2() -> V2Document {
+    let generation = registry::generation();
+    let mut cached = V2_DOCUMENT.lock().unwrap_or_else(|e| e.into_inner());
+    if cached.0 != generation || cached.1.is_none() {
+        let custom = custom_documents();
+        let docs: Vec<Value> = DOCUMENTS
+            .iter()
+            .chain(custom.iter())
+            .filter_map(|d| serde_json::from_slice(&d.bytes).ok())
+            .collect();
+        let doc = v2::build(&docs, KUBERNETES_VERSION);
+        let json = serde_json::to_vec(&doc).unwrap_or_default();
+        let hash = hash_hex(&json);
+        let protobuf = v2::to_protobuf(&doc);
+        *cached = (generation, Some(V2Document { json: Arc::new(json), protobuf: Arc::new(protobuf), hash }));
+    }
+    let d = cached.1.as_ref().expect("built above");
+    V2Document { json: Arc::clone(&d.json), protobuf: Arc::clone(&d.protobuf), hash: d.hash.clone() }
 }
 
 #[cfg(test)]

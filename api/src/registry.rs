@@ -198,7 +198,10 @@ const POD_SUBS: &[Subresource] = &[
         kind: "PodPortForwardOptions",
         verbs: &["create", "get"],
     },
+    Subresource { name: "ephemeralcontainers", group: "", version: "v1", kind: "Pod", verbs: STATUS_VERBS },
+    Subresource { name: "proxy", group: "", version: "v1", kind: "PodProxyOptions", verbs: PROXY_VERBS },
 ];
+const PROXY_VERBS: &[&str] = &["create", "delete", "get", "patch", "update"];
 
 /// Every resource capstan serves, in discovery order.
 pub static RESOURCES: &[ResourceInfo] = &[
@@ -256,7 +259,16 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short = ["svc"],
         cats = ["all"],
         Namespaced,
-        subs = [status("", "v1", "Service")]
+        subs = [
+            status("", "v1", "Service"),
+            Subresource {
+                name: "proxy",
+                group: "",
+                version: "v1",
+                kind: "ServiceProxyOptions",
+                verbs: PROXY_VERBS
+            }
+        ]
     ),
     res!(
         "",

@@ -15,6 +15,8 @@ mod names;
 mod pod;
 mod update;
 
+pub use pod::ephemeral_update as ephemeral_containers_update;
+
 use crate::{Cause, ResourceInfo};
 use serde_json::Value;
 

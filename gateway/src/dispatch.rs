@@ -129,7 +129,7 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
             Ok(object(200, svc.delete_collection(user, res, ns, &lopts, &dopts).await?))
         }
         (Verb::Get, Some(name), None) => Ok(object(200, svc.get(user, res, ns, name).await?)),
-        (Verb::Update, Some(name), None | Some("status" | "approval")) => {
+        (Verb::Update, Some(name), None | Some("status" | "approval" | "ephemeralcontainers")) => {
             let opts = q.write_options_for(&user_agent, false)?;
             let sub = t.subresource.as_deref();
             let r = svc.update_sub(user, res, ns, name, required_body(body)?, &opts, sub).await?;
@@ -139,7 +139,7 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
                 warnings: r.warnings,
             })
         }
-        (Verb::Patch(pt), Some(name), None | Some("status" | "approval")) => {
+        (Verb::Patch(pt), Some(name), None | Some("status" | "approval" | "ephemeralcontainers")) => {
             let sub = t.subresource.as_deref();
             let opts = q.write_options_for(&user_agent, pt == PatchType::Apply)?;
             if pt != PatchType::Apply && q.get("force").is_some() {
@@ -176,7 +176,7 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
             });
             Ok(object(200, success_status(Some(details))))
         }
-        (Verb::Get, Some(name), Some(sub @ ("status" | "approval"))) => {
+        (Verb::Get, Some(name), Some(sub @ ("status" | "approval" | "ephemeralcontainers"))) => {
             svc.authorize(user, "get", res, Some(sub), ns, Some(name))?;
             Ok(object(200, svc.get(&User::system(), res, ns, name).await?))
         }

@@ -58,7 +58,7 @@ pub enum PeerIdentity {
 }
 
 fn json_response(code: StatusCode, body: &Value) -> HttpResponse {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let bytes = crate::status::response_json(body);
     HttpResponse::build(code).content_type("application/json").body(bytes)
 }
 
@@ -186,7 +186,7 @@ fn query_pairs(req: &HttpRequest) -> ApiResult<Vec<(String, String)>> {
 }
 
 /// Reads the body with the size limit.
-async fn read_body(mut payload: web::Payload, limit: usize) -> ApiResult<Bytes> {
+pub(crate) async fn read_body(mut payload: web::Payload, limit: usize) -> ApiResult<Bytes> {
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("failed to read request body: {e}")))?;
@@ -504,7 +504,22 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
         ["api", "v1"] => return plain(discovery::resource_list("", "v1")),
         ["apis", g] => return plain(discovery::legacy_group_doc(g)),
         ["apis", g, v] => return plain(discovery::resource_list(g, v)),
-        ["openapi", "v2"] => return Err(not_found_path()),
+        ["openapi", "v2"] => {
+            // JSON, or gnostic's protobuf for client-go's `OpenAPISchema()`.
+            let doc = capstan_api::openapi::document_v2();
+            let accept = header_str(req, header::ACCEPT);
+            let protobuf = accept.contains(capstan_api::openapi::V2_PROTOBUF_MEDIA_TYPE);
+            let mut resp = HttpResponse::Ok();
+            resp.insert_header((header::ETAG, format!("\"{}\"", doc.hash)));
+            resp.insert_header((header::VARY, "Accept"));
+            return Ok(if protobuf {
+                // As upstream's kube-openapi handler: the media type asked for is not a valid
+                // Content-Type (Go's mime parser rejects its `@`).
+                resp.content_type("application/octet-stream").body(doc.protobuf.as_ref().clone())
+            } else {
+                resp.content_type("application/json").body(doc.json.as_ref().clone())
+            });
+        }
         ["openapi", "v3"] => return Ok(json_response(StatusCode::OK, &capstan_api::openapi::index())),
         ["openapi", "v3", rest @ ..] => {
             let (g, v) = match rest {
@@ -524,6 +539,9 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
             return Ok(resp.body(doc.as_ref().clone()));
         }
         _ => {}
+    }
+    if let Some(r) = crate::streams::proxy::route(&segs, req.path()) {
+        return crate::streams::proxy::serve(req, payload, gw, &user, r).await;
     }
     let (group, version, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("", "v1", rest),

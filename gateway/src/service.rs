@@ -961,6 +961,8 @@ impl ApiService {
         // `pods/binding` sets spec.nodeName, a change pod updates may not make: the pod is
         // validated as if it had already been bound.
         let binding = subresource == Some("binding");
+        // `pods/ephemeralcontainers` changes spec.ephemeralContainers and nothing else.
+        let ephemeral = subresource == Some("ephemeralcontainers");
         let strategy = self.strategies.of(res);
         let key = keys::object_key(res, namespace, name);
         for _ in 0..MAX_UPDATE_RETRIES {
@@ -1041,6 +1043,18 @@ impl ApiService {
                     }
                 }
                 new = merged;
+            } else if ephemeral {
+                let list = new.get("spec").and_then(|s| s.get("ephemeralContainers")).cloned();
+                let mut merged = old.clone();
+                match list {
+                    Some(l) => merged["spec"]["ephemeralContainers"] = l,
+                    None => {
+                        if let Some(o) = merged["spec"].as_object_mut() {
+                            o.remove("ephemeralContainers");
+                        }
+                    }
+                }
+                new = merged;
             } else if res.has_status() {
                 match old.get("status") {
                     Some(s) => new["status"] = s.clone(),
@@ -1105,6 +1119,14 @@ impl ApiService {
                 let mut bound = old.clone();
                 bound["spec"]["nodeName"] = new["spec"]["nodeName"].clone();
                 Self::invalid(res, &new, strategy.validate_update(res, &bound, &new))?;
+            } else if ephemeral {
+                // Validated as an update that had the new list already, plus upstream's
+                // rules for the list itself.
+                let mut with_list = old.clone();
+                with_list["spec"]["ephemeralContainers"] = new["spec"]["ephemeralContainers"].clone();
+                let mut causes = strategy.validate_update(res, &with_list, &new);
+                causes.extend(capstan_api::validation::ephemeral_containers_update(&old, &new));
+                Self::invalid(res, &new, causes)?;
             } else {
                 Self::invalid(res, &new, strategy.validate_update(res, &old, &new))?;
             }

@@ -319,6 +319,119 @@ pub fn success_status(details: Option<Value>) -> Value {
     s
 }
 
+/// Field orders of upstream's Go structs, which its JSON encoder follows.
+const STATUS_ORDER: &[&str] =
+    &["kind", "apiVersion", "metadata", "status", "message", "reason", "details", "code"];
+const LIST_META_ORDER: &[&str] = &["selfLink", "resourceVersion", "continue", "remainingItemCount"];
+const DETAILS_ORDER: &[&str] = &["name", "group", "kind", "uid", "causes", "retryAfterSeconds"];
+const CAUSE_ORDER: &[&str] = &["reason", "message", "field"];
+
+/// Writes the object `v` with the keys of `order` first, in that order, then any others
+/// (sorted); `child` gives the order of a key's object (or array of objects) value.
+fn write_ordered(
+    out: &mut Vec<u8>,
+    v: &Value,
+    order: &[&str],
+    child: &dyn Fn(&str) -> &'static [&'static str],
+) {
+    let Some(m) = v.as_object() else {
+        let _ = serde_json::to_writer(&mut *out, v);
+        return;
+    };
+    out.push(b'{');
+    let rest = m.keys().filter(|k| !order.contains(&k.as_str())).map(String::as_str);
+    let mut first = true;
+    for k in order.iter().copied().chain(rest) {
+        let Some(val) = m.get(k) else { continue };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let _ = serde_json::to_writer(&mut *out, k);
+        out.push(b':');
+        let sub = child(k);
+        match val {
+            Value::Array(items) if !sub.is_empty() => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_ordered(out, item, sub, &|_| &[]);
+                }
+                out.push(b']');
+            }
+            _ => write_ordered(out, val, sub, &|k| if k == "causes" { CAUSE_ORDER } else { &[] }),
+        }
+    }
+    out.push(b'}');
+}
+
+/// A `v1` Status as upstream's JSON encoder writes it: the Go struct's field order (`kind`,
+/// `apiVersion`, `metadata`, `status`, `message`, `reason`, `details`, `code`; details and
+/// causes likewise) and a trailing newline, so clients comparing bodies byte for byte see
+/// upstream's. `None` for anything else.
+pub fn status_json(v: &Value) -> Option<Vec<u8>> {
+    if v.get("kind").and_then(Value::as_str) != Some("Status")
+        || v.get("apiVersion").and_then(Value::as_str) != Some("v1")
+    {
+        return None;
+    }
+    let mut out = Vec::with_capacity(256);
+    write_ordered(&mut out, v, STATUS_ORDER, &|k| match k {
+        "metadata" => LIST_META_ORDER,
+        "details" => DETAILS_ORDER,
+        _ => &[],
+    });
+    out.push(b'\n');
+    Some(go_escape(out))
+}
+
+/// A JSON response body: a `v1` Status as [`status_json`] writes it; any other object with
+/// `kind` and `apiVersion` first, then `metadata`, as upstream's types put them (the rest
+/// keeps serde_json's key order).
+pub fn response_json(v: &Value) -> Vec<u8> {
+    if let Some(b) = status_json(v) {
+        return b;
+    }
+    if v.get("kind").is_none() {
+        return serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    }
+    let mut out = Vec::with_capacity(1024);
+    write_ordered(&mut out, v, &["kind", "apiVersion", "metadata"], &|_| &[]);
+    out
+}
+
+/// Go's JSON encoder escapes `<`, `>`, `&`, U+2028 and U+2029 inside strings (they occur
+/// nowhere else in JSON), as `\u003c` and so on.
+fn go_escape(out: Vec<u8>) -> Vec<u8> {
+    let special = |b: &[u8]| matches!(b, [b'<' | b'>' | b'&', ..] | [0xE2, 0x80, 0xA8 | 0xA9, ..]);
+    if !(0..out.len()).any(|i| special(&out[i..])) {
+        return out;
+    }
+    let mut esc = Vec::with_capacity(out.len() + 16);
+    let mut i = 0;
+    while i < out.len() {
+        match &out[i..] {
+            [b'<', ..] => esc.extend_from_slice(b"\\u003c"),
+            [b'>', ..] => esc.extend_from_slice(b"\\u003e"),
+            [b'&', ..] => esc.extend_from_slice(b"\\u0026"),
+            [0xE2, 0x80, 0xA8, ..] => {
+                esc.extend_from_slice(b"\\u2028");
+                i += 2;
+            }
+            [0xE2, 0x80, 0xA9, ..] => {
+                esc.extend_from_slice(b"\\u2029");
+                i += 2;
+            }
+            [b, ..] => esc.push(*b),
+            [] => break,
+        }
+        i += 1;
+    }
+    esc
+}
+
 /// Result alias for the API service.
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -333,6 +446,34 @@ mod tests {
         assert_eq!(s["code"], 404);
         assert_eq!(s["message"], "pods \"x\" not found");
         assert_eq!(s["details"]["kind"], "pods");
+    }
+
+    /// Bodies recorded from upstream API servers (in public client logs and tests).
+    #[test]
+    fn status_bodies_are_upstreams_bytes() {
+        let jobs = capstan_api::registry::find("batch", "v1", "jobs").unwrap();
+        let pvs = capstan_api::registry::find("", "v1", "persistentvolumes").unwrap();
+        let body = |e: ApiError| String::from_utf8(status_json(&e.to_status()).unwrap()).unwrap();
+        assert_eq!(
+            body(ApiError::already_exists(jobs, "pipeline-19ee700c-fix6")),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"jobs.batch \\\"pipeline-19ee700c-fix6\\\" already exists\",\"reason\":\"AlreadyExists\",\"details\":{\"name\":\"pipeline-19ee700c-fix6\",\"group\":\"batch\",\"kind\":\"jobs\"},\"code\":409}\n"
+        );
+        assert_eq!(
+            body(ApiError::already_exists(pvs, "mysql-instance-pv")),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"persistentvolumes \\\"mysql-instance-pv\\\" already exists\",\"reason\":\"AlreadyExists\",\"details\":{\"name\":\"mysql-instance-pv\",\"kind\":\"persistentvolumes\"},\"code\":409}\n"
+        );
+        let s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "a <b> & c"});
+        assert_eq!(
+            String::from_utf8(status_json(&s).unwrap()).unwrap(),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"a \\u003cb\\u003e \\u0026 c\"}\n"
+        );
+        assert!(status_json(&json!({"kind": "Pod", "apiVersion": "v1"})).is_none());
+        let pod =
+            json!({"apiVersion": "v1", "kind": "Pod", "spec": {"b": 1, "a": 2}, "metadata": {"name": "p"}});
+        assert_eq!(
+            String::from_utf8(response_json(&pod)).unwrap(),
+            r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p"},"spec":{"a":2,"b":1}}"#
+        );
     }
 
     #[test]

@@ -483,3 +483,115 @@ fn toleration(e: &mut Errs, t: &Value, p: &str) {
         false,
     );
 }
+
+/// Fields an ephemeral container may not set (upstream's allow-list, inverted).
+const EPHEMERAL_FORBIDDEN: &[&str] = &[
+    "ports",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "lifecycle",
+    "resources",
+    "resizePolicy",
+    "restartPolicy",
+];
+
+/// `ValidatePodEphemeralContainersUpdate`: the rules of `pods/ephemeralcontainers` writes.
+/// Existing ephemeral containers stay as they are; new ones have unique names among all the
+/// pod's containers, no ports, probes, lifecycle, resources or restart policy, no subPath
+/// mounts, and a `targetContainerName` naming one of the pod's containers.
+pub fn ephemeral_update(old: &Value, new: &Value) -> Vec<crate::Cause> {
+    let mut e = Errs::default();
+    let (os, ns) = (old.get("spec"), new.get("spec"));
+    let list = ar(ns, "ephemeralContainers");
+    for o in ar(os, "ephemeralContainers") {
+        let name = st(Some(o), "name");
+        match list.iter().find(|n| st(Some(n), "name") == name) {
+            None => e.forbidden(
+                "spec.ephemeralContainers",
+                &format!("existing ephemeral containers {} may not be removed\n", q(name)),
+            ),
+            Some(n) if n != o => e.forbidden(
+                "spec.ephemeralContainers",
+                &format!("existing ephemeral containers {} may not be changed", q(name)),
+            ),
+            Some(_) => {}
+        }
+    }
+    let regular: Vec<&str> =
+        ar(ns, "initContainers").iter().chain(ar(ns, "containers")).map(|c| st(Some(c), "name")).collect();
+    let mut seen: HashSet<&str> = regular.iter().copied().collect();
+    for (i, c) in list.iter().enumerate() {
+        let p = format!("spec.ephemeralContainers[{i}]");
+        let cv = Some(c);
+        let name = st(cv, "name");
+        if name.is_empty() {
+            e.required(&format!("{p}.name"), "");
+        } else {
+            e.invalid_msgs(&format!("{p}.name"), name, names::dns1123_label(name));
+            if !seen.insert(name) {
+                e.duplicate(&format!("{p}.name"), &q(name));
+            }
+        }
+        if st(cv, "image").is_empty() {
+            e.required(&format!("{p}.image"), "");
+        }
+        for f in EPHEMERAL_FORBIDDEN {
+            // Zero values (`resources: {}` as kubectl sends) count as unset, as upstream.
+            let set = get(cv, f).is_some_and(|v| match v {
+                Value::Null => false,
+                Value::Object(m) => !m.is_empty(),
+                Value::Array(a) => !a.is_empty(),
+                Value::String(s) => !s.is_empty(),
+                _ => true,
+            });
+            if set {
+                e.forbidden(&format!("{p}.{f}"), "cannot be set for an Ephemeral Container");
+            }
+        }
+        for (j, m) in ar(cv, "volumeMounts").iter().enumerate() {
+            if !st(Some(m), "subPath").is_empty() {
+                e.forbidden(
+                    &format!("{p}.volumeMounts[{j}].subPath"),
+                    "cannot be set for an Ephemeral Container",
+                );
+            }
+        }
+        let target = st(cv, "targetContainerName");
+        if !target.is_empty() && !regular.contains(&target) {
+            e.not_found(&format!("{p}.targetContainerName"), &q(target));
+        }
+    }
+    e.0
+}
+
+#[cfg(test)]
+mod ephemeral_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ephemeral_container_rules_are_upstreams() {
+        let old = json!({"spec": {"containers": [{"name": "c", "image": "x"}],
+                                  "ephemeralContainers": [{"name": "e1", "image": "x"}]}});
+        let ok = json!({"spec": {"containers": [{"name": "c", "image": "x"}],
+            "ephemeralContainers": [{"name": "e1", "image": "x"},
+                                    {"name": "e2", "image": "x", "resources": {}, "targetContainerName": "c"}]}});
+        assert!(ephemeral_update(&old, &ok).is_empty());
+        let bad = json!({"spec": {"containers": [{"name": "c", "image": "x"}],
+            "ephemeralContainers": [{"name": "c", "image": "", "ports": [{"containerPort": 80}],
+                                     "targetContainerName": "nope"}]}});
+        let msgs: Vec<String> =
+            ephemeral_update(&old, &bad).iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+        assert_eq!(
+            msgs,
+            [
+                "spec.ephemeralContainers: Forbidden: existing ephemeral containers \"e1\" may not be removed\n",
+                "spec.ephemeralContainers[0].name: Duplicate value: \"c\"",
+                "spec.ephemeralContainers[0].image: Required value",
+                "spec.ephemeralContainers[0].ports: Forbidden: cannot be set for an Ephemeral Container",
+                "spec.ephemeralContainers[0].targetContainerName: Not found: \"nope\"",
+            ]
+        );
+    }
+}

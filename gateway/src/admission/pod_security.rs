@@ -173,8 +173,9 @@ impl Plugin for PodSecurity {
             if a.is(a.operation, "", "Namespace") {
                 return self.namespace(ctx, a, obj, out).await;
             }
-            // Only writes of pods and pod templates, not their status.
-            if a.subresource.is_some() {
+            // Only writes of pods and pod templates (and of a pod's ephemeral containers, as
+            // upstream), not their status.
+            if a.subresource.is_some_and(|s| s != "ephemeralcontainers") {
                 return Ok(());
             }
             let Some((m, spec)) = pod_spec_of(a.res.kind, obj) else { return Ok(()) };
@@ -303,6 +304,18 @@ mod tests {
             "{:?}",
             out.warnings
         );
+        // An ephemeral container added to a pod is checked (its status is not).
+        let mut a = pod_attrs("strict", &u);
+        let plain = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        a.operation = Operation::Update;
+        a.old = Some(&plain);
+        a.subresource = Some("ephemeralcontainers");
+        let debug = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}],
+            "ephemeralContainers": [{"name": "d", "image": "x", "securityContext": {"privileged": true}}]}});
+        let mut out = Outcome::default();
+        assert_eq!(p.validate(&ctx, &a, &debug, &mut out).await.unwrap_err().code(), 403);
+        a.subresource = Some("status");
+        assert!(p.validate(&ctx, &a, &debug, &mut out).await.is_ok());
         // Bad labels are refused.
         let ns =
             json!({"metadata": {"name": "x", "labels": {"pod-security.kubernetes.io/enforce": "strictest"}}});

@@ -6,7 +6,9 @@
 //! - logs: a plain (chunked) `text/plain` response ([`logs`]);
 //! - exec and attach: WebSocket with `v5.channel.k8s.io` or `v4.channel.k8s.io` ([`exec`]);
 //! - port-forward: SPDY/3.1 tunnelled in WebSocket, `SPDY/3.1+portforward.k8s.io`
-//!   ([`portforward`]).
+//!   ([`portforward`]), or the plain WebSocket channel protocol (`v4.channel.k8s.io`, one
+//!   data and one error channel per port: [`wsportforward`]);
+//! - `pods/proxy` and `services/proxy`: HTTP relayed over a port-forward session ([`proxy`]).
 //!
 //! kubectl falls back to SPDY over a plain HTTP upgrade (`POST`, `Upgrade: SPDY/3.1`) when
 //! the WebSocket upgrade fails. actix-web hands a handler the raw connection only after a
@@ -16,6 +18,8 @@
 pub mod exec;
 pub mod logs;
 pub mod portforward;
+pub mod proxy;
+pub mod wsportforward;
 
 use crate::auth::User;
 use crate::dispatch::{Query, Target};
@@ -94,7 +98,7 @@ pub async fn serve(
         ("log", &Method::GET) => logs::serve(gw, user, &q, &t).await,
         ("exec" | "attach" | "portforward", &Method::GET) => {
             let r = if sub == "portforward" {
-                portforward::serve(req, payload, gw, user, &t).await
+                portforward::serve(req, payload, gw, user, &q, &t).await
             } else {
                 exec::serve(req, payload, gw, user, &q, &t).await
             };
@@ -116,7 +120,12 @@ pub async fn serve(
             Err(ApiError::BadRequest(format!(
                 "pods/{sub} is served over WebSocket only ({}); SPDY is not supported by this server",
                 if sub == "portforward" {
-                    portforward::PROTOCOL.to_string()
+                    format!(
+                        "{}, {}, {}",
+                        portforward::PROTOCOL,
+                        wsportforward::V4_BINARY,
+                        wsportforward::V4_BASE64
+                    )
                 } else {
                     format!("{}, {}", exec::V5, exec::V4)
                 }

@@ -7,7 +7,7 @@
 
 use super::{check_websocket, node_of, offered_protocols, open, EndOnDrop};
 use crate::auth::User;
-use crate::dispatch::Target;
+use crate::dispatch::{Query, Target};
 use crate::http::Gateway;
 use crate::spdy::{self, Frame, HeaderCompressor, HeaderDecompressor, FLAG_FIN};
 use crate::status::{ApiError, ApiResult};
@@ -33,20 +33,21 @@ pub async fn check(gw: &Gateway, user: &User, t: &Target) -> ApiResult<(Value, S
     Ok((pod, node))
 }
 
-/// Serves a port-forward WebSocket upgrade.
+/// Serves a port-forward WebSocket upgrade: SPDY tunnelled in WebSocket when the client
+/// offers [`PROTOCOL`], else the channel protocol of [`super::wsportforward`].
 pub async fn serve(
     req: &HttpRequest,
     payload: web::Payload,
     gw: &Gateway,
     user: &User,
+    q: &Query,
     t: &Target,
 ) -> ApiResult<HttpResponse> {
     check_websocket(req)?;
     let offered = offered_protocols(req);
     if !offered.iter().any(|p| p == PROTOCOL) {
-        return Err(ApiError::BadRequest(format!(
-            "none of the offered WebSocket subprotocols {offered:?} is supported: use {PROTOCOL}"
-        )));
+        // Not kubectl's tunnel: the plain WebSocket channel protocol, as upstream's kubelet.
+        return super::wsportforward::serve(req, payload, gw, user, q, t, &offered).await;
     }
     let (pod, node) = check(gw, user, t).await?;
     let session = open(gw, &node, &pod, None, SessionKind::PortForward).await?;

@@ -109,6 +109,9 @@ pub struct Ctr {
     init: bool,
     /// An init container with `restartPolicy: Always` (a native sidecar).
     sidecar: bool,
+    /// An ephemeral container (`kubectl debug`): started once, never restarted, not part
+    /// of the pod's readiness or phase.
+    ephemeral: bool,
     spec: Value,
     restart_count: u32,
     /// The runtime id of the current instance.
@@ -238,23 +241,46 @@ impl PodState {
         let name = s(&pod, &["metadata", "name"]).to_string();
         let uid = s(&pod, &["metadata", "uid"]).to_string();
         let mut ctrs = Vec::new();
-        for (list, init) in [("initContainers", true), ("containers", false)] {
+        for list in ["initContainers", "containers", "ephemeralContainers"] {
+            let init = list == "initContainers";
+            let ephemeral = list == "ephemeralContainers";
             for c in pod["spec"][list].as_array().into_iter().flatten() {
                 let cname = c["name"].as_str().unwrap_or("").to_string();
-                let statuses = if init { "initContainerStatuses" } else { "containerStatuses" };
+                let statuses = statuses_key(init, ephemeral);
                 let known = pod["status"][statuses]
                     .as_array()
                     .and_then(|a| a.iter().find(|st| st["name"].as_str() == Some(&cname)));
                 let restart_count = known.and_then(|k| k["restartCount"].as_u64()).unwrap_or(0) as u32;
                 let sidecar = init && c["restartPolicy"].as_str() == Some("Always");
+                // An ephemeral container that ran under an earlier agent is not run again.
+                let state = match known.map(|k| &k["state"]) {
+                    Some(st)
+                        if ephemeral && (st.get("running").is_some() || st.get("terminated").is_some()) =>
+                    {
+                        CState::Terminated(Terminated {
+                            exit_code: st["terminated"]["exitCode"].as_i64().unwrap_or(137) as i32,
+                            signal: None,
+                            reason: st["terminated"]["reason"].as_str().unwrap_or("Error").to_string(),
+                            message: None,
+                            started_at: None,
+                            finished_at: st["terminated"]["finishedAt"]
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(now),
+                            container_id: None,
+                        })
+                    }
+                    _ => CState::Waiting { reason: "ContainerCreating".into(), message: None },
+                };
                 ctrs.push(Ctr {
                     name: cname,
                     init,
                     sidecar,
+                    ephemeral,
                     spec: c.clone(),
                     restart_count,
                     id: None,
-                    state: CState::Waiting { reason: "ContainerCreating".into(), message: None },
+                    state,
                     last: None,
                     image: None,
                     not_before: None,
@@ -295,7 +321,7 @@ impl PodState {
         };
         if finished_phase.is_some() {
             for c in &mut ctrs {
-                let statuses = if c.init { "initContainerStatuses" } else { "containerStatuses" };
+                let statuses = statuses_key(c.init, c.ephemeral);
                 let known = pod["status"][statuses]
                     .as_array()
                     .and_then(|a| a.iter().find(|st| st["name"].as_str() == Some(&c.name)));
@@ -380,6 +406,13 @@ impl PodState {
             Stage::Gone => return,
         }
         if self.stage != Stage::Gone && !self.deleted {
+            // Sessions see a container before the API says it runs: a client that waits for
+            // `running` (kubectl debug, attach) must find it when it connects.
+            let view = self.view(deps);
+            deps.views
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(format!("{}/{}", self.namespace, self.name), view);
             self.write_status(deps).await;
         }
     }
@@ -412,7 +445,7 @@ impl PodState {
                 self.stage =
                     if self.ctrs.iter().any(|c| c.init && !c.succeeded) { Stage::Init } else { Stage::Main };
                 // Adopted containers mean a previous agent finished the init containers.
-                if self.ctrs.iter().any(|c| !c.init && c.id.is_some()) {
+                if self.ctrs.iter().any(|c| !c.init && !c.ephemeral && c.id.is_some()) {
                     self.stage = Stage::Main;
                 }
                 self.supervise(deps).await;
@@ -485,18 +518,10 @@ impl PodState {
         }
         self.tokens = tokens;
         // Images, with credentials from imagePullSecrets.
-        let mut creds = HashMap::new();
-        for sref in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
-            let name = sref["name"].as_str().unwrap_or("");
-            let key = ("secret".to_string(), name.to_string(), ".dockerconfigjson".to_string());
-            if let Some(bytes) = sources.binary.get(&key) {
-                if let Ok(parsed) = crate::image::parse_docker_config(bytes) {
-                    creds.extend(parsed);
-                }
-            }
-        }
+        let creds = pull_credentials(&pod, &sources);
         for i in 0..self.ctrs.len() {
-            if self.ctrs[i].image.is_some() {
+            // Ephemeral containers are pulled when they start.
+            if self.ctrs[i].image.is_some() || self.ctrs[i].ephemeral {
                 continue;
             }
             let image = self.ctrs[i].spec["image"].as_str().unwrap_or("").to_string();
@@ -655,7 +680,10 @@ impl PodState {
                 }
             }
         }
-        // 2. Init containers in order, or the main containers.
+        // 2. Ephemeral containers, whatever the stage: added by `pods/ephemeralcontainers`,
+        // started once.
+        self.run_ephemeral(deps).await;
+        // 3. Init containers in order, or the main containers.
         if self.stage == Stage::Init {
             let policy = self.restart_policy();
             let Some(i) = self.ctrs.iter().position(|c| c.init && !c.initialized()) else {
@@ -696,7 +724,10 @@ impl PodState {
         if self.stage == Stage::Main {
             let policy = self.restart_policy();
             for i in 0..self.ctrs.len() {
-                if (self.ctrs[i].init && !self.ctrs[i].sidecar) || self.ctrs[i].id.is_some() {
+                if (self.ctrs[i].init && !self.ctrs[i].sidecar)
+                    || self.ctrs[i].ephemeral
+                    || self.ctrs[i].id.is_some()
+                {
                     continue;
                 }
                 let should = match &self.ctrs[i].state {
@@ -713,7 +744,7 @@ impl PodState {
                     self.maybe_start(deps, i).await;
                 }
             }
-            let app: Vec<&Ctr> = self.ctrs.iter().filter(|c| !c.init).collect();
+            let app: Vec<&Ctr> = self.ctrs.iter().filter(|c| !c.init && !c.ephemeral).collect();
             let all_done = !app.is_empty()
                 && app.iter().all(|c| c.id.is_none() && matches!(c.state, CState::Terminated(_)))
                 && app.iter().all(|c| match &c.state {
@@ -922,6 +953,26 @@ impl PodState {
             .unwrap_or_else(|| "/".into());
         let requirements: Option<k8s_openapi::api::core::v1::ResourceRequirements> =
             c.spec.get("resources").and_then(|r| serde_json::from_value(r.clone()).ok());
+        // `targetContainerName`: the ephemeral container joins that container's processes.
+        let target = c.spec["targetContainerName"].as_str().filter(|t| c.ephemeral && !t.is_empty());
+        let target_id =
+            target.and_then(|t| self.ctrs.iter().find(|o| o.name == t && !o.ephemeral)?.id.clone());
+        let pid_ns = match target_id {
+            Some(tid) => match deps.runtime.status(&tid).await {
+                Ok(Some(ContainerStatus::Running { pid, .. })) => {
+                    Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        if let (Some(t), None) = (target, &pid_ns) {
+            return Err((
+                "CreateContainerError".into(),
+                format!("the target container {t:?} is not running"),
+            ));
+        }
+        let c = &self.ctrs[i];
         let id = format!("{}-{}-{}", self.uid, c.name, c.restart_count);
         let log_path = self.log_path(deps, &c.name, c.restart_count);
         if let Some(dir) = log_path.parent() {
@@ -952,6 +1003,7 @@ impl PodState {
                 }
                 None => None,
             },
+            pid_ns,
             mounts,
             resources: Resources::from_k8s(requirements.as_ref()),
             log_path,
@@ -1084,6 +1136,13 @@ impl PodState {
                 .collect();
             self.stop_wave(deps, &first, deadline).await;
         }
+        if sidecars_only {
+            // The pod is done: ephemeral containers still running go with the sidecars.
+            let ephemeral: Vec<usize> = (0..self.ctrs.len())
+                .filter(|&i| self.ctrs[i].ephemeral && self.ctrs[i].id.is_some())
+                .collect();
+            self.stop_wave(deps, &ephemeral, deadline).await;
+        }
         for i in (0..self.ctrs.len()).rev() {
             if self.ctrs[i].sidecar && self.ctrs[i].id.is_some() {
                 self.stop_wave(deps, &[i], deadline).await;
@@ -1214,15 +1273,22 @@ impl PodState {
         let init: Vec<Value> =
             self.ctrs.iter().filter(|c| c.init).map(|c| self.container_status(c)).collect();
         let app: Vec<Value> =
-            self.ctrs.iter().filter(|c| !c.init).map(|c| self.container_status(c)).collect();
+            self.ctrs.iter().filter(|c| !c.init && !c.ephemeral).map(|c| self.container_status(c)).collect();
+        let ephemeral: Vec<Value> =
+            self.ctrs.iter().filter(|c| c.ephemeral).map(|c| self.ephemeral_status(c)).collect();
         let inits_done = self.ctrs.iter().filter(|c| c.init).all(|c| c.initialized());
-        // Sidecars count for readiness, as upstream.
-        let all_ready = self.ctrs.iter().filter(|c| !c.init || c.sidecar).all(|c| c.ready && c.id.is_some());
-        let any_running = self.ctrs.iter().any(|c| !c.init && c.id.is_some());
+        // Sidecars count for readiness, as upstream; ephemeral containers do not.
+        let all_ready = self
+            .ctrs
+            .iter()
+            .filter(|c| (!c.init || c.sidecar) && !c.ephemeral)
+            .all(|c| c.ready && c.id.is_some());
+        let any_running = self.ctrs.iter().any(|c| !c.init && !c.ephemeral && c.id.is_some());
         let phase = match self.finished_phase {
             Some(p) => p,
             None if self.stage == Stage::Main
-                && (any_running || self.ctrs.iter().any(|c| !c.init && c.restart_count > 0)) =>
+                && (any_running
+                    || self.ctrs.iter().any(|c| !c.init && !c.ephemeral && c.restart_count > 0)) =>
             {
                 "Running"
             }
@@ -1266,6 +1332,9 @@ impl PodState {
         });
         if !init.is_empty() {
             st["initContainerStatuses"] = json!(init);
+        }
+        if !ephemeral.is_empty() {
+            st["ephemeralContainerStatuses"] = json!(ephemeral);
         }
         if let Some(t) = &self.start_time {
             st["startTime"] = json!(t);
@@ -1323,6 +1392,82 @@ impl PodState {
         }
     }
 
+    /// The status of an ephemeral container (no readiness, probes or restarts).
+    fn ephemeral_status(&self, c: &Ctr) -> Value {
+        let mut v = self.container_status(c);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("started");
+            o.insert("ready".into(), json!(false));
+        }
+        v
+    }
+
+    /// Adds the ephemeral containers the pod's spec gained, pulls their images and starts
+    /// each once (a failed start is retried only for configuration errors, as upstream).
+    async fn run_ephemeral(&mut self, deps: &Deps) {
+        let pod = self.pod();
+        for c in pod["spec"]["ephemeralContainers"].as_array().into_iter().flatten() {
+            let name = c["name"].as_str().unwrap_or("");
+            if name.is_empty() || self.ctrs.iter().any(|o| o.name == name) {
+                continue;
+            }
+            self.ctrs.push(Ctr {
+                name: name.to_string(),
+                init: false,
+                sidecar: false,
+                ephemeral: true,
+                spec: c.clone(),
+                restart_count: 0,
+                id: None,
+                state: CState::Waiting { reason: "ContainerCreating".into(), message: None },
+                last: None,
+                image: None,
+                not_before: None,
+                delay: Duration::ZERO,
+                backoff: Duration::ZERO,
+                ready: false,
+                started: false,
+                succeeded: false,
+                liveness: None,
+                readiness: None,
+                startup: None,
+                done: tokio::sync::watch::channel(false).0,
+            });
+        }
+        for i in 0..self.ctrs.len() {
+            let c = &self.ctrs[i];
+            if !c.ephemeral
+                || c.id.is_some()
+                || matches!(c.state, CState::Terminated(_))
+                || c.not_before.is_some_and(|t| Instant::now() < t)
+            {
+                continue;
+            }
+            if c.image.is_none() {
+                let creds = pull_credentials(&pod, &self.sources);
+                let image = c.spec["image"].as_str().unwrap_or("").to_string();
+                let policy = PullPolicy::from_k8s(c.spec["imagePullPolicy"].as_str(), &image);
+                match deps.images.ensure(&image, policy, &creds).await {
+                    Ok(info) => self.ctrs[i].image = Some(info),
+                    Err(e) => {
+                        let reason = if matches!(e, PullError::NeverPullNotPresent(_)) {
+                            "ErrImageNeverPull"
+                        } else {
+                            "ErrImagePull"
+                        };
+                        let msg = e.to_string();
+                        emit(deps, &pod, "Warning", "Failed", &msg);
+                        let c = &mut self.ctrs[i];
+                        c.state = CState::Waiting { reason: reason.into(), message: Some(msg) };
+                        c.not_before = Some(Instant::now() + deps.backoff_base);
+                        continue;
+                    }
+                }
+            }
+            self.maybe_start(deps, i).await;
+        }
+    }
+
     /// What the session server needs to know about a container.
     pub fn view(&self, deps: &Deps) -> super::PodView {
         super::PodView {
@@ -1348,6 +1493,30 @@ impl PodState {
 }
 
 const SECRETS: capstan_actors::client::Gvr = capstan_actors::client::Gvr::new("", "v1", "secrets");
+
+/// Where a container's status is reported.
+fn statuses_key(init: bool, ephemeral: bool) -> &'static str {
+    match (init, ephemeral) {
+        (_, true) => "ephemeralContainerStatuses",
+        (true, _) => "initContainerStatuses",
+        _ => "containerStatuses",
+    }
+}
+
+/// Registry credentials from the pod's `imagePullSecrets`.
+fn pull_credentials(pod: &Value, sources: &Sources) -> HashMap<String, crate::image::Credentials> {
+    let mut creds = HashMap::new();
+    for sref in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
+        let name = sref["name"].as_str().unwrap_or("");
+        let key = ("secret".to_string(), name.to_string(), ".dockerconfigjson".to_string());
+        if let Some(bytes) = sources.binary.get(&key) {
+            if let Ok(parsed) = crate::image::parse_docker_config(bytes) {
+                creds.extend(parsed);
+            }
+        }
+    }
+    creds
+}
 
 fn fmt_time(t: jiff::Timestamp) -> String {
     capstan_actors::nodeobjects::time(t)

@@ -205,6 +205,9 @@ pub struct ContainerSpec {
     pub hostname: String,
     /// Network namespace to join; `None` = a new one with only loopback (down).
     pub netns: Option<PathBuf>,
+    /// PID namespace to join (`/proc/<pid>/ns/pid` of another container, for an ephemeral
+    /// container's `targetContainerName`); `None` = a new one.
+    pub pid_ns: Option<PathBuf>,
     /// Bind mounts, in order, after the standard ones (`/proc`, `/dev`, `/sys`, ...).
     pub mounts: Vec<Mount>,
     /// cgroup limits.

@@ -190,7 +190,11 @@ pub fn build_spec(
     for typ in
         [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount]
     {
-        namespaces.push(LinuxNamespaceBuilder::default().typ(typ).build().map_err(err)?);
+        let mut ns = LinuxNamespaceBuilder::default().typ(typ);
+        if let (LinuxNamespaceType::Pid, Some(path)) = (typ, &spec.pid_ns) {
+            ns = ns.path(path.clone());
+        }
+        namespaces.push(ns.build().map_err(err)?);
     }
     // No network namespace entry at all means the host's (hostNetwork pods).
     if !host_network {
