@@ -86,6 +86,13 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             IMAGES,
             SELECTOR,
         ],
+        ("policy", "poddisruptionbudgets") => vec![
+            NAME,
+            col("Min Available", "string", 0, "The minimum number of pods that must be available."),
+            col("Max Unavailable", "string", 0, "The maximum number of pods that may be unavailable."),
+            col("Allowed Disruptions", "integer", 0, "Calculated number of pods that may be disrupted at this time."),
+            AGE,
+        ],
         ("apps", "statefulsets") => vec![
             NAME,
             col("Ready", "string", 0, "Number of the pod with ready state"),
@@ -308,6 +315,20 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
                 c.into(),
                 i.into(),
                 selector_string(spec.and_then(|sp| sp.get("selector")), "<none>").into(),
+            ]
+        }
+        ("policy", "poddisruptionbudgets") => {
+            let ios = |k: &str| match spec.and_then(|sp| sp.get(k)) {
+                Some(Value::String(v)) => v.clone(),
+                Some(Value::Number(v)) => v.to_string(),
+                _ => "N/A".into(),
+            };
+            vec![
+                name.into(),
+                ios("minAvailable").into(),
+                ios("maxUnavailable").into(),
+                n(status, "disruptionsAllowed").into(),
+                age.into(),
             ]
         }
         ("apps", "statefulsets") => {

@@ -1676,5 +1676,7 @@ fn with_reservations(
     (ops, on_conflict)
 }
 
+mod eviction;
+
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ pub mod cronjob;
 pub mod customresources;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod ephemeral;
 pub mod gc;
@@ -68,6 +69,7 @@ pub fn start_all(ctx: &Ctx) {
     clusterroleaggregation::start(ctx);
     persistentvolume::start(ctx);
     storageprotection::start(ctx);
+    disruption::start(ctx);
     localpath::start(ctx);
     ephemeral::start(ctx);
 }

@@ -51,6 +51,7 @@ pub(crate) fn validate(e: &mut Errs, group: &str, kind: &str, obj: &Value) {
                 }
             }
         }
+        ("policy", "PodDisruptionBudget") => pod_disruption_budget(e, spec),
         ("apps", "Deployment") => deployment(e, spec),
         ("apps", "ReplicaSet") => replica_set(e, spec),
         ("apps", "StatefulSet") => stateful_set(e, spec),
@@ -200,6 +201,37 @@ fn positive_int_or_percent(e: &mut Errs, v: Option<&Value>, p: &str) {
         }
         _ => {}
     }
+}
+
+/// Upstream's `ValidatePodDisruptionBudgetSpec`.
+fn pod_disruption_budget(e: &mut Errs, spec: Option<&Value>) {
+    let min = get(spec, "minAvailable");
+    let max = get(spec, "maxUnavailable");
+    if min.is_some() && max.is_some() {
+        e.invalid(
+            "spec",
+            "policy.PodDisruptionBudgetSpec{...}",
+            "minAvailable and maxUnavailable cannot be both set",
+        );
+    }
+    for (v, p) in [(min, "spec.minAvailable"), (max, "spec.maxUnavailable")] {
+        positive_int_or_percent(e, v, p);
+        if let Some((n, true)) = int_or_percent(v) {
+            if n > 100 {
+                e.invalid(p, &go_int_or_string(v), "must not be greater than 100%");
+            }
+        }
+    }
+    if let Some(sel) = get(spec, "selector") {
+        meta::label_selector(e, sel, "spec.selector");
+    }
+    one_of(
+        e,
+        "spec.unhealthyPodEvictionPolicy",
+        st(spec, "unhealthyPodEvictionPolicy"),
+        &["AlwaysAllow", "IfHealthyBudget"],
+        false,
+    );
 }
 
 fn rolling_update(e: &mut Errs, ru: &Value, p: &str) {

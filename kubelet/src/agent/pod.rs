@@ -1235,9 +1235,10 @@ impl PodState {
             cond("Ready", all_ready && self.finished_phase.is_none(), Some(ready_reason)),
             cond("ContainersReady", all_ready && self.finished_phase.is_none(), Some(ready_reason)),
         ];
-        if let Some(sched) = previous.iter().find(|c| c["type"].as_str() == Some("PodScheduled")) {
-            conditions.push(sched.clone());
-        }
+        // Conditions others own (PodScheduled, DisruptionTarget, readiness gates) stay.
+        let owned = ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady"];
+        conditions
+            .extend(previous.iter().filter(|c| !owned.contains(&c["type"].as_str().unwrap_or(""))).cloned());
         let mut st = json!({
             "phase": phase,
             "conditions": conditions,
