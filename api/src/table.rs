@@ -76,7 +76,7 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             IMAGES,
             SELECTOR,
         ],
-        ("apps", "replicasets") => vec![
+        ("apps", "replicasets") | ("", "replicationcontrollers") => vec![
             NAME,
             col("Desired", "integer", 0, "Replicas is the number of desired pods."),
             col("Current", "integer", 0, "Replicas is the most recently observed number of non-terminating pods."),
@@ -302,6 +302,19 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
                 c.into(),
                 i.into(),
                 sel.into(),
+            ]
+        }
+        ("", "replicationcontrollers") => {
+            let (c, i) = containers(spec.and_then(|sp| sp.get("template")));
+            vec![
+                name.into(),
+                n(spec, "replicas").into(),
+                n(status, "replicas").into(),
+                n(status, "readyReplicas").into(),
+                age.into(),
+                c.into(),
+                i.into(),
+                format_labels(spec.and_then(|sp| sp.get("selector"))).into(),
             ]
         }
         ("apps", "replicasets") => {

@@ -1574,7 +1574,13 @@ fn to_scale(res: &ResourceInfo, obj: &Value) -> Value {
             obj["spec"]
                 .get("selector")
                 .map(|s| {
-                    capstan_api::selectors::LabelSelector::from_label_selector_json(s)
+                    // A ReplicationController's selector is a plain label map.
+                    let s = if res.kind == "ReplicationController" {
+                        json!({"matchLabels": s})
+                    } else {
+                        s.clone()
+                    };
+                    capstan_api::selectors::LabelSelector::from_label_selector_json(&s)
                         .map(|ls| ls.to_string())
                         .unwrap_or_default()
                 })

@@ -8,7 +8,8 @@
 //! not evicted within the last two minutes (`status.disruptedPods`, written by the eviction
 //! subresource). `minAvailable` as a number counts the selected pods; `maxUnavailable` and
 //! a percent `minAvailable` need the expected scale: the summed `spec.replicas` of the
-//! pods' controllers (a ReplicaSet's Deployment, a ReplicaSet, a StatefulSet). A pod without such a controller makes the sync fail safe: no disruption
+//! pods' controllers (a ReplicaSet's Deployment, a ReplicaSet, a ReplicationController, a
+//! StatefulSet). A pod without such a controller makes the sync fail safe: no disruption
 //! allowed, condition reason `SyncFailed`, and a warning event on the budget.
 //!
 //! The eviction subresource decrements `disruptionsAllowed` in the budget's own
@@ -39,6 +40,7 @@ struct Disruption {
     replica_sets: Arc<Informer>,
     deployments: Arc<Informer>,
     stateful_sets: Arc<Informer>,
+    rcs: Arc<Informer>,
 }
 
 fn replicas(obj: &Value) -> i64 {
@@ -51,7 +53,7 @@ fn uid(obj: &Value) -> String {
 
 impl Disruption {
     /// The controller of `pod` that has a scale, as `(uid, replicas)` (upstream's finders:
-    /// Deployment, ReplicaSet, StatefulSet).
+    /// ReplicationController, Deployment, ReplicaSet, StatefulSet).
     fn controller_scale(&self, pod: &Value) -> Result<(String, i64), String> {
         let name = pod["metadata"]["name"].as_str().unwrap_or("");
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
@@ -70,6 +72,11 @@ impl Disruption {
         let found = |inf: &Informer| inf.get(&key).filter(|o| uid(o) == owner_uid);
         let apps = r["apiVersion"].as_str().unwrap_or("").starts_with("apps/");
         match kind {
+            "ReplicationController" if r["apiVersion"] == "v1" => {
+                if let Some(rc) = found(&self.rcs) {
+                    return Ok((uid(&rc), replicas(&rc)));
+                }
+            }
             "ReplicaSet" if apps => {
                 if let Some(rs) = found(&self.replica_sets) {
                     let dep = rs["metadata"]["ownerReferences"].as_array().and_then(|rs| {
@@ -184,7 +191,14 @@ impl Reconciler for Disruption {
 
     fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ReconcileError>> {
         Box::pin(async move {
-            for inf in [&self.pdbs, &self.pods, &self.replica_sets, &self.deployments, &self.stateful_sets] {
+            for inf in [
+                &self.pdbs,
+                &self.pods,
+                &self.replica_sets,
+                &self.deployments,
+                &self.stateful_sets,
+                &self.rcs,
+            ] {
                 inf.wait_synced().await;
             }
             let Some(pdb) = self.pdbs.get(&key) else { return Ok(Action::Done) };
@@ -251,6 +265,7 @@ pub fn start(ctx: &Ctx) {
         replica_sets: ctx.informers.get(gvr::REPLICA_SETS),
         deployments: ctx.informers.get(gvr::DEPLOYMENTS),
         stateful_sets: ctx.informers.get(gvr::STATEFUL_SETS),
+        rcs: ctx.informers.get(super::replicaset::REPLICATION_CONTROLLERS),
     });
     let addr = Controller::new(r.clone(), 4).start();
     {
@@ -285,7 +300,7 @@ pub fn start(ctx: &Ctx) {
         }));
     }
     // A controller's scale changes what maxUnavailable and percents mean.
-    for inf in [&r.replica_sets, &r.deployments, &r.stateful_sets] {
+    for inf in [&r.replica_sets, &r.deployments, &r.stateful_sets, &r.rcs] {
         let (ctx, addr, pdbs_inf) = (ctx.clone(), addr.clone(), pdbs_inf.clone());
         inf.on_change(Arc::new(move |c: &Change| {
             let ns = c.object()["metadata"]["namespace"].as_str().unwrap_or("").to_string();

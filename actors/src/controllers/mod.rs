@@ -54,6 +54,7 @@ impl Ctx {
 pub fn start_all(ctx: &Ctx) {
     customresources::start(ctx);
     replicaset::start(ctx);
+    replicaset::start_replication_controllers(ctx);
     deployment::start(ctx);
     gc::start(ctx);
     namespace::start(ctx);
