@@ -27,6 +27,8 @@ pub struct PodRecord {
     pub assumed: bool,
     /// Has a deletionTimestamp.
     pub terminating: bool,
+    /// `spec.priority`.
+    pub priority: i64,
 }
 
 /// The requests summed over a node's pods.
@@ -43,14 +45,16 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn add(&mut self, r: &Requests) {
+    /// Adds a pod's requests.
+    pub fn add(&mut self, r: &Requests) {
         self.res.add(&r.res);
         self.nonzero_cpu = self.nonzero_cpu.saturating_add(r.nonzero_cpu);
         self.nonzero_memory = self.nonzero_memory.saturating_add(r.nonzero_memory);
         self.pods += 1;
     }
 
-    fn sub(&mut self, r: &Requests) {
+    /// Removes a pod's requests.
+    pub fn sub(&mut self, r: &Requests) {
         self.res.sub(&r.res);
         self.nonzero_cpu = self.nonzero_cpu.saturating_sub(r.nonzero_cpu);
         self.nonzero_memory = self.nonzero_memory.saturating_sub(r.nonzero_memory);
@@ -216,6 +220,11 @@ impl Cache {
         self.by_namespace.get(ns).into_iter().flatten().filter_map(|k| self.pods.get(k))
     }
 
+    /// One accounted pod.
+    pub fn pod(&self, key: &str) -> Option<&PodRecord> {
+        self.pods.get(key)
+    }
+
     /// Every accounted pod.
     pub fn all_pods(&self) -> impl Iterator<Item = &PodRecord> {
         self.pods.values()
@@ -271,6 +280,7 @@ impl Cache {
             anti_affinity,
             assumed: true,
             terminating: false,
+            priority: pod.priority,
         };
         self.insert(pod.key.clone(), rec);
     }
@@ -311,6 +321,7 @@ impl Cache {
             anti_affinity: required_anti_affinity(pod),
             assumed: false,
             terminating: is_terminating(pod),
+            priority: spec.get("priority").and_then(Value::as_i64).unwrap_or(0),
         };
         let effect = match self.pods.get(key) {
             None => PodEffect::Added,
@@ -321,6 +332,7 @@ impl Cache {
                 if !old.assumed
                     && old.uid == rec.uid
                     && old.terminating == rec.terminating
+                    && old.priority == rec.priority
                     && old.anti_affinity == rec.anti_affinity =>
             {
                 // Nothing the scheduler accounts changed.
