@@ -55,6 +55,15 @@ fn higher_priority_pods_preempt_and_never_waits() {
         wait_for(&format!("{p} bound"), T, || node_of(&c, p));
     }
 
+    // preemptionPolicy Never: the same request at the same priority waits and evicts
+    // nothing.
+    create(&c, "never.yaml", &pod("never", "high-never", "4", false));
+    let m = wait_for("FailedScheduling for never", T, || failed_scheduling(&c, "never"));
+    assert!(m.contains("preemption: not eligible due to preemptionPolicy=Never."), "{m}");
+    for p in ["low-1", "low-2"] {
+        assert!(json(&c, &["get", "pod", p, "-n", "p"])["metadata"]["deletionTimestamp"].is_null());
+    }
+
     // 4 cpu at priority 1000: evicting one low pod is enough, so exactly one goes.
     create(&c, "high.yaml", &pod("high", "high", "4", false));
     let victim = wait_for("a victim", T, || {
@@ -92,11 +101,8 @@ fn higher_priority_pods_preempt_and_never_waits() {
         r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
     ]);
     assert_eq!(wait_for("high bound", T, || node_of(&c, "high")), "sim-0");
-
-    // preemptionPolicy Never: the same request waits and evicts nothing.
-    create(&c, "never.yaml", &pod("never", "high-never", "4", false));
-    let m = wait_for("FailedScheduling for never", T, || failed_scheduling(&c, "never"));
-    assert!(m.contains("preemption: not eligible due to preemptionPolicy=Never."), "{m}");
+    // The room was kept for the nominated pod: the waiting `never` pod, no more important,
+    // did not take it.
     let n = json(&c, &["get", "pod", "never", "-n", "p"]);
     assert!(n["spec"]["nodeName"].is_null() && n["status"]["nominatedNodeName"].is_null(), "{n}");
     assert!(json(&c, &["get", "pod", survivor, "-n", "p"])["metadata"]["deletionTimestamp"].is_null());

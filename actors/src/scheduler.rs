@@ -483,6 +483,14 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, recorder: Recorder) {
             match c {
                 Change::Applied { old, new } => {
                     let key = key_of(new);
+                    let nominated = new["status"]["nominatedNodeName"]
+                        .as_str()
+                        .filter(|n| !n.is_empty() && wants(new))
+                        .map(|n| {
+                            let p = PodInfo::parse(new);
+                            (n.to_string(), p.requests, p.priority)
+                        });
+                    s.cache.nominate(&key, nominated);
                     match s.cache.observe_pod(&key, new) {
                         PodEffect::Freed => s.moves += 1,
                         PodEffect::Added if s.waiting_for_pods > 0 => s.moves += 1,
@@ -503,6 +511,7 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, recorder: Recorder) {
                 }
                 Change::Deleted(old) => {
                     let key = key_of(old);
+                    s.cache.nominate(&key, None);
                     if s.cache.delete_pod(&key) {
                         s.moves += 1;
                     }

@@ -102,6 +102,8 @@ pub struct Cache {
     pods: HashMap<String, PodRecord>,
     by_namespace: HashMap<String, HashSet<String>>,
     with_anti_affinity: HashSet<String>,
+    /// Unbound pods nominated to a node by preemption: key → (node, requests, priority).
+    nominated: HashMap<String, (String, Requests, i64)>,
 }
 
 fn is_terminal(pod: &Value) -> bool {
@@ -159,6 +161,38 @@ impl Cache {
 
     fn order_position(&self, name: &str) -> Result<usize, usize> {
         self.order.binary_search_by(|&i| self.slots[i].name.as_str().cmp(name))
+    }
+
+    /// Records (or clears) the node a pending pod was nominated to by preemption.
+    pub fn nominate(&mut self, key: &str, nomination: Option<(String, Requests, i64)>) {
+        match nomination {
+            Some(n) => {
+                self.nominated.insert(key.to_string(), n);
+            }
+            None => {
+                self.nominated.remove(key);
+            }
+        }
+    }
+
+    /// `st` as `pod` must see it: with the requests of the other pods nominated to it that
+    /// are at least as important (upstream's `addGENominatedPods`), so the room preemption
+    /// freed is kept for its preemptor. `None` when no such pod is nominated there.
+    pub fn with_nominated(&self, st: &NodeState, pod: &PodInfo) -> Option<NodeState> {
+        let mut out: Option<NodeState> = None;
+        for (k, (node, req, prio)) in &self.nominated {
+            if *node != st.name || *k == pod.key || *prio < pod.priority {
+                continue;
+            }
+            let o = out.get_or_insert_with(|| NodeState {
+                name: st.name.clone(),
+                def: None,
+                usage: st.usage.clone(),
+                pods: st.pods.clone(),
+            });
+            o.usage.add(req);
+        }
+        out
     }
 
     /// Adds or updates a node; true if anything the scheduler decides on changed.

@@ -216,6 +216,23 @@ mod tests {
     }
 
     #[test]
+    fn nominated_room_is_kept_for_its_preemptor() {
+        let mut c = Cache::new();
+        c.set_node(node("n1"));
+        let hi = pod("hi", "2", 10, "hi");
+        c.nominate("d/hi", Some(("n1".into(), hi.requests.clone(), 10)));
+        let mut rng = crate::scheduler::algorithm::Rng::new(1);
+        let sched = |c: &mut Cache, p: &PodInfo, rng: &mut crate::scheduler::algorithm::Rng| {
+            crate::scheduler::algorithm::schedule(c, p, &no_ns, rng)
+        };
+        assert!(sched(&mut c, &pod("low", "1", 5, "low"), &mut rng).is_err(), "a less important pod waits");
+        assert_eq!(sched(&mut c, &hi, &mut rng), Ok("n1".to_string()));
+        assert!(sched(&mut c, &pod("top", "1", 20, "top"), &mut rng).is_ok(), "a more important one may go");
+        c.nominate("d/hi", None);
+        assert!(sched(&mut c, &pod("low", "1", 5, "low"), &mut rng).is_ok());
+    }
+
+    #[test]
     fn never_and_nominated_wait() {
         let mut c = cluster();
         let mut p = pod("hi", "1", 10, "hi");
