@@ -14,11 +14,15 @@
 //! (a node added or changed, a pod leaving a node, its own spec changing), after a
 //! per-pod back-off (1 s doubling to 10 s), and at the latest every 10 s.
 //!
-//! The filters and scores are upstream's default plugins (module `algorithm`).
+//! The filters and scores are upstream's default plugins (module `algorithm`). A pod that
+//! fits nowhere may preempt lower-priority pods on one node (module `preemption`): the
+//! victims get the `DisruptionTarget` condition and are deleted gracefully, the pod's
+//! `status.nominatedNodeName` names the node, and it binds once they are gone.
 
 mod algorithm;
 mod cache;
 pub(crate) mod model;
+mod preemption;
 mod volumes;
 
 use crate::client::{gvr, ApiClient};
@@ -156,6 +160,7 @@ struct Scheduler {
     claims: Arc<Informer>,
     volumes: Arc<Informer>,
     classes: Arc<Informer>,
+    budgets: Arc<Informer>,
     state: Arc<Mutex<State>>,
 }
 
@@ -167,10 +172,16 @@ enum Decision {
     Skip,
     Bind(String),
     Unschedulable(String),
+    /// Evict `victims` (key, uid) on `node`, nominate it, and wait.
+    Preempt {
+        node: String,
+        victims: Vec<(String, String)>,
+        message: String,
+    },
 }
 
 impl Scheduler {
-    fn decide(&self, key: &str, info: &PodInfo) -> Decision {
+    fn decide(&self, key: &str, info: &PodInfo, nominated: Option<&str>) -> Decision {
         let ns_labels = |ns: &str| self.namespaces.get(ns).map(|n| labels_of(&n)).unwrap_or_default();
         let mut guard = lock(&self.state);
         let st = &mut *guard;
@@ -185,6 +196,21 @@ impl Scheduler {
             }
             Err(fit) => {
                 st.failed(key, !info.affinity.is_empty());
+                if fit.resolvable > 0 && preemption::eligible(&st.cache, info, nominated) {
+                    let pre = algorithm::PreState::compute(&st.cache, info, &ns_labels);
+                    let budgets = self.budgets.list();
+                    if let Some(c) = preemption::find(&st.cache, info, &pre, &budgets) {
+                        let victims = c
+                            .victims
+                            .iter()
+                            .filter_map(|k| st.cache.pod(k).map(|r| (k.clone(), r.uid.clone())))
+                            .collect();
+                        // Upstream reports the filters' verdict; preemption succeeded.
+                        let full = fit.message();
+                        let message = full.split(" preemption:").next().unwrap_or(&full).to_string();
+                        return Decision::Preempt { node: c.node, victims, message };
+                    }
+                }
                 Decision::Unschedulable(fit.message())
             }
         }
@@ -238,6 +264,46 @@ impl Scheduler {
 }
 
 impl Scheduler {
+    /// Evicts the victims (DisruptionTarget condition, then graceful deletion of that
+    /// incarnation) and nominates `node` for `pod`.
+    async fn preempt(&self, pod: &Value, node: &str, victims: &[(String, String)]) {
+        let now = jiff::Timestamp::now();
+        let now = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string();
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+        for (key, vuid) in victims {
+            let (ns, name) = split_key(key);
+            let cond = capstan_api::disruption::disruption_target(
+                "PreemptionByScheduler",
+                &format!("{SCHEDULER_NAME}: preempting to accommodate a higher priority pod"),
+                &now,
+            );
+            let patch = json!({"status": {"conditions": [cond]}});
+            let ct = "application/strategic-merge-patch+json";
+            if let Err(e) = self.client.patch(gvr::PODS, ns, name, ct, patch, Some("status")).await {
+                tracing::debug!(pod = %key, "failed to mark preemption victim: {e}");
+            }
+            match self.client.delete_uid(gvr::PODS, ns, name, vuid, None).await {
+                Ok(_) => {
+                    if let Some(v) = self.pods.get(key) {
+                        let msg = format!("Preempted by pod {uid} on node {node}");
+                        self.recorder.event(&v, "Normal", "Preempted", &msg).await;
+                    }
+                }
+                Err(e) => tracing::debug!(pod = %key, "failed to preempt: {e}"),
+            }
+        }
+        let (ns, name) =
+            (pod["metadata"]["namespace"].as_str(), pod["metadata"]["name"].as_str().unwrap_or(""));
+        let patch = json!({"status": {"nominatedNodeName": node}});
+        if let Err(e) = self
+            .client
+            .patch(gvr::PODS, ns, name, "application/merge-patch+json", patch, Some("status"))
+            .await
+        {
+            tracing::debug!(pod = %name, "failed to nominate node {node}: {e}");
+        }
+    }
+
     /// VolumeBinding's PreBind: pre-binds the static volumes chosen on `node` and asks
     /// for the others to be provisioned there.
     async fn prebind(&self, f: &VolumeFilter, node: &str) -> Result<(), crate::ClientError> {
@@ -351,8 +417,15 @@ impl Reconciler for Scheduler {
                     }
                 }
             }
-            match self.decide(&key, &info) {
+            let nominated = pod["status"]["nominatedNodeName"].as_str().filter(|n| !n.is_empty());
+            match self.decide(&key, &info, nominated) {
                 Decision::Skip => Ok(Action::Done),
+                Decision::Preempt { node, victims, message } => {
+                    tracing::debug!(pod = %key, node = %node, victims = victims.len(), "preempting");
+                    self.report_unschedulable(&pod, &message).await;
+                    self.preempt(&pod, &node, &victims).await;
+                    Ok(Action::Done)
+                }
                 Decision::Unschedulable(message) => {
                     tracing::debug!(pod = %key, "unschedulable: {message}");
                     self.report_unschedulable(&pod, &message).await;
@@ -400,6 +473,7 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, recorder: Recorder) {
     let claims = informers.get(gvr::PERSISTENT_VOLUME_CLAIMS);
     let volumes = informers.get(gvr::PERSISTENT_VOLUMES);
     let classes = informers.get(gvr::STORAGE_CLASSES);
+    let budgets = informers.get(crate::controllers::disruption::PODDISRUPTIONBUDGETS);
     let seed = uuid::Uuid::new_v4().as_u64_pair().0;
     let state = Arc::new(Mutex::new(State::new(seed)));
     let sched = Arc::new(Scheduler {
@@ -411,6 +485,7 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, recorder: Recorder) {
         claims: claims.clone(),
         volumes: volumes.clone(),
         classes: classes.clone(),
+        budgets,
         state: state.clone(),
     });
     // A claim, volume or class appearing or changing may make a waiting pod schedulable.
@@ -442,6 +517,14 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, recorder: Recorder) {
             match c {
                 Change::Applied { old, new } => {
                     let key = key_of(new);
+                    let nominated = new["status"]["nominatedNodeName"]
+                        .as_str()
+                        .filter(|n| !n.is_empty() && wants(new))
+                        .map(|n| {
+                            let p = PodInfo::parse(new);
+                            (n.to_string(), p.requests, p.priority)
+                        });
+                    s.cache.nominate(&key, nominated);
                     match s.cache.observe_pod(&key, new) {
                         PodEffect::Freed => s.moves += 1,
                         PodEffect::Added if s.waiting_for_pods > 0 => s.moves += 1,
@@ -462,6 +545,7 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, recorder: Recorder) {
                 }
                 Change::Deleted(old) => {
                     let key = key_of(old);
+                    s.cache.nominate(&key, None);
                     if s.cache.delete_pod(&key) {
                         s.moves += 1;
                     }

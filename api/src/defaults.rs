@@ -30,6 +30,7 @@ pub fn apply_defaults(res: &ResourceInfo, obj: &mut Value) {
         ("", "LimitRange") => limit_range(obj),
         ("apps", "Deployment") => deployment(obj),
         ("apps", "ReplicaSet") => replica_set(obj),
+        ("", "ReplicationController") => replication_controller(obj),
         ("apps", "StatefulSet") => stateful_set(obj),
         ("apps", "DaemonSet") => daemon_set(obj),
         ("batch", "Job") => job(obj),
@@ -527,6 +528,24 @@ fn replica_set(obj: &mut Value) {
     let Some(spec) = obj.as_object_mut().and_then(|o| child(o, "spec")) else { return };
     set(spec, "replicas", json!(1));
     template(spec, SpecKind::Template);
+}
+
+/// Upstream's `SetDefaults_ReplicationController`: selector and labels from the template's
+/// labels when unset, one replica.
+fn replication_controller(obj: &mut Value) {
+    let labels = obj
+        .pointer("/spec/template/metadata/labels")
+        .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+        .cloned();
+    if let Some(labels) = labels {
+        if obj.pointer("/spec/selector").and_then(Value::as_object).is_none_or(Map::is_empty) {
+            obj["spec"]["selector"] = labels.clone();
+        }
+        if obj.pointer("/metadata/labels").and_then(Value::as_object).is_none_or(Map::is_empty) {
+            obj["metadata"]["labels"] = labels;
+        }
+    }
+    replica_set(obj);
 }
 
 fn stateful_set(obj: &mut Value) {

@@ -29,6 +29,7 @@
 
 pub mod crd;
 pub mod defaults;
+pub mod disruption;
 pub mod meta;
 pub mod openapi;
 pub mod patch;

@@ -1253,6 +1253,7 @@ mod tests {
             "", "Service" => core::v1::Service;
             "", "Endpoints" => core::v1::Endpoints;
             "", "ConfigMap" => core::v1::ConfigMap;
+            "", "ReplicationController" => core::v1::ReplicationController;
             "", "Secret" => core::v1::Secret;
             "", "ServiceAccount" => core::v1::ServiceAccount;
             "", "Event" => core::v1::Event;

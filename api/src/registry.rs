@@ -362,6 +362,18 @@ pub static RESOURCES: &[ResourceInfo] = &[
         Namespaced,
         subs = []
     ),
+    res!(
+        "",
+        "v1",
+        "ReplicationController",
+        "replicationcontrollers",
+        "replicationcontroller",
+        core::ReplicationController,
+        short = ["rc"],
+        cats = ["all"],
+        Namespaced,
+        subs = [status("", "v1", "ReplicationController"), scale()]
+    ),
     // apps/v1
     res!(
         "apps",

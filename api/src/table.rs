@@ -76,7 +76,7 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             IMAGES,
             SELECTOR,
         ],
-        ("apps", "replicasets") => vec![
+        ("apps", "replicasets") | ("", "replicationcontrollers") => vec![
             NAME,
             col("Desired", "integer", 0, "Replicas is the number of desired pods."),
             col("Current", "integer", 0, "Replicas is the most recently observed number of non-terminating pods."),
@@ -85,6 +85,13 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             CONTAINERS,
             IMAGES,
             SELECTOR,
+        ],
+        ("policy", "poddisruptionbudgets") => vec![
+            NAME,
+            col("Min Available", "string", 0, "The minimum number of pods that must be available."),
+            col("Max Unavailable", "string", 0, "The maximum number of pods that may be unavailable."),
+            col("Allowed Disruptions", "integer", 0, "Calculated number of pods that may be disrupted at this time."),
+            AGE,
         ],
         ("apps", "statefulsets") => vec![
             NAME,
@@ -297,6 +304,19 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
                 sel.into(),
             ]
         }
+        ("", "replicationcontrollers") => {
+            let (c, i) = containers(spec.and_then(|sp| sp.get("template")));
+            vec![
+                name.into(),
+                n(spec, "replicas").into(),
+                n(status, "replicas").into(),
+                n(status, "readyReplicas").into(),
+                age.into(),
+                c.into(),
+                i.into(),
+                format_labels(spec.and_then(|sp| sp.get("selector"))).into(),
+            ]
+        }
         ("apps", "replicasets") => {
             let (c, i) = containers(spec.and_then(|sp| sp.get("template")));
             vec![
@@ -308,6 +328,20 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
                 c.into(),
                 i.into(),
                 selector_string(spec.and_then(|sp| sp.get("selector")), "<none>").into(),
+            ]
+        }
+        ("policy", "poddisruptionbudgets") => {
+            let ios = |k: &str| match spec.and_then(|sp| sp.get(k)) {
+                Some(Value::String(v)) => v.clone(),
+                Some(Value::Number(v)) => v.to_string(),
+                _ => "N/A".into(),
+            };
+            vec![
+                name.into(),
+                ios("minAvailable").into(),
+                ios("maxUnavailable").into(),
+                n(status, "disruptionsAllowed").into(),
+                age.into(),
             ]
         }
         ("apps", "statefulsets") => {

@@ -229,9 +229,7 @@ pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<
         (Verb::Create, Some(name), Some("eviction")) => {
             let obj = required_body(body)?;
             svc.authorize(user, "create", res, Some("eviction"), ns, Some(name))?;
-            let dopts = DeleteOptions::from_json(obj.get("deleteOptions"))?;
-            svc.delete(&User::system(), res, ns, name, &dopts).await?;
-            Ok(object(201, success_status(None)))
+            Ok(object(201, svc.evict(ns.unwrap_or(""), name, &obj).await?))
         }
         (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) => {
             svc.authorize(user, if sub == "log" { "get" } else { "create" }, res, Some(sub), ns, Some(name))?;

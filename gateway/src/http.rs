@@ -86,8 +86,16 @@ fn error_response_as(e: &ApiError, protobuf: bool) -> HttpResponse {
     let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp =
         if protobuf { protobuf_response(code, &e.to_status()) } else { json_response(code, &e.to_status()) };
-    if matches!(e, ApiError::TooManyRequests(_)) {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    match e {
+        ApiError::TooManyRequests(_) => {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        ApiError::TooManyRequestsWith { details, .. } => {
+            if let Some(n) = details.retry_after_seconds.filter(|n| *n > 0) {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(n));
+            }
+        }
+        _ => {}
     }
     resp
 }

@@ -1689,7 +1689,13 @@ fn to_scale(res: &ResourceInfo, obj: &Value) -> Value {
             obj["spec"]
                 .get("selector")
                 .map(|s| {
-                    capstan_api::selectors::LabelSelector::from_label_selector_json(s)
+                    // A ReplicationController's selector is a plain label map.
+                    let s = if res.kind == "ReplicationController" {
+                        json!({"matchLabels": s})
+                    } else {
+                        s.clone()
+                    };
+                    capstan_api::selectors::LabelSelector::from_label_selector_json(&s)
                         .map(|ls| ls.to_string())
                         .unwrap_or_default()
                 })
@@ -1790,6 +1796,8 @@ fn with_reservations(
     on_conflict.extend(plugins.reservations.on_conflict.iter().cloned());
     (ops, on_conflict)
 }
+
+mod eviction;
 
 #[cfg(test)]
 mod tests;

@@ -70,6 +70,14 @@ pub enum ApiError {
     /// 429.
     #[error("{0}")]
     TooManyRequests(String),
+    /// 429 with causes and a retry hint (the eviction subresource's budget refusals).
+    #[error("{message}")]
+    TooManyRequestsWith {
+        /// Message.
+        message: String,
+        /// Causes and `retryAfterSeconds`.
+        details: Details,
+    },
     /// 500.
     #[error("{0}")]
     Internal(String),
@@ -238,7 +246,7 @@ impl ApiError {
             ApiError::TooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Invalid { .. } => 422,
-            ApiError::TooManyRequests(_) => 429,
+            ApiError::TooManyRequests(_) | ApiError::TooManyRequestsWith { .. } => 429,
             ApiError::Internal(_) => 500,
             ApiError::Unavailable(_) => 503,
             ApiError::Timeout(_) => 504,
@@ -261,7 +269,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Invalid { .. } => "Invalid",
-            ApiError::TooManyRequests(_) => "TooManyRequests",
+            ApiError::TooManyRequests(_) | ApiError::TooManyRequestsWith { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
             ApiError::Unavailable(_) => "ServiceUnavailable",
             ApiError::Timeout(_) => "Timeout",
@@ -284,7 +292,8 @@ impl ApiError {
             ApiError::Forbidden { details, .. } | ApiError::NotFound { details, .. } => details.clone(),
             ApiError::AlreadyExists { details, .. }
             | ApiError::Conflict { details, .. }
-            | ApiError::Invalid { details, .. } => Some(details.clone()),
+            | ApiError::Invalid { details, .. }
+            | ApiError::TooManyRequestsWith { details, .. } => Some(details.clone()),
             ApiError::TooManyRequests(_) => {
                 Some(Details { retry_after_seconds: Some(1), ..Default::default() })
             }

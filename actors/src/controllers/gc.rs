@@ -44,6 +44,7 @@ pub const MONITORED: &[Gvr] = &[
     gvr::CRON_JOBS,
     gvr::ENDPOINT_SLICES,
     gvr::LEASES,
+    super::replicaset::REPLICATION_CONTROLLERS,
 ];
 
 /// The finalizer of an owner deleting in the foreground.

@@ -12,6 +12,7 @@ pub mod cronjob;
 pub mod customresources;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod ephemeral;
 pub mod gc;
@@ -53,6 +54,7 @@ impl Ctx {
 pub fn start_all(ctx: &Ctx) {
     customresources::start(ctx);
     replicaset::start(ctx);
+    replicaset::start_replication_controllers(ctx);
     deployment::start(ctx);
     gc::start(ctx);
     namespace::start(ctx);
@@ -68,6 +70,7 @@ pub fn start_all(ctx: &Ctx) {
     clusterroleaggregation::start(ctx);
     persistentvolume::start(ctx);
     storageprotection::start(ctx);
+    disruption::start(ctx);
     localpath::start(ctx);
     ephemeral::start(ctx);
 }

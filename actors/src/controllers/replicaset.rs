@@ -10,11 +10,14 @@
 //! expire). Status (`replicas`, `fullyLabeledReplicas`, `readyReplicas`,
 //! `availableReplicas`, `observedGeneration`) goes through `update_status`.
 //!
+//! The same controller runs for ReplicationControllers (`v1`), whose selector is a map of
+//! labels matched by equality ([`Flavor`]).
+//!
 //! The small helpers on pods, owner references and write freshness here are shared with
 //! the deployment controller.
 
 use super::Ctx;
-use crate::client::{gvr, ApiClient};
+use crate::client::{gvr, ApiClient, Gvr};
 use crate::events::Recorder;
 use crate::informer::{key_of, Change, Informer, Key};
 use crate::runtime::{owner_key, Action, Controller, Enqueue, ReconcileError, Reconciler};
@@ -250,7 +253,49 @@ impl Expectations {
 
 // ---- the controller ----------------------------------------------------------------------
 
+/// What differs between ReplicaSets and ReplicationControllers.
+#[derive(Clone, Copy)]
+struct Flavor {
+    gvr: Gvr,
+    api_version: &'static str,
+    kind: &'static str,
+    name: &'static str,
+    /// `spec.selector` is a plain label map (ReplicationController).
+    map_selector: bool,
+}
+
+const REPLICA_SET: Flavor = Flavor {
+    gvr: gvr::REPLICA_SETS,
+    api_version: "apps/v1",
+    kind: "ReplicaSet",
+    name: "replicaset",
+    map_selector: false,
+};
+
+/// ReplicationControllers.
+pub const REPLICATION_CONTROLLERS: Gvr = Gvr::new("", "v1", "replicationcontrollers");
+
+const REPLICATION_CONTROLLER: Flavor = Flavor {
+    gvr: REPLICATION_CONTROLLERS,
+    api_version: "v1",
+    kind: "ReplicationController",
+    name: "replicationcontroller",
+    map_selector: true,
+};
+
+impl Flavor {
+    /// The selector of a set; `None` when missing, invalid or empty.
+    fn selector(&self, obj: &Value) -> Option<LabelSelector> {
+        if !self.map_selector {
+            return selector_of(obj);
+        }
+        let sel = obj.pointer("/spec/selector").filter(|v| v.is_object())?;
+        LabelSelector::from_label_selector_json(&json!({"matchLabels": sel})).ok().filter(|s| !s.is_empty())
+    }
+}
+
 struct ReplicaSets {
+    flavor: Flavor,
     client: ApiClient,
     recorder: Recorder,
     pods: Arc<Informer>,
@@ -370,7 +415,7 @@ impl ReplicaSets {
                         .and_then(Value::as_array)
                         .cloned()
                         .unwrap_or_default();
-                    refs.push(controller_ref_to(rs, "apps/v1", "ReplicaSet"));
+                    refs.push(controller_ref_to(rs, self.flavor.api_version, self.flavor.kind));
                     let patch = json!({"metadata": {
                         "ownerReferences": refs,
                         "uid": meta_str(&pod, "uid"),
@@ -388,7 +433,7 @@ impl ReplicaSets {
         Ok(owned)
     }
 
-    fn pod_from_template(rs: &Value) -> Value {
+    fn pod_from_template(&self, rs: &Value) -> Value {
         let name = meta_str(rs, "name").unwrap_or("");
         let mut prefix = format!("{name}-");
         if prefix.len() > 58 {
@@ -398,7 +443,7 @@ impl ReplicaSets {
         let mut meta = json!({
             "generateName": prefix,
             "namespace": meta_str(rs, "namespace"),
-            "ownerReferences": [controller_ref_to(rs, "apps/v1", "ReplicaSet")],
+            "ownerReferences": [controller_ref_to(rs, self.flavor.api_version, self.flavor.kind)],
         });
         for field in ["labels", "annotations", "finalizers"] {
             if let Some(v) = tmeta.and_then(|m| m.get(field)).filter(|v| !v.is_null()) {
@@ -426,7 +471,7 @@ impl ReplicaSets {
         let mut first_error: Option<crate::client::ClientError> = None;
         while remaining > 0 && first_error.is_none() {
             let n = batch.min(remaining);
-            let calls = (0..n).map(|_| self.client.create(gvr::PODS, Some(&ns), Self::pod_from_template(rs)));
+            let calls = (0..n).map(|_| self.client.create(gvr::PODS, Some(&ns), self.pod_from_template(rs)));
             let results = futures::future::join_all(calls).await;
             for r in results {
                 match r {
@@ -511,7 +556,7 @@ impl ReplicaSets {
         if !self.written.fresh(&key, Some(rs.as_ref())) {
             return Ok(Action::RequeueAfter(Duration::from_secs(1)));
         }
-        let Some(selector) = selector_of(&rs) else {
+        let Some(selector) = self.flavor.selector(&rs) else {
             tracing::debug!(key = %key, "replicaset has no usable selector");
             return Ok(Action::Done);
         };
@@ -537,7 +582,7 @@ impl ReplicaSets {
             let mut obj = (*rs).clone();
             obj["status"] = status;
             let ns = meta_str(&rs, "namespace").map(str::to_string);
-            match self.client.update_status(gvr::REPLICA_SETS, ns.as_deref(), obj).await {
+            match self.client.update_status(self.flavor.gvr, ns.as_deref(), obj).await {
                 Ok(updated) => self.written.record(&updated),
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
@@ -553,7 +598,7 @@ impl ReplicaSets {
 
 impl Reconciler for ReplicaSets {
     fn name(&self) -> &'static str {
-        "replicaset"
+        self.flavor.name
     }
 
     fn reconcile(self: Arc<Self>, key: Key) -> BoxFuture<'static, Result<Action, ReconcileError>> {
@@ -562,21 +607,31 @@ impl Reconciler for ReplicaSets {
 }
 
 /// ReplicaSets in the pod's namespace whose selector matches it (for orphans).
-fn matching_sets(sets: &Informer, pod: &Value) -> Vec<Key> {
+fn matching_sets(flavor: Flavor, sets: &Informer, pod: &Value) -> Vec<Key> {
     let ns = meta_str(pod, "namespace").unwrap_or("");
     let labels = labels_of(pod);
     sets.list_ns(ns)
         .iter()
-        .filter(|rs| selector_of(rs).is_some_and(|s| s.matches(&labels)))
+        .filter(|rs| flavor.selector(rs).is_some_and(|s| s.matches(&labels)))
         .map(|rs| key_of(rs))
         .collect()
 }
 
 /// Starts the controller.
 pub fn start(ctx: &Ctx) {
+    start_flavor(ctx, REPLICA_SET);
+}
+
+/// Starts the ReplicationController controller (the same logic over `v1`).
+pub fn start_replication_controllers(ctx: &Ctx) {
+    start_flavor(ctx, REPLICATION_CONTROLLER);
+}
+
+fn start_flavor(ctx: &Ctx, flavor: Flavor) {
     let pods = ctx.informers.get(gvr::PODS);
-    let sets = ctx.informers.get(gvr::REPLICA_SETS);
+    let sets = ctx.informers.get(flavor.gvr);
     let r = Arc::new(ReplicaSets {
+        flavor,
         client: ctx.client.clone(),
         recorder: ctx.recorder.clone(),
         pods: pods.clone(),
@@ -610,7 +665,7 @@ pub fn start(ctx: &Ctx) {
         let pod = ch.object();
         let pod_key = key_of(pod);
         let mut targets: Vec<Key> = Vec::new();
-        let owner = owner_key(pod, "ReplicaSet");
+        let owner = owner_key(pod, flavor.kind);
         match ch {
             Change::Applied { old: None, new } => {
                 if let Some(o) = &owner {
@@ -621,7 +676,7 @@ pub fn start(ctx: &Ctx) {
                     }
                     targets.push(o.clone());
                 } else {
-                    targets.extend(matching_sets(&sets2, new));
+                    targets.extend(matching_sets(flavor, &sets2, new));
                 }
             }
             Change::Applied { old: Some(old), new } => {
@@ -631,14 +686,14 @@ pub fn start(ctx: &Ctx) {
                     }
                     targets.push(o.clone());
                 }
-                let old_owner = owner_key(old, "ReplicaSet");
+                let old_owner = owner_key(old, flavor.kind);
                 if let Some(o) = old_owner.filter(|o| Some(o) != owner.as_ref()) {
                     targets.push(o);
                 }
                 if owner.is_none() && labels_of(old) != labels_of(new)
                     || owner.is_none() && old_owner_released(old, new)
                 {
-                    targets.extend(matching_sets(&sets2, new));
+                    targets.extend(matching_sets(flavor, &sets2, new));
                 }
             }
             Change::Deleted(_) => {

@@ -461,7 +461,8 @@ pub fn schedule(
         processed = i + 1;
         let Some(st) = cache.slot(cache.order()[(start + i) % n]) else { continue };
         let Some(def) = st.def.as_ref() else { continue };
-        match filter(pod, def, st, &pre) {
+        let seen = cache.with_nominated(st, pod);
+        match filter(pod, def, seen.as_ref().unwrap_or(st), &pre) {
             Ok(()) => {
                 feasible.push((def, st));
                 if feasible.len() >= want {

@@ -27,6 +27,8 @@ pub struct PodRecord {
     pub assumed: bool,
     /// Has a deletionTimestamp.
     pub terminating: bool,
+    /// `spec.priority`.
+    pub priority: i64,
 }
 
 /// The requests summed over a node's pods.
@@ -43,14 +45,16 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn add(&mut self, r: &Requests) {
+    /// Adds a pod's requests.
+    pub fn add(&mut self, r: &Requests) {
         self.res.add(&r.res);
         self.nonzero_cpu = self.nonzero_cpu.saturating_add(r.nonzero_cpu);
         self.nonzero_memory = self.nonzero_memory.saturating_add(r.nonzero_memory);
         self.pods += 1;
     }
 
-    fn sub(&mut self, r: &Requests) {
+    /// Removes a pod's requests.
+    pub fn sub(&mut self, r: &Requests) {
         self.res.sub(&r.res);
         self.nonzero_cpu = self.nonzero_cpu.saturating_sub(r.nonzero_cpu);
         self.nonzero_memory = self.nonzero_memory.saturating_sub(r.nonzero_memory);
@@ -98,6 +102,8 @@ pub struct Cache {
     pods: HashMap<String, PodRecord>,
     by_namespace: HashMap<String, HashSet<String>>,
     with_anti_affinity: HashSet<String>,
+    /// Unbound pods nominated to a node by preemption: key → (node, requests, priority).
+    nominated: HashMap<String, (String, Requests, i64)>,
 }
 
 fn is_terminal(pod: &Value) -> bool {
@@ -155,6 +161,38 @@ impl Cache {
 
     fn order_position(&self, name: &str) -> Result<usize, usize> {
         self.order.binary_search_by(|&i| self.slots[i].name.as_str().cmp(name))
+    }
+
+    /// Records (or clears) the node a pending pod was nominated to by preemption.
+    pub fn nominate(&mut self, key: &str, nomination: Option<(String, Requests, i64)>) {
+        match nomination {
+            Some(n) => {
+                self.nominated.insert(key.to_string(), n);
+            }
+            None => {
+                self.nominated.remove(key);
+            }
+        }
+    }
+
+    /// `st` as `pod` must see it: with the requests of the other pods nominated to it that
+    /// are at least as important (upstream's `addGENominatedPods`), so the room preemption
+    /// freed is kept for its preemptor. `None` when no such pod is nominated there.
+    pub fn with_nominated(&self, st: &NodeState, pod: &PodInfo) -> Option<NodeState> {
+        let mut out: Option<NodeState> = None;
+        for (k, (node, req, prio)) in &self.nominated {
+            if *node != st.name || *k == pod.key || *prio < pod.priority {
+                continue;
+            }
+            let o = out.get_or_insert_with(|| NodeState {
+                name: st.name.clone(),
+                def: None,
+                usage: st.usage.clone(),
+                pods: st.pods.clone(),
+            });
+            o.usage.add(req);
+        }
+        out
     }
 
     /// Adds or updates a node; true if anything the scheduler decides on changed.
@@ -216,6 +254,11 @@ impl Cache {
         self.by_namespace.get(ns).into_iter().flatten().filter_map(|k| self.pods.get(k))
     }
 
+    /// One accounted pod.
+    pub fn pod(&self, key: &str) -> Option<&PodRecord> {
+        self.pods.get(key)
+    }
+
     /// Every accounted pod.
     pub fn all_pods(&self) -> impl Iterator<Item = &PodRecord> {
         self.pods.values()
@@ -271,6 +314,7 @@ impl Cache {
             anti_affinity,
             assumed: true,
             terminating: false,
+            priority: pod.priority,
         };
         self.insert(pod.key.clone(), rec);
     }
@@ -311,6 +355,7 @@ impl Cache {
             anti_affinity: required_anti_affinity(pod),
             assumed: false,
             terminating: is_terminating(pod),
+            priority: spec.get("priority").and_then(Value::as_i64).unwrap_or(0),
         };
         let effect = match self.pods.get(key) {
             None => PodEffect::Added,
@@ -321,6 +366,7 @@ impl Cache {
                 if !old.assumed
                     && old.uid == rec.uid
                     && old.terminating == rec.terminating
+                    && old.priority == rec.priority
                     && old.anti_affinity == rec.anti_affinity =>
             {
                 // Nothing the scheduler accounts changed.

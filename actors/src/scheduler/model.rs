@@ -613,6 +613,8 @@ pub struct PodInfo {
     pub spread: Vec<Spread>,
     /// `preemptionPolicy: Never`.
     pub never_preempt: bool,
+    /// `spec.priority` (0 when unset).
+    pub priority: i64,
     /// What the pod's claims require of a node (set by the scheduler from its volume
     /// informers; `None`: no claims).
     pub volumes: Option<std::sync::Arc<super::volumes::VolumeFilter>>,
@@ -674,6 +676,7 @@ impl PodInfo {
                 .filter_map(|s| Spread::parse(s, &labels))
                 .collect(),
             never_preempt: str_of(spec, "preemptionPolicy") == "Never",
+            priority: spec.get("priority").and_then(Value::as_i64).unwrap_or(0),
             volumes: None,
             labels,
             namespace,

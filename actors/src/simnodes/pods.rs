@@ -146,6 +146,17 @@ fn pod_conditions(pod: &Value, now: &str, wanted: &[(&str, &str, Option<&str>)])
                 }
                 c
             })
+            // Conditions other writers own (DisruptionTarget, readiness gates) stay, as the
+            // kubelet keeps them.
+            .chain(
+                existing
+                    .iter()
+                    .filter(|c| {
+                        let t = c.get("type").and_then(Value::as_str).unwrap_or("");
+                        !wanted.iter().any(|(w, _, _)| *w == t)
+                    })
+                    .cloned(),
+            )
             .collect(),
     )
 }

@@ -55,6 +55,7 @@ fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -
         "", "v1", "Service" => core::Service;
         "", "v1", "Endpoints" => core::Endpoints;
         "", "v1", "ConfigMap" => core::ConfigMap;
+        "", "v1", "ReplicationController" => core::ReplicationController;
         "", "v1", "Secret" => core::Secret;
         "", "v1", "ServiceAccount" => core::ServiceAccount;
         "", "v1", "Event" => core::Event;

@@ -51,8 +51,10 @@ pub(crate) fn validate(e: &mut Errs, group: &str, kind: &str, obj: &Value) {
                 }
             }
         }
+        ("policy", "PodDisruptionBudget") => pod_disruption_budget(e, spec),
         ("apps", "Deployment") => deployment(e, spec),
         ("apps", "ReplicaSet") => replica_set(e, spec),
+        ("", "ReplicationController") => replication_controller(e, spec),
         ("apps", "StatefulSet") => stateful_set(e, spec),
         ("apps", "DaemonSet") => daemon_set(e, spec),
         ("apps", "ControllerRevision") => e.nonnegative(Some(obj), "revision", "revision"),
@@ -202,6 +204,37 @@ fn positive_int_or_percent(e: &mut Errs, v: Option<&Value>, p: &str) {
     }
 }
 
+/// Upstream's `ValidatePodDisruptionBudgetSpec`.
+fn pod_disruption_budget(e: &mut Errs, spec: Option<&Value>) {
+    let min = get(spec, "minAvailable");
+    let max = get(spec, "maxUnavailable");
+    if min.is_some() && max.is_some() {
+        e.invalid(
+            "spec",
+            "policy.PodDisruptionBudgetSpec{...}",
+            "minAvailable and maxUnavailable cannot be both set",
+        );
+    }
+    for (v, p) in [(min, "spec.minAvailable"), (max, "spec.maxUnavailable")] {
+        positive_int_or_percent(e, v, p);
+        if let Some((n, true)) = int_or_percent(v) {
+            if n > 100 {
+                e.invalid(p, &go_int_or_string(v), "must not be greater than 100%");
+            }
+        }
+    }
+    if let Some(sel) = get(spec, "selector") {
+        meta::label_selector(e, sel, "spec.selector");
+    }
+    one_of(
+        e,
+        "spec.unhealthyPodEvictionPolicy",
+        st(spec, "unhealthyPodEvictionPolicy"),
+        &["AlwaysAllow", "IfHealthyBudget"],
+        false,
+    );
+}
+
 fn rolling_update(e: &mut Errs, ru: &Value, p: &str) {
     let mu = get(Some(ru), "maxUnavailable");
     let ms = get(Some(ru), "maxSurge");
@@ -226,6 +259,34 @@ fn replica_set(e: &mut Errs, spec: Option<&Value>) {
             "activeDeadlineSeconds in ReplicaSet is not Supported",
         );
     }
+}
+
+/// Upstream's `ValidateReplicationControllerSpec`: a non-empty label-map selector the
+/// template's labels match, a template restarting Always, a valid pod spec.
+fn replication_controller(e: &mut Errs, spec: Option<&Value>) {
+    e.nonnegative(spec, "replicas", "spec.replicas");
+    e.nonnegative(spec, "minReadySeconds", "spec.minReadySeconds");
+    let sel = ob(spec, "selector");
+    if sel.is_none_or(|m| m.is_empty()) {
+        e.required("spec.selector", "");
+    }
+    let Some(t) = get(spec, "template") else {
+        e.required("spec.template", "");
+        return;
+    };
+    if let Some(sel) = sel.filter(|m| !m.is_empty()) {
+        let labels = get(get(Some(t), "metadata"), "labels");
+        let ok = sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+        if !ok {
+            e.invalid(
+                "spec.template.metadata.labels",
+                &go_map(labels),
+                "`selector` does not match template `labels`",
+            );
+        }
+    }
+    pod::template(e, Some(t), "spec.template", Ctx::Template);
+    restart_always(e, Some(t), "spec.template");
 }
 
 /// The StatefulSet spec with a volume for each volumeClaimTemplate its pods will get.

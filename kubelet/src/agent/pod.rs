@@ -232,6 +232,21 @@ pub struct PodState {
     /// When this agent first saw the pod, until it reports it Running (for
     /// `kubelet_pod_start_duration_seconds`; None for pods already running when adopted).
     seen: Option<Instant>,
+    /// When the configMap, secret, downwardAPI and projected volumes are next compared
+    /// with their sources.
+    volumes_sync_at: Option<Instant>,
+}
+
+/// How often a running pod's configMap, secret, downwardAPI and projected volumes are
+/// compared with their sources (`CAPSTAN_VOLUME_SYNC_SECONDS`, default 10; upstream's
+/// kubelet resyncs every minute plus its cache's TTL).
+fn volume_sync_period() -> Duration {
+    let secs = std::env::var("CAPSTAN_VOLUME_SYNC_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(10);
+    Duration::from_secs(secs)
 }
 
 impl PodState {
@@ -356,6 +371,7 @@ impl PodState {
             last_status: None,
             tokens: Vec::new(),
             seen,
+            volumes_sync_at: None,
             finished_phase,
             finished_ip: None,
             rejected: None,
@@ -632,7 +648,11 @@ impl PodState {
             }
             match self.request_token(deps, &pod, src).await {
                 Ok((token, next)) => match volumes::write_token(&dir, src, token.as_bytes()) {
-                    Ok(()) => *at = next,
+                    Ok(()) => {
+                        *at = next;
+                        let key = format!("{}/{}", src.volume, src.path);
+                        self.sources.tokens.insert(key, token.into_bytes());
+                    }
                     Err(e) => {
                         tracing::warn!(pod = %self.name, "failed to refresh a token: {e}");
                         *at = now + Duration::from_secs(10);
@@ -647,8 +667,55 @@ impl PodState {
         self.tokens = tokens;
     }
 
+    /// Rewrites the pod's configMap, secret, downwardAPI and projected volumes when their
+    /// sources changed (the files swap atomically, see `volumes`).
+    async fn sync_volumes(&mut self, deps: &Deps) {
+        let now = Instant::now();
+        match self.volumes_sync_at {
+            Some(at) if at > now => return,
+            None => {
+                self.volumes_sync_at = Some(now + volume_sync_period());
+                return;
+            }
+            _ => {}
+        }
+        self.volumes_sync_at = Some(now + volume_sync_period());
+        if self.volumes.is_empty() {
+            return;
+        }
+        let pod = self.pod();
+        let (cms, secrets) = volumes::referenced(&pod);
+        let mut sources = Sources::default();
+        for name in cms {
+            match deps.client.get(gvr::CONFIG_MAPS, Some(&self.namespace), &name).await {
+                Ok(obj) => sources.add_config_map(&name, &obj),
+                Err(e) if e.is_not_found() => {}
+                Err(_) => return,
+            }
+        }
+        for name in secrets {
+            match deps.client.get(SECRETS, Some(&self.namespace), &name).await {
+                Ok(obj) => sources.add_secret(&name, &obj),
+                Err(e) if e.is_not_found() => {}
+                Err(_) => return,
+            }
+        }
+        sources.tokens = std::mem::take(&mut self.sources.tokens);
+        let fs_group = security::fs_group(&pod).ok().flatten();
+        match volumes::refresh(&pod, &self.pod_dir(deps), &deps.node, &sources, fs_group) {
+            Ok(changed) if !changed.is_empty() => {
+                tracing::info!(pod = %self.name, volumes = ?changed, "updated volumes from their sources");
+            }
+            Ok(_) => {}
+            // A missing source keeps the old files, as upstream.
+            Err(e) => tracing::debug!(pod = %self.name, "volumes not updated: {e}"),
+        }
+        self.sources = sources;
+    }
+
     async fn supervise(&mut self, deps: &Deps) {
         self.refresh_tokens(deps).await;
+        self.sync_volumes(deps).await;
         // 1. Exits of running containers.
         for i in 0..self.ctrs.len() {
             let Some(id) = self.ctrs[i].id.clone() else { continue };
@@ -1319,9 +1386,10 @@ impl PodState {
             cond("Ready", all_ready && self.finished_phase.is_none(), Some(ready_reason)),
             cond("ContainersReady", all_ready && self.finished_phase.is_none(), Some(ready_reason)),
         ];
-        if let Some(sched) = previous.iter().find(|c| c["type"].as_str() == Some("PodScheduled")) {
-            conditions.push(sched.clone());
-        }
+        // Conditions others own (PodScheduled, DisruptionTarget, readiness gates) stay.
+        let owned = ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady"];
+        conditions
+            .extend(previous.iter().filter(|c| !owned.contains(&c["type"].as_str().unwrap_or(""))).cloned());
         let mut st = json!({
             "phase": phase,
             "conditions": conditions,

@@ -7,8 +7,16 @@
 //! Key → path semantics follow upstream: without `items` every key becomes a file named
 //! after it; with `items` only the listed keys, at their `path` (subdirectories allowed,
 //! no `..`), each with its `mode` or the volume's `defaultMode` (0644). A missing
-//! ConfigMap or Secret (or key) fails the pod's start unless marked optional. Contents are
-//! written once at pod start (no live updates yet).
+//! ConfigMap or Secret (or key) fails the pod's start unless marked optional.
+//!
+//! configMap, secret, downwardAPI and projected volumes are written as upstream's
+//! `AtomicWriter` does: the files live in a timestamped directory `..<time>`, `..data` is a
+//! symlink to it, and every top-level name is a symlink through `..data`. An update
+//! ([`refresh`], run by the pod actor while the pod runs) writes a new timestamped
+//! directory, renames a new `..data` symlink over the old one (one atomic step, so a reader
+//! sees all old or all new files), fixes the top-level links and removes the old directory.
+//! A `subPath` mount binds the file it resolved at container start, so it is not updated,
+//! as upstream.
 //!
 //! Memory-backed, as upstream: an emptyDir with `medium: Memory` is a tmpfs (its
 //! `sizeLimit` the tmpfs size), and secret and projected volumes are written to a tmpfs, so
@@ -70,7 +78,11 @@ pub fn token_sources(pod: &Value) -> Vec<TokenSource> {
 /// Writes a token file atomically (a new file renamed over the old one), so a container
 /// never reads half a token while it is refreshed.
 pub fn write_token(pod_dir: &Path, src: &TokenSource, token: &[u8]) -> Result<(), String> {
-    let dir = pod_dir.join("volumes").join(&src.volume);
+    let mut dir = pod_dir.join("volumes").join(&src.volume);
+    // Into the files `..data` names now (see the module docs).
+    if dir.join("..data").exists() {
+        dir = dir.join("..data");
+    }
     let rel = safe_relative(&src.path)?;
     let dest = dir.join(&rel);
     if let Some(parent) = dest.parent() {
@@ -194,6 +206,15 @@ fn safe_relative(p: &str) -> Result<PathBuf, String> {
     Ok(path.to_path_buf())
 }
 
+/// The files of a projected volume: relative path → (bytes, mode).
+type Files = BTreeMap<String, (Vec<u8>, u32)>;
+
+fn put(files: &mut Files, rel: &str, data: &[u8], mode: u32) -> Result<(), String> {
+    let p = safe_relative(rel)?;
+    files.insert(p.to_string_lossy().into_owned(), (data.to_vec(), mode));
+    Ok(())
+}
+
 fn write_file(dir: &Path, rel: &str, data: &[u8], mode: u32) -> Result<(), String> {
     let path = dir.join(safe_relative(rel)?);
     if let Some(parent) = path.parent() {
@@ -210,7 +231,7 @@ fn mode(v: &Value, default: u32) -> u32 {
 
 /// Writes the keys of a ConfigMap or Secret into `dir` by upstream's key → path rules.
 fn project_keys(
-    dir: &Path,
+    files: &mut Files,
     kind: &str,
     name: &str,
     src: &Value,
@@ -228,7 +249,7 @@ fn project_keys(
                 let key = it["key"].as_str().unwrap_or("");
                 let path = it["path"].as_str().unwrap_or(key);
                 match sources.bytes(kind, name, key) {
-                    Some(b) => write_file(dir, path, &b, mode(&it["mode"], default_mode))?,
+                    Some(b) => put(files, path, &b, mode(&it["mode"], default_mode))?,
                     None if optional => {}
                     None if kind == "configmap" => {
                         return Err(format!("configmap references non-existent config key: {key}"))
@@ -240,7 +261,7 @@ fn project_keys(
         None => {
             for key in data.keys() {
                 if let Some(b) = sources.bytes(kind, name, key) {
-                    write_file(dir, key, &b, default_mode)?;
+                    put(files, key, &b, default_mode)?;
                 }
             }
         }
@@ -249,7 +270,7 @@ fn project_keys(
 }
 
 fn project_downward(
-    dir: &Path,
+    files: &mut Files,
     items: &Value,
     default_mode: u32,
     pod: &Value,
@@ -271,9 +292,150 @@ fn project_downward(
         } else {
             continue;
         };
-        write_file(dir, path, value.as_bytes(), mode(&it["mode"], default_mode))?;
+        put(files, path, value.as_bytes(), mode(&it["mode"], default_mode))?;
     }
     Ok(())
+}
+
+/// The files of a configMap, secret, downwardAPI or projected volume; `None` for other
+/// volume types.
+fn projected_files(v: &Value, pod: &Value, node: &str, sources: &Sources) -> Option<Result<Files, String>> {
+    let name = v["name"].as_str().unwrap_or("");
+    let mut files = Files::new();
+    let r = if let Some(cm) = v.get("configMap") {
+        let n = cm["name"].as_str().unwrap_or("");
+        project_keys(&mut files, "configmap", n, cm, mode(&cm["defaultMode"], 0o644), sources)
+    } else if let Some(sec) = v.get("secret") {
+        let n = sec["secretName"].as_str().unwrap_or("");
+        project_keys(&mut files, "secret", n, sec, mode(&sec["defaultMode"], 0o644), sources)
+    } else if let Some(d) = v.get("downwardAPI") {
+        project_downward(&mut files, &d["items"], mode(&d["defaultMode"], 0o644), pod, node)
+    } else if let Some(p) = v.get("projected") {
+        let dm = mode(&p["defaultMode"], 0o644);
+        let mut r = Ok(());
+        for s in p["sources"].as_array().into_iter().flatten() {
+            r = if let Some(cm) = s.get("configMap") {
+                project_keys(&mut files, "configmap", cm["name"].as_str().unwrap_or(""), cm, dm, sources)
+            } else if let Some(sec) = s.get("secret") {
+                project_keys(&mut files, "secret", sec["name"].as_str().unwrap_or(""), sec, dm, sources)
+            } else if let Some(d) = s.get("downwardAPI") {
+                project_downward(&mut files, &d["items"], dm, pod, node)
+            } else if let Some(t) = s.get("serviceAccountToken") {
+                let path = t["path"].as_str().unwrap_or("token");
+                match sources.tokens.get(&format!("{name}/{path}")) {
+                    Some(token) => put(&mut files, path, token, dm),
+                    None => Err(format!("volume {name:?}: no ServiceAccount token was issued for {path:?}")),
+                }
+            } else {
+                Ok(())
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        r
+    } else {
+        return None;
+    };
+    Some(r.map(|()| files))
+}
+
+/// What `..data` of `dir` holds now, as [`Files`] (None when the layout is missing).
+fn current_files(dir: &Path, want: &Files) -> Option<Files> {
+    let data = dir.join("..data");
+    std::fs::read_link(&data).ok()?;
+    let mut out = Files::new();
+    fn walk(base: &Path, rel: &Path, out: &mut Files) {
+        let Ok(rd) = std::fs::read_dir(base.join(rel)) else { return };
+        for e in rd.flatten() {
+            let r = rel.join(e.file_name());
+            let full = base.join(&r);
+            if full.is_dir() {
+                walk(base, &r, out);
+            } else if let (Ok(b), Ok(m)) = (std::fs::read(&full), std::fs::metadata(&full)) {
+                out.insert(r.to_string_lossy().into_owned(), (b, m.permissions().mode() & 0o777));
+            }
+        }
+    }
+    walk(&data, Path::new(""), &mut out);
+    // Ownership changes (fsGroup) widen modes: compare the bytes, and modes only by what
+    // was asked for.
+    let same = out.len() == want.len()
+        && out.iter().all(|(k, (b, m))| want.get(k).is_some_and(|(wb, wm)| wb == b && m & wm == *wm));
+    same.then_some(out)
+}
+
+/// Writes `files` into `dir` atomically (see the module docs). Returns false when `dir`
+/// already held exactly these files.
+pub(crate) fn atomic_write(dir: &Path, files: &Files) -> Result<bool, String> {
+    if current_files(dir, files).is_some() {
+        return Ok(false);
+    }
+    let now = jiff::Timestamp::now();
+    let stamp = format!("..{}.{:09}", now.strftime("%Y_%m_%d_%H_%M_%S"), now.subsec_nanosecond());
+    let ts = dir.join(&stamp);
+    std::fs::create_dir_all(&ts).map_err(|e| format!("failed to create {}: {e}", ts.display()))?;
+    std::fs::set_permissions(&ts, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("failed to chmod {}: {e}", ts.display()))?;
+    for (rel, (data, m)) in files {
+        write_file(&ts, rel, data, *m)?;
+    }
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&stamp, &tmp).map_err(|e| format!("failed to link {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join("..data"))
+        .map_err(|e| format!("failed to swap {}: {e}", dir.join("..data").display()))?;
+    // Top-level names: a link through ..data for each, none for names that went away.
+    let top: std::collections::BTreeSet<String> =
+        files.keys().filter_map(|k| k.split('/').next().map(str::to_string)).collect();
+    for t in &top {
+        let link = dir.join(t);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(t), &link)
+                .map_err(|e| format!("failed to link {}: {e}", link.display()))?;
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !n.starts_with("..") && !top.contains(&n) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if let Some(old) = old.filter(|o| o.as_os_str() != stamp.as_str()) {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(true)
+}
+
+/// Rewrites the configMap, secret, downwardAPI and projected volumes of a running pod whose
+/// sources changed (upstream's periodic volume remount). Returns the names of the volumes
+/// updated.
+pub fn refresh(
+    pod: &Value,
+    pod_dir: &Path,
+    node: &str,
+    sources: &Sources,
+    fs_group: Option<(u32, bool)>,
+) -> Result<Vec<String>, String> {
+    let mut changed = Vec::new();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let Some(name) = v["name"].as_str() else { continue };
+        let Some(files) = projected_files(v, pod, node, sources) else { continue };
+        let dir = pod_dir.join("volumes").join(name);
+        if !dir.join("..data").exists() {
+            continue;
+        }
+        if atomic_write(&dir, &files?)? {
+            if let Some((gid, _)) = fs_group {
+                set_ownership(&dir, gid, true, false)?;
+            }
+            changed.push(name.to_string());
+        }
+    }
+    Ok(changed)
 }
 
 /// Group read-write, as upstream's `rwMask`.
@@ -422,40 +584,13 @@ pub fn prepare(
                 continue;
             }
             c.path.clone()
-        } else if let Some(cm) = v.get("configMap") {
+        } else if let Some(files) = projected_files(v, pod, node, sources) {
+            let files = files?;
             fresh(&dir)?;
-            let n = cm["name"].as_str().unwrap_or("");
-            project_keys(&dir, "configmap", n, cm, mode(&cm["defaultMode"], 0o644), sources)?;
-            dir
-        } else if let Some(sec) = v.get("secret") {
-            fresh(&dir)?;
-            tmpfs(&dir, None)?;
-            let n = sec["secretName"].as_str().unwrap_or("");
-            project_keys(&dir, "secret", n, sec, mode(&sec["defaultMode"], 0o644), sources)?;
-            dir
-        } else if let Some(d) = v.get("downwardAPI") {
-            fresh(&dir)?;
-            project_downward(&dir, &d["items"], mode(&d["defaultMode"], 0o644), pod, node)?;
-            dir
-        } else if let Some(p) = v.get("projected") {
-            fresh(&dir)?;
-            tmpfs(&dir, None)?;
-            let dm = mode(&p["defaultMode"], 0o644);
-            for s in p["sources"].as_array().into_iter().flatten() {
-                if let Some(cm) = s.get("configMap") {
-                    project_keys(&dir, "configmap", cm["name"].as_str().unwrap_or(""), cm, dm, sources)?;
-                } else if let Some(sec) = s.get("secret") {
-                    project_keys(&dir, "secret", sec["name"].as_str().unwrap_or(""), sec, dm, sources)?;
-                } else if let Some(d) = s.get("downwardAPI") {
-                    project_downward(&dir, &d["items"], dm, pod, node)?;
-                } else if let Some(t) = s.get("serviceAccountToken") {
-                    let path = t["path"].as_str().unwrap_or("token");
-                    let token = sources.tokens.get(&format!("{name}/{path}")).ok_or_else(|| {
-                        format!("volume {name:?}: no ServiceAccount token was issued for {path:?}")
-                    })?;
-                    write_file(&dir, path, token, dm)?;
-                }
+            if v.get("secret").is_some() || v.get("projected").is_some() {
+                tmpfs(&dir, None)?;
             }
+            atomic_write(&dir, &files)?;
             dir
         } else {
             let kind =
@@ -578,6 +713,53 @@ mod tests {
         );
         let trav = json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "cm", "items": [{"key": "a", "path": "../x"}]}}]}});
         assert!(prepare(&trav, &tmp, "n", &src, None, &HashMap::new()).unwrap_err().contains(".."));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
+    fn updates_swap_atomically() {
+        let tmp = std::env::temp_dir().join(format!("capstan-vol-swap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let pod = json!({"metadata": {"name": "p", "labels": {"v": "1"}}, "spec": {"volumes": [
+            {"name": "cfg", "configMap": {"name": "cm"}},
+            {"name": "down", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+        ]}});
+        let mut src = Sources::default();
+        src.add_config_map("cm", &json!({"data": {"a": "1", "b": "2"}}));
+        let vols = prepare(&pod, &tmp, "n", &src, None, &HashMap::new()).unwrap();
+        let cfg = &vols["cfg"];
+        assert_eq!(std::fs::read_link(cfg.join("a")).unwrap(), Path::new("..data/a"));
+        let first = std::fs::read_link(cfg.join("..data")).unwrap();
+        assert!(first.to_string_lossy().starts_with(".."));
+        // Nothing changed: nothing rewritten.
+        assert!(refresh(&pod, &tmp, "n", &src, None).unwrap().is_empty());
+        // A changed value and a removed key: one swap, the old directory gone.
+        let mut src = Sources::default();
+        src.add_config_map("cm", &json!({"data": {"a": "10"}}));
+        let pod2 = json!({"metadata": {"name": "p", "labels": {"v": "2"}}, "spec": pod["spec"].clone()});
+        assert_eq!(refresh(&pod2, &tmp, "n", &src, None).unwrap(), ["cfg", "down"]);
+        assert_eq!(std::fs::read_to_string(cfg.join("a")).unwrap(), "10");
+        assert!(std::fs::symlink_metadata(cfg.join("b")).is_err());
+        assert!(!cfg.join(&first).exists());
+        assert_eq!(std::fs::read_to_string(vols["down"].join("labels")).unwrap(), "v=\"2\"");
+        // A refreshed token is written into the files ..data names; with the sources
+        // holding it too, a later sync leaves the volume alone.
+        let pod3 = json!({"metadata": {"name": "p"}, "spec": {"volumes": [
+            {"name": "api", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}},
+        ]}});
+        let dir3 = tmp.join("tok");
+        let mut src = Sources::default();
+        src.tokens.insert("api/token".into(), b"t1".to_vec());
+        let mut files = Files::new();
+        put(&mut files, "token", b"t1", 0o644).unwrap();
+        std::fs::create_dir_all(dir3.join("volumes/api")).unwrap();
+        atomic_write(&dir3.join("volumes/api"), &files).unwrap();
+        let ts = &token_sources(&pod3)[0];
+        write_token(&dir3, ts, b"t2").unwrap();
+        assert_eq!(std::fs::read_to_string(dir3.join("volumes/api/token")).unwrap(), "t2");
+        assert!(std::fs::symlink_metadata(dir3.join("volumes/api/token")).unwrap().file_type().is_symlink());
+        src.tokens.insert("api/token".into(), b"t2".to_vec());
+        assert!(refresh(&pod3, &dir3, "n", &src, None).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&tmp);
     }
 
