@@ -23,6 +23,7 @@ mod priority;
 mod resource_quota;
 mod service_account;
 mod storage;
+pub mod webhook;
 
 pub use default_tolerations::DefaultTolerationSeconds;
 pub use limit_ranger::LimitRanger;
@@ -234,7 +235,8 @@ impl Chain {
     /// The gateway's chain: NamespaceLifecycle, LimitRanger, ServiceAccount (filling legacy
     /// token Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity,
     /// Priority, DefaultTolerationSeconds, DefaultStorageClass, StorageObjectInUseProtection, then
-    /// `validating` (RBAC escalation checks...), and ResourceQuota last, in upstream's order.
+    /// `validating` (RBAC escalation checks...), the admission webhooks ([`webhook`]), and
+    /// ResourceQuota last, in upstream's order.
     pub fn configured(
         signer: Option<Arc<crate::tokens::TokenSigner>>,
         ca: String,
@@ -253,6 +255,12 @@ impl Chain {
             Arc::new(StorageObjectInUseProtection),
         ];
         plugins.extend(validating);
+        // Dynamic admission after the built-in plugins, ResourceQuota last (upstream's
+        // MutatingAdmissionWebhook, ValidatingAdmissionPolicy, ValidatingAdmissionWebhook,
+        // ResourceQuota).
+        let (mutating, validating) = webhook::plugins();
+        plugins.push(Arc::new(mutating));
+        plugins.push(Arc::new(validating));
         plugins.push(Arc::new(ResourceQuota::default()));
         Chain::new(plugins)
     }
