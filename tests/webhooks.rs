@@ -373,3 +373,136 @@ fn admission_webhooks_validate_mutate_and_fail_as_configured() {
         c.kubectl(&["apply", "-f", denied.to_str().unwrap()]).status.success().then_some(())
     });
 }
+
+const REPLICA_POLICY: &str = r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: replica-limit.example.com
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: ["apps"]
+      apiVersions: ["v1"]
+      operations: ["CREATE", "UPDATE"]
+      resources: ["deployments"]
+  validations:
+  - expression: "object.spec.replicas <= 5"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: replica-limit-binding.example.com
+spec:
+  policyName: replica-limit.example.com
+  validationActions: [Deny]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: param-limit.example.com
+spec:
+  paramKind:
+    apiVersion: v1
+    kind: ConfigMap
+  matchConstraints:
+    resourceRules:
+    - apiGroups: ["apps"]
+      apiVersions: ["v1"]
+      operations: ["CREATE", "UPDATE"]
+      resources: ["deployments"]
+  variables:
+  - name: max
+    expression: "int(params.data.maxReplicas)"
+  validations:
+  - expression: "object.spec.replicas <= variables.max"
+    messageExpression: "'replicas must be at most ' + params.data.maxReplicas"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: param-limit-binding.example.com
+spec:
+  policyName: param-limit.example.com
+  validationActions: [Warn]
+  paramRef:
+    name: limits
+    namespace: default
+    parameterNotFoundAction: Deny
+  matchResources:
+    namespaceSelector:
+      matchLabels: {limits: "on"}
+"#;
+
+#[test]
+fn validating_admission_policy_limits_deployment_replicas() {
+    let c = Cluster::start();
+    let f = c.file("policy.yaml", REPLICA_POLICY);
+    let out = c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(
+        out.contains(
+            "validatingadmissionpolicy.admissionregistration.k8s.io/replica-limit.example.com created"
+        ),
+        "{out}"
+    );
+    assert!(out.contains(
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/replica-limit-binding.example.com created"
+    ));
+    let want = "ValidatingAdmissionPolicy 'replica-limit.example.com' with binding 'replica-limit-binding.example.com' denied request: failed expression: object.spec.replicas <= 5";
+    // The policy is read from the watch cache, a moment after it is written.
+    let err = wait_for("the policy to refuse 6 replicas", Duration::from_secs(10), || {
+        let out =
+            c.kubectl(&["create", "deployment", "big", "--image=nginx", "--replicas=6", "--dry-run=server"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!out.status.success()).then_some(stderr)
+    });
+    assert!(err.contains(want), "{err}");
+    let err = c.fails(&["create", "deployment", "big", "--image=nginx", "--replicas=6"]);
+    assert!(err.contains(&format!("deployments.apps \"big\" is forbidden: {want}")), "{err}");
+    // kubectl apply prints the 422's cause, as for upstream's policies.
+    let big = c.ok(&[
+        "create",
+        "deployment",
+        "big",
+        "--image=nginx",
+        "--replicas=6",
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    let big = c.file("big.yaml", &big);
+    let err = c.fails(&["apply", "-f", big.to_str().unwrap()]);
+    assert!(err.contains(&format!("The deployments \"big\" is invalid: : {want}")), "{err}");
+    c.fails(&["get", "deployment", "big"]);
+    let out = c.ok(&["create", "deployment", "small", "--image=nginx", "--replicas=5"]);
+    assert!(out.contains("deployment.apps/small created"), "{out}");
+    // Updates too.
+    let err = c.fails(&["patch", "deployment", "small", "-p", r#"{"spec":{"replicas":6}}"#]);
+    assert!(err.contains(want), "{err}");
+
+    // Params from a ConfigMap, Warn only, in namespaces labelled limits=on.
+    c.ok(&["create", "configmap", "limits", "--from-literal=maxReplicas=2"]);
+    c.ok(&["create", "namespace", "limited"]);
+    c.ok(&["label", "namespace", "limited", "limits=on"]);
+    let out = c.kubectl(&["create", "deployment", "three", "-n", "limited", "--image=nginx", "--replicas=3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "Warning: Validation failed for ValidatingAdmissionPolicy 'param-limit.example.com' with binding 'param-limit-binding.example.com': replicas must be at most 2"
+        ),
+        "{stderr}"
+    );
+    // Outside the selected namespaces, no warning.
+    let out = c.kubectl(&["create", "deployment", "three", "--image=nginx", "--replicas=3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("param-limit"), "{stderr}");
+    // parameterNotFoundAction Deny: without its params the binding refuses (Warn here).
+    c.ok(&["delete", "configmap", "limits"]);
+    let out = c.kubectl(&["create", "deployment", "one", "-n", "limited", "--image=nginx", "--replicas=1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no params found for policy binding with `Deny` parameterNotFoundAction"),
+        "{stderr}"
+    );
+}

@@ -19,6 +19,7 @@ mod limit_ranger;
 mod namespace_lifecycle;
 mod node_restriction;
 pub mod pod_security;
+pub mod policy;
 mod priority;
 mod resource_quota;
 mod service_account;
@@ -235,7 +236,8 @@ impl Chain {
     /// The gateway's chain: NamespaceLifecycle, LimitRanger, ServiceAccount (filling legacy
     /// token Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity,
     /// Priority, DefaultTolerationSeconds, DefaultStorageClass, StorageObjectInUseProtection, then
-    /// `validating` (RBAC escalation checks...), the admission webhooks ([`webhook`]), and
+    /// `validating` (RBAC escalation checks...), the mutating webhooks, ValidatingAdmissionPolicy
+    /// ([`policy`]), the validating webhooks ([`webhook`]), and
     /// ResourceQuota last, in upstream's order.
     pub fn configured(
         signer: Option<Arc<crate::tokens::TokenSigner>>,
@@ -260,6 +262,7 @@ impl Chain {
         // ResourceQuota).
         let (mutating, validating) = webhook::plugins();
         plugins.push(Arc::new(mutating));
+        plugins.push(Arc::new(policy::ValidatingAdmissionPolicy));
         plugins.push(Arc::new(validating));
         plugins.push(Arc::new(ResourceQuota::default()));
         Chain::new(plugins)

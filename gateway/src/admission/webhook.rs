@@ -181,12 +181,38 @@ pub(super) fn objects(attrs: &Attributes<'_>, obj: &Value) -> (Value, Value) {
     (new, old)
 }
 
+/// A JSON value as CEL sees it in Kubernetes: integers are `int` (serde would make
+/// positive ones `uint`).
+pub(super) fn to_cel(v: &Value) -> cel::Value {
+    match v {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(a) => cel::Value::List(Arc::new(a.iter().map(to_cel).collect())),
+        Value::Object(m) => {
+            let map: HashMap<String, cel::Value> = m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            cel::Value::from(map)
+        }
+    }
+}
+
 /// Evaluates a CEL expression with `vars` bound; the compiled program is cached.
 pub(super) fn cel_eval(expr: &str, vars: &[(&str, &Value)]) -> Result<cel::Value, String> {
+    let vars: Vec<(&str, cel::Value)> = vars.iter().map(|(n, v)| (*n, to_cel(v))).collect();
+    cel_eval_values(expr, &vars)
+}
+
+/// As [`cel_eval`], with values already converted.
+pub(super) fn cel_eval_values(expr: &str, vars: &[(&str, cel::Value)]) -> Result<cel::Value, String> {
     let program = capstan_api::crd::rules::compile(expr)?;
     let mut ctx = cel::Context::default();
     for (name, v) in vars {
-        ctx.add_variable_from_value(*name, cel::to_value(*v).map_err(|e| e.to_string())?);
+        ctx.add_variable_from_value(*name, v.clone());
     }
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(&ctx)))
         .map_err(|_| "evaluation failed".to_string())?
