@@ -506,3 +506,160 @@ fn validating_admission_policy_limits_deployment_replicas() {
         "{stderr}"
     );
 }
+
+/// An admission hook served on the bus: subscribes to `capstan.v1.admission.test-int.>`
+/// and answers `.deny` (refuses `deny=yes`) and `.mutate` (adds `mutated=bus`) with
+/// AdmissionReview JSON, as a bus integration would, without a TLS server.
+struct BusHook {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    seen: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl BusHook {
+    fn start(url: &str) -> BusHook {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let url = url.to_string();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                use futures::StreamExt;
+                let client = async_nats::connect(&url).await.expect("connect");
+                let mut sub = client.subscribe("capstan.v1.admission.test-int.>").await.expect("subscribe");
+                client.flush().await.expect("flush");
+                ready_tx.send(()).expect("ready");
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        msg = sub.next() => {
+                            let Some(msg) = msg else { return };
+                            let review: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
+                            let path = if msg.subject.ends_with(".deny") { "/validate" } else { "/mutate" };
+                            seen2.lock().unwrap().push((msg.subject.to_string(), review.clone()));
+                            let mut answer = answer(path, &review);
+                            if let Some(p) = answer["response"]["patch"].as_str() {
+                                let p = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(p).unwrap()).unwrap();
+                                let p = p.replace("\"mutated\":\"yes\"", "\"mutated\":\"bus\"").replace("\"value\":\"yes\"", "\"value\":\"bus\"");
+                                answer["response"]["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(p));
+                            }
+                            if let Some(reply) = msg.reply {
+                                let _ = client.publish(reply, answer.to_string().into()).await;
+                            }
+                        }
+                    }
+                }
+            });
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("the bus hook subscribed");
+        BusHook { stop: Some(stop), thread: Some(thread), seen }
+    }
+}
+
+impl Drop for BusHook {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn admission_hooks_served_on_the_bus() {
+    let nats = common::nats::Nats::start();
+    let c = Cluster::start_with(&["--nats", &nats.url()]);
+    let hook = BusHook::start(&nats.url());
+    let config = r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: bus-validating
+webhooks:
+- name: deny.bus.example.com
+  clientConfig:
+    url: "bus:capstan.v1.admission.test-int.deny"
+  rules:
+  - {operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["configmaps"]}
+  sideEffects: None
+  admissionReviewVersions: ["v1"]
+- name: nobody.bus.example.com
+  clientConfig:
+    url: "bus:capstan.v1.admission.nobody.check"
+  objectSelector: {matchLabels: {nobody: "fail"}}
+  rules:
+  - {operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["configmaps"]}
+  sideEffects: None
+  timeoutSeconds: 2
+  admissionReviewVersions: ["v1"]
+- name: elsewhere.bus.example.com
+  clientConfig:
+    url: "bus:capstan.v1.api.controllers"
+  objectSelector: {matchLabels: {elsewhere: "try"}}
+  rules:
+  - {operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["configmaps"]}
+  sideEffects: None
+  admissionReviewVersions: ["v1"]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: bus-mutating
+webhooks:
+- name: mutate.bus.example.com
+  clientConfig:
+    url: "bus:capstan.v1.admission.test-int.mutate"
+  objectSelector: {matchLabels: {mutate: me}}
+  rules:
+  - {operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["configmaps"]}
+  sideEffects: None
+  admissionReviewVersions: ["v1"]
+"#;
+    let f = c.file("bus-hooks.yaml", config);
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+
+    let denied = c.file("denied.yaml", &configmap("denied", "default", &[("deny", "yes")]));
+    let err = wait_refused(
+        &c,
+        denied.to_str().unwrap(),
+        "denied",
+        "default",
+        "admission webhook \"deny.bus.example.com\" denied the request: label deny=yes is not allowed",
+    );
+    assert!(err.starts_with("Error from server"), "{err}");
+    let seen = hook.seen.lock().unwrap().clone();
+    let (subject, review) =
+        seen.iter().rev().find(|(s, _)| s.ends_with(".deny")).expect("a review on the bus");
+    assert_eq!(subject, "capstan.v1.admission.test-int.deny");
+    assert_eq!(review["request"]["object"]["metadata"]["name"], "denied");
+
+    // Mutation over the bus, then validation (the warning of the deny hook's allow).
+    let f = c.file("mutated.yaml", &configmap("mutated", "default", &[("mutate", "me")]));
+    wait_for("the bus hook to label the ConfigMap", Duration::from_secs(10), || {
+        let out = c.kubectl(&["apply", "-f", f.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let labels = c.ok(&["get", "configmap", "mutated", "-o", "jsonpath={.metadata.labels}"]);
+        if labels.contains("\"mutated\":\"bus\"") {
+            return Some(());
+        }
+        c.ok(&["delete", "configmap", "mutated"]);
+        None
+    });
+
+    // Nobody serves the subject: failurePolicy Fail refuses at once ("no responders").
+    let f = c.file("nobody.yaml", &configmap("nobody", "default", &[("nobody", "fail")]));
+    let started = Instant::now();
+    let err = c.fails(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(
+        err.contains("failed calling webhook \"nobody.bus.example.com\": failed to call webhook: bus request to \"capstan.v1.admission.nobody.check\""),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // A subject outside capstan.v1.admission. is never published to.
+    let f = c.file("elsewhere.yaml", &configmap("elsewhere", "default", &[("elsewhere", "try")]));
+    let err = c.fails(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("\"capstan.v1.api.controllers\" is not an admission subject"), "{err}");
+}

@@ -237,13 +237,15 @@ impl Chain {
     /// token Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity,
     /// Priority, DefaultTolerationSeconds, DefaultStorageClass, StorageObjectInUseProtection, then
     /// `validating` (RBAC escalation checks...), the mutating webhooks, ValidatingAdmissionPolicy
-    /// ([`policy`]), the validating webhooks ([`webhook`]), and
+    /// ([`policy`]), the validating webhooks ([`webhook`]; hooks at `bus:` URLs are called over
+    /// `bus`), and
     /// ResourceQuota last, in upstream's order.
     pub fn configured(
         signer: Option<Arc<crate::tokens::TokenSigner>>,
         ca: String,
         pod_security: pod_security::Config,
         validating: Vec<Arc<dyn Plugin>>,
+        bus: Option<Arc<dyn capstan_bus::Bus>>,
     ) -> Chain {
         let mut plugins: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(NamespaceLifecycle::default()),
@@ -260,7 +262,7 @@ impl Chain {
         // Dynamic admission after the built-in plugins, ResourceQuota last (upstream's
         // MutatingAdmissionWebhook, ValidatingAdmissionPolicy, ValidatingAdmissionWebhook,
         // ResourceQuota).
-        let (mutating, validating) = webhook::plugins();
+        let (mutating, validating) = webhook::plugins(bus);
         plugins.push(Arc::new(mutating));
         plugins.push(Arc::new(policy::ValidatingAdmissionPolicy));
         plugins.push(Arc::new(validating));

@@ -241,7 +241,12 @@ pub(super) fn match_conditions(conds: Option<&Value>, vars: &[(&str, &Value)]) -
 struct Http {
     clients: Mutex<HashMap<String, reqwest::Client>>,
     services: Arc<Mutex<HashMap<String, Vec<IpAddr>>>>,
+    /// The bus, for hooks at `bus:capstan.v1.admission.<integrator>.<hook>`.
+    bus: Option<Arc<dyn capstan_bus::Bus>>,
 }
+
+/// The URL scheme of a hook served on the bus.
+pub const BUS_SCHEME: &str = "bus:";
 
 /// Resolves `<svc>.<ns>.svc` to the endpoint addresses the plugin found in the cache just
 /// before the call; other names through the system resolver.
@@ -376,6 +381,9 @@ impl Http {
         let cc = &w["clientConfig"];
         let timeout = Duration::from_secs(w["timeoutSeconds"].as_u64().unwrap_or(10).clamp(1, 30));
         let url = self.url(ctx, cc).await.map_err(|e| format!("failed to call webhook: {e}"))?;
+        if let Some(subject) = url.strip_prefix(BUS_SCHEME) {
+            return self.call_bus(subject, timeout, review, uid).await;
+        }
         let sep = if url.contains('?') { '&' } else { '?' };
         let url = format!("{url}{sep}timeout={}s", timeout.as_secs());
         let client = self
@@ -400,24 +408,64 @@ impl Http {
                 status.as_u16()
             ));
         }
-        let review: Value =
-            serde_json::from_slice(&body).map_err(|e| format!("received invalid webhook response: {e}"))?;
-        if review["apiVersion"] != "admission.k8s.io/v1" || review["kind"] != "AdmissionReview" {
-            return Err(
-                "received invalid webhook response: expected admission.k8s.io/v1, Kind=AdmissionReview"
-                    .into(),
-            );
-        }
-        let response = review
-            .get("response")
-            .filter(|r| r.is_object())
-            .ok_or("received invalid webhook response: webhook response was absent".to_string())?;
-        let got = response["uid"].as_str().unwrap_or("");
-        if got != uid {
-            return Err(format!("expected response.uid={uid:?}, got {got:?}"));
-        }
-        Ok(response.clone())
+        response_of(&body, uid)
     }
+
+    /// The same exchange as a bus request/reply: the AdmissionReview JSON as payload, the
+    /// reply the AdmissionReview with the response. Only `capstan.v1.admission.` subjects
+    /// (one per integrator, which only it may serve), so a configuration cannot make the
+    /// gateway publish elsewhere.
+    async fn call_bus(
+        &self,
+        subject: &str,
+        timeout: Duration,
+        review: &Value,
+        uid: &str,
+    ) -> Result<Value, String> {
+        let all = capstan_bus::subjects::admission_all();
+        let prefix = all.trim_end_matches('>');
+        if !subject.starts_with(prefix)
+            || subject.len() == prefix.len()
+            || !capstan_bus::subjects::is_valid_subject(subject)
+        {
+            return Err(format!(
+                "failed to call webhook: {subject:?} is not an admission subject ({prefix}<integrator>.<hook>)"
+            ));
+        }
+        let bus = self.bus.as_ref().ok_or("failed to call webhook: this gateway has no bus")?;
+        let payload = bytes::Bytes::from(serde_json::to_vec(review).map_err(|e| e.to_string())?);
+        let sent = bus.request(subject.to_string(), payload, timeout);
+        let body = match tokio::time::timeout(timeout, sent).await {
+            Err(_) => {
+                return Err(format!(
+                    "failed to call webhook: bus request to {subject:?}: context deadline exceeded"
+                ))
+            }
+            Ok(Err(e)) => return Err(format!("failed to call webhook: bus request to {subject:?}: {e}")),
+            Ok(Ok(b)) => b,
+        };
+        response_of(&body, uid)
+    }
+}
+
+/// The `response` of an AdmissionReview answer, checked as upstream.
+fn response_of(body: &[u8], uid: &str) -> Result<Value, String> {
+    let review: Value =
+        serde_json::from_slice(body).map_err(|e| format!("received invalid webhook response: {e}"))?;
+    if review["apiVersion"] != "admission.k8s.io/v1" || review["kind"] != "AdmissionReview" {
+        return Err(
+            "received invalid webhook response: expected admission.k8s.io/v1, Kind=AdmissionReview".into()
+        );
+    }
+    let response = review
+        .get("response")
+        .filter(|r| r.is_object())
+        .ok_or("received invalid webhook response: webhook response was absent".to_string())?;
+    let got = response["uid"].as_str().unwrap_or("");
+    if got != uid {
+        return Err(format!("expected response.uid={uid:?}, got {got:?}"));
+    }
+    Ok(response.clone())
 }
 
 /// The error a failed call gives under `failurePolicy: Fail`.
@@ -526,9 +574,10 @@ pub struct ValidatingWebhooks {
     http: Arc<Http>,
 }
 
-/// The two webhook plugins, sharing their HTTPS clients.
-pub fn plugins() -> (MutatingWebhooks, ValidatingWebhooks) {
-    let http = Arc::new(Http::default());
+/// The two webhook plugins, sharing their HTTPS clients (and `bus`, for hooks served on
+/// the bus).
+pub fn plugins(bus: Option<Arc<dyn capstan_bus::Bus>>) -> (MutatingWebhooks, ValidatingWebhooks) {
+    let http = Arc::new(Http { bus, ..Http::default() });
     (MutatingWebhooks { http: http.clone() }, ValidatingWebhooks { http })
 }
 
