@@ -14,7 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A webhook server on 127.0.0.1 in a thread of its own. Paths:
 /// - `/validate`: denies objects labelled `deny=yes`, allows others with a warning;
 /// - `/mutate`: adds the label `mutated=yes` with a JSONPatch;
-/// - `/slow`: answers "allowed" after 3 s.
+/// - `/slow`: answers "allowed" after 3 s;
+/// - `/badpatch`: a JSONPatch that does not apply; `/garbage`: a body that is not JSON.
 ///
 /// Every AdmissionReview received is kept, with its path.
 struct WebhookServer {
@@ -41,6 +42,11 @@ fn answer(path: &str, review: &Value) -> Value {
             } else {
                 json!([{"op": "add", "path": "/metadata/labels", "value": {"mutated": "yes"}}])
             };
+            let patch = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
+            json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": patch})
+        }
+        "/badpatch" => {
+            let patch = json!([{"op": "remove", "path": "/spec/nothing"}]);
             let patch = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
             json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": patch})
         }
@@ -87,7 +93,8 @@ async fn serve_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    let body = answer(&path, &review).to_string();
+    let body =
+        if path == "/garbage" { "this is not JSON".to_string() } else { answer(&path, &review).to_string() };
     let resp = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -341,8 +348,10 @@ fn admission_webhooks_validate_mutate_and_fail_as_configured() {
 
     // Mutating: adds a label with a JSONPatch, before the validating webhooks run.
     let mutating = format!(
-        "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\nmetadata:\n  name: test-mutating\nwebhooks:\n{}",
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\nmetadata:\n  name: test-mutating\nwebhooks:\n{}{}{}",
         webhook("add-label.example.com", &server.url("/mutate"), ca, "Fail", 10, &by_label("mutate", "me")),
+        webhook("bad-patch.example.com", &server.url("/badpatch"), ca, "Fail", 10, &by_label("patch", "bad")),
+        webhook("garbage.example.com", &server.url("/garbage"), ca, "Fail", 10, &by_label("answer", "garbage")),
     );
     let f = c.file("mutating.yaml", &mutating);
     c.ok(&["apply", "-f", f.to_str().unwrap()]);
@@ -356,6 +365,16 @@ fn admission_webhooks_validate_mutate_and_fail_as_configured() {
         c.ok(&["delete", "configmap", "mutated"]);
         None
     });
+    // A patch that does not apply, an answer that is not a review: failurePolicy Fail.
+    let f = c.file("bad-patch.yaml", &configmap("bad-patch", "default", &[("patch", "bad")]));
+    let err = c.fails(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("failed calling webhook \"bad-patch.example.com\": JSON patch failed"), "{err}");
+    let f = c.file("garbage.yaml", &configmap("garbage", "default", &[("answer", "garbage")]));
+    let err = c.fails(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(
+        err.contains("failed calling webhook \"garbage.example.com\": received invalid webhook response"),
+        "{err}"
+    );
     let validated = server.reviews("/validate", "mutated");
     assert_eq!(
         validated.last().expect("validated")["request"]["object"]["metadata"]["labels"]["mutated"],

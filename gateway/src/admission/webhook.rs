@@ -808,6 +808,40 @@ mod tests {
         assert_eq!((e.code(), e.reason()), (403, "Forbidden"));
     }
 
+    #[tokio::test]
+    async fn a_service_resolves_to_a_ready_endpoint_and_its_target_port() {
+        use capstan_storage::{Op, Precondition, Txn};
+        let (ctx, _dir) = crate::admission::testing::context().await;
+        let svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "hook", "namespace": "webhooks"},
+            "spec": {"ports": [{"name": "metrics", "port": 80}, {"name": "https", "port": 443, "targetPort": 8443}]}});
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "hook-abc", "namespace": "webhooks",
+                         "labels": {"kubernetes.io/service-name": "hook"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "metrics", "port": 9090}, {"name": "https", "port": 8443}],
+            "endpoints": [{"addresses": ["10.0.0.6"], "conditions": {"ready": false}},
+                          {"addresses": ["10.0.0.5"], "conditions": {"ready": true}}]});
+        for (group, plural, obj) in [("", "services", &svc), ("discovery.k8s.io", "endpointslices", &slice)] {
+            let res = registry::find(group, "v1", plural).expect("registered");
+            let key = crate::keys::object_key(res, Some("webhooks"), meta::name(obj).unwrap());
+            let txn = Txn::single(Op::put(key, crate::service::encode(obj).unwrap(), Precondition::None));
+            ctx.store().commit(txn).await.unwrap();
+        }
+        let rev = ctx.store().current_revision().await.unwrap();
+        ctx.cache().wait_for(rev, Duration::from_secs(5)).await.unwrap();
+        let http = Http::default();
+        let cc =
+            json!({"service": {"namespace": "webhooks", "name": "hook", "path": "/validate", "port": 443}});
+        assert_eq!(http.url(&ctx, &cc).await.unwrap(), "https://hook.webhooks.svc:8443/validate");
+        let ips = http.services.lock().unwrap().get("hook.webhooks.svc").cloned();
+        assert_eq!(ips, Some(vec!["10.0.0.5".parse::<IpAddr>().unwrap()]));
+        let cc = json!({"service": {"namespace": "webhooks", "name": "hook", "port": 444}});
+        assert_eq!(http.url(&ctx, &cc).await.unwrap_err(), "service \"hook\" has no port 444");
+        let cc = json!({"service": {"namespace": "webhooks", "name": "missing", "port": 443}});
+        assert_eq!(http.url(&ctx, &cc).await.unwrap_err(), "service \"missing\" not found");
+    }
+
     #[test]
     fn match_conditions_see_object_and_request() {
         let obj = json!({"metadata": {"name": "a", "labels": {"skip": "yes"}}});
