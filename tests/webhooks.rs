@@ -272,6 +272,19 @@ fn admission_webhooks_validate_mutate_and_fail_as_configured() {
     assert_eq!(got["webhooks"][0]["rules"][0]["scope"], "*");
     assert_eq!(got["webhooks"][0]["objectSelector"], json!({}));
 
+    // An invalid configuration: 422 naming each field, as upstream.
+    let bad = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: bad\nwebhooks:\n- name: short\n  clientConfig:\n    url: http://127.0.0.1/\n  sideEffects: None\n  admissionReviewVersions: [v1]\n  timeoutSeconds: 31\n";
+    let f = c.file("bad.yaml", bad);
+    let err = c.fails(&["apply", "-f", f.to_str().unwrap()]);
+    for want in [
+        "The ValidatingWebhookConfiguration \"bad\" is invalid",
+        "webhooks[0].name: Invalid value: \"short\": should be a domain with at least three segments separated by dots",
+        "webhooks[0].timeoutSeconds: Invalid value: 31: the timeout value must be between 1 and 30 seconds",
+        "webhooks[0].clientConfig.url: Invalid value: \"http://127.0.0.1/\": 'https' is the only allowed URL scheme",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+
     // A denied ConfigMap: kubectl prints the webhook's message in upstream's wording.
     let denied = c.file("denied.yaml", &configmap("denied", "default", &[("deny", "yes")]));
     let err = wait_refused(
