@@ -259,6 +259,12 @@ fn admission_webhooks_validate_mutate_and_fail_as_configured() {
         out.contains("validatingwebhookconfiguration.admissionregistration.k8s.io/test-validating created"),
         "{out}"
     );
+    let out = c.ok(&["get", "validatingwebhookconfigurations"]);
+    assert!(
+        out.lines().next().is_some_and(|h| h.split_whitespace().eq(["NAME", "WEBHOOKS", "AGE"])),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.split_whitespace().take(2).eq(["test-validating", "6"])), "{out}");
     let got: Value = serde_json::from_str(&c.ok(&[
         "get",
         "validatingwebhookconfiguration",
@@ -480,6 +486,22 @@ fn validating_admission_policy_limits_deployment_replicas() {
     assert!(out.contains(
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/replica-limit-binding.example.com created"
     ));
+    // Upstream's printer columns.
+    let out = c.ok(&["get", "validatingadmissionpolicies"]);
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], vec!["NAME", "VALIDATIONS", "PARAMKIND", "AGE"], "{out}");
+    assert!(rows.iter().any(|r| r[..3] == ["param-limit.example.com", "1", "v1/ConfigMap"]), "{out}");
+    assert!(rows.iter().any(|r| r[..3] == ["replica-limit.example.com", "1", "<unset>"]), "{out}");
+    let out = c.ok(&["get", "validatingadmissionpolicybindings"]);
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], vec!["NAME", "POLICYNAME", "PARAMREF", "AGE"], "{out}");
+    assert!(
+        rows.iter()
+            .any(|r| r[..3]
+                == ["param-limit-binding.example.com", "param-limit.example.com", "default/limits"]),
+        "{out}"
+    );
+
     let want = "ValidatingAdmissionPolicy 'replica-limit.example.com' with binding 'replica-limit-binding.example.com' denied request: failed expression: object.spec.replicas <= 5";
     // The policy is read from the watch cache, a moment after it is written.
     let err = wait_for("the policy to refuse 6 replicas", Duration::from_secs(10), || {
