@@ -37,6 +37,19 @@ pub fn apply_defaults(res: &ResourceInfo, obj: &mut Value) {
         ("batch", "CronJob") => cron_job(obj),
         ("discovery.k8s.io", "EndpointSlice") => endpoint_slice(obj),
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => role_binding(obj),
+        ("admissionregistration.k8s.io", "MutatingWebhookConfiguration") => webhooks(obj, true),
+        ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration") => webhooks(obj, false),
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy") => admission_policy(obj),
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => {
+            if let Some(spec) = obj.as_object_mut().and_then(|o| existing(o, "spec")) {
+                if let Some(m) = existing(spec, "matchResources") {
+                    match_resources(m);
+                }
+                if let Some(p) = existing(spec, "paramRef") {
+                    set_str(p, "parameterNotFoundAction", "Deny");
+                }
+            }
+        }
         ("storage.k8s.io", "StorageClass") => {
             if let Some(o) = obj.as_object_mut() {
                 set_str(o, "reclaimPolicy", "Delete");
@@ -44,6 +57,45 @@ pub fn apply_defaults(res: &ResourceInfo, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+// ---- admissionregistration.k8s.io ----------------------------------------------------------
+
+/// Upstream's webhook defaults: failurePolicy Fail, matchPolicy Equivalent, empty selectors,
+/// timeoutSeconds 10, rules' scope `*`, a Service's port 443, reinvocationPolicy Never.
+fn webhooks(obj: &mut Value, mutating: bool) {
+    let Some(o) = obj.as_object_mut() else { return };
+    each(o, "webhooks", |w| {
+        set_str(w, "failurePolicy", "Fail");
+        set_str(w, "matchPolicy", "Equivalent");
+        set(w, "namespaceSelector", json!({}));
+        set(w, "objectSelector", json!({}));
+        set(w, "timeoutSeconds", json!(10));
+        if mutating {
+            set_str(w, "reinvocationPolicy", "Never");
+        }
+        each(w, "rules", |r| set_str(r, "scope", "*"));
+        if let Some(svc) = existing(w, "clientConfig").and_then(|c| existing(c, "service")) {
+            set(svc, "port", json!(443));
+        }
+    });
+}
+
+fn match_resources(m: &mut Map<String, Value>) {
+    set_str(m, "matchPolicy", "Equivalent");
+    set(m, "namespaceSelector", json!({}));
+    set(m, "objectSelector", json!({}));
+    each(m, "resourceRules", |r| set_str(r, "scope", "*"));
+    each(m, "excludeResourceRules", |r| set_str(r, "scope", "*"));
+}
+
+/// A ValidatingAdmissionPolicy's defaults: failurePolicy Fail, and its match constraints'.
+fn admission_policy(obj: &mut Value) {
+    let Some(spec) = obj.as_object_mut().and_then(|o| existing(o, "spec")) else { return };
+    set_str(spec, "failurePolicy", "Fail");
+    if let Some(m) = existing(spec, "matchConstraints") {
+        match_resources(m);
     }
 }
 

@@ -1234,8 +1234,8 @@ mod tests {
     /// Decodes `raw` with the k8s-pb type of the kind and encodes it again.
     fn prost_round_trip(group: &str, kind: &str, raw: &[u8]) -> Option<Vec<u8>> {
         use k8s_pb::api::{
-            apps, authentication, authorization, batch, certificates, coordination, core, discovery,
-            networking, policy, rbac, scheduling, storage,
+            admissionregistration, apps, authentication, authorization, batch, certificates, coordination,
+            core, discovery, networking, policy, rbac, scheduling, storage,
         };
         use prost::Message;
         macro_rules! kinds {
@@ -1277,6 +1277,10 @@ mod tests {
             "rbac.authorization.k8s.io", "ClusterRoleBinding" => rbac::v1::ClusterRoleBinding;
             "storage.k8s.io", "StorageClass" => storage::v1::StorageClass;
             "policy", "PodDisruptionBudget" => policy::v1::PodDisruptionBudget;
+            "admissionregistration.k8s.io", "MutatingWebhookConfiguration" => admissionregistration::v1::MutatingWebhookConfiguration;
+            "admissionregistration.k8s.io", "ValidatingWebhookConfiguration" => admissionregistration::v1::ValidatingWebhookConfiguration;
+            "admissionregistration.k8s.io", "ValidatingAdmissionPolicy" => admissionregistration::v1::ValidatingAdmissionPolicy;
+            "admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding" => admissionregistration::v1::ValidatingAdmissionPolicyBinding;
             "scheduling.k8s.io", "PriorityClass" => scheduling::v1::PriorityClass;
             "networking.k8s.io", "Ingress" => networking::v1::Ingress;
             "networking.k8s.io", "IngressClass" => networking::v1::IngressClass;

@@ -172,10 +172,11 @@ macro_rules! review {
 }
 
 use k8s_openapi::api::{
-    apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, batch::v1 as batch,
-    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
-    discovery::v1 as discovery, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
-    scheduling::v1 as scheduling, storage::v1 as storage,
+    admissionregistration::v1 as admreg, apps::v1 as apps, authentication::v1 as authn,
+    authorization::v1 as authz, batch::v1 as batch, certificates::v1 as certificates,
+    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+    networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
+    storage::v1 as storage,
 };
 
 const POD_SUBS: &[Subresource] = &[
@@ -643,6 +644,55 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short = ["netpol"],
         cats = [],
         Namespaced,
+        subs = []
+    ),
+    // admissionregistration.k8s.io/v1
+    res!(
+        "admissionregistration.k8s.io",
+        "v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        admreg::MutatingWebhookConfiguration,
+        short = [],
+        cats = ["api-extensions"],
+        Cluster,
+        subs = []
+    ),
+    res!(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        "validatingwebhookconfiguration",
+        admreg::ValidatingWebhookConfiguration,
+        short = [],
+        cats = ["api-extensions"],
+        Cluster,
+        subs = []
+    ),
+    res!(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingAdmissionPolicy",
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicy",
+        admreg::ValidatingAdmissionPolicy,
+        short = [],
+        cats = ["api-extensions"],
+        Cluster,
+        subs = [status("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy")]
+    ),
+    res!(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+        "validatingadmissionpolicybinding",
+        admreg::ValidatingAdmissionPolicyBinding,
+        short = [],
+        cats = ["api-extensions"],
+        Cluster,
         subs = []
     ),
     // authentication.k8s.io/v1 and authorization.k8s.io/v1: reviews answer a create and

@@ -218,6 +218,21 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             col("AllowVolumeExpansion", "string", 0, "allowVolumeExpansion shows whether the storage class allow volume expand."),
             AGE,
         ],
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations" | "validatingwebhookconfigurations") => {
+            vec![NAME, col("Webhooks", "integer", 0, "Webhooks indicates the number of webhooks."), AGE]
+        }
+        ("admissionregistration.k8s.io", "validatingadmissionpolicies") => vec![
+            NAME,
+            col("Validations", "integer", 0, "Validations indicates the number of validation expressions"),
+            col("ParamKind", "string", 0, "ParamKind specifies the kind of resources used to parameterize this policy"),
+            AGE,
+        ],
+        ("admissionregistration.k8s.io", "validatingadmissionpolicybindings") => vec![
+            NAME,
+            col("PolicyName", "string", 0, "PolicyName indicates the policy definition which the policy binding binded to"),
+            col("ParamRef", "string", 0, "ParamRef indicates the param resource which sets the configration param"),
+            AGE,
+        ],
         ("coordination.k8s.io", "leases") => vec![
             NAME,
             col("Holder", "string", 0, "holderIdentity contains the identity of the holder of a current lease."),
@@ -440,6 +455,39 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
         }
         ("coordination.k8s.io", "leases") => {
             vec![name.into(), s(spec, "holderIdentity").into(), age.into()]
+        }
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations" | "validatingwebhookconfigurations",
+        ) => {
+            let n = obj.get("webhooks").and_then(Value::as_array).map_or(0, Vec::len);
+            vec![name.into(), n.into(), age.into()]
+        }
+        ("admissionregistration.k8s.io", "validatingadmissionpolicies") => {
+            let n = spec.and_then(|sp| sp.get("validations")).and_then(Value::as_array).map_or(0, Vec::len);
+            let pk = spec.and_then(|sp| sp.get("paramKind")).filter(|p| p.is_object());
+            let pk = pk.map_or_else(
+                || "<unset>".to_string(),
+                |p| format!("{}/{}", s(Some(p), "apiVersion"), s(Some(p), "kind")),
+            );
+            vec![name.into(), n.into(), pk.into(), age.into()]
+        }
+        ("admissionregistration.k8s.io", "validatingadmissionpolicybindings") => {
+            let pr = spec.and_then(|sp| sp.get("paramRef")).filter(|p| p.is_object());
+            let pr = pr.map_or_else(
+                || "<unset>".to_string(),
+                |p| {
+                    let ns = s(Some(p), "namespace");
+                    let ns = if ns.is_empty() { "*" } else { ns };
+                    let nm = s(Some(p), "name");
+                    if nm.is_empty() {
+                        format!("{ns}/[selector]")
+                    } else {
+                        format!("{ns}/{nm}")
+                    }
+                },
+            );
+            vec![name.into(), s(spec, "policyName").into(), pr.into(), age.into()]
         }
         _ => vec![name.into(), age.into()],
     }

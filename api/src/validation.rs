@@ -8,6 +8,7 @@
 //! `pkg/apis/batch/validation`, `pkg/apis/rbac/validation` and apimachinery's name rules,
 //! run on objects that have already been defaulted.
 
+mod admission;
 mod errs;
 mod kinds;
 mod meta;

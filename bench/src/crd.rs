@@ -59,9 +59,9 @@ fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
     Ok(o)
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -80,15 +80,21 @@ impl Drop for Server {
 }
 
 fn start(o: &Opts) -> anyhow::Result<Server> {
+    start_up(&o.capstan)
+}
+
+/// Starts `capstan up --no-node` on a temporary data directory and a free port (stopped when
+/// the returned server is dropped).
+pub(crate) fn start_up(capstan: &std::path::Path) -> anyhow::Result<Server> {
     let dir = tempfile::Builder::new().prefix("capstan-bench-crd-").tempdir()?;
-    let mut child = Command::new(&o.capstan)
+    let mut child = Command::new(capstan)
         .args(["up", "--no-node", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("CAPSTAN_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("failed to run {}", o.capstan.display()))?;
+        .with_context(|| format!("failed to run {}", capstan.display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -15,6 +15,9 @@
 //! `capstan-bench crd` (module [`crd`]) measures custom resources: CRD create to served,
 //! creates/s of a custom object beside a ConfigMap.
 //!
+//! `capstan-bench webhook` (module [`webhook`]) measures the create latency one validating
+//! admission webhook adds.
+//!
 //! `capstan-bench dns` (module [`dns`]) measures the node's cluster DNS against dnsmasq.
 
 mod crd;
@@ -23,6 +26,7 @@ mod pods;
 mod proxy;
 mod rbac;
 mod sched;
+mod webhook;
 
 use anyhow::{bail, Context};
 use capstan_bench::client::{Client, Connection, Kubeconfig, Response};
@@ -43,6 +47,7 @@ const USAGE: &str =
        capstan-bench dns --help (the node's cluster DNS: queries/s and p99 beside dnsmasq)
        capstan-bench rbac --help (creates/s and GETs/s of a non-admin user under RBAC vs the admin)
        capstan-bench crd --help (CRD create to served; custom object creates/s beside ConfigMaps)
+       capstan-bench webhook --help (create latency added by one validating admission webhook)
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --clients N         concurrent HTTPS connections for creates and GETs (default 16)
@@ -575,6 +580,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("crd") {
         return crd::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("webhook") {
+        return webhook::main(std::env::args().skip(2));
     }
     if std::env::args().nth(1).as_deref() == Some("rbac") {
         return rbac::main(std::env::args().skip(2));

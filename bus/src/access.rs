@@ -9,10 +9,10 @@
 //!
 //! | role | publishes | subscribes |
 //! |---|---|---|
-//! | gateway | `capstan.v1.events.>` (the relay), `capstan.v1.node.*.sessions`, `capstan.v1.node.*.session.*.up`, `$JS.API.>`, `_INBOX.>` (replies) | `capstan.v1.api.>`, `capstan.v1.node.*.session.*.down`, `_INBOX.gateway.>` |
+//! | gateway | `capstan.v1.events.>` (the relay), `capstan.v1.node.*.sessions`, `capstan.v1.node.*.session.*.up`, `$JS.API.>`, `_INBOX.>` (replies), `capstan.v1.admission.>` (admission hooks) | `capstan.v1.api.>`, `capstan.v1.node.*.session.*.down`, `_INBOX.gateway.>` |
 //! | controllers, scheduler, sim-nodes | `capstan.v1.api.<role>`, stream reads | `_INBOX.<role>.>` |
 //! | node `N` | `capstan.v1.api.node.N`, `capstan.v1.node.N.session.*.down`, stream reads | `capstan.v1.node.N.sessions`, `capstan.v1.node.N.session.*.up`, `_INBOX.node.N.>` |
-//! | integrator | stream reads | `_INBOX.<integrator>.>` |
+//! | integrator | stream reads | `_INBOX.<integrator>.>`, `capstan.v1.admission.<integrator>.>` (its admission hooks) |
 //!
 //! "Stream reads" are the JetStream API subjects a reader of the event stream needs and
 //! nothing that changes the stream: stream info, message get (also direct get), consumer
@@ -145,6 +145,7 @@ impl Role {
                     format!("{PREFIX}.node.*.session.*.up"),
                     "$JS.API.>".to_string(),
                     "_INBOX.>".to_string(),
+                    subjects::admission_all(),
                 ],
                 subscribe: vec![subjects::api_all(), format!("{PREFIX}.node.*.session.*.down"), own_inbox],
                 allow_responses: true,
@@ -163,7 +164,10 @@ impl Role {
                 subscribe.push(format!("{PREFIX}.node.{t}.sessions"));
                 subscribe.push(format!("{PREFIX}.node.{t}.session.*.up"));
             }
-            Role::Integrator(_) | Role::Gateway => {}
+            // An integrator may serve admission hooks on its own subjects (and answer
+            // them: `allow_responses`).
+            Role::Integrator(n) => subscribe.push(format!("{PREFIX}.admission.{n}.>")),
+            Role::Gateway => {}
         }
         publish.extend(stream_reader_publish(stream));
         subscribe.push(own_inbox);
@@ -299,7 +303,15 @@ mod tests {
         assert!(!i.may_publish("capstan.v1.api.audit"));
         assert!(i.may_publish("$JS.API.CONSUMER.CREATE.CAPSTAN_EVENTS"));
         assert!(!i.may_publish("$JS.API.CONSUMER.CREATE.OTHER"));
-        assert_eq!(i.subscribe, vec!["_INBOX.audit.>".to_string()]);
+        // Its inbox, and its own admission hooks (served on the bus), nobody else's.
+        assert_eq!(
+            i.subscribe,
+            vec!["capstan.v1.admission.audit.>".to_string(), "_INBOX.audit.>".to_string()]
+        );
+        assert!(i.may_subscribe(&subjects::admission("audit", "deny")));
+        assert!(!i.may_subscribe(&subjects::admission("other", "deny")));
+        assert!(!i.may_publish(&subjects::admission("audit", "deny")));
+        assert!(Role::Gateway.permissions(S).may_publish(&subjects::admission("audit", "deny")));
     }
 
     #[test]

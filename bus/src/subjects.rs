@@ -55,6 +55,18 @@ pub fn api_all() -> String {
     format!("{PREFIX}.api.>")
 }
 
+/// The subject of an admission hook served on the bus by `integrator`
+/// (`capstan.v1.admission.<integrator>.<hook>`): webhook configurations name it as
+/// `clientConfig.url: "bus:<subject>"`, and only that integrator's credential may subscribe.
+pub fn admission(integrator: &str, hook: &str) -> String {
+    format!("{PREFIX}.admission.{integrator}.{hook}")
+}
+
+/// Every admission hook subject (what gateways may publish to).
+pub fn admission_all() -> String {
+    format!("{PREFIX}.admission.>")
+}
+
 /// Whether `subject` matches `pattern` (`*` one token, `>` one or more trailing tokens).
 pub fn matches(pattern: &str, subject: &str) -> bool {
     let mut p = pattern.split('.');

@@ -332,6 +332,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
                     Arc::new(admission::certificates::Certificates::new(authorizer)),
                     Arc::new(rbac::Escalation::new(rbac)),
                 ],
+                config.bus.clone(),
             )),
     );
     bootstrap::cluster(&service).await?;

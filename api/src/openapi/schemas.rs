@@ -32,11 +32,11 @@ fn generator() -> SchemaGenerator {
 /// no type for.
 fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -> Option<String> {
     use k8s_openapi::api::{
-        apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
-        autoscaling::v1 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
-        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-        networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
-        storage::v1 as storage,
+        admissionregistration::v1 as admreg, apps::v1 as apps, authentication::v1 as authn,
+        authorization::v1 as authz, autoscaling::v1 as autoscaling, batch::v1 as batch,
+        certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+        discovery::v1 as discovery, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+        scheduling::v1 as scheduling, storage::v1 as storage,
     };
 
     macro_rules! kinds {
@@ -79,6 +79,10 @@ fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -
         "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding" => rbac::ClusterRoleBinding;
         "storage.k8s.io", "v1", "StorageClass" => storage::StorageClass;
         "policy", "v1", "PodDisruptionBudget" => policy::PodDisruptionBudget;
+        "admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration" => admreg::MutatingWebhookConfiguration;
+        "admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration" => admreg::ValidatingWebhookConfiguration;
+        "admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy" => admreg::ValidatingAdmissionPolicy;
+        "admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding" => admreg::ValidatingAdmissionPolicyBinding;
         "scheduling.k8s.io", "v1", "PriorityClass" => scheduling::PriorityClass;
         "networking.k8s.io", "v1", "Ingress" => networking::Ingress;
         "networking.k8s.io", "v1", "IngressClass" => networking::IngressClass;

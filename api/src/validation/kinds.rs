@@ -75,6 +75,16 @@ pub(crate) fn validate(e: &mut Errs, group: &str, kind: &str, obj: &Value) {
         }
         ("rbac.authorization.k8s.io", "RoleBinding") => binding(e, obj, true),
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => binding(e, obj, false),
+        ("admissionregistration.k8s.io", "MutatingWebhookConfiguration") => {
+            super::admission::webhook_configuration(e, obj, true)
+        }
+        ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration") => {
+            super::admission::webhook_configuration(e, obj, false)
+        }
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy") => super::admission::policy(e, obj),
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => {
+            super::admission::binding(e, obj)
+        }
         ("storage.k8s.io", "StorageClass") => {
             let prov = st(Some(obj), "provisioner");
             if prov.is_empty() {

@@ -19,10 +19,12 @@ mod limit_ranger;
 mod namespace_lifecycle;
 mod node_restriction;
 pub mod pod_security;
+pub mod policy;
 mod priority;
 mod resource_quota;
 mod service_account;
 mod storage;
+pub mod webhook;
 
 pub use default_tolerations::DefaultTolerationSeconds;
 pub use limit_ranger::LimitRanger;
@@ -234,12 +236,16 @@ impl Chain {
     /// The gateway's chain: NamespaceLifecycle, LimitRanger, ServiceAccount (filling legacy
     /// token Secrets with `signer` and the cluster `ca`), NodeRestriction, PodSecurity,
     /// Priority, DefaultTolerationSeconds, DefaultStorageClass, StorageObjectInUseProtection, then
-    /// `validating` (RBAC escalation checks...), and ResourceQuota last, in upstream's order.
+    /// `validating` (RBAC escalation checks...), the mutating webhooks, ValidatingAdmissionPolicy
+    /// ([`policy`]), the validating webhooks ([`webhook`]; hooks at `bus:` URLs are called over
+    /// `bus`), and
+    /// ResourceQuota last, in upstream's order.
     pub fn configured(
         signer: Option<Arc<crate::tokens::TokenSigner>>,
         ca: String,
         pod_security: pod_security::Config,
         validating: Vec<Arc<dyn Plugin>>,
+        bus: Option<Arc<dyn capstan_bus::Bus>>,
     ) -> Chain {
         let mut plugins: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(NamespaceLifecycle::default()),
@@ -253,6 +259,13 @@ impl Chain {
             Arc::new(StorageObjectInUseProtection),
         ];
         plugins.extend(validating);
+        // Dynamic admission after the built-in plugins, ResourceQuota last (upstream's
+        // MutatingAdmissionWebhook, ValidatingAdmissionPolicy, ValidatingAdmissionWebhook,
+        // ResourceQuota).
+        let (mutating, validating) = webhook::plugins(bus);
+        plugins.push(Arc::new(mutating));
+        plugins.push(Arc::new(policy::ValidatingAdmissionPolicy));
+        plugins.push(Arc::new(validating));
         plugins.push(Arc::new(ResourceQuota::default()));
         Chain::new(plugins)
     }
