@@ -520,3 +520,27 @@ fn custom_objects_get_namespace_deletion_and_gc_across_processes() {
     let left = c.ok(&["get", "crontabs", "-A", "-o", "name"]);
     assert!(!left.contains("in-scratch"), "{left}");
 }
+
+#[test]
+fn python_custom_objects_api_works_unchanged() {
+    let c = Cluster::start();
+    let crd = c.file("crd.yaml", CRD);
+    c.ok(&["apply", "-f", crd.to_str().unwrap()]);
+    wait_for("the CRD to be established", Duration::from_secs(5), || {
+        let out = c.kubectl(&["get", "crontabs"]);
+        out.status.success().then_some(())
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/custom_objects.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&c.kubeconfig)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("python3 runs (scripts/deps.sh test installs the kubernetes client)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all custom object checks passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
