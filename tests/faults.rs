@@ -105,7 +105,7 @@ async fn writer(
     seed: u64,
     stop: Arc<AtomicBool>,
     acks: Arc<Mutex<Vec<Ack>>>,
-) -> (Objects, usize, usize) {
+) -> (Objects, usize, usize, Vec<(String, Option<u64>)>) {
     let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut objects: Objects = BTreeMap::new();
     let mut next = 0u64;
@@ -119,6 +119,9 @@ async fn writer(
     // any other name a conflict would be a lost or phantom write, and fails the run.
     let mut ever_unsure: std::collections::HashSet<String> = Default::default();
     let mut late = 0usize;
+    // What the last write of unknown outcome on each name would have left: a value, or
+    // nothing (a delete).
+    let mut attempted: HashMap<String, Option<u64>> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
         if conn.is_none() {
             conn = connect(&client, &stop).await;
@@ -155,6 +158,7 @@ async fn writer(
                 }
                 Some((code, _)) if code >= 500 || code == 429 => {
                     uncertain += 1;
+                    attempted.insert(name.clone(), Some(0));
                     unsure.push(name);
                 }
                 Some((409, _)) if ever_unsure.contains(&name) => {
@@ -164,6 +168,7 @@ async fn writer(
                 Some((code, obj)) => panic!("create {name}: {code} {obj}"),
                 None => {
                     uncertain += 1;
+                    attempted.insert(name.clone(), Some(0));
                     unsure.push(name);
                 }
             }
@@ -180,6 +185,7 @@ async fn writer(
                     }
                     Some((code, _)) if code >= 500 || code == 429 => {
                         uncertain += 1;
+                        attempted.insert(name.clone(), Some(v + 1));
                         unsure.push(name);
                     }
                     Some((404 | 409, _)) if ever_unsure.contains(&name) => {
@@ -189,6 +195,7 @@ async fn writer(
                     Some((code, obj)) => panic!("update {name} at {rv}: {code} {obj}"),
                     None => {
                         uncertain += 1;
+                        attempted.insert(name.clone(), Some(v + 1));
                         unsure.push(name);
                     }
                 }
@@ -201,6 +208,7 @@ async fn writer(
                     }
                     Some((code, _)) if code >= 500 || code == 429 => {
                         uncertain += 1;
+                        attempted.insert(name.clone(), None);
                         unsure.push(name);
                     }
                     Some((404 | 409, _)) if ever_unsure.contains(&name) => {
@@ -210,6 +218,7 @@ async fn writer(
                     Some((code, obj)) => panic!("delete {name} at {rv}: {code} {obj}"),
                     None => {
                         uncertain += 1;
+                        attempted.insert(name.clone(), None);
                         unsure.push(name);
                     }
                 }
@@ -236,7 +245,7 @@ async fn writer(
             }
         }
     }
-    (objects, uncertain, late)
+    (objects, uncertain, late, attempted.into_iter().collect())
 }
 
 /// Follows the ConfigMaps from `from`, resuming after every disconnect from the last
@@ -379,7 +388,7 @@ fn kills_and_pauses_lose_no_acknowledged_write_and_no_watch_event() {
         }
     }
     stop.store(true, Ordering::SeqCst);
-    let results: Vec<(Objects, usize, usize)> = rt.block_on(async {
+    let results: Vec<(Objects, usize, usize, Vec<(String, Option<u64>)>)> = rt.block_on(async {
         futures::future::join_all(writers).await.into_iter().map(|r| r.expect("writer")).collect()
     });
     // A fence: one more write once the writers are done. Everything before it is in the
@@ -470,11 +479,29 @@ fn kills_and_pauses_lose_no_acknowledged_write_and_no_watch_event() {
     // 4. Objects end as their writers last wrote them.
     let mut expected = BTreeMap::new();
     let (mut uncertain, mut late) = (0, 0);
-    for (objects, u, l) in &results {
+    for (objects, u, l, _) in &results {
         expected.extend(objects.clone());
         uncertain += u;
         late += l;
     }
+    // A write whose client gave up may have been applied after the writer read the name
+    // back (the server read it from the dropped connection after a pause). Such a name may
+    // end as that write left it, and only so: its value is the one that write carried (or
+    // gone, for a delete). It is in the change log like any other write (checks 1 to 3).
+    let mut applied_late = 0;
+    for (_, _, _, attempts) in &results {
+        for (name, value) in attempts {
+            let now = finals.get(name).copied();
+            if expected.get(name).copied() != now && now.map(|(_, v)| v) == *value {
+                applied_late += 1;
+                match now {
+                    Some(v) => expected.insert(name.clone(), v),
+                    None => expected.remove(name),
+                };
+            }
+        }
+    }
+    late += applied_late;
     let differ: Vec<_> = finals
         .keys()
         .chain(expected.keys())
