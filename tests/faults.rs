@@ -99,13 +99,17 @@ async fn call(
 /// The writer's view of its objects: name → (resourceVersion, value).
 type Objects = BTreeMap<String, (u64, u64)>;
 
+/// What a writer ends with: its objects, writes of unknown outcome, writes found applied
+/// after it gave up, and the value the last unknown write on each name would leave.
+type WriterEnd = (Objects, usize, usize, Vec<(String, Option<u64>)>);
+
 async fn writer(
     id: usize,
     client: Client,
     seed: u64,
     stop: Arc<AtomicBool>,
     acks: Arc<Mutex<Vec<Ack>>>,
-) -> (Objects, usize, usize, Vec<(String, Option<u64>)>) {
+) -> WriterEnd {
     let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut objects: Objects = BTreeMap::new();
     let mut next = 0u64;
@@ -388,7 +392,7 @@ fn kills_and_pauses_lose_no_acknowledged_write_and_no_watch_event() {
         }
     }
     stop.store(true, Ordering::SeqCst);
-    let results: Vec<(Objects, usize, usize, Vec<(String, Option<u64>)>)> = rt.block_on(async {
+    let results: Vec<WriterEnd> = rt.block_on(async {
         futures::future::join_all(writers).await.into_iter().map(|r| r.expect("writer")).collect()
     });
     // A fence: one more write once the writers are done. Everything before it is in the
