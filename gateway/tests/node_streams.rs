@@ -495,7 +495,7 @@ async fn port_forward_over_websocket() {
         .await;
     assert_eq!(r.status, 503);
     // The SPDY retry gets the WebSocket attempt's error once, then "not supported".
-    for want in ["none of the offered WebSocket subprotocols", "SPDY is not supported"] {
+    for want in ["requested protocol(s) are not supported", "SPDY is not supported"] {
         let r = h.request("POST", path, &[("Upgrade", "SPDY/3.1")]).await;
         assert_eq!(r.status, 400);
         let body = String::from_utf8_lossy(&r.body().await).to_string();
