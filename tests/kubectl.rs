@@ -260,8 +260,15 @@ fn generators_and_auth() {
     assert_eq!(d["spec"]["replicas"], 2);
     assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx");
     assert_eq!(c.ok(&["auth", "can-i", "create", "pods"]).trim(), "yes");
-    let v = c.ok(&["version"]);
-    assert!(v.contains("Client Version: v1.32"), "this machine's kubectl dispatcher must run 1.32: {v}");
+    let out = c.kubectl(&["version"]);
+    let v = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let newer = std::env::var("CAPSTAN_TEST_KUBECTL").is_ok_and(|p| p.contains("1.35"));
+    let want = if newer { "Client Version: v1.35" } else { "Client Version: v1.32" };
+    assert!(v.contains(want), "the kubectl under test must be the one asked for ({want}): {v}");
+    // The server is 1.34: kubectl warns of the skew exactly where upstream's would (more
+    // than one minor apart: 1.32 does, 1.35 does not).
+    assert_eq!(stderr.contains("exceeds the supported minor version skew"), !newer, "{stderr}");
     // Deleting a namespace removes its contents, then the namespace.
     c.ok(&["delete", "namespace", "ns1"]);
     let err = c.fails(&["get", "ns", "ns1"]);
@@ -272,7 +279,7 @@ fn generators_and_auth() {
 fn watch_sees_added_modified_deleted() {
     let c = Cluster::start();
     c.ok(&["create", "configmap", "w0", "--from-literal=a=b"]);
-    let mut watch = Command::new("kubectl")
+    let mut watch = Command::new(common::kubectl_program())
         .arg("--kubeconfig")
         .arg(&c.kubeconfig)
         .arg("--cache-dir")
@@ -320,7 +327,7 @@ fn delete_with_finalizer_waits() {
     let c = Cluster::start();
     c.ok(&["create", "configmap", "f1", "--from-literal=a=b"]);
     c.ok(&["patch", "cm", "f1", "-p", r#"{"metadata":{"finalizers":["example.com/hold"]}}"#]);
-    let mut del = Command::new("kubectl")
+    let mut del = Command::new(common::kubectl_program())
         .arg("--kubeconfig")
         .arg(&c.kubeconfig)
         .arg("--cache-dir")

@@ -60,6 +60,16 @@ fn await_line(
         .unwrap_or_else(|_| panic!("timed out after 60 s waiting for {what}"))
 }
 
+/// The kubectl tests run: Debian's, or the one `CAPSTAN_TEST_KUBECTL` names (a path, or a
+/// [`client`] such as `kubectl-1.35`).
+pub fn kubectl_program() -> PathBuf {
+    match std::env::var("CAPSTAN_TEST_KUBECTL") {
+        Ok(p) if p.contains('/') => PathBuf::from(p),
+        Ok(p) if !p.is_empty() && p != "kubectl" => client(&p),
+        _ => PathBuf::from("kubectl"),
+    }
+}
+
 /// A number in 0..250 no other process on this host holds: each real-node cluster's bridge
 /// (`cpt<n>`), pod CIDR and DNS address derive from it, and a node agent removes pod networks
 /// of its own bridge it does not know, so two test processes (or two worktrees' suites) must
@@ -450,9 +460,11 @@ impl Cluster {
         self.kubectl_with(args, &[], None)
     }
 
-    /// Runs kubectl with extra environment and optional stdin.
+    /// Runs kubectl with extra environment and optional stdin. The kubectl is Debian's,
+    /// or the one `CAPSTAN_TEST_KUBECTL` names (a path, or a [`client`] such as
+    /// `kubectl-1.35`), so a whole test file can run under another kubectl.
     pub fn kubectl_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-        self.kubectl_as(Path::new("kubectl"), args, env, stdin)
+        self.kubectl_as(&kubectl_program(), args, env, stdin)
     }
 
     /// Runs the kubectl binary `program` (e.g. [`client`]`("kubectl-1.35")`) with its own
