@@ -713,6 +713,8 @@ mod tests {
         );
         let trav = json!({"metadata": {}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "cm", "items": [{"key": "a", "path": "../x"}]}}]}});
         assert!(prepare(&trav, &tmp, "n", &src, None, &HashMap::new()).unwrap_err().contains(".."));
+        // The secret volume is a tmpfs (as root): unmount it, or every run leaves one behind.
+        unmount_all(&tmp).unwrap();
         let _ = std::fs::remove_dir_all(&tmp);
     }
 
