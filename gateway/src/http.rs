@@ -481,8 +481,11 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
         Some(v) => matches!(v, "true" | "1"),
         None => matches!(q.get("resourceVersion"), None | Some("") | Some("0")),
     };
-    let long_running = (watch && !initial_events)
-        || segs.iter().any(|s| matches!(*s, "log" | "exec" | "attach" | "portforward" | "proxy"));
+    let (object, _) = crate::audit::object_ref(req.method().as_str(), &path, watch);
+    let stream = object.is_some_and(|o| {
+        matches!(o.subresource.as_str(), "log" | "exec" | "attach" | "portforward" | "proxy")
+    });
+    let long_running = (watch && !initial_events) || stream;
     let _seat = gw.inflight.seat(&user, long_running).await?;
     // Non-resource paths are authorized by their URL (RBAC nonResourceURLs), as upstream:
     // discovery and OpenAPI for authenticated users, nothing for anonymous ones.
