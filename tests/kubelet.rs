@@ -6,7 +6,7 @@
 mod common;
 
 use capstan_testkit::{push_busybox_image, Registry};
-use common::{wait_for, Cluster};
+use common::{is_ready, try_pod, wait_for, wait_running, Cluster};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -31,32 +31,6 @@ fn json(c: &Cluster, args: &[&str]) -> Value {
 
 fn pod(c: &Cluster, name: &str) -> Value {
     json(c, &["get", "pod", name])
-}
-
-fn try_pod(c: &Cluster, name: &str) -> Option<Value> {
-    let out = c.kubectl(&["get", "pod", name, "-o", "json"]);
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
-}
-
-fn is_ready(p: &Value) -> bool {
-    p["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-}
-
-/// Waits until the pod is Running and Ready; on timeout, fails with `kubectl describe`.
-fn wait_running(c: &Cluster, name: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(p) = try_pod(c, name).filter(|p| p["status"]["phase"] == "Running" && is_ready(p)) {
-            return p;
-        }
-        if Instant::now() > deadline {
-            let d = c.kubectl(&["describe", "pod", name]);
-            panic!("pod {name} not Running and Ready after 60 s:\n{}", String::from_utf8_lossy(&d.stdout));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn container_status(p: &Value, name: &str) -> Value {

@@ -121,7 +121,7 @@ pub struct Cluster {
 /// finished within `CAPSTAN_TEST_TIMEOUT_SECONDS` (default 900), it says which test, kills
 /// the test binary's child processes (capstan, nats-server, kubectl) and aborts the test
 /// binary, so the run fails instead of eating CI's time.
-pub struct Watchdog(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+pub struct Watchdog(std::sync::mpsc::Sender<()>);
 
 impl Watchdog {
     /// Starts watching the current test.
@@ -166,6 +166,34 @@ fn terminate(child: &mut Option<Child>, within: Duration) -> Option<std::process
     let _ = c.kill();
     let _ = c.wait();
     None
+}
+
+/// The pod `name` as JSON, if kubectl can get it.
+pub fn try_pod(c: &Cluster, name: &str) -> Option<serde_json::Value> {
+    let out = c.kubectl(&["get", "pod", name, "-o", "json"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
+
+/// Whether a pod's Ready condition is True.
+pub fn is_ready(p: &serde_json::Value) -> bool {
+    p["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// Waits until the pod is Running and Ready; on timeout, fails with `kubectl describe`.
+pub fn wait_running(c: &Cluster, name: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(p) = try_pod(c, name).filter(|p| p["status"]["phase"] == "Running" && is_ready(p)) {
+            return p;
+        }
+        if std::time::Instant::now() > deadline {
+            let d = c.kubectl(&["describe", "pod", name]);
+            panic!("pod {name} not Running and Ready after 60 s:\n{}", String::from_utf8_lossy(&d.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(50)); // polling the pod's status
+    }
 }
 
 /// SIGKILLs this process's direct children.
