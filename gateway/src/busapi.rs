@@ -95,7 +95,7 @@ async fn serve_inner(svc: &ApiService, user: &User, req: ApiRequest) -> ApiResul
     Ok(match dispatch::dispatch(svc, user, r).await? {
         Reply::Object { code, object, .. } => ApiResponse { code, body: object },
         Reply::List(page) => {
-            let items: Vec<&Value> = page.items.iter().map(|a| a.as_ref()).collect();
+            let items: Vec<&Value> = page.items.iter().map(|a| a.value()).collect();
             let mut md = json!({"resourceVersion": page.revision.to_string()});
             if let Some(c) = &page.continue_token {
                 md["continue"] = json!(c);

@@ -11,7 +11,8 @@ use crate::status::{ApiError, ApiResult};
 use capstan_storage::{Change, ChangeKind, Store};
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -37,6 +38,49 @@ impl EventKind {
     }
 }
 
+/// An object as the cache holds it: the decoded tree, and its JSON encoding made once, the
+/// first time a LIST or watch needs it, then shared by every response that sends it (a
+/// list of 10,000 pods copies bytes instead of serializing 10,000 trees; 1,000 watchers of
+/// one change share one encoding). Dereferences to the tree.
+#[derive(Debug)]
+pub struct Object {
+    value: Value,
+    json: OnceLock<Box<[u8]>>,
+}
+
+impl Object {
+    /// Wraps a decoded object.
+    pub fn new(value: Value) -> Object {
+        Object { value, json: OnceLock::new() }
+    }
+
+    /// The object's compact JSON, encoded on first use.
+    pub fn json(&self) -> &[u8] {
+        self.json.get_or_init(|| serde_json::to_vec(&self.value).unwrap_or_else(|_| b"{}".to_vec()).into())
+    }
+
+    /// The decoded tree.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl Deref for Object {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl From<Value> for Object {
+    fn from(value: Value) -> Object {
+        Object::new(value)
+    }
+}
+
+/// A shared cached object.
+pub type Obj = Arc<Object>;
+
 /// One change of one object.
 #[derive(Debug)]
 pub struct Event {
@@ -47,19 +91,19 @@ pub struct Event {
     /// The storage key.
     pub key: Vec<u8>,
     /// The object after the change (for a delete: its final state).
-    pub object: Arc<Value>,
+    pub object: Obj,
     /// The object before the change, if it existed.
-    pub prev: Option<Arc<Value>>,
+    pub prev: Option<Obj>,
 }
 
 /// An object with its storage key.
-pub type Entry = (Vec<u8>, Arc<Value>);
+pub type Entry = (Vec<u8>, Obj);
 
 struct State {
     revision: u64,
     /// Events with revision > `buffer_start` are all in `events`.
     buffer_start: u64,
-    objects: BTreeMap<Vec<u8>, Arc<Value>>,
+    objects: BTreeMap<Vec<u8>, Obj>,
     events: VecDeque<Arc<Event>>,
 }
 
@@ -123,7 +167,7 @@ impl Cache {
         }
     }
 
-    fn reset(&self, objects: BTreeMap<Vec<u8>, Arc<Value>>, revision: u64) {
+    fn reset(&self, objects: BTreeMap<Vec<u8>, Obj>, revision: u64) {
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         st.objects = objects;
         st.revision = revision;
@@ -147,7 +191,7 @@ impl Cache {
                 tracing::warn!(revision = c.revision, "undecodable object in change log");
                 continue;
             };
-            let obj = Arc::new(obj);
+            let obj = Arc::new(Object::new(obj));
             let (kind, prev) = match c.kind {
                 ChangeKind::Delete => (EventKind::Deleted, st.objects.remove(&c.key)),
                 ChangeKind::Create | ChangeKind::Update => {
@@ -174,7 +218,7 @@ impl Cache {
     }
 
     /// One object from the cache, if present (it may lag the store by a few milliseconds).
-    pub fn get(&self, key: &[u8]) -> Option<Arc<Value>> {
+    pub fn get(&self, key: &[u8]) -> Option<Obj> {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
         st.objects.get(key).cloned()
     }
@@ -212,7 +256,7 @@ impl Cache {
         end: &[u8],
         limit: usize,
         filter: impl Fn(&Value) -> bool,
-    ) -> (Vec<Arc<Value>>, u64, Option<Vec<u8>>) {
+    ) -> (Vec<Obj>, u64, Option<Vec<u8>>) {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         let mut next = None;
@@ -268,14 +312,14 @@ impl Cache {
     }
 }
 
-async fn load_all(store: &dyn Store) -> ApiResult<(BTreeMap<Vec<u8>, Arc<Value>>, u64)> {
+async fn load_all(store: &dyn Store) -> ApiResult<(BTreeMap<Vec<u8>, Obj>, u64)> {
     let end = capstan_storage::prefix_end(crate::keys::ROOT);
     let res = store.range(crate::keys::ROOT, &end, 0).await?;
     let mut objects = BTreeMap::new();
     for kv in res.kvs {
         match decode_stored(&kv.value, kv.mod_revision) {
             Some(v) => {
-                objects.insert(kv.key, Arc::new(v));
+                objects.insert(kv.key, Arc::new(Object::new(v)));
             }
             None => tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "undecodable stored object"),
         }

@@ -322,7 +322,7 @@ fn partial_metadata(obj: &Value) -> Value {
 
 fn table(
     res: &ResourceInfo,
-    objs: &[Arc<Value>],
+    objs: &[crate::cache::Obj],
     rv: u64,
     cont: Option<&str>,
     out: Output,
@@ -371,7 +371,7 @@ fn object_response(code: StatusCode, res: &ResourceInfo, obj: Value, out: Output
         Output::Protobuf => protobuf_response(code, &obj),
         Output::Table { .. } => {
             let rv = meta::meta_str(&obj, "resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0);
-            let t = table(res, &[Arc::new(obj)], rv, None, out, true);
+            let t = table(res, &[Arc::new(obj.into())], rv, None, out, true);
             let bytes = serde_json::to_vec(&t).unwrap_or_default();
             HttpResponse::build(code).content_type(TABLE_CT).body(bytes)
         }
@@ -709,27 +709,48 @@ async fn resource(
     }
 }
 
+/// A JSON list, in upstream's field order, assembled from each item's cached encoding: the
+/// items are copied, not serialized again.
+fn json_list(res: &ResourceInfo, md: &Value, items: &[crate::cache::Obj]) -> Vec<u8> {
+    let size: usize = items.iter().map(|o| o.json().len() + 1).sum();
+    let mut out = Vec::with_capacity(size + 256);
+    out.extend_from_slice(b"{\"kind\":");
+    let _ = serde_json::to_writer(&mut out, res.list_kind);
+    out.extend_from_slice(b",\"apiVersion\":");
+    let _ = serde_json::to_writer(&mut out, &res.api_version());
+    out.extend_from_slice(b",\"metadata\":");
+    let _ = serde_json::to_writer(&mut out, md);
+    out.extend_from_slice(b",\"items\":[");
+    for (i, o) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(o.json());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// A page of a list encoded as `out` asks: its content type and bytes.
 fn list_body(
     res: &'static ResourceInfo,
     page: &crate::service::ListPage,
     out: Output,
 ) -> (&'static str, Vec<u8>) {
+    let mut md = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(c) = &page.continue_token {
+        md["continue"] = json!(c);
+    }
     match out {
-        Output::Json | Output::Protobuf => {
-            let items: Vec<&Value> = page.items.iter().map(|a| a.as_ref()).collect();
-            let mut md = json!({"resourceVersion": page.revision.to_string()});
-            if let Some(c) = &page.continue_token {
-                md["continue"] = json!(c);
-            }
+        Output::Protobuf => {
+            let items: Vec<&Value> = page.items.iter().map(|a| a.value()).collect();
             let list = json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": md, "items": items});
-            if out == Output::Protobuf {
-                if let Ok(bytes) = capstan_api::protobuf::encode(&list) {
-                    return (PROTOBUF, bytes);
-                }
+            match capstan_api::protobuf::encode(&list) {
+                Ok(bytes) => (PROTOBUF, bytes),
+                Err(_) => ("application/json", serde_json::to_vec(&list).unwrap_or_else(|_| b"{}".to_vec())),
             }
-            ("application/json", serde_json::to_vec(&list).unwrap_or_else(|_| b"{}".to_vec()))
         }
+        Output::Json => ("application/json", json_list(res, &md, &page.items)),
         Output::Table { .. } => {
             let t = table(res, &page.items, page.revision, page.continue_token.as_deref(), out, true);
             (TABLE_CT, serde_json::to_vec(&t).unwrap_or_default())
@@ -750,6 +771,18 @@ struct WatchState {
     out: Output,
     first_table: bool,
     done: bool,
+}
+
+/// A JSON watch event line around an object's cached encoding.
+fn cached_event_line(kind: &str, object: &crate::cache::Object) -> Bytes {
+    let json = object.json();
+    let mut line = Vec::with_capacity(json.len() + kind.len() + 24);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(json);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
 }
 
 fn event_line(kind: &str, object: &Value) -> Bytes {
@@ -776,9 +809,10 @@ fn event(out: Output, kind: &str, object: &Value) -> Bytes {
 }
 
 impl WatchState {
-    fn render(&mut self, kind: EventKind, obj: &Arc<Value>) -> Bytes {
+    fn render(&mut self, kind: EventKind, obj: &crate::cache::Obj) -> Bytes {
         match self.out {
-            Output::Json | Output::Protobuf => event(self.out, kind.as_str(), obj),
+            Output::Json => cached_event_line(kind.as_str(), obj),
+            Output::Protobuf => event(self.out, kind.as_str(), obj),
             Output::Table { .. } => {
                 let rv = meta::meta_str(obj, "resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0);
                 let t = table(self.res, std::slice::from_ref(obj), rv, None, self.out, self.first_table);
@@ -946,5 +980,36 @@ mod tests {
                 == Some(Output::Json)
         );
         assert!(negotiate("text/html").is_none());
+    }
+
+    #[test]
+    fn lists_and_watch_lines_from_cached_bytes_equal_the_serialized_trees() {
+        let res = capstan_api::registry::find("", "v1", "pods").expect("pods");
+        let pod = |n: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": n, "namespace": "default", "labels": {"app": "a\"b"}},
+                   "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+        };
+        let items: Vec<crate::cache::Obj> = vec![Arc::new(pod("a").into()), Arc::new(pod("b").into())];
+        let page = crate::service::ListPage { items, revision: 7, continue_token: Some("tok".into()) };
+        let (ct, bytes) = list_body(res, &page, Output::Json);
+        assert_eq!(ct, "application/json");
+        let got: Value = serde_json::from_slice(&bytes).expect("the list is JSON");
+        assert_eq!(
+            got,
+            json!({"kind": "PodList", "apiVersion": "v1",
+                   "metadata": {"resourceVersion": "7", "continue": "tok"},
+                   "items": [pod("a"), pod("b")]})
+        );
+        // Upstream's field order.
+        assert!(bytes.starts_with(br#"{"kind":"PodList","apiVersion":"v1","metadata":"#));
+        let empty = crate::service::ListPage { items: vec![], revision: 1, continue_token: None };
+        let got: Value = serde_json::from_slice(&list_body(res, &empty, Output::Json).1).expect("JSON");
+        assert_eq!(got["items"], json!([]));
+
+        let line = cached_event_line("MODIFIED", &pod("a").into());
+        assert!(line.ends_with(b"\n"));
+        let got: Value = serde_json::from_slice(&line).expect("the event is JSON");
+        assert_eq!(got, json!({"type": "MODIFIED", "object": pod("a")}));
     }
 }

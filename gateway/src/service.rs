@@ -10,7 +10,7 @@
 
 use crate::admission::{self, Attributes, Chain, Operation, Outcome};
 use crate::auth::{Attributes as AuthAttributes, Authorizer, Decision, User};
-use crate::cache::{decode_stored, Cache, Event, EventKind};
+use crate::cache::{decode_stored, Cache, Event, EventKind, Obj};
 use crate::keys;
 use crate::status::{success_status, ApiError, ApiResult};
 use crate::strategy::{Deletion, Reservations, ServiceNetwork, Strategies, Strategy};
@@ -146,7 +146,7 @@ pub struct ListOptions {
 /// A page of a list.
 pub struct ListPage {
     /// The items, with resourceVersion set.
-    pub items: Vec<Arc<Value>>,
+    pub items: Vec<Obj>,
     /// The revision of the list.
     pub revision: u64,
     /// The continue token, when more items remain.
@@ -154,7 +154,7 @@ pub struct ListPage {
 }
 
 /// One event of a watch: its type, the object, and the revision.
-pub type WatchEvent = (EventKind, Arc<Value>, u64);
+pub type WatchEvent = (EventKind, Obj, u64);
 
 /// The patch types of `PATCH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,13 +253,13 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
 
 /// A custom object as the version `res` serves it (conversion `None`: only `apiVersion`
 /// differs between versions); built-in objects are returned as they are.
-fn in_version(res: &ResourceInfo, obj: Arc<Value>) -> Arc<Value> {
+fn in_version(res: &ResourceInfo, obj: Obj) -> Obj {
     if res.custom.is_none() || obj.get("apiVersion").and_then(Value::as_str) == Some(&res.api_version()) {
         return obj;
     }
     let mut o = (*obj).clone();
     o["apiVersion"] = json!(res.api_version());
-    Arc::new(o)
+    Arc::new(o.into())
 }
 
 /// Sets a custom object's `apiVersion` to the version `res` serves.
@@ -567,9 +567,9 @@ impl ApiService {
         at: u64,
         limit: usize,
         filter: impl Fn(&Value) -> bool,
-    ) -> ApiResult<(Vec<Arc<Value>>, Option<Vec<u8>>)> {
+    ) -> ApiResult<(Vec<Obj>, Option<Vec<u8>>)> {
         let (current, now) = self.cache.entries(start, end);
-        let mut objects: std::collections::BTreeMap<Vec<u8>, Arc<Value>> = current.into_iter().collect();
+        let mut objects: std::collections::BTreeMap<Vec<u8>, Obj> = current.into_iter().collect();
         // The first change of each key after `at`, up to the cache's revision.
         let mut first: std::collections::BTreeMap<Vec<u8>, capstan_storage::Change> = Default::default();
         let mut after = at;
@@ -605,7 +605,7 @@ impl ApiService {
                 }
             };
             if let Some(v) = value.and_then(|v| crate::cache::decode_stored(&v, c.prev_revision)) {
-                objects.insert(key, Arc::new(v));
+                objects.insert(key, Arc::new(v.into()));
             }
         }
         let mut out = Vec::new();
@@ -1597,7 +1597,7 @@ impl ApiService {
         let mut out = Vec::new();
         for e in events {
             let now = matches(&e.object);
-            let before = e.prev.as_deref().is_some_and(matches);
+            let before = e.prev.as_deref().is_some_and(|p| matches(p));
             let kind = match (e.kind, before, now) {
                 (EventKind::Deleted, _, true) => Some(EventKind::Deleted),
                 (EventKind::Deleted, true, false) => Some(EventKind::Deleted),

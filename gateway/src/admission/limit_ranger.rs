@@ -12,7 +12,6 @@ use capstan_api::quantity::parse_milli;
 use capstan_api::{quota, registry};
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
-use std::sync::Arc;
 
 /// The LimitRanger plugin.
 #[derive(Default)]
@@ -27,7 +26,7 @@ fn items(ctx: &Context, ns: &str, kind: &str) -> Vec<Value> {
     let Some(res) = registry::find("", "v1", "limitranges") else { return Vec::new() };
     let prefix = crate::keys::prefix(res, Some(ns));
     let end = capstan_storage::prefix_end(&prefix);
-    let (ranges, _, _): (Vec<Arc<Value>>, _, _) = ctx.cache().list(&prefix, &end, 0, |_| true);
+    let (ranges, _, _): (Vec<crate::cache::Obj>, _, _) = ctx.cache().list(&prefix, &end, 0, |_| true);
     let mut out = Vec::new();
     for lr in ranges {
         for item in lr["spec"]["limits"].as_array().into_iter().flatten() {

@@ -31,7 +31,6 @@ use capstan_api::{meta, registry};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 const GROUP: &str = "admissionregistration.k8s.io";
 
@@ -39,7 +38,7 @@ const GROUP: &str = "admissionregistration.k8s.io";
 #[derive(Default)]
 pub struct ValidatingAdmissionPolicy;
 
-fn all(ctx: &Context, plural: &str) -> Vec<Arc<Value>> {
+fn all(ctx: &Context, plural: &str) -> Vec<crate::cache::Obj> {
     let res = registry::find(GROUP, "v1", plural).expect("registered");
     let prefix = crate::keys::prefix(res, None);
     let end = capstan_storage::prefix_end(&prefix);
@@ -237,7 +236,7 @@ impl Plugin for ValidatingAdmissionPolicy {
             if bindings.is_empty() {
                 return Ok(());
             }
-            let policies: HashMap<String, Arc<Value>> = all(ctx, "validatingadmissionpolicies")
+            let policies: HashMap<String, crate::cache::Obj> = all(ctx, "validatingadmissionpolicies")
                 .into_iter()
                 .map(|p| (meta::name(&p).unwrap_or("").to_string(), p))
                 .collect();

@@ -20,7 +20,7 @@ const BETA_DEFAULT_CLASS: &str = "storageclass.beta.kubernetes.io/is-default-cla
 pub struct DefaultStorageClass;
 
 /// The default class among `classes`, if any.
-fn pick_default(classes: &[std::sync::Arc<Value>]) -> Option<String> {
+fn pick_default(classes: &[crate::cache::Obj]) -> Option<String> {
     let is_default = |c: &Value| {
         let a = &c["metadata"]["annotations"];
         a[DEFAULT_CLASS].as_str() == Some("true") || a[BETA_DEFAULT_CLASS].as_str() == Some("true")

@@ -67,7 +67,7 @@ impl NodeAuthorizer {
     }
 
     /// The pods bound to `node` in `namespace`.
-    fn pods_on(&self, node: &str, namespace: &str) -> Vec<Arc<Value>> {
+    fn pods_on(&self, node: &str, namespace: &str) -> Vec<crate::cache::Obj> {
         let Some(pods) = capstan_api::registry::find("", "v1", "pods") else { return Vec::new() };
         let prefix = crate::keys::prefix(pods, Some(namespace));
         let end = capstan_storage::prefix_end(&prefix);
