@@ -301,6 +301,39 @@ fn a_burst_does_not_overcommit_nodes_over_nats() {
     a_burst_does_not_overcommit_nodes(Mode::Nats);
 }
 
+/// A storm of unschedulable pods writes a handful of FailedScheduling Events (the event
+/// correlator's limit per Warning reason), while every pod still says why in its
+/// `PodScheduled=False` condition.
+#[test]
+fn a_failed_scheduling_storm_writes_a_handful_of_events() {
+    const PODS: usize = 300;
+    let c = cluster(Mode::InProcess);
+    create(&c, "nodes.yaml", &[node("small", "1", "1Gi", &[], "[]")]);
+    let pods: Vec<String> = (0..PODS).map(|i| pod(&format!("s{i}"), "app: storm", "2", "")).collect();
+    create(&c, "pods.yaml", &pods);
+    wait_for("every pod reported unschedulable", Duration::from_secs(120), || {
+        let list = json(&c, &["get", "pods", "-l", "app=storm"]);
+        let reported = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")
+                })
+            })
+            .count();
+        (reported == PODS).then_some(())
+    });
+    let events = json(&c, &["get", "events", "--field-selector", "reason=FailedScheduling"]);
+    let n = events["items"].as_array().map(Vec::len).unwrap_or(0);
+    assert!((1..=60).contains(&n), "{n} FailedScheduling events for {PODS} pods");
+    // The first pods of the storm are described as upstream describes them.
+    let first = events["items"][0]["involvedObject"]["name"].as_str().unwrap_or_default().to_string();
+    let described = c.ok(&["describe", "pod", &first]);
+    assert!(described.contains("FailedScheduling"), "{described}");
+    assert!(described.contains("Insufficient cpu"), "{described}");
+}
+
 /// Scheduling throughput: `SCHED_BENCH_NODES` nodes (default 1000) and `SCHED_BENCH_PODS`
 /// pods (default 10000) created over 16 HTTPS connections; prints the create rate and the
 /// rate at which pods got bound. With `SCHED_BENCH_MODE=parked` the pods come first and
@@ -405,18 +438,22 @@ fn throughput() {
         let parked = std::time::Instant::now() + Duration::from_secs(600);
         loop {
             let list = count("spec.nodeName%3D");
+            // Reported: the pod's PodScheduled=False condition (Events of a storm are
+            // limited by the event correlator).
             let reported = rt.block_on(async {
                 let mut conn = client.open().await.ok()?;
-                let path = "/api/v1/namespaces/default/events?fieldSelector=reason%3DFailedScheduling";
+                let path = "/api/v1/namespaces/default/pods";
                 let v = conn.request("GET", path, &[], b"").await.ok()?.json().ok()?;
-                let mut names: Vec<String> = v["items"]
+                let n = v["items"]
                     .as_array()?
                     .iter()
-                    .filter_map(|e| e["involvedObject"]["name"].as_str().map(str::to_string))
-                    .collect();
-                names.sort();
-                names.dedup();
-                Some(names.len())
+                    .filter(|p| {
+                        p["status"]["conditions"]
+                            .as_array()
+                            .is_some_and(|cs| cs.iter().any(|c| c["reason"] == "Unschedulable"))
+                    })
+                    .count();
+                Some(n)
             });
             if list == Some(pods) && reported == Some(pods) {
                 break;
