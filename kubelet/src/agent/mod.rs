@@ -612,6 +612,7 @@ fn runc_version(runc: &std::path::Path) -> Option<String> {
 pub async fn reset(cfg: &AgentConfig) -> Result<(), String> {
     let proxy = crate::proxy::reset(&cfg.bridge).await;
     let pods = reset_pods(cfg).await;
+    let egress = crate::network::reset_egress(&cfg.bridge).await;
     // The bridge goes too (CNI creates it again for the next pod), also when the node could
     // not run pods (the service proxy may have made it).
     let _ = tokio::process::Command::new("ip").args(["link", "del", &cfg.bridge]).output().await;
@@ -628,6 +629,7 @@ pub async fn reset(cfg: &AgentConfig) -> Result<(), String> {
         Ok(())
     };
     pods?;
+    egress.map_err(|e| format!("cannot remove the pods' egress rule: {e}"))?;
     dns?;
     proxy.map_err(|e| format!("cannot remove the service proxy's rules: {e}"))
 }

@@ -172,6 +172,45 @@ struct Inner {
     ip_cmd: PathBuf,
     /// Setup and teardown lock, by hash of the id.
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// `nft`, when the pod subnet is IPv4 and nft is installed: the pods' egress is then
+    /// masqueraded by one rule for the subnet (see [`egress_table`]).
+    nft: Option<capstan_nftproxy::Nft>,
+    /// Whether that rule is in place (set up once, when the first pod needs it).
+    egress: tokio::sync::OnceCell<bool>,
+}
+
+/// The nftables table (family `ip`) with the one rule that masquerades what pods on
+/// `bridge` send out of their subnet. The CNI bridge plugin's `ipMasq` would instead make
+/// an iptables chain per pod: 9 `iptables` executions per pod start and more at teardown,
+/// the second largest cost of a burst of pod starts after runc (docs/PERFORMANCE.md).
+pub fn egress_table(bridge: &str) -> String {
+    format!("{}-egress", capstan_nftproxy::Table::name_for_bridge(bridge))
+}
+
+/// Removes the egress table of a node whose pod bridge is `bridge` (`capstan node-reset`).
+/// Nothing to do without `nft` or the table.
+pub async fn reset_egress(bridge: &str) -> Result<(), String> {
+    let Ok(nft) = capstan_nftproxy::Nft::find() else { return Ok(()) };
+    let table = egress_table(bridge);
+    match nft.list_table(&table).await {
+        Ok(Some(_)) => nft.delete_table(&table).await.map_err(|e| e.to_string()),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The nft script that (re)creates the egress table: pods' traffic to anywhere but their
+/// own subnet and multicast leaves with the node's address, as the bridge plugin's
+/// `ipMasq` rules do.
+fn egress_script(bridge: &str, subnet: &str) -> String {
+    let t = egress_table(bridge);
+    format!(
+        "add table ip {t}\n\
+         delete table ip {t}\n\
+         add table ip {t} {{ comment \"capstan pod egress (pod bridge {bridge})\"; }}\n\
+         add chain ip {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+         add rule ip {t} postrouting ip saddr {subnet} ip daddr != {{ {subnet}, 224.0.0.0/4 }} masquerade\n"
+    )
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -217,7 +256,10 @@ impl PodNetwork {
             .map_err(io_err(format!("creating {}", config.state_dir.display())))?;
         enable_bridge_netfilter();
         let locks = (0..64).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(PodNetwork { inner: Arc::new(Inner { config, ip_cmd, locks }) })
+        let nft = if config.subnet.contains(':') { None } else { capstan_nftproxy::Nft::find().ok() };
+        Ok(PodNetwork {
+            inner: Arc::new(Inner { config, ip_cmd, locks, nft, egress: tokio::sync::OnceCell::new() }),
+        })
     }
 
     /// The settings.
@@ -253,7 +295,7 @@ impl PodNetwork {
             netns_path: path.clone(),
             ip: None,
             loopback: self.loopback_config(),
-            bridge: self.bridge_config(),
+            bridge: self.bridge_config(!self.egress_by_nft().await),
             portmap: (!port_mappings.is_empty()).then(|| self.portmap_config(port_mappings)),
             loopback_result: None,
             result: None,
@@ -352,7 +394,8 @@ impl PodNetwork {
             netns_path: path.clone(),
             ip: None,
             loopback: self.loopback_config(),
-            bridge: self.bridge_config(),
+            // Unknown how it was made: let the plugin look for per-pod masquerade rules too.
+            bridge: self.bridge_config(true),
             portmap: None,
             loopback_result: None,
             result: None,
@@ -387,7 +430,7 @@ impl PodNetwork {
         if let Some(err) = first_error {
             return Err(err);
         }
-        if !netns_exists {
+        if !netns_exists && record.bridge.get("ipMasq") == Some(&Value::Bool(true)) {
             // bridge removes its masquerade rules only when it finds the interface in the
             // namespace: without one, they are ours to remove.
             if let Err(msg) = remove_masquerade_rules(id).await {
@@ -502,7 +545,29 @@ impl PodNetwork {
         json!({ "cniVersion": cni::CNI_VERSION, "name": format!("{NETWORK_NAME}-loopback"), "type": "loopback" })
     }
 
-    fn bridge_config(&self) -> Value {
+    /// Whether the pods' egress is masqueraded by the node's one nft rule (made on first
+    /// use); otherwise each pod's bridge plugin call sets up its own (`ipMasq`).
+    async fn egress_by_nft(&self) -> bool {
+        let Some(nft) = &self.inner.nft else { return false };
+        let config = &self.inner.config;
+        *self
+            .inner
+            .egress
+            .get_or_init(|| async {
+                match nft.run(&egress_script(&config.bridge, &config.subnet)).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot masquerade the pods' egress with nft ({e}); each pod gets its own iptables rules"
+                        );
+                        false
+                    }
+                }
+            })
+            .await
+    }
+
+    fn bridge_config(&self, ip_masq: bool) -> Value {
         let config = &self.inner.config;
         let default_route = if config.subnet.contains(':') { "::/0" } else { "0.0.0.0/0" };
         let mut bridge = json!({
@@ -511,7 +576,7 @@ impl PodNetwork {
             "type": "bridge",
             "bridge": config.bridge,
             "isGateway": true,
-            "ipMasq": true,
+            "ipMasq": ip_masq,
             "hairpinMode": true,
             "ipam": {
                 "type": "host-local",

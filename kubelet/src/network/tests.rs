@@ -67,6 +67,9 @@ impl Drop for Fixture {
                         eprintln!("cleanup: teardown {id}: {e}");
                     }
                 }
+                if let Err(e) = reset_egress(&net.config().bridge).await {
+                    eprintln!("cleanup: egress table: {e}");
+                }
             });
             let config = net.config();
             let _ = std::process::Command::new("ip").args(["link", "delete", &config.bridge]).output();
@@ -225,6 +228,104 @@ fn iptables_rules_split_into_words() {
     assert_eq!(words[9], "CNI-eb61");
     assert_eq!(split_iptables_words(r#"-A X "unterminated"#), None);
     assert_eq!(split_iptables_words(""), Some(vec![]));
+}
+
+/// A network namespace outside the pod network (`198.18.<n>.2/30`, reached from the host
+/// over a veth pair at `198.18.<n>.1`); removed when dropped.
+struct Outside {
+    netns: String,
+    veth: String,
+}
+
+impl Outside {
+    fn new(fx: &Fixture) -> Outside {
+        let netns = format!("cpt{}-out", fx.rand);
+        let veth = format!("cpo{}", &fx.rand[..6]);
+        let n = fx.third_octet;
+        let out = Outside { netns: netns.clone(), veth: veth.clone() };
+        let run = |args: &[&str]| {
+            let o = std::process::Command::new("ip").args(args).output().expect("ip");
+            assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+        };
+        run(&["netns", "add", &netns]);
+        run(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+        run(&["addr", "add", &format!("198.18.{n}.1/30"), "dev", &veth]);
+        run(&["link", "set", &veth, "up"]);
+        run(&["-n", &netns, "addr", "add", &format!("198.18.{n}.2/30"), "dev", "eth0"]);
+        run(&["-n", &netns, "link", "set", "eth0", "up"]);
+        run(&["-n", &netns, "link", "set", "lo", "up"]);
+        out
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "delete", &self.veth]).output();
+        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.netns]).output();
+    }
+}
+
+#[tokio::test]
+async fn egress_is_masqueraded_by_one_rule_for_the_subnet() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    if capstan_nftproxy::Nft::find().is_err() {
+        eprintln!("skipped: needs nft");
+        return;
+    }
+    let fx = Fixture::new(24);
+    let id = fx.id("pod-out");
+    let pod = fx.net.setup(&id, &[]).await.expect("setup");
+    // One nft rule for the subnet, no per-pod iptables chain.
+    let table = egress_table(&fx.net.config().bridge);
+    let nft = capstan_nftproxy::Nft::find().expect("nft");
+    let listed = nft.list_table(&table).await.expect("nft list").expect("the egress table");
+    let subnet = &fx.net.config().subnet;
+    assert!(
+        listed.contains(&format!("ip saddr {subnet} ip daddr != {{ {subnet}, 224.0.0.0/4 }} masquerade")),
+        "{listed}"
+    );
+    let record = fx.net.read_record(&id).await.expect("record").expect("a record");
+    assert_eq!(record.bridge["ipMasq"], false);
+    let nat =
+        std::process::Command::new("iptables-save").args(["-t", "nat"]).output().expect("iptables-save");
+    assert!(!String::from_utf8_lossy(&nat.stdout).contains(&id), "per-pod masquerade rules made");
+
+    // A server outside the pod network sees the node's address, not the pod's.
+    let outside = Outside::new(&fx);
+    let root = fx.net.config().state_dir.join("www-out");
+    std::fs::create_dir_all(root.join("cgi-bin")).expect("cgi-bin");
+    let cgi = root.join("cgi-bin/ip");
+    std::fs::write(&cgi, "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n")
+        .expect("cgi");
+    std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut server =
+        spawn_in(&outside.netns, &["busybox", "httpd", "-f", "-p", "8080", "-h", &root.to_string_lossy()]);
+    let url = format!("http://198.18.{}.2:8080/cgi-bin/ip", fx.third_octet);
+    let mut seen = String::new();
+    for _ in 0..50 {
+        let out = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &pod.netns_name, "busybox", "timeout", "5", "wget", "-qO-", &url])
+            .output()
+            .await
+            .expect("wget");
+        if out.status.success() {
+            // busybox httpd gives IPv4 peers as `[::ffff:a.b.c.d]`.
+            let text = String::from_utf8_lossy(&out.stdout);
+            seen = text.trim().trim_start_matches("[::ffff:").trim_end_matches(']').to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill().await.expect("kill httpd");
+    assert_eq!(seen, format!("198.18.{}.1", fx.third_octet), "pod {} went out unmasqueraded", pod.ip);
+    drop(outside);
+
+    fx.net.teardown(&id).await.expect("teardown");
+    reset_egress(&fx.net.config().bridge).await.expect("reset");
+    assert!(nft.list_table(&table).await.expect("nft list").is_none());
 }
 
 #[tokio::test]

@@ -1070,6 +1070,12 @@ impl RuncRuntime {
     }
 
     async fn runc_delete(&self, id: &str) -> Result<(), RuntimeError> {
+        // runc keeps a container's state in `<root>/<id>`: without it there is nothing to
+        // delete, and starting a container saves one runc execution (every start removes
+        // a possible leftover first).
+        if !self.inner.config.runc_root.join(id).exists() {
+            return Ok(());
+        }
         match self.runc(&["delete", "--force", id]).await {
             Ok(_) => Ok(()),
             Err(RuntimeError::Runc { message, .. }) if message.contains("does not exist") => Ok(()),
