@@ -51,6 +51,8 @@ const RETRY_TICK: Duration = Duration::from_millis(200);
 const PERIODIC_RETRY: Duration = Duration::from_secs(10);
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a preemptor waits for the victims it chose before it may choose again.
+const PREEMPTION_WAIT: Duration = Duration::from_secs(300);
 
 /// An unschedulable pod waiting for another try.
 #[derive(Debug, Clone)]
@@ -79,6 +81,11 @@ struct State {
     /// Counts cluster changes that may make a waiting pod schedulable.
     moves: u64,
     rng: Rng,
+    /// Preemptions made: preemptor → its victims (key, uid) and when. While one of them is
+    /// still in the cache the preemptor waits, even when the informer has not yet shown
+    /// the victim terminating or the preemptor's nominated node (else a retry racing those
+    /// updates would evict a second set of victims).
+    preempting: HashMap<Key, (Vec<(Key, String)>, Instant)>,
 }
 
 impl State {
@@ -89,6 +96,7 @@ impl State {
             waiting_for_pods: 0,
             moves: 0,
             rng: Rng::new(seed),
+            preempting: HashMap::new(),
         }
     }
 
@@ -192,15 +200,23 @@ impl Scheduler {
             Ok(node) => {
                 st.cache.assume(info, info.anti_affinity.clone(), &node);
                 st.stop_waiting(key);
+                st.preempting.remove(key);
                 Decision::Bind(node)
             }
             Err(fit) => {
                 st.failed(key, !info.affinity.is_empty());
-                if fit.resolvable > 0 && preemption::eligible(&st.cache, info, nominated) {
+                let victims_left = st.preempting.get(key).is_some_and(|(victims, at)| {
+                    at.elapsed() < PREEMPTION_WAIT
+                        && victims.iter().any(|(k, uid)| st.cache.pod(k).is_some_and(|r| r.uid == *uid))
+                });
+                if !victims_left {
+                    st.preempting.remove(key);
+                }
+                if fit.resolvable > 0 && !victims_left && preemption::eligible(&st.cache, info, nominated) {
                     let pre = algorithm::PreState::compute(&st.cache, info, &ns_labels);
                     let budgets = self.budgets.list();
                     if let Some(c) = preemption::find(&st.cache, info, &pre, &budgets) {
-                        let victims = c
+                        let victims: Vec<(String, String)> = c
                             .victims
                             .iter()
                             .filter_map(|k| st.cache.pod(k).map(|r| (k.clone(), r.uid.clone())))
@@ -208,6 +224,8 @@ impl Scheduler {
                         // Upstream reports the filters' verdict; preemption succeeded.
                         let full = fit.message();
                         let message = full.split(" preemption:").next().unwrap_or(&full).to_string();
+                        st.preempting.retain(|_, (_, at)| at.elapsed() < PREEMPTION_WAIT);
+                        st.preempting.insert(key.to_string(), (victims.clone(), Instant::now()));
                         return Decision::Preempt { node: c.node, victims, message };
                     }
                 }

@@ -39,8 +39,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// The idle heartbeat asked for in pull requests.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long a consumer may be silent (no message, heartbeat or status) before it is
-/// considered lost and recreated.
-const STALE_AFTER: Duration = Duration::from_secs(12);
+/// considered lost and recreated: three missed heartbeats and a margin, so a loaded
+/// machine (a heartbeat delayed by seconds) does not recreate healthy consumers.
+const STALE_AFTER: Duration = Duration::from_secs(17);
 /// The server deletes an event consumer nobody has pulled from for this long.
 const CONSUMER_INACTIVE: Duration = Duration::from_secs(60);
 /// How often a consumer at most asks the stream whether it dropped messages the consumer
