@@ -1,11 +1,12 @@
 //! Helm 4 (fetched by `scripts/deps.sh test`) with the chart `helm create` writes, on
 //! `capstan up`'s real node: install (the Deployment becomes Ready through its probes on the
-//! named port `http`, the Service answers), upgrade, rollback, uninstall, and the name
-//! reused after the uninstall.
+//! named port `http`, the Service answers), `helm test` (the chart's own test pod, `busybox`
+//! from docker.io through a mirror on the test registry, fetches the Service by name),
+//! upgrade, rollback, uninstall, and the name reused after the uninstall.
 
 mod common;
 
-use capstan_testkit::{push_web_image, Registry, INDEX_HTML};
+use capstan_testkit::{push_busybox_image, push_web_image, Registry, INDEX_HTML};
 use common::{client, wait_for, Cluster};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -65,7 +66,13 @@ fn the_chart_helm_create_writes_installs_upgrades_rolls_back_and_uninstalls() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let image = rt.block_on(push_web_image(&reg, "web", "1")).expect("push the web image");
     let repository = image.trim_end_matches(":1").to_string();
-    let c = Cluster::start_node("");
+    // The chart's test pod runs `busybox` (docker.io/library/busybox:latest): the node pulls
+    // it from the test registry as docker.io's mirror.
+    rt.block_on(push_busybox_image(&reg, "library/busybox", "latest", None)).expect("push busybox");
+    let c = Cluster::start_node(&format!(
+        "registries:\n  mirrors: [{{registry: docker.io, endpoint: \"{}\"}}]",
+        reg.host()
+    ));
     let chart = c.dir.path().join("demo");
     let out = Command::new(client("helm")).arg("create").arg(&chart).output().expect("helm create");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -101,6 +108,13 @@ fn the_chart_helm_create_writes_installs_upgrades_rolls_back_and_uninstalls() {
     let ip = json(&c, &["get", "service", "demo"])["spec"]["clusterIP"].as_str().unwrap().to_string();
     let page = wait_for("the Service answers from the host", Duration::from_secs(20), || fetch(&ip));
     assert_eq!(page, INDEX_HTML);
+
+    // `helm test`: the chart's test-connection pod `wget`s `demo:80` (cluster DNS, the
+    // Service's routing from a pod) and must succeed.
+    let out = helm_ok(&c, &["test", "demo", "--timeout", "2m"]);
+    assert!(out.contains("TEST SUITE:") && out.contains("Phase:          Succeeded"), "{out}");
+    let t = json(&c, &["get", "pod", "demo-test-connection"]);
+    assert_eq!(t["status"]["phase"], "Succeeded", "{t}");
 
     helm_ok(
         &c,
