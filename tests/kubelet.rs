@@ -671,8 +671,8 @@ fn terminals_for_exec_and_containers() {
 /// A pod with a native sidecar (an init container with `restartPolicy: Always`), lifecycle
 /// hooks and a memory-backed emptyDir, as charts write them: the sidecar runs before the next
 /// init container and through the pod's life, `postStart` runs at start, `preStop` before
-/// SIGTERM, the sidecar is stopped after the main container; a Job-style pod finishes even
-/// though its sidecar never exits.
+/// SIGTERM, the sidecar is stopped after the main container and its logs stream; a Job
+/// completes even though its sidecar never exits; a Deployment with a sidecar rolls out.
 #[test]
 fn sidecars_lifecycle_hooks_and_memory_volumes() {
     let (_reg, image) = registry_with_image(None);
@@ -693,7 +693,7 @@ spec:
   - name: sidecar
     image: {image}
     restartPolicy: Always
-    command: ["sh", "-c", "echo sidecar-up > /shared/sidecar; trap 'echo sidecar-stopped >> /host/log; exit 0' TERM; while true; do sleep 0.2; done"]
+    command: ["sh", "-c", "echo sidecar-up > /shared/sidecar; echo sidecar-log-line; trap 'echo sidecar-stopped >> /host/log; exit 0' TERM; while true; do sleep 0.2; done"]
     startupProbe:
       exec: {{command: ["test", "-f", "/shared/sidecar"]}}
       periodSeconds: 1
@@ -713,22 +713,49 @@ spec:
         exec: {{command: ["sh", "-c", "echo prestop >> /host/log"]}}
     volumeMounts: [{{name: shared, mountPath: /shared}}, {{name: host, mountPath: /host}}]
 ---
-apiVersion: v1
-kind: Pod
+apiVersion: batch/v1
+kind: Job
 metadata:
   name: job
 spec:
-  restartPolicy: Never
-  terminationGracePeriodSeconds: 2
-  initContainers:
-  - name: proxy
-    image: {image}
-    restartPolicy: Always
-    command: ["sleep", "1000"]
-  containers:
-  - name: main
-    image: {image}
-    command: ["sh", "-c", "echo done"]
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 2
+      initContainers:
+      - name: proxy
+        image: {image}
+        restartPolicy: Always
+        command: ["sleep", "1000"]
+      containers:
+      - name: main
+        image: {image}
+        command: ["sh", "-c", "echo done"]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: meshed
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: meshed}}}}
+  template:
+    metadata: {{labels: {{app: meshed}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      initContainers:
+      - name: proxy
+        image: {image}
+        restartPolicy: Always
+        command: ["sh", "-c", "touch /tmp/ready; while true; do sleep 0.2; done"]
+        readinessProbe:
+          exec: {{command: ["test", "-f", "/tmp/ready"]}}
+          periodSeconds: 1
+      containers:
+      - name: main
+        image: {image}
+        command: ["sh", "-c", "while true; do sleep 0.2; done"]
 "#
     );
     apply(&c, "app.yaml", &yaml);
@@ -755,11 +782,18 @@ spec:
         .unwrap_or_default();
     assert!(sa.starts_with("tmpfs "), "the token volume is memory-backed: {mounts}");
 
-    let job = wait_for("the Job-style pod Succeeded", Duration::from_secs(60), || {
-        try_pod(&c, "job").filter(|p| p["status"]["phase"] == "Succeeded")
-    });
+    let logs = c.ok(&["logs", "app", "-c", "sidecar"]);
+    assert_eq!(logs, "sidecar-log-line\n", "the sidecar's logs");
+
+    c.ok(&["wait", "--for=condition=complete", "job/job", "--timeout=60s"]);
+    let pods = c.ok(&["get", "pods", "-l", "job-name=job", "-o", "json"]);
+    let pods: serde_json::Value = serde_json::from_str(&pods).expect("pods JSON");
+    let job = &pods["items"][0];
+    assert_eq!(job["status"]["phase"], "Succeeded", "{job}");
     let proxy = &job["status"]["initContainerStatuses"][0];
     assert!(proxy["state"]["terminated"].is_object(), "its sidecar was stopped: {proxy}");
+    let out = c.ok(&["rollout", "status", "deployment/meshed", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
 
     c.ok(&["delete", "pod", "app", "--wait=true", "--timeout=60s"]);
     let log = std::fs::read_to_string(std::path::Path::new(log_dir).join("log")).unwrap_or_default();
