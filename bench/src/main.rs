@@ -53,7 +53,8 @@ const USAGE: &str =
   --clients N         concurrent HTTPS connections for creates and GETs (default 16)
   --duration SECS     longest time the create phase runs (default 10)
   --pods N            most pods the create phase creates (default 100000)
-  --watch-events N    creates timed through a watch (default 1000)";
+  --watch-events N    creates timed through a watch (default 1000)
+  --watchers N        watches open at once, each timing every one of those creates (default 1)";
 
 struct Opts {
     capstan: PathBuf,
@@ -61,6 +62,7 @@ struct Opts {
     duration: Duration,
     pods: u64,
     watch_events: usize,
+    watchers: usize,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -80,6 +82,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         duration: Duration::from_secs(10),
         pods: 100_000,
         watch_events: 1000,
+        watchers: 1,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
@@ -95,6 +98,7 @@ fn parse_args() -> anyhow::Result<Opts> {
             }
             "--pods" => o.pods = value()?.parse().context("--pods wants a number")?,
             "--watch-events" => o.watch_events = value()?.parse().context("--watch-events wants a number")?,
+            "--watchers" => o.watchers = value()?.parse().context("--watchers wants a number")?,
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
@@ -413,26 +417,41 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// Watch delivery: open a watch at the current revision, create `n` pods from a few
-/// connections, time each from the create being sent to its ADDED event arriving.
-async fn watch_phase(client: &Client, n: usize, writers: usize) -> anyhow::Result<Value> {
+/// The name of a bench pod in an ADDED watch line, found without parsing the line (with
+/// 1,000 watchers the bench would otherwise spend the server's CPU on JSON).
+fn added_watch_pod(line: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = br#""name":"watch-"#;
+    const ADDED: &[u8] = br#""type":"ADDED""#;
+    if !line.windows(ADDED.len()).any(|w| w == ADDED) {
+        return None;
+    }
+    let at = line.windows(KEY.len()).position(|w| w == KEY)? + KEY.len() - "watch-".len();
+    let end = line[at..].iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&line[at..at + end]).ok()
+}
+
+/// Watch delivery: open `watchers` watches at the current revision, create `n` pods from a
+/// few connections, time each from the create being sent to its ADDED event arriving at
+/// each watcher (`n × watchers` samples).
+async fn watch_phase(client: &Client, n: usize, writers: usize, watchers: usize) -> anyhow::Result<Value> {
     let mut conn = client.open().await.context("connect")?;
     let r = conn.request("GET", &format!("{PODS}?limit=1"), &[], b"").await?;
     let rv = r.json()?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
-    let watch = client
-        .open()
-        .await?
-        .stream("GET", &format!("{PODS}?watch=true&resourceVersion={rv}&timeoutSeconds=600"), &[], b"")
-        .await?;
-    if watch.status != 200 {
-        bail!("watch failed with {}", watch.status);
-    }
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let done = Arc::new(AtomicBool::new(false));
-    let reader = {
+    let mut readers = Vec::new();
+    for _ in 0..watchers.max(1) {
+        let watch = client
+            .open()
+            .await?
+            .stream("GET", &format!("{PODS}?watch=true&resourceVersion={rv}&timeoutSeconds=600"), &[], b"")
+            .await?;
+        if watch.status != 200 {
+            bail!("watch failed with {}", watch.status);
+        }
         let sent = sent.clone();
         let mut watch = watch;
-        tokio::spawn(async move {
+        readers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut other = 0u64;
             while lat.len() < n {
@@ -441,9 +460,7 @@ async fn watch_phase(client: &Client, n: usize, writers: usize) -> anyhow::Resul
                     _ => break,
                 };
                 let at = Instant::now();
-                let Ok(v) = serde_json::from_slice::<Value>(&line) else { continue };
-                let name = v["object"]["metadata"]["name"].as_str().unwrap_or("");
-                if v["type"] == "ADDED" && name.starts_with("watch-") {
+                if let Some(name) = added_watch_pod(&line) {
                     if let Some(t) = sent.lock().ok().and_then(|m| m.get(name).copied()) {
                         lat.push(at - t);
                         continue;
@@ -452,8 +469,8 @@ async fn watch_phase(client: &Client, n: usize, writers: usize) -> anyhow::Resul
                 other += 1;
             }
             (lat, other)
-        })
-    };
+        }));
+    }
     let per = n.div_ceil(writers.max(1));
     let mut tasks = Vec::new();
     for w in 0..writers.max(1) {
@@ -482,11 +499,17 @@ async fn watch_phase(client: &Client, n: usize, writers: usize) -> anyhow::Resul
     for t in tasks {
         errors += t.await?;
     }
-    let (lat, other) = reader.await?;
+    let (mut lat, mut other) = (Vec::new(), 0);
+    for r in readers {
+        let (l, o) = r.await?;
+        lat.extend(l);
+        other += o;
+    }
     done.store(true, Ordering::Relaxed);
     let got = lat.len();
     let mut v = latency_json(lat);
-    v["missed"] = json!(n.saturating_sub(got));
+    v["watchers"] = json!(watchers.max(1));
+    v["missed"] = json!((n * watchers.max(1)).saturating_sub(got));
     v["create_errors"] = json!(errors);
     v["other_events"] = json!(other);
     v["writers"] = json!(writers);
@@ -514,7 +537,7 @@ async fn run(o: &Opts, server: &Server) -> anyhow::Result<Value> {
     eprintln!("LIST...");
     let list = list_phase(&client).await?;
     eprintln!("watch...");
-    let watch = watch_phase(&client, o.watch_events, 4.min(o.clients)).await?;
+    let watch = watch_phase(&client, o.watch_events, 4.min(o.clients), o.watchers).await?;
     let rss_after = server.rss_kb();
     let mb = |kb: Option<u64>| kb.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0);
     Ok(json!({
@@ -602,4 +625,19 @@ fn main() -> anyhow::Result<()> {
     println!("{v}");
     eprintln!("{}", summary(&v));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::added_watch_pod;
+
+    #[test]
+    fn finds_the_added_pod_without_parsing() {
+        let line = br#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"Pod","metadata":{"managedFields":[{"fieldsV1":{"k:{\"name\":\"c\"}":{}}}],"name":"watch-3-7","namespace":"default"}}}"#;
+        assert_eq!(added_watch_pod(line), Some("watch-3-7"));
+        let modified = br#"{"type":"MODIFIED","object":{"metadata":{"name":"watch-3-7"}}}"#;
+        assert_eq!(added_watch_pod(modified), None);
+        let other = br#"{"type":"ADDED","object":{"metadata":{"name":"bench-1"}}}"#;
+        assert_eq!(added_watch_pod(other), None);
+    }
 }
