@@ -117,3 +117,54 @@ fn rollout_over_nats_survives_a_controllers_kill9() {
         gw.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.containers[0].image}"]);
     assert!(images.split_whitespace().all(|i| i == "nginx:1.28"), "{images}");
 }
+
+/// nats-server stops and loses its JetStream store (the event history is gone) while the
+/// cluster changes through the gateway: a Deployment is scaled down and two of its pods
+/// are force-deleted. After the restart the roles' informers find the history broken,
+/// relist, and the controllers converge on what the store holds.
+#[test]
+fn roles_relist_and_converge_after_nats_loses_its_store() {
+    let mut nats = Nats::start();
+    let url = nats.url();
+    let gw = Cluster::start_gateway(&["--nats", &url]);
+    let _controllers = Role::start(&["controllers", "--nats", &url]);
+    let _scheduler = Role::start(&["scheduler", "--nats", &url]);
+    let _nodes = Role::start(&["sim-nodes", "--nats", &url, "--count", "3"]);
+    let f = gw.file("web.yaml", DEPLOYMENT);
+    gw.ok(&["apply", "-f", f.to_str().unwrap()]);
+    gw.ok(&["rollout", "status", "deploy/web", "--timeout=120s"]);
+    let names = gw.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]);
+    let names: Vec<&str> = names.split_whitespace().collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+
+    nats.stop();
+    std::fs::remove_dir_all(nats.store_dir()).expect("remove the JetStream store");
+    gw.ok(&["scale", "deploy/web", "--replicas=4"]);
+    gw.ok(&["delete", "pod", names[0], names[1], "--grace-period=0", "--force", "--wait=false"]);
+    nats.restart();
+
+    // The ReplicaSet ends at 4 live pods, none of them one of the deleted two, all bound.
+    wait_for("4 pods bound, the deleted ones gone", Duration::from_secs(120), || {
+        let out = gw.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+        ]);
+        let live: Vec<Vec<&str>> =
+            out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).filter(|w| w.len() == 2).collect();
+        let terminating = out.lines().filter(|l| l.split_whitespace().count() > 2).count();
+        (live.len() == 4 && terminating == 0 && !live.iter().any(|w| w[0] == names[0] || w[0] == names[1]))
+            .then_some(())
+    });
+    gw.ok(&["rollout", "status", "deploy/web", "--timeout=120s"]);
+    let rs = gw.ok(&["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[0].status.readyReplicas}"]);
+    assert_eq!(rs.trim(), "4");
+    // The event stream carries changes again: a new change reaches the controllers.
+    gw.ok(&["scale", "deploy/web", "--replicas=5"]);
+    gw.ok(&["rollout", "status", "deploy/web", "--timeout=120s"]);
+    let n = gw.ok(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().count();
+    assert_eq!(n, 5);
+}

@@ -31,6 +31,10 @@ use tokio::sync::watch;
 
 /// The header carrying an event's revision (also sent as `Nats-Msg-Id`).
 pub const REVISION_HEADER: &str = "Capstan-Revision";
+/// Header of the first event appended to a stream the relay had to create again (the
+/// server lost its store): the events through this revision are not in the stream, so a
+/// consumer starting before it gets a gap and relists.
+pub const LOST_THROUGH_HEADER: &str = "Capstan-History-Lost-Through";
 
 /// How many messages one pull request asks for.
 const PULL_BATCH: usize = 256;
@@ -203,6 +207,9 @@ pub struct NatsBus {
     /// The highest revision this process knows to be in the stream (a local dedupe guard
     /// that also works beyond JetStream's duplicate window).
     last_appended: Mutex<Option<u64>>,
+    /// The stream's settings, when this process manages the stream (creates it again when
+    /// it is gone).
+    stream_config: Option<jetstream::stream::Config>,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -300,8 +307,9 @@ impl NatsBus {
             .await
             .map_err(|e| Error::Connect { url: config.url.clone(), message: e.to_string() })?;
         let js = jetstream::ContextBuilder::new().timeout(config.jetstream_timeout).build(client.clone());
-        if config.manage_stream {
-            js.create_or_update_stream(stream_config(&config.stream)).await.map_err(|e| {
+        let managed = config.manage_stream.then(|| stream_config(&config.stream));
+        if let Some(sc) = &managed {
+            js.create_or_update_stream(sc.clone()).await.map_err(|e| {
                 backend(&format!("failed to create or update stream {}", config.stream.name), e)
             })?;
         }
@@ -311,6 +319,7 @@ impl NatsBus {
             stream_name: config.stream.name,
             connections,
             last_appended: Mutex::new(None),
+            stream_config: managed,
         })
     }
 
@@ -350,18 +359,41 @@ impl NatsBus {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, revision.to_string().as_str());
         headers.insert(REVISION_HEADER, revision.to_string().as_str());
-        let ack = self
-            .js
-            .publish_with_headers(subject.clone(), headers, payload)
-            .await
-            .map_err(|e| publish_error(&subject, e))?
-            .await
-            .map_err(|e| publish_error(&subject, e))?;
+        let ack = match self.publish(&subject, headers.clone(), payload.clone()).await {
+            Err(e)
+                if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+                    && self.stream_config.is_some() =>
+            {
+                // The server lost the stream (its store was lost or removed): create it
+                // again, and say on its first event that the history before is gone.
+                tracing::warn!(
+                    stream = %self.stream_name,
+                    "the event stream is gone; creating it again (events through revision {last} are lost; consumers from before relist)"
+                );
+                let sc = self.stream_config.clone().unwrap_or_default();
+                self.js
+                    .create_or_update_stream(sc)
+                    .await
+                    .map_err(|e| backend(&format!("failed to create stream {}", self.stream_name), e))?;
+                headers.insert(LOST_THROUGH_HEADER, last.to_string().as_str());
+                self.publish(&subject, headers, payload).await.map_err(|e| publish_error(&subject, e))?
+            }
+            r => r.map_err(|e| publish_error(&subject, e))?,
+        };
         if ack.duplicate {
             tracing::debug!(revision, "event already in the stream, dropped as a duplicate");
         }
         self.remember_appended(revision);
         Ok(())
+    }
+
+    async fn publish(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        self.js.publish_with_headers(subject.to_string(), headers, payload).await?.await
     }
 
     async fn do_last_revision(&self) -> Result<u64> {
@@ -439,7 +471,11 @@ async fn start_position(stream: &stream::Stream<()>, start: StartAt) -> Result<(
         }
         match search(stream, first, last, r).await {
             Ok((seq, first_revision)) => {
-                let missing = first > 1 && r.saturating_add(1) < first_revision;
+                // History is missing when the limits dropped the start of the stream, or
+                // when the stream was created again after the server lost it (its first
+                // event says through which revision the history is gone).
+                let missing = r.saturating_add(1) < first_revision
+                    && (first > 1 || lost_through(stream, first).await?.is_some_and(|l| r < l));
                 return Ok((seq, r, missing));
             }
             Err(e) if attempts < 3 => {
@@ -448,6 +484,16 @@ async fn start_position(stream: &stream::Stream<()>, start: StartAt) -> Result<(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The revision through which history is lost, as the event at `seq` (the stream's
+/// first) says, if it says so.
+async fn lost_through(stream: &stream::Stream<()>, seq: u64) -> Result<Option<u64>> {
+    let msg = stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|e| backend(&format!("failed to read event at stream sequence {seq}"), e))?;
+    Ok(msg.headers.get(LOST_THROUGH_HEADER).and_then(|v| v.as_str().trim().parse().ok()))
 }
 
 /// The first sequence in `first..=last` whose revision is above `r` (`last + 1` if none),

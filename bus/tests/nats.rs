@@ -345,3 +345,44 @@ async fn idle_consumer_stays_quiet_and_live() {
     assert_eq!(revision(&next_item(&mut s).await), 1);
     assert!(tokio::time::timeout(Duration::from_millis(300), s.next()).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_store_is_recreated_and_consumers_from_before_get_a_gap() {
+    let mut server = Server::start();
+    let bus = connect(server.config()).await;
+    // A consumer that has seen everything through 20 while the server runs.
+    let mut live = bus.events(subjects::all_events(), StartAt::AfterRevision(0)).await.unwrap();
+    for r in 1..=30 {
+        bus.append_event(subj("a"), r.to_string().into_bytes().into(), r).await.unwrap();
+    }
+    for r in 1..=20 {
+        assert_eq!(revision(&next_item(&mut live).await), r);
+    }
+    // The server loses its JetStream store: the stream and its history are gone.
+    server.stop();
+    std::fs::remove_dir_all(&server.store).expect("remove the store");
+    server.spawn();
+    // The next append creates the stream again (this bus manages it) instead of failing.
+    append_retrying(&bus, subj("a"), 31).await;
+    assert_eq!(bus.last_event_revision().await.unwrap(), 31);
+    // Whoever starts before 30 missed history: a gap (relist), then what the stream has.
+    let mut s = bus.events(subjects::all_events(), StartAt::AfterRevision(10)).await.unwrap();
+    assert!(matches!(next_item(&mut s).await, StreamItem::Gap));
+    assert_eq!(revision(&next_item(&mut s).await), 31);
+    // The live consumer had seen through 20 of the lost 30: a gap too, never a silent skip.
+    let mut gaps = 0;
+    loop {
+        match next_item(&mut live).await {
+            StreamItem::Gap => gaps += 1,
+            StreamItem::Event { revision: r, .. } if r <= 30 => {} // buffered before the loss
+            item => {
+                assert_eq!(revision(&item), 31);
+                break;
+            }
+        }
+    }
+    assert_eq!(gaps, 1, "the live consumer must see the lost history as a gap");
+    // From 30 on nothing is missing.
+    let mut s = bus.events(subjects::all_events(), StartAt::AfterRevision(30)).await.unwrap();
+    assert_eq!(revision(&next_item(&mut s).await), 31);
+}
