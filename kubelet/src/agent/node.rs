@@ -42,16 +42,36 @@ fn primary_ip() -> String {
     }
 }
 
+/// MemTotal of /proc/meminfo in bytes (0 when unreadable).
+fn memory_total() -> u64 {
+    read_trimmed("/proc/meminfo")
+        .and_then(|m| {
+            m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| {
+                l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).map(|kb| kb * 1024)
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// What the node reports allocatable of a resource (`cpu` in thousandths, `memory` and
+/// `ephemeral-storage` in bytes), as [`node_status`] computes it: what a container
+/// without a limit may use (upstream fills unset limits with it for the downward API).
+pub fn allocatable_milli(resource: &str) -> Option<i64> {
+    match resource {
+        "cpu" => {
+            let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64;
+            Some((cpus * 1000 - 100).max(0))
+        }
+        "memory" => Some((memory_total() as i64 - 100 * 1024 * 1024).max(0).saturating_mul(1000)),
+        "ephemeral-storage" => Some((100i64 << 30) * 1000),
+        _ => None,
+    }
+}
+
 impl HostInfo {
     /// Reads the host.
     pub fn read(runtime_version: &str) -> HostInfo {
-        let memory_bytes = read_trimmed("/proc/meminfo")
-            .and_then(|m| {
-                m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| {
-                    l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).map(|kb| kb * 1024)
-                })
-            })
-            .unwrap_or(0);
+        let memory_bytes = memory_total();
         let os_image = read_trimmed("/etc/os-release")
             .and_then(|s| {
                 s.lines()

@@ -212,9 +212,7 @@ fn env_value_from(
     }
     if let Some(r) = from.get("resourceFieldRef") {
         let res = r["resource"].as_str().unwrap_or("");
-        let (kind, name) = res.split_once('.').unwrap_or(("", res));
-        let q = container["resources"][kind][name].as_str().unwrap_or("0");
-        return Ok(Some(q.to_string()));
+        return resource_field_value(container, res, r.get("divisor")).map(Some);
     }
     for (key, kind) in [("configMapKeyRef", "configmap"), ("secretKeyRef", "secret")] {
         if let Some(r) = from.get(key) {
@@ -234,6 +232,48 @@ fn env_value_from(
         }
     }
     Ok(None)
+}
+
+/// A container's resource as the downward API gives it (upstream's
+/// `ExtractContainerResourceValue`): `limits.cpu`, `requests.cpu`, `limits.memory`,
+/// `requests.memory`, `limits.ephemeral-storage`, `requests.ephemeral-storage` (also
+/// `hugepages-*`), divided by `divisor` (default `1`) and rounded up; an unset limit is the
+/// node's allocatable, an unset request 0 (a request defaults to the limit when only the
+/// limit is set, as admission does).
+pub fn resource_field_value(
+    container: &Value,
+    resource: &str,
+    divisor: Option<&Value>,
+) -> Result<String, String> {
+    use capstan_api::quantity::parse_milli;
+    let (kind, name) = resource.split_once('.').unwrap_or(("", resource));
+    if !matches!(kind, "limits" | "requests")
+        || !(matches!(name, "cpu" | "memory" | "ephemeral-storage") || name.starts_with("hugepages-"))
+    {
+        return Err(format!("unsupported container resource: {resource:?}"));
+    }
+    let divisor = match divisor {
+        None | Some(Value::Null) => 1000,
+        Some(d) => {
+            let text = match d {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            match parse_milli(&text) {
+                Some(m) if m > 0 => m,
+                _ => return Err(format!("invalid divisor {text:?} for {resource}")),
+            }
+        }
+    };
+    let res = &container["resources"];
+    let set = |k: &str| res[k][name].as_str().and_then(parse_milli);
+    let milli = match kind {
+        "limits" => set("limits").or_else(|| crate::agent::node::allocatable_milli(name)).unwrap_or(0),
+        _ => set("requests").or_else(|| set("limits")).unwrap_or(0),
+    };
+    // ceil(value / divisor), both in thousandths.
+    let v = if milli <= 0 { 0 } else { (milli as i128 + divisor as i128 - 1) / divisor as i128 };
+    Ok(v.to_string())
 }
 
 /// The ids a container's process runs with.
@@ -366,6 +406,28 @@ pub fn hosts_file(pod: &Value, pod_ip: Option<&str>) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn resource_field_refs_divide_and_round_up_as_upstream() {
+        let c = json!({"resources": {"limits": {"cpu": "500m", "memory": "64Mi"},
+                                     "requests": {"memory": "32Mi"}}});
+        let v = |r: &str, d: Option<Value>| resource_field_value(&c, r, d.as_ref());
+        assert_eq!(v("limits.cpu", None).unwrap(), "1");
+        assert_eq!(v("limits.cpu", Some(json!("1m"))).unwrap(), "500");
+        assert_eq!(v("limits.memory", Some(json!("1Mi"))).unwrap(), "64");
+        assert_eq!(v("limits.memory", None).unwrap(), (64u64 << 20).to_string());
+        assert_eq!(v("requests.memory", Some(json!("1Mi"))).unwrap(), "32");
+        // A request without a value takes the limit's; one without either is 0.
+        assert_eq!(v("requests.cpu", Some(json!("1m"))).unwrap(), "500");
+        assert_eq!(v("requests.ephemeral-storage", None).unwrap(), "0");
+        // An unset limit is the node's allocatable.
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        assert_eq!(v("limits.ephemeral-storage", Some(json!("1Gi"))).unwrap(), "100");
+        let none = json!({});
+        assert_eq!(resource_field_value(&none, "limits.cpu", None).unwrap(), cpus.to_string());
+        assert!(v("limits.cpu", Some(json!("0"))).unwrap_err().contains("invalid divisor"));
+        assert!(v("limits.gpu", None).unwrap_err().contains("unsupported container resource"));
+    }
 
     struct NoSources;
     impl EnvSources for NoSources {

@@ -281,14 +281,12 @@ fn project_downward(
         let value = if let Some(f) = it["fieldRef"]["fieldPath"].as_str() {
             field_ref(pod, f, node).unwrap_or_default()
         } else if let Some(r) = it["resourceFieldRef"]["resource"].as_str() {
-            let (kind, res) = r.split_once('.').unwrap_or(("", r));
             let cname = it["resourceFieldRef"]["containerName"].as_str().unwrap_or("");
-            pod["spec"]["containers"]
+            let container = pod["spec"]["containers"]
                 .as_array()
                 .and_then(|cs| cs.iter().find(|c| c["name"].as_str() == Some(cname)))
-                .and_then(|c| c["resources"][kind][res].as_str())
-                .unwrap_or("0")
-                .to_string()
+                .ok_or_else(|| format!("downwardAPI item {path:?}: no container {cname:?}"))?;
+            super::spec::resource_field_value(container, r, it["resourceFieldRef"].get("divisor"))?
         } else {
             continue;
         };
