@@ -177,6 +177,18 @@ fn ready_nodes(kubeconfig: &Path) -> Option<Vec<String>> {
     )
 }
 
+/// A plain HTTP GET of `path` on `addr` from the host; the body of a 200.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: nats\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.lines().next()?.contains(" 200 ").then(|| body.to_string())
+}
+
 fn describe_namespace(c: &Cluster) -> String {
     let pods = c.kubectl(&["get", "pods,jobs,events", "-n", NS, "-o", "wide"]);
     format!("{}{}", String::from_utf8_lossy(&pods.stdout), String::from_utf8_lossy(&pods.stderr))
@@ -187,12 +199,19 @@ fn capstan_hosts_capstan_through_the_chart() {
     let reg = Registry::start(None).expect("start docker-registry");
     let prefix = build_images(&reg);
     let c = Cluster::start_node("");
-    let node_ip = json(&c, &["get", "node", "node-1"])["status"]["addresses"]
-        .as_array()
-        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
-        .and_then(|a| a["address"].as_str())
-        .expect("an InternalIP")
-        .to_string();
+    // The node registers after `capstan up` is serving.
+    let node_ip = wait_for("node-1 Ready with an InternalIP", Duration::from_secs(60), || {
+        let out = c.kubectl(&["get", "node", "node-1", "-o", "json"]);
+        let n: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let ready = n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let ip = n["status"]["addresses"].as_array()?.iter().find(|a| a["type"] == "InternalIP")?["address"]
+            .as_str()?
+            .to_string();
+        ready.then_some(ip)
+    });
     let chart = chart_dir();
     let chart = chart.to_str().expect("utf-8 path");
     let sets = [
@@ -203,6 +222,7 @@ fn capstan_hosts_capstan_through_the_chart() {
         "nats.image.tag=test".to_string(),
         "kubectl.image.tag=test".to_string(),
         "simNodes.count=3".to_string(),
+        "nats.replicas=3".to_string(),
         "gateway.service.type=NodePort".to_string(),
         format!("gateway.extraSANs={{{node_ip}}}"),
     ];
@@ -293,6 +313,33 @@ fn capstan_hosts_capstan_through_the_chart() {
             .count();
         (members >= 3).then_some(())
     });
+    // The bus is a 3-server JetStream cluster holding the event stream in 3 replicas.
+    let nats_ip = |i: usize| -> String {
+        json(&c, &["get", "pod", &format!("{REL}-nats-{i}"), "-n", NS])["status"]["podIP"]
+            .as_str()
+            .expect("a pod IP")
+            .to_string()
+    };
+    let routes = wait_for("each NATS server routed to the two others", Duration::from_secs(30), || {
+        let v: Value = serde_json::from_str(&http_get(&format!("{}:8222", nats_ip(0)), "/routez")?).ok()?;
+        (v["num_routes"] == 2).then_some(v)
+    });
+    assert_eq!(routes["num_routes"], 2, "{routes}");
+    let jsz = http_get(&format!("{}:8222", nats_ip(0)), "/jsz?streams=true").expect("/jsz");
+    let jsz: Value = serde_json::from_str(&jsz).expect("/jsz JSON");
+    let stream = jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+        .find(|s| s["name"] == "CAPSTAN_EVENTS")
+        .unwrap_or_else(|| panic!("no event stream in {jsz}"));
+    // A leader and two followers.
+    assert!(stream["cluster"]["leader"].is_string(), "{stream}");
+    assert_eq!(stream["cluster"]["replicas"].as_array().map(Vec::len), Some(2), "{stream}");
+
+    // One NATS server killed: the roles reconnect to the others and work goes on.
+    c.ok(&["delete", "pod", &format!("{REL}-nats-0"), "-n", NS, "--grace-period=0", "--force", "--wait=false"]);
     ok(nested(&kubeconfig, &["scale", "deployment", "web", "--replicas=5"]), "scale deployment (nested)");
     ok(
         nested(&kubeconfig, &["rollout", "status", "deployment/web", "--timeout=120s"]),
@@ -330,6 +377,11 @@ fn capstan_hosts_capstan_through_the_chart() {
     claims.sort();
     assert_eq!(
         claims,
-        [format!("PersistentVolumeClaim/{REL}-store"), format!("PersistentVolumeClaim/data-{REL}-nats-0")]
+        [
+            format!("PersistentVolumeClaim/{REL}-store"),
+            format!("PersistentVolumeClaim/data-{REL}-nats-0"),
+            format!("PersistentVolumeClaim/data-{REL}-nats-1"),
+            format!("PersistentVolumeClaim/data-{REL}-nats-2"),
+        ]
     );
 }
