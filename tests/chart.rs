@@ -339,12 +339,78 @@ fn capstan_hosts_capstan_through_the_chart() {
     assert_eq!(stream["cluster"]["replicas"].as_array().map(Vec::len), Some(2), "{stream}");
 
     // One NATS server killed: the roles reconnect to the others and work goes on.
-    c.ok(&["delete", "pod", &format!("{REL}-nats-0"), "-n", NS, "--grace-period=0", "--force", "--wait=false"]);
+    c.ok(&[
+        "delete",
+        "pod",
+        &format!("{REL}-nats-0"),
+        "-n",
+        NS,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
     ok(nested(&kubeconfig, &["scale", "deployment", "web", "--replicas=5"]), "scale deployment (nested)");
     ok(
         nested(&kubeconfig, &["rollout", "status", "deployment/web", "--timeout=120s"]),
         "rollout status after the upgrade (nested)",
     );
+
+    // An upgrade that replaces the gateway (the embedded store: the old pod stops before the
+    // new one opens the store): how long the API is away, seen from the host.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (stop, kubeconfig) = (stop.clone(), kubeconfig.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ok = nested(&kubeconfig, &["get", "--raw", "/readyz", "--request-timeout=2s"])
+                    .status
+                    .success();
+                seen.push((std::time::Instant::now(), ok));
+            }
+            seen
+        })
+    };
+    helm_ok(
+        &c,
+        &[
+            "upgrade",
+            REL,
+            chart,
+            "-n",
+            NS,
+            "--reuse-values",
+            "--set",
+            "gateway.resources.limits.memory=768Mi",
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+    );
+    wait_for("the API back after the upgrade", Duration::from_secs(60), || {
+        nested(&kubeconfig, &["get", "--raw", "/readyz"]).status.success().then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = prober.join().expect("the prober");
+    let (mut longest, mut down_since) = (Duration::ZERO, None);
+    for (at, ok) in &seen {
+        match (ok, down_since) {
+            (false, None) => down_since = Some(*at),
+            (true, Some(since)) => {
+                longest = longest.max(at.duration_since(since));
+                down_since = None;
+            }
+            _ => {}
+        }
+    }
+    eprintln!("gateway replaced by an upgrade: API away for {longest:?} ({} probes)", seen.len());
+    assert!(longest < Duration::from_secs(30), "the API was away for {longest:?}");
+    let pod = &json(&c, &["get", "pods", "-n", NS, "-l", "app.kubernetes.io/component=gateway"])["items"][0];
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"]["memory"], "768Mi",
+        "the gateway was replaced"
+    );
+    assert_eq!(ready_nodes(&kubeconfig).map(|n| n.len()), Some(3), "the nested cluster kept its state");
 
     // helm test: kubectl get --raw /readyz from a pod, through the gateway's Service.
     let out = helm_ok(&c, &["test", REL, "-n", NS, "--timeout", "3m"]);
