@@ -354,6 +354,12 @@ fn capstan_hosts_capstan_through_the_chart() {
         nested(&kubeconfig, &["rollout", "status", "deployment/web", "--timeout=120s"]),
         "rollout status after the upgrade (nested)",
     );
+    // The roles came back through the Service's name, never by a pod address the servers'
+    // certificate does not name (the chart turns off NATS's client advertisement).
+    for i in [1, 2] {
+        let logs = c.ok(&["logs", "-n", NS, &format!("{REL}-nats-{i}")]);
+        assert!(!logs.contains("bad certificate"), "a client dialled a pod address:\n{logs}");
+    }
 
     // An upgrade that replaces the gateway (the embedded store: the old pod stops before the
     // new one opens the store): how long the API is away, seen from the host.
