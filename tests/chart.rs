@@ -196,8 +196,11 @@ fn describe_namespace(c: &Cluster) -> String {
 
 #[test]
 fn capstan_hosts_capstan_through_the_chart() {
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("{:>6.1} s  {what}", started.elapsed().as_secs_f64());
     let reg = Registry::start(None).expect("start docker-registry");
     let prefix = build_images(&reg);
+    step("images built");
     let c = Cluster::start_node("");
     // The node registers after `capstan up` is serving.
     let node_ip = wait_for("node-1 Ready with an InternalIP", Duration::from_secs(60), || {
@@ -247,6 +250,7 @@ fn capstan_hosts_capstan_through_the_chart() {
         "the notes say where the kubeconfig is:\n{notes}"
     );
 
+    step("installed");
     // The nested API through its NodePort from the host, as the admin of the Secret.
     let port = json(&c, &["get", "service", &format!("{REL}-gateway"), "-n", NS])["spec"]["ports"][0]
         ["nodePort"]
@@ -280,6 +284,7 @@ fn capstan_hosts_capstan_through_the_chart() {
     assert!(pods.iter().all(|p| p["status"]["phase"] == "Running"
         && p["spec"]["nodeName"].as_str().is_some_and(|n| n.starts_with("sim-"))));
 
+    step("nested deployment rolled out");
     // The pool grows; the upgrade's Secret Job keeps the CA, so the kubeconfig still works.
     let ca_before = json(&c, &["get", "secret", &format!("{REL}-pki"), "-n", NS])["data"]["ca.crt"].clone();
     helm_ok(
@@ -313,6 +318,7 @@ fn capstan_hosts_capstan_through_the_chart() {
             .count();
         (members >= 3).then_some(())
     });
+    step("upgraded to 3 controllers");
     // The bus is a 3-server JetStream cluster holding the event stream in 3 replicas.
     let nats_ip = |i: usize| -> String {
         json(&c, &["get", "pod", &format!("{REL}-nats-{i}"), "-n", NS])["status"]["podIP"]
@@ -361,6 +367,7 @@ fn capstan_hosts_capstan_through_the_chart() {
         assert!(!logs.contains("bad certificate"), "a client dialled a pod address:\n{logs}");
     }
 
+    step("NATS server killed, rollout done");
     // An upgrade that replaces the gateway (the embedded store: the old pod stops before the
     // new one opens the store): how long the API is away, seen from the host.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -418,10 +425,18 @@ fn capstan_hosts_capstan_through_the_chart() {
     );
     assert_eq!(ready_nodes(&kubeconfig).map(|n| n.len()), Some(3), "the nested cluster kept its state");
 
+    step("gateway replaced");
     // helm test: kubectl get --raw /readyz from a pod, through the gateway's Service.
     let out = helm_ok(&c, &["test", REL, "-n", NS, "--timeout", "3m"]);
     assert!(out.contains("Phase:") && out.contains("Succeeded"), "{out}");
 
+    // A Secret of the nested cluster (encrypted at rest with the key on the store's PVC).
+    ok(
+        nested(&kubeconfig, &["create", "secret", "generic", "kept", "--from-literal=k=v"]),
+        "create secret (nested)",
+    );
+
+    step("helm test passed");
     // Uninstall: nothing is left but the claims.
     helm_ok(&c, &["uninstall", REL, "-n", NS, "--wait", "--timeout", "3m"]);
     let left = |kinds: &str| -> Vec<String> {
@@ -456,4 +471,28 @@ fn capstan_hosts_capstan_through_the_chart() {
             format!("PersistentVolumeClaim/data-{REL}-nats-2"),
         ]
     );
+
+    step("uninstalled");
+    // Installed again with the same name, the kept claims give back the nested cluster's
+    // state, Secrets included (a new CA: a new admin kubeconfig).
+    let out = helm(&c, &install);
+    assert!(
+        out.status.success(),
+        "helm install again: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        describe_namespace(&c)
+    );
+    let port = json(&c, &["get", "service", &format!("{REL}-gateway"), "-n", NS])["spec"]["ports"][0]
+        ["nodePort"]
+        .as_u64()
+        .expect("a nodePort");
+    let kubeconfig = nested_kubeconfig(&c, &format!("https://{node_ip}:{port}"));
+    wait_for("the nested nodes Ready again", Duration::from_secs(90), || {
+        ready_nodes(&kubeconfig).filter(|n| n.len() == 3)
+    });
+    step("installed again, nodes Ready");
+    let kept = nested_json(&kubeconfig, &["get", "secret", "kept"]).expect("the Secret is back");
+    assert_eq!(kept["data"]["k"], "dg==", "{kept}");
+    let web = nested_json(&kubeconfig, &["get", "deployment", "web"]).expect("the Deployment is back");
+    assert_eq!(web["spec"]["replicas"], 5, "{web}");
 }
