@@ -384,21 +384,14 @@ fn capstan_hosts_capstan_through_the_chart() {
             seen
         })
     };
+    // A name the serving certificate does not carry yet: the upgrade adds it, which issues the
+    // certificate again (the Secret Job) and replaces the gateway (it reads it at start).
+    let as_new_name = ["--tls-server-name=capstan.example.test", "get", "--raw", "/readyz"];
+    assert!(!nested(&kubeconfig, &as_new_name).status.success(), "the name is not in the certificate yet");
+    let new_sans = format!("gateway.extraSANs={{{node_ip},capstan.example.test}}");
     helm_ok(
         &c,
-        &[
-            "upgrade",
-            REL,
-            chart,
-            "-n",
-            NS,
-            "--reuse-values",
-            "--set",
-            "gateway.resources.limits.memory=768Mi",
-            "--wait",
-            "--timeout",
-            "5m",
-        ],
+        &["upgrade", REL, chart, "-n", NS, "--reuse-values", "--set", &new_sans, "--wait", "--timeout", "5m"],
     );
     wait_for("the API back after the upgrade", Duration::from_secs(60), || {
         nested(&kubeconfig, &["get", "--raw", "/readyz"]).status.success().then_some(())
@@ -418,11 +411,7 @@ fn capstan_hosts_capstan_through_the_chart() {
     }
     eprintln!("gateway replaced by an upgrade: API away for {longest:?} ({} probes)", seen.len());
     assert!(longest < Duration::from_secs(30), "the API was away for {longest:?}");
-    let pod = &json(&c, &["get", "pods", "-n", NS, "-l", "app.kubernetes.io/component=gateway"])["items"][0];
-    assert_eq!(
-        pod["spec"]["containers"][0]["resources"]["limits"]["memory"], "768Mi",
-        "the gateway was replaced"
-    );
+    ok(nested(&kubeconfig, &as_new_name), "kubectl get --raw /readyz as capstan.example.test");
     assert_eq!(ready_nodes(&kubeconfig).map(|n| n.len()), Some(3), "the nested cluster kept its state");
 
     step("gateway replaced");
