@@ -1,5 +1,6 @@
-//! The Helm chart (`chart/`): `helm lint`, `helm template | kubectl apply --dry-run=server`
-//! against `capstan up` for the default values and the FoundationDB + 3 gateways values,
+//! The Helm chart (`chart/`): `helm lint --strict`, `helm template | kubectl apply --dry-run=server`
+//! against `capstan up` for the default values and each `chart/ci/*-values.yaml` (FoundationDB
+//! with 3 gateways; node agents with an external NATS),
 //! the schema's refusals, and capstan hosting capstan: images built by `scripts/images` from
 //! the test build of `capstan` into a loopback registry, `helm install` onto `capstan up`'s
 //! real node (simulated nodes in the nested cluster), the nested API through its NodePort from
@@ -68,12 +69,13 @@ fn dry_run(c: &Cluster, yaml: &str) -> String {
 }
 
 #[test]
-fn the_chart_lints_renders_and_passes_a_server_dry_run_for_both_stores() {
+fn the_chart_lints_renders_and_passes_a_server_dry_run_for_each_ci_values_file() {
     let c = Cluster::start();
     let chart = chart_dir();
     let chart = chart.to_str().expect("utf-8 path");
     let fdb = format!("{chart}/ci/fdb-3-gateways-values.yaml");
-    for values in [None, Some(fdb.as_str())] {
+    let node_agent = format!("{chart}/ci/node-agent-values.yaml");
+    for values in [None, Some(fdb.as_str()), Some(node_agent.as_str())] {
         let mut lint = vec!["lint", chart, "--strict"];
         let mut template = vec!["template", REL, chart, "--namespace", "default"];
         if let Some(v) = values {
@@ -88,7 +90,13 @@ fn the_chart_lints_renders_and_passes_a_server_dry_run_for_both_stores() {
         let rendered = yaml.matches("\nkind: ").count();
         let accepted = applied.lines().filter(|l| l.contains("(server dry run)")).count();
         assert_eq!(accepted, rendered, "values {values:?}:\n{applied}");
-        if values.is_some() {
+        if values == Some(node_agent.as_str()) {
+            assert!(yaml.contains("kind: DaemonSet"), "{yaml}");
+            assert!(yaml.contains("--nats-creds=/etc/capstan/bus/node.$(NODE_NAME).creds"), "{yaml}");
+            assert!(yaml.contains("--nodes=worker-1,worker-2"), "{yaml}");
+            assert!(!yaml.contains("kind: StatefulSet"), "no NATS of its own:\n{yaml}");
+            assert!(yaml.contains("nats: nats://nats.example.com:4222"), "{yaml}");
+        } else if values.is_some() {
             assert!(yaml.contains("store: fdb:/etc/foundationdb/fdb.cluster"), "{yaml}");
             assert!(yaml.contains("replicas: 3"), "{yaml}");
             assert!(yaml.contains("--nats-stream-replicas=3"), "{yaml}");
