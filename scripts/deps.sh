@@ -33,6 +33,8 @@ if [ "$what" = test ]; then
   # A real registry and a test image built from busybox-static, with htpasswd auth.
   [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
   [ -x /bin/busybox ] || need_apt+=(busybox-static)
+  # scripts/images pushes the chart's images with skopeo (tests/chart.rs).
+  have skopeo || need_apt+=(skopeo)
   have htpasswd || need_apt+=(apache2-utils)
   # The "outside" resolver of the cluster DNS tests and the peer of `capstan-bench dns`.
   [ -x /usr/sbin/dnsmasq ] || have dnsmasq || need_apt+=(dnsmasq-base)

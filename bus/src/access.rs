@@ -246,9 +246,18 @@ pub fn render_server_config(cfg: &ServerConfig) -> String {
     out.push_str(&format!("  key_file: {}\n", quote(&cfg.key_file)));
     out.push_str("  timeout: 5\n}\n\n");
     out.push_str(&format!("jetstream {{\n  store_dir: {}\n}}\n\n", quote(&cfg.store_dir)));
+    out.push_str(&render_authorization(&cfg.users, &cfg.stream));
+    out
+}
+
+/// The `authorization { users = [...] }` block of [`render_server_config`] alone: one
+/// user nkey per role with its permissions on `stream`. A server configuration can
+/// `include` it (the Helm chart's NATS servers do).
+pub fn render_authorization(users: &[(Role, String)], stream: &str) -> String {
+    let mut out = String::new();
     out.push_str("authorization {\n  users = [\n");
-    for (role, nkey) in &cfg.users {
-        let p = role.permissions(&cfg.stream);
+    for (role, nkey) in users {
+        let p = role.permissions(stream);
         out.push_str(&format!("    # {}\n", role.identity()));
         out.push_str(&format!("    {{\n      nkey: {}\n      permissions: {{\n", quote(nkey)));
         out.push_str(&format!("        publish: {{ allow: [{}] }}\n", list(&p.publish)));

@@ -22,30 +22,30 @@ use std::path::{Path, PathBuf};
 pub struct Args {
     /// Directory to write `nats.conf`, the certificates and the credentials into.
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// The cluster's data directory: the CA under `<data-dir>/pki` signs the server
     /// certificate (it is created when missing).
     #[arg(long, env = "CAPSTAN_DATA_DIR", default_value = ".capstan")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Node names that get a credential each (comma-separated).
     #[arg(long, value_delimiter = ',')]
-    nodes: Vec<String>,
+    pub(crate) nodes: Vec<String>,
     /// How many read-only integrator credentials (`integrator-1.creds`, ...).
     #[arg(long, default_value_t = 1)]
-    integrators: usize,
+    pub(crate) integrators: usize,
     /// Named read-only integrator credentials (comma-separated), besides `--integrators`.
     #[arg(long, value_delimiter = ',')]
-    integrator_names: Vec<String>,
+    pub(crate) integrator_names: Vec<String>,
     /// The client port's address.
     #[arg(long, default_value = "127.0.0.1:4222")]
-    listen: String,
+    pub(crate) listen: String,
     /// Extra DNS names or addresses the server certificate must carry (comma-separated),
     /// e.g. the name clients use to reach the server.
     #[arg(long, value_delimiter = ',')]
-    server_names: Vec<String>,
+    pub(crate) server_names: Vec<String>,
     /// JetStream's store directory (default `<out>/jetstream`).
     #[arg(long)]
-    store_dir: Option<PathBuf>,
+    pub(crate) store_dir: Option<PathBuf>,
 }
 
 fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
@@ -102,7 +102,30 @@ fn credential(path: &Path) -> anyhow::Result<(nkeys::KeyPair, bool)> {
     Ok((kp, true))
 }
 
+/// What [`write`] produced: the roles with a credential, each with its public nkey.
+pub(crate) struct Written {
+    /// The roles, by identity.
+    pub users: Vec<(Role, String)>,
+    /// How many credentials were new.
+    pub created: usize,
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let out = args.out.clone();
+    let written = write(args)?;
+    println!(
+        "wrote {} with {} credentials ({} new): {}",
+        out.join("nats.conf").display(),
+        written.users.len(),
+        written.created,
+        written.users.iter().map(|(r, _)| format!("{}.creds", r.identity())).collect::<Vec<_>>().join(", ")
+    );
+    println!("start the server with: nats-server -c {}", out.join("nats.conf").display());
+    Ok(())
+}
+
+/// Writes the configuration, certificates and credentials `args` ask for into `args.out`.
+pub(crate) fn write(args: Args) -> anyhow::Result<Written> {
     let mut roles: BTreeMap<String, Role> = BTreeMap::new();
     for role in [Role::Gateway, Role::Controllers, Role::Scheduler, Role::SimNodes] {
         roles.insert(role.identity(), role);
@@ -165,15 +188,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         key_file: out.join("server.key").display().to_string(),
         store_dir: store_dir.display().to_string(),
         stream: capstan_bus::subjects::EVENT_STREAM.to_string(),
-        users,
+        users: users.clone(),
     });
     write_file(&out.join("nats.conf"), &conf, false)?;
-    println!(
-        "wrote {} with {} credentials ({created} new): {}",
-        out.join("nats.conf").display(),
-        roles.len(),
-        roles.keys().map(|k| format!("{k}.creds")).collect::<Vec<_>>().join(", ")
-    );
-    println!("start the server with: nats-server -c {}", out.join("nats.conf").display());
-    Ok(())
+    Ok(Written { users, created })
 }

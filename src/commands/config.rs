@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 pub struct FileConfig {
     /// Directory for the store, certificates and kubeconfig.
     pub data_dir: Option<PathBuf>,
+    /// Directory of the certificates and the ServiceAccount key (default `<dataDir>/pki`).
+    pub pki_dir: Option<PathBuf>,
     /// Listen address of the gateway.
     pub listen: Option<String>,
     /// Store URL (`redb:PATH` or `fdb:CLUSTER_FILE`).

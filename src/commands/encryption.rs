@@ -53,7 +53,7 @@ fn prefix(resource: &str) -> anyhow::Result<Vec<u8>> {
     Ok(capstan_gateway::keys::prefix(res, None))
 }
 
-fn create_default(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_default(path: &Path) -> anyhow::Result<()> {
     let mut secret = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
         .map_err(|_| anyhow::anyhow!("no randomness for an encryption key"))?;

@@ -24,6 +24,16 @@ pub struct Args {
     /// NATS server URL: serve the API on the bus and relay events to it.
     #[arg(long, env = "CAPSTAN_NATS")]
     nats: Option<String>,
+    /// Directory holding the cluster certificates and the ServiceAccount signing key
+    /// (default `<data-dir>/pki`). May be read-only (a mounted Secret) when it already
+    /// holds everything: a CA, a serving certificate covering this gateway's names, the
+    /// admin certificate and `sa.key` (`capstan chart-secrets` writes such a set).
+    #[arg(long, env = "CAPSTAN_PKI_DIR")]
+    pki_dir: Option<PathBuf>,
+    /// Replicas of the JetStream event stream this gateway creates (3 on a 3-node NATS
+    /// cluster, so the stream survives losing a server).
+    #[arg(long, env = "CAPSTAN_NATS_STREAM_REPLICAS", default_value_t = 1)]
+    nats_stream_replicas: usize,
     #[command(flatten)]
     auth: super::roles::NatsAuth,
 }
@@ -64,16 +74,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (store, encrypted) = super::encryption::wrap(store, &data_dir, file.encryption_config.as_deref())?;
     let network = file.cluster_network()?;
     let hosts = file.serving_hosts(listen, &network);
-    let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &hosts)?;
+    let pki_dir = args.pki_dir.or(file.pki_dir.clone()).unwrap_or_else(|| data_dir.join("pki"));
+    let pki = capstan_gateway::pki::Pki::load_or_create(&pki_dir, &hosts)?;
     let mut cfg = capstan_gateway::Config::new(pki.clone());
     cfg.listen = listen;
     file.apply_gateway(&mut cfg, &network)?;
     let nats = args.nats.or(file.nats);
     let auth = args.auth;
+    let stream_replicas = args.nats_stream_replicas;
     actix_rt::System::new().block_on(async move {
         if let Some(url) = nats.as_deref() {
             let role = capstan_bus::access::Role::Gateway;
-            cfg.bus = Some(super::roles::connect_bus(Some(url), "capstan-gateway", &role, &auth).await?);
+            cfg.bus = Some(
+                super::roles::connect_bus_with(Some(url), "capstan-gateway", &role, &auth, stream_replicas)
+                    .await?,
+            );
         }
         let running = capstan_gateway::start(cfg, store).await?;
         super::encryption::rewrite_stale(encrypted);

@@ -1,6 +1,7 @@
 //! One module per subcommand; `main` parses flags and hands off.
 
 mod bus_config;
+mod chart_secrets;
 mod config;
 mod controllers;
 mod encryption;
@@ -46,6 +47,9 @@ enum Command {
     BusConfig(bus_config::Args),
     /// Remove every container, pod network and mount a node left behind.
     NodeReset(kubelet::ResetArgs),
+    /// Write the Secrets of a Helm-deployed cluster (`chart/`): PKI, encryption key, bus
+    /// credentials, admin kubeconfig; keeps what an earlier run made.
+    ChartSecrets(chart_secrets::Args),
 }
 
 /// Entry point of the binary.
@@ -72,6 +76,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Kubelet(a) => kubelet::run(a),
         Command::NodeReset(a) => kubelet::reset(a),
         Command::BusConfig(a) => bus_config::run(a),
+        Command::ChartSecrets(a) => chart_secrets::run(a),
     }
 }
 

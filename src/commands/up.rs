@@ -54,7 +54,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
     let network = file.cluster_network()?;
     let hosts = file.serving_hosts(listen, &network);
-    let pki = capstan_gateway::pki::Pki::load_or_create(&data_dir.join("pki"), &hosts)?;
+    let pki_dir = file.pki_dir.clone().unwrap_or_else(|| data_dir.join("pki"));
+    let pki = capstan_gateway::pki::Pki::load_or_create(&pki_dir, &hosts)?;
     let store_path = data_dir.join("state.redb");
     let store = capstan_storage::RedbStore::open(&store_path)
         .with_context(|| format!("failed to open the store at {}", store_path.display()))?;
