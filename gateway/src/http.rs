@@ -32,6 +32,8 @@ pub struct Gateway {
     pub bus: Option<Arc<dyn capstan_bus::Bus>>,
     /// Recent failed WebSocket upgrades, for kubectl's SPDY retry.
     pub stream_failures: crate::streams::Failures,
+    /// HTTPS clients to extension API servers (APIServices with a Service).
+    pub aggregator: Arc<crate::aggregator::Clients>,
     /// The audit log, if one is configured.
     pub audit: Option<Arc<crate::audit::Auditor>>,
     /// The limit on requests worked on at once.
@@ -492,6 +494,12 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
     let resource_request = matches!(segs.as_slice(), ["api", "v1", _, ..] | ["apis", _, _, _, ..]);
     if !resource_request {
         gw.service.authorize_path(&user, &req.method().as_str().to_ascii_lowercase(), &path)?;
+    }
+    // A group-version an extension API server serves (an APIService with a Service).
+    if let ["apis", g, v, ..] = segs.as_slice() {
+        if let Some(remote) = crate::aggregator::remote(g, v) {
+            return crate::aggregator::proxy(req, payload, gw, &user, remote, &segs, watch).await;
+        }
     }
     match segs.as_slice() {
         [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"] => {
