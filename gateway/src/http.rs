@@ -559,6 +559,9 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
         }
         _ => {}
     }
+    if let Some((node, p)) = crate::streams::proxy::node_route(&segs, req.path()) {
+        return crate::streams::proxy::serve_node(req, gw, &user, &node, &p).await;
+    }
     if let Some(r) = crate::streams::proxy::route(&segs, req.path()) {
         return crate::streams::proxy::serve(req, payload, gw, &user, r).await;
     }
