@@ -85,6 +85,16 @@ fn deployment_serves_http_and_streams_work() {
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
             .then_some(())
     });
+    // nodes/proxy reaches the node agent over the bus, as logs and exec do.
+    assert_eq!(c.ok(&["get", "--raw", "/api/v1/nodes/node-1/proxy/healthz"]), "ok");
+    let metrics = c.ok(&["get", "--raw", "/api/v1/nodes/node-1/proxy/metrics"]);
+    assert!(metrics.contains("# TYPE "), "{metrics}");
+    let logs = c.ok(&["get", "--raw", "/api/v1/nodes/node-1/proxy/logs/"]);
+    assert!(logs.contains("<pre>"), "{logs}");
+    let err = c.fails(&["get", "--raw", "/api/v1/nodes/node-1/proxy/logs/../etc/passwd"]);
+    assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
+    let err = c.fails(&["get", "--raw", "/api/v1/nodes/nope/proxy/healthz"]);
+    assert!(err.contains("nodes \"nope\" not found"), "{err}");
     let deploy = format!(
         r#"apiVersion: apps/v1
 kind: Deployment

@@ -119,4 +119,10 @@ fn kubectl_logs_exec_and_port_forward() {
     }
     let _ = pf.kill();
     let _ = pf.wait();
+
+    // nodes/proxy: the node agent answers over the bus (a Node object must exist).
+    let node = c.file("node.yaml", "apiVersion: v1\nkind: Node\nmetadata:\n  name: fake-node\n");
+    c.ok(&["apply", "-f", node.to_str().unwrap()]);
+    assert_eq!(c.ok(&["get", "--raw", "/api/v1/nodes/fake-node/proxy/healthz"]), "fake-node /healthz");
+    assert_eq!(c.ok(&["get", "--raw", "/api/v1/nodes/fake-node/proxy/logs/"]), "fake-node /logs/");
 }

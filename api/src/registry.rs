@@ -179,6 +179,18 @@ use k8s_openapi::api::{
     storage::v1 as storage,
 };
 
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
+
+/// An APIService's round trip keeps `spec.service: null` (upstream's `Service` field has no
+/// `omitempty`: a local APIService shows `service: null`).
+fn api_service_rt(v: Value) -> Result<Value, serde_json::Error> {
+    let mut out = rt::<apireg::APIService>(v)?;
+    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.entry("service").or_insert(Value::Null);
+    }
+    Ok(out)
+}
+
 const POD_SUBS: &[Subresource] = &[
     status("", "v1", "Pod"),
     Subresource { name: "binding", group: "", version: "v1", kind: "Binding", verbs: CREATE_ONLY },
@@ -375,6 +387,23 @@ pub static RESOURCES: &[ResourceInfo] = &[
         Namespaced,
         subs = [status("", "v1", "ReplicationController"), scale()]
     ),
+    // apiregistration.k8s.io/v1 (listed first among the groups, as upstream's aggregator
+    // orders groups by priority and its own group has the highest)
+    ResourceInfo {
+        round_trip: api_service_rt,
+        ..res!(
+            "apiregistration.k8s.io",
+            "v1",
+            "APIService",
+            "apiservices",
+            "apiservice",
+            apireg::APIService,
+            short = [],
+            cats = ["api-extensions"],
+            Cluster,
+            subs = [status("apiregistration.k8s.io", "v1", "APIService")]
+        )
+    },
     // apps/v1
     res!(
         "apps",

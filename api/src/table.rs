@@ -210,6 +210,12 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             AGE,
             col("VolumeMode", "string", 1, "volumeMode defines if a volume is intended to be used with a formatted filesystem or to remain in raw block state."),
         ],
+        ("apiregistration.k8s.io", "apiservices") => vec![
+            NAME,
+            col("Service", "string", 0, "The reference to the service that hosts this API endpoint."),
+            col("Available", "string", 0, "Whether this service is available."),
+            AGE,
+        ],
         ("storage.k8s.io", "storageclasses") => vec![
             NAME,
             col("Provisioner", "string", 0, "provisioner indicates the type of the provisioner."),
@@ -433,6 +439,30 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
         ("", "endpoints") => vec![name.into(), format_endpoints(obj).into(), age.into()],
         ("", "persistentvolumeclaims") => pvc_cells(obj, name, age),
         ("", "persistentvolumes") => pv_cells(obj, name, age),
+        ("apiregistration.k8s.io", "apiservices") => {
+            // Upstream's aggregator table: `Local` for a local group-version, else the
+            // Service; the Available condition, with its reason when it is not True.
+            let service = match spec.and_then(|sp| sp.get("service")).filter(|v| v.is_object()) {
+                Some(svc) => format!("{}/{}", s(Some(svc), "namespace"), s(Some(svc), "name")),
+                None => "Local".into(),
+            };
+            let available = status
+                .and_then(|st| st.get("conditions"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Available")
+                .map(|c| {
+                    let st = c["status"].as_str().unwrap_or("");
+                    if st == "True" {
+                        st.to_string()
+                    } else {
+                        format!("{st} ({})", c["reason"].as_str().unwrap_or(""))
+                    }
+                })
+                .unwrap_or_else(|| "Unknown".into());
+            vec![name.into(), service.into(), available.into(), age.into()]
+        }
         ("storage.k8s.io", "storageclasses") => {
             let default = [
                 "storageclass.kubernetes.io/is-default-class",

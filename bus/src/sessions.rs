@@ -107,6 +107,17 @@ pub enum SessionKind {
     },
     /// `pods/portforward`.
     PortForward,
+    /// `nodes/proxy`: one request to the node agent's own endpoints (`/healthz`,
+    /// `/metrics`, `/logs/...`). The agent answers with a JSON head
+    /// `{"code": .., "contentType": ..}` on stream 0, the body on stream 1, then `End`. The
+    /// request's `namespace` and `pod` are empty.
+    #[serde(rename_all = "camelCase")]
+    NodeProxy {
+        /// The HTTP method.
+        method: String,
+        /// The path on the node, with its leading `/` (no query).
+        path: String,
+    },
 }
 
 /// A session request, sent by the opener on [`node_sessions`].

@@ -97,7 +97,47 @@ pub fn aggregated(core: bool) -> Value {
             json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
         })
         .collect();
+    let mut items = items;
+    if !core {
+        items.extend(aggregated_remotes());
+    }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+/// The groups extension API servers serve, in aggregated form: the resources their last
+/// availability check read (`Stale` when it read none, as upstream marks a group-version it
+/// could not refresh).
+fn aggregated_remotes() -> Vec<Value> {
+    let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
+    for r in crate::aggregator::remotes() {
+        let (g, v) = crate::aggregator::group_version(&r);
+        let version = match &r.resources {
+            Some(list) => {
+                json!({"version": v, "resources": crate::aggregator::aggregated_resources(&g, &v, list), "freshness": "Current"})
+            }
+            None => json!({"version": v, "resources": [], "freshness": "Stale"}),
+        };
+        match groups.iter_mut().find(|(name, _)| *name == g) {
+            Some((_, vs)) => vs.push(version),
+            None => groups.push((g, vec![version])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(
+            |(g, versions)| json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions}),
+        )
+        .collect()
+}
+
+/// The versions of `g` extension API servers serve, most preferred first.
+fn remote_versions(g: &str) -> Vec<String> {
+    crate::aggregator::remotes()
+        .iter()
+        .map(crate::aggregator::group_version)
+        .filter(|(rg, _)| rg == g)
+        .map(|(_, v)| v)
+        .collect()
 }
 
 /// Legacy `/api`.
@@ -110,30 +150,42 @@ pub fn legacy_api(server_address: &str) -> Value {
 }
 
 fn legacy_group(g: &str) -> Value {
-    let versions: Vec<Value> = group_versions(false)
+    let mut versions: Vec<Value> = group_versions(false)
         .into_iter()
         .filter(|(gg, _)| *gg == g)
         .map(|(_, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
         .collect();
+    for v in remote_versions(g) {
+        let e = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+        if !versions.contains(&e) {
+            versions.push(e);
+        }
+    }
     let preferred = versions.first().cloned().unwrap_or(Value::Null);
     json!({"name": g, "versions": versions, "preferredVersion": preferred})
 }
 
 /// Legacy `/apis`.
 pub fn legacy_apis() -> Value {
-    let mut names: Vec<&str> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for (g, _) in group_versions(false) {
+        if !names.iter().any(|n| n == g) {
+            names.push(g.to_string());
+        }
+    }
+    for r in crate::aggregator::remotes() {
+        let (g, _) = crate::aggregator::group_version(&r);
         if !names.contains(&g) {
             names.push(g);
         }
     }
-    let groups: Vec<Value> = names.into_iter().map(legacy_group).collect();
+    let groups: Vec<Value> = names.iter().map(|g| legacy_group(g)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// Legacy `/apis/<group>`, if served.
 pub fn legacy_group_doc(g: &str) -> Option<Value> {
-    if !group_versions(false).iter().any(|(gg, _)| *gg == g) {
+    if !group_versions(false).iter().any(|(gg, _)| *gg == g) && remote_versions(g).is_empty() {
         return None;
     }
     let mut v = legacy_group(g);

@@ -32,6 +32,8 @@ pub struct Gateway {
     pub bus: Option<Arc<dyn capstan_bus::Bus>>,
     /// Recent failed WebSocket upgrades, for kubectl's SPDY retry.
     pub stream_failures: crate::streams::Failures,
+    /// HTTPS clients to extension API servers (APIServices with a Service).
+    pub aggregator: Arc<crate::aggregator::Clients>,
     /// The audit log, if one is configured.
     pub audit: Option<Arc<crate::audit::Auditor>>,
     /// The limit on requests worked on at once.
@@ -493,6 +495,12 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
     if !resource_request {
         gw.service.authorize_path(&user, &req.method().as_str().to_ascii_lowercase(), &path)?;
     }
+    // A group-version an extension API server serves (an APIService with a Service).
+    if let ["apis", g, v, ..] = segs.as_slice() {
+        if let Some(remote) = crate::aggregator::remote(g, v) {
+            return crate::aggregator::proxy(req, payload, gw, &user, remote, &segs, watch).await;
+        }
+    }
     match segs.as_slice() {
         [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"] => {
             let signer = gw.service.tokens().ok_or_else(not_found_path)?;
@@ -550,6 +558,9 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
             return Ok(resp.body(doc.as_ref().clone()));
         }
         _ => {}
+    }
+    if let Some((node, p)) = crate::streams::proxy::node_route(&segs, req.path()) {
+        return crate::streams::proxy::serve_node(req, gw, &user, &node, &p).await;
     }
     if let Some(r) = crate::streams::proxy::route(&segs, req.path()) {
         return crate::streams::proxy::serve(req, payload, gw, &user, r).await;

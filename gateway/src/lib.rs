@@ -21,6 +21,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admission;
+pub mod aggregator;
 pub mod audit;
 pub mod auth;
 pub mod authn;
@@ -337,6 +338,8 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     );
     bootstrap::cluster(&service).await?;
     crds::start(service.clone()).await;
+    let aggregator_clients = Arc::new(aggregator::Clients::default());
+    aggregator::start(service.clone(), aggregator_clients.clone()).await;
     // With a bus, the change log is kept until the relay has published it.
     let relayed =
         Arc::new(std::sync::atomic::AtomicU64::new(if config.bus.is_some() { 0 } else { u64::MAX }));
@@ -380,6 +383,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
         tokens: config.tokens.clone(),
         bus: config.bus.clone(),
         stream_failures: Default::default(),
+        aggregator: aggregator_clients,
         inflight: inflight::Inflight::new(config.max_requests_inflight, 1000),
         audit: match config.audit.clone() {
             Some(a) => Some(Arc::new(audit::Auditor::start(a).map_err(StartError::Audit)?)),

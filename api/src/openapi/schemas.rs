@@ -87,6 +87,7 @@ fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -
         "networking.k8s.io", "v1", "Ingress" => networking::Ingress;
         "networking.k8s.io", "v1", "IngressClass" => networking::IngressClass;
         "networking.k8s.io", "v1", "NetworkPolicy" => networking::NetworkPolicy;
+        "apiregistration.k8s.io", "v1", "APIService" => k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
         "apiextensions.k8s.io", "v1", "CustomResourceDefinition" => k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         "authorization.k8s.io", "v1", "SelfSubjectAccessReview" => authz::SelfSubjectAccessReview;
         "authorization.k8s.io", "v1", "SelfSubjectRulesReview" => authz::SelfSubjectRulesReview;

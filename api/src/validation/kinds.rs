@@ -12,7 +12,7 @@ pub(crate) fn name_rule(group: &str, kind: &str) -> NameRule {
     match (group, kind) {
         ("", "Namespace") => NameRule::Label,
         ("", "Service") => NameRule::Dns1035,
-        ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
+        ("rbac.authorization.k8s.io", _) | ("apiregistration.k8s.io", _) => NameRule::PathSegment,
         _ => NameRule::Subdomain,
     }
 }
@@ -85,6 +85,7 @@ pub(crate) fn validate(e: &mut Errs, group: &str, kind: &str, obj: &Value) {
         ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => {
             super::admission::binding(e, obj)
         }
+        ("apiregistration.k8s.io", "APIService") => api_service(e, obj),
         ("storage.k8s.io", "StorageClass") => {
             let prov = st(Some(obj), "provisioner");
             if prov.is_empty() {
@@ -103,6 +104,79 @@ pub(crate) fn validate(e: &mut Errs, group: &str, kind: &str, obj: &Value) {
         }
         _ => {}
     }
+}
+
+/// kube-aggregator's `ValidateAPIService`.
+fn api_service(e: &mut Errs, obj: &Value) {
+    let spec = get(Some(obj), "spec");
+    let (group, version) = (st(spec, "group"), st(spec, "version"));
+    let name = st(get(Some(obj), "metadata"), "name");
+    let required = format!("{version}.{group}");
+    if !name.is_empty() && name != required {
+        e.invalid_str(
+            "metadata.name",
+            name,
+            &format!("must be `spec.version+\".\"+spec.group`: {required:?}"),
+        );
+    }
+    if group.is_empty() && version != "v1" {
+        e.required("spec.group", "only v1 may have an empty group and it better be legacy kube");
+    }
+    if !group.is_empty() {
+        e.invalid_msgs("spec.group", group, names::dns1123_subdomain(group));
+    }
+    e.invalid_msgs("spec.version", version, names::dns1035_label(version));
+    let gpm = int(spec, "groupPriorityMinimum").unwrap_or(0);
+    if gpm <= 0 || gpm > 20000 {
+        e.invalid("spec.groupPriorityMinimum", &gpm.to_string(), "must be positive and less than 20000");
+    }
+    let vp = int(spec, "versionPriority").unwrap_or(0);
+    if vp <= 0 || vp > 1000 {
+        e.invalid("spec.versionPriority", &vp.to_string(), "must be positive and less than 1000");
+    }
+    let ca = st(spec, "caBundle");
+    let insecure = get(spec, "insecureSkipTLSVerify").and_then(Value::as_bool) == Some(true);
+    let Some(svc) = get(spec, "service").filter(|s| s.is_object()) else {
+        if !ca.is_empty() {
+            let n = base64_len(ca);
+            e.invalid_str(
+                "spec.caBundle",
+                &format!("{n} bytes"),
+                "local APIServices may not have a caBundle",
+            );
+        }
+        if insecure {
+            e.invalid(
+                "spec.insecureSkipTLSVerify",
+                "true",
+                "local APIServices may not have insecureSkipTLSVerify",
+            );
+        }
+        return;
+    };
+    if st(Some(svc), "namespace").is_empty() {
+        e.required("spec.service.namespace", "");
+    }
+    if st(Some(svc), "name").is_empty() {
+        e.required("spec.service.name", "");
+    }
+    let port = int(Some(svc), "port").unwrap_or(443);
+    if !(1..=65535).contains(&port) {
+        e.invalid(
+            "spec.service.port",
+            &port.to_string(),
+            "port is not valid: must be between 1 and 65535, inclusive",
+        );
+    }
+    if insecure && !ca.is_empty() {
+        e.invalid("spec.insecureSkipTLSVerify", "true", "may not be true if caBundle is present");
+    }
+}
+
+/// The length of the bytes a base64 string encodes.
+fn base64_len(b64: &str) -> usize {
+    let t = b64.trim_end_matches('=');
+    t.len() * 3 / 4
 }
 
 // ---- workloads -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-//! The proxy subresources `pods/proxy` and `services/proxy`
+//! The proxy subresources `pods/proxy`, `services/proxy` and `nodes/proxy` (see [`serve_node`])
 //! (`/api/v1/namespaces/<ns>/pods/<[scheme:]name[:port]>/proxy/<path>`, and the same for
 //! services), as upstream's `ResourceLocation`s: a pod's port defaults to its first
 //! container port; a service's port (a number or a port name) picks a ready endpoint of that
@@ -74,6 +74,67 @@ pub fn route(segs: &[&str], raw_path: &str) -> Option<Route> {
         path.push('/');
     }
     Some(Route { plural, namespace: ns.to_string(), id: id.to_string(), path })
+}
+
+/// A `nodes/proxy` request (`/api/v1/nodes/<[scheme:]node[:port]>/proxy/<path>`): the
+/// node's id and the path on the node.
+pub fn node_route(segs: &[&str], raw_path: &str) -> Option<(String, String)> {
+    let ["api", "v1", "nodes", id, "proxy", rest @ ..] = segs else { return None };
+    let mut path = format!("/{}", rest.join("/"));
+    if !rest.is_empty() && raw_path.ends_with('/') {
+        path.push('/');
+    }
+    Some((id.to_string(), path))
+}
+
+/// Serves `nodes/proxy` from the node agent's own endpoints (`/healthz`, `/metrics`,
+/// `/logs/`), reached over the bus as logs and exec are; RBAC `<verb>` on `nodes/proxy`.
+pub async fn serve_node(
+    req: &HttpRequest,
+    gw: &Gateway,
+    user: &User,
+    id: &str,
+    path: &str,
+) -> ApiResult<HttpResponse> {
+    let nodes = core("nodes");
+    gw.service.authorize(user, &verb(req.method().as_str()), nodes, Some("proxy"), None, Some(id))?;
+    let (_, name, _) =
+        split_id(id).ok_or_else(|| ApiError::BadRequest(format!("invalid node request {id:?}")))?;
+    gw.service.get(&User::system(), nodes, None, name).await?;
+    let nobody = serde_json::json!({"metadata": {"namespace": "", "name": ""}});
+    let kind = SessionKind::NodeProxy { method: req.method().as_str().to_string(), path: path.to_string() };
+    let session = open(gw, name, &nobody, None, kind).await?;
+    let capstan_bus::sessions::Session { mut rx, tx } = session;
+    let mut guard = EndOnDrop::new(tx);
+    let mut head: Option<Value> = None;
+    let mut body = bytes::BytesMut::new();
+    let deadline = tokio::time::Instant::now() + RESPONSE_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => {
+                return Err(ApiError::Unavailable(format!(
+                    "error trying to reach node {name}: timed out waiting for the response"
+                )))
+            }
+            Ok(Some(FrameBody::Data { stream: 0, data })) => head = serde_json::from_slice(&data).ok(),
+            Ok(Some(FrameBody::Data { data, .. })) => {
+                if body.len() + data.len() > gw.max_body_bytes.max(16 << 20) {
+                    return Err(ApiError::Unavailable(format!("the response of node {name} is too large")));
+                }
+                body.extend_from_slice(&data);
+            }
+            Ok(Some(FrameBody::End) | None) => {
+                guard.disarm();
+                break;
+            }
+            Ok(Some(_)) => {}
+        }
+    }
+    let head = head.ok_or_else(|| ApiError::Unavailable(format!("node {name} sent no response")))?;
+    let code = head["code"].as_u64().and_then(|c| u16::try_from(c).ok()).unwrap_or(502);
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+    let ct = head["contentType"].as_str().unwrap_or("application/octet-stream").to_string();
+    Ok(HttpResponse::build(status).content_type(ct).body(body.freeze()))
 }
 
 /// Upstream's `SplitSchemeNamePort`: `name`, `name:port` or `scheme:name:port`.
@@ -375,6 +436,10 @@ mod tests {
         assert_eq!(split_id("ftp:web:21"), None);
         assert_eq!(split_id(":80"), None);
         assert_eq!(split_id("a:b:c:d"), None);
+        let segs = ["api", "v1", "nodes", "n1", "proxy", "logs"];
+        assert_eq!(node_route(&segs, "/api/v1/nodes/n1/proxy/logs/"), Some(("n1".into(), "/logs/".into())));
+        assert_eq!(node_route(&["api", "v1", "nodes", "n1", "proxy"], "").unwrap().1, "/");
+        assert!(node_route(&["api", "v1", "nodes", "n1", "status"], "").is_none());
         assert_eq!(verb("GET"), "get");
         assert_eq!(verb("POST"), "create");
         assert_eq!(verb("OPTIONS"), "options");

@@ -92,6 +92,12 @@ async fn handle(incoming: Incoming) {
                 }
             }
         }
+        SessionKind::NodeProxy { path, .. } => {
+            let head = r#"{"code": 200, "contentType": "text/plain"}"#;
+            let _ = s.tx.send_data(0, head.as_bytes()).await;
+            let _ = s.tx.send_data(1, format!("fake-node {path}").as_bytes()).await;
+            let _ = s.tx.send(FrameBody::End).await;
+        }
     }
 }
 

@@ -65,6 +65,9 @@ fn target(deps: &Deps, incoming: &Incoming) -> Result<Target, (u16, &'static str
 
 /// Serves one session request.
 pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
+    if let SessionKind::NodeProxy { method, path } = incoming.request.kind.clone() {
+        return node_proxy(incoming, &method, &path).await;
+    }
     let t = match target(&deps, &incoming) {
         Ok(t) => t,
         Err((code, reason, message)) => {
@@ -281,6 +284,7 @@ pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
             let _ = session.tx.send(FrameBody::Exit { code: 0, message: None }).await;
             let _ = session.tx.send(FrameBody::End).await;
         }
+        SessionKind::NodeProxy { .. } => {}
         SessionKind::PortForward => {
             let Some(ip) = t.ip else {
                 let _ = incoming
@@ -292,6 +296,88 @@ pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
             port_forward(ip, session).await;
         }
     }
+}
+
+/// Where `/logs/` is served from, as upstream's kubelet.
+const LOG_DIR: &str = "/var/log";
+
+/// `nodes/proxy`: the agent's own endpoints, as upstream's kubelet serves them: `/healthz`,
+/// `/metrics` (this process's Prometheus metrics), and `/logs/` (files and directories under
+/// `/var/log`, listed as Go's file server lists them). Anything else is 404.
+async fn node_proxy(incoming: Incoming, method: &str, path: &str) {
+    if method != "GET" && method != "HEAD" {
+        let _ =
+            incoming.reject(405, "MethodNotAllowed", format!("{method} is not supported on {path}")).await;
+        return;
+    }
+    let (code, content_type, body): (u16, &str, Vec<u8>) = match path {
+        "/healthz" => (200, "text/plain; charset=utf-8", b"ok".to_vec()),
+        "/metrics" => (200, capstan_metrics::CONTENT_TYPE, capstan_metrics::render().into_bytes()),
+        p if p == "/logs" || p.starts_with("/logs/") => match log_file(p.trim_start_matches("/logs")).await {
+            Some(r) => r,
+            None => (404, "text/plain; charset=utf-8", b"404 page not found\n".to_vec()),
+        },
+        _ => (404, "text/plain; charset=utf-8", b"404 page not found\n".to_vec()),
+    };
+    let Ok(mut session) = incoming.accept().await else { return };
+    let head = serde_json::json!({"code": code, "contentType": content_type}).to_string();
+    if session.tx.send_data(0, head.as_bytes()).await.is_err() {
+        return;
+    }
+    if method == "GET" {
+        for chunk in body.chunks(64 * 1024) {
+            if session.tx.send_data(1, chunk).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = session.tx.send(FrameBody::End).await;
+    // The opener ends too; nothing more to read.
+    while let Some(f) = session.rx.recv().await {
+        if matches!(f, FrameBody::End) {
+            break;
+        }
+    }
+}
+
+/// A file under [`LOG_DIR`], or a directory's listing; `None` when there is none (or the
+/// path tries to leave the directory).
+async fn log_file(rel: &str) -> Option<(u16, &'static str, Vec<u8>)> {
+    if rel.split('/').any(|s| s == "..") {
+        return None;
+    }
+    let path = std::path::Path::new(LOG_DIR).join(rel.trim_start_matches('/'));
+    let meta = tokio::fs::metadata(&path).await.ok()?;
+    if meta.is_file() {
+        // Bounded: the last 8 MiB of a large file.
+        const MAX: u64 = 8 << 20;
+        let mut f = tokio::fs::File::open(&path).await.ok()?;
+        if meta.len() > MAX {
+            use tokio::io::AsyncSeekExt;
+            f.seek(std::io::SeekFrom::Start(meta.len() - MAX)).await.ok()?;
+        }
+        let mut body = Vec::new();
+        f.read_to_end(&mut body).await.ok()?;
+        return Some((200, "text/plain; charset=utf-8", body));
+    }
+    let mut names = Vec::new();
+    let mut dir = tokio::fs::read_dir(&path).await.ok()?;
+    while let Ok(Some(e)) = dir.next_entry().await {
+        let mut n = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().await.is_ok_and(|t| t.is_dir()) {
+            n.push('/');
+        }
+        names.push(n);
+    }
+    names.sort();
+    let mut html =
+        String::from("<!doctype html>\n<meta name=\"viewport\" content=\"width=device-width\">\n<pre>\n");
+    for n in names {
+        let esc = n.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&#34;");
+        html.push_str(&format!("<a href=\"{esc}\">{esc}</a>\n"));
+    }
+    html.push_str("</pre>\n");
+    Some((200, "text/html; charset=utf-8", html.into_bytes()))
 }
 
 async fn copy_out(mut r: impl tokio::io::AsyncRead + Unpin, tx: FrameSender, stream: u32) {
