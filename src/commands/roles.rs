@@ -70,6 +70,18 @@ pub async fn connect_bus(
     role: &Role,
     auth: &NatsAuth,
 ) -> anyhow::Result<Arc<dyn Bus>> {
+    connect_bus_with(url, name, role, auth, 1).await
+}
+
+/// As [`connect_bus`]; the gateway creates the event stream with `stream_replicas`
+/// JetStream replicas (3 on a NATS cluster of 3 or more).
+pub async fn connect_bus_with(
+    url: Option<&str>,
+    name: &str,
+    role: &Role,
+    auth: &NatsAuth,
+    stream_replicas: usize,
+) -> anyhow::Result<Arc<dyn Bus>> {
     match url {
         // Events are kept for late readers; 100k is minutes of history at scale.
         None => Ok(Arc::new(capstan_bus::InProcBus::with_config(capstan_bus::InProcConfig {
@@ -80,6 +92,7 @@ pub async fn connect_bus(
             let mut cfg = capstan_bus::NatsConfig::new(u);
             cfg.name = name.to_string();
             cfg.manage_stream = *role == Role::Gateway;
+            cfg.stream.replicas = stream_replicas.max(1);
             cfg.inbox_prefix = Some(role.inbox_prefix());
             if let Some(path) = &auth.nats_creds {
                 cfg.credentials = Some(
