@@ -1,11 +1,12 @@
 //! The event stream on a real nats-server: an integrator's subscriber written from
-//! docs/BUS.md, and no gap or duplicate across a NATS outage.
+//! docs/BUS.md, no gap or duplicate across a NATS outage, and a rollout over a 3-server
+//! NATS cluster (stream replicas 3) that loses a server midway.
 
 mod common;
 
 use capstan_bus::{Bus, EventEnvelope, StartAt, StreamItem};
-use common::nats::Nats;
-use common::{wait_for, Cluster};
+use common::nats::{Nats, NatsCluster};
+use common::{wait_for, Cluster, Role};
 use futures::StreamExt;
 use std::time::Duration;
 
@@ -102,4 +103,105 @@ fn nats_outage_leaves_no_gap_or_duplicate() {
     wait_for("default ServiceAccount in made-during-outage", Duration::from_secs(60), || {
         c.kubectl(&["get", "sa", "default", "-n", "made-during-outage"]).status.success().then_some(())
     });
+}
+
+const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 6
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {maxSurge: 2, maxUnavailable: 1}
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.27
+"#;
+
+/// Every message of the event stream in stream order, read one by one from a server of
+/// the cluster: (stream sequence, revision); and the stream's replica count.
+fn raw_stream(url: &str) -> (Vec<(u64, u64)>, usize) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        let mut stream =
+            js.get_stream(capstan_bus::subjects::EVENT_STREAM).await.expect("the event stream exists");
+        let info = stream.info().await.expect("stream info").clone();
+        let mut out = Vec::new();
+        for seq in info.state.first_sequence..=info.state.last_sequence {
+            let msg = stream.get_raw_message(seq).await.expect("read a stored event");
+            let rev = msg
+                .headers
+                .get(capstan_bus::REVISION_HEADER)
+                .and_then(|v| v.as_str().parse().ok())
+                .expect("every event carries its revision");
+            out.push((seq, rev));
+        }
+        (out, info.config.num_replicas)
+    })
+}
+
+/// A 3-server NATS cluster (routes on loopback) with the event stream replicated 3
+/// times. The gateway gets every server's URL; the controllers, scheduler and simulated
+/// nodes only the first server's and learn the others from it. That first server is
+/// `kill -9`ed in the middle of a rolling update: every role moves to a survivor, the
+/// rollout completes, and the stream holds every revision once, in order — including
+/// the final revision of every object the rollout left.
+#[test]
+fn rollout_survives_losing_a_server_of_a_nats_cluster() {
+    let mut cluster = NatsCluster::start(3);
+    let first = cluster.url(0);
+    let gw = Cluster::start_gateway(&["--nats", &cluster.urls(), "--nats-stream-replicas", "3"]);
+    let _controllers = Role::start(&["controllers", "--nats", &first]);
+    let _scheduler = Role::start(&["scheduler", "--nats", &first]);
+    let _nodes = Role::start(&["sim-nodes", "--nats", &first, "--count", "3"]);
+    let f = gw.file("web.yaml", DEPLOYMENT);
+    gw.ok(&["apply", "-f", f.to_str().unwrap()]);
+    gw.ok(&["rollout", "status", "deploy/web", "--timeout=120s"]);
+    gw.ok(&["set", "image", "deploy/web", "nginx=nginx:1.28"]);
+    wait_for("the rollout to start", Duration::from_secs(60), || {
+        let images =
+            gw.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.containers[0].image}"]);
+        images.contains("nginx:1.28").then_some(())
+    });
+    cluster.kill9(0);
+    gw.ok(&["rollout", "status", "deploy/web", "--timeout=180s"]);
+    let images =
+        gw.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.containers[0].image}"]);
+    assert_eq!(images.split_whitespace().filter(|i| *i == "nginx:1.28").count(), 6, "{images}");
+    // The objects' final revisions, written after the server died, are in the stream.
+    let versions = gw.ok(&[
+        "get",
+        "deploy,rs,pods",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.resourceVersion}{\"\\n\"}{end}",
+    ]);
+    let wanted: Vec<u64> = versions.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(wanted.len() >= 8, "{versions}");
+    let last = *wanted.iter().max().expect("versions");
+    let (events, replicas) =
+        wait_for("the stream to hold the last revision", Duration::from_secs(30), || {
+            let (events, replicas) = raw_stream(&cluster.url(1));
+            events.last().is_some_and(|(_, r)| *r >= last).then_some((events, replicas))
+        });
+    assert_eq!(replicas, 3);
+    let revs: Vec<u64> = events.iter().map(|(_, r)| *r).collect();
+    let dup = revs.windows(2).find(|w| w[0] >= w[1]);
+    assert!(
+        dup.is_none(),
+        "the stream holds a revision twice or out of order: {dup:?} in {} events",
+        revs.len()
+    );
+    let set: std::collections::HashSet<u64> = revs.iter().copied().collect();
+    for w in &wanted {
+        assert!(set.contains(w), "revision {w} is missing from the stream");
+    }
 }

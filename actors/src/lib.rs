@@ -19,6 +19,7 @@ pub mod client;
 pub mod controllers;
 pub mod events;
 pub mod informer;
+pub mod leader;
 pub mod nodeobjects;
 pub mod pool;
 pub mod runtime;

@@ -6,6 +6,9 @@
 //! `capstan-bench sched` (module [`sched`]) measures scheduling throughput, Deployment
 //! roll-out time and memory on simulated nodes.
 //!
+//! `capstan-bench pool` (module [`pool`]) measures a controller pool of 1, 2 and 3
+//! members: throughput, how the work is split, failover after `kill -9` of a member.
+//!
 //! `capstan-bench pods` (module [`pods`]) measures pod start latency on the real node.
 //!
 //! `capstan-bench proxy` (module [`proxy`]) measures the service proxy's sync time.
@@ -23,6 +26,7 @@
 mod crd;
 mod dns;
 mod pods;
+mod pool;
 mod proxy;
 mod rbac;
 mod sched;
@@ -42,6 +46,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str =
     "usage: capstan-bench api [--capstan PATH] [--clients N] [--duration SECS] [--pods N] [--watch-events N]
        capstan-bench sched --help (scheduling throughput and Deployment roll-out on simulated nodes)
+       capstan-bench pool --help (controller pool of 1, 2, 3 members: throughput, split, failover)
        capstan-bench pods --help (pod start latency on the real node: create to Running)
        capstan-bench proxy --help (service proxy: EndpointSlice change to rule in place)
        capstan-bench dns --help (the node's cluster DNS: queries/s and p99 beside dnsmasq)
@@ -594,6 +599,9 @@ fn summary(v: &Value) -> String {
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("sched") {
         return sched::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("pool") {
+        return pool::main(std::env::args().skip(2));
     }
     if std::env::args().nth(1).as_deref() == Some("pods") {
         return pods::main(std::env::args().skip(2));

@@ -134,7 +134,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Opts> {
     Ok(o)
 }
 
-fn secs(d: Duration) -> f64 {
+pub(crate) fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
@@ -156,27 +156,27 @@ fn latency_json(mut v: Vec<Duration>) -> Value {
            "max_ms": v.last().map(|d| ms(*d))})
 }
 
-fn mb(kb: Option<u64>) -> Option<f64> {
+pub(crate) fn mb(kb: Option<u64>) -> Option<f64> {
     kb.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0)
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
 /// A process of the cluster under test.
-struct Proc {
-    name: &'static str,
+pub(crate) struct Proc {
+    pub(crate) name: &'static str,
     child: Option<Child>,
-    pid: u32,
+    pub(crate) pid: u32,
 }
 
 impl Proc {
     /// Spawns `cmd` (stdout piped, stderr to `log`) and waits up to `wait` for a stdout
     /// line starting with `ready_prefix` (none: returns at once); returns that line.
-    fn spawn(
+    pub(crate) fn spawn(
         name: &'static str,
         mut cmd: Command,
         log: &Path,
@@ -215,20 +215,28 @@ impl Proc {
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
-    fn rss_kb(&self) -> Option<u64> {
+    pub(crate) fn rss_kb(&self) -> Option<u64> {
         self.status_kb("VmRSS:")
     }
 
-    fn hwm_kb(&self) -> Option<u64> {
+    pub(crate) fn hwm_kb(&self) -> Option<u64> {
         self.status_kb("VmHWM:")
     }
 
-    fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// `kill -9`, and reap it.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, then SIGKILL after 5 s.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -255,7 +263,7 @@ impl Drop for Proc {
 
 /// CPU ticks (user + system) of a process and of each of its threads, by thread name.
 #[derive(Default)]
-struct CpuSnap {
+pub(crate) struct CpuSnap {
     at: Option<Instant>,
     total: u64,
     threads: HashMap<u32, (String, u64)>,
@@ -278,7 +286,7 @@ fn stat_ticks(path: &str) -> Option<(String, u64)> {
     Some((comm, utime + stime))
 }
 
-fn cpu_snap(pid: u32) -> CpuSnap {
+pub(crate) fn cpu_snap(pid: u32) -> CpuSnap {
     let mut snap = CpuSnap { at: Some(Instant::now()), ..Default::default() };
     snap.total = stat_ticks(&format!("/proc/{pid}/stat")).map(|(_, t)| t).unwrap_or(0);
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
@@ -296,7 +304,7 @@ fn cpu_snap(pid: u32) -> CpuSnap {
 }
 
 /// CPU cores used between two snapshots: the process, and the busiest thread names.
-fn cpu_delta(a: &CpuSnap, b: &CpuSnap) -> Value {
+pub(crate) fn cpu_delta(a: &CpuSnap, b: &CpuSnap) -> Value {
     let (Some(t0), Some(t1)) = (a.at, b.at) else { return Value::Null };
     let wall = (t1 - t0).as_secs_f64().max(1e-3);
     let cores = |ticks: u64| ((ticks as f64 / 100.0 / wall) * 100.0).round() / 100.0;
@@ -336,7 +344,7 @@ struct Cluster {
     ready_ms: f64,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
     Ok(l.local_addr()?.port())
 }
@@ -506,7 +514,7 @@ struct Condition {
 }
 
 /// Polls the node list until `n` nodes are Ready; returns the seconds waited.
-async fn wait_nodes_ready(client: &Client, n: usize, timeout: Duration) -> anyhow::Result<f64> {
+pub(crate) async fn wait_nodes_ready(client: &Client, n: usize, timeout: Duration) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     let mut conn = client.open().await.context("connect")?;
     let mut last_report = Instant::now();

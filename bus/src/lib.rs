@@ -59,7 +59,13 @@
 //! | max messages | 10,000,000 |
 //! | max bytes | unlimited |
 //! | duplicate window | 2 min |
-//! | storage | file, 1 replica; direct get allowed |
+//! | storage | file, 1 replica (`capstan gateway --nats-stream-replicas 3` on a JetStream cluster); direct get allowed |
+//!
+//! [`NatsConfig::url`] may list several servers (`nats://a:4222,nats://b:4222`): the
+//! members of a NATS cluster. The client connects to any that answers, learns the others
+//! from it, and moves to another when its server goes away. Creating a replicated stream
+//! is retried for up to 30 s while a cluster that started at the same time elects its
+//! JetStream leader.
 //!
 //! Each event is one message on its object's subject, with headers `Nats-Msg-Id` and
 //! [`REVISION_HEADER`] (`Capstan-Revision`) both set to the revision, published with

@@ -261,6 +261,57 @@ fn stream_config(s: &StreamSettings) -> stream::Config {
     }
 }
 
+/// The servers of a URL list: `nats://a:4222,nats://b:4222` (every member of a cluster,
+/// so the first connection does not depend on one of them being up; the client also
+/// learns the others from the server it reaches).
+fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    let addrs: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>().map_err(|e| Error::Connect {
+                url: url.to_string(),
+                message: format!("invalid server URL {u}: {e}"),
+            })
+        })
+        .collect::<Result<_>>()?;
+    if addrs.is_empty() {
+        return Err(Error::Connect { url: url.to_string(), message: "no server URL given".to_string() });
+    }
+    Ok(addrs)
+}
+
+/// How long the stream's creation is retried: a JetStream cluster whose servers start
+/// together answers "insufficient resources" or times out until its members agree on a
+/// meta leader and enough peers for the replicas.
+const STREAM_CREATE_PATIENCE: Duration = Duration::from_secs(30);
+
+async fn create_stream(js: &jetstream::Context, config: &Config) -> Result<()> {
+    let deadline = Instant::now() + STREAM_CREATE_PATIENCE;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match js.create_or_update_stream(stream_config(&config.stream)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() + delay < deadline && stream_create_may_pass_later(&e) => {
+                tracing::info!(stream = %config.stream.name, "event stream not created yet, retrying: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                return Err(backend(&format!("failed to create or update stream {}", config.stream.name), e))
+            }
+        }
+    }
+}
+
+/// Errors of a JetStream (cluster) that is still starting; a refused permission or an
+/// invalid configuration is final.
+fn stream_create_may_pass_later(e: &jetstream::context::CreateStreamError) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    !(text.contains("permission") || text.contains("authorization") || text.contains("invalid"))
+}
+
 /// The revision of a stored event: `Capstan-Revision`, else `Nats-Msg-Id`.
 fn revision_of(headers: Option<&HeaderMap>) -> Option<u64> {
     let h = headers?;
@@ -302,16 +353,15 @@ impl NatsBus {
                 opts = opts.add_client_certificate(cert.clone(), key.clone());
             }
         }
+        let servers = server_addrs(&config.url)?;
         let client = opts
-            .connect(config.url.as_str())
+            .connect(servers)
             .await
             .map_err(|e| Error::Connect { url: config.url.clone(), message: e.to_string() })?;
         let js = jetstream::ContextBuilder::new().timeout(config.jetstream_timeout).build(client.clone());
         let managed = config.manage_stream.then(|| stream_config(&config.stream));
-        if let Some(sc) = &managed {
-            js.create_or_update_stream(sc.clone()).await.map_err(|e| {
-                backend(&format!("failed to create or update stream {}", config.stream.name), e)
-            })?;
+        if managed.is_some() {
+            create_stream(&js, &config).await?;
         }
         Ok(NatsBus {
             client,
@@ -857,5 +907,19 @@ impl Bus for NatsBus {
 
     fn events(&self, filter: String, start: StartAt) -> BoxFuture<'_, Result<EventStream>> {
         Box::pin(self.do_events(filter, start))
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn url_lists() {
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").map(|v| v.len()).ok(), Some(1));
+        let three = server_addrs("nats://127.0.0.1:1, nats://127.0.0.1:2,nats://127.0.0.1:3").ok();
+        assert_eq!(three.map(|v| v.len()), Some(3));
+        assert!(matches!(server_addrs(" , "), Err(Error::Connect { .. })));
+        assert!(matches!(server_addrs("nats://127.0.0.1:notaport"), Err(Error::Connect { .. })));
     }
 }

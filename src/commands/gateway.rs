@@ -30,10 +30,11 @@ pub struct Args {
     /// admin certificate and `sa.key` (`capstan chart-secrets` writes such a set).
     #[arg(long, env = "CAPSTAN_PKI_DIR")]
     pki_dir: Option<PathBuf>,
-    /// Replicas of the JetStream event stream this gateway creates (3 on a 3-node NATS
-    /// cluster, so the stream survives losing a server).
-    #[arg(long, env = "CAPSTAN_NATS_STREAM_REPLICAS", default_value_t = 1)]
-    nats_stream_replicas: usize,
+    /// JetStream replicas of the event stream this gateway creates (1, or 3 on a NATS
+    /// cluster of at least 3 servers; `--nats` then lists them, comma-separated).
+    #[arg(long, env = "CAPSTAN_NATS_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_stream_replicas: u8,
     #[command(flatten)]
     auth: super::roles::NatsAuth,
 }
@@ -81,13 +82,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     file.apply_gateway(&mut cfg, &network)?;
     let nats = args.nats.or(file.nats);
     let auth = args.auth;
-    let stream_replicas = args.nats_stream_replicas;
+    let replicas = usize::from(args.nats_stream_replicas);
     actix_rt::System::new().block_on(async move {
         if let Some(url) = nats.as_deref() {
             let role = capstan_bus::access::Role::Gateway;
             cfg.bus = Some(
-                super::roles::connect_bus_with(Some(url), "capstan-gateway", &role, &auth, stream_replicas)
-                    .await?,
+                super::roles::connect_bus_with(Some(url), "capstan-gateway", &role, &auth, replicas).await?,
             );
         }
         let running = capstan_gateway::start(cfg, store).await?;

@@ -73,7 +73,8 @@ pub async fn connect_bus(
     connect_bus_with(url, name, role, auth, 1).await
 }
 
-/// As [`connect_bus`]; a gateway creates the event stream with `stream_replicas` replicas.
+/// As [`connect_bus`]; the gateway creates the event stream with `stream_replicas`
+/// JetStream replicas (3 on a NATS cluster of 3 or more).
 pub async fn connect_bus_with(
     url: Option<&str>,
     name: &str,

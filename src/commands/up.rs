@@ -23,6 +23,11 @@ pub struct Args {
     /// Use this NATS server as the bus instead of the in-process one.
     #[arg(long, env = "CAPSTAN_NATS")]
     nats: Option<String>,
+    /// With `--nats`: JetStream replicas of the event stream (3 on a NATS cluster of at
+    /// least 3 servers, whose URLs `--nats` lists comma-separated).
+    #[arg(long, env = "CAPSTAN_NATS_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_stream_replicas: u8,
     /// With `--nats`: the directory of credentials `capstan bus-config` wrote; each role in
     /// this process connects with its own (`gateway.creds`, `controllers.creds`,
     /// `scheduler.creds`, `sim-nodes.creds`, `node.<name>.creds`), over TLS with the CA in
@@ -67,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let nats = args.nats.or(file.nats);
     let creds_dir = args.nats_creds_dir;
     let nats_ca = args.nats_ca;
+    let replicas = usize::from(args.nats_stream_replicas);
     if creds_dir.is_some() && nats.is_none() {
         anyhow::bail!("--nats-creds-dir needs --nats URL (the in-process bus has no credentials)");
     }
@@ -91,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let nats = nats.clone();
             async move {
                 let name = format!("capstan-up-{}", role.identity());
-                super::roles::connect_bus(nats.as_deref(), &name, &role, &auth).await
+                super::roles::connect_bus_with(nats.as_deref(), &name, &role, &auth, replicas).await
             }
         };
         let bus = connect(Role::Gateway).await?;

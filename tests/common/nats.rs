@@ -185,3 +185,93 @@ impl Drop for Nats {
         }
     }
 }
+
+/// A cluster of nats-servers with JetStream on loopback: each has its own client port,
+/// route port, store directory and name (`n1`, `n2`, …), routes to all the others, and is
+/// stopped by PID on drop.
+pub struct NatsCluster {
+    servers: Vec<Option<Child>>,
+    /// Client ports, in server order.
+    pub ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+impl NatsCluster {
+    /// Starts `n` servers and waits until each listens for clients.
+    pub fn start(n: usize) -> NatsCluster {
+        let dir = tempfile::Builder::new().prefix("capstan-natscluster-").tempdir().expect("temp dir");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let others: Vec<String> =
+                (0..n).filter(|j| *j != i).map(|j| format!("nats-route://127.0.0.1:{}", routes[j])).collect();
+            let store = dir.path().join(format!("n{}", i + 1));
+            let conf = format!(
+                "server_name: n{name}\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: \"{store}\" }}\n\
+                 cluster {{ name: capstan, listen: 127.0.0.1:{route}, routes: [{others}] }}\n",
+                name = i + 1,
+                port = ports[i],
+                store = store.display(),
+                route = routes[i],
+                others = others.join(", "),
+            );
+            let path = dir.path().join(format!("n{}.conf", i + 1));
+            std::fs::write(&path, conf).expect("write nats config");
+            let child = Command::new(binary())
+                .arg("-c")
+                .arg(&path)
+                .arg("-l")
+                .arg(dir.path().join(format!("n{}.log", i + 1)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server is installed (scripts/deps.sh test installs it)");
+            servers.push(Some(child));
+        }
+        for port in &ports {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while TcpStream::connect((Ipv4Addr::LOCALHOST, *port)).is_err() {
+                assert!(Instant::now() < deadline, "nats-server on {port} did not start listening");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        NatsCluster { servers, ports, dir }
+    }
+
+    /// The client URL of server `i` (0-based).
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// Every server's client URL, comma-separated (as `--nats` takes them).
+    pub fn urls(&self) -> String {
+        (0..self.ports.len()).map(|i| self.url(i)).collect::<Vec<_>>().join(",")
+    }
+
+    /// `kill -9` of server `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Server `i`'s log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("n{}.log", i + 1))).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill9(i);
+        }
+    }
+}
