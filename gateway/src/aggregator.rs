@@ -395,33 +395,10 @@ async fn endpoint(service: &ApiService, r: &Remote) -> Result<Target, (&'static 
         ));
     };
     let port_name = sp["name"].as_str().unwrap_or("").to_string();
-    let slices = registry::find("discovery.k8s.io", "v1", "endpointslices").expect("registered");
-    let prefix = crate::keys::prefix(slices, Some(&r.namespace));
-    let end = capstan_storage::prefix_end(&prefix);
-    let (items, _, _) = service.cache().list(&prefix, &end, 0, |e| {
-        e["metadata"]["labels"]["kubernetes.io/service-name"].as_str() == Some(r.service.as_str())
-    });
-    for slice in items {
-        let Some(port) = slice["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["name"].as_str().unwrap_or("") == port_name)
-            .and_then(|p| p["port"].as_i64())
-        else {
-            continue;
-        };
-        let ips: Vec<IpAddr> = slice["endpoints"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
-            .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
-            .filter_map(|a| a.as_str()?.parse().ok())
-            .collect();
-        if !ips.is_empty() {
-            return Ok(Target { host: format!("{}.{}.svc", r.service, r.namespace), ips, port });
-        }
+    if let Some((ips, port)) =
+        crate::cache::service_endpoints(service.cache(), &r.namespace, &r.service, &port_name)
+    {
+        return Ok(Target { host: format!("{}.{}.svc", r.service, r.namespace), ips, port });
     }
     Err((
         "MissingEndpoints",
@@ -560,21 +537,7 @@ impl Clients {
     }
 }
 
-/// Headers not passed on (hop-by-hop ones, and the caller's credentials).
-const DROPPED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "authorization",
-    "host",
-    "content-length",
-];
+use crate::streams::proxy::DROPPED;
 
 /// Upstream's `RequestInfo` for a path under `/apis/<group>/<version>/`: the attributes
 /// RBAC decides on.

@@ -312,6 +312,40 @@ impl Cache {
     }
 }
 
+/// The ready endpoint addresses and the port number of `service`'s port named `port_name`
+/// in `namespace`, from the first EndpointSlice of the Service that has that port and a
+/// ready address (as the node's service proxy would pick them). `None` when there is none.
+pub fn service_endpoints(
+    cache: &Cache,
+    namespace: &str,
+    service: &str,
+    port_name: &str,
+) -> Option<(Vec<std::net::IpAddr>, i64)> {
+    let slices = capstan_api::registry::find("discovery.k8s.io", "v1", "endpointslices")?;
+    let prefix = crate::keys::prefix(slices, Some(namespace));
+    let end = capstan_storage::prefix_end(&prefix);
+    let (items, _, _) = cache.list(&prefix, &end, 0, |e| {
+        e["metadata"]["labels"]["kubernetes.io/service-name"].as_str() == Some(service)
+    });
+    items.into_iter().find_map(|slice| {
+        let port = slice["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"].as_str().unwrap_or("") == port_name)
+            .and_then(|p| p["port"].as_i64())?;
+        let ips: Vec<std::net::IpAddr> = slice["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
+            .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+            .filter_map(|a| a.as_str()?.parse().ok())
+            .collect();
+        (!ips.is_empty()).then_some((ips, port))
+    })
+}
+
 async fn load_all(store: &dyn Store) -> ApiResult<(BTreeMap<Vec<u8>, Obj>, u64)> {
     let end = capstan_storage::prefix_end(crate::keys::ROOT);
     let res = store.range(crate::keys::ROOT, &end, 0).await?;

@@ -343,37 +343,14 @@ impl Http {
             return Err(format!("service \"{name}\" has no port {port}"));
         };
         let port_name = sp["name"].as_str().unwrap_or("");
-        let slices = registry::find("discovery.k8s.io", "v1", "endpointslices").expect("registered");
-        let prefix = crate::keys::prefix(slices, Some(ns));
-        let end = capstan_storage::prefix_end(&prefix);
-        let (items, _, _) = ctx.cache().list(&prefix, &end, 0, |e| {
-            e["metadata"]["labels"]["kubernetes.io/service-name"].as_str() == Some(name)
-        });
-        for slice in items {
-            let Some(target) = slice["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|p| p["name"].as_str().unwrap_or("") == port_name)
-                .and_then(|p| p["port"].as_i64())
-            else {
-                continue;
-            };
-            let ips: Vec<IpAddr> = slice["endpoints"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
-                .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
-                .filter_map(|a| a.as_str()?.parse().ok())
-                .collect();
-            if !ips.is_empty() {
+        match crate::cache::service_endpoints(ctx.cache(), ns, name, port_name) {
+            Some((ips, target)) => {
                 self.services.lock().unwrap_or_else(|e| e.into_inner()).insert(host.clone(), ips);
                 let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
-                return Ok(format!("https://{host}:{target}{path}"));
+                Ok(format!("https://{host}:{target}{path}"))
             }
+            None => Err(format!("no endpoints available for service \"{name}\"")),
         }
-        Err(format!("no endpoints available for service \"{name}\""))
     }
 
     /// POSTs `review`; returns the `response` or why the call failed.

@@ -33,7 +33,7 @@ const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60)
 
 /// Headers not passed on (hop-by-hop ones, and the caller's credentials, which upstream's
 /// authentication filter removes before proxying).
-const DROPPED: &[&str] = &[
+pub(crate) const DROPPED: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-authenticate",
