@@ -42,7 +42,7 @@ static COMMITS: std::sync::LazyLock<capstan_metrics::Histogram> = std::sync::Laz
 static BATCH_COMMITS: std::sync::LazyLock<capstan_metrics::HistogramVec> = std::sync::LazyLock::new(|| {
     capstan_metrics::histograms(
         "capstan_storage_batch_duration_seconds",
-        "Time the embedded store's writer spent per group commit, by phase (apply, commit with fsync).",
+        "Time the embedded store's writer spent per group commit, by phase (apply; log: write-ahead log append with fdatasync; commit: tree commit, durable only at checkpoints).",
         &["phase"],
         capstan_metrics::WORK_BUCKETS,
     )
@@ -440,7 +440,9 @@ struct WriterStats {
     max_batch: usize,
     /// Building the transaction (reads, planning, inserts).
     apply: Duration,
-    /// `WriteTransaction::commit` (page writes and the fsync).
+    /// The write-ahead log append and its fdatasync.
+    log: Duration,
+    /// `WriteTransaction::commit` (no fsync, except at checkpoints).
     commit: Duration,
 }
 
@@ -452,18 +454,21 @@ impl WriterStats {
             requests: 0,
             max_batch: 0,
             apply: Duration::ZERO,
+            log: Duration::ZERO,
             commit: Duration::ZERO,
         }
     }
 
-    fn record(&mut self, batch: usize, apply: Duration, commit: Duration) {
+    fn record(&mut self, batch: usize, apply: Duration, log: Duration, commit: Duration) {
         BATCH_WRITES.observe(batch as f64);
         BATCH_COMMITS.with_label_values(&["apply"]).observe(apply.as_secs_f64());
+        BATCH_COMMITS.with_label_values(&["log"]).observe(log.as_secs_f64());
         BATCH_COMMITS.with_label_values(&["commit"]).observe(commit.as_secs_f64());
         self.txns += 1;
         self.requests += batch as u64;
         self.max_batch = self.max_batch.max(batch);
         self.apply += apply;
+        self.log += log;
         self.commit += commit;
         let wall = self.since.elapsed();
         if wall >= Duration::from_secs(1) {
@@ -475,8 +480,9 @@ impl WriterStats {
                 avg_batch = format_args!("{:.1}", self.requests as f64 / self.txns as f64),
                 max_batch = self.max_batch,
                 apply_ms = format_args!("{:.1}", ms(self.apply)),
+                log_ms = format_args!("{:.1}", ms(self.log)),
+                log_avg_ms = format_args!("{:.2}", ms(self.log) / self.txns as f64),
                 commit_ms = format_args!("{:.1}", ms(self.commit)),
-                commit_avg_ms = format_args!("{:.2}", ms(self.commit) / self.txns as f64),
                 "redb group commits"
             );
             *self = WriterStats::new();
@@ -709,6 +715,7 @@ impl Writer {
         let size = batch.len();
         let started = Instant::now();
         let mut committing = started;
+        let mut logged_at = started;
         let mut replies = Vec::with_capacity(batch.len());
         let mut revision = self.revision;
         let mut compacted = self.compacted;
@@ -778,6 +785,7 @@ impl Writer {
                 wal.append(&rec).map_err(Failure::Log)?;
                 self.shared.wal_syncs.fetch_add(1, Ordering::Relaxed);
             }
+            logged_at = Instant::now();
             wtx.commit().map_err(backend("failed to commit write transaction")).map_err(Failure::Tree)?;
             committed = true;
             Ok(())
@@ -787,7 +795,7 @@ impl Writer {
                 if committed {
                     self.shared.write_txns.fetch_add(1, Ordering::Relaxed);
                 }
-                self.stats.record(size, committing - started, committing.elapsed());
+                self.stats.record(size, committing - started, logged_at - committing, logged_at.elapsed());
                 self.cleanup = !chunk_done && (self.cleanup || compacted != self.compacted);
                 self.revision = revision;
                 self.compacted = compacted;
