@@ -306,3 +306,37 @@ fn roles_relist_and_converge_after_nats_loses_its_store() {
     let n = gw.ok(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().count();
     assert_eq!(n, 5);
 }
+
+/// Bad flags of the pool, scheduler and cluster options are refused before anything
+/// connects, with a usage error that names the flag; an empty server list is refused as
+/// a connection error.
+#[test]
+fn bad_pool_and_cluster_flags_are_refused() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(args)
+            .env("CAPSTAN_LOG", "warn")
+            .output()
+            .expect("run capstan")
+    };
+    let nats = "nats://127.0.0.1:1";
+    for (args, flag) in [
+        (&["controllers", "--nats", nats, "--partitions", "0"][..], "--partitions"),
+        (&["controllers", "--nats", nats, "--lease-seconds", "0"][..], "--lease-seconds"),
+        (
+            &["scheduler", "--nats", nats, "--leader-elect-lease-seconds", "1"][..],
+            "--leader-elect-lease-seconds",
+        ),
+        (&["scheduler", "--nats", nats, "--leader-elect", "maybe"][..], "--leader-elect"),
+        (&["gateway", "--nats", nats, "--nats-stream-replicas", "0"][..], "--nats-stream-replicas"),
+        (&["up", "--nats", nats, "--nats-stream-replicas", "9"][..], "--nats-stream-replicas"),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    let out = run(&["scheduler", "--nats", " , "]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no server URL given"), "{err}");
+}

@@ -11,8 +11,9 @@
 //!
 //! A partition is never handled by two members at once on purpose: a member stops
 //! handling a partition *before* it writes the release, and a member that could not renew
-//! its leases for three quarters of the lease duration (cut off from the API, paused)
-//! stops handling all of them before anyone else may take them over. Writes of a stale
+//! a partition's lease for three quarters of the lease duration (cut off from the API,
+//! paused, or its rounds slowed down by a busy machine) stops handling that partition —
+//! checked on every key, not only once per round — before anyone else may take it over. Writes of a stale
 //! owner that still race fail on their resourceVersion precondition anyway.
 //!
 //! Failover after a member dies: its leases expire `lease_duration` after its last
@@ -29,7 +30,7 @@ use crate::client::{gvr, ApiClient, ClientError};
 use crate::informer::Informers;
 use crate::runtime::Partition;
 use serde_json::{json, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -140,8 +141,18 @@ fn holder(lease: &Value) -> &str {
 
 /// A running pool member; [`Member::partition`] is the filter controllers use.
 pub struct Member {
-    owned: Arc<RwLock<HashSet<u32>>>,
+    owned: Arc<Owned>,
     partitions: u32,
+    fence: Duration,
+}
+
+/// The partitions held, each with when its lease was last renewed (the request's start).
+type Owned = RwLock<HashMap<u32, Instant>>;
+
+/// How long after a renewal this member still handles a partition: ¾ of the lease, so it
+/// stops before others may take the partition over.
+fn fence(lease_duration: Duration) -> Duration {
+    lease_duration * 3 / 4
 }
 
 impl Member {
@@ -149,9 +160,14 @@ impl Member {
     pub fn partition(&self) -> Partition {
         let owned = self.owned.clone();
         let p = self.partitions;
+        let fence = self.fence;
         Arc::new(move |key: &str| {
             let part = partition_of(key, p);
-            let mine = owned.read().unwrap_or_else(|e| e.into_inner()).contains(&part);
+            let mine = owned
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&part)
+                .is_some_and(|renewed| renewed.elapsed() < fence);
             if mine {
                 METRICS.keys.with_label_values(&[&part.to_string()]).inc();
             }
@@ -161,14 +177,16 @@ impl Member {
 
     /// The partitions held now.
     pub fn owned(&self) -> HashSet<u32> {
-        self.owned.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let o = self.owned.read().unwrap_or_else(|e| e.into_inner());
+        o.iter().filter(|(_, t)| t.elapsed() < self.fence).map(|(p, _)| *p).collect()
     }
 }
 
 /// Joins the pool and keeps membership and partition leases current.
 pub fn join(client: ApiClient, informers: Arc<Informers>, config: Config) -> Member {
-    let owned = Arc::new(RwLock::new(HashSet::new()));
-    let member = Member { owned: owned.clone(), partitions: config.partitions };
+    let owned = Arc::new(RwLock::new(HashMap::new()));
+    let member =
+        Member { owned: owned.clone(), partitions: config.partitions, fence: fence(config.lease_duration) };
     tokio::spawn(run(client, informers, config, owned));
     member
 }
@@ -207,7 +225,7 @@ async fn upsert_lease(
     }
 }
 
-async fn run(client: ApiClient, informers: Arc<Informers>, config: Config, owned: Arc<RwLock<HashSet<u32>>>) {
+async fn run(client: ApiClient, informers: Arc<Informers>, config: Config, owned: Arc<Owned>) {
     let member_lease = format!("{MEMBER_PREFIX}{}", config.member);
     let period = (config.lease_duration / 4).max(Duration::from_millis(200));
     for p in 0..config.partitions {
@@ -215,41 +233,46 @@ async fn run(client: ApiClient, informers: Arc<Informers>, config: Config, owned
     }
     // When this member last renewed the leases of everything it holds.
     let mut renewed = Instant::now();
+    // Rounds start every period; a round that took longer delays the next, not more.
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        every.tick().await;
         match tick(&client, &informers, &config, &owned, &member_lease).await {
             Ok(()) => renewed = Instant::now(),
             Err(e) => {
                 tracing::debug!(member = %config.member, "pool membership round failed: {e}");
                 // Others may take our partitions once the leases expire: stop first.
-                if renewed.elapsed() >= config.lease_duration * 3 / 4 {
-                    let dropped = set_owned(&owned, HashSet::new(), &config.member);
+                if renewed.elapsed() >= fence(config.lease_duration) {
+                    let dropped = set_owned(&owned, HashMap::new(), &config.member);
                     if dropped {
                         tracing::warn!(member = %config.member, "could not renew the pool leases for {:?}: stopped handling every partition", renewed.elapsed());
                     }
                 }
             }
         }
-        tokio::time::sleep(period).await;
     }
 }
 
 /// Replaces the held set; says whether it changed.
-fn set_owned(owned: &RwLock<HashSet<u32>>, now_owned: HashSet<u32>, member: &str) -> bool {
+fn set_owned(owned: &Owned, now_owned: HashMap<u32, Instant>, member: &str) -> bool {
     let mut o = owned.write().unwrap_or_else(|e| e.into_inner());
-    if *o == now_owned {
+    let before: HashSet<u32> = o.keys().copied().collect();
+    let after: HashSet<u32> = now_owned.keys().copied().collect();
+    *o = now_owned;
+    if before == after {
         return false;
     }
-    for p in o.difference(&now_owned) {
+    for p in before.difference(&after) {
         METRICS.owned.with_label_values(&[&p.to_string()]).set(0);
     }
-    for p in now_owned.difference(&o) {
+    for p in after.difference(&before) {
         METRICS.owned.with_label_values(&[&p.to_string()]).set(1);
     }
-    let mut v: Vec<u32> = now_owned.iter().copied().collect();
+    let mut v: Vec<u32> = after.iter().copied().collect();
     v.sort();
     tracing::info!(member = %member, partitions = ?v, "pool partitions changed");
     METRICS.changes.with_label_values(&[member]).inc();
-    *o = now_owned;
     true
 }
 
@@ -257,7 +280,7 @@ async fn tick(
     client: &ApiClient,
     informers: &Informers,
     config: &Config,
-    owned: &RwLock<HashSet<u32>>,
+    owned: &Owned,
     member_lease: &str,
 ) -> Result<(), ClientError> {
     let (leases, _) = client.list_all(gvr::LEASES, Some(NAMESPACE), None).await?;
@@ -290,7 +313,7 @@ async fn tick(
         .filter(|(_, m)| **m == config.member)
         .map(|(p, _)| p as u32)
         .collect();
-    let mut now_owned = HashSet::new();
+    let mut now_owned = HashMap::new();
     for p in 0..config.partitions {
         let name = format!("{PARTITION_PREFIX}{p}");
         let cur = find(&name);
@@ -298,9 +321,10 @@ async fn tick(
         let free = cur.is_none_or(|l| holder(l).is_empty() || !renewed_within(l, config.lease_duration));
         if want.contains(&p) {
             if mine || free {
+                let sent = Instant::now();
                 match upsert_lease(client, &name, &config.member, config.lease_duration, cur).await {
                     Ok(_) => {
-                        now_owned.insert(p);
+                        now_owned.insert(p, sent);
                     }
                     Err(e) if e.is_conflict() || e.is_already_exists() => {}
                     Err(e) => return Err(e),
@@ -311,7 +335,7 @@ async fn tick(
             // claim it at once.
             {
                 let mut o = owned.write().unwrap_or_else(|e| e.into_inner());
-                if o.remove(&p) {
+                if o.remove(&p).is_some() {
                     METRICS.owned.with_label_values(&[&p.to_string()]).set(0);
                 }
             }
@@ -328,7 +352,9 @@ async fn tick(
     }
     let gained = {
         let o = owned.read().unwrap_or_else(|e| e.into_inner());
-        now_owned.iter().any(|p| !o.contains(p))
+        // New, or back after its fence ran out (keys were skipped meanwhile).
+        let fence = fence(config.lease_duration);
+        now_owned.keys().any(|p| o.get(p).is_none_or(|t| t.elapsed() >= fence))
     };
     set_owned(owned, now_owned, &config.member);
     if gained {

@@ -3,18 +3,18 @@
 /// Flags of `capstan controllers`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// NATS server URL.
+    /// NATS server URL(s), comma-separated for the members of a cluster.
     #[arg(long, env = "CAPSTAN_NATS")]
     nats: String,
     /// Partitions shared by the pool (every member must use the same number). Without
     /// it this process reconciles everything.
-    #[arg(long, env = "CAPSTAN_PARTITIONS")]
+    #[arg(long, env = "CAPSTAN_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=4096))]
     partitions: Option<u32>,
     /// This member's id in the pool (default: hostname and PID).
     #[arg(long, env = "CAPSTAN_MEMBER")]
     member: Option<String>,
     /// Seconds after which a silent member's partitions are taken over.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     lease_seconds: u64,
     /// The cluster CA certificate (PEM), published into every namespace as the ConfigMap
     /// `kube-root-ca.crt` (pods' token volumes need it). Without it nothing is published.
