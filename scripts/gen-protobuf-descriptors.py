@@ -5,7 +5,7 @@ Usage:
     scripts/gen-protobuf-descriptors.py K8S_API_DIR K8S_APIMACHINERY_DIR > api/src/protobuf/k8s.desc
 
 K8S_API_DIR is a checkout of k8s.io/api and K8S_APIMACHINERY_DIR one of k8s.io/apimachinery,
-at the Kubernetes version capstan serves (today v0.34.x, matching the k8s-openapi v1_34
+at the Kubernetes version capstan serves (today v0.36.x, matching the k8s-openapi v1_36
 types). The message layout (field numbers, names, types,
 cardinality) comes from upstream's `generated.proto` files (what go-to-protobuf emits and what
 the k8s-pb crate is compiled from). Facts the .proto files do not carry come from the Go

@@ -266,7 +266,7 @@ fn generators_and_auth() {
     let newer = std::env::var("CAPSTAN_TEST_KUBECTL").is_ok_and(|p| p.contains("1.35"));
     let want = if newer { "Client Version: v1.35" } else { "Client Version: v1.32" };
     assert!(v.contains(want), "the kubectl under test must be the one asked for ({want}): {v}");
-    // The server is 1.34: kubectl warns of the skew exactly where upstream's would (more
+    // The server is 1.36: kubectl warns of the skew exactly where upstream's would (more
     // than one minor apart: 1.32 does, 1.35 does not).
     assert_eq!(stderr.contains("exceeds the supported minor version skew"), !newer, "{stderr}");
     // Deleting a namespace removes its contents, then the namespace.

@@ -71,7 +71,7 @@ fn sim_nodes_register_renew_and_run_pods(mode: Mode) {
         assert_eq!(cols[0], format!("sim-{i}"), "{out}");
         assert_eq!(cols[1], "Ready", "{out}");
         assert_eq!(cols[2], "<none>", "{out}");
-        assert_eq!(cols[4], "v1.34.0-capstan", "{out}");
+        assert_eq!(cols[4], "v1.36.0-capstan", "{out}");
     }
     let wide = c.ok(&["get", "nodes", "-o", "wide"]);
     assert!(wide.contains("10.200.0.2") && wide.contains("sim://1"), "{wide}");

@@ -10,7 +10,7 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// `leaseDurationSeconds` of a node lease (upstream kubelet default).
 pub const LEASE_DURATION_SECONDS: i64 = 40;
 /// Kubelet version every node agent (real or simulated) reports.
-pub const KUBELET_VERSION: &str = "v1.34.0-capstan";
+pub const KUBELET_VERSION: &str = "v1.36.0-capstan";
 
 /// Seconds-precision RFC 3339 time (`metav1.Time`).
 pub fn time(ts: jiff::Timestamp) -> String {

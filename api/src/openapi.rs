@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 use crate::registry::{self, ResourceInfo};
 
 /// `info.version` of every document.
-const KUBERNETES_VERSION: &str = "v1.34.0";
+const KUBERNETES_VERSION: &str = "v1.36.0";
 
 /// One built document.
 struct Document {

@@ -4,10 +4,12 @@
 use capstan_api::registry::{self, ResourceInfo};
 use serde_json::{json, Value};
 
-/// The Kubernetes version whose types are served (k8s-openapi `v1_34`). kubectl's version
-/// dispatcher on Debian switches clients only for minors 29, 31 and 33, so 34 runs the
-/// embedded kubectl 1.32.
-pub const KUBE_MINOR: &str = "34";
+/// The Kubernetes version whose types are served (k8s-openapi `v1_36`, the newest release
+/// whose protobuf descriptors `k8s.desc` is generated from; k8s-openapi's `v1_37` has fields
+/// the 1.37 sources at hand lack). kubectl's version dispatcher on Debian switches clients
+/// only for minors 29, 31 and 33, so 36 runs the embedded kubectl 1.32 (which warns of the
+/// skew, as it would against an upstream 1.36 server; kubectl 1.35 does not).
+pub const KUBE_MINOR: &str = "36";
 
 /// The media type of aggregated discovery.
 pub const AGGREGATED_CONTENT_TYPE: &str =

@@ -1,7 +1,7 @@
 //! Probe checks: httpGet and tcpSocket, and the threshold logic around them.
 //!
 //! The checks follow the kubelet's (`pkg/probe/http`, `pkg/probe/tcp`): an HTTP probe succeeds
-//! on a status in 200..400, sends `User-Agent: kube-probe/1.34` and `Accept: */*` unless the probe
+//! on a status in 200..400, sends `User-Agent: kube-probe/1.36` and `Accept: */*` unless the probe
 //! sets them (an empty value removes them), uses no keep-alive, no compression and no proxy, and
 //! does not verify HTTPS certificates. Redirects to the same host name (any port or scheme) are
 //! followed, at most 10; a redirect elsewhere is not followed and counts as a success (upstream
@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The `User-Agent` of probes (upstream: `kube-probe/<major>.<minor>` of the kubelet).
-pub const USER_AGENT: &str = "kube-probe/1.34";
+pub const USER_AGENT: &str = "kube-probe/1.36";
 
 /// Redirects followed at most.
 const MAX_REDIRECTS: usize = 10;

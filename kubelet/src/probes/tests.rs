@@ -72,7 +72,7 @@ async fn http_status_decides() {
     let head = heads.recv().await.expect("request");
     assert!(head.starts_with("GET /ok HTTP/1.1\r\n"), "{head}");
     assert!(head.contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")), "{head}");
-    assert!(head.contains("\r\nUser-Agent: kube-probe/1.34\r\n"), "{head}");
+    assert!(head.contains("\r\nUser-Agent: kube-probe/1.36\r\n"), "{head}");
     assert!(head.contains("\r\nAccept: */*\r\n"), "{head}");
     assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
 
