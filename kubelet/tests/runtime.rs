@@ -728,7 +728,12 @@ async fn shim_survives_kill9_of_starter(env: Env) -> Result<()> {
         ensure!(kill(Pid::from_raw(pid), None).is_ok(), "container init {pid} died with the starter");
         // Another agent (this process) takes over and stops it; the shim records the exit.
         let exit = env.runtime.stop("orphan", Duration::from_millis(200)).await?;
-        ensure!(exit.code == 137 && exit.signal == Some(9), "{exit:?}");
+        ensure!(
+            exit.code == 137 && exit.signal == Some(9),
+            "{exit:?}; the container's log: {:?}; the shim's: {:?}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(c.root.join("containers/orphan/shim.log")).unwrap_or_default()
+        );
         eventually("the shim to exit", Duration::from_secs(10), || {
             (!Path::new(&format!("/proc/{shim_pid}")).exists()
                 || std::fs::read_to_string(format!("/proc/{shim_pid}/stat"))
