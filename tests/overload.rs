@@ -177,3 +177,142 @@ fn a_flood_of_lists_and_watches_does_not_starve_the_admin() {
     assert!(worst < Duration::from_secs(1), "an admin create took {worst:?} under the flood");
     assert!(rss_after < 2 * 1024 * 1024, "RSS grew to {rss_after} KiB");
 }
+
+/// API Priority and Fairness: upstream's default FlowSchemas and priority levels are there
+/// (kubectl's columns); answers name the schema and level in their headers; a priority
+/// level of one seat with `limitResponse: Reject` refuses a second request of its users
+/// with 429 and `Retry-After` while a first holds the seat (a create whose body has not
+/// all arrived), and other users, in other levels, go on.
+#[test]
+fn priority_and_fairness_classifies_limits_and_rejects() {
+    let c = Cluster::start();
+    let schemas = c.ok(&["get", "flowschemas"]);
+    let header: Vec<&str> = schemas.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "PRIORITYLEVEL", "MATCHINGPRECEDENCE", "DISTINGUISHERMETHOD", "AGE", "MISSINGPL"],
+        "{schemas}"
+    );
+    for (name, level, precedence, method) in [
+        ("exempt", "exempt", "1", "<none>"),
+        ("probes", "exempt", "2", "<none>"),
+        ("system-node-high", "node-high", "400", "ByUser"),
+        ("service-accounts", "workload-low", "9000", "ByUser"),
+        ("global-default", "global-default", "9900", "ByUser"),
+        ("catch-all", "catch-all", "10000", "ByUser"),
+    ] {
+        let row = schemas.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or("");
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells.get(1..4), Some(&[level, precedence, method][..]), "{schemas}");
+    }
+    let levels = c.ok(&["get", "prioritylevelconfigurations"]);
+    let row = |name: &str| -> Vec<String> {
+        levels
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(row("workload-low")[1..6], ["Limited", "100", "128", "6", "50"], "{levels}");
+    assert_eq!(row("catch-all")[1..6], ["Limited", "5", "<none>", "<none>", "<none>"], "{levels}");
+    assert_eq!(row("exempt")[1..6], ["Exempt", "<none>", "<none>", "<none>", "<none>"], "{levels}");
+
+    // One seat, no queue, no lending or borrowing, for the user `limited`.
+    let f = c.file(
+        "apf.yaml",
+        r#"apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: PriorityLevelConfiguration
+metadata: {name: one-seat}
+spec:
+  type: Limited
+  limited:
+    nominalConcurrencyShares: 1
+    lendablePercent: 0
+    borrowingLimitPercent: 0
+    limitResponse: {type: Reject}
+---
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: FlowSchema
+metadata: {name: limited-user}
+spec:
+  matchingPrecedence: 50
+  priorityLevelConfiguration: {name: one-seat}
+  distinguisherMethod: {type: ByUser}
+  rules:
+  - subjects: [{kind: User, user: {name: limited}}]
+    resourceRules: [{verbs: ["*"], apiGroups: ["*"], resources: ["*"], clusterScope: true, namespaces: ["*"]}]
+"#,
+    );
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    c.ok(&["create", "clusterrolebinding", "limited-admin", "--clusterrole=cluster-admin", "--user=limited"]);
+    let uid = |kind: &str, name: &str| c.ok(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"]);
+    let (schema_uid, level_uid) =
+        (uid("flowschema", "limited-user"), uid("prioritylevelconfiguration", "one-seat"));
+    let (exempt_schema, exempt_level) =
+        (uid("flowschema", "exempt"), uid("prioritylevelconfiguration", "exempt"));
+
+    let kc = Kubeconfig::load(&c.kubeconfig).expect("kubeconfig");
+    let client = Client::new(&kc).expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let as_limited = [("Impersonate-User", "limited")];
+        let list = "/api/v1/namespaces/default/configmaps";
+        let mut admin = client.open().await.expect("connect");
+        let r = admin.request("GET", list, &[], b"").await.expect("list");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-kubernetes-pf-flowschema-uid"), Some(exempt_schema.as_str()));
+        assert_eq!(r.header("x-kubernetes-pf-prioritylevel-uid"), Some(exempt_level.as_str()));
+        // The configuration is read from the watch cache: wait until it is in force.
+        let mut second = client.open().await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = second.request("GET", list, &as_limited, b"").await.expect("list");
+            assert_eq!(r.status, 200, "{}", r.text());
+            if r.header("x-kubernetes-pf-flowschema-uid") == Some(schema_uid.as_str()) {
+                assert_eq!(r.header("x-kubernetes-pf-prioritylevel-uid"), Some(level_uid.as_str()));
+                break;
+            }
+            assert!(Instant::now() < deadline, "the new FlowSchema is not in force after 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+        }
+        // A create whose body is still on its way holds the level's only seat.
+        let body = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"slow"}}"#;
+        let mut first = client.open().await.expect("connect");
+        let head = format!(
+            "POST {list} HTTP/1.1\r\nHost: capstan\r\nImpersonate-User: limited\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        first.send_raw(head.as_bytes()).await.expect("send the head");
+        first.send_raw(&body[..10]).await.expect("send a part of the body");
+        // The seat is taken once the head is read (the server's metric says when); then the
+        // next request of `limited` is refused.
+        let held = "apiserver_flowcontrol_current_executing_requests{flow_schema=\"limited-user\",priority_level=\"one-seat\"} 1";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut m = client.open().await.expect("connect");
+            let text = m.request("GET", "/metrics", &[], b"").await.expect("metrics").text();
+            if text.lines().any(|l| l == held) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the slow create holds no seat after 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+        }
+        let refused = second.request("GET", list, &as_limited, b"").await.expect("list");
+        assert_eq!(refused.status, 429, "{}", refused.text());
+        assert_eq!(refused.header("retry-after"), Some("1"));
+        assert_eq!(refused.header("x-kubernetes-pf-flowschema-uid"), Some(schema_uid.as_str()));
+        let status = refused.json().expect("a Status");
+        assert_eq!((status["kind"].as_str(), status["reason"].as_str()), (Some("Status"), Some("TooManyRequests")));
+        // Other users, in other levels, are not held up.
+        let r = admin.request("GET", list, &[("Impersonate-User", "someone-else")], b"").await.expect("list");
+        assert_ne!(r.status, 429, "{}", r.text());
+        // The body arrives; the create succeeds and frees the seat.
+        first.send_raw(&body[10..]).await.expect("send the rest");
+        let created = first.read_response(false).await.expect("the create's answer");
+        assert_eq!(created.status, 201, "{}", created.text());
+        let r = second.request("GET", list, &as_limited, b"").await.expect("list");
+        assert_eq!(r.status, 200, "{}", r.text());
+    });
+}

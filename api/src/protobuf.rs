@@ -1235,7 +1235,7 @@ mod tests {
     fn prost_round_trip(group: &str, kind: &str, raw: &[u8]) -> Option<Vec<u8>> {
         use k8s_pb::api::{
             admissionregistration, apps, authentication, authorization, batch, certificates, coordination,
-            core, discovery, networking, policy, rbac, scheduling, storage,
+            core, discovery, flowcontrol, networking, policy, rbac, scheduling, storage,
         };
         use prost::Message;
         macro_rules! kinds {
@@ -1282,6 +1282,8 @@ mod tests {
             "admissionregistration.k8s.io", "ValidatingAdmissionPolicy" => admissionregistration::v1::ValidatingAdmissionPolicy;
             "admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding" => admissionregistration::v1::ValidatingAdmissionPolicyBinding;
             "scheduling.k8s.io", "PriorityClass" => scheduling::v1::PriorityClass;
+            "flowcontrol.apiserver.k8s.io", "FlowSchema" => flowcontrol::v1::FlowSchema;
+            "flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration" => flowcontrol::v1::PriorityLevelConfiguration;
             "networking.k8s.io", "Ingress" => networking::v1::Ingress;
             "networking.k8s.io", "IngressClass" => networking::v1::IngressClass;
             "networking.k8s.io", "NetworkPolicy" => networking::v1::NetworkPolicy;

@@ -175,8 +175,8 @@ use k8s_openapi::api::{
     admissionregistration::v1 as admreg, apps::v1 as apps, authentication::v1 as authn,
     authorization::v1 as authz, batch::v1 as batch, certificates::v1 as certificates,
     coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
-    storage::v1 as storage,
+    flowcontrol::v1 as flowcontrol, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+    scheduling::v1 as scheduling, storage::v1 as storage,
 };
 
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
@@ -624,6 +624,31 @@ pub static RESOURCES: &[ResourceInfo] = &[
         cats = [],
         Namespaced,
         subs = [status("policy", "v1", "PodDisruptionBudget")]
+    ),
+    // flowcontrol.apiserver.k8s.io/v1 (API Priority and Fairness)
+    res!(
+        "flowcontrol.apiserver.k8s.io",
+        "v1",
+        "FlowSchema",
+        "flowschemas",
+        "flowschema",
+        flowcontrol::FlowSchema,
+        short = [],
+        cats = [],
+        Cluster,
+        subs = [status("flowcontrol.apiserver.k8s.io", "v1", "FlowSchema")]
+    ),
+    res!(
+        "flowcontrol.apiserver.k8s.io",
+        "v1",
+        "PriorityLevelConfiguration",
+        "prioritylevelconfigurations",
+        "prioritylevelconfiguration",
+        flowcontrol::PriorityLevelConfiguration,
+        short = [],
+        cats = [],
+        Cluster,
+        subs = [status("flowcontrol.apiserver.k8s.io", "v1", "PriorityLevelConfiguration")]
     ),
     // scheduling.k8s.io/v1
     res!(

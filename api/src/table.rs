@@ -256,6 +256,23 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             NAME,
             col("Created At", "date", 0, AGE_DESC),
         ],
+        ("flowcontrol.apiserver.k8s.io", "flowschemas") => vec![
+            NAME,
+            col("PriorityLevel", "string", 0, "`name` is the name of the priority level configuration being referenced Required."),
+            col("MatchingPrecedence", "string", 0, "`matchingPrecedence` is used to choose among the FlowSchemas that match a given request. The chosen FlowSchema is among those with the numerically lowest (which we take to be logically highest) MatchingPrecedence.  Each MatchingPrecedence value must be ranged in [1,10000]. Note that if the precedence is not specified, it will be set to 1000 as default."),
+            col("DistinguisherMethod", "string", 0, "`distinguisherMethod` defines how to compute the flow distinguisher for requests that match this schema. `nil` specifies that the distinguisher is disabled and thus will always be the empty string."),
+            AGE,
+            col("MissingPL", "string", 0, "references a broken or non-existent PriorityLevelConfiguration"),
+        ],
+        ("flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations") => vec![
+            NAME,
+            col("Type", "string", 0, "`type` indicates whether this priority level is subject to limitation on request execution.  A value of `\"Exempt\"` means that requests of this priority level are not subject to a limit (and thus are never queued) and do not detract from the capacity made available to other priority levels.  A value of `\"Limited\"` means that (a) requests of this priority level _are_ subject to limits and (b) some of the server's limited capacity is made available exclusively to this priority level. Required."),
+            col("NominalConcurrencyShares", "string", 0, "`nominalConcurrencyShares` (NCS) contributes to the computation of the NominalConcurrencyLimit (NominalCL) of this level."),
+            col("Queues", "string", 0, "`queues` is the number of queues for this priority level. The queues exist independently at each apiserver. The value must be positive.  Setting it to 1 effectively precludes shufflesharding and thus makes the distinguisher method of associated flow schemas irrelevant.  This field has a default value of 64."),
+            col("HandSize", "string", 0, "`handSize` is a small positive number that configures the shuffle sharding of requests into queues."),
+            col("QueueLengthLimit", "string", 0, "`queueLengthLimit` is the maximum number of requests allowed to be waiting in a given queue of this priority level at a time; excess requests are rejected.  This value must be positive.  If not specified, it will be defaulted to 50."),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -278,6 +295,50 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
         ("", "pods") => pod_cells(obj, name, age, now),
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             vec![name.into(), s(Some(obj), "metadata.creationTimestamp").into()]
+        }
+        ("flowcontrol.apiserver.k8s.io", "flowschemas") => {
+            let method = match s(spec, "distinguisherMethod.type") {
+                "" => "<none>",
+                m => m,
+            };
+            let missing = status
+                .and_then(|st| st.get("conditions"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Dangling"))
+                .and_then(|c| c.get("status").and_then(Value::as_str))
+                .unwrap_or("?");
+            let precedence =
+                spec.and_then(|sp| sp.get("matchingPrecedence")).and_then(Value::as_i64).unwrap_or(0);
+            vec![
+                name.into(),
+                s(spec, "priorityLevelConfiguration.name").into(),
+                precedence.into(),
+                method.into(),
+                age.into(),
+                missing.into(),
+            ]
+        }
+        ("flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations") => {
+            let limited = spec.and_then(|sp| sp.get("limited"));
+            let none = || Value::from("<none>");
+            let field = |path: &[&str]| {
+                let mut v = limited;
+                for p in path {
+                    v = v.and_then(|x| x.get(*p));
+                }
+                v.cloned().filter(|v| !v.is_null()).unwrap_or_else(none)
+            };
+            vec![
+                name.into(),
+                s(spec, "type").into(),
+                field(&["nominalConcurrencyShares"]),
+                field(&["limitResponse", "queuing", "queues"]),
+                field(&["limitResponse", "queuing", "handSize"]),
+                field(&["limitResponse", "queuing", "queueLengthLimit"]),
+                age.into(),
+            ]
         }
         ("certificates.k8s.io", "certificatesigningrequests") => {
             let duration = spec

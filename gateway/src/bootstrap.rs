@@ -65,6 +65,15 @@ pub async fn cluster(svc: &ApiService) -> ApiResult<()> {
             "preemptionPolicy": "PreemptLowerPriority"});
         create_if_missing(svc, "scheduling.k8s.io", "priorityclasses", None, class).await?;
     }
+    // API Priority and Fairness: upstream's mandatory and suggested configuration.
+    let (schemas, levels) = crate::flowcontrol::defaults();
+    for level in levels {
+        create_if_missing(svc, "flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations", None, level)
+            .await?;
+    }
+    for schema in schemas {
+        create_if_missing(svc, "flowcontrol.apiserver.k8s.io", "flowschemas", None, schema).await?;
+    }
     Ok(())
 }
 

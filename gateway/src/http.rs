@@ -37,7 +37,8 @@ pub struct Gateway {
     /// The audit log, if one is configured.
     pub audit: Option<Arc<crate::audit::Auditor>>,
     /// The limit on requests worked on at once.
-    pub inflight: crate::inflight::Inflight,
+    /// API Priority and Fairness.
+    pub flow: crate::flowcontrol::FlowControl,
 }
 
 /// Who made a request (after impersonation) and who authenticated, for the audit log.
@@ -393,6 +394,18 @@ pub async fn dispatch(req: HttpRequest, payload: web::Payload, gw: web::Data<Gat
             (error_response_as(&e, prefers_protobuf(&req)), Some(e.to_status()))
         }
     };
+    let mut resp = resp;
+    if let Some(class) = req.extensions().get::<crate::flowcontrol::Classification>() {
+        let headers = resp.headers_mut();
+        for (name, value) in [
+            (crate::flowcontrol::FLOW_SCHEMA_HEADER, &class.flow_schema_uid),
+            (crate::flowcontrol::PRIORITY_LEVEL_HEADER, &class.priority_level_uid),
+        ] {
+            if let Ok(v) = header::HeaderValue::from_str(value) {
+                headers.insert(header::HeaderName::from_static(name), v);
+            }
+        }
+    }
     crate::metrics::request(&req, resp.status().as_u16(), started.elapsed());
     match &gw.audit {
         Some(a) => audit(a, &req, resp, status, received).await,
@@ -483,12 +496,15 @@ async fn handle(req: &HttpRequest, payload: web::Payload, gw: &Gateway) -> ApiRe
         Some(v) => matches!(v, "true" | "1"),
         None => matches!(q.get("resourceVersion"), None | Some("") | Some("0")),
     };
-    let (object, _) = crate::audit::object_ref(req.method().as_str(), &path, watch);
-    let stream = object.is_some_and(|o| {
+    let (object, verb) = crate::audit::object_ref(req.method().as_str(), &path, watch);
+    let stream = object.as_ref().is_some_and(|o| {
         matches!(o.subresource.as_str(), "log" | "exec" | "attach" | "portforward" | "proxy")
     });
     let long_running = (watch && !initial_events) || stream;
-    let _seat = gw.inflight.seat(&user, long_running).await?;
+    let flow_req = crate::flowcontrol::Request { verb, object, path: path.clone() };
+    let (class, seat) = gw.flow.admit(&user, &flow_req, long_running).await;
+    req.extensions_mut().insert(class);
+    let _seat = seat?;
     // Non-resource paths are authorized by their URL (RBAC nonResourceURLs), as upstream:
     // discovery and OpenAPI for authenticated users, nothing for anonymous ones.
     let resource_request = matches!(segs.as_slice(), ["api", "v1", _, ..] | ["apis", _, _, _, ..]);

@@ -32,8 +32,8 @@ pub mod crds;
 pub mod csr;
 pub mod discovery;
 pub mod dispatch;
+pub mod flowcontrol;
 pub mod http;
-pub mod inflight;
 pub mod keys;
 mod metrics;
 pub mod pki;
@@ -76,8 +76,9 @@ pub struct Config {
     /// Revisions of change log kept behind the newest (older ones are compacted away;
     /// watchers and event-stream readers behind them get 410 and relist).
     pub change_log_retention: u64,
-    /// Requests worked on at once, besides watches and streams and `system:masters`'
-    /// (0: no limit); more wait in a queue or get 429 (see [`inflight`]).
+    /// Requests worked on at once, besides watches, streams and exempt ones, shared out
+    /// among the priority levels (0: no limit); more wait in queues or get 429 (see
+    /// [`flowcontrol`]).
     pub max_requests_inflight: usize,
     /// How often the change log is compacted to `change_log_retention`.
     pub compaction_interval: std::time::Duration,
@@ -384,7 +385,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
         bus: config.bus.clone(),
         stream_failures: Default::default(),
         aggregator: aggregator_clients,
-        inflight: inflight::Inflight::new(config.max_requests_inflight, 1000),
+        flow: flowcontrol::FlowControl::start(service.cache().clone(), config.max_requests_inflight),
         audit: match config.audit.clone() {
             Some(a) => Some(Arc::new(audit::Auditor::start(a).map_err(StartError::Audit)?)),
             None => None,

@@ -84,6 +84,8 @@ fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -
         "admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy" => admreg::ValidatingAdmissionPolicy;
         "admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding" => admreg::ValidatingAdmissionPolicyBinding;
         "scheduling.k8s.io", "v1", "PriorityClass" => scheduling::PriorityClass;
+        "flowcontrol.apiserver.k8s.io", "v1", "FlowSchema" => k8s_openapi::api::flowcontrol::v1::FlowSchema;
+        "flowcontrol.apiserver.k8s.io", "v1", "PriorityLevelConfiguration" => k8s_openapi::api::flowcontrol::v1::PriorityLevelConfiguration;
         "networking.k8s.io", "v1", "Ingress" => networking::Ingress;
         "networking.k8s.io", "v1", "IngressClass" => networking::IngressClass;
         "networking.k8s.io", "v1", "NetworkPolicy" => networking::NetworkPolicy;
