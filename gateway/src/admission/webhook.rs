@@ -238,7 +238,7 @@ pub(super) fn match_conditions(conds: Option<&Value>, vars: &[(&str, &Value)]) -
 /// The HTTPS side: one reqwest client per trust root (`caBundle`), and the addresses of
 /// Services' endpoints for the resolver.
 #[derive(Default)]
-struct Http {
+pub(crate) struct Http {
     clients: Mutex<HashMap<String, reqwest::Client>>,
     services: Arc<Mutex<HashMap<String, Vec<IpAddr>>>>,
     /// The bus, for hooks at `bus:capstan.v1.admission.<integrator>.<hook>`.
@@ -322,7 +322,7 @@ impl Http {
     }
 
     /// The URL of `clientConfig`; a Service is resolved to a ready endpoint now.
-    async fn url(&self, ctx: &Context, cc: &Value) -> Result<String, String> {
+    pub(crate) async fn url(&self, ctx: &Context, cc: &Value) -> Result<String, String> {
         if let Some(u) = cc.get("url").and_then(Value::as_str) {
             return Ok(u.to_string());
         }
@@ -361,31 +361,41 @@ impl Http {
         if let Some(subject) = url.strip_prefix(BUS_SCHEME) {
             return self.call_bus(subject, timeout, review, uid).await;
         }
+        let body = self
+            .post_https(&url, cc["caBundle"].as_str().unwrap_or(""), timeout, review)
+            .await
+            .map_err(|e| format!("failed to call webhook: {e}"))?;
+        response_of(&body, uid)
+    }
+
+    /// POSTs `body` as JSON to the HTTPS `url` (with `?timeout=Ns`), trusting `ca_bundle`
+    /// (the system's roots when empty), within `timeout`; the response body of a 2xx
+    /// answer, or why the call failed, worded as Go's HTTP client (`Post "url": ...`).
+    pub(crate) async fn post_https(
+        &self,
+        url: &str,
+        ca_bundle: &str,
+        timeout: Duration,
+        body: &Value,
+    ) -> Result<bytes::Bytes, String> {
         let sep = if url.contains('?') { '&' } else { '?' };
         let url = format!("{url}{sep}timeout={}s", timeout.as_secs());
-        let client = self
-            .client(cc["caBundle"].as_str().unwrap_or(""))
-            .map_err(|e| format!("failed to call webhook: {e}"))?;
+        let client = self.client(ca_bundle)?;
         let sent = async {
-            let resp = client.post(&url).json(review).send().await.map_err(|e| chain(&e))?;
+            let resp = client.post(&url).json(body).send().await.map_err(|e| chain(&e))?;
             let status = resp.status();
             let body = resp.bytes().await.map_err(|e| chain(&e))?;
             Ok::<_, String>((status, body))
         };
         let (status, body) = match tokio::time::timeout(timeout, sent).await {
-            Err(_) => {
-                return Err(format!("failed to call webhook: Post \"{url}\": context deadline exceeded"))
-            }
-            Ok(Err(e)) => return Err(format!("failed to call webhook: Post \"{url}\": {e}")),
+            Err(_) => return Err(format!("Post \"{url}\": context deadline exceeded")),
+            Ok(Err(e)) => return Err(format!("Post \"{url}\": {e}")),
             Ok(Ok(r)) => r,
         };
         if !status.is_success() {
-            return Err(format!(
-                "failed to call webhook: the server responded with the status code {}",
-                status.as_u16()
-            ));
+            return Err(format!("the server responded with the status code {}", status.as_u16()));
         }
-        response_of(&body, uid)
+        Ok(body)
     }
 
     /// The same exchange as a bus request/reply: the AdmissionReview JSON as payload, the
