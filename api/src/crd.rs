@@ -9,6 +9,7 @@
 //! the CRD kind's own validation and defaulting; [`name_conflicts`] decides
 //! `NamesAccepted`.
 
+pub mod cost;
 pub mod rules;
 pub mod schema;
 

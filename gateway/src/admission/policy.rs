@@ -21,7 +21,9 @@
 //!
 //! Not done as upstream: `status.typeChecking` (expressions are only checked when they
 //! run; one that does not compile fails at evaluation), `auditAnnotations`, the
-//! `authorizer` variable, and CEL's cost limits.
+//! `authorizer` variable, and a static cost estimate at creation: expressions are capped
+//! only at run time, by upstream's per-call cost limit estimated from the sizes of the
+//! values (`capstan_api::crd::cost::check_call_with`).
 
 use super::webhook::{exempt, namespace_matches, object_matches, objects, request, rule_matches, to_cel};
 use super::{Attributes, Context, Plugin};

@@ -210,6 +210,8 @@ pub(super) fn cel_eval(expr: &str, vars: &[(&str, &Value)]) -> Result<cel::Value
 /// As [`cel_eval`], with values already converted.
 pub(super) fn cel_eval_values(expr: &str, vars: &[(&str, cel::Value)]) -> Result<cel::Value, String> {
     let program = capstan_api::crd::rules::compile(expr)?;
+    // Upstream's per-call cost limit, estimated from the sizes of the values before the run.
+    capstan_api::crd::cost::check_call_with(&program, vars)?;
     let mut ctx = cel::Context::default();
     for (name, v) in vars {
         ctx.add_variable_from_value(*name, v.clone());
