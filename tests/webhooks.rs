@@ -616,3 +616,67 @@ webhooks:
     let err = c.fails(&["apply", "-f", f.to_str().unwrap()]);
     assert!(err.contains("\"capstan.v1.api.controllers\" is not an admission subject"), "{err}");
 }
+
+/// A policy using the `authorizer` variable: only users who may list Secrets in the
+/// namespace may create ConfigMaps labelled `sensitive`.
+const AUTHZ_POLICY: &str = r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: sensitive.example.com
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: ["v1"]
+      operations: ["CREATE"]
+      resources: ["configmaps"]
+  matchConditions:
+  - name: sensitive
+    expression: "has(object.metadata.labels) && 'sensitive' in object.metadata.labels"
+  validations:
+  - expression: "authorizer.group('').resource('secrets').namespace(object.metadata.namespace).check('list').allowed()"
+    messageExpression: "'user may not list secrets: ' + string(authorizer.requestResource.check('create').allowed())"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: sensitive-binding.example.com
+spec:
+  policyName: sensitive.example.com
+  validationActions: [Deny]
+"#;
+
+#[test]
+fn validating_admission_policy_authorizer_checks_rbac() {
+    let c = Cluster::start();
+    let f = c.file("policy.yaml", AUTHZ_POLICY);
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    // bob may create ConfigMaps but not list Secrets.
+    c.ok(&["create", "role", "cm-writer", "--verb=create,get", "--resource=configmaps"]);
+    c.ok(&["create", "rolebinding", "bob-cm", "--role=cm-writer", "--user=bob"]);
+    let err = wait_for("the policy to refuse bob", Duration::from_secs(10), || {
+        // Unlabelled: the policy does not apply.
+        let _ = c.kubectl(&["create", "configmap", "s1", "--as=bob"]);
+        let f = c.file("s2.yaml", &configmap("s2", "default", &[("sensitive", "yes")]));
+        let out = c.kubectl(&["create", "-f", f.to_str().unwrap(), "--as=bob"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!out.status.success() && stderr.contains("ValidatingAdmissionPolicy")).then_some(stderr)
+    });
+    assert!(
+        err.contains("ValidatingAdmissionPolicy 'sensitive.example.com' with binding 'sensitive-binding.example.com' denied request: user may not list secrets: true"),
+        "{err}"
+    );
+    c.ok(&["get", "configmap", "s1"]);
+    // The admin may list Secrets: allowed.
+    let f = c.file("s3.yaml", &configmap("s3", "default", &[("sensitive", "yes")]));
+    let out = c.ok(&["create", "-f", f.to_str().unwrap()]);
+    assert!(out.contains("configmap/s3 created"), "{out}");
+    // Once bob may list Secrets, his sensitive ConfigMaps are allowed too.
+    c.ok(&["create", "role", "secret-lister", "--verb=list", "--resource=secrets"]);
+    c.ok(&["create", "rolebinding", "bob-secrets", "--role=secret-lister", "--user=bob"]);
+    let f = c.file("s4.yaml", &configmap("s4", "default", &[("sensitive", "yes")]));
+    wait_for("bob to be allowed", Duration::from_secs(10), || {
+        c.kubectl(&["create", "-f", f.to_str().unwrap(), "--as=bob"]).status.success().then_some(())
+    });
+}

@@ -279,7 +279,7 @@ impl ApiService {
     /// A service over `store`, answering lists and watches from `cache`, with the standard
     /// admission chain and the default Service ranges.
     pub fn new(store: Arc<dyn Store>, cache: Arc<Cache>, authorizer: Arc<dyn Authorizer>) -> ApiService {
-        let ctx = admission::Context::new(store.clone(), cache.clone());
+        let ctx = admission::Context::new(store.clone(), cache.clone()).with_authorizer(authorizer.clone());
         ApiService {
             store,
             cache,
