@@ -544,3 +544,86 @@ fn python_custom_objects_api_works_unchanged() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A CRD whose `spec` has the lists `a` and `b` of integers (bounded by `max_items` when
+/// given) and one rule comparing every pair.
+fn pairs_crd(max_items: Option<u32>) -> String {
+    let bound = max_items.map(|m| format!("\n                maxItems: {m}")).unwrap_or_default();
+    format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: pairs.cost.example.com
+spec:
+  group: cost.example.com
+  scope: Namespaced
+  names: {{plural: pairs, singular: pair, kind: Pair}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-validations:
+            - rule: "self.a.all(x, self.b.all(y, x != y))"
+              message: a and b must not share items
+            - rule: "self.a.size() <= 10"
+            properties:
+              a:
+                type: array{bound}
+                items: {{type: integer}}
+              b:
+                type: array{bound}
+                items: {{type: integer}}
+"#
+    )
+}
+
+#[test]
+fn cel_rule_costs_are_bounded_as_upstream() {
+    let c = Cluster::start();
+    // Nested all() over two unbounded lists: refused with upstream's cost messages.
+    let f = c.file("unbounded.yaml", &pairs_crd(None));
+    let err = c.fails(&["apply", "-f", f.to_str().unwrap()]);
+    let rule = "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule";
+    for want in [
+        "The CustomResourceDefinition \"pairs.cost.example.com\" is invalid".to_string(),
+        format!("{rule}: Forbidden: estimated rule cost exceeds budget by factor of more than 100x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)"),
+        format!("{rule}: Forbidden: contributed to estimated rule cost total exceeding cost limit for entire OpenAPIv3Schema"),
+        "spec.versions[0].schema.openAPIV3Schema: Forbidden: x-kubernetes-validations estimated rule cost total for entire OpenAPIv3Schema exceeds budget by factor of more than 100x".to_string(),
+    ] {
+        assert!(err.contains(&want), "{want}\n{err}");
+    }
+    // The cheap rule next to it is not named.
+    assert!(!err.contains("x-kubernetes-validations[1]"), "{err}");
+    c.fails(&["get", "crd", "pairs.cost.example.com"]);
+
+    // The same rule with maxItems: 10 on both lists is accepted, and runs.
+    let f = c.file("bounded.yaml", &pairs_crd(Some(10)));
+    let out = c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(
+        out.contains("customresourcedefinition.apiextensions.k8s.io/pairs.cost.example.com created"),
+        "{out}"
+    );
+    let pair = |name: &str, a: &str, b: &str| {
+        format!("apiVersion: cost.example.com/v1\nkind: Pair\nmetadata:\n  name: {name}\nspec:\n  a: {a}\n  b: {b}\n")
+    };
+    let ok = c.file("ok.yaml", &pair("ok", "[1, 2]", "[3]"));
+    let out = wait_for("the kind to be served", Duration::from_secs(5), || {
+        let out = c.kubectl(&["apply", "-f", ok.to_str().unwrap()]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert!(out.contains("pair.cost.example.com/ok created"), "{out}");
+    let bad = c.file("bad.yaml", &pair("bad", "[1, 2]", "[2]"));
+    let err = c.fails(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("spec: Invalid value: \"object\": a and b must not share items"), "{err}");
+    // Bounds are enforced before rules run.
+    let long: Vec<String> = (0..11).map(|i| i.to_string()).collect();
+    let long = c.file("long.yaml", &pair("long", &format!("[{}]", long.join(", ")), "[]"));
+    let err = c.fails(&["apply", "-f", long.to_str().unwrap()]);
+    assert!(err.contains("spec.a: Too many: 11: must have at most 10 items"), "{err}");
+}

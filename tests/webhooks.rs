@@ -5,25 +5,26 @@
 mod common;
 
 use base64::Engine;
+use common::https::{HttpsServer, Reply};
 use common::{wait_for, Cluster};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A webhook server on 127.0.0.1 in a thread of its own. Paths:
+/// A webhook server (`common::https`). Paths:
 /// - `/validate`: denies objects labelled `deny=yes`, allows others with a warning;
 /// - `/mutate`: adds the label `mutated=yes` with a JSONPatch;
 /// - `/slow`: answers "allowed" after 3 s;
 /// - `/badpatch`: a JSONPatch that does not apply; `/garbage`: a body that is not JSON.
 ///
 /// Every AdmissionReview received is kept, with its path.
-struct WebhookServer {
-    port: u16,
-    ca_bundle: String,
-    seen: Arc<Mutex<Vec<(String, Value)>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+struct WebhookServer(HttpsServer);
+
+impl std::ops::Deref for WebhookServer {
+    type Target = HttpsServer;
+    fn deref(&self) -> &HttpsServer {
+        &self.0
+    }
 }
 
 fn answer(path: &str, review: &Value) -> Value {
@@ -55,108 +56,17 @@ fn answer(path: &str, review: &Value) -> Value {
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
 }
 
-async fn serve_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    mut s: S,
-    seen: Arc<Mutex<Vec<(String, Value)>>>,
-) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let (head_end, len) = loop {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            break (i + 4, len);
-        }
-    };
-    while buf.len() < head_end + len {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let target = head.split_whitespace().nth(1).unwrap_or("/");
-    let path = target.split('?').next().unwrap_or("/").to_string();
-    let review: Value = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
-    seen.lock().unwrap().push((target.to_string(), review.clone()));
-    if path == "/slow" {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-    }
-    let body =
-        if path == "/garbage" { "this is not JSON".to_string() } else { answer(&path, &review).to_string() };
-    let resp = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(resp.as_bytes()).await?;
-    s.shutdown().await
-}
-
 impl WebhookServer {
     fn start() -> WebhookServer {
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(rcgen::DnType::CommonName, "webhook-test-ca");
-        let ca_key = rcgen::KeyPair::generate().expect("key");
-        let ca_cert = ca.self_signed(&ca_key).expect("ca");
-        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).expect("issuer");
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &issuer).expect("sign");
-        let ca_bundle = base64::engine::general_purpose::STANDARD.encode(ca_cert.pem());
-
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], key_der)
-            .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let seen2 = seen.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => return,
-                        conn = listener.accept() => {
-                            let Ok((tcp, _)) = conn else { continue };
-                            let acceptor = acceptor.clone();
-                            let seen = seen2.clone();
-                            tokio::spawn(async move {
-                                if let Ok(tls) = acceptor.accept(tcp).await {
-                                    let _ = serve_one(tls, seen).await;
-                                }
-                            });
-                        }
-                    }
-                }
-            });
-        });
-        WebhookServer { port, ca_bundle, seen, stop: Some(stop), thread: Some(thread) }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
+        WebhookServer(HttpsServer::start(Arc::new(|path: &str, review: &Value| {
+            let delay = if path == "/slow" { Duration::from_secs(3) } else { Duration::ZERO };
+            let body = if path == "/garbage" {
+                "this is not JSON".to_string()
+            } else {
+                answer(path, review).to_string()
+            };
+            Reply { delay, body }
+        })))
     }
 
     /// The reviews received on `path` for objects named `name`.
@@ -168,17 +78,6 @@ impl WebhookServer {
             .filter(|(p, r)| p.starts_with(path) && r["request"]["name"] == name)
             .map(|(_, r)| r.clone())
             .collect()
-    }
-}
-
-impl Drop for WebhookServer {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -716,4 +615,68 @@ webhooks:
     let f = c.file("elsewhere.yaml", &configmap("elsewhere", "default", &[("elsewhere", "try")]));
     let err = c.fails(&["apply", "-f", f.to_str().unwrap()]);
     assert!(err.contains("\"capstan.v1.api.controllers\" is not an admission subject"), "{err}");
+}
+
+/// A policy using the `authorizer` variable: only users who may list Secrets in the
+/// namespace may create ConfigMaps labelled `sensitive`.
+const AUTHZ_POLICY: &str = r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: sensitive.example.com
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: ["v1"]
+      operations: ["CREATE"]
+      resources: ["configmaps"]
+  matchConditions:
+  - name: sensitive
+    expression: "has(object.metadata.labels) && 'sensitive' in object.metadata.labels"
+  validations:
+  - expression: "authorizer.group('').resource('secrets').namespace(object.metadata.namespace).check('list').allowed()"
+    messageExpression: "'user may not list secrets: ' + string(authorizer.requestResource.check('create').allowed())"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: sensitive-binding.example.com
+spec:
+  policyName: sensitive.example.com
+  validationActions: [Deny]
+"#;
+
+#[test]
+fn validating_admission_policy_authorizer_checks_rbac() {
+    let c = Cluster::start();
+    let f = c.file("policy.yaml", AUTHZ_POLICY);
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    // bob may create ConfigMaps but not list Secrets.
+    c.ok(&["create", "role", "cm-writer", "--verb=create,get", "--resource=configmaps"]);
+    c.ok(&["create", "rolebinding", "bob-cm", "--role=cm-writer", "--user=bob"]);
+    let err = wait_for("the policy to refuse bob", Duration::from_secs(10), || {
+        // Unlabelled: the policy does not apply.
+        let _ = c.kubectl(&["create", "configmap", "s1", "--as=bob"]);
+        let f = c.file("s2.yaml", &configmap("s2", "default", &[("sensitive", "yes")]));
+        let out = c.kubectl(&["create", "-f", f.to_str().unwrap(), "--as=bob"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!out.status.success() && stderr.contains("ValidatingAdmissionPolicy")).then_some(stderr)
+    });
+    assert!(
+        err.contains("ValidatingAdmissionPolicy 'sensitive.example.com' with binding 'sensitive-binding.example.com' denied request: user may not list secrets: true"),
+        "{err}"
+    );
+    c.ok(&["get", "configmap", "s1"]);
+    // The admin may list Secrets: allowed.
+    let f = c.file("s3.yaml", &configmap("s3", "default", &[("sensitive", "yes")]));
+    let out = c.ok(&["create", "-f", f.to_str().unwrap()]);
+    assert!(out.contains("configmap/s3 created"), "{out}");
+    // Once bob may list Secrets, his sensitive ConfigMaps are allowed too.
+    c.ok(&["create", "role", "secret-lister", "--verb=list", "--resource=secrets"]);
+    c.ok(&["create", "rolebinding", "bob-secrets", "--role=secret-lister", "--user=bob"]);
+    let f = c.file("s4.yaml", &configmap("s4", "default", &[("sensitive", "yes")]));
+    wait_for("bob to be allowed", Duration::from_secs(10), || {
+        c.kubectl(&["create", "-f", f.to_str().unwrap(), "--as=bob"]).status.success().then_some(())
+    });
 }

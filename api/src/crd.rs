@@ -9,6 +9,7 @@
 //! the CRD kind's own validation and defaulting; [`name_conflicts`] decides
 //! `NamesAccepted`.
 
+pub mod cost;
 pub mod rules;
 pub mod schema;
 
@@ -35,6 +36,40 @@ pub struct CustomResource {
     pub columns: Vec<PrinterColumn>,
     /// The `scale` subresource's paths, if enabled.
     pub scale: Option<ScalePaths>,
+    /// The conversion webhook (`spec.conversion.strategy: Webhook`); `None` for strategy
+    /// `None`, where versions differ only in `apiVersion`.
+    pub conversion: Option<ConversionWebhook>,
+}
+
+/// A CRD's conversion webhook (`spec.conversion.webhook`).
+#[derive(Debug, Clone)]
+pub struct ConversionWebhook {
+    /// `clientConfig`: `url` or `service` (namespace, name, port, path), and `caBundle`.
+    pub client_config: Value,
+    /// The `ConversionReview` version to send (`v1` or `v1beta1`: the first of
+    /// `conversionReviewVersions` this server speaks; their JSON is the same).
+    pub review_version: &'static str,
+}
+
+impl ConversionWebhook {
+    /// The webhook of a CRD whose conversion strategy is `Webhook`.
+    pub fn of(crd: &Value) -> Option<ConversionWebhook> {
+        let conv = &crd["spec"]["conversion"];
+        if s(conv, "strategy") != "Webhook" {
+            return None;
+        }
+        let review_version = review_version(&conv["webhook"]["conversionReviewVersions"])?;
+        Some(ConversionWebhook { client_config: conv["webhook"]["clientConfig"].clone(), review_version })
+    }
+}
+
+/// The first `ConversionReview` version of `versions` this server speaks.
+fn review_version(versions: &Value) -> Option<&'static str> {
+    versions.as_array().into_iter().flatten().find_map(|v| match v.as_str() {
+        Some("v1") => Some("v1"),
+        Some("v1beta1") => Some("v1beta1"),
+        _ => None,
+    })
 }
 
 /// One `additionalPrinterColumns` entry.
@@ -120,6 +155,7 @@ pub fn resources_of(crd: &Value) -> Vec<ResourceInfo> {
     }
     let mut served: Vec<&Value> = versions.iter().filter(|v| v["served"].as_bool() != Some(false)).collect();
     served.sort_by_key(|v| version_priority(s(v, "name")));
+    let conversion = ConversionWebhook::of(crd);
     let mut out = Vec::new();
     for v in served {
         let version = intern(s(v, "name"));
@@ -172,6 +208,7 @@ pub fn resources_of(crd: &Value) -> Vec<ResourceInfo> {
             schema: v["schema"]["openAPIV3Schema"].clone(),
             columns,
             scale,
+            conversion: conversion.clone(),
         }));
         out.push(ResourceInfo {
             group,
@@ -306,17 +343,7 @@ pub fn validate_crd(obj: &Value) -> Vec<Cause> {
             format!("Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\""),
         )),
     }
-    match s(spec, "conversion.strategy") {
-        "" | "None" => {}
-        "Webhook" => out.push(Cause::forbidden(
-            "spec.conversion.strategy",
-            "Forbidden: conversion webhooks are not supported by this server",
-        )),
-        other => out.push(Cause::not_supported(
-            "spec.conversion.strategy",
-            format!("Unsupported value: {other:?}: supported values: \"None\", \"Webhook\""),
-        )),
-    }
+    validate_conversion(&spec["conversion"], &mut out);
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
     if versions.is_empty() {
         out.push(Cause::invalid(
@@ -405,6 +432,67 @@ pub fn validate_crd(obj: &Value) -> Vec<Cause> {
         }
     }
     out
+}
+
+/// `spec.conversion` (upstream's `validateCustomResourceConversion`): a `Webhook` strategy
+/// needs `webhook.clientConfig` (an `https` URL or a Service, as admission webhooks) and a
+/// `conversionReviewVersions` list naming `v1` or `v1beta1`; `None` takes no webhook.
+fn validate_conversion(conv: &Value, out: &mut Vec<Cause>) {
+    let webhook = conv.get("webhook").filter(|w| !w.is_null());
+    match s(conv, "strategy") {
+        "" | "None" => {
+            if webhook.is_some() {
+                out.push(Cause::forbidden(
+                    "spec.conversion.webhook",
+                    "Forbidden: should not be set when strategy is not set to Webhook",
+                ));
+            }
+        }
+        "Webhook" => {
+            let Some(w) = webhook else {
+                out.push(Cause {
+                    reason: "FieldValueRequired",
+                    field: "spec.conversion.webhook".into(),
+                    message: "Required value: required when strategy is set to Webhook".into(),
+                });
+                return;
+            };
+            let mut errs = crate::validation::errs::Errs(Vec::new());
+            let cc = w.get("clientConfig").filter(|c| !c.is_null());
+            if cc.is_none() {
+                errs.required(
+                    "spec.conversion.webhook.clientConfig",
+                    "required when strategy is set to Webhook",
+                );
+            } else {
+                crate::validation::admission::client_config(&mut errs, cc, "spec.conversion.webhook");
+                // Conversion webhooks are HTTPS only (the bus form is for admission).
+                if let Some(u) = cc.and_then(|c| c["url"].as_str()).filter(|u| u.starts_with("bus:")) {
+                    errs.invalid_str(
+                        "spec.conversion.webhook.clientConfig.url",
+                        u,
+                        "'https' is the only allowed URL scheme",
+                    );
+                }
+            }
+            let versions = &w["conversionReviewVersions"];
+            let field = "spec.conversion.webhook.conversionReviewVersions";
+            if versions.as_array().is_none_or(Vec::is_empty) {
+                errs.required(field, "must include at least one of v1, v1beta1");
+            } else if review_version(versions).is_none() {
+                errs.invalid(
+                    field,
+                    &crate::validation::errs::go_strings(Some(versions)),
+                    "must include at least one of v1, v1beta1",
+                );
+            }
+            out.extend(errs.0);
+        }
+        other => out.push(Cause::not_supported(
+            "spec.conversion.strategy",
+            format!("Unsupported value: {other:?}: supported values: \"None\", \"Webhook\""),
+        )),
+    }
 }
 
 /// Validation of a CRD update: `spec.group`, `spec.names.plural` and `spec.scope` stay.
@@ -642,6 +730,44 @@ mod tests {
         crd["spec"]["versions"][0]["schema"] = json!(null);
         let fields: Vec<String> = validate_crd(&crd).into_iter().map(|c| c.field).collect();
         assert_eq!(fields, vec!["metadata.name", "spec.versions", "spec.versions[0].schema.openAPIV3Schema"]);
+    }
+
+    #[test]
+    fn conversion_webhooks_are_validated_as_upstream() {
+        let mut crd = crontab_crd();
+        crd["spec"]["conversion"] = json!({"strategy": "Webhook", "webhook": {
+            "clientConfig": {"url": "https://conv.example.com/convert", "caBundle": "Cg=="},
+            "conversionReviewVersions": ["v2", "v1"]}});
+        assert!(validate_crd(&crd).is_empty(), "{:?}", validate_crd(&crd));
+        let rs = resources_of(&crd);
+        let hook = rs[0].custom.unwrap().conversion.as_ref().expect("a webhook");
+        assert_eq!(hook.review_version, "v1");
+        assert_eq!(hook.client_config["url"], "https://conv.example.com/convert");
+        let causes = |crd: &Value| -> Vec<String> {
+            validate_crd(crd).into_iter().map(|c| format!("{}: {}", c.field, c.message)).collect()
+        };
+        crd["spec"]["conversion"]["webhook"] =
+            json!({"clientConfig": {"url": "http://x/"}, "conversionReviewVersions": ["v2"]});
+        assert_eq!(
+            causes(&crd),
+            [
+                "spec.conversion.webhook.clientConfig.url: Invalid value: \"http://x/\": 'https' is the only allowed URL scheme",
+                "spec.conversion.webhook.conversionReviewVersions: Invalid value: []string{\"v2\"}: must include at least one of v1, v1beta1",
+            ]
+        );
+        crd["spec"]["conversion"] = json!({"strategy": "Webhook"});
+        assert_eq!(
+            causes(&crd),
+            ["spec.conversion.webhook: Required value: required when strategy is set to Webhook"]
+        );
+        crd["spec"]["conversion"] =
+            json!({"strategy": "None", "webhook": {"conversionReviewVersions": ["v1"]}});
+        assert_eq!(
+            causes(&crd),
+            ["spec.conversion.webhook: Forbidden: should not be set when strategy is not set to Webhook"]
+        );
+        crd["spec"]["conversion"] = json!({"strategy": "None"});
+        assert!(resources_of(&crd)[0].custom.unwrap().conversion.is_none());
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! `pkg/apis/batch/validation`, `pkg/apis/rbac/validation` and apimachinery's name rules,
 //! run on objects that have already been defaulted.
 
-mod admission;
-mod errs;
+pub(crate) mod admission;
+pub(crate) mod errs;
 mod kinds;
 mod meta;
 mod names;

@@ -798,6 +798,9 @@ struct WatchState {
     out: Output,
     first_table: bool,
     done: bool,
+    /// The current objects still to send as ADDED (converted to the watched version when
+    /// the first chunk is asked for), and whether the initial-events-end bookmark follows.
+    initial: Option<(Vec<crate::cache::Obj>, bool)>,
 }
 
 /// A JSON watch event line around an object's cached encoding.
@@ -862,6 +865,24 @@ impl WatchState {
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some((items, end_bookmark)) = self.initial.take() {
+            match self.svc.served_objs(self.res, items).await {
+                Err(e) => {
+                    self.done = true;
+                    return Some(event(self.out, "ERROR", &e.to_status()));
+                }
+                Ok(items) => {
+                    for o in &items {
+                        let b = self.render(EventKind::Added, o);
+                        self.pending.push_back(b);
+                    }
+                }
+            }
+            if end_bookmark {
+                let b = self.bookmark(Some(json!({"k8s.io/initial-events-end": "true"})));
+                self.pending.push_back(b);
+            }
+        }
         loop {
             if let Some(b) = self.pending.pop_front() {
                 return Some(b);
@@ -869,7 +890,7 @@ impl WatchState {
             if self.done {
                 return None;
             }
-            match self.svc.watch_events(self.res, self.ns.as_deref(), &self.opts, self.cursor, 512) {
+            match self.svc.watch_events(self.res, self.ns.as_deref(), &self.opts, self.cursor, 512).await {
                 Err(e) => {
                     self.done = true;
                     return Some(event(self.out, "ERROR", &e.to_status()));
@@ -923,43 +944,22 @@ fn watch(
         None => None,
     };
     let rv = opts.resource_version.clone().unwrap_or_default();
-    let mut pending = VecDeque::new();
     let cache = svc.cache().clone();
     let rx = cache.subscribe();
-    let mut state_first_table = true;
     let initial = send_initial.unwrap_or(rv.is_empty() || rv == "0");
-    let cursor = if initial {
+    let (cursor, initial) = if initial {
         // Current state as ADDED events, then changes after the snapshot.
         let prefix = crate::keys::prefix(res, ns);
         let end = capstan_storage::prefix_end(&prefix);
         let (items, revision, _) = cache.list(&prefix, &end, 0, |o| {
             opts.label_selector.matches(&meta::labels(o)) && opts.field_selector.matches(o)
         });
-        let mut st = WatchState {
-            svc: svc.clone(),
-            res,
-            ns: ns.map(str::to_string),
-            opts: opts.clone(),
-            cursor: revision,
-            pending: VecDeque::new(),
-            rx: rx.clone(),
-            deadline: tokio::time::Instant::now(),
-            bookmarks,
-            out,
-            first_table: true,
-            done: false,
-        };
-        for o in &items {
-            let b = st.render(EventKind::Added, o);
-            pending.push_back(b);
-        }
-        if send_initial == Some(true) && bookmarks {
-            pending.push_back(st.bookmark(Some(json!({"k8s.io/initial-events-end": "true"}))));
-        }
-        state_first_table = st.first_table;
-        revision
+        (revision, Some((items, send_initial == Some(true) && bookmarks)))
     } else {
-        rv.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv:?}")))?
+        let rv = rv
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv:?}")))?;
+        (rv, None)
     };
     let state = WatchState {
         svc,
@@ -967,13 +967,14 @@ fn watch(
         ns: ns.map(str::to_string),
         opts,
         cursor,
-        pending,
+        pending: VecDeque::new(),
         rx,
         deadline: tokio::time::Instant::now() + Duration::from_secs(timeout),
         bookmarks,
         out,
-        first_table: state_first_table,
+        first_table: true,
         done: false,
+        initial,
     };
     let stream = futures::stream::unfold(state, |mut st| async move {
         st.next_chunk().await.map(|b| (Ok::<Bytes, actix_web::Error>(b), st))

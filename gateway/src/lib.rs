@@ -28,6 +28,7 @@ pub mod authn;
 pub mod bootstrap;
 pub mod busapi;
 pub mod cache;
+pub mod conversion;
 pub mod crds;
 pub mod csr;
 pub mod discovery;

@@ -189,6 +189,7 @@ pub struct ApiService {
     admission: Chain,
     tokens: Option<Arc<crate::tokens::TokenSigner>>,
     csr_signer: Option<Arc<crate::csr::Signer>>,
+    conversion: crate::conversion::Converter,
 }
 
 const MAX_UPDATE_RETRIES: usize = 32;
@@ -251,34 +252,14 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
     }
 }
 
-/// A custom object as the version `res` serves it (conversion `None`: only `apiVersion`
-/// differs between versions); built-in objects are returned as they are.
-fn in_version(res: &ResourceInfo, obj: Obj) -> Obj {
-    if res.custom.is_none() || obj.get("apiVersion").and_then(Value::as_str) == Some(&res.api_version()) {
-        return obj;
+/// `served` (an object converted to the version of a request) with the metadata of `from`:
+/// conversion keeps metadata, so a change of metadata alone needs no second conversion.
+fn with_metadata_of(served: &Value, from: &Value) -> Value {
+    let mut out = served.clone();
+    if let Some(m) = from.get("metadata") {
+        out["metadata"] = m.clone();
     }
-    let mut o = (*obj).clone();
-    o["apiVersion"] = json!(res.api_version());
-    Arc::new(o.into())
-}
-
-/// Sets a custom object's `apiVersion` to the version `res` serves.
-fn to_version(res: &ResourceInfo, obj: &mut Value) {
-    if res.custom.is_some() && obj.is_object() {
-        obj["apiVersion"] = json!(res.api_version());
-    }
-}
-
-/// Encodes an object for the store: a custom object in its storage version.
-fn encode_stored(res: &ResourceInfo, obj: &Value) -> ApiResult<Vec<u8>> {
-    match res.custom {
-        Some(c) if c.storage_version != res.version && obj.is_object() => {
-            let mut o = obj.clone();
-            o["apiVersion"] = json!(format!("{}/{}", res.group, c.storage_version));
-            encode(&o)
-        }
-        _ => encode(obj),
-    }
+    out
 }
 
 fn spec_of(obj: &Value) -> Value {
@@ -298,7 +279,7 @@ impl ApiService {
     /// A service over `store`, answering lists and watches from `cache`, with the standard
     /// admission chain and the default Service ranges.
     pub fn new(store: Arc<dyn Store>, cache: Arc<Cache>, authorizer: Arc<dyn Authorizer>) -> ApiService {
-        let ctx = admission::Context::new(store.clone(), cache.clone());
+        let ctx = admission::Context::new(store.clone(), cache.clone()).with_authorizer(authorizer.clone());
         ApiService {
             store,
             cache,
@@ -308,6 +289,7 @@ impl ApiService {
             admission: Chain::standard(),
             tokens: None,
             csr_signer: None,
+            conversion: crate::conversion::Converter::new(),
         }
     }
 
@@ -447,6 +429,50 @@ impl ApiService {
         }
     }
 
+    /// A custom object as the version of `res` serves it (see [`crate::conversion`]);
+    /// built-in objects as they are.
+    async fn served(&self, res: &ResourceInfo, obj: Value) -> ApiResult<Value> {
+        if res.custom.is_none() || obj.get("apiVersion").and_then(Value::as_str) == Some(&res.api_version()) {
+            return Ok(obj);
+        }
+        let mut out = self.conversion.convert(&self.ctx, res, vec![obj], res.version).await?;
+        Ok(out.pop().unwrap_or(Value::Null))
+    }
+
+    /// Cached objects as the version of `res` serves them: those in another version are
+    /// converted together (one webhook call for a whole list).
+    pub async fn served_objs(&self, res: &ResourceInfo, mut items: Vec<Obj>) -> ApiResult<Vec<Obj>> {
+        if res.custom.is_none() {
+            return Ok(items);
+        }
+        let want = res.api_version();
+        let todo: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].get("apiVersion").and_then(Value::as_str) != Some(want.as_str()))
+            .collect();
+        if todo.is_empty() {
+            return Ok(items);
+        }
+        let values = todo.iter().map(|&i| Value::clone(&items[i])).collect();
+        let converted = self.conversion.convert(&self.ctx, res, values, res.version).await?;
+        for (i, v) in todo.into_iter().zip(converted) {
+            items[i] = Arc::new(v.into());
+        }
+        Ok(items)
+    }
+
+    /// A custom object written through `res` in its CRD's storage version; `None` when it
+    /// is stored as it is (built-in kinds, or written in the storage version).
+    async fn to_storage(&self, res: &ResourceInfo, obj: &Value) -> ApiResult<Option<Value>> {
+        match res.custom {
+            Some(c) if c.storage_version != res.version && obj.is_object() => {
+                let mut out =
+                    self.conversion.convert(&self.ctx, res, vec![obj.clone()], c.storage_version).await?;
+                Ok(out.pop())
+            }
+            _ => Ok(None),
+        }
+    }
+
     fn check_namespace_arg(res: &ResourceInfo, namespace: Option<&str>) -> ApiResult<()> {
         if res.namespaced() && namespace.is_none() {
             return Err(ApiError::BadRequest(format!(
@@ -469,10 +495,7 @@ impl ApiService {
         Self::check_namespace_arg(res, namespace)?;
         let key = keys::object_key(res, namespace, name);
         match self.read(&key).await? {
-            Some((mut v, _)) => {
-                to_version(res, &mut v);
-                Ok(v)
-            }
+            Some((v, _)) => self.served(res, v).await,
             None => Err(ApiError::not_found(res, name)),
         }
     }
@@ -547,11 +570,7 @@ impl ApiService {
         };
         // Continued pages report the revision of the first page, as upstream.
         let revision = min_rev.unwrap_or(revision);
-        let items = if res.custom.is_some() {
-            items.into_iter().map(|o| in_version(res, o)).collect()
-        } else {
-            items
-        };
+        let items = self.served_objs(res, items).await?;
         Ok(ListPage { items, revision, continue_token: next.map(|k| encode_continue(revision, &k)) })
     }
 
@@ -914,8 +933,9 @@ impl ApiService {
                 }
                 return Ok(WriteResult { object: obj, created: true, warnings });
             }
+            let stored = self.to_storage(res, &obj).await?;
             let (ops, on_conflict) = with_reservations(
-                Op::put(key.clone(), encode_stored(res, &obj)?, Precondition::Absent),
+                Op::put(key.clone(), encode(stored.as_ref().unwrap_or(&obj))?, Precondition::Absent),
                 reserved,
                 &out,
             );
@@ -925,8 +945,14 @@ impl ApiService {
             match outcome? {
                 CommitOutcome::Committed(rev) => {
                     self.after_commit(res, &name, rev).await;
-                    meta::set_meta_str(&mut obj, "resourceVersion", &rev.to_string());
-                    return Ok(WriteResult { object: obj, created: true, warnings });
+                    let Some(mut stored) = stored else {
+                        meta::set_meta_str(&mut obj, "resourceVersion", &rev.to_string());
+                        return Ok(WriteResult { object: obj, created: true, warnings });
+                    };
+                    meta::set_meta_str(&mut stored, "resourceVersion", &rev.to_string());
+                    // The response is the stored object as the request's version serves it.
+                    let object = self.served(res, stored).await?;
+                    return Ok(WriteResult { object, created: true, warnings });
                 }
                 CommitOutcome::ObjectChanged => return Err(ApiError::already_exists(res, &name)),
                 CommitOutcome::Retry => continue,
@@ -986,8 +1012,7 @@ impl ApiService {
                     other => return other,
                 }
             };
-            let mut old = old;
-            to_version(res, &mut old);
+            let old = self.served(res, old).await?;
             let (mut new, pinned) = mutate(Some(&old), &mut warnings)?;
             // Identity and server-owned metadata come from the stored object.
             if let Some(rv) = meta::meta_str(&new, "resourceVersion").filter(|s| !s.is_empty()) {
@@ -1142,18 +1167,25 @@ impl ApiService {
                 return Ok(WriteResult { object: old, created: false, warnings });
             }
             let finished = deleting && meta::finalizers(&new).is_empty() && strategy.may_remove(&new);
-            let (ops, on_conflict) = if finished {
+            // What is stored: the new object in the storage version.
+            let (stored, (ops, on_conflict)) = if finished {
+                let stored = self.to_storage(res, &new).await?;
                 let release = Reservations { ops: strategy.release(&new), ..Default::default() };
                 let op = Op::Delete {
                     key: key.clone(),
                     precondition: Precondition::ModRevision(old_rev),
-                    last_value: Some(encode_stored(res, &new)?),
+                    last_value: Some(encode(stored.as_ref().unwrap_or(&new))?),
                 };
-                with_reservations(op, release, &Outcome::default())
+                (stored, with_reservations(op, release, &Outcome::default()))
             } else {
                 let reserved = strategy.allocate(&self.ctx, &mut new, Some(&old)).await?;
-                let op = Op::put(key.clone(), encode_stored(res, &new)?, Precondition::ModRevision(old_rev));
-                with_reservations(op, reserved, &out)
+                let stored = self.to_storage(res, &new).await?;
+                let op = Op::put(
+                    key.clone(),
+                    encode(stored.as_ref().unwrap_or(&new))?,
+                    Precondition::ModRevision(old_rev),
+                );
+                (stored, with_reservations(op, reserved, &out))
             };
             if opts.dry_run {
                 meta::set_meta_str(&mut new, "resourceVersion", &old_rev.to_string());
@@ -1163,7 +1195,15 @@ impl ApiService {
                 CommitOutcome::Committed(rev) => {
                     self.after_commit(res, name, rev).await;
                     meta::set_meta_str(&mut new, "resourceVersion", &rev.to_string());
-                    return Ok(WriteResult { object: new, created: false, warnings });
+                    let object = match stored {
+                        Some(mut stored) if !finished => {
+                            // The stored object as the request's version serves it.
+                            meta::set_meta_str(&mut stored, "resourceVersion", &rev.to_string());
+                            self.served(res, stored).await?
+                        }
+                        _ => new,
+                    };
+                    return Ok(WriteResult { object, created: false, warnings });
                 }
                 CommitOutcome::ObjectChanged if pinned => return Err(ApiError::conflict(res, name)),
                 CommitOutcome::ObjectChanged | CommitOutcome::Retry => continue,
@@ -1338,6 +1378,16 @@ impl ApiService {
             let Some((obj, rev)) = self.read(&key).await? else {
                 return Err(ApiError::not_found(res, name));
             };
+            // A custom object as the request's version shows it (admission and the
+            // response); what is written stays in the storage version.
+            let served = match res.custom {
+                Some(_) => Some(self.served(res, obj.clone()).await?),
+                None => None,
+            };
+            let show = |v: Value| match &served {
+                Some(s) => with_metadata_of(s, &v),
+                None => v,
+            };
             let attrs = Attributes {
                 operation: Operation::Delete,
                 res,
@@ -1345,13 +1395,13 @@ impl ApiService {
                 namespace: namespace.filter(|_| res.namespaced()),
                 name,
                 user,
-                old: Some(&obj),
+                old: Some(served.as_ref().unwrap_or(&obj)),
                 dry_run: opts.dry_run,
             };
             let mut out = Outcome::default();
-            let mut stored = obj.clone();
-            self.admission.admit(&self.ctx, &attrs, &mut stored, &mut out).await?;
-            self.admission.validate(&self.ctx, &attrs, &obj, &mut out).await?;
+            let mut asked = served.clone().unwrap_or_else(|| obj.clone());
+            self.admission.admit(&self.ctx, &attrs, &mut asked, &mut out).await?;
+            self.admission.validate(&self.ctx, &attrs, served.as_ref().unwrap_or(&obj), &mut out).await?;
             if let Some(uid) = &opts.precondition_uid {
                 if meta::meta_str(&obj, "uid") != Some(uid.as_str()) {
                     return Err(ApiError::conflict_msg(
@@ -1416,19 +1466,19 @@ impl ApiService {
                     strategy.mark_deleting(&mut new);
                 }
                 if opts.dry_run {
-                    return Ok((new, false));
+                    return Ok((show(new), false));
                 }
                 if already_deleting {
-                    return Ok((obj, false));
+                    return Ok((show(obj), false));
                 }
                 meta::remove_meta(&mut new, "resourceVersion");
                 let op = Op::put(key.clone(), encode(&new)?, Precondition::ModRevision(rev));
                 let Some(nrev) = self.commit_one(op).await? else { continue };
                 meta::set_meta_str(&mut new, "resourceVersion", &nrev.to_string());
-                return Ok((new, false));
+                return Ok((show(new), false));
             }
             if opts.dry_run {
-                return Ok((obj, true));
+                return Ok((show(obj), true));
             }
             let mut last = obj.clone();
             meta::remove_meta(&mut last, "resourceVersion");
@@ -1443,7 +1493,7 @@ impl ApiService {
                 CommitOutcome::Committed(nrev) => {
                     self.after_commit(res, name, nrev).await;
                     meta::set_meta_str(&mut last, "resourceVersion", &nrev.to_string());
-                    return Ok((last, true));
+                    return Ok((show(last), true));
                 }
                 CommitOutcome::ObjectChanged | CommitOutcome::Retry => continue,
             }
@@ -1495,6 +1545,7 @@ impl ApiService {
         self.authorize(user, "get", res, Some("scale"), namespace, Some(name))?;
         let key = keys::object_key(res, namespace, name);
         let Some((obj, _)) = self.read(&key).await? else { return Err(ApiError::not_found(res, name)) };
+        let obj = self.served(res, obj).await?;
         Ok(to_scale(res, &obj))
     }
 
@@ -1580,8 +1631,9 @@ impl ApiService {
     }
 
     /// Events for a watch of `res` in `namespace` after `revision`, with selectors applied
-    /// (including the transitions that make an object enter or leave the selection).
-    pub fn watch_events(
+    /// (including the transitions that make an object enter or leave the selection); custom
+    /// objects converted to the watched version (one conversion call per batch).
+    pub async fn watch_events(
         &self,
         res: &ResourceInfo,
         namespace: Option<&str>,
@@ -1608,7 +1660,14 @@ impl ApiService {
                 _ => None,
             };
             if let Some(k) = kind {
-                out.push((k, in_version(res, e.object.clone()), e.revision));
+                out.push((k, e.object.clone(), e.revision));
+            }
+        }
+        if res.custom.is_some() && !out.is_empty() {
+            let objs = out.iter().map(|(_, o, _)| o.clone()).collect();
+            let objs = self.served_objs(res, objs).await?;
+            for (e, o) in out.iter_mut().zip(objs) {
+                e.1 = o;
             }
         }
         Ok((out, scanned))

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod https;
 pub mod nats;
 pub mod podwatch;
 

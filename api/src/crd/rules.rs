@@ -7,9 +7,13 @@
 //! A rule that is false gives one cause at the node's path (or `fieldPath` under it), with
 //! `message`, the string `messageExpression` yields, or `failed rule: <rule>`.
 //!
-//! Not done as upstream: the static cost estimate that refuses too-expensive rules at CRD
-//! creation (a rule's length is bounded instead, and its run is bounded by the body size),
-//! and CEL's Kubernetes library extensions (`quantity`, `url`, `isSorted`...).
+//! Costs are bounded as upstream's (see [`super::cost`]): a rule whose estimated cost is
+//! over budget is refused when the CRD is written, and a rule whose cost with the actual
+//! sizes of the value is over the per-call limit is not run (the object is refused with
+//! `call cost exceeds limit for rule: ...`).
+//!
+//! Not done as upstream: CEL's Kubernetes library extensions (`quantity`, `url`,
+//! `isSorted`...) and the per-request total runtime budget.
 
 use crate::Cause;
 use serde_json::Value;
@@ -91,6 +95,19 @@ pub fn check(schema: &Value, this: &Value, old: Option<&Value>, path: &str, out:
         };
         let transition = is_transition(&program);
         if transition && old.is_none() {
+            continue;
+        }
+        if super::cost::check_call(&program, this, old.filter(|_| transition)).is_err() {
+            let msg = r
+                .get("message")
+                .and_then(Value::as_str)
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("failed rule: {rule}"));
+            out.push(Cause::invalid(
+                path_or_root(path),
+                format!("Invalid value: \"{}\": call cost exceeds limit for rule: {msg}", type_name(this)),
+            ));
             continue;
         }
         let passed = match run(&program, this, old.filter(|_| transition)) {

@@ -555,6 +555,7 @@ fn list_type_checks(schema: &Value, items: &[Value], path: &str, out: &mut Vec<C
 /// `spec.versions[0].schema.openAPIV3Schema`).
 pub fn check_structural(schema: &Value, field: &str, out: &mut Vec<Cause>) {
     structural_at(schema, field, true, out, 0);
+    super::cost::check_schema(schema, field, out);
 }
 
 fn structural_at(schema: &Value, field: &str, root: bool, out: &mut Vec<Cause>, depth: usize) {

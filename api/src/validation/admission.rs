@@ -57,7 +57,7 @@ fn one_of(e: &mut Errs, v: Option<&Value>, key: &str, field: &str, valid: &[&str
     }
 }
 
-fn client_config(e: &mut Errs, cc: Option<&Value>, field: &str) {
+pub(crate) fn client_config(e: &mut Errs, cc: Option<&Value>, field: &str) {
     let f = format!("{field}.clientConfig");
     let url = get(cc, "url");
     let svc = get(cc, "service");

@@ -129,12 +129,25 @@ impl Outcome {
 pub struct Context {
     store: Arc<dyn Store>,
     cache: Arc<Cache>,
+    /// The API service's authorizer, for the `authorizer` CEL variable of policies.
+    authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
 }
 
 impl Context {
     /// A context over the store and its watch cache.
     pub fn new(store: Arc<dyn Store>, cache: Arc<Cache>) -> Context {
-        Context { store, cache }
+        Context { store, cache, authorizer: None }
+    }
+
+    /// The same context, whose policies can make authorization checks with `authorizer`.
+    pub fn with_authorizer(mut self, authorizer: Arc<dyn crate::auth::Authorizer>) -> Context {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// The authorizer policies check with, if any.
+    pub fn authorizer(&self) -> Option<&Arc<dyn crate::auth::Authorizer>> {
+        self.authorizer.as_ref()
     }
 
     /// The store (for reservation keys and reads that must be current).

@@ -20,8 +20,11 @@
 //! policy's `failurePolicy`.
 //!
 //! Not done as upstream: `status.typeChecking` (expressions are only checked when they
-//! run; one that does not compile fails at evaluation), `auditAnnotations`, the
-//! `authorizer` variable, and CEL's cost limits.
+//! run; one that does not compile fails at evaluation), `auditAnnotations`,
+//! `authorizer.serviceAccount(...)` (the `authorizer` variable checks for the request's
+//! user, see [`super::webhook::Authz`]), and a static cost estimate at creation: expressions are capped
+//! only at run time, by upstream's per-call cost limit estimated from the sizes of the
+//! values (`capstan_api::crd::cost::check_call_with`).
 
 use super::webhook::{exempt, namespace_matches, object_matches, objects, request, rule_matches, to_cel};
 use super::{Attributes, Context, Plugin};
@@ -123,7 +126,11 @@ struct Violation {
 
 /// Evaluates the policy against one params object (Null without params). `Err` is an
 /// evaluation failure (for `failurePolicy`).
-fn evaluate(policy: &Value, vars: &[(&str, cel::Value)]) -> Result<Vec<Violation>, String> {
+fn evaluate(
+    policy: &Value,
+    vars: &[(&str, cel::Value)],
+    authz: Option<&super::webhook::Authz>,
+) -> Result<Vec<Violation>, String> {
     let spec = &policy["spec"];
     // Variables, in order, each seeing those before it.
     let mut vars: Vec<(&str, cel::Value)> = vars.to_vec();
@@ -132,14 +139,16 @@ fn evaluate(policy: &Value, vars: &[(&str, cel::Value)]) -> Result<Vec<Violation
         let name = v["name"].as_str().unwrap_or("");
         let mut with = vars.clone();
         with.push(("variables", cel::Value::from(defined.clone())));
-        if let Ok(value) = super::webhook::cel_eval_values(v["expression"].as_str().unwrap_or(""), &with) {
+        if let Ok(value) =
+            super::webhook::cel_eval_authz(v["expression"].as_str().unwrap_or(""), &with, authz)
+        {
             defined.insert(name.to_string(), value);
         }
     }
     vars.push(("variables", cel::Value::from(defined)));
     for c in spec["matchConditions"].as_array().into_iter().flatten() {
         let expr = c["expression"].as_str().unwrap_or("");
-        match super::webhook::cel_eval_values(expr, &vars) {
+        match super::webhook::cel_eval_authz(expr, &vars, authz) {
             Ok(cel::Value::Bool(true)) => {}
             Ok(cel::Value::Bool(false)) => return Ok(Vec::new()),
             Ok(_) => {
@@ -159,7 +168,7 @@ fn evaluate(policy: &Value, vars: &[(&str, cel::Value)]) -> Result<Vec<Violation
     let mut out = Vec::new();
     for v in spec["validations"].as_array().into_iter().flatten() {
         let expr = v["expression"].as_str().unwrap_or("");
-        let ok = match super::webhook::cel_eval_values(expr, &vars) {
+        let ok = match super::webhook::cel_eval_authz(expr, &vars, authz) {
             Ok(cel::Value::Bool(b)) => b,
             Ok(_) => return Err(format!("expression '{expr}' resulted in error: must evaluate to bool")),
             Err(e) => return Err(format!("expression '{expr}' resulted in error: {e}")),
@@ -167,11 +176,12 @@ fn evaluate(policy: &Value, vars: &[(&str, cel::Value)]) -> Result<Vec<Violation
         if ok {
             continue;
         }
-        let from_expr =
-            v["messageExpression"].as_str().and_then(|m| match super::webhook::cel_eval_values(m, &vars) {
+        let from_expr = v["messageExpression"].as_str().and_then(|m| {
+            match super::webhook::cel_eval_authz(m, &vars, authz) {
                 Ok(cel::Value::String(s)) if !s.trim().is_empty() && !s.contains('\n') => Some(s.to_string()),
                 _ => None,
-            });
+            }
+        });
         let message = from_expr
             .or_else(|| v["message"].as_str().filter(|m| !m.is_empty()).map(str::to_string))
             .unwrap_or_else(|| format!("failed expression: {expr}"));
@@ -249,6 +259,7 @@ impl Plugin for ValidatingAdmissionPolicy {
                 }
                 None => Value::Null,
             };
+            let authz = super::webhook::authz_for(ctx, attrs);
             let base = [
                 ("object", to_cel(&new)),
                 ("oldObject", to_cel(&old)),
@@ -289,7 +300,7 @@ impl Plugin for ValidatingAdmissionPolicy {
                         for p in sets {
                             let mut vars = base.to_vec();
                             vars.push(("params", to_cel(&p)));
-                            match evaluate(policy, &vars) {
+                            match evaluate(policy, &vars, authz.as_ref()) {
                                 Ok(mut v) => violations.append(&mut v),
                                 Err(e) if ignore => {
                                     tracing::warn!(policy = pname, binding = bname, error = %e, "policy skipped");
@@ -325,6 +336,7 @@ impl Plugin for ValidatingAdmissionPolicy {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::sync::Arc;
 
     fn vars(obj: &Value, params: &Value) -> Vec<(&'static str, cel::Value)> {
         vec![
@@ -347,7 +359,7 @@ mod tests {
              "reason": "Forbidden"},
         ]}});
         let obj = json!({"spec": {"replicas": 7}});
-        let v = evaluate(&policy, &vars(&obj, &Value::Null)).expect("evaluates");
+        let v = evaluate(&policy, &vars(&obj, &Value::Null), None).expect("evaluates");
         let msgs: Vec<&str> = v.iter().map(|v| v.message.as_str()).collect();
         assert_eq!(
             msgs,
@@ -358,10 +370,35 @@ mod tests {
             ]
         );
         assert_eq!(v[2].reason, "Forbidden");
-        let v = evaluate(&policy, &vars(&obj, &json!({"data": {"max": "10"}}))).expect("evaluates");
+        let v = evaluate(&policy, &vars(&obj, &json!({"data": {"max": "10"}})), None).expect("evaluates");
         assert_eq!(v.len(), 2);
         let bad = json!({"spec": {"validations": [{"expression": "object.nope.deeper"}]}});
-        assert!(evaluate(&bad, &vars(&obj, &Value::Null)).is_err());
+        assert!(evaluate(&bad, &vars(&obj, &Value::Null), None).is_err());
+    }
+
+    #[test]
+    fn the_authorizer_variable_checks_with_the_services_authorizer() {
+        let policy = json!({"spec": {"validations": [
+            {"expression": "authorizer.group('apps').resource('deployments').namespace('default').check('create').allowed()",
+             "message": "may not create deployments"},
+            {"expression": "authorizer.requestResource.check('update').allowed() && !authorizer.path('/healthz').check('get').errored()",
+             "messageExpression": "authorizer.requestResource.check('update').reason()"},
+        ]}});
+        let authz = |user: crate::auth::User| super::super::webhook::Authz {
+            authorizer: Arc::new(crate::auth::MastersOnly),
+            user,
+            request: ["apps".into(), "deployments".into(), String::new(), "default".into(), "web".into()],
+        };
+        let obj = json!({"spec": {"replicas": 1}});
+        let admin = crate::auth::User::new("admin", vec!["system:masters".into()]);
+        let v = evaluate(&policy, &vars(&obj, &Value::Null), Some(&authz(admin))).expect("evaluates");
+        assert!(v.is_empty(), "{:?}", v.iter().map(|v| &v.message).collect::<Vec<_>>());
+        let nobody = crate::auth::User::new("nobody", vec![]);
+        let v = evaluate(&policy, &vars(&obj, &Value::Null), Some(&authz(nobody))).expect("evaluates");
+        let msgs: Vec<&str> = v.iter().map(|v| v.message.as_str()).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert_eq!(msgs[0], "may not create deployments");
+        assert!(!msgs[1].is_empty() && msgs[1] != "failed expression", "{msgs:?}");
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! `None` or `NoneOnDryRun` and is refused for the others, as upstream.
 //!
 //! Not done as upstream: `matchPolicy: Equivalent` matches the one version capstan serves
-//! of a kind (no conversion to another served version), the `authorizer` CEL variable, and
+//! of a kind (no conversion to another served version), `authorizer.serviceAccount(...)` in
+//! `matchConditions` (the `authorizer` variable itself is there, see [`Authz`]), and
 //! reinvocation of the built-in plugins.
 
 use super::{Attributes, Context, Operation, Outcome, Plugin};
@@ -201,18 +202,139 @@ pub(super) fn to_cel(v: &Value) -> cel::Value {
     }
 }
 
-/// Evaluates a CEL expression with `vars` bound; the compiled program is cached.
-pub(super) fn cel_eval(expr: &str, vars: &[(&str, &Value)]) -> Result<cel::Value, String> {
-    let vars: Vec<(&str, cel::Value)> = vars.iter().map(|(n, v)| (*n, to_cel(v))).collect();
-    cel_eval_values(expr, &vars)
+/// The `authorizer` CEL variable (upstream's `library.Authz`): checks made with the API
+/// service's authorizer for the request's user. `authorizer.group(g).resource(r)`
+/// (`.subresource(s)`, `.namespace(ns)`, `.name(n)`) or `authorizer.path(p)`, then
+/// `.check(verb)` gives a decision with `.allowed()`, `.reason()`, `.errored()` and
+/// `.error()`; `authorizer.requestResource` is the request's own resource. Not done:
+/// `serviceAccount(ns, name)` (checks for another user).
+pub(crate) struct Authz {
+    /// The API service's authorizer.
+    pub authorizer: Arc<dyn crate::auth::Authorizer>,
+    /// Whom checks are made for.
+    pub user: crate::auth::User,
+    /// The request's resource: group, resource, subresource, namespace, name.
+    pub request: [String; 5],
 }
 
-/// As [`cel_eval`], with values already converted.
-pub(super) fn cel_eval_values(expr: &str, vars: &[(&str, cel::Value)]) -> Result<cel::Value, String> {
+/// The `authorizer` of a request, when the context has an authorizer.
+pub(crate) fn authz_for(ctx: &Context, attrs: &Attributes<'_>) -> Option<Authz> {
+    ctx.authorizer().map(|a| Authz {
+        authorizer: a.clone(),
+        user: attrs.user.clone(),
+        request: [
+            attrs.res.group.to_string(),
+            attrs.res.plural.to_string(),
+            attrs.subresource.unwrap_or("").to_string(),
+            attrs.namespace.unwrap_or("").to_string(),
+            attrs.name.to_string(),
+        ],
+    })
+}
+
+const AUTHZ_FIELDS: [&str; 5] = ["group", "resource", "subresource", "namespace", "name"];
+
+fn cel_str(m: &cel::objects::Map, k: &str) -> String {
+    match m.map.get(&cel::objects::Key::String(Arc::new(k.to_string()))) {
+        Some(cel::Value::String(s)) => s.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn with_key(this: &cel::Value, k: &str, v: cel::Value) -> cel::Value {
+    let mut map: HashMap<String, cel::Value> = HashMap::new();
+    if let cel::Value::Map(m) = this {
+        for (key, val) in m.map.iter() {
+            if let cel::objects::Key::String(s) = key {
+                map.insert(s.to_string(), val.clone());
+            }
+        }
+    }
+    map.insert(k.to_string(), v);
+    cel::Value::from(map)
+}
+
+fn add_authorizer(ctx: &mut cel::Context, authz: &Authz) {
+    use cel::extractors::This;
+    let mut request: HashMap<String, cel::Value> = AUTHZ_FIELDS
+        .iter()
+        .zip(authz.request.iter())
+        .map(|(k, v)| (k.to_string(), cel::Value::String(Arc::new(v.clone()))))
+        .collect();
+    request.insert("@kind".into(), cel::Value::String(Arc::new("check".into())));
+    let mut root: HashMap<String, cel::Value> = HashMap::new();
+    root.insert("requestResource".into(), cel::Value::from(request));
+    root.insert("@kind".into(), cel::Value::String(Arc::new("check".into())));
+    ctx.add_variable_from_value("authorizer", cel::Value::from(root));
+    for k in AUTHZ_FIELDS.iter().chain(["path"].iter()) {
+        let k = *k;
+        let _ = ctx.add_function(k, move |This(this): This<cel::Value>, v: Arc<String>| -> cel::Value {
+            with_key(&this, k, cel::Value::String(v))
+        });
+    }
+    let authorizer = authz.authorizer.clone();
+    let user = authz.user.clone();
+    let _ = ctx.add_function("check", move |This(this): This<cel::Value>, verb: Arc<String>| -> cel::Value {
+        let cel::Value::Map(m) = &this else { return cel::Value::Null };
+        let path = cel_str(m, "path");
+        let attrs = crate::auth::Attributes {
+            verb: verb.to_string(),
+            group: cel_str(m, "group"),
+            resource: cel_str(m, "resource"),
+            subresource: cel_str(m, "subresource"),
+            namespace: cel_str(m, "namespace"),
+            name: cel_str(m, "name"),
+            path: (!path.is_empty()).then_some(path),
+        };
+        let (allowed, reason) = match authorizer.authorize(&user, &attrs) {
+            crate::auth::Decision::Allow(r) => (true, r),
+            crate::auth::Decision::Deny(r) => (false, r),
+        };
+        let mut d: HashMap<String, cel::Value> = HashMap::new();
+        d.insert("allowed".into(), cel::Value::Bool(allowed));
+        d.insert("reason".into(), cel::Value::String(Arc::new(reason)));
+        cel::Value::from(d)
+    });
+    let _ = ctx.add_function("allowed", |This(this): This<cel::Value>| -> cel::Value {
+        match &this {
+            cel::Value::Map(m) => m
+                .map
+                .get(&cel::objects::Key::String(Arc::new("allowed".into())))
+                .cloned()
+                .unwrap_or(cel::Value::Bool(false)),
+            _ => cel::Value::Bool(false),
+        }
+    });
+    let _ = ctx.add_function("reason", |This(this): This<cel::Value>| -> cel::Value {
+        match &this {
+            cel::Value::Map(m) => cel::Value::String(Arc::new(cel_str(m, "reason"))),
+            _ => cel::Value::String(Arc::new(String::new())),
+        }
+    });
+    // capstan's authorizer does not fail: a decision is never an error.
+    let _ = ctx
+        .add_function("errored", |This(_this): This<cel::Value>| -> cel::Value { cel::Value::Bool(false) });
+    let _ = ctx.add_function("error", |This(_this): This<cel::Value>| -> cel::Value {
+        cel::Value::String(Arc::new(String::new()))
+    });
+}
+
+/// Evaluates a CEL expression with `vars` bound (the compiled program is cached), and the
+/// `authorizer` variable when `authz` is given and the expression uses it.
+pub(crate) fn cel_eval_authz(
+    expr: &str,
+    vars: &[(&str, cel::Value)],
+    authz: Option<&Authz>,
+) -> Result<cel::Value, String> {
     let program = capstan_api::crd::rules::compile(expr)?;
+    // Upstream's per-call cost limit, estimated from the sizes of the values before the run.
+    capstan_api::crd::cost::check_call_with(&program, vars)?;
     let mut ctx = cel::Context::default();
     for (name, v) in vars {
         ctx.add_variable_from_value(*name, v.clone());
+    }
+    if let Some(a) = authz.filter(|_| program.references().has_variable("authorizer")) {
+        add_authorizer(&mut ctx, a);
     }
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(&ctx)))
         .map_err(|_| "evaluation failed".to_string())?
@@ -221,11 +343,16 @@ pub(super) fn cel_eval_values(expr: &str, vars: &[(&str, cel::Value)]) -> Result
 
 /// Evaluates `matchConditions`: `Ok(false)` as soon as one is false, `Err` when one cannot
 /// be evaluated (the caller applies `failurePolicy`).
-pub(super) fn match_conditions(conds: Option<&Value>, vars: &[(&str, &Value)]) -> Result<bool, String> {
+pub(super) fn match_conditions(
+    conds: Option<&Value>,
+    vars: &[(&str, &Value)],
+    authz: Option<&Authz>,
+) -> Result<bool, String> {
+    let vars: Vec<(&str, cel::Value)> = vars.iter().map(|(n, v)| (*n, to_cel(v))).collect();
     for c in conds.and_then(Value::as_array).into_iter().flatten() {
         let name = c["name"].as_str().unwrap_or("");
         let expr = c["expression"].as_str().unwrap_or("");
-        match cel_eval(expr, vars) {
+        match cel_eval_authz(expr, &vars, authz) {
             Ok(cel::Value::Bool(true)) => {}
             Ok(cel::Value::Bool(false)) => return Ok(false),
             Ok(_) => return Err(format!("matchCondition {name:?}: the expression must evaluate to bool")),
@@ -238,7 +365,7 @@ pub(super) fn match_conditions(conds: Option<&Value>, vars: &[(&str, &Value)]) -
 /// The HTTPS side: one reqwest client per trust root (`caBundle`), and the addresses of
 /// Services' endpoints for the resolver.
 #[derive(Default)]
-struct Http {
+pub(crate) struct Http {
     clients: Mutex<HashMap<String, reqwest::Client>>,
     services: Arc<Mutex<HashMap<String, Vec<IpAddr>>>>,
     /// The bus, for hooks at `bus:capstan.v1.admission.<integrator>.<hook>`.
@@ -322,7 +449,7 @@ impl Http {
     }
 
     /// The URL of `clientConfig`; a Service is resolved to a ready endpoint now.
-    async fn url(&self, ctx: &Context, cc: &Value) -> Result<String, String> {
+    pub(crate) async fn url(&self, ctx: &Context, cc: &Value) -> Result<String, String> {
         if let Some(u) = cc.get("url").and_then(Value::as_str) {
             return Ok(u.to_string());
         }
@@ -361,31 +488,41 @@ impl Http {
         if let Some(subject) = url.strip_prefix(BUS_SCHEME) {
             return self.call_bus(subject, timeout, review, uid).await;
         }
+        let body = self
+            .post_https(&url, cc["caBundle"].as_str().unwrap_or(""), timeout, review)
+            .await
+            .map_err(|e| format!("failed to call webhook: {e}"))?;
+        response_of(&body, uid)
+    }
+
+    /// POSTs `body` as JSON to the HTTPS `url` (with `?timeout=Ns`), trusting `ca_bundle`
+    /// (the system's roots when empty), within `timeout`; the response body of a 2xx
+    /// answer, or why the call failed, worded as Go's HTTP client (`Post "url": ...`).
+    pub(crate) async fn post_https(
+        &self,
+        url: &str,
+        ca_bundle: &str,
+        timeout: Duration,
+        body: &Value,
+    ) -> Result<bytes::Bytes, String> {
         let sep = if url.contains('?') { '&' } else { '?' };
         let url = format!("{url}{sep}timeout={}s", timeout.as_secs());
-        let client = self
-            .client(cc["caBundle"].as_str().unwrap_or(""))
-            .map_err(|e| format!("failed to call webhook: {e}"))?;
+        let client = self.client(ca_bundle)?;
         let sent = async {
-            let resp = client.post(&url).json(review).send().await.map_err(|e| chain(&e))?;
+            let resp = client.post(&url).json(body).send().await.map_err(|e| chain(&e))?;
             let status = resp.status();
             let body = resp.bytes().await.map_err(|e| chain(&e))?;
             Ok::<_, String>((status, body))
         };
         let (status, body) = match tokio::time::timeout(timeout, sent).await {
-            Err(_) => {
-                return Err(format!("failed to call webhook: Post \"{url}\": context deadline exceeded"))
-            }
-            Ok(Err(e)) => return Err(format!("failed to call webhook: Post \"{url}\": {e}")),
+            Err(_) => return Err(format!("Post \"{url}\": context deadline exceeded")),
+            Ok(Err(e)) => return Err(format!("Post \"{url}\": {e}")),
             Ok(Ok(r)) => r,
         };
         if !status.is_success() {
-            return Err(format!(
-                "failed to call webhook: the server responded with the status code {}",
-                status.as_u16()
-            ));
+            return Err(format!("the server responded with the status code {}", status.as_u16()));
         }
-        response_of(&body, uid)
+        Ok(body)
     }
 
     /// The same exchange as a bus request/reply: the AdmissionReview JSON as payload, the
@@ -519,6 +656,7 @@ async fn applies(ctx: &Context, w: &Value, attrs: &Attributes<'_>, obj: &Value) 
         match match_conditions(
             w.get("matchConditions"),
             &[("object", &new), ("oldObject", &old), ("request", &req)],
+            authz_for(ctx, attrs).as_ref(),
         ) {
             Ok(b) => return Ok(b),
             Err(e) => return fail(e),
@@ -825,10 +963,10 @@ mod tests {
         let req = json!({"operation": "CREATE"});
         let vars = [("object", &obj), ("oldObject", &Value::Null), ("request", &req)];
         let conds = json!([{"name": "op", "expression": "request.operation == 'CREATE'"}]);
-        assert_eq!(match_conditions(Some(&conds), &vars), Ok(true));
+        assert_eq!(match_conditions(Some(&conds), &vars, None), Ok(true));
         let conds = json!([{"name": "skip", "expression": "!('skip' in object.metadata.labels)"}]);
-        assert_eq!(match_conditions(Some(&conds), &vars), Ok(false));
+        assert_eq!(match_conditions(Some(&conds), &vars, None), Ok(false));
         let conds = json!([{"name": "bad", "expression": "object.nope.deeper"}]);
-        assert!(match_conditions(Some(&conds), &vars).is_err());
+        assert!(match_conditions(Some(&conds), &vars, None).is_err());
     }
 }
