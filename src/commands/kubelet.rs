@@ -78,6 +78,43 @@ pub fn agent_config(
         if let Some(s) = n.seccomp_default {
             cfg.seccomp_default = s;
         }
+        if let Some(size) = n.container_log_max_size {
+            cfg.container_log.max_size = capstan_api::quantity::parse_value(&size)
+                .and_then(|v| u64::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .with_context(|| format!("node.containerLogMaxSize: {size:?} is not a positive quantity"))?;
+        }
+        if let Some(files) = n.container_log_max_files {
+            if files < 2 {
+                anyhow::bail!("node.containerLogMaxFiles: {files} must be greater than 1");
+            }
+            cfg.container_log.max_files = files;
+        }
+        let gc = &mut cfg.image_gc;
+        if let Some(h) = n.image_gc_high_threshold_percent {
+            gc.high_threshold_percent = h;
+        }
+        if let Some(l) = n.image_gc_low_threshold_percent {
+            gc.low_threshold_percent = l;
+        }
+        if gc.high_threshold_percent > 100 || gc.low_threshold_percent > 100 {
+            anyhow::bail!(
+                "node.imageGCHighThresholdPercent and imageGCLowThresholdPercent must be between 0 and 100"
+            );
+        }
+        if gc.low_threshold_percent >= gc.high_threshold_percent && gc.high_threshold_percent < 100 {
+            anyhow::bail!(
+                "node.imageGCLowThresholdPercent ({}) must be less than imageGCHighThresholdPercent ({})",
+                gc.low_threshold_percent,
+                gc.high_threshold_percent
+            );
+        }
+        if let Some(s) = n.image_minimum_gc_age_seconds {
+            gc.minimum_age = std::time::Duration::from_secs(s);
+        }
+        if let Some(s) = n.image_gc_period_seconds {
+            gc.period = std::time::Duration::from_secs(s.max(1));
+        }
         if let Some(r) = n.resolv_conf {
             cfg.resolv_conf = r;
         }

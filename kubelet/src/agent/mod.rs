@@ -7,6 +7,7 @@
 //! A node that cannot run containers (no `runc`, no CNI plugins, no cgroups) still
 //! registers, with Ready=False and a message naming what to install, and runs no pods.
 
+pub mod imagegc;
 pub mod localpath;
 pub mod node;
 pub mod pod;
@@ -74,6 +75,11 @@ pub struct AgentConfig {
     /// Run containers that name no seccomp profile under `RuntimeDefault` (default true;
     /// upstream's kubelet: false, i.e. `Unconfined`).
     pub seccomp_default: bool,
+    /// Container log rotation (upstream's `containerLogMaxSize`, 10Mi, and
+    /// `containerLogMaxFiles`, 5).
+    pub container_log: crate::runtime::logfile::Rotation,
+    /// Image garbage collection by disk usage ([`imagegc`]).
+    pub image_gc: imagegc::ImageGcConfig,
 }
 
 impl AgentConfig {
@@ -99,6 +105,8 @@ impl AgentConfig {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             dns: crate::dns::Config::default(),
             seccomp_default: true,
+            container_log: crate::runtime::logfile::Rotation::upstream(),
+            image_gc: imagegc::ImageGcConfig::default(),
         }
     }
 
@@ -212,6 +220,7 @@ fn runtime_and_network(cfg: &AgentConfig) -> Result<(RuncRuntime, PodNetwork), S
         runc_root: root.join("runc"),
         shim_exe: cfg.shim_exe.clone(),
         cgroup_parent: cfg.cgroup_parent.clone(),
+        log_rotation: cfg.container_log,
     })
     .map_err(|e| e.to_string())?;
     let network = PodNetwork::new(NetworkConfig {
@@ -428,6 +437,16 @@ impl Actor for NodeAgent {
         informer.on_change(Arc::new(move |c: &Change| addr.do_send(PodChange(c.clone()))));
         // The informer's task holds it for as long as the arbiter runs.
         informer.start();
+        let (gc, pods, gc_deps) = (self.cfg.image_gc, informer.clone(), deps.clone());
+        actix::spawn(async move {
+            pods.wait_synced().await;
+            let mut tick = tokio::time::interval(gc.period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                imagegc::collect(&gc, &gc_deps.images, &pods, &gc_deps.recorder, &gc_deps.node).await;
+            }
+        });
         let addr = me.clone();
         actix::spawn(async move {
             informer.wait_synced().await;

@@ -1681,6 +1681,12 @@ async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value, container: &Value)
         let host = t["host"].as_str().unwrap_or(ip).to_string();
         return crate::probes::tcp_socket(&host, p, timeout).await;
     }
+    if let Some(g) = spec.get("grpc") {
+        let Some(p) = g["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
+            return ProbeOutcome::Failure(format!("invalid probe port {}", g["port"]));
+        };
+        return crate::probes::grpc(ip, p, g["service"].as_str().unwrap_or(""), timeout).await;
+    }
     if let Some(e) = spec.get("exec") {
         let command: Vec<String> = e["command"]
             .as_array()
