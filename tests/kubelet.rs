@@ -970,3 +970,56 @@ fn unused_images_are_garbage_collected_over_the_threshold() {
     apply(&c, "web2.yaml", &simple_pod("web2", &web, "sleep 3600", ""));
     wait_running(&c, "web2");
 }
+
+#[test]
+fn memory_pressure_evicts_best_effort_pods_first() {
+    let (_reg, image) = registry_with_image(None);
+    // Any node is below a threshold of all its memory: pressure from the first check on.
+    let c = Cluster::start_node(
+        "evictionHard:\n  memory.available: \"100%\"\nevictionMonitoringPeriodSeconds: 3",
+    );
+    let guaranteed = simple_pod(
+        "guaranteed",
+        &image,
+        "sleep 3600",
+        "    resources:\n      limits: {cpu: 100m, memory: 64Mi}\n",
+    );
+    let best_effort = simple_pod("best-effort", &image, "sleep 3600", "");
+    // Both in one apply: both are the node's pods when the eviction manager first ranks them.
+    apply(&c, "pods.yaml", &format!("{guaranteed}\n---\n{best_effort}"));
+    let condition = wait_for("MemoryPressure=True", Duration::from_secs(30), || {
+        let n = json(&c, &["get", "node", "node-1"]);
+        n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "MemoryPressure" && c["status"] == "True")
+            .cloned()
+    });
+    assert_eq!(condition["reason"], "KubeletHasInsufficientMemory", "{condition}");
+    let evicted = |name: &str| {
+        wait_for(&format!("{name} evicted"), Duration::from_secs(60), || {
+            try_pod(&c, name).filter(|p| p["status"]["phase"] == "Failed")
+        })
+    };
+    let be = evicted("best-effort");
+    assert_eq!(be["status"]["reason"], "Evicted", "{be}");
+    let message = be["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("The node was low on resource: memory. Threshold quantity: 100%"),
+        "{message}"
+    );
+    let g = evicted("guaranteed");
+    assert_eq!(g["status"]["reason"], "Evicted", "{g}");
+    // BestEffort went first: its Evicted event is older (one eviction per 3 s period).
+    let when = |name: &str| {
+        let events = json(
+            &c,
+            &["get", "events", "--field-selector", &format!("involvedObject.name={name},reason=Evicted")],
+        );
+        events["items"][0]["firstTimestamp"].as_str().map(str::to_string).expect("an Evicted event")
+    };
+    let (be_at, g_at) = (when("best-effort"), when("guaranteed"));
+    assert!(be_at < g_at, "best-effort evicted at {be_at}, guaranteed at {g_at}");
+    let out = c.ok(&["get", "pod", "best-effort"]);
+    assert!(out.contains("Evicted"), "{out}");
+}

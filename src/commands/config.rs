@@ -273,6 +273,12 @@ pub struct NodeConfig {
     /// How often image usage is checked, in seconds (default 300, upstream's fixed period).
     #[serde(rename = "imageGCPeriodSeconds")]
     pub image_gc_period_seconds: Option<u64>,
+    /// Hard eviction thresholds, upstream's `evictionHard` signals `memory.available`
+    /// (default `100Mi`), `nodefs.available` (`10%`), `imagefs.available` (`15%`); a quantity
+    /// or a percentage of capacity; an empty string turns a signal off.
+    pub eviction_hard: Option<std::collections::BTreeMap<String, String>>,
+    /// How often the eviction manager measures, in seconds (default 10).
+    pub eviction_monitoring_period_seconds: Option<u64>,
 }
 
 /// The `node.dns:` section: the cluster DNS server inside the node agent.

@@ -115,6 +115,28 @@ pub fn agent_config(
         if let Some(s) = n.image_gc_period_seconds {
             gc.period = std::time::Duration::from_secs(s.max(1));
         }
+        for (signal, value) in n.eviction_hard.unwrap_or_default() {
+            use capstan_kubelet::agent::eviction::Threshold;
+            let threshold = if value.trim().is_empty() {
+                None
+            } else {
+                Some(Threshold::parse(&value).with_context(|| {
+                    format!("node.evictionHard.{signal}: {value:?} is not a quantity or a percentage")
+                })?)
+            };
+            let e = &mut cfg.eviction;
+            match signal.as_str() {
+                "memory.available" => e.memory_available = threshold,
+                "nodefs.available" => e.nodefs_available = threshold,
+                "imagefs.available" => e.imagefs_available = threshold,
+                other => anyhow::bail!(
+                    "node.evictionHard: unknown signal {other:?} (memory.available, nodefs.available, imagefs.available)"
+                ),
+            }
+        }
+        if let Some(s) = n.eviction_monitoring_period_seconds {
+            cfg.eviction.period = std::time::Duration::from_secs(s.max(1));
+        }
         if let Some(r) = n.resolv_conf {
             cfg.resolv_conf = r;
         }

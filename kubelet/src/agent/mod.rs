@@ -7,6 +7,7 @@
 //! A node that cannot run containers (no `runc`, no CNI plugins, no cgroups) still
 //! registers, with Ready=False and a message naming what to install, and runs no pods.
 
+pub mod eviction;
 pub mod imagegc;
 pub mod localpath;
 pub mod node;
@@ -80,6 +81,8 @@ pub struct AgentConfig {
     pub container_log: crate::runtime::logfile::Rotation,
     /// Image garbage collection by disk usage ([`imagegc`]).
     pub image_gc: imagegc::ImageGcConfig,
+    /// Hard eviction thresholds and the monitoring period ([`eviction`]).
+    pub eviction: eviction::EvictionConfig,
 }
 
 impl AgentConfig {
@@ -107,6 +110,7 @@ impl AgentConfig {
             seccomp_default: true,
             container_log: crate::runtime::logfile::Rotation::upstream(),
             image_gc: imagegc::ImageGcConfig::default(),
+            eviction: eviction::EvictionConfig::default(),
         }
     }
 
@@ -293,6 +297,21 @@ struct PodChange(Change);
 #[rtype(result = "()")]
 struct Synced;
 
+/// Post the Node's status now (its conditions changed).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PostStatus;
+
+impl Handler<PostStatus> for NodeAgent {
+    type Result = ();
+
+    fn handle(&mut self, _: PostStatus, ctx: &mut Context<Self>) {
+        let (client, cfg, host, nr) =
+            (self.client.clone(), self.cfg.clone(), self.host.clone(), self.not_ready.clone());
+        ctx.spawn(NodeAgent::heartbeat(client, cfg, host, nr, true).into_actor(self));
+    }
+}
+
 impl NodeAgent {
     async fn register(
         client: ApiClient,
@@ -437,6 +456,16 @@ impl Actor for NodeAgent {
         informer.on_change(Arc::new(move |c: &Change| addr.do_send(PodChange(c.clone()))));
         // The informer's task holds it for as long as the arbiter runs.
         informer.start();
+        // Node pressure: a change posts the Node's status at once.
+        let (addr, pressure) = (me.clone(), self.host.pressure.clone());
+        actix::spawn(eviction::run(
+            self.cfg.eviction.clone(),
+            deps.clone(),
+            informer.clone(),
+            pressure,
+            self.cfg.data_dir.clone(),
+            move || addr.do_send(PostStatus),
+        ));
         let (gc, pods, gc_deps) = (self.cfg.image_gc, informer.clone(), deps.clone());
         actix::spawn(async move {
             pods.wait_synced().await;

@@ -473,6 +473,15 @@ impl RuncRuntime {
         format!("{}/{pod_id}/{id}", self.inner.config.cgroup_parent.trim_end_matches('/'))
     }
 
+    /// A pod's memory usage in bytes (`memory.usage_in_bytes`, or `memory.current` on the
+    /// unified hierarchy, of its cgroup), if it can be read.
+    pub fn pod_memory_usage(&self, pod_id: &str) -> Option<u64> {
+        let dir = self.inner.cgroups.dir("memory", &self.pod_cgroup_path(pod_id))?;
+        ["memory.usage_in_bytes", "memory.current"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(dir.join(f)).ok()?.trim().parse().ok())
+    }
+
     fn pod_cgroup_path(&self, pod_id: &str) -> String {
         format!("{}/{pod_id}", self.inner.config.cgroup_parent.trim_end_matches('/'))
     }
