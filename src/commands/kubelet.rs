@@ -222,3 +222,43 @@ pub fn reset(args: ResetArgs) -> anyhow::Result<()> {
     println!("capstan: node state under {} reset", cfg.data_dir.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_kubelet::agent::eviction::Threshold;
+
+    fn config(node_yaml: &str) -> anyhow::Result<capstan_kubelet::agent::AgentConfig> {
+        let f: FileConfig = serde_yaml_ng::from_str(node_yaml)?;
+        let net = f.cluster_network()?;
+        agent_config("n".into(), std::path::Path::new("/tmp/x"), f.node, &net)
+    }
+
+    #[test]
+    fn node_agent_log_gc_and_eviction_settings() {
+        let d = config("node: {}").unwrap();
+        assert_eq!((d.container_log.max_size, d.container_log.max_files), (10 << 20, 5));
+        assert_eq!((d.image_gc.high_threshold_percent, d.image_gc.low_threshold_percent), (85, 80));
+        assert_eq!(d.eviction.memory_available, Some(Threshold::Bytes(100 << 20)));
+        let c = config(
+            "node:\n  containerLogMaxSize: 2Mi\n  containerLogMaxFiles: 3\n  imageGCHighThresholdPercent: 1\n  \
+             imageGCLowThresholdPercent: 0\n  evictionHard: {memory.available: \"\", nodefs.available: 5%}\n",
+        )
+        .unwrap();
+        assert_eq!((c.container_log.max_size, c.container_log.max_files), (2 << 20, 3));
+        assert_eq!((c.image_gc.high_threshold_percent, c.image_gc.low_threshold_percent), (1, 0));
+        assert_eq!(
+            (c.eviction.memory_available, c.eviction.nodefs_available),
+            (None, Some(Threshold::Percent(5.0)))
+        );
+        for bad in [
+            "node: {containerLogMaxFiles: 1}",
+            "node: {containerLogMaxSize: nope}",
+            "node: {imageGCHighThresholdPercent: 80, imageGCLowThresholdPercent: 85}",
+            "node: {evictionHard: {pids.available: 10%}}",
+            "node: {evictionHard: {memory.available: lots}}",
+        ] {
+            assert!(config(bad).is_err(), "{bad}");
+        }
+    }
+}
