@@ -996,6 +996,15 @@ fn memory_pressure_evicts_best_effort_pods_first() {
             .cloned()
     });
     assert_eq!(condition["reason"], "KubeletHasInsufficientMemory", "{condition}");
+    // The node lifecycle controller taints it (TaintNodesByCondition): new pods stay away.
+    wait_for("the memory-pressure taint", Duration::from_secs(30), || {
+        let n = json(&c, &["get", "node", "node-1"]);
+        n["spec"]["taints"]
+            .as_array()?
+            .iter()
+            .any(|t| t["key"] == "node.kubernetes.io/memory-pressure" && t["effect"] == "NoSchedule")
+            .then_some(())
+    });
     let evicted = |name: &str| {
         wait_for(&format!("{name} evicted"), Duration::from_secs(60), || {
             try_pod(&c, name).filter(|p| p["status"]["phase"] == "Failed")
