@@ -814,3 +814,221 @@ spec:
         "the pod's tmpfs is unmounted"
     );
 }
+
+/// Files under `root` (recursively) whose path contains `part`.
+fn files_under(root: &std::path::Path, part: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(p);
+            } else if p.to_string_lossy().contains(part) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn container_logs_rotate_by_size_and_follow_across_rotations() {
+    const LINES: u32 = 200_000; // 100 bytes each: 20 MB of output
+    let (_reg, image) = registry_with_image(None);
+    let c = Cluster::start_node("containerLogMaxSize: 2Mi\ncontainerLogMaxFiles: 5");
+    // Waits for /tmp/go, then prints 20 MB in 20 bursts of 1 MB, then a last line.
+    let burst = format!(
+        "echo ready; while [ ! -e /tmp/go ]; do sleep 0.1; done; \
+         for j in $(seq 0 19); do awk -v j=$j 'BEGIN {{ for (i = 1; i <= {per}; i++) \
+         printf \"line-%07d-%s\\n\", j * {per} + i, \"{pad}\" }}'; sleep 0.25; done; echo last-line",
+        per = LINES / 20,
+        pad = "x".repeat(100 - 14 - 1),
+    );
+    apply(&c, "rot.yaml", &simple_pod("rot", &image, &burst, "  restartPolicy: Never\n"));
+    wait_running(&c, "rot");
+    // A follower started before the burst.
+    let mut follower = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["logs", "-f", "rot"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let stdout = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line == "ready" {
+                let _ = tx.send(line.clone());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("the follower sees the first line");
+    c.ok(&["exec", "rot", "--", "touch", "/tmp/go"]);
+    let p = wait_for("rot Succeeded", Duration::from_secs(180), || {
+        try_pod(&c, "rot").filter(|p| p["status"]["phase"] == "Succeeded")
+    });
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    wait_for("the follower ends", Duration::from_secs(60), || reader.is_finished().then_some(()));
+    let lines = reader.join().expect("reader");
+    let _ = follower.wait();
+    // Every line exactly once, in order.
+    assert_eq!(lines.first().map(String::as_str), Some("ready"));
+    assert_eq!(lines.last().map(String::as_str), Some("last-line"), "{} lines", lines.len());
+    assert_eq!(lines.len() as u32, LINES + 2, "lost or repeated lines");
+    for (i, l) in lines[1..=LINES as usize].iter().enumerate() {
+        assert!(l.starts_with(&format!("line-{:07}-", i + 1)), "line {i}: {l}");
+    }
+    // On disk: at most 5 files, the current one under 2Mi, older rotated ones compressed.
+    let files = files_under(c.dir.path(), &format!("_rot_{uid}/main/0.log"));
+    assert!((2..=5).contains(&files.len()), "{files:?}");
+    let current = files.iter().find(|f| f.ends_with("0.log")).expect("the current log");
+    assert!(std::fs::metadata(current).unwrap().len() <= 2 << 20);
+    let gz = files.iter().filter(|f| f.to_string_lossy().ends_with(".gz")).count();
+    assert!(gz >= 1 && gz == files.len() - 2, "all rotated files but the newest compressed: {files:?}");
+    // kubectl logs reads the current file.
+    assert_eq!(c.ok(&["logs", "rot", "--tail=1"]), "last-line\n");
+    let tail2 = c.ok(&["logs", "rot", "--tail=2"]);
+    assert!(tail2.starts_with(&format!("line-{LINES:07}-")), "{tail2}");
+}
+
+#[test]
+fn grpc_probes() {
+    let (_reg, image) = registry_with_image(None);
+    let c = Cluster::start_node("");
+    // The health server runs in the test on the host; a hostNetwork pod's IP is the host's.
+    let health = capstan_testkit::GrpcHealth::start("0.0.0.0:0").expect("grpc health server");
+    let port = health.addr().port();
+    health.set("live", capstan_testkit::SERVING);
+    let probes = format!(
+        "    readinessProbe:\n      grpc: {{port: {port}}}\n      periodSeconds: 1\n      failureThreshold: 1\n\
+         \x20   livenessProbe:\n      grpc: {{port: {port}, service: live}}\n      periodSeconds: 1\n      failureThreshold: 2\n\
+         \x20 hostNetwork: true\n"
+    );
+    apply(&c, "grpc.yaml", &simple_pod("grpc", &image, "sleep 3600", &probes));
+    wait_for("grpc Ready", Duration::from_secs(60), || try_pod(&c, "grpc").filter(is_ready));
+    assert!(health.checks() >= 2, "{}", health.checks());
+    // Readiness follows the overall status.
+    health.set("", capstan_testkit::NOT_SERVING);
+    wait_for("grpc not Ready", Duration::from_secs(30), || try_pod(&c, "grpc").filter(|p| !is_ready(p)));
+    let events = c.ok(&["get", "events", "--field-selector", "involvedObject.name=grpc"]);
+    assert!(events.contains("service unhealthy (responded with \"NOT_SERVING\")"), "{events}");
+    health.set("", capstan_testkit::SERVING);
+    wait_for("grpc Ready again", Duration::from_secs(30), || try_pod(&c, "grpc").filter(is_ready));
+    // Liveness on its named service: the container is restarted.
+    health.set("live", capstan_testkit::NOT_SERVING);
+    wait_for("a restart", Duration::from_secs(60), || {
+        let p = try_pod(&c, "grpc")?;
+        (container_status(&p, "main")["restartCount"].as_u64() >= Some(1)).then_some(())
+    });
+    let describe = c.ok(&["describe", "pod", "grpc"]);
+    assert!(describe.contains("failed liveness probe, will be restarted"), "{describe}");
+}
+
+#[test]
+fn unused_images_are_garbage_collected_over_the_threshold() {
+    let (reg, image) = registry_with_image(None);
+    let web = rt().block_on(capstan_testkit::push_web_image(&reg, "web", "1")).expect("push the web image");
+    // Any usage crosses 1 %: every image no pod uses is removed at the next check.
+    let c = Cluster::start_node(
+        "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\nimageMinimumGCAgeSeconds: 0\nimageGCPeriodSeconds: 1",
+    );
+    apply(&c, "keep.yaml", &simple_pod("keep", &image, "sleep 3600", ""));
+    apply(&c, "web.yaml", &simple_pod("web", &web, "sleep 3600", ""));
+    wait_running(&c, "keep");
+    wait_running(&c, "web");
+    let index = || -> String {
+        files_under(c.dir.path(), "images.json")
+            .iter()
+            .find(|f| f.ends_with("images/images.json"))
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .unwrap_or_default()
+    };
+    let both = index();
+    assert!(both.contains("/busybox:1") && both.contains("/web:1"), "{both}");
+    c.ok(&["delete", "pod", "web", "--wait=true"]);
+    let after = wait_for("the unused image removed", Duration::from_secs(30), || {
+        let i = index();
+        (!i.contains("/web:1")).then_some(i)
+    });
+    assert!(after.contains("/busybox:1"), "the image in use stays: {after}");
+    let events = wait_for("a FreedDiskSpace event", Duration::from_secs(20), || {
+        let e = c.ok(&["get", "events", "-A", "--field-selector", "reason=FreedDiskSpace"]);
+        e.contains("/web:1").then_some(e)
+    });
+    assert!(events.contains("Node") || events.contains("node/"), "{events}");
+    // The pod using the kept image still runs, and a new pod of the removed one pulls it again.
+    assert_eq!(pod(&c, "keep")["status"]["phase"], "Running");
+    apply(&c, "web2.yaml", &simple_pod("web2", &web, "sleep 3600", ""));
+    wait_running(&c, "web2");
+}
+
+#[test]
+fn memory_pressure_evicts_best_effort_pods_first() {
+    let (_reg, image) = registry_with_image(None);
+    // Any node is below a threshold of all its memory: pressure from the first check on.
+    let c = Cluster::start_node(
+        "evictionHard:\n  memory.available: \"100%\"\nevictionMonitoringPeriodSeconds: 3",
+    );
+    let guaranteed = simple_pod(
+        "guaranteed",
+        &image,
+        "sleep 3600",
+        "    resources:\n      limits: {cpu: 100m, memory: 64Mi}\n",
+    );
+    let best_effort = simple_pod("best-effort", &image, "sleep 3600", "");
+    // Both in one apply: both are the node's pods when the eviction manager first ranks them.
+    apply(&c, "pods.yaml", &format!("{guaranteed}\n---\n{best_effort}"));
+    let condition = wait_for("MemoryPressure=True", Duration::from_secs(30), || {
+        let n = json(&c, &["get", "node", "node-1"]);
+        n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "MemoryPressure" && c["status"] == "True")
+            .cloned()
+    });
+    assert_eq!(condition["reason"], "KubeletHasInsufficientMemory", "{condition}");
+    // The node lifecycle controller taints it (TaintNodesByCondition): new pods stay away.
+    wait_for("the memory-pressure taint", Duration::from_secs(30), || {
+        let n = json(&c, &["get", "node", "node-1"]);
+        n["spec"]["taints"]
+            .as_array()?
+            .iter()
+            .any(|t| t["key"] == "node.kubernetes.io/memory-pressure" && t["effect"] == "NoSchedule")
+            .then_some(())
+    });
+    let evicted = |name: &str| {
+        wait_for(&format!("{name} evicted"), Duration::from_secs(60), || {
+            try_pod(&c, name).filter(|p| p["status"]["phase"] == "Failed")
+        })
+    };
+    let be = evicted("best-effort");
+    assert_eq!(be["status"]["reason"], "Evicted", "{be}");
+    let message = be["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("The node was low on resource: memory. Threshold quantity: 100%"),
+        "{message}"
+    );
+    let g = evicted("guaranteed");
+    assert_eq!(g["status"]["reason"], "Evicted", "{g}");
+    // BestEffort went first: its Evicted event is older (one eviction per 3 s period).
+    let when = |name: &str| {
+        let events = json(
+            &c,
+            &["get", "events", "--field-selector", &format!("involvedObject.name={name},reason=Evicted")],
+        );
+        events["items"][0]["firstTimestamp"].as_str().map(str::to_string).expect("an Evicted event")
+    };
+    let (be_at, g_at) = (when("best-effort"), when("guaranteed"));
+    assert!(be_at < g_at, "best-effort evicted at {be_at}, guaranteed at {g_at}");
+    let out = c.ok(&["get", "pod", "best-effort"]);
+    assert!(out.contains("Evicted"), "{out}");
+}

@@ -266,6 +266,10 @@ fn probe(p: &mut Map<String, Value>) {
     if let Some(h) = existing(p, "httpGet") {
         http_get(h);
     }
+    // `GRPCAction.service` is `+default=""` upstream (kubectl describe dereferences it).
+    if let Some(g) = existing(p, "grpc") {
+        set_str(g, "service", "");
+    }
 }
 
 fn http_get(h: &mut Map<String, Value>) {
@@ -732,7 +736,7 @@ mod tests {
                     {"name": "a", "image": "nginx", "ports": [{"containerPort": 80}],
                      "livenessProbe": {"httpGet": {"port": 80}},
                      "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
-                    {"name": "b", "image": "nginx:1.25"},
+                    {"name": "b", "image": "nginx:1.25", "readinessProbe": {"grpc": {"port": 9000}}},
                     {"name": "c", "image": "reg:5000/x@sha256:abc"},
                     {"name": "d", "image": "reg:5000/x:latest"}
                 ],
@@ -765,6 +769,7 @@ mod tests {
         assert_eq!(probe["failureThreshold"], 3);
         assert_eq!(probe["httpGet"]["scheme"], "HTTP");
         assert_eq!(probe["httpGet"]["path"], "/");
+        assert_eq!(c[1]["readinessProbe"]["grpc"], json!({"port": 9000, "service": ""}));
         assert_eq!(s["volumes"][0]["emptyDir"], json!({}));
         assert_eq!(s["volumes"][1]["configMap"]["defaultMode"], 420);
         assert_eq!(p["status"]["phase"], "Pending");

@@ -19,6 +19,8 @@ use jiff::Timestamp;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
+use crate::runtime::logfile::{rotated_entries, rotated_name};
+
 /// How often a followed log is polled for appended data.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Read size, forwards and backwards.
@@ -51,8 +53,10 @@ pub struct LogOptions {
 ///
 /// With `follow`, the file is polled (every 100 ms) for appended data until `done` is `true` (or
 /// its sender is dropped) and the file has been read to its end; a last line without a newline is
-/// then emitted too. Without `follow`, the stream ends at the end of the file. A log that is
-/// truncated or replaced while followed is not noticed.
+/// then emitted too. Without `follow`, the stream ends at the end of the file. When the file at
+/// `path` is replaced while followed (the shim rotated it, see
+/// [`crate::runtime::logfile`]), the rest of the old file is read, then the new one from its
+/// start, so no line is lost or repeated. A log truncated in place is not noticed.
 pub fn stream_log(
     path: PathBuf,
     opts: LogOptions,
@@ -249,7 +253,10 @@ struct LogReader {
     follow: bool,
     tail_lines: Option<u64>,
     done: watch::Receiver<bool>,
-    file: Option<tokio::fs::File>,
+    file: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+    /// Rotated files named after this one were rotated after the file being read was opened
+    /// (see [`crate::runtime::logfile`]): the first of them is that file.
+    opened_before: PathBuf,
     /// Bytes read that do not make a whole record yet.
     pending: Vec<u8>,
     /// Dropping the bytes of an over-long record until its newline.
@@ -266,6 +273,7 @@ impl LogReader {
             tail_lines: opts.tail_lines.and_then(|n| u64::try_from(n).ok()),
             done,
             file: None,
+            opened_before: PathBuf::new(),
             pending: Vec::new(),
             discarding: false,
             writer: Writer {
@@ -280,9 +288,10 @@ impl LogReader {
     }
 
     /// Opens the file at the start of the last `tail_lines` lines.
-    async fn open(&mut self) -> io::Result<tokio::fs::File> {
+    async fn open(&mut self) -> io::Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
         let path = self.path.clone();
         let tail = self.tail_lines;
+        self.opened_before = rotated_name(&path, Timestamp::now());
         let file = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
             let mut file = std::fs::File::open(&path)?;
             if let Some(n) = tail {
@@ -293,7 +302,61 @@ impl LogReader {
         })
         .await
         .map_err(io::Error::other)??;
-        Ok(tokio::fs::File::from_std(file))
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    /// The file to read after the one being read, once that was rotated: the next rotated
+    /// file (decompressed into memory when the shim already compressed it), or the current
+    /// file at the log's path. `None` while the file being read is still the current one (or
+    /// the new one is not there yet). Rotated files removed before they were read are lost.
+    async fn next_file(&mut self) -> io::Result<Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>> {
+        loop {
+            let later = self.rotated_since().await?;
+            let Some(ours) = later.first().cloned() else { return Ok(None) };
+            let Some(entry) = later.get(1) else {
+                // Ours is the newest rotated file: the next is the current one, unless the log
+                // was rotated again between the listing and the open.
+                let Ok(current) = tokio::fs::File::open(&self.path).await else { return Ok(None) };
+                if self.rotated_since().await?.len() > 1 {
+                    continue;
+                }
+                self.opened_before = ours;
+                return Ok(Some(Box::new(current)));
+            };
+            let next: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match tokio::fs::File::open(entry).await
+            {
+                Ok(f) => Box::new(f),
+                Err(_) => {
+                    // Compressed meanwhile.
+                    let mut gz = entry.as_os_str().to_owned();
+                    gz.push(".gz");
+                    let gz = PathBuf::from(gz);
+                    let data = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+                        let mut out = Vec::new();
+                        flate2::read::GzDecoder::new(std::fs::File::open(gz)?).read_to_end(&mut out)?;
+                        Ok(out)
+                    })
+                    .await
+                    .map_err(io::Error::other)?
+                    .unwrap_or_default();
+                    Box::new(std::io::Cursor::new(data))
+                }
+            };
+            self.opened_before = ours;
+            return Ok(Some(next));
+        }
+    }
+
+    /// The rotated files rotated after the file being read was opened, oldest first.
+    fn rotated_since(&self) -> impl std::future::Future<Output = io::Result<Vec<PathBuf>>> + Send + 'static {
+        let (path, after) = (self.path.clone(), self.opened_before.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                rotated_entries(&path).into_iter().filter(|e| *e > after).collect()
+            })
+            .await
+            .map_err(io::Error::other)
+        }
     }
 
     /// Whether the writer of the log is done (or gone).
@@ -333,6 +396,31 @@ impl LogReader {
                     return Ok(None);
                 }
                 continue;
+            }
+            if self.follow {
+                if let Some(next) = self.next_file().await? {
+                    // The shim rotated the log: whatever reached the old file came before the
+                    // rename, so read it to its end, then go on with the new file from its start.
+                    let mut rest = Vec::new();
+                    if let Some(old) = self.file.as_mut() {
+                        old.read_to_end(&mut rest).await?;
+                    }
+                    self.pending.extend_from_slice(&rest);
+                    let more = self.process_lines(&mut out);
+                    self.pending.clear();
+                    self.discarding = false;
+                    self.file = Some(next);
+                    if !more {
+                        self.finish();
+                    }
+                    if !out.is_empty() {
+                        return Ok(Some(out.freeze()));
+                    }
+                    if !more {
+                        return Ok(None);
+                    }
+                    continue;
+                }
             }
             if writer_done {
                 // A last record without its newline.

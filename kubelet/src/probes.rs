@@ -1,4 +1,4 @@
-//! Probe checks: httpGet and tcpSocket, and the threshold logic around them.
+//! Probe checks: httpGet, tcpSocket and grpc, and the threshold logic around them.
 //!
 //! The checks follow the kubelet's (`pkg/probe/http`, `pkg/probe/tcp`): an HTTP probe succeeds
 //! on a status in 200..400, sends `User-Agent: kube-probe/1.36` and `Accept: */*` unless the probe
@@ -94,6 +94,230 @@ pub async fn tcp_socket(host: &str, port: u16, timeout: Duration) -> ProbeOutcom
         Ok(Err(msg)) => ProbeOutcome::Failure(msg),
         Err(_) => ProbeOutcome::Failure(format!("dial tcp {}: i/o timeout", host_port(host, port))),
     }
+}
+
+/// A `grpc` probe: the standard `grpc.health.v1.Health/Check` call for `service` over
+/// plaintext HTTP/2 (h2 with the 5-byte gRPC message framing and the two-field protobuf
+/// messages written by hand), as upstream's `pkg/probe/grpc`: success only on `SERVING`; the
+/// failure messages are upstream's.
+pub async fn grpc(host: &str, port: u16, service: &str, timeout: Duration) -> ProbeOutcome {
+    let timeout = effective_timeout(timeout);
+    let addr = host_port(host, port);
+    let go_timeout = go_duration(timeout);
+    let call = async {
+        let tcp = dial(host, port).await.map_err(GrpcError::Connect)?;
+        let (client, conn) =
+            h2::client::handshake(tcp).await.map_err(|e| GrpcError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        grpc_health_check(client, &addr, service).await
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => ProbeOutcome::Failure(format!("timeout: health rpc did not complete within {go_timeout}")),
+        Ok(Err(GrpcError::Connect(e))) => {
+            ProbeOutcome::Failure(format!("error: failed to connect service at {addr:?}: {e}"))
+        }
+        Ok(Err(GrpcError::Status(12, message))) => ProbeOutcome::Failure(format!(
+            "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {message}"
+        )),
+        Ok(Err(GrpcError::Status(4, _))) => {
+            ProbeOutcome::Failure(format!("timeout: health rpc did not complete within {go_timeout}"))
+        }
+        Ok(Err(GrpcError::Status(code, message))) => ProbeOutcome::Failure(format!(
+            "error: health rpc probe failed: rpc error: code = {} desc = {message}",
+            grpc_code_name(code)
+        )),
+        Ok(Err(GrpcError::Protocol(e))) => {
+            ProbeOutcome::Failure(format!("error: health rpc probe failed: {e}"))
+        }
+        Ok(Ok(1)) => ProbeOutcome::Success,
+        Ok(Ok(status)) => ProbeOutcome::Failure(format!(
+            "service unhealthy (responded with {:?})",
+            match status {
+                0 => "UNKNOWN".to_string(),
+                2 => "NOT_SERVING".to_string(),
+                3 => "SERVICE_UNKNOWN".to_string(),
+                n => n.to_string(),
+            }
+        )),
+    }
+}
+
+/// A duration as Go's `time.Duration` prints it (`1s`, `1.5s`, `300ms`).
+fn go_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+enum GrpcError {
+    Connect(String),
+    /// A gRPC status other than OK: code and message.
+    Status(u32, String),
+    Protocol(String),
+}
+
+/// gRPC's names of its status codes (as Go's `codes.Code` prints them).
+fn grpc_code_name(code: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    NAMES.get(code as usize).copied().unwrap_or("Unknown")
+}
+
+/// `HealthCheckRequest { string service = 1; }` in a gRPC message frame.
+pub fn grpc_health_request(service: &str) -> Vec<u8> {
+    let mut msg = Vec::new();
+    if !service.is_empty() {
+        msg.push(0x0a);
+        put_varint(&mut msg, service.len() as u64);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    framed
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(data: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *data.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The `status` of a framed `HealthCheckResponse { ServingStatus status = 1; }` (unknown
+/// fields skipped).
+pub fn grpc_health_status(body: &[u8]) -> Result<u64, String> {
+    let (flag, rest) = body.split_first().ok_or("empty response")?;
+    if *flag != 0 {
+        return Err("compressed response".into());
+    }
+    let len = rest.get(..4).ok_or("short response")?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let msg = rest.get(4..4 + len).ok_or("short response")?;
+    let (mut pos, mut status) = (0, 0);
+    while pos < msg.len() {
+        let key = get_varint(msg, &mut pos).ok_or("bad message")?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = get_varint(msg, &mut pos).ok_or("bad message")?,
+            (_, 0) => {
+                get_varint(msg, &mut pos).ok_or("bad message")?;
+            }
+            (_, 1) => pos += 8,
+            (_, 5) => pos += 4,
+            (_, 2) => {
+                let n = get_varint(msg, &mut pos).ok_or("bad message")? as usize;
+                pos += n;
+            }
+            _ => return Err("bad message".into()),
+        }
+    }
+    Ok(status)
+}
+
+/// gRPC's percent-encoding of `grpc-message`.
+fn grpc_message(headers: &http::HeaderMap) -> String {
+    let raw = headers.get("grpc-message").map(|v| v.as_bytes()).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let Ok(b) = u8::from_str_radix(std::str::from_utf8(&raw[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// One unary Health/Check; the serving status.
+async fn grpc_health_check(
+    client: h2::client::SendRequest<bytes::Bytes>,
+    addr: &str,
+    service: &str,
+) -> Result<u64, GrpcError> {
+    let proto = |e: h2::Error| GrpcError::Protocol(e.to_string());
+    let mut client = client.ready().await.map_err(proto)?;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", USER_AGENT)
+        .body(())
+        .map_err(|e| GrpcError::Protocol(e.to_string()))?;
+    let (response, mut send) = client.send_request(request, false).map_err(proto)?;
+    send.send_data(bytes::Bytes::from(grpc_health_request(service)), true).map_err(proto)?;
+    let response = response.await.map_err(proto)?;
+    let (head, mut body) = response.into_parts();
+    if head.status != http::StatusCode::OK {
+        return Err(GrpcError::Protocol(format!(
+            "unexpected HTTP status code received from server: {}",
+            head.status.as_u16()
+        )));
+    }
+    // Trailers-only: the status is in the headers.
+    if let Some(code) = grpc_status(&head.headers).filter(|c| *c != 0) {
+        return Err(GrpcError::Status(code, grpc_message(&head.headers)));
+    }
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(proto)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+        if data.len() > MAX_HEAD {
+            return Err(GrpcError::Protocol("response too long".into()));
+        }
+    }
+    let trailers = body.trailers().await.map_err(proto)?.unwrap_or_default();
+    match grpc_status(&trailers).or_else(|| grpc_status(&head.headers)) {
+        Some(0) => {}
+        Some(code) => return Err(GrpcError::Status(code, grpc_message(&trailers))),
+        None => return Err(GrpcError::Protocol("server closed the stream without sending trailers".into())),
+    }
+    grpc_health_status(&data).map_err(GrpcError::Protocol)
 }
 
 /// A request target.

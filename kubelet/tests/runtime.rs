@@ -139,6 +139,7 @@ fn run_one(base: &Path, layer: &Path, name: &str, case: Case) -> Result<()> {
         runc_root: dir.join("runc"),
         shim_exe: std::env::current_exe()?,
         cgroup_parent: format!("/capstan-test-{}-{name}", std::process::id()),
+        log_rotation: Default::default(),
     };
     let runtime = RuncRuntime::new(config.clone()).context("RuncRuntime::new")?;
     let env = Env { runtime: runtime.clone(), config, dir: dir.clone(), layer: layer.to_path_buf() };
@@ -671,6 +672,7 @@ fn starter(args: &[String]) -> Result<()> {
         runc_root: runc_root.into(),
         shim_exe: std::env::current_exe()?,
         cgroup_parent: cgroup_parent.clone(),
+        log_rotation: Default::default(),
     };
     let runtime = RuncRuntime::new(config)?;
     let spec = ContainerSpec {

@@ -252,6 +252,33 @@ pub struct NodeConfig {
     /// Containers that name no seccomp profile run under `RuntimeDefault` (default true;
     /// false: `Unconfined`, as upstream's kubelet by default).
     pub seccomp_default: Option<bool>,
+    /// Rotate a container's log when it reaches this size (a quantity, default `10Mi`, as
+    /// upstream's `containerLogMaxSize`).
+    pub container_log_max_size: Option<String>,
+    /// Log files kept per container, the current one included (default 5, at least 2, as
+    /// upstream's `containerLogMaxFiles`).
+    pub container_log_max_files: Option<u32>,
+    /// Image garbage collection starts when the image filesystem's usage reaches this
+    /// percentage (default 85; 100 turns it off; upstream's `imageGCHighThresholdPercent`).
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: Option<u8>,
+    /// ... and removes unused images until usage is below this percentage (default 80;
+    /// upstream's `imageGCLowThresholdPercent`).
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    pub image_gc_low_threshold_percent: Option<u8>,
+    /// How long an image must have been unused before it may be removed, in seconds
+    /// (default 120, as upstream's `imageMinimumGCAge`).
+    #[serde(rename = "imageMinimumGCAgeSeconds")]
+    pub image_minimum_gc_age_seconds: Option<u64>,
+    /// How often image usage is checked, in seconds (default 300, upstream's fixed period).
+    #[serde(rename = "imageGCPeriodSeconds")]
+    pub image_gc_period_seconds: Option<u64>,
+    /// Hard eviction thresholds, upstream's `evictionHard` signals `memory.available`
+    /// (default `100Mi`), `nodefs.available` (`10%`), `imagefs.available` (`15%`); a quantity
+    /// or a percentage of capacity; an empty string turns a signal off.
+    pub eviction_hard: Option<std::collections::BTreeMap<String, String>>,
+    /// How often the eviction manager measures, in seconds (default 10).
+    pub eviction_monitoring_period_seconds: Option<u64>,
 }
 
 /// The `node.dns:` section: the cluster DNS server inside the node agent.

@@ -78,6 +78,65 @@ pub fn agent_config(
         if let Some(s) = n.seccomp_default {
             cfg.seccomp_default = s;
         }
+        if let Some(size) = n.container_log_max_size {
+            cfg.container_log.max_size = capstan_api::quantity::parse_value(&size)
+                .and_then(|v| u64::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .with_context(|| format!("node.containerLogMaxSize: {size:?} is not a positive quantity"))?;
+        }
+        if let Some(files) = n.container_log_max_files {
+            if files < 2 {
+                anyhow::bail!("node.containerLogMaxFiles: {files} must be greater than 1");
+            }
+            cfg.container_log.max_files = files;
+        }
+        let gc = &mut cfg.image_gc;
+        if let Some(h) = n.image_gc_high_threshold_percent {
+            gc.high_threshold_percent = h;
+        }
+        if let Some(l) = n.image_gc_low_threshold_percent {
+            gc.low_threshold_percent = l;
+        }
+        if gc.high_threshold_percent > 100 || gc.low_threshold_percent > 100 {
+            anyhow::bail!(
+                "node.imageGCHighThresholdPercent and imageGCLowThresholdPercent must be between 0 and 100"
+            );
+        }
+        if gc.low_threshold_percent >= gc.high_threshold_percent && gc.high_threshold_percent < 100 {
+            anyhow::bail!(
+                "node.imageGCLowThresholdPercent ({}) must be less than imageGCHighThresholdPercent ({})",
+                gc.low_threshold_percent,
+                gc.high_threshold_percent
+            );
+        }
+        if let Some(s) = n.image_minimum_gc_age_seconds {
+            gc.minimum_age = std::time::Duration::from_secs(s);
+        }
+        if let Some(s) = n.image_gc_period_seconds {
+            gc.period = std::time::Duration::from_secs(s.max(1));
+        }
+        for (signal, value) in n.eviction_hard.unwrap_or_default() {
+            use capstan_kubelet::agent::eviction::Threshold;
+            let threshold = if value.trim().is_empty() {
+                None
+            } else {
+                Some(Threshold::parse(&value).with_context(|| {
+                    format!("node.evictionHard.{signal}: {value:?} is not a quantity or a percentage")
+                })?)
+            };
+            let e = &mut cfg.eviction;
+            match signal.as_str() {
+                "memory.available" => e.memory_available = threshold,
+                "nodefs.available" => e.nodefs_available = threshold,
+                "imagefs.available" => e.imagefs_available = threshold,
+                other => anyhow::bail!(
+                    "node.evictionHard: unknown signal {other:?} (memory.available, nodefs.available, imagefs.available)"
+                ),
+            }
+        }
+        if let Some(s) = n.eviction_monitoring_period_seconds {
+            cfg.eviction.period = std::time::Duration::from_secs(s.max(1));
+        }
         if let Some(r) = n.resolv_conf {
             cfg.resolv_conf = r;
         }
@@ -162,4 +221,44 @@ pub fn reset(args: ResetArgs) -> anyhow::Result<()> {
     rt.block_on(capstan_kubelet::agent::reset(&cfg)).map_err(|e| anyhow::anyhow!(e))?;
     println!("capstan: node state under {} reset", cfg.data_dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_kubelet::agent::eviction::Threshold;
+
+    fn config(node_yaml: &str) -> anyhow::Result<capstan_kubelet::agent::AgentConfig> {
+        let f: FileConfig = serde_yaml_ng::from_str(node_yaml)?;
+        let net = f.cluster_network()?;
+        agent_config("n".into(), std::path::Path::new("/tmp/x"), f.node, &net)
+    }
+
+    #[test]
+    fn node_agent_log_gc_and_eviction_settings() {
+        let d = config("node: {}").unwrap();
+        assert_eq!((d.container_log.max_size, d.container_log.max_files), (10 << 20, 5));
+        assert_eq!((d.image_gc.high_threshold_percent, d.image_gc.low_threshold_percent), (85, 80));
+        assert_eq!(d.eviction.memory_available, Some(Threshold::Bytes(100 << 20)));
+        let c = config(
+            "node:\n  containerLogMaxSize: 2Mi\n  containerLogMaxFiles: 3\n  imageGCHighThresholdPercent: 1\n  \
+             imageGCLowThresholdPercent: 0\n  evictionHard: {memory.available: \"\", nodefs.available: 5%}\n",
+        )
+        .unwrap();
+        assert_eq!((c.container_log.max_size, c.container_log.max_files), (2 << 20, 3));
+        assert_eq!((c.image_gc.high_threshold_percent, c.image_gc.low_threshold_percent), (1, 0));
+        assert_eq!(
+            (c.eviction.memory_available, c.eviction.nodefs_available),
+            (None, Some(Threshold::Percent(5.0)))
+        );
+        for bad in [
+            "node: {containerLogMaxFiles: 1}",
+            "node: {containerLogMaxSize: nope}",
+            "node: {imageGCHighThresholdPercent: 80, imageGCLowThresholdPercent: 85}",
+            "node: {evictionHard: {pids.available: 10%}}",
+            "node: {evictionHard: {memory.available: lots}}",
+        ] {
+            assert!(config(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -14,6 +14,9 @@
 //! # }
 //! ```
 
+mod grpc;
+pub use grpc::{GrpcHealth, NOT_SERVING, SERVING};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -10,7 +10,9 @@
 //!   not the timestamps written by the node, so clock skew does not matter.
 //! - **Taints follow the Ready condition.** Unknown: `node.kubernetes.io/unreachable`
 //!   NoSchedule and NoExecute; False: `node.kubernetes.io/not-ready` likewise; True: none
-//!   of them. The kubelet posting Ready again removes them.
+//!   of them. The kubelet posting Ready again removes them. MemoryPressure, DiskPressure
+//!   and PIDPressure True add `node.kubernetes.io/memory-pressure` (`disk-pressure`,
+//!   `pid-pressure`) NoSchedule, as upstream's TaintNodesByCondition.
 //! - **Taint-based eviction.** A pod on a node with a NoExecute taint it does not tolerate
 //!   is deleted at once; one tolerated for `tolerationSeconds` is deleted that long after
 //!   the taint was added (its `timeAdded`, else when first seen).
@@ -35,6 +37,12 @@ use tokio::time::Instant;
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 /// Taint key of nodes that report Ready=False.
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+/// Node conditions and the NoSchedule taints they bring (upstream's TaintNodesByCondition).
+const PRESSURE_TAINTS: [(&str, &str); 3] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
 /// Default grace period (upstream `--node-monitor-grace-period`).
 const DEFAULT_GRACE_SECONDS: u64 = 40;
 /// The node conditions the kubelet owns and this controller marks Unknown.
@@ -129,14 +137,28 @@ pub fn unknown_conditions(node: &Value, now: &str) -> Option<Value> {
 /// carries exactly those. Other taints are kept; kept taints keep their timeAdded.
 pub fn desired_taints(node: &Value, now: &str) -> Option<Value> {
     let current = array_at(node, &["spec", "taints"]);
-    let want: &[(&str, &str)] = match ready_status(node) {
-        Some("Unknown") => &[(UNREACHABLE_TAINT, "NoSchedule"), (UNREACHABLE_TAINT, "NoExecute")],
-        Some("False") => &[(NOT_READY_TAINT, "NoSchedule"), (NOT_READY_TAINT, "NoExecute")],
-        _ => &[],
+    let mut want: Vec<(&str, &str)> = match ready_status(node) {
+        Some("Unknown") => vec![(UNREACHABLE_TAINT, "NoSchedule"), (UNREACHABLE_TAINT, "NoExecute")],
+        Some("False") => vec![(NOT_READY_TAINT, "NoSchedule"), (NOT_READY_TAINT, "NoExecute")],
+        _ => vec![],
     };
+    // Taints by condition (upstream's TaintNodesByCondition): a pressure the kubelet reports
+    // keeps new pods away.
+    for (condition, key) in PRESSURE_TAINTS {
+        let on = array_at(node, &["status", "conditions"]).iter().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some(condition)
+                && c.get("status").and_then(Value::as_str) == Some("True")
+        });
+        if on {
+            want.push((key, "NoSchedule"));
+        }
+    }
     let ours = |t: &Value| {
-        matches!(t.get("key").and_then(Value::as_str), Some(UNREACHABLE_TAINT) | Some(NOT_READY_TAINT))
-            && matches!(t.get("effect").and_then(Value::as_str), Some("NoSchedule") | Some("NoExecute"))
+        let key = t.get("key").and_then(Value::as_str);
+        (matches!(key, Some(UNREACHABLE_TAINT) | Some(NOT_READY_TAINT))
+            && matches!(t.get("effect").and_then(Value::as_str), Some("NoSchedule") | Some("NoExecute")))
+            || (PRESSURE_TAINTS.iter().any(|(_, k)| key == Some(k))
+                && t.get("effect").and_then(Value::as_str) == Some("NoSchedule"))
     };
     let has = |key: &str, effect: &str| {
         current.iter().any(|t| {
@@ -159,7 +181,7 @@ pub fn desired_taints(node: &Value, now: &str) -> Option<Value> {
         })
         .cloned()
         .collect();
-    for (k, e) in want {
+    for (k, e) in &want {
         if !has(k, e) {
             let mut t = json!({"key": k, "effect": e});
             if *e == "NoExecute" {
@@ -853,6 +875,22 @@ mod tests {
         node["status"]["conditions"][0]["status"] = json!("True");
         let t = desired_taints(&node, "T4").unwrap();
         assert_eq!(t, json!([{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]));
+        // MemoryPressure brings its NoSchedule taint, and takes it away.
+        node["spec"]["taints"] = t;
+        node["status"]["conditions"] =
+            json!([{"type": "Ready", "status": "True"}, {"type": "MemoryPressure", "status": "True"}]);
+        let t = desired_taints(&node, "T5").unwrap();
+        assert_eq!(t.as_array().unwrap().len(), 2);
+        assert!(t.as_array().unwrap().iter().any(|x| x["key"] == "node.kubernetes.io/memory-pressure"
+            && x["effect"] == "NoSchedule"
+            && x.get("timeAdded").is_none()));
+        node["spec"]["taints"] = t;
+        assert_eq!(desired_taints(&node, "T6"), None);
+        node["status"]["conditions"][1]["status"] = json!("False");
+        assert_eq!(
+            desired_taints(&node, "T7").unwrap(),
+            json!([{"key": "dedicated", "value": "x", "effect": "NoSchedule"}])
+        );
     }
 
     #[test]

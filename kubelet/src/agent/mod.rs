@@ -7,6 +7,8 @@
 //! A node that cannot run containers (no `runc`, no CNI plugins, no cgroups) still
 //! registers, with Ready=False and a message naming what to install, and runs no pods.
 
+pub mod eviction;
+pub mod imagegc;
 pub mod localpath;
 pub mod node;
 pub mod pod;
@@ -74,6 +76,13 @@ pub struct AgentConfig {
     /// Run containers that name no seccomp profile under `RuntimeDefault` (default true;
     /// upstream's kubelet: false, i.e. `Unconfined`).
     pub seccomp_default: bool,
+    /// Container log rotation (upstream's `containerLogMaxSize`, 10Mi, and
+    /// `containerLogMaxFiles`, 5).
+    pub container_log: crate::runtime::logfile::Rotation,
+    /// Image garbage collection by disk usage ([`imagegc`]).
+    pub image_gc: imagegc::ImageGcConfig,
+    /// Hard eviction thresholds and the monitoring period ([`eviction`]).
+    pub eviction: eviction::EvictionConfig,
 }
 
 impl AgentConfig {
@@ -99,6 +108,9 @@ impl AgentConfig {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             dns: crate::dns::Config::default(),
             seccomp_default: true,
+            container_log: crate::runtime::logfile::Rotation::upstream(),
+            image_gc: imagegc::ImageGcConfig::default(),
+            eviction: eviction::EvictionConfig::default(),
         }
     }
 
@@ -212,6 +224,7 @@ fn runtime_and_network(cfg: &AgentConfig) -> Result<(RuncRuntime, PodNetwork), S
         runc_root: root.join("runc"),
         shim_exe: cfg.shim_exe.clone(),
         cgroup_parent: cfg.cgroup_parent.clone(),
+        log_rotation: cfg.container_log,
     })
     .map_err(|e| e.to_string())?;
     let network = PodNetwork::new(NetworkConfig {
@@ -283,6 +296,21 @@ struct PodChange(Change);
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Synced;
+
+/// Post the Node's status now (its conditions changed).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PostStatus;
+
+impl Handler<PostStatus> for NodeAgent {
+    type Result = ();
+
+    fn handle(&mut self, _: PostStatus, ctx: &mut Context<Self>) {
+        let (client, cfg, host, nr) =
+            (self.client.clone(), self.cfg.clone(), self.host.clone(), self.not_ready.clone());
+        ctx.spawn(NodeAgent::heartbeat(client, cfg, host, nr, true).into_actor(self));
+    }
+}
 
 impl NodeAgent {
     async fn register(
@@ -428,6 +456,26 @@ impl Actor for NodeAgent {
         informer.on_change(Arc::new(move |c: &Change| addr.do_send(PodChange(c.clone()))));
         // The informer's task holds it for as long as the arbiter runs.
         informer.start();
+        // Node pressure: a change posts the Node's status at once.
+        let (addr, pressure) = (me.clone(), self.host.pressure.clone());
+        actix::spawn(eviction::run(
+            self.cfg.eviction.clone(),
+            deps.clone(),
+            informer.clone(),
+            pressure,
+            self.cfg.data_dir.clone(),
+            move || addr.do_send(PostStatus),
+        ));
+        let (gc, pods, gc_deps) = (self.cfg.image_gc, informer.clone(), deps.clone());
+        actix::spawn(async move {
+            pods.wait_synced().await;
+            let mut tick = tokio::time::interval(gc.period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                imagegc::collect(&gc, &gc_deps.images, &pods, &gc_deps.recorder, &gc_deps.node).await;
+            }
+        });
         let addr = me.clone();
         actix::spawn(async move {
             informer.wait_synced().await;

@@ -23,6 +23,8 @@ pub struct HostInfo {
     pub boot_id: String,
     /// The runtime's version string (`runc://1.1.5`).
     pub runtime_version: String,
+    /// The pressure the eviction manager sees now (shared, updated every period).
+    pub pressure: std::sync::Arc<std::sync::Mutex<super::eviction::Pressure>>,
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -88,6 +90,7 @@ impl HostInfo {
             machine_id: read_trimmed("/etc/machine-id").unwrap_or_default(),
             boot_id: read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default().replace('-', ""),
             runtime_version: runtime_version.to_string(),
+            pressure: Default::default(),
         }
     }
 }
@@ -98,6 +101,41 @@ pub type NotReady = Option<String>;
 /// The node conditions, keeping each condition's transition time while its status holds.
 pub fn conditions(now: &str, not_ready: &NotReady, current: Option<&Value>) -> Value {
     capstan_actors::nodeobjects::conditions_with(now, not_ready.as_deref(), current)
+}
+
+/// The conditions with MemoryPressure / DiskPressure set as `pressure` says (upstream's
+/// reasons and messages), each keeping its transition time while its status holds.
+pub fn with_pressure(
+    mut conditions: Value,
+    pressure: super::eviction::Pressure,
+    now: &str,
+    current: Option<&Value>,
+) -> Value {
+    let before = |type_: &str| {
+        current?["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
+    };
+    for c in conditions.as_array_mut().into_iter().flatten() {
+        let (on, reason, message) = match c["type"].as_str() {
+            Some("MemoryPressure") if pressure.memory => {
+                (true, "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
+            }
+            Some("DiskPressure") if pressure.disk => {
+                (true, "KubeletHasDiskPressure", "kubelet has disk pressure")
+            }
+            _ => continue,
+        };
+        if on {
+            c["status"] = json!("True");
+            c["reason"] = json!(reason);
+            c["message"] = json!(message);
+            let since = before(c["type"].as_str().unwrap_or_default())
+                .filter(|b| b["status"] == "True")
+                .and_then(|b| b["lastTransitionTime"].as_str().map(str::to_string))
+                .unwrap_or_else(|| now.to_string());
+            c["lastTransitionTime"] = json!(since);
+        }
+    }
+    conditions
 }
 
 /// The node's status.
@@ -133,7 +171,12 @@ pub fn node_status(name: &str, host: &HostInfo, not_ready: &NotReady, current: O
             "operatingSystem": "linux",
             "architecture": "amd64",
         },
-        "conditions": conditions(&now, not_ready, current),
+        "conditions": with_pressure(
+            conditions(&now, not_ready, current),
+            *host.pressure.lock().unwrap_or_else(|e| e.into_inner()),
+            &now,
+            current,
+        ),
     })
 }
 
@@ -185,5 +228,13 @@ mod tests {
         let st2 = node_status("n", &h, &None, Some(&json!({"status": st})));
         let ready2 = st2["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
         assert_eq!(ready2["status"], "True");
+        *h.pressure.lock().unwrap() = crate::agent::eviction::Pressure { memory: true, disk: false };
+        let st3 = node_status("n", &h, &None, Some(&json!({"status": st2})));
+        let get = |st: &Value, t: &str| {
+            st["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).cloned().unwrap()
+        };
+        assert_eq!(get(&st3, "MemoryPressure")["status"], "True");
+        assert_eq!(get(&st3, "MemoryPressure")["reason"], "KubeletHasInsufficientMemory");
+        assert_eq!(get(&st3, "DiskPressure")["status"], "False");
     }
 }

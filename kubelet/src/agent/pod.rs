@@ -224,6 +224,8 @@ pub struct PodState {
     finished_ip: Option<String>,
     /// Why the node refused to run the pod (reason, message), as upstream's admission.
     rejected: Option<(String, String)>,
+    /// An eviction asked for by the eviction manager, not yet carried out (its message).
+    pub evicting: Option<String>,
     /// The pod's admitted sysctls.
     sysctls: std::collections::BTreeMap<String, String>,
     deleted: bool,
@@ -375,6 +377,7 @@ impl PodState {
             finished_phase,
             finished_ip: None,
             rejected: None,
+            evicting: None,
             sysctls: Default::default(),
             deleted: false,
         }
@@ -407,6 +410,11 @@ impl PodState {
             self.deleted || self.pod.as_ref().is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null());
         if terminating && self.stage != Stage::Gone {
             self.stage = Stage::Terminating;
+        }
+        if let Some(message) = self.evicting.take() {
+            if matches!(self.stage, Stage::Prepare | Stage::Init | Stage::Main) {
+                self.evict(deps, message).await;
+            }
         }
         match self.stage {
             Stage::Prepare => {
@@ -829,6 +837,16 @@ impl PodState {
             }
             self.run_probes(deps).await;
         }
+    }
+
+    /// Hard eviction under node pressure (upstream's eviction manager): every container is
+    /// killed at once and the pod reports `Failed`, reason `Evicted`, with the message.
+    async fn evict(&mut self, deps: &Deps, message: String) {
+        emit(deps, &self.pod(), "Warning", "Evicted", &message);
+        self.stop_containers(deps, Duration::ZERO, false).await;
+        self.stop_containers(deps, Duration::ZERO, true).await;
+        self.rejected = Some(("Evicted".to_string(), message));
+        self.finish(deps, "Failed").await;
     }
 
     /// Every container ended for good: the pod keeps its status (and podIP) but gives its
@@ -1681,6 +1699,12 @@ async fn check(deps: &Deps, id: &str, ip: &str, spec: &Value, container: &Value)
         let host = t["host"].as_str().unwrap_or(ip).to_string();
         return crate::probes::tcp_socket(&host, p, timeout).await;
     }
+    if let Some(g) = spec.get("grpc") {
+        let Some(p) = g["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
+            return ProbeOutcome::Failure(format!("invalid probe port {}", g["port"]));
+        };
+        return crate::probes::grpc(ip, p, g["service"].as_str().unwrap_or(""), timeout).await;
+    }
     if let Some(e) = spec.get("exec") {
         let command: Vec<String> = e["command"]
             .as_array()
@@ -1759,13 +1783,21 @@ pub struct PodWorker {
     latest: Option<Arc<Value>>,
     deleted: bool,
     again: bool,
+    evict: Option<String>,
 }
 
 impl PodWorker {
     /// A worker for a pod, adopting the given containers.
     pub fn new(deps: Arc<Deps>, pod: Arc<Value>, adopted: Vec<crate::runtime::ContainerInfo>) -> PodWorker {
         let state = PodState::new(pod.clone(), adopted);
-        PodWorker { deps, state: Some(Box::new(state)), latest: Some(pod), deleted: false, again: false }
+        PodWorker {
+            deps,
+            state: Some(Box::new(state)),
+            latest: Some(pod),
+            deleted: false,
+            again: false,
+            evict: None,
+        }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -1777,6 +1809,9 @@ impl PodWorker {
             st.pod = self.latest.clone();
         }
         st.deleted |= self.deleted;
+        if let Some(message) = self.evict.take() {
+            st.evicting = Some(message);
+        }
         let deps = self.deps.clone();
         let fut = async move {
             st.step(&deps).await;
@@ -1813,6 +1848,21 @@ impl Actor for PodWorker {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.tick(ctx);
         ctx.run_interval(Duration::from_millis(500), |act, ctx| act.tick(ctx));
+    }
+}
+
+/// Evict the pod (node pressure): stop its containers at once and report it `Failed` with
+/// reason `Evicted` and this message.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Evict(pub String);
+
+impl Handler<Evict> for PodWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Evict, ctx: &mut Context<Self>) {
+        self.evict = Some(msg.0);
+        self.tick(ctx);
     }
 }
 

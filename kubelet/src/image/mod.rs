@@ -106,6 +106,17 @@ pub struct ImageInfo {
     pub config: ImageRuntimeConfig,
 }
 
+/// An image in the store, as image garbage collection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    /// The index key (the normalized reference it was pulled as).
+    pub reference: String,
+    /// `sha256:<config digest>` (the image ID).
+    pub image_id: String,
+    /// When a container last asked for it (or when the store first saw it).
+    pub last_used: std::time::SystemTime,
+}
+
 /// Why an image could not be made available. `Display` is a complete message meant for the
 /// user (it goes to the container's `waiting.message`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

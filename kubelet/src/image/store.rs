@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::reference::{self, canonical_host, repository_name, PullTarget};
 use super::unpack::{unpack_layer_blob, UnpackError};
-use super::{Credentials, ImageInfo, ImageRuntimeConfig, PullError, PullPolicy, RegistryConfig};
+use super::{Credentials, ImageInfo, ImageRuntimeConfig, PullError, PullPolicy, RegistryConfig, StoredImage};
 
 /// Manifest media types the puller accepts (the registry serves OCI manifests only to clients
 /// that list the OCI type).
@@ -50,6 +50,9 @@ struct Inner {
     /// Per-key async locks: `image:<ref>`, `blob:<digest>`, `layer:<digest>`.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     unpacked: AtomicU64,
+    /// Index key → when a container last asked for the image (first seen: when the store was
+    /// opened or the image pulled), for image garbage collection.
+    last_used: Mutex<HashMap<String, std::time::SystemTime>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -162,6 +165,30 @@ impl BlobError {
 
 /// The hex part of a `sha256:<64 hex>` digest; `None` for anything else (which must never be
 /// used as a path component).
+/// Removes a file or a directory tree; the bytes its files held (0 when it was not there).
+fn remove_measured(path: &Path) -> u64 {
+    fn size(path: &Path) -> u64 {
+        let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+        if !meta.is_dir() {
+            return meta.len();
+        }
+        fs::read_dir(path).into_iter().flatten().flatten().map(|e| size(&e.path())).sum::<u64>() + meta.len()
+    }
+    let bytes = size(path);
+    let removed = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(_) => return 0,
+    };
+    match removed {
+        Ok(()) => bytes,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an unused image's files");
+            0
+        }
+    }
+}
+
 fn sha256_hex(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;
     (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
@@ -250,6 +277,7 @@ impl ImageStore {
                 index: Mutex::new(index),
                 locks: Mutex::new(HashMap::new()),
                 unpacked: AtomicU64::new(0),
+                last_used: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -281,6 +309,19 @@ impl ImageStore {
         creds: &HashMap<String, Credentials>,
     ) -> Result<ImageInfo, PullError> {
         let reference = reference::parse(image)?;
+        let info = self.ensure_ref(image, &reference, policy, creds).await?;
+        lock_ignoring_poison(&self.inner.last_used).insert(reference.whole(), std::time::SystemTime::now());
+        Ok(info)
+    }
+
+    async fn ensure_ref(
+        &self,
+        image: &str,
+        reference: &Reference,
+        policy: PullPolicy,
+        creds: &HashMap<String, Credentials>,
+    ) -> Result<ImageInfo, PullError> {
+        let reference = reference.clone();
         if policy != PullPolicy::Always {
             if let Some(info) = self.local_ref(&reference) {
                 return Ok(info);
@@ -298,6 +339,62 @@ impl ImageStore {
             }
         }
         self.pull(image, &reference, creds).await
+    }
+
+    /// The images stored, for image garbage collection.
+    pub fn images(&self) -> Vec<StoredImage> {
+        let index = lock_ignoring_poison(&self.inner.index);
+        let mut used = lock_ignoring_poison(&self.inner.last_used);
+        let now = std::time::SystemTime::now();
+        index
+            .images
+            .iter()
+            .map(|(key, rec)| StoredImage {
+                reference: key.clone(),
+                image_id: rec.config_digest.clone(),
+                last_used: *used.entry(key.clone()).or_insert(now),
+            })
+            .collect()
+    }
+
+    /// Removes the image stored under `reference` (an index key, see [`ImageStore::images`])
+    /// and every blob and unpacked layer no other stored image uses; returns the bytes freed.
+    /// Blobs and layers a pull holds at the moment are kept.
+    pub async fn remove(&self, reference: &str) -> io::Result<u64> {
+        let lock = self.lock(format!("image:{reference}"));
+        let _guard = lock.lock().await;
+        let (gone, keep) = {
+            let mut index = lock_ignoring_poison(&self.inner.index);
+            let Some(gone) = index.images.remove(reference) else { return Ok(0) };
+            let data = serde_json::to_vec_pretty(&*index).map_err(io::Error::other)?;
+            write_atomically(&self.inner.root.join("images.json"), &data)?;
+            let keep: std::collections::HashSet<String> = index
+                .images
+                .values()
+                .flat_map(|r| {
+                    [r.digest.clone(), r.manifest_digest.clone(), r.config_digest.clone()]
+                        .into_iter()
+                        .chain(r.layers.iter().cloned())
+                })
+                .collect();
+            (gone, keep)
+        };
+        lock_ignoring_poison(&self.inner.last_used).remove(reference);
+        let mut freed = 0;
+        let blobs =
+            [&gone.digest, &gone.manifest_digest, &gone.config_digest].into_iter().chain(gone.layers.iter());
+        for digest in blobs {
+            let Some(hex) = sha256_hex(digest).filter(|_| !keep.contains(digest)) else { continue };
+            for (key, path) in [
+                (format!("blob:{digest}"), self.blob_path(hex)),
+                (format!("layer:{digest}"), self.layer_dir(hex)),
+            ] {
+                let lock = self.lock(key);
+                let Ok(_held) = lock.try_lock() else { continue };
+                freed += remove_measured(&path);
+            }
+        }
+        Ok(freed)
     }
 
     fn lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {

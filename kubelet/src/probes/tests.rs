@@ -393,3 +393,54 @@ fn timing_defaults_and_bad_values() {
     assert_eq!(p.record(&fail()), None);
     assert_eq!(p.record(&fail()), Some(false));
 }
+
+#[tokio::test]
+async fn grpc_health_probe() {
+    let server = capstan_testkit::GrpcHealth::start("127.0.0.1:0").expect("grpc health server");
+    let port = server.addr().port();
+    assert_eq!(grpc("127.0.0.1", port, "", T).await, ProbeOutcome::Success);
+    server.set("db", capstan_testkit::NOT_SERVING);
+    assert_eq!(
+        grpc("127.0.0.1", port, "db", T).await,
+        ProbeOutcome::Failure("service unhealthy (responded with \"NOT_SERVING\")".into())
+    );
+    server.set("db", capstan_testkit::SERVING);
+    assert_eq!(grpc("127.0.0.1", port, "db", T).await, ProbeOutcome::Success);
+    assert_eq!(
+        grpc("127.0.0.1", port, "other", T).await,
+        ProbeOutcome::Failure(
+            "error: health rpc probe failed: rpc error: code = NotFound desc = unknown service".into()
+        )
+    );
+    assert_eq!(server.checks(), 4);
+    // Nothing listening.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    match grpc("127.0.0.1", closed_port, "", T).await {
+        ProbeOutcome::Failure(m) => assert!(
+            m.starts_with(&format!(
+                "error: failed to connect service at \"127.0.0.1:{closed_port}\": dial tcp"
+            )) && m.contains("connection refused"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A server that accepts but never speaks HTTP/2: the timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let out = grpc("127.0.0.1", silent_port, "", Duration::from_millis(300)).await;
+    assert_eq!(out, ProbeOutcome::Failure("timeout: health rpc did not complete within 300ms".into()));
+    drop(silent);
+}
+
+#[test]
+fn grpc_messages_by_hand() {
+    assert_eq!(grpc_health_request(""), [0, 0, 0, 0, 0]);
+    assert_eq!(grpc_health_request("ab"), [0, 0, 0, 0, 4, 0x0a, 2, b'a', b'b']);
+    assert_eq!(grpc_health_status(&[0, 0, 0, 0, 2, 0x08, 1]), Ok(1));
+    // An unknown field before the status is skipped; an empty message is UNKNOWN (0).
+    assert_eq!(grpc_health_status(&[0, 0, 0, 0, 5, 0x12, 1, b'x', 0x08, 2]), Ok(2));
+    assert_eq!(grpc_health_status(&[0, 0, 0, 0, 0]), Ok(0));
+    assert!(grpc_health_status(&[0, 0, 0]).is_err());
+}

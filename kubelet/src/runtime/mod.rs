@@ -42,6 +42,7 @@
 //! `kubelet/tests/runtime.rs` has its own `main` that does the same).
 
 pub mod cgroups;
+pub mod logfile;
 pub mod mounts;
 pub mod resources;
 pub mod seccomp;
@@ -148,6 +149,9 @@ pub struct RuntimeConfig {
     pub shim_exe: PathBuf,
     /// Absolute cgroup path under which pods get their cgroups (`/capstan`).
     pub cgroup_parent: String,
+    /// How the shims rotate container logs (upstream's `containerLogMaxSize` and
+    /// `containerLogMaxFiles`).
+    pub log_rotation: logfile::Rotation,
 }
 
 impl RuntimeConfig {
@@ -160,6 +164,7 @@ impl RuntimeConfig {
             runc_root: PathBuf::from("/run/capstan/runc"),
             shim_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             cgroup_parent: "/capstan".to_string(),
+            log_rotation: logfile::Rotation::upstream(),
         }
     }
 }
@@ -468,6 +473,15 @@ impl RuncRuntime {
         format!("{}/{pod_id}/{id}", self.inner.config.cgroup_parent.trim_end_matches('/'))
     }
 
+    /// A pod's memory usage in bytes (`memory.usage_in_bytes`, or `memory.current` on the
+    /// unified hierarchy, of its cgroup), if it can be read.
+    pub fn pod_memory_usage(&self, pod_id: &str) -> Option<u64> {
+        let dir = self.inner.cgroups.dir("memory", &self.pod_cgroup_path(pod_id))?;
+        ["memory.usage_in_bytes", "memory.current"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(dir.join(f)).ok()?.trim().parse().ok())
+    }
+
     fn pod_cgroup_path(&self, pod_id: &str) -> String {
         format!("{}/{pod_id}", self.inner.config.cgroup_parent.trim_end_matches('/'))
     }
@@ -561,6 +575,7 @@ impl RuncRuntime {
             runc_root: config.runc_root.clone(),
             log_path: spec.log_path.clone(),
             oom_file: self.inner.cgroups.oom_file(&self.cgroup_path(&spec.pod_id, &spec.id)),
+            log_rotation: config.log_rotation,
             stdin: spec.stdin,
             stdin_once: spec.stdin_once,
             tty: spec.tty,

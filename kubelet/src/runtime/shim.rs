@@ -46,10 +46,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -61,6 +60,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use super::cgroups::read_oom_kills;
+use super::logfile::{RotatingLog, Rotation};
 use super::state::{
     now_rfc3339, write_atomic, write_json_atomic, ExitRecord, ShimReport, StartedRecord, StateDir,
 };
@@ -86,6 +86,9 @@ pub struct ShimArgs {
     pub log_path: PathBuf,
     /// The container's `memory.oom_control` / `memory.events` file (`--oom-file`).
     pub oom_file: Option<PathBuf>,
+    /// Rotate the log at this size in bytes (`--log-max-size`, 0: never) keeping this many
+    /// files (`--log-max-files`).
+    pub log_rotation: Rotation,
     /// Give the container a stdin FIFO (`--stdin`).
     pub stdin: bool,
     /// Close the container's stdin when the first writer disconnects (`--stdin-once`).
@@ -110,6 +113,12 @@ impl ShimArgs {
                 "--runc-root" => args.runc_root = value()?.into(),
                 "--log" => args.log_path = value()?.into(),
                 "--oom-file" => args.oom_file = Some(value()?.into()),
+                "--log-max-size" => {
+                    args.log_rotation.max_size = value()?.parse().context("shim: --log-max-size")?
+                }
+                "--log-max-files" => {
+                    args.log_rotation.max_files = value()?.parse().context("shim: --log-max-files")?
+                }
                 "--stdin" => args.stdin = true,
                 "--stdin-once" => args.stdin_once = true,
                 "--tty" => args.tty = true,
@@ -149,6 +158,14 @@ impl ShimArgs {
         if let Some(f) = &self.oom_file {
             v.extend(["--oom-file".to_string(), s(f)]);
         }
+        if self.log_rotation.max_size > 0 {
+            v.extend([
+                "--log-max-size".to_string(),
+                self.log_rotation.max_size.to_string(),
+                "--log-max-files".to_string(),
+                self.log_rotation.max_files.to_string(),
+            ]);
+        }
         for (flag, on) in [
             ("--stdin", self.stdin),
             ("--stdin-once", self.stdin_once),
@@ -184,7 +201,8 @@ pub fn run_shim(args: ShimArgs) -> anyhow::Result<()> {
         .context("shim: shim.pid")?;
 
     let mut readers = Vec::new();
-    let started = match start_container(&args, &state, &mut readers) {
+    let mut log = None;
+    let started = match start_container(&args, &state, &mut readers, &mut log) {
         Ok(started) => started,
         Err(message) => {
             eprintln!("shim {}: start failed: {message}", args.id);
@@ -211,6 +229,9 @@ pub fn run_shim(args: ShimArgs) -> anyhow::Result<()> {
     let oom_killed = args.oom_file.as_deref().and_then(read_oom_kills).is_some_and(|n| n > 0);
     let finished_at = now_rfc3339();
     drain(readers, DRAIN_TIMEOUT);
+    if let Some(log) = &log {
+        log.file.finish();
+    }
     let record = ExitRecord {
         exit_code,
         signal,
@@ -233,8 +254,12 @@ fn start_container(
     args: &ShimArgs,
     state: &StateDir,
     readers: &mut Vec<mpsc::Receiver<()>>,
+    log_slot: &mut Option<Arc<CriLog>>,
 ) -> Result<Running, String> {
-    let log = Arc::new(CriLog::open(&args.log_path).map_err(|e| format!("opening the log file: {e}"))?);
+    let log = Arc::new(
+        CriLog::open(&args.log_path, args.log_rotation).map_err(|e| format!("opening the log file: {e}"))?,
+    );
+    *log_slot = Some(log.clone());
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     readers.push(spawn_reader(out_r, "stdout", log.clone(), false));
@@ -417,25 +442,19 @@ fn drain(readers: Vec<mpsc::Receiver<()>>, timeout: Duration) {
     }
 }
 
-/// The CRI log file, shared by the stdout and stderr readers.
+/// The CRI log file, shared by the stdout and stderr readers, rotated by size
+/// ([`RotatingLog`]).
 struct CriLog {
-    file: Mutex<File>,
+    file: RotatingLog,
 }
 
 impl CriLog {
-    fn open(path: &Path) -> io::Result<CriLog> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let file = OpenOptions::new().append(true).create(true).mode(0o640).open(path)?;
-        Ok(CriLog { file: Mutex::new(file) })
+    fn open(path: &Path, rotation: Rotation) -> io::Result<CriLog> {
+        Ok(CriLog { file: RotatingLog::open(path, rotation)? })
     }
 
     fn write(&self, stream: &str, partial: bool, content: &[u8]) {
-        let line = format_cri_line(&now_rfc3339(), stream, partial, content);
-        if let Ok(mut f) = self.file.lock() {
-            let _ = f.write_all(&line);
-        }
+        self.file.write_record(&format_cri_line(&now_rfc3339(), stream, partial, content));
     }
 }
 
@@ -564,6 +583,7 @@ mod tests {
             runc_root: "/run/r".into(),
             log_path: "/var/log/x.log".into(),
             oom_file: Some("/sys/fs/cgroup/memory/x/memory.oom_control".into()),
+            log_rotation: Rotation { max_size: 1 << 20, max_files: 3 },
             stdin: true,
             stdin_once: false,
             tty: true,
