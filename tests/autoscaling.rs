@@ -252,3 +252,35 @@ spec:
     let d = json(&c, &["get", "deployment", "burn"]);
     assert_eq!(d["spec"]["replicas"], 1);
 }
+
+#[test]
+fn simulated_nodes_report_synthetic_usage() {
+    // Separate processes over a locked-down NATS: the sim-nodes credential may publish the
+    // usage reports of its nodes.
+    let c = Cluster::start_multiprocess_locked(1, &[]);
+    apply(
+        &c,
+        "sim-pod.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: sim, labels: {app: sim}}
+spec:
+  containers:
+  - name: main
+    image: example.invalid/app:1
+    resources:
+      requests: {cpu: 400m, memory: 32Mi}
+"#,
+    );
+    // Half the CPU request, the memory request.
+    let row = wait_for("kubectl top pod on a simulated node", Duration::from_secs(90), || {
+        let out = c.kubectl(&["top", "pod", "sim", "--no-headers"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.starts_with("sim")).then_some(text)
+    });
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1..3], ["200m", "32Mi"], "{row}");
+    let nodes = c.ok(&["top", "node", "--no-headers"]);
+    let cells: Vec<&str> = nodes.split_whitespace().collect();
+    assert_eq!(cells[1], "300m", "{nodes}");
+}
