@@ -228,6 +228,13 @@ spec:
     let events =
         c.ok(&["get", "events", "--field-selector", "involvedObject.name=burn,reason=SuccessfulRescale"]);
     assert!(events.contains("New size: "), "{events}");
+    let describe = c.ok(&["describe", "hpa", "burn"]);
+    assert!(describe.contains("Reference:") && describe.contains("SuccessfulRescale"), "{describe}");
+    // The same object through autoscaling/v1.
+    let v1 = json(&c, &["get", "horizontalpodautoscalers.v1.autoscaling", "burn"]);
+    assert_eq!(v1["apiVersion"], "autoscaling/v1");
+    assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50);
+    assert!(v1["status"]["currentCPUUtilizationPercentage"].as_i64().is_some_and(|u| u > 50), "{v1}");
     wait_for("3 pods running", Duration::from_secs(120), || {
         let d = json(&c, &["get", "deployment", "burn"]);
         (d["status"]["readyReplicas"] == 3).then_some(())
