@@ -183,21 +183,30 @@ pub fn stabilize(current: i64, desired: i64, history: &[(Duration, i64)], up: &R
     current.max(up_rec).min(down_rec)
 }
 
-/// The rate limits of the policies on `current` replicas (upstream's
-/// `calculateScaleUpLimitWithScalingRules` and `…ScaleDownLimit…`, without the events of
-/// earlier periods).
-pub fn limit(current: i64, rules: &Rules, up: bool) -> Option<i64> {
+/// The rate limit of the policies (upstream's `calculateScaleUpLimitWithScalingRules` and
+/// `calculateScaleDownLimitWithBehaviors`): each policy counts from the replicas at the
+/// start of its period, i.e. `current` minus what the scale events `(age, change)` of the
+/// period added (scale up) or plus what they removed (scale down).
+pub fn limit(current: i64, rules: &Rules, up: bool, events: &[(Duration, i64)]) -> Option<i64> {
     if rules.select == "Disabled" {
         return Some(current);
     }
     let limits: Vec<i64> = rules
         .policies
         .iter()
-        .map(|(t, v, _)| match (t.as_str(), up) {
-            ("Pods", true) => current + v,
-            ("Pods", false) => current - v,
-            (_, true) => (current as f64 * (1.0 + *v as f64 / 100.0)).ceil() as i64,
-            (_, false) => (current as f64 * (1.0 - *v as f64 / 100.0)).floor() as i64,
+        .map(|(t, v, period)| {
+            let recent = events.iter().filter(|(age, _)| age.as_secs() < (*period).max(0) as u64);
+            let start = if up {
+                current - recent.filter(|(_, d)| *d > 0).map(|(_, d)| d).sum::<i64>()
+            } else {
+                current + recent.filter(|(_, d)| *d < 0).map(|(_, d)| -d).sum::<i64>()
+            };
+            match (t.as_str(), up) {
+                ("Pods", true) => start + v,
+                ("Pods", false) => start - v,
+                (_, true) => (start as f64 * (1.0 + *v as f64 / 100.0)).ceil() as i64,
+                (_, false) => (start as f64 * (1.0 - *v as f64 / 100.0)) as i64,
+            }
         })
         .collect();
     let pick_max = (rules.select == "Max") == up;
@@ -215,6 +224,8 @@ struct Hpa {
     pods: Arc<Informer>,
     /// Earlier recommendations per autoscaler key.
     history: Mutex<HashMap<String, Vec<(Instant, i64)>>>,
+    /// Earlier rescales `(when, change)` per autoscaler key (for the rate policies).
+    rescales: Mutex<HashMap<String, Vec<(Instant, i64)>>>,
 }
 
 fn condition(kind: &str, status: bool, reason: &str, message: &str, old: &Value, now: &str) -> Value {
@@ -466,9 +477,15 @@ impl Hpa {
                 list.push((Instant::now(), desired_raw));
                 stabilize(current, desired_raw, &ages, &up, &down)
             };
+            let events: Vec<(Duration, i64)> = {
+                let mut all = self.rescales.lock().unwrap_or_else(|e| e.into_inner());
+                let list = all.entry(key.to_string()).or_default();
+                list.retain(|(at, _)| at.elapsed() < Duration::from_secs(1800));
+                list.iter().map(|(at, d)| (at.elapsed(), *d)).collect()
+            };
             let (mut d, mut limited) = (stabilized, None);
             if d > current {
-                if let Some(l) = limit(current, &up, true).filter(|l| d > *l) {
+                if let Some(l) = limit(current, &up, true, &events).filter(|l| d > *l) {
                     d = l;
                     limited = Some((
                         "ScaleUpLimit",
@@ -476,7 +493,7 @@ impl Hpa {
                     ));
                 }
             } else if d < current {
-                if let Some(l) = limit(current, &down, false).filter(|l| d < *l) {
+                if let Some(l) = limit(current, &down, false, &events).filter(|l| d < *l) {
                     d = l;
                     limited = Some((
                         "ScaleDownLimit",
@@ -520,6 +537,12 @@ impl Hpa {
                 .await
             {
                 Ok(_) => {
+                    self.rescales
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(key.to_string())
+                        .or_default()
+                        .push((Instant::now(), desired - current));
                     let msg = format!("New size: {desired}; reason: {reason}");
                     self.recorder.event(hpa, "Normal", "SuccessfulRescale", &msg).await;
                     status["lastScaleTime"] = json!(now);
@@ -588,6 +611,7 @@ impl Reconciler for Hpa {
             self.pods.wait_synced().await;
             let Some(hpa) = self.hpas.get(&key) else {
                 self.history.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                self.rescales.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
                 return Ok(Action::Done);
             };
             if !hpa["metadata"]["deletionTimestamp"].is_null() {
@@ -607,6 +631,7 @@ pub fn start(ctx: &Ctx) {
         hpas: hpas.clone(),
         pods: ctx.informers.get(gvr::PODS),
         history: Mutex::new(HashMap::new()),
+        rescales: Mutex::new(HashMap::new()),
     });
     let addr = Controller::new(r, 4).start();
     let ctx = ctx.clone();
@@ -671,9 +696,19 @@ mod tests {
         assert_eq!(stabilize(3, 1, &[(Duration::from_secs(301), 3)], &up, &down), 1);
         // Scale-up is immediate.
         assert_eq!(stabilize(1, 3, &[(Duration::from_secs(5), 1)], &up, &down), 3);
-        assert_eq!(limit(1, &up, true), Some(5));
-        assert_eq!(limit(10, &up, true), Some(20));
-        assert_eq!(limit(4, &down, false), Some(0));
+        assert_eq!(limit(1, &up, true, &[]), Some(5));
+        assert_eq!(limit(10, &up, true, &[]), Some(20));
+        assert_eq!(limit(4, &down, false, &[]), Some(0));
+        // 6 added 10 s ago (from 4 to 10): this period counts from 4, so at most 8 (4 + 4)
+        // or 8 (4 × 2).
+        let recent = [(Duration::from_secs(10), 6)];
+        assert_eq!(limit(10, &up, true, &recent), Some(8));
+        // Once the period is over, from 10 again.
+        assert_eq!(limit(10, &up, true, &[(Duration::from_secs(20), 6)]), Some(20));
+        // Scale down by at most 1 pod per 60 s: 1 removed 30 s ago leaves none this period.
+        let slow =
+            Rules { window: Duration::ZERO, select: "Max".into(), policies: vec![("Pods".into(), 1, 60)] };
+        assert_eq!(limit(4, &slow, false, &[(Duration::from_secs(30), -1)]), Some(4));
     }
 
     #[test]
