@@ -287,6 +287,13 @@ spec:
     });
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cells[1..3], ["200m", "32Mi"], "{row}");
+    // A namespace viewer may read pod metrics (metrics-server's reader role is aggregated
+    // into view), but not node metrics.
+    c.ok(&["create", "rolebinding", "viewer", "--clusterrole=view", "--user=alice"]);
+    let as_alice = c.ok(&["top", "pod", "sim", "--no-headers", "--as=alice"]);
+    assert!(as_alice.starts_with("sim"), "{as_alice}");
+    let denied = c.fails(&["top", "node", "--as=alice"]);
+    assert!(denied.contains("forbidden"), "{denied}");
     let nodes = c.ok(&["top", "node", "--no-headers"]);
     let cells: Vec<&str> = nodes.split_whitespace().collect();
     assert_eq!(cells[1], "300m", "{nodes}");
