@@ -173,6 +173,11 @@ impl ApiClient {
         }
     }
 
+    /// A request on a subresource (`scale`...) of one object.
+    pub fn subresource_request(verb: &str, r: Gvr, ns: Option<&str>, name: &str, sub: &str) -> ApiRequest {
+        ApiRequest { subresource: Some(sub.into()), ..Self::req(verb, r, ns, Some(name)) }
+    }
+
     /// GET one object.
     pub async fn get(&self, r: Gvr, ns: Option<&str>, name: &str) -> Result<Value> {
         self.call(Self::req("get", r, ns, Some(name))).await

@@ -565,6 +565,7 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, config: Config) {
             }
         }
     }));
+    tokio::spawn(report_usage(volume_client.bus().clone(), shared.clone(), pods.clone()));
     let sh = shared.clone();
     pods.on_change(Arc::new(move |c: &Change| {
         if let Some(key) = sh.pod_changed(c) {
@@ -592,6 +593,81 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, config: Config) {
             });
         }
     }));
+}
+
+/// How often the simulated nodes report their synthetic usage.
+const USAGE_EVERY: Duration = Duration::from_secs(15);
+
+/// Synthetic usage of one running pod: each container at half its CPU request (10m
+/// without one) and at its memory request (16Mi without one).
+pub fn synthetic_usage(pod: &Value) -> Vec<capstan_bus::usage::ContainerUsage> {
+    use capstan_api::quantity::{parse_milli, parse_value};
+    pod["spec"]["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|c| {
+            let req = &c["resources"]["requests"];
+            let cpu_milli = req["cpu"].as_str().and_then(parse_milli).unwrap_or(20).max(0) as u64;
+            let mem = req["memory"].as_str().and_then(parse_value).unwrap_or(16 << 20).max(0) as u64;
+            capstan_bus::usage::ContainerUsage {
+                name: c["name"].as_str().unwrap_or("").to_string(),
+                usage: capstan_bus::usage::Usage { cpu_nanocores: cpu_milli * 500_000, memory_bytes: mem },
+            }
+        })
+        .collect()
+}
+
+/// Publishes every live node's synthetic usage report every [`USAGE_EVERY`]: its running
+/// pods as [`synthetic_usage`] says, the node at their sum plus 100m and 256Mi.
+async fn report_usage(
+    bus: Arc<dyn capstan_bus::Bus>,
+    shared: Arc<Shared>,
+    pods: Arc<crate::informer::Informer>,
+) {
+    use capstan_bus::usage::{node_usage, PodUsage, Usage, UsageReport};
+    let mut tick = tokio::time::interval(USAGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = jiff::Timestamp::now();
+        let timestamp = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string();
+        for i in (0..shared.count).filter(|i| shared.is_live(*i)) {
+            let mut report = UsageReport {
+                node: shared.name_of(i),
+                timestamp: timestamp.clone(),
+                window_millis: USAGE_EVERY.as_millis() as u64,
+                node_usage: Usage { cpu_nanocores: 100_000_000, memory_bytes: 256 << 20 },
+                pods: Vec::new(),
+            };
+            for key in shared.pods_of(i) {
+                let Some(p) = pods.get(&key) else { continue };
+                if p["status"]["phase"] != "Running" {
+                    continue;
+                }
+                let containers = synthetic_usage(&p);
+                for c in &containers {
+                    report.node_usage.cpu_nanocores += c.usage.cpu_nanocores;
+                    report.node_usage.memory_bytes += c.usage.memory_bytes;
+                }
+                report.pods.push(PodUsage {
+                    namespace: p["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+                    name: p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    uid: p["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                    containers,
+                });
+            }
+            match report.encode() {
+                Ok(payload) => {
+                    if let Err(e) = bus.publish(node_usage(&report.node), payload).await {
+                        tracing::debug!(node = report.node, "failed to publish a usage report: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("failed to encode a usage report: {e}"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

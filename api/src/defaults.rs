@@ -29,6 +29,7 @@ pub fn apply_defaults(res: &ResourceInfo, obj: &mut Value) {
         ("", "Endpoints") => endpoints(obj),
         ("", "LimitRange") => limit_range(obj),
         ("apps", "Deployment") => deployment(obj),
+        ("autoscaling", "HorizontalPodAutoscaler") => horizontal_pod_autoscaler(obj),
         ("apps", "ReplicaSet") => replica_set(obj),
         ("", "ReplicationController") => replication_controller(obj),
         ("apps", "StatefulSet") => stateful_set(obj),
@@ -107,6 +108,37 @@ fn unset(m: &Map<String, Value>, key: &str) -> bool {
 }
 
 /// Sets `m[key]` to `v` when unset.
+/// Upstream's autoscaling/v2 defaults: one minimum replica, 80 % CPU when no metric is
+/// given, and, when `behavior` is set, its missing rules filled with the default ones
+/// (scale up: no window, 4 pods or 100 % per 15 s, whichever is more; scale down: 300 s
+/// window, 100 % per 15 s).
+fn horizontal_pod_autoscaler(obj: &mut Value) {
+    let Some(spec) = obj.as_object_mut().and_then(|o| existing(o, "spec")) else { return };
+    set(spec, "minReplicas", json!(1));
+    if spec.get("metrics").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+        spec.insert(
+            "metrics".into(),
+            json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+        );
+    }
+    let Some(behavior) = existing(spec, "behavior") else { return };
+    for (dir, window, policies) in [
+        (
+            "scaleUp",
+            0,
+            json!([{"type": "Pods", "value": 4, "periodSeconds": 15}, {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+        ),
+        ("scaleDown", 300, json!([{"type": "Percent", "value": 100, "periodSeconds": 15}])),
+    ] {
+        set(behavior, dir, json!({}));
+        if let Some(rules) = existing(behavior, dir) {
+            set(rules, "stabilizationWindowSeconds", json!(window));
+            set_str(rules, "selectPolicy", "Max");
+            set(rules, "policies", policies);
+        }
+    }
+}
+
 fn set(m: &mut Map<String, Value>, key: &str, v: Value) {
     if unset(m, key) {
         m.insert(key.to_string(), v);

@@ -27,6 +27,7 @@
 //! assert!(sel.matches(&labels));
 //! ```
 
+pub mod autoscaling;
 pub mod crd;
 pub mod defaults;
 pub mod disruption;

@@ -302,7 +302,8 @@ mod tests {
 
     #[test]
     fn every_stored_kind_has_paths_and_a_schema() {
-        for r in registry::RESOURCES {
+        // The metrics group (answered from memory, get and list only) publishes no schema.
+        for r in registry::RESOURCES.iter().filter(|r| r.group != registry::METRICS_GROUP) {
             let d = doc(r.group, r.version);
             let prefix = if r.group.is_empty() {
                 format!("/api/{}", r.version)

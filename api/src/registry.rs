@@ -171,11 +171,37 @@ macro_rules! review {
     };
 }
 
+/// A `metrics.k8s.io/v1beta1` kind: get and list only, not stored.
+macro_rules! metrics {
+    ($kind:expr, $plural:expr, $singular:expr, $scope:ident) => {
+        ResourceInfo {
+            group: METRICS_GROUP,
+            version: "v1beta1",
+            kind: $kind,
+            list_kind: concat!($kind, "List"),
+            plural: $plural,
+            singular: $singular,
+            short_names: &[],
+            categories: &[],
+            scope: Scope::$scope,
+            verbs: &["get", "list"],
+            subresources: &[],
+            stored: false,
+            round_trip: Ok,
+            custom: None,
+        }
+    };
+}
+
+/// The resource metrics group (`kubectl top`, the HorizontalPodAutoscaler).
+pub const METRICS_GROUP: &str = "metrics.k8s.io";
+
 use k8s_openapi::api::{
     admissionregistration::v1 as admreg, apps::v1 as apps, authentication::v1 as authn,
-    authorization::v1 as authz, batch::v1 as batch, certificates::v1 as certificates,
-    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    flowcontrol::v1 as flowcontrol, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+    authorization::v1 as authz, autoscaling::v2 as autoscaling, batch::v1 as batch,
+    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, flowcontrol::v1 as flowcontrol, networking::v1 as networking,
+    policy::v1 as policy, rbac::v1 as rbac,
     scheduling::v1 as scheduling, storage::v1 as storage,
 };
 
@@ -464,6 +490,31 @@ pub static RESOURCES: &[ResourceInfo] = &[
         cats = [],
         Namespaced,
         subs = []
+    ),
+    // autoscaling/v2 (stored) and v1 (converted on the way in and out, `autoscaling.rs`)
+    res!(
+        "autoscaling",
+        "v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        autoscaling::HorizontalPodAutoscaler,
+        short = ["hpa"],
+        cats = ["all"],
+        Namespaced,
+        subs = [status("autoscaling", "v2", "HorizontalPodAutoscaler")]
+    ),
+    res!(
+        "autoscaling",
+        "v1",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler,
+        short = ["hpa"],
+        cats = ["all"],
+        Namespaced,
+        subs = [status("autoscaling", "v1", "HorizontalPodAutoscaler")]
     ),
     // batch/v1
     res!(
@@ -799,6 +850,10 @@ pub static RESOURCES: &[ResourceInfo] = &[
         authz::LocalSubjectAccessReview,
         Namespaced
     ),
+    // metrics.k8s.io/v1beta1: resource usage the node agents report, answered from the
+    // gateway's memory (as metrics-server answers from its own), never stored.
+    metrics!("NodeMetrics", "nodes", "nodemetrics", Cluster),
+    metrics!("PodMetrics", "pods", "podmetrics", Namespaced),
 ];
 
 /// Finds a resource by group, version and plural name (built-in or custom).
@@ -928,10 +983,15 @@ mod tests {
     }
 
     #[test]
-    fn plurals_are_unique_per_group() {
+    fn plurals_are_unique_per_group_version() {
         for (i, a) in RESOURCES.iter().enumerate() {
             for b in &RESOURCES[i + 1..] {
-                assert!(!(a.group == b.group && a.plural == b.plural), "{}", a.plural);
+                let same = a.group == b.group && a.version == b.version && a.plural == b.plural;
+                assert!(!same, "{}", a.plural);
+                // Two versions of one kind share its storage (autoscaling v1 and v2).
+                if a.group == b.group && a.plural == b.plural {
+                    assert_eq!(a.kind, b.kind);
+                }
             }
         }
     }

@@ -86,6 +86,15 @@ pub fn columns(res: &ResourceInfo) -> Vec<Column> {
             IMAGES,
             SELECTOR,
         ],
+        ("autoscaling", "horizontalpodautoscalers") => vec![
+            NAME,
+            col("Reference", "string", 0, "Reference is the target resource name."),
+            col("Targets", "string", 0, "Targets is the metrics that the HPA is targeting."),
+            col("MinPods", "string", 0, "MinPods is the lower limit for the number of replicas."),
+            col("MaxPods", "string", 0, "MaxPods is the upper limit for the number of replicas."),
+            col("Replicas", "string", 0, "Replicas is the current number of replicas."),
+            AGE,
+        ],
         ("policy", "poddisruptionbudgets") => vec![
             NAME,
             col("Min Available", "string", 0, "The minimum number of pods that must be available."),
@@ -410,6 +419,27 @@ pub fn cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value
                 c.into(),
                 i.into(),
                 selector_string(spec.and_then(|sp| sp.get("selector")), "<none>").into(),
+            ]
+        }
+        ("autoscaling", "horizontalpodautoscalers") => {
+            let r = spec.and_then(|sp| sp.get("scaleTargetRef"));
+            let reference = format!(
+                "{}/{}",
+                r.and_then(|r| r["kind"].as_str()).unwrap_or(""),
+                r.and_then(|r| r["name"].as_str()).unwrap_or("")
+            );
+            let min = match spec.and_then(|sp| sp.get("minReplicas")).and_then(Value::as_i64) {
+                Some(m) => m.to_string(),
+                None => "<unset>".into(),
+            };
+            vec![
+                name.into(),
+                reference.into(),
+                hpa_targets(spec, status).into(),
+                min.into(),
+                n(spec, "maxReplicas").into(),
+                n(status, "currentReplicas").into(),
+                age.into(),
             ]
         }
         ("policy", "poddisruptionbudgets") => {
@@ -1231,6 +1261,57 @@ pub fn human_duration(secs: i64) -> String {
     } else {
         format!("{}y", s / (365 * 86400))
     }
+}
+
+/// Upstream's `formatHPAMetrics`: `cpu: 80%/50%` per metric (`<unknown>` before the
+/// first measurement), at most four, `<none>` without metrics.
+fn hpa_targets(spec: Option<&Value>, status: Option<&Value>) -> String {
+    let specs = spec.and_then(|s| s["metrics"].as_array()).cloned().unwrap_or_default();
+    // autoscaling/v1: one CPU target.
+    if let Some(t) = spec.and_then(|s| s["targetCPUUtilizationPercentage"].as_i64()) {
+        let c = status
+            .and_then(|s| s["currentCPUUtilizationPercentage"].as_i64())
+            .map_or("<unknown>".to_string(), |c| format!("{c}%"));
+        return format!("cpu: {c}/{t}%");
+    }
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let statuses = status.and_then(|s| s["currentMetrics"].as_array()).cloned().unwrap_or_default();
+    let mut list = Vec::new();
+    for (i, m) in specs.iter().enumerate() {
+        let key = match m["type"].as_str().unwrap_or("") {
+            "Resource" => "resource",
+            "ContainerResource" => "containerResource",
+            "Pods" => "pods",
+            "Object" => "object",
+            "External" => "external",
+            _ => continue,
+        };
+        let src = &m[key];
+        let cur = statuses.get(i).map(|s| &s[key]["current"]);
+        let target = &src["target"];
+        let label = src["name"].as_str().or_else(|| src["metric"]["name"].as_str()).unwrap_or("");
+        let entry = if let Some(u) = target["averageUtilization"].as_i64() {
+            let c = cur
+                .and_then(|c| c["averageUtilization"].as_i64())
+                .map_or("<unknown>".to_string(), |c| format!("{c}%"));
+            format!("{label}: {c}/{u}%")
+        } else {
+            let want = target["averageValue"].as_str().or_else(|| target["value"].as_str()).unwrap_or("");
+            let c = cur
+                .and_then(|c| c["averageValue"].as_str().or_else(|| c["value"].as_str()))
+                .map_or("<unknown>".to_string(), str::to_string);
+            format!("{label}: {c}/{want}")
+        };
+        list.push(entry);
+    }
+    if list.len() > 4 {
+        let more = list.len() - 4;
+        list.truncate(4);
+        return format!("{} + {more} more...", list.join(", "));
+    }
+    list.join(", ")
 }
 
 #[cfg(test)]

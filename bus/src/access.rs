@@ -9,9 +9,10 @@
 //!
 //! | role | publishes | subscribes |
 //! |---|---|---|
-//! | gateway | `capstan.v1.events.>` (the relay), `capstan.v1.node.*.sessions`, `capstan.v1.node.*.session.*.up`, `$JS.API.>`, `_INBOX.>` (replies), `capstan.v1.admission.>` (admission hooks) | `capstan.v1.api.>`, `capstan.v1.node.*.session.*.down`, `_INBOX.gateway.>` |
-//! | controllers, scheduler, sim-nodes | `capstan.v1.api.<role>`, stream reads | `_INBOX.<role>.>` |
-//! | node `N` | `capstan.v1.api.node.N`, `capstan.v1.node.N.session.*.down`, stream reads | `capstan.v1.node.N.sessions`, `capstan.v1.node.N.session.*.up`, `_INBOX.node.N.>` |
+//! | gateway | `capstan.v1.events.>` (the relay), `capstan.v1.node.*.sessions`, `capstan.v1.node.*.session.*.up`, `$JS.API.>`, `_INBOX.>` (replies), `capstan.v1.admission.>` (admission hooks) | `capstan.v1.api.>`, `capstan.v1.node.*.session.*.down`, `capstan.v1.node.*.usage`, `_INBOX.gateway.>` |
+//! | controllers, scheduler | `capstan.v1.api.<role>`, stream reads | `_INBOX.<role>.>` |
+//! | sim-nodes | `capstan.v1.api.sim-nodes`, `capstan.v1.node.*.usage` (synthetic usage), stream reads | `_INBOX.sim-nodes.>` |
+//! | node `N` | `capstan.v1.api.node.N`, `capstan.v1.node.N.session.*.down`, `capstan.v1.node.N.usage`, stream reads | `capstan.v1.node.N.sessions`, `capstan.v1.node.N.session.*.up`, `_INBOX.node.N.>` |
 //! | integrator | stream reads | `_INBOX.<integrator>.>`, `capstan.v1.admission.<integrator>.>` (its admission hooks) |
 //!
 //! "Stream reads" are the JetStream API subjects a reader of the event stream needs and
@@ -147,20 +148,31 @@ impl Role {
                     "_INBOX.>".to_string(),
                     subjects::admission_all(),
                 ],
-                subscribe: vec![subjects::api_all(), format!("{PREFIX}.node.*.session.*.down"), own_inbox],
+                subscribe: vec![
+                    subjects::api_all(),
+                    format!("{PREFIX}.node.*.session.*.down"),
+                    crate::usage::all_node_usage(),
+                    own_inbox,
+                ],
                 allow_responses: true,
             };
         }
         let mut publish = Vec::new();
         let mut subscribe = Vec::new();
         match self {
-            Role::Controllers | Role::Scheduler | Role::SimNodes => {
+            Role::Controllers | Role::Scheduler => {
                 publish.push(subjects::api_request(&self.identity()));
+            }
+            // The simulated nodes report their nodes' synthetic usage.
+            Role::SimNodes => {
+                publish.push(subjects::api_request(&self.identity()));
+                publish.push(crate::usage::all_node_usage());
             }
             Role::Node(n) => {
                 let t = node_token(n);
                 publish.push(subjects::api_request(&self.identity()));
                 publish.push(format!("{PREFIX}.node.{t}.session.*.down"));
+                publish.push(crate::usage::node_usage(n));
                 subscribe.push(format!("{PREFIX}.node.{t}.sessions"));
                 subscribe.push(format!("{PREFIX}.node.{t}.session.*.up"));
             }
@@ -331,9 +343,15 @@ mod tests {
             (Role::SimNodes, "sim-nodes"),
         ] {
             let p = role.permissions(S);
-            let api: Vec<&String> = p.publish.iter().filter(|s| s.starts_with("capstan.")).collect();
+            let api: Vec<&String> = p.publish.iter().filter(|s| s.starts_with("capstan.v1.api.")).collect();
             assert_eq!(api, vec![&subjects::api_request(own)]);
+            // Only the simulated nodes report usage, for their nodes.
+            assert_eq!(p.may_publish(&crate::usage::node_usage("n1")), role == Role::SimNodes);
         }
+        let n = Role::Node("a.example".into()).permissions(S);
+        assert!(n.may_publish(&crate::usage::node_usage("a.example")));
+        assert!(!n.may_publish(&crate::usage::node_usage("b")));
+        assert!(Role::Gateway.permissions(S).may_subscribe(&crate::usage::all_node_usage()));
         let g = Role::Gateway.permissions(S);
         assert!(g.may_subscribe(&subjects::api_all()));
         assert!(g.may_publish("capstan.v1.events.core.pods.default.x"));

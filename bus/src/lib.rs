@@ -107,6 +107,7 @@ mod inproc;
 mod nats;
 pub mod sessions;
 pub mod subjects;
+pub mod usage;
 
 pub use envelope::{ApiRequest, ApiResponse, EventEnvelope};
 pub use error::{Error, Result};

@@ -103,9 +103,89 @@ fn method_not_allowed(res: &ResourceInfo) -> ApiError {
 
 /// Serves one request through the API service.
 pub async fn dispatch(svc: &ApiService, user: &User, req: Request) -> ApiResult<Reply> {
+    let res = req.target.res;
+    if (res.group, res.version, res.kind) == ("autoscaling", "v1", "HorizontalPodAutoscaler") {
+        return hpa_v1(svc, user, req).await;
+    }
+    serve(svc, user, req).await
+}
+
+/// `autoscaling/v1` HorizontalPodAutoscalers: the request is served on the stored v2 kind,
+/// bodies converted on the way in and replies on the way out (`capstan_api::autoscaling`);
+/// a patch is applied to the v1 form of the current object and written back as an update
+/// guarded by its resourceVersion. Server-side apply of v1 is refused.
+async fn hpa_v1(svc: &ApiService, user: &User, mut req: Request) -> ApiResult<Reply> {
+    use capstan_api::autoscaling::{v1_to_v2, v2_to_v1};
+    let v2 =
+        registry::find("autoscaling", "v2", "horizontalpodautoscalers").expect("autoscaling/v2 is served");
+    req.target.res = v2;
+    let is_hpa = |v: &Value| v.get("kind").and_then(Value::as_str) == Some("HorizontalPodAutoscaler");
+    let reply = if let Verb::Patch(pt) = req.verb {
+        if pt == PatchType::Apply {
+            return Err(ApiError::UnsupportedMediaType(
+                "server-side apply of autoscaling/v1 is not supported by this server: use autoscaling/v2"
+                    .into(),
+            ));
+        }
+        let name = req.target.name.clone().ok_or_else(|| method_not_allowed(v2))?;
+        let patch = required_body(req.body.take())?;
+        let ns = req.target.namespace.clone();
+        let mut attempt = 0;
+        loop {
+            let cur = svc.get(user, v2, ns.as_deref(), &name).await?;
+            let old = v2_to_v1(&cur);
+            let patched = match pt {
+                PatchType::Json => capstan_api::patch::json_patch(&old, &patch),
+                _ => capstan_api::patch::merge_patch(&old, &patch),
+            }
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let mut new = v1_to_v2(&patched);
+            new["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
+            let update = Request {
+                verb: Verb::Update,
+                target: Target { res: v2, ..req.target.clone() },
+                query: req.query.clone(),
+                body: Some(new),
+                user_agent: req.user_agent.clone(),
+            };
+            match serve(svc, user, update).await {
+                Err(ApiError::Conflict { .. }) if attempt < 5 => attempt += 1,
+                r => break r?,
+            }
+        }
+    } else {
+        req.body = req.body.map(|b| if is_hpa(&b) { v1_to_v2(&b) } else { b });
+        serve(svc, user, req).await?
+    };
+    Ok(match reply {
+        Reply::Object { code, object, warnings } => {
+            let object = if is_hpa(&object) { v2_to_v1(&object) } else { object };
+            Reply::Object { code, object, warnings }
+        }
+        Reply::List(mut page) => {
+            page.items = page
+                .items
+                .into_iter()
+                .map(|o| std::sync::Arc::new(crate::cache::Object::new(v2_to_v1(&o))))
+                .collect();
+            Reply::List(page)
+        }
+    })
+}
+
+async fn serve(svc: &ApiService, user: &User, req: Request) -> ApiResult<Reply> {
     let Request { verb, target: t, query: q, body, user_agent } = req;
     let res = t.res;
     let ns = t.namespace.as_deref();
+    if crate::usage::serves(res) {
+        return match (verb, t.name.as_deref(), t.subresource.as_deref()) {
+            (Verb::List, None, None) => {
+                Ok(Reply::List(crate::usage::list(svc, user, res, ns, &q.list_options(res)?)?))
+            }
+            (Verb::Get, Some(name), None) => Ok(object(200, crate::usage::get(svc, user, res, ns, name)?)),
+            _ => Err(method_not_allowed(res)),
+        };
+    }
     if !(res.stored || verb == Verb::Create && t.name.is_none()) {
         return Err(method_not_allowed(res));
     }
@@ -338,6 +418,7 @@ impl Query {
 }
 
 /// A parsed resource path.
+#[derive(Clone)]
 pub struct Target {
     /// Field.
     pub res: &'static ResourceInfo,

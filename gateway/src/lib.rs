@@ -47,6 +47,7 @@ pub mod status;
 pub mod strategy;
 pub mod streams;
 pub mod tokens;
+pub mod usage;
 
 use auth::User;
 use capstan_storage::Store;
@@ -364,11 +365,13 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
         // The bus API gets its own thread: in `capstan up` every actor's reads and writes
         // come through it.
         let arbiter = actix_rt::Arbiter::new();
+        let usage_bus = b.clone();
         arbiter.spawn(async move {
             if let Err(e) = busapi::run(b, s).await {
                 tracing::error!("bus API stopped: {e}");
             }
         });
+        arbiter.spawn(usage::follow(usage_bus));
         std::mem::forget(arbiter);
     }
     let tls = tls_config(&config.pki)?;

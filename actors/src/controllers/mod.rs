@@ -16,6 +16,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod ephemeral;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod localpath;
 pub mod namespace;
@@ -71,6 +72,7 @@ pub fn start_all(ctx: &Ctx) {
     persistentvolume::start(ctx);
     storageprotection::start(ctx);
     disruption::start(ctx);
+    hpa::start(ctx);
     localpath::start(ctx);
     ephemeral::start(ctx);
 }

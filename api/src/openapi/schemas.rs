@@ -69,6 +69,8 @@ fn add_kind(gen: &mut SchemaGenerator, group: &str, version: &str, kind: &str) -
         "apps", "v1", "DaemonSet" => apps::DaemonSet;
         "apps", "v1", "ControllerRevision" => apps::ControllerRevision;
         "autoscaling", "v1", "Scale" => autoscaling::Scale;
+        "autoscaling", "v1", "HorizontalPodAutoscaler" => autoscaling::HorizontalPodAutoscaler;
+        "autoscaling", "v2", "HorizontalPodAutoscaler" => k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
         "batch", "v1", "Job" => batch::Job;
         "batch", "v1", "CronJob" => batch::CronJob;
         "coordination.k8s.io", "v1", "Lease" => coordination::Lease;

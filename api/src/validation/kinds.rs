@@ -52,6 +52,7 @@ pub(crate) fn validate(e: &mut Errs, group: &str, kind: &str, obj: &Value) {
             }
         }
         ("policy", "PodDisruptionBudget") => pod_disruption_budget(e, spec),
+        ("autoscaling", "HorizontalPodAutoscaler") => horizontal_pod_autoscaler(e, spec),
         ("apps", "Deployment") => deployment(e, spec),
         ("apps", "ReplicaSet") => replica_set(e, spec),
         ("", "ReplicationController") => replication_controller(e, spec),
@@ -285,6 +286,125 @@ fn positive_int_or_percent(e: &mut Errs, v: Option<&Value>, p: &str) {
             e.invalid(p, &go_int_or_string(v), "must be greater than or equal to 0");
         }
         _ => {}
+    }
+}
+
+/// Upstream's `validateHorizontalPodAutoscalerSpec` (autoscaling/v2).
+fn horizontal_pod_autoscaler(e: &mut Errs, spec: Option<&Value>) {
+    let min = int(spec, "minReplicas");
+    let max = int(spec, "maxReplicas").unwrap_or(0);
+    if let Some(m) = min.filter(|m| *m < 1) {
+        e.invalid("spec.minReplicas", &m.to_string(), "must be greater than or equal to 1");
+    }
+    if max < 1 {
+        e.invalid("spec.maxReplicas", &max.to_string(), "must be greater than 0");
+    }
+    if min.is_some_and(|m| max < m) {
+        e.invalid("spec.maxReplicas", &max.to_string(), "must be greater than or equal to `minReplicas`");
+    }
+    let r = get(spec, "scaleTargetRef");
+    for key in ["kind", "name"] {
+        let v = st(r, key);
+        let p = format!("spec.scaleTargetRef.{key}");
+        if v.is_empty() {
+            e.required(&p, "");
+        } else {
+            e.invalid_msgs(&p, v, names::path_segment_name(v));
+        }
+    }
+    for (i, m) in ar(spec, "metrics").iter().enumerate() {
+        let p = format!("spec.metrics[{i}]");
+        let ty = st(Some(m), "type");
+        let source = match ty {
+            "" => {
+                e.required(&format!("{p}.type"), "must specify a metric source type");
+                continue;
+            }
+            "Resource" => "resource",
+            "ContainerResource" => "containerResource",
+            "Pods" => "pods",
+            "Object" => "object",
+            "External" => "external",
+            other => {
+                e.not_supported(
+                    &format!("{p}.type"),
+                    other,
+                    &["ContainerResource", "External", "Object", "Pods", "Resource"],
+                );
+                continue;
+            }
+        };
+        let Some(src) = get(Some(m), source) else {
+            e.required(&format!("{p}.{source}"), "must populate information for the given metric source");
+            continue;
+        };
+        let sp = format!("{p}.{source}");
+        if matches!(source, "resource" | "containerResource") && st(Some(src), "name").is_empty() {
+            e.required(&format!("{sp}.name"), "must specify a resource name");
+        }
+        if source == "containerResource" && st(Some(src), "container").is_empty() {
+            e.required(&format!("{sp}.container"), "must specify a container");
+        }
+        let target = get(Some(src), "target");
+        let tp = format!("{sp}.target");
+        match st(target, "type") {
+            "" => e.required(&format!("{tp}.type"), "must specify a metric target type"),
+            "Utilization" | "Value" | "AverageValue" => {}
+            other => e.not_supported(&format!("{tp}.type"), other, &["AverageValue", "Utilization", "Value"]),
+        }
+        if let Some(u) = int(target, "averageUtilization").filter(|u| *u < 1) {
+            e.invalid(&format!("{tp}.averageUtilization"), &u.to_string(), "must be greater than 0");
+        }
+        if st(target, "type") == "Utilization" && int(target, "averageUtilization").is_none() {
+            e.required(
+                &format!("{tp}.averageUtilization"),
+                "must set either a target raw value or a target utilization",
+            );
+        }
+    }
+    for dir in ["scaleUp", "scaleDown"] {
+        let Some(rules) = get(get(spec, "behavior"), dir) else { continue };
+        let p = format!("spec.behavior.{dir}");
+        if let Some(w) = int(Some(rules), "stabilizationWindowSeconds") {
+            if w < 0 {
+                e.invalid(
+                    &format!("{p}.stabilizationWindowSeconds"),
+                    &w.to_string(),
+                    "must be greater than or equal to zero",
+                );
+            } else if w > 3600 {
+                e.invalid(
+                    &format!("{p}.stabilizationWindowSeconds"),
+                    &w.to_string(),
+                    "must be less than or equal to 3600",
+                );
+            }
+        }
+        one_of(
+            e,
+            &format!("{p}.selectPolicy"),
+            st(Some(rules), "selectPolicy"),
+            &["Disabled", "Max", "Min"],
+            false,
+        );
+        for (j, pol) in ar(Some(rules), "policies").iter().enumerate() {
+            let pp = format!("{p}.policies[{j}]");
+            one_of(e, &format!("{pp}.type"), st(Some(pol), "type"), &["Percent", "Pods"], true);
+            let v = int(Some(pol), "value").unwrap_or(0);
+            if v <= 0 {
+                e.invalid(&format!("{pp}.value"), &v.to_string(), "must be greater than zero");
+            }
+            let ps = int(Some(pol), "periodSeconds").unwrap_or(0);
+            if ps <= 0 {
+                e.invalid(&format!("{pp}.periodSeconds"), &ps.to_string(), "must be greater than zero");
+            } else if ps > 1800 {
+                e.invalid(
+                    &format!("{pp}.periodSeconds"),
+                    &ps.to_string(),
+                    "must be less than or equal to 1800",
+                );
+            }
+        }
     }
 }
 

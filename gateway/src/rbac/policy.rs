@@ -85,6 +85,17 @@ const ROLES: &[RoleSpec] = &[
             "READ | networking.k8s.io | ingresses,ingresses/status,networkpolicies",
         ],
     ),
+    // metrics-server's reader role: `kubectl top` for whoever may view.
+    (
+        "system:aggregated-metrics-reader",
+        &[
+            ("rbac.authorization.k8s.io/aggregate-to-view", "true"),
+            ("rbac.authorization.k8s.io/aggregate-to-edit", "true"),
+            ("rbac.authorization.k8s.io/aggregate-to-admin", "true"),
+        ],
+        None,
+        &["READ | metrics.k8s.io | pods,nodes"],
+    ),
     (
         "system:basic-user",
         &[],

@@ -16,6 +16,7 @@ pub mod security;
 pub mod service_env;
 pub mod sessions;
 pub mod spec;
+pub mod usage;
 pub mod volumes;
 
 use crate::image::{ImageStore, RegistryConfig};
@@ -492,6 +493,7 @@ impl Actor for NodeAgent {
                 localpath::sweep(&client, &root, &node).await;
             }
         });
+        actix::spawn(usage::run(deps.clone()));
         let handler_deps = deps.clone();
         let bus = self.client.bus().clone();
         let node = self.cfg.node_name.clone();

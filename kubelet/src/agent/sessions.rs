@@ -302,7 +302,8 @@ pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
 const LOG_DIR: &str = "/var/log";
 
 /// `nodes/proxy`: the agent's own endpoints, as upstream's kubelet serves them: `/healthz`,
-/// `/metrics` (this process's Prometheus metrics), and `/logs/` (files and directories under
+/// `/metrics` (this process's Prometheus metrics), `/metrics/resource` (resource usage,
+/// `usage.rs`), and `/logs/` (files and directories under
 /// `/var/log`, listed as Go's file server lists them). Anything else is 404.
 async fn node_proxy(incoming: Incoming, method: &str, path: &str) {
     if method != "GET" && method != "HEAD" {
@@ -313,6 +314,9 @@ async fn node_proxy(incoming: Incoming, method: &str, path: &str) {
     let (code, content_type, body): (u16, &str, Vec<u8>) = match path {
         "/healthz" => (200, "text/plain; charset=utf-8", b"ok".to_vec()),
         "/metrics" => (200, capstan_metrics::CONTENT_TYPE, capstan_metrics::render().into_bytes()),
+        "/metrics/resource" => {
+            (200, capstan_metrics::CONTENT_TYPE, super::usage::resource_metrics().into_bytes())
+        }
         p if p == "/logs" || p.starts_with("/logs/") => match log_file(p.trim_start_matches("/logs")).await {
             Some(r) => r,
             None => (404, "text/plain; charset=utf-8", b"404 page not found\n".to_vec()),

@@ -468,6 +468,11 @@ impl RuncRuntime {
         StateDir::new(self.inner.config.root.join("containers").join(id))
     }
 
+    /// The machine's cgroup hierarchies.
+    pub fn cgroups(&self) -> &Hierarchies {
+        &self.inner.cgroups
+    }
+
     /// The absolute cgroup path of a container.
     pub fn cgroup_path(&self, pod_id: &str, id: &str) -> String {
         format!("{}/{pod_id}/{id}", self.inner.config.cgroup_parent.trim_end_matches('/'))

@@ -1,0 +1,306 @@
+//! Resource usage of the node, its pods and their containers, as the kubelet's resource
+//! metrics (cAdvisor underneath) report it: every [`INTERVAL`] the agent reads each running
+//! container's cgroup (v2: `cpu.stat` `usage_usec`, `memory.current` minus `inactive_file`
+//! of `memory.stat`; v1: `cpuacct.usage`, `memory.usage_in_bytes` minus
+//! `total_inactive_file`) and the node's `/proc/stat` and `/proc/meminfo`, turns the CPU
+//! counters into cores over the span between two samples, and publishes a
+//! [`UsageReport`] on the bus (`capstan_bus::usage`), which the gateways serve as
+//! `metrics.k8s.io`. The last sample is also served on `nodes/proxy` as the kubelet's
+//! `/metrics/resource` (cumulative counters, Prometheus text).
+
+use super::Deps;
+use crate::runtime::cgroups::Hierarchies;
+use capstan_bus::usage::{node_usage, ContainerUsage, PodUsage, Usage, UsageReport};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often usage is sampled and reported.
+pub const INTERVAL: Duration = Duration::from_secs(5);
+
+/// Cumulative counters of one cgroup at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// CPU time used, nanoseconds.
+    pub cpu_ns: u64,
+    /// Working set, bytes.
+    pub working_set: u64,
+}
+
+/// One container's sample.
+#[derive(Debug, Clone)]
+struct ContainerSample {
+    namespace: String,
+    pod: String,
+    uid: String,
+    name: String,
+    counters: Counters,
+}
+
+/// One sample of everything.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    wall: jiff::Timestamp,
+    node: Counters,
+    containers: Vec<ContainerSample>,
+}
+
+/// The latest sample, for `/metrics/resource`.
+static LATEST: LazyLock<Mutex<Option<Sample>>> = LazyLock::new(|| Mutex::new(None));
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// The value of `key` in a flat-keyed file (`memory.stat`, `cpu.stat`).
+fn stat_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The counters of cgroup `path` (absolute, e.g. `/capstan/<pod>/<ctr>`).
+pub fn cgroup_counters(h: &Hierarchies, path: &str) -> Option<Counters> {
+    if h.unified() {
+        let dir = h.dir("cpu", path)?;
+        let cpu_ns = stat_value(&read(&dir.join("cpu.stat"))?, "usage_usec")? * 1000;
+        let usage: u64 = read(&dir.join("memory.current"))?.trim().parse().ok()?;
+        let inactive =
+            read(&dir.join("memory.stat")).and_then(|s| stat_value(&s, "inactive_file")).unwrap_or(0);
+        return Some(Counters { cpu_ns, working_set: usage.saturating_sub(inactive) });
+    }
+    let cpu_ns: u64 = read(&h.dir("cpuacct", path)?.join("cpuacct.usage"))?.trim().parse().ok()?;
+    let mem = h.dir("memory", path)?;
+    let usage: u64 = read(&mem.join("memory.usage_in_bytes"))?.trim().parse().ok()?;
+    let inactive =
+        read(&mem.join("memory.stat")).and_then(|s| stat_value(&s, "total_inactive_file")).unwrap_or(0);
+    Some(Counters { cpu_ns, working_set: usage.saturating_sub(inactive) })
+}
+
+/// The node's counters: busy CPU time from `/proc/stat` (everything but idle and iowait,
+/// in USER_HZ ticks of 10 ms), working set from `/proc/meminfo` (total − free − inactive
+/// file pages, as the root cgroup's usage minus `inactive_file`).
+pub fn node_counters() -> Option<Counters> {
+    let stat = read(Path::new("/proc/stat"))?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = cpu.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let meminfo = read(Path::new("/proc/meminfo"))?;
+    let kb = |key: &str| {
+        meminfo.lines().find_map(|l| {
+            let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+    };
+    let total = kb("MemTotal")?;
+    let free = kb("MemFree").unwrap_or(0);
+    let inactive = kb("Inactive(file)").unwrap_or(0);
+    Some(Counters {
+        cpu_ns: busy * 10_000_000,
+        working_set: total.saturating_sub(free).saturating_sub(inactive) * 1024,
+    })
+}
+
+fn take_sample(deps: &Deps) -> Sample {
+    let h = deps.runtime.cgroups();
+    let mut containers = Vec::new();
+    {
+        let views = deps.views.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, view) in views.iter() {
+            let Some((ns, pod)) = key.split_once('/') else { continue };
+            for c in &view.containers {
+                let Some(id) = c.id.as_ref().filter(|_| !*c.done.borrow()) else { continue };
+                let Some(counters) = cgroup_counters(h, &deps.runtime.cgroup_path(&view.uid, id)) else {
+                    continue;
+                };
+                containers.push(ContainerSample {
+                    namespace: ns.to_string(),
+                    pod: pod.to_string(),
+                    uid: view.uid.clone(),
+                    name: c.name.clone(),
+                    counters,
+                });
+            }
+        }
+    }
+    Sample {
+        at: Instant::now(),
+        wall: jiff::Timestamp::now(),
+        node: node_counters().unwrap_or_default(),
+        containers,
+    }
+}
+
+/// CPU in nanocores between two cumulative readings `span` apart; `None` when the counter
+/// went back (a new container instance).
+pub fn rate(before: u64, after: u64, span: Duration) -> Option<u64> {
+    let nanos = span.as_nanos();
+    if after < before || nanos == 0 {
+        return None;
+    }
+    u64::try_from(u128::from(after - before) * 1_000_000_000 / nanos).ok()
+}
+
+/// The report two samples give.
+fn report(node: &str, prev: &Sample, cur: &Sample) -> UsageReport {
+    let span = cur.at.duration_since(prev.at);
+    let before: HashMap<(&str, &str), u64> =
+        prev.containers.iter().map(|c| ((c.uid.as_str(), c.name.as_str()), c.counters.cpu_ns)).collect();
+    let mut pods: Vec<PodUsage> = Vec::new();
+    for c in &cur.containers {
+        let Some(&b) = before.get(&(c.uid.as_str(), c.name.as_str())) else { continue };
+        let Some(cpu) = rate(b, c.counters.cpu_ns, span) else { continue };
+        let usage = Usage { cpu_nanocores: cpu, memory_bytes: c.counters.working_set };
+        let entry = ContainerUsage { name: c.name.clone(), usage };
+        match pods.iter_mut().find(|p| p.uid == c.uid) {
+            Some(p) => p.containers.push(entry),
+            None => pods.push(PodUsage {
+                namespace: c.namespace.clone(),
+                name: c.pod.clone(),
+                uid: c.uid.clone(),
+                containers: vec![entry],
+            }),
+        }
+    }
+    let t = jiff::Timestamp::from_second(cur.wall.as_second()).unwrap_or(cur.wall);
+    UsageReport {
+        node: node.to_string(),
+        timestamp: t.to_string(),
+        window_millis: u64::try_from(span.as_millis()).unwrap_or(u64::MAX),
+        node_usage: Usage {
+            cpu_nanocores: rate(prev.node.cpu_ns, cur.node.cpu_ns, span).unwrap_or(0),
+            memory_bytes: cur.node.working_set,
+        },
+        pods,
+    }
+}
+
+/// Samples every [`INTERVAL`] and publishes a report after each sample but the first.
+pub async fn run(deps: Arc<Deps>) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prev: Option<Sample> = None;
+    loop {
+        tick.tick().await;
+        let d = deps.clone();
+        let Ok(cur) = tokio::task::spawn_blocking(move || take_sample(&d)).await else { continue };
+        *LATEST.lock().unwrap_or_else(|e| e.into_inner()) = Some(cur.clone());
+        if let Some(p) = &prev {
+            let r = report(&deps.node, p, &cur);
+            match r.encode() {
+                Ok(payload) => {
+                    if let Err(e) = deps.client.bus().publish(node_usage(&deps.node), payload).await {
+                        tracing::debug!("failed to publish a usage report: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("failed to encode a usage report: {e}"),
+            }
+        }
+        prev = Some(cur);
+    }
+}
+
+/// The kubelet's `/metrics/resource`: the latest sample as Prometheus text, upstream's
+/// metric names (cumulative CPU seconds, working set bytes, with the sample's time in ms).
+pub fn resource_metrics() -> String {
+    let latest = LATEST.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut out = String::new();
+    let Some(s) = latest else { return out };
+    let ms = s.wall.as_millisecond();
+    let secs = |ns: u64| ns as f64 / 1e9;
+    out.push_str("# HELP container_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the container in core-seconds\n# TYPE container_cpu_usage_seconds_total counter\n");
+    for c in &s.containers {
+        out.push_str(&format!(
+            "container_cpu_usage_seconds_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {ms}\n",
+            c.name,
+            c.namespace,
+            c.pod,
+            secs(c.counters.cpu_ns)
+        ));
+    }
+    out.push_str("# HELP container_memory_working_set_bytes [STABLE] Current working set of the container in bytes\n# TYPE container_memory_working_set_bytes gauge\n");
+    for c in &s.containers {
+        out.push_str(&format!(
+            "container_memory_working_set_bytes{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {ms}\n",
+            c.name, c.namespace, c.pod, c.counters.working_set
+        ));
+    }
+    out.push_str("# HELP node_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the node in core-seconds\n# TYPE node_cpu_usage_seconds_total counter\n");
+    out.push_str(&format!("node_cpu_usage_seconds_total {} {ms}\n", secs(s.node.cpu_ns)));
+    out.push_str("# HELP node_memory_working_set_bytes [STABLE] Current working set of the node in bytes\n# TYPE node_memory_working_set_bytes gauge\n");
+    out.push_str(&format!("node_memory_working_set_bytes {} {ms}\n", s.node.working_set));
+    let mut pods: Vec<(&str, &str, Counters)> = Vec::new();
+    for c in &s.containers {
+        match pods.iter_mut().find(|(ns, p, _)| *ns == c.namespace && *p == c.pod) {
+            Some((_, _, t)) => {
+                t.cpu_ns += c.counters.cpu_ns;
+                t.working_set += c.counters.working_set;
+            }
+            None => pods.push((&c.namespace, &c.pod, c.counters)),
+        }
+    }
+    out.push_str("# HELP pod_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the pod in core-seconds\n# TYPE pod_cpu_usage_seconds_total counter\n");
+    for (ns, p, t) in &pods {
+        out.push_str(&format!(
+            "pod_cpu_usage_seconds_total{{namespace=\"{ns}\",pod=\"{p}\"}} {} {ms}\n",
+            secs(t.cpu_ns)
+        ));
+    }
+    out.push_str("# HELP pod_memory_working_set_bytes [STABLE] Current working set of the pod in bytes\n# TYPE pod_memory_working_set_bytes gauge\n");
+    for (ns, p, t) in &pods {
+        out.push_str(&format!(
+            "pod_memory_working_set_bytes{{namespace=\"{ns}\",pod=\"{p}\"}} {} {ms}\n",
+            t.working_set
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_stat_files() {
+        assert_eq!(rate(0, 500_000_000, Duration::from_secs(1)), Some(500_000_000));
+        assert_eq!(rate(1_000, 3_000, Duration::from_secs(2)), Some(1_000));
+        assert_eq!(rate(10, 5, Duration::from_secs(1)), None);
+        let stat = "usage_usec 1234\nuser_usec 1000\n";
+        assert_eq!(stat_value(stat, "usage_usec"), Some(1234));
+        assert_eq!(stat_value("total_inactive_file 42\ninactive_file 7\n", "inactive_file"), Some(7));
+    }
+
+    #[test]
+    fn the_node_reads_its_own_counters() {
+        let c = node_counters().expect("/proc/stat and /proc/meminfo");
+        assert!(c.cpu_ns > 0 && c.working_set > 0, "{c:?}");
+    }
+
+    #[test]
+    fn reports_rates_of_containers_seen_twice() {
+        let t0 = Instant::now();
+        let c = |cpu| ContainerSample {
+            namespace: "ns".into(),
+            pod: "p".into(),
+            uid: "u".into(),
+            name: "c".into(),
+            counters: Counters { cpu_ns: cpu, working_set: 4096 },
+        };
+        let wall = jiff::Timestamp::now();
+        let a = Sample { at: t0, wall, node: Counters::default(), containers: vec![c(0)] };
+        let b = Sample {
+            at: t0 + Duration::from_secs(2),
+            wall,
+            node: Counters::default(),
+            containers: vec![c(1_000_000_000)],
+        };
+        let r = report("n", &a, &b);
+        assert_eq!(r.window_millis, 2000);
+        assert_eq!(r.pods.len(), 1);
+        assert_eq!(r.pods[0].containers[0].usage, Usage { cpu_nanocores: 500_000_000, memory_bytes: 4096 });
+    }
+}
