@@ -201,8 +201,7 @@ use k8s_openapi::api::{
     authorization::v1 as authz, autoscaling::v2 as autoscaling, batch::v1 as batch,
     certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
     discovery::v1 as discovery, flowcontrol::v1 as flowcontrol, networking::v1 as networking,
-    policy::v1 as policy, rbac::v1 as rbac,
-    scheduling::v1 as scheduling, storage::v1 as storage,
+    policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
 };
 
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;

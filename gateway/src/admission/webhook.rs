@@ -329,7 +329,7 @@ pub(crate) fn cel_eval_authz(
     let program = capstan_api::crd::rules::compile(expr)?;
     // Upstream's per-call cost limit, estimated from the sizes of the values before the run.
     capstan_api::crd::cost::check_call_with(&program, vars)?;
-    let mut ctx = cel::Context::default();
+    let mut ctx = capstan_api::crd::rules::context();
     for (name, v) in vars {
         ctx.add_variable_from_value(*name, v.clone());
     }
