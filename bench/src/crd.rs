@@ -142,7 +142,7 @@ fn config_map(name: &str, like: usize) -> Value {
     cm
 }
 
-async fn post(conn: &mut Connection, path: &str, body: &Value) -> anyhow::Result<u16> {
+pub(crate) async fn post(conn: &mut Connection, path: &str, body: &Value) -> anyhow::Result<u16> {
     let headers = [("Content-Type", "application/json"), ("Accept", "application/json")];
     let r = conn.request("POST", path, &headers, &serde_json::to_vec(body)?).await?;
     Ok(r.status)
@@ -173,26 +173,30 @@ async fn time_served(conn: &mut Connection, i: usize) -> anyhow::Result<Duration
     }
 }
 
-/// Creates/s over `clients` connections for `secs`: custom objects or ConfigMaps.
-async fn phase(client: &Client, o: &Opts, custom: bool, tag: &str, like: usize) -> anyhow::Result<f64> {
-    let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
+/// Creates/s over `clients` connections for `seconds`: each connection POSTs what `make`
+/// gives for a fresh name (`<tag>-<connection>-<n>`) until the time is up. Any answer but
+/// 201 is an error.
+pub(crate) async fn create_phase(
+    client: &Client,
+    clients: usize,
+    seconds: f64,
+    tag: &str,
+    make: impl Fn(&str) -> (String, Value) + Clone + Send + 'static,
+) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let errors = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..o.clients {
+    for c in 0..clients {
         let mut conn = client.open().await?;
-        let (errors, tag) = (errors.clone(), tag.to_string());
+        let (errors, tag, make) = (errors.clone(), tag.to_string(), make.clone());
         tasks.push(tokio::spawn(async move {
             let mut done = 0u64;
             let mut n = 0usize;
             while Instant::now() < deadline {
                 let name = format!("{tag}-{c}-{n}");
                 n += 1;
-                let (path, body) = if custom {
-                    (format!("/apis/{GROUP}/v1/namespaces/default/crontab0s"), crontab("CronTab0", &name))
-                } else {
-                    ("/api/v1/namespaces/default/configmaps".to_string(), config_map(&name, like))
-                };
+                let (path, body) = make(&name);
                 match post(&mut conn, &path, &body).await {
                     Ok(201) => done += 1,
                     Ok(_) => {
@@ -218,7 +222,19 @@ async fn phase(client: &Client, o: &Opts, custom: bool, tag: &str, like: usize) 
     Ok(total as f64 / t0.elapsed().as_secs_f64())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// Creates/s of custom objects or ConfigMaps of the same size.
+async fn phase(client: &Client, o: &Opts, custom: bool, tag: &str, like: usize) -> anyhow::Result<f64> {
+    create_phase(client, o.clients, o.seconds, tag, move |name| {
+        if custom {
+            (format!("/apis/{GROUP}/v1/namespaces/default/crontab0s"), crontab("CronTab0", name))
+        } else {
+            ("/api/v1/namespaces/default/configmaps".to_string(), config_map(name, like))
+        }
+    })
+    .await
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

@@ -33,6 +33,7 @@ mod etcd;
 mod pods;
 mod pool;
 mod proxy;
+mod quota;
 mod rbac;
 mod sched;
 mod webhook;
@@ -58,6 +59,7 @@ const USAGE: &str =
        capstan-bench rbac --help (creates/s and GETs/s of a non-admin user under RBAC vs the admin)
        capstan-bench crd --help (CRD create to served; custom object creates/s beside ConfigMaps)
        capstan-bench webhook --help (create latency added by one validating admission webhook)
+       capstan-bench quota --help (ConfigMap creates/s with and without a ResourceQuota in the namespace)
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --clients N         concurrent HTTPS connections for creates and GETs (default 16)
@@ -625,6 +627,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("crd") {
         return crd::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("quota") {
+        return quota::main(std::env::args().skip(2));
     }
     if std::env::args().nth(1).as_deref() == Some("webhook") {
         return webhook::main(std::env::args().skip(2));
