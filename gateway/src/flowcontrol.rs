@@ -577,18 +577,14 @@ impl FlowControl {
                     .events_after(scanned, 1, |e| e.key.starts_with(SCHEMAS) || e.key.starts_with(LEVELS))
                 {
                     Ok((events, to)) => {
-                        scanned = match events.first() {
-                            Some(e) => e.revision,
-                            None => to,
-                        };
+                        scanned = to;
                         !events.is_empty()
                     }
-                    Err(_) => {
-                        scanned = cache.revision();
-                        true
-                    }
+                    Err(_) => true,
                 };
                 if touched {
+                    // A reload reads the whole configuration: the changes up to here are in it.
+                    scanned = scanned.max(cache.revision());
                     inner.reload();
                 }
             }
@@ -717,9 +713,13 @@ impl Inner {
             st.max = max;
             st.queuing = l.queuing;
             if st.queues.len() != queues {
+                // Waiters keep their turn in the first new queue (with no queues left, their
+                // wait ends and they get 429).
                 let waiting: Vec<Waiter> = st.queues.drain(..).flatten().collect();
-                st.queues = (0..queues.max(1)).map(|_| VecDeque::new()).collect();
-                st.queues[0].extend(waiting);
+                st.queues = (0..queues).map(|_| VecDeque::new()).collect();
+                if let Some(first) = st.queues.first_mut() {
+                    first.extend(waiting);
+                }
                 st.next = 0;
             }
         }
