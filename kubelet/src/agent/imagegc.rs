@@ -78,13 +78,20 @@ fn pod_images(pods: &[Arc<Value>]) -> Vec<String> {
     out
 }
 
-/// One pass: measures, and removes images when over the high threshold.
+/// The least time between two failure Warnings (upstream's default GC period): with a
+/// short `imageGCPeriodSeconds` a failing collection would otherwise warn every period and
+/// use up the Node's event budget, so its `FreedDiskSpace` events were dropped.
+const WARNING_INTERVAL: Duration = Duration::from_secs(300);
+
+/// One pass: measures, and removes images when over the high threshold. `last_warning` is
+/// when this node last warned that not enough could be freed.
 pub async fn collect(
     cfg: &ImageGcConfig,
     images: &ImageStore,
     pods: &Informer,
     recorder: &Recorder,
     node: &str,
+    last_warning: &mut Option<std::time::Instant>,
 ) {
     let root = images.root().to_path_buf();
     let usage = tokio::task::spawn_blocking(move || fs_usage(&root)).await;
@@ -143,7 +150,8 @@ pub async fn collect(
         );
         recorder.event(&node_ref, "Normal", "FreedDiskSpace", &message).await;
     }
-    if freed < wanted {
+    if freed < wanted && last_warning.is_none_or(|t| t.elapsed() >= WARNING_INTERVAL) {
+        *last_warning = Some(std::time::Instant::now());
         let message = format!(
             "Failed to garbage collect required amount of images. Attempted to free {wanted} bytes, but only found {freed} bytes eligible to free."
         );

@@ -472,9 +472,18 @@ impl Actor for NodeAgent {
             pods.wait_synced().await;
             let mut tick = tokio::time::interval(gc.period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_warning = None;
             loop {
                 tick.tick().await;
-                imagegc::collect(&gc, &gc_deps.images, &pods, &gc_deps.recorder, &gc_deps.node).await;
+                imagegc::collect(
+                    &gc,
+                    &gc_deps.images,
+                    &pods,
+                    &gc_deps.recorder,
+                    &gc_deps.node,
+                    &mut last_warning,
+                )
+                .await;
             }
         });
         let addr = me.clone();
