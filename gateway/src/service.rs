@@ -807,10 +807,13 @@ impl ApiService {
         }
     }
 
-    /// Commits `ops` (the object's op first, then reservations); on a failed precondition of
-    /// a reservation, the error it names, or `Ok(None)` to prepare the write again.
+    /// Commits `ops` (the object's op first, then reservations) of a write of `name`; on a
+    /// failed precondition of a reservation, the error it names, or `Ok(None)` to prepare
+    /// the write again. A reservation that refuses when it commits (a quota's charge) is a
+    /// 403 with its reason.
     async fn commit_write(
         &self,
+        (res, name): (&ResourceInfo, &str),
         ops: Vec<Op>,
         reservations: &[Option<ApiError>],
     ) -> ApiResult<CommitOutcome> {
@@ -824,6 +827,9 @@ impl ApiService {
                     Some(e) => Err(e),
                     None => Ok(CommitOutcome::Retry),
                 }
+            }
+            Err(capstan_storage::Error::Refused { message, .. }) => {
+                Err(ApiError::forbidden(res, name, &message))
             }
             Err(e) => Err(e.into()),
         }
@@ -940,7 +946,7 @@ impl ApiService {
                 &out,
             );
             let committing = std::time::Instant::now();
-            let outcome = self.commit_write(ops, &on_conflict).await;
+            let outcome = self.commit_write((res, &name), ops, &on_conflict).await;
             create_stats::record(committing - started, committing.elapsed());
             match outcome? {
                 CommitOutcome::Committed(rev) => {
@@ -1191,7 +1197,7 @@ impl ApiService {
                 meta::set_meta_str(&mut new, "resourceVersion", &old_rev.to_string());
                 return Ok(WriteResult { object: new, created: false, warnings });
             }
-            match self.commit_write(ops, &on_conflict).await? {
+            match self.commit_write((res, name), ops, &on_conflict).await? {
                 CommitOutcome::Committed(rev) => {
                     self.after_commit(res, name, rev).await;
                     meta::set_meta_str(&mut new, "resourceVersion", &rev.to_string());
@@ -1489,7 +1495,7 @@ impl ApiService {
             };
             let mut ops = vec![op];
             ops.extend(strategy.release(&obj));
-            match self.commit_write(ops, &[]).await? {
+            match self.commit_write((res, name), ops, &[]).await? {
                 CommitOutcome::Committed(nrev) => {
                     self.after_commit(res, name, nrev).await;
                     meta::set_meta_str(&mut last, "resourceVersion", &nrev.to_string());

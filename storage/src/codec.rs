@@ -140,44 +140,47 @@ pub(crate) fn plan(txn: &Txn, mut current: HashMap<Vec<u8>, Option<Stored>>, rev
             return Err(Error::PreconditionFailed { index, current: cur_mod });
         }
         previous.push(cur.clone().map(|s| s.into_kv(key.to_vec())));
-        match op {
-            Op::Put { value, .. } => {
-                rev += 1;
-                let (kind, create_revision) = match &cur {
-                    Some(s) => (ChangeKind::Update, s.create_revision),
-                    None => (ChangeKind::Create, rev),
-                };
-                changes.push(Change {
-                    revision: rev,
-                    kind,
-                    key: key.to_vec(),
-                    value: value.clone(),
-                    create_revision,
-                    prev_revision: cur_mod,
-                });
-                current.insert(
-                    key.to_vec(),
-                    Some(Stored { create_revision, mod_revision: rev, value: value.clone() }),
-                );
-                revisions.push(rev);
+        let value = match op {
+            Op::Put { value, .. } => value.clone(),
+            Op::Update { update, .. } => {
+                let old = cur.as_ref().map_or(&[][..], |s| s.value.as_slice());
+                (update.0)(old).map_err(|message| Error::Refused { index, message })?
             }
-            Op::Delete { last_value, .. } => match cur {
-                None => revisions.push(0),
-                Some(s) => {
-                    rev += 1;
-                    changes.push(Change {
-                        revision: rev,
-                        kind: ChangeKind::Delete,
-                        key: key.to_vec(),
-                        value: last_value.clone().unwrap_or(s.value),
-                        create_revision: s.create_revision,
-                        prev_revision: s.mod_revision,
-                    });
-                    current.insert(key.to_vec(), None);
-                    revisions.push(rev);
+            Op::Delete { last_value, .. } => {
+                match cur {
+                    None => revisions.push(0),
+                    Some(s) => {
+                        rev += 1;
+                        changes.push(Change {
+                            revision: rev,
+                            kind: ChangeKind::Delete,
+                            key: key.to_vec(),
+                            value: last_value.clone().unwrap_or(s.value),
+                            create_revision: s.create_revision,
+                            prev_revision: s.mod_revision,
+                        });
+                        current.insert(key.to_vec(), None);
+                        revisions.push(rev);
+                    }
                 }
-            },
-        }
+                continue;
+            }
+        };
+        rev += 1;
+        let (kind, create_revision) = match &cur {
+            Some(s) => (ChangeKind::Update, s.create_revision),
+            None => (ChangeKind::Create, rev),
+        };
+        changes.push(Change {
+            revision: rev,
+            kind,
+            key: key.to_vec(),
+            value: value.clone(),
+            create_revision,
+            prev_revision: cur_mod,
+        });
+        current.insert(key.to_vec(), Some(Stored { create_revision, mod_revision: rev, value }));
+        revisions.push(rev);
     }
     let writes = if changes.is_empty() {
         Vec::new()
@@ -202,6 +205,8 @@ pub(crate) fn txn_write_bytes(txn: &Txn) -> usize {
             Op::Delete { key, last_value, .. } => {
                 2 * key.len() + last_value.as_ref().map_or(0, Vec::len) + 64
             }
+            // The new value is not known yet; updates are meant for small values.
+            Op::Update { key, .. } => 2 * key.len() + 4096,
         })
         .sum()
 }

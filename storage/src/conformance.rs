@@ -49,6 +49,7 @@ cases!(
     leases,
     lease_expiry_takeover,
     concurrent_cas_increments,
+    concurrent_updates,
     many_concurrent_commits,
     subscribe_commits,
 );
@@ -478,6 +479,62 @@ pub async fn concurrent_cas_increments(s: &dyn Store) {
     assert_eq!(kv.mod_revision, 1 + WORKERS * PER_WORKER);
     let ch = s.changes(0, 0).await.unwrap();
     assert_eq!(ch.len() as u64, 1 + WORKERS * PER_WORKER);
+}
+
+/// A counter with a limit kept by [`Op::Update`]: 8 workers × 50 concurrent increments
+/// of one key, each in a transaction with a put of its own key, never conflict; past the
+/// limit the update refuses, the transaction fails with `Refused` naming the op and its
+/// put is not written; an update of an absent key fails its precondition.
+pub async fn concurrent_updates(s: &dyn Store) {
+    const WORKERS: u64 = 8;
+    const PER_WORKER: u64 = 50;
+    const LIMIT: u64 = 300;
+    commit1(s, put("/limited", "0", Precondition::Absent)).await;
+    let increment = crate::Update::new(|v: &[u8]| {
+        let n: u64 = String::from_utf8_lossy(v).parse().map_err(|_| "not a number".to_string())?;
+        if n >= LIMIT {
+            return Err(format!("{n} is the limit"));
+        }
+        Ok((n + 1).to_string().into_bytes())
+    });
+    let worker = |w: u64| {
+        let increment = increment.clone();
+        async move {
+            let (mut ok, mut refused) = (0u64, 0u64);
+            for i in 0..PER_WORKER {
+                let txn = Txn {
+                    ops: vec![
+                        put(&format!("/items/{w}-{i:03}"), "x", Precondition::Absent),
+                        Op::Update { key: b"/limited".to_vec(), update: increment.clone() },
+                    ],
+                };
+                match s.commit(txn).await {
+                    Ok(r) => {
+                        assert_eq!(r.revisions.len(), 2);
+                        assert_eq!(r.revisions[1], r.revisions[0] + 1);
+                        ok += 1;
+                    }
+                    Err(Error::Refused { index: 1, message }) => {
+                        assert_eq!(message, format!("{LIMIT} is the limit"));
+                        refused += 1;
+                    }
+                    Err(e) => panic!("unexpected commit error: {e}"),
+                }
+            }
+            (ok, refused)
+        }
+    };
+    let results = join_all((0..WORKERS).map(worker)).await;
+    let ok: u64 = results.iter().map(|r| r.0).sum();
+    let refused: u64 = results.iter().map(|r| r.1).sum();
+    assert_eq!((ok, refused), (LIMIT, WORKERS * PER_WORKER - LIMIT));
+    let kv = s.get(b"/limited").await.unwrap().expect("counter exists");
+    assert_eq!(kv.value, LIMIT.to_string().into_bytes(), "lost or extra update");
+    let items = s.range(b"/items/", &prefix_end(b"/items/"), 0).await.unwrap();
+    assert_eq!(items.kvs.len() as u64, LIMIT, "a refused transaction wrote its put");
+    assert_eq!(s.current_revision().await.unwrap(), 1 + 2 * LIMIT, "refused transactions took revisions");
+    let absent = Op::Update { key: b"/nothing".to_vec(), update: increment };
+    expect_precondition(s.commit(Txn::single(absent)).await, 0, 0);
 }
 
 /// 500 concurrent single-op commits all succeed with distinct, gap-free revisions.

@@ -128,7 +128,7 @@ impl Keyring {
 /// A store whose values under some key prefixes are encrypted at rest.
 pub struct Encrypted {
     inner: Arc<dyn Store>,
-    keys: Keyring,
+    keys: Arc<Keyring>,
     prefixes: Vec<Vec<u8>>,
     rng: SystemRandom,
 }
@@ -136,7 +136,7 @@ pub struct Encrypted {
 impl Encrypted {
     /// Wraps `inner`, encrypting values of keys starting with one of `prefixes`.
     pub fn new(inner: Arc<dyn Store>, keys: Keyring, prefixes: Vec<Vec<u8>>) -> Encrypted {
-        Encrypted { inner, keys, prefixes, rng: SystemRandom::new() }
+        Encrypted { inner, keys: Arc::new(keys), prefixes, rng: SystemRandom::new() }
     }
 
     fn covered(&self, key: &[u8]) -> bool {
@@ -227,6 +227,17 @@ impl Store for Encrypted {
                         };
                         Op::Delete { key, precondition, last_value }
                     }
+                    Op::Update { key, update } if self.covered(&key) => {
+                        // The update sees and gives plaintext.
+                        let (keys, rng, k) = (self.keys.clone(), self.rng.clone(), key.clone());
+                        let sealed = crate::Update::new(move |stored| {
+                            let (plain, _) = keys.decrypt(&k, stored).map_err(|e| e.to_string())?;
+                            let new = (update.0)(&plain)?;
+                            keys.encrypt(&rng, &k, &new).map_err(|e| e.to_string())
+                        });
+                        Op::Update { key, update: sealed }
+                    }
+                    op @ Op::Update { .. } => op,
                 });
             }
             let mut r = self.inner.commit(Txn { ops }).await?;
@@ -317,6 +328,11 @@ mod tests {
             raw.changes(0, 0).await.unwrap()[0].value.starts_with(PREFIX),
             "the change log is encrypted too"
         );
+        // An update sees the plaintext and its result is sealed.
+        let shout = crate::Update::new(|v: &[u8]| Ok(v.to_ascii_uppercase()));
+        enc.commit(Txn::single(Op::Update { key: b"/s/a".to_vec(), update: shout })).await.unwrap();
+        assert_eq!(enc.get(b"/s/a").await.unwrap().unwrap().value, b"TOP SECRET");
+        assert!(raw.get(b"/s/a").await.unwrap().unwrap().value.starts_with(PREFIX));
         // A delete's recorded final value is encrypted as well.
         let last = Some(b"last words".to_vec());
         enc.commit(Txn::single(Op::Delete {

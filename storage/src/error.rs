@@ -15,6 +15,15 @@ pub enum Error {
         /// The key's current mod revision, 0 when the key is absent.
         current: u64,
     },
+    /// The [`crate::Op::Update`] number `index` of a transaction refused the stored value;
+    /// nothing was written.
+    #[error("{message}")]
+    Refused {
+        /// Index of the refusing op in the transaction.
+        index: usize,
+        /// Why, in the update's words.
+        message: String,
+    },
     /// The requested revisions are older than the compaction point.
     #[error("revision {requested} has been compacted (oldest available {oldest})")]
     Compacted {

@@ -169,7 +169,9 @@ mod fdb_store;
 
 pub use encrypted::{Encrypted, Key as EncryptionKey, Keyring};
 pub use error::{Error, Result};
-pub use model::{Change, ChangeKind, CommitResult, KeyValue, Lease, Op, Precondition, RangeResult, Txn};
+pub use model::{
+    Change, ChangeKind, CommitResult, KeyValue, Lease, Op, Precondition, RangeResult, Txn, Update,
+};
 pub use redb_store::{Config as RedbConfig, RedbStore};
 
 #[cfg(feature = "fdb")]

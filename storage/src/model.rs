@@ -40,6 +40,36 @@ pub enum Precondition {
     ModRevision(u64),
 }
 
+/// A change of a stored value computed when its transaction commits, from the value as it
+/// is then: the new value, or why the transaction must not commit (see [`Op::Update`]).
+/// It may run more than once (a backend retries) and must only compute.
+#[derive(Clone)]
+pub struct Update(pub std::sync::Arc<UpdateFn>);
+
+/// The function of an [`Update`]: the stored value to the new one, or why not.
+pub type UpdateFn = dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync;
+
+impl Update {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync + 'static) -> Update {
+        Update(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Update {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Update(..)")
+    }
+}
+
+impl PartialEq for Update {
+    fn eq(&self, other: &Update) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Update {}
+
 /// One mutation in a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -64,6 +94,18 @@ pub enum Op {
         /// The value to record in the change log for this delete.
         last_value: Option<Vec<u8>>,
     },
+    /// Rewrite the value of `key`, which must exist, with `update` applied to the value it
+    /// has when the transaction commits (after earlier ops of the same transaction), as a
+    /// put. When `update` refuses, the transaction fails with [`crate::Error::Refused`] and
+    /// writes nothing; when the key is absent, with [`crate::Error::PreconditionFailed`].
+    /// Concurrent updates of one key thus never conflict: each sees the one before (a
+    /// counter with a limit, for instance).
+    Update {
+        /// Key.
+        key: Vec<u8>,
+        /// The change.
+        update: Update,
+    },
 }
 
 impl Op {
@@ -80,7 +122,7 @@ impl Op {
     /// The key this op touches.
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Update { key, .. } => key,
         }
     }
 
@@ -88,6 +130,7 @@ impl Op {
     pub fn precondition(&self) -> Precondition {
         match self {
             Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
+            Op::Update { .. } => Precondition::Exists,
         }
     }
 }

@@ -100,6 +100,7 @@ conformance_tests!(
     leases,
     lease_expiry_takeover,
     concurrent_cas_increments,
+    concurrent_updates,
     many_concurrent_commits,
     subscribe_commits,
 );

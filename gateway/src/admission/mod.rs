@@ -7,8 +7,9 @@
 //! validating turn ([`Plugin::validate`]) in the same order. The order is upstream's
 //! (`kube-apiserver --enable-admission-plugins`, `AllOrderedPlugins`); [`Chain::standard`]
 //! lists the plugins capstan has. A plugin can add warnings and store operations that
-//! commit in the same transaction as the object (a quota's usage, for instance), so what a
-//! plugin counts cannot drift from what was written.
+//! commit in the same transaction as the object, so what it reserves cannot drift from
+//! what was written (the ResourceQuota plugin commits its charges itself, batched per
+//! namespace, before the object, as upstream).
 //!
 //! Plugins read cluster state through a [`Context`] (the watch cache, falling back to the
 //! store), never through their own connections; each is unit-tested on a temporary store.
@@ -106,21 +107,17 @@ pub struct Outcome {
     pub warnings: Vec<String>,
     /// Store operations committed with the object.
     pub reservations: Reservations,
-    /// Locks held until the write is committed or abandoned (a namespace's quota charges
-    /// are serialized in this process rather than left to conflict).
-    pub guards: Vec<Arc<tokio::sync::OwnedMutexGuard<()>>>,
 }
 
 impl Outcome {
-    /// The reservations and guards of both turns (warnings are the caller's to collect).
+    /// The reservations of both turns (warnings are the caller's to collect).
     pub fn merged(&self, other: &Outcome) -> Outcome {
         let mut reservations = Reservations::default();
         for o in [self, other] {
             reservations.ops.extend(o.reservations.ops.iter().cloned());
             reservations.on_conflict.extend(o.reservations.on_conflict.iter().cloned());
         }
-        let guards = self.guards.iter().chain(&other.guards).cloned().collect();
-        Outcome { warnings: Vec::new(), reservations, guards }
+        Outcome { warnings: Vec::new(), reservations }
     }
 }
 
@@ -279,7 +276,7 @@ impl Chain {
         plugins.push(Arc::new(mutating));
         plugins.push(Arc::new(policy::ValidatingAdmissionPolicy));
         plugins.push(Arc::new(validating));
-        plugins.push(Arc::new(ResourceQuota::default()));
+        plugins.push(Arc::new(ResourceQuota));
         Chain::new(plugins)
     }
 

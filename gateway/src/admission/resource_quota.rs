@@ -1,43 +1,29 @@
 //! ResourceQuota: a create in a namespace with quotas is charged to every quota that covers
 //! it, in the object's own transaction, as upstream's quota admission.
 //!
-//! Each covering quota is read from the store (not the cache) and written back with the
-//! new `status.used`, guarded by its revision: of two creates racing for the last unit of a
-//! quota, one commits and the other's transaction fails and is admitted again against the
-//! new usage, so a quota is never exceeded. Usage goes down when the quota controller
-//! recounts (after deletes), as upstream; the charge itself follows
-//! [`capstan_api::quota`]. A quota whose status was not counted yet refuses what it limits
-//! ("status unknown for quota"), as upstream.
+//! The plugin checks the create against the quotas in the watch cache (a refusal needs no
+//! store round trip) and adds to the create's transaction one [`Op::Update`] per covering
+//! quota that limits it: when the transaction commits, the update checks the charge again
+//! against the quota as stored then and writes the new `status.used`, or refuses and the
+//! whole create fails with upstream's 403. Concurrent creates of one namespace thus commit
+//! together in one group commit, each charged after the one before, with no lock and no
+//! conflict; a quota is never exceeded, and a create that fails (its name taken) charges
+//! nothing. Usage goes down when the quota controller recounts (after deletes), as
+//! upstream; the charge itself follows [`capstan_api::quota`]. A quota whose status was not
+//! counted yet refuses what it limits ("status unknown for quota"), as upstream.
 
 use super::{Attributes, Context, Operation, Outcome, Plugin};
-use crate::cache::decode_stored;
-use crate::service::encode;
-use crate::status::{ApiError, ApiResult};
+use crate::status::ApiResult;
 use capstan_api::quota::{self, Usage};
 use capstan_api::{meta, registry};
-use capstan_storage::{Op, Precondition};
+use capstan_storage::{Op, Update};
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The ResourceQuota plugin.
 #[derive(Default)]
-pub struct ResourceQuota {
-    /// Per namespace, the lock its charges take in turn (in this process; several gateways
-    /// on one store still never exceed a quota, they only conflict and retry more).
-    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl ResourceQuota {
-    async fn lock(&self, ns: &str) -> Arc<tokio::sync::OwnedMutexGuard<()>> {
-        let m = {
-            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            locks.entry(ns.to_string()).or_default().clone()
-        };
-        Arc::new(m.lock_owned().await)
-    }
-}
+pub struct ResourceQuota;
 
 impl Plugin for ResourceQuota {
     fn name(&self) -> &'static str {
@@ -59,33 +45,40 @@ impl Plugin for ResourceQuota {
             let Some(quotas) = registry::find("", "v1", "resourcequotas") else { return Ok(()) };
             let prefix = crate::keys::prefix(quotas, Some(ns));
             let end = capstan_storage::prefix_end(&prefix);
-            // Cheap check first: most namespaces have no quota.
-            if ctx.cache().list(&prefix, &end, 1, |_| true).0.is_empty() {
-                return Ok(());
+            let (cached, _, _) = ctx.cache().list(&prefix, &end, 0, |_| true);
+            if cached.is_empty() {
+                return Ok(()); // most namespaces have no quota
             }
-            let charge = quota::usage(a.res.group, a.res.plural, obj);
-            // Held until the write commits: the next charge reads this one's usage.
-            out.guards.push(self.lock(ns).await);
-            let stored = ctx.store().range(&prefix, &end, 0).await?;
-            for kv in stored.kvs {
-                let Some(mut q) = decode_stored(&kv.value, kv.mod_revision) else { continue };
+            let charge = Arc::new(quota::usage(a.res.group, a.res.plural, obj));
+            let subject = Arc::new(Subject {
+                group: a.res.group.to_string(),
+                plural: a.res.plural.to_string(),
+                obj: obj.clone(),
+            });
+            for q in cached {
                 if !quota::covers(&q, a.res.group, a.res.plural, obj) {
                     continue;
                 }
-                let Some(used) = check(&q, a, obj, &charge)? else { continue };
-                if a.dry_run {
+                let refuse = |reason: String| crate::status::ApiError::forbidden(a.res, a.name, &reason);
+                if check(&q, &subject, &charge).map_err(refuse)?.is_none() || a.dry_run {
                     continue;
                 }
-                q["status"]["used"] = Value::Object(
-                    used.iter().map(|(r, v)| (r.clone(), Value::String(quota::format(*v)))).collect(),
-                );
-                meta::remove_meta(&mut q, "resourceVersion");
-                out.reservations.ops.push(Op::put(
-                    kv.key,
-                    encode(&q)?,
-                    Precondition::ModRevision(kv.mod_revision),
-                ));
-                // A quota changed meanwhile: admit the write again.
+                let Some(name) = meta::name(&q) else { continue };
+                let (subject, charge) = (subject.clone(), charge.clone());
+                // At commit: charge the quota as stored then (the cache may be behind).
+                let update = Update::new(move |stored| {
+                    let mut q: Value =
+                        rmp_serde::from_slice(stored).map_err(|e| format!("a stored quota: {e}"))?;
+                    let Some(used) = check(&q, &subject, &charge)? else { return Ok(stored.to_vec()) };
+                    q["status"]["used"] = Value::Object(
+                        used.iter().map(|(r, v)| (r.clone(), Value::String(quota::format(*v)))).collect(),
+                    );
+                    rmp_serde::to_vec_named(&q).map_err(|e| format!("a quota: {e}"))
+                });
+                out.reservations
+                    .ops
+                    .push(Op::Update { key: crate::keys::object_key(quotas, Some(ns), name), update });
+                // The quota is gone meanwhile: admit the create again.
                 out.reservations.on_conflict.push(None);
             }
             Ok(())
@@ -93,23 +86,26 @@ impl Plugin for ResourceQuota {
     }
 }
 
-/// The usage of `q` after charging `charge`, or None when `q` limits none of it; a 403
-/// when it would exceed `q` or `q`'s status is not known yet.
-fn check(q: &Value, a: &Attributes<'_>, obj: &Value, charge: &Usage) -> ApiResult<Option<Usage>> {
+/// What is charged: the object and its resource.
+struct Subject {
+    group: String,
+    plural: String,
+    obj: Value,
+}
+
+/// The usage of `q` after charging `charge` for `s`, or None when `q` limits none of it;
+/// the reason of the refusal when it would exceed `q` or `q`'s status is not known yet.
+fn check(q: &Value, s: &Subject, charge: &Usage) -> Result<Option<Usage>, String> {
     let name = meta::name(q).unwrap_or("").to_string();
     let hard: Map<String, Value> = q["spec"]["hard"].as_object().cloned().unwrap_or_default();
     let limited: Vec<&String> = hard.keys().filter(|r| charge.contains_key(*r)).collect();
-    let is_pod = a.res.group.is_empty() && a.res.plural == "pods";
+    let is_pod = s.group.is_empty() && s.plural == "pods";
     if is_pod {
-        let missing = quota::unspecified(&q["spec"]["hard"], obj);
+        let missing = quota::unspecified(&q["spec"]["hard"], &s.obj);
         if !missing.is_empty() {
             let what: Vec<String> =
                 missing.iter().map(|(r, cs)| format!("{r} for: {}", cs.join(","))).collect();
-            return Err(ApiError::forbidden(
-                a.res,
-                a.name,
-                &format!("failed quota: {name}: must specify {}", what.join("; ")),
-            ));
+            return Err(format!("failed quota: {name}: must specify {}", what.join("; ")));
         }
     }
     if limited.is_empty() {
@@ -125,11 +121,7 @@ fn check(q: &Value, a: &Attributes<'_>, obj: &Value, charge: &Usage) -> ApiResul
         .map(|r| r.as_str())
         .collect();
     if !unknown.is_empty() {
-        return Err(ApiError::forbidden(
-            a.res,
-            a.name,
-            &format!("status unknown for quota: {name}, resources: {}", unknown.join(",")),
-        ));
+        return Err(format!("status unknown for quota: {name}, resources: {}", unknown.join(",")));
     }
     let mut used: Usage =
         status_used.into_iter().flatten().filter_map(|(r, v)| Some((r.clone(), quota::parse(v)?))).collect();
@@ -151,15 +143,11 @@ fn check(q: &Value, a: &Attributes<'_>, obj: &Value, charge: &Usage) -> ApiResul
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        return Err(ApiError::forbidden(
-            a.res,
-            a.name,
-            &format!(
-                "exceeded quota: {name}, requested: {}, used: {}, limited: {}",
-                list(1),
-                list(2),
-                list(3),
-            ),
+        return Err(format!(
+            "exceeded quota: {name}, requested: {}, used: {}, limited: {}",
+            list(1),
+            list(2),
+            list(3),
         ));
     }
     Ok(Some(used))
@@ -215,15 +203,12 @@ mod tests {
         let user = User::default();
         let ok = json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "250m"}}}]}});
         let mut out = Outcome::default();
-        ResourceQuota::default()
-            .validate(&ctx, &attrs(pods, &user, "p"), &ok, &mut out)
-            .await
-            .expect("admitted");
+        ResourceQuota.validate(&ctx, &attrs(pods, &user, "p"), &ok, &mut out).await.expect("admitted");
         assert_eq!(out.reservations.ops.len(), 1, "the quota's new usage commits with the pod");
 
         let big =
             json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "750m"}}}]}});
-        let err = ResourceQuota::default()
+        let err = ResourceQuota
             .validate(&ctx, &attrs(pods, &user, "p"), &big, &mut Outcome::default())
             .await
             .unwrap_err();
@@ -234,7 +219,7 @@ mod tests {
         );
 
         let none = json!({"spec": {"containers": [{"name": "a"}]}});
-        let err = ResourceQuota::default()
+        let err = ResourceQuota
             .validate(&ctx, &attrs(pods, &user, "p"), &none, &mut Outcome::default())
             .await
             .unwrap_err();
@@ -243,10 +228,65 @@ mod tests {
         // Objects the quota does not limit pass without touching it.
         let cms = registry::find("", "v1", "configmaps").unwrap();
         let mut out = Outcome::default();
-        ResourceQuota::default()
-            .validate(&ctx, &attrs(cms, &user, "c"), &json!({}), &mut out)
-            .await
-            .expect("admitted");
+        ResourceQuota.validate(&ctx, &attrs(cms, &user, "c"), &json!({}), &mut out).await.expect("admitted");
         assert!(out.reservations.ops.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_burst_commits_together_and_never_beyond_the_quota() {
+        let (ctx, _dir) = context().await;
+        put(
+            &ctx,
+            "resourcequotas",
+            &json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q", "namespace": "ns", "uid": "u"},
+                    "spec": {"hard": {"count/configmaps": "10"}},
+                    "status": {"hard": {"count/configmaps": "10"}, "used": {"count/configmaps": "0"}}}),
+        )
+        .await;
+        let quotas = registry::find("", "v1", "resourcequotas").unwrap();
+        let key = crate::keys::object_key(quotas, Some("ns"), "q");
+        for _ in 0..200 {
+            if ctx.cache().get(&key).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let cms = registry::find("", "v1", "configmaps").unwrap();
+        let user = User::default();
+        let names: Vec<String> = (0..25).map(|i| format!("c{i}")).collect();
+        // Every create is admitted against the cached usage (0) and charged at commit.
+        let results = futures::future::join_all(names.iter().map(|n| {
+            let (ctx, user) = (&ctx, &user);
+            async move {
+                let mut out = Outcome::default();
+                ResourceQuota
+                    .validate(ctx, &attrs(cms, user, n), &json!({}), &mut out)
+                    .await
+                    .expect("admitted");
+                let object = crate::keys::object_key(cms, Some("ns"), n);
+                let mut ops = vec![Op::put(object, b"x".to_vec(), capstan_storage::Precondition::Absent)];
+                ops.extend(out.reservations.ops);
+                ctx.store().commit(capstan_storage::Txn { ops }).await
+            }
+        }))
+        .await;
+        let committed = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(committed, 10, "{results:?}");
+        for r in &results {
+            match r {
+                Ok(_) => {}
+                Err(capstan_storage::Error::Refused { index: 1, message }) => assert_eq!(
+                    message,
+                    "exceeded quota: q, requested: count/configmaps=1, used: count/configmaps=10, limited: count/configmaps=10"
+                ),
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        let q = ctx.store().get(&key).await.unwrap().unwrap();
+        let q = crate::cache::decode_stored(&q.value, q.mod_revision).unwrap();
+        assert_eq!(q["status"]["used"]["count/configmaps"], "10");
+        let prefix = crate::keys::prefix(cms, Some("ns"));
+        let stored = ctx.store().range(&prefix, &capstan_storage::prefix_end(&prefix), 0).await.unwrap();
+        assert_eq!(stored.kvs.len(), 10, "a refused create was written");
     }
 }
