@@ -17,7 +17,10 @@
 //! * Writes are grouped in a [`Txn`]: a list of [`Op`]s each guarded by a [`Precondition`].
 //!   A transaction is all-or-nothing; when a precondition fails nothing is written and
 //!   [`Error::PreconditionFailed`] names the failing op. Backends retry their own internal
-//!   conflicts, so callers only see precondition failures.
+//!   conflicts, so callers only see precondition failures. An [`Op::Update`] computes its
+//!   value from the stored one when the transaction commits (the ResourceQuota charge:
+//!   concurrent updates of one key never conflict); it may refuse, failing the transaction
+//!   with [`Error::Refused`].
 //! * The same commit appends one [`Change`] per mutation to the **change log**, keyed by
 //!   revision. Readers follow it with [`Store::changes`]; once [`Store::compact`] has
 //!   removed the revisions a reader asks for, it gets [`Error::Compacted`] (HTTP 410 at the

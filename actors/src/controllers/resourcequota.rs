@@ -2,11 +2,11 @@
 //! (its spec) and `status.used` (a recount of what the quota covers in its namespace).
 //!
 //! The API service charges a create to the quota in the create's own transaction (the
-//! ResourceQuota admission plugin); this controller gives back what deleted and finished
-//! objects no longer use, and counts a new quota's namespace. A recount reads the quota
-//! first and lists the objects after, and writes `status` guarded by the quota's
-//! resourceVersion: a create charged meanwhile makes the write conflict and the recount
-//! run again, so a recount never drops a charge. Recounts follow changes of quotas and
+//! ResourceQuota admission plugin, an update applied when it commits); this controller
+//! gives back what deleted and finished objects no longer use, and counts a new quota's
+//! namespace. A recount reads the quota first and lists the objects after, and writes
+//! `status` guarded by the quota's resourceVersion: a create charged meanwhile makes the
+//! write conflict and the recount run again, so a recount never drops a charge. Recounts follow changes of quotas and
 //! deletions of pods, Services and ConfigMaps (and pods that finish), and every quota is
 //! recounted every 30 s for the other kinds (`CAPSTAN_QUOTA_RESYNC_SECONDS`).
 
@@ -103,6 +103,17 @@ impl Reconciler for QuotaController {
     }
 }
 
+/// Whether a change of a quota (from `old`) calls for a recount: a new quota, a changed
+/// `spec.hard`, or a status that does not show the spec or lacks a usage yet. As upstream,
+/// a change of `status.used` alone does not: every create's charge is one, and a recount
+/// lists the whole namespace (the periodic resync catches the rest).
+fn needs_count(new: &Value, old: Option<&Value>) -> bool {
+    let hard = &new["spec"]["hard"];
+    old.is_none_or(|o| o["spec"]["hard"] != *hard)
+        || new["status"]["hard"] != *hard
+        || hard.as_object().into_iter().flatten().any(|(r, _)| new["status"]["used"].get(r).is_none())
+}
+
 /// Whether two statuses hold the same amounts (`1000m` and `1` are the same).
 fn same_amounts(a: &Value, b: &Value) -> bool {
     ["hard", "used"].iter().all(|f| {
@@ -142,7 +153,10 @@ pub fn start(ctx: &Ctx) {
     {
         let (ctx, addr) = (ctx.clone(), addr.clone());
         quotas.on_change(Arc::new(move |c: &Change| {
-            if let Change::Applied { new, .. } = c {
+            if let Change::Applied { new, old } = c {
+                if !needs_count(new, old.as_deref()) {
+                    return;
+                }
                 if let (Some(ns), Some(name)) = (meta_str(new, "namespace"), meta_str(new, "name")) {
                     let key = format!("{ns}/{name}");
                     if ctx.owns(&key) {
@@ -197,6 +211,18 @@ pub fn start(ctx: &Ctx) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_spec_changes_and_missing_usage_call_for_a_recount() {
+        let counted = json!({"spec": {"hard": {"pods": "2"}}, "status": {"hard": {"pods": "2"}, "used": {"pods": "1"}}});
+        assert!(needs_count(&counted, None), "a new quota");
+        let charged = json!({"spec": {"hard": {"pods": "2"}}, "status": {"hard": {"pods": "2"}, "used": {"pods": "2"}}});
+        assert!(!needs_count(&charged, Some(&counted)), "a charge alone");
+        let raised = json!({"spec": {"hard": {"pods": "3"}}, "status": {"hard": {"pods": "2"}, "used": {"pods": "2"}}});
+        assert!(needs_count(&raised, Some(&charged)), "a new limit");
+        let more = json!({"spec": {"hard": {"pods": "2", "secrets": "1"}}, "status": {"hard": {"pods": "2", "secrets": "1"}, "used": {"pods": "2"}}});
+        assert!(needs_count(&more, Some(&more)), "a limit without usage");
+    }
 
     #[test]
     fn quota_resources_name_what_they_count() {
