@@ -23,6 +23,8 @@
 //! configuration ([`defaults`]), created at bootstrap; until then (and if every schema is
 //! deleted) the same defaults are used from memory.
 
+pub mod config;
+
 use crate::audit::ObjectRef;
 use crate::auth::User;
 use crate::cache::Cache;
@@ -369,10 +371,22 @@ impl Config {
             let end = capstan_storage::prefix_end(prefix);
             cache.list(prefix, &end, 0, |_| true).0.iter().map(|o| o.value().clone()).collect()
         };
-        let (schemas, levels) = (read(SCHEMAS), read(LEVELS));
+        let (mut schemas, mut levels) = (read(SCHEMAS), read(LEVELS));
+        let (s, l) = defaults();
         if schemas.is_empty() || levels.is_empty() {
-            let (s, l) = defaults();
             return Config::from_objects(&s, &l);
+        }
+        // As upstream, the mandatory objects are imagined while they are missing (the
+        // config controller creates them again).
+        for (have, boots) in [(&mut schemas, s), (&mut levels, l)] {
+            for boot in boots {
+                let name = capstan_api::meta::name(&boot).unwrap_or("");
+                if config::MANDATORY.contains(&name)
+                    && !have.iter().any(|o| capstan_api::meta::name(o) == Some(name))
+                {
+                    have.push(boot);
+                }
+            }
         }
         Config::from_objects(&schemas, &levels)
     }
