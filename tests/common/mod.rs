@@ -586,6 +586,11 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// The same, to kill and restart it.
+    pub fn nats_mut(&mut self) -> Option<&mut nats::Nats> {
+        self.nats.as_mut()
+    }
+
     /// The NATS URL of a multi-process cluster.
     pub fn nats_url(&self) -> Option<String> {
         self.nats.as_ref().map(|n| n.url())
