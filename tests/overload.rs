@@ -2,8 +2,8 @@
 //!
 //! The flood: concurrent clients of a ServiceAccount bound to `view` (watches that start
 //! with the current state, and LIST loops, over 500 objects of 1 KB) are limited by APF
-//! (they land in the `service-accounts` FlowSchema, level `workload-low`, one flow, and get
-//! 429 once its queues are full) and do not starve an admin (`system:masters`, exempt):
+//! (they land in the `service-accounts` FlowSchema, level `workload-low`, one flow, wait in
+//! its queues for a seat and get 429 once they are full) and do not starve an admin (`system:masters`, exempt):
 //! with its connection made before the flood, each of its creates completes within 1 s,
 //! health checks answer, and the server's memory stays bounded.
 //!
@@ -220,6 +220,22 @@ fn a_flood_of_lists_and_watches_does_not_starve_the_admin() {
     let dispatched = value(
         "apiserver_flowcontrol_dispatched_requests_total{flow_schema=\"service-accounts\",priority_level=\"workload-low\"}",
     );
+    // Limited: some of the flood's requests waited in the level's queues for a seat.
+    let wait_line = |suffix: &str, le: Option<&str>| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("apiserver_flowcontrol_request_wait_duration_seconds_{suffix}"))
+                    && l.contains("execute=\"true\"")
+                    && l.contains("flow_schema=\"service-accounts\"")
+                    && le.is_none_or(|le| l.contains(&format!("le=\"{le}\"")))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or(0)
+    };
+    let queued = wait_line("count", None).saturating_sub(wait_line("bucket", Some("0")));
     // The store's slow commits (fsync under the machine's other disk traffic) explain a
     // slow admin create that the flood does not.
     let commits = value("capstan_storage_commit_duration_seconds_count");
@@ -228,7 +244,7 @@ fn a_flood_of_lists_and_watches_does_not_starve_the_admin() {
     let watches = watches.load(Ordering::Relaxed);
     eprintln!(
         "flood of {n} ServiceAccount clients: {lists} LISTs done, {watches} watches opened, {} requests got 429, \
-         {dispatched} dispatched in workload-low; admin create worst {worst:?}; {} of {commits} store commits over 0.5 s; \
+         {dispatched} dispatched in workload-low ({queued} after waiting in its queues); admin create worst {worst:?}; {} of {commits} store commits over 0.5 s; \
          RSS {rss_before} → {rss_after} KiB; test {:?}",
         rejected.load(Ordering::Relaxed),
         commits - fast_commits.min(commits),
@@ -240,6 +256,7 @@ fn a_flood_of_lists_and_watches_does_not_starve_the_admin() {
         dispatched as usize >= lists + watches,
         "the flood did not go through its priority level's seats"
     );
+    assert!(queued > 0, "none of the flood's requests waited for a seat: APF did not limit it");
     assert!(
         worst < Duration::from_secs(1),
         "an admin create took {worst:?} under the flood ({} of {commits} store commits took over 0.5 s)",
