@@ -1,7 +1,9 @@
 //! The fault harness: concurrent writers (creates, updates and deletes with
 //! resourceVersion preconditions) and HTTP watchers that resume, while `capstan up` is
-//! killed with SIGKILL and restarted, or paused with SIGSTOP beyond its clients' patience.
-//! Afterwards a checker compares everything with the store's durable change log, read from
+//! killed with SIGKILL and restarted, or paused with SIGSTOP beyond its clients' patience;
+//! or, under the multi-process roles, while nats-server is killed and restarted (once with
+//! its JetStream store lost), with a bus subscriber watching too and Deployments that must
+//! converge on simulated nodes. Afterwards a checker compares everything with the store's durable change log, read from
 //! the data directory once the server is stopped:
 //!
 //! - the change log's revisions only grow;
@@ -13,8 +15,8 @@
 //! - every object ends as its writer last wrote it.
 //!
 //! `CAPSTAN_FAULT_SECONDS` (default 60) is how long faults go on; `CAPSTAN_FAULT_SEED`
-//! replays a run (the seed is printed). A long run: `CAPSTAN_FAULT_SECONDS=1800 cargo test
-//! --test faults -- --nocapture`.
+//! replays a run (the seed is printed; the NATS test's schedule too). A long run:
+//! `CAPSTAN_FAULT_SECONDS=1800 cargo test --test faults kills_and_pauses -- --nocapture`.
 
 mod common;
 
@@ -691,8 +693,8 @@ fn converged(c: &Cluster, name: &str, replicas: usize) -> bool {
         && pods.iter().all(|p| p["status"]["phase"] == "Running" && p["spec"]["nodeName"].is_string())
 }
 
-/// NATS faults: nats-server is killed with SIGKILL and restarted three times (once with
-/// its JetStream store removed) under a multi-process cluster (gateway, controllers,
+/// NATS faults: nats-server is killed with SIGKILL and restarted `CAPSTAN_NATS_FAULTS`
+/// times (default 3; every third, from the second, with its JetStream store removed) under a multi-process cluster (gateway, controllers,
 /// scheduler, two simulated nodes, each its own process) while the writers write, two
 /// HTTP watchers and a bus subscriber watch, and a Deployment is scaled. Afterwards: the
 /// HTTP watchers and the bus subscriber lost nothing (the checker of
@@ -713,12 +715,13 @@ fn nats_restarts_lose_no_event_and_bus_fed_components_converge() {
     c.ok(&["apply", "-f", before.to_str().unwrap()]);
     let mut rng = Rng(seed);
     let started = Instant::now();
-    for round in 0..3 {
+    let rounds: u64 = std::env::var("CAPSTAN_NATS_FAULTS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    for round in 0..rounds {
         std::thread::sleep(Duration::from_millis(2000 + rng.below(3000))); // time between faults
         let nats = c.nats_mut().expect("nats");
         nats.kill9();
         std::thread::sleep(Duration::from_millis(200 + rng.below(1500))); // time NATS stays down
-        if round == 1 {
+        if round % 3 == 1 {
             let store = nats.store_dir().to_path_buf();
             std::fs::remove_dir_all(&store).unwrap_or_else(|e| panic!("remove {}: {e}", store.display()));
         }
@@ -729,11 +732,25 @@ fn nats_restarts_lose_no_event_and_bus_fed_components_converge() {
         }
     }
     let faults = started.elapsed();
+    // A supervisor's part, from here to convergence: a role that lost its leader lease
+    // while the bus was down exits (as upstream's scheduler and controller manager do) and
+    // is started again.
+    let mut restarted = Vec::new();
+    let mut supervise = |c: &mut Cluster| {
+        for role in c.roles_mut() {
+            if role.exited() {
+                restarted.push(role.args().first().cloned().unwrap_or_default());
+                role.restart();
+            }
+        }
+    };
+    supervise(&mut c);
     let after = c.file("after.yaml", &deployment("after", 3));
     c.ok(&["apply", "-f", after.to_str().unwrap()]);
     let t = Instant::now();
     let deadline = t + Duration::from_secs(60);
     while !(converged(&c, "before", 4) && converged(&c, "after", 3)) {
+        supervise(&mut c);
         if Instant::now() > deadline {
             let state = c.kubectl(&["get", "deployments,replicasets,pods,nodes", "-n", NS, "-o", "wide"]);
             panic!(
@@ -746,8 +763,10 @@ fn nats_restarts_lose_no_event_and_bus_fed_components_converge() {
     let convergence = t.elapsed();
     let checked = work.check(&mut c);
     println!(
-        "NATS fault run (seed {seed}): 3 nats-server kills in {faults:?} (one with its JetStream store removed); \
+        "NATS fault run (seed {seed}): {rounds} nats-server kills in {faults:?} ({} with the JetStream store removed); \
+         roles that exited and were started again: {restarted:?}; \
          Deployments converged {convergence:?} after the last; 2 HTTP watchers and 1 bus subscriber: {}",
+        (rounds + 1) / 3,
         checked.summary
     );
     assert!(checked.acked > 20, "the run did too little to mean anything");

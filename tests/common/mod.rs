@@ -664,6 +664,17 @@ impl Role {
         terminate(&mut self.child, within)
     }
 
+    /// Whether the process has exited (e.g. a scheduler or controller pool member that lost
+    /// its leader lease exits, as upstream's, for its supervisor to start it again).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its arguments.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
     /// Starts it again with the same arguments.
     pub fn restart(&mut self) {
         self.kill9();
