@@ -476,6 +476,7 @@ impl NatsBus {
             filter,
             connections,
             next_seq,
+            stream_created: None,
             min_revision,
             consumer: None,
             consumer_seq: 0,
@@ -598,6 +599,9 @@ struct EventConsumer {
     connections: watch::Receiver<u64>,
     /// The stream sequence to continue from.
     next_seq: u64,
+    /// When the stream this consumer reads was created (nanoseconds since the epoch), as
+    /// its info said when the consumer was last (re)created.
+    stream_created: Option<i128>,
     /// Events at or below this revision are never handed out (again).
     min_revision: u64,
     consumer: Option<Live>,
@@ -649,7 +653,13 @@ impl EventConsumer {
         let info =
             self.stream.get_info().await.map_err(|e| backend("failed to read event stream info", e))?;
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-        if last.saturating_add(1) < self.next_seq {
+        // A stream created again (the server lost its store) numbers its messages from 1:
+        // by the time this consumer comes back the relay may have appended past
+        // `next_seq` already, so the sequences alone do not tell; its creation time does.
+        let created = info.created.unix_timestamp_nanos();
+        let recreated = self.stream_created.is_some_and(|c| c != created);
+        self.stream_created = Some(created);
+        if recreated || last.saturating_add(1) < self.next_seq {
             // The stream is behind this consumer: it was deleted and created again.
             tracing::warn!(filter = %self.filter, next_seq = self.next_seq, last, "event stream was reset");
             self.pending.push_back(StreamItem::Gap);

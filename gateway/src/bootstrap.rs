@@ -65,16 +65,9 @@ pub async fn cluster(svc: &ApiService) -> ApiResult<()> {
             "preemptionPolicy": "PreemptLowerPriority"});
         create_if_missing(svc, "scheduling.k8s.io", "priorityclasses", None, class).await?;
     }
-    // API Priority and Fairness: upstream's mandatory and suggested configuration.
-    let (schemas, levels) = crate::flowcontrol::defaults();
-    for level in levels {
-        create_if_missing(svc, "flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations", None, level)
-            .await?;
-    }
-    for schema in schemas {
-        create_if_missing(svc, "flowcontrol.apiserver.k8s.io", "flowschemas", None, schema).await?;
-    }
-    Ok(())
+    // API Priority and Fairness: upstream's mandatory and suggested configuration, created
+    // or restored as upstream's ensurer does (then kept so by `flowcontrol::config`).
+    crate::flowcontrol::config::ensure(svc).await
 }
 
 /// The default StorageClass: node-local directories made by the local-path provisioner.

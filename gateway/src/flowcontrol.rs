@@ -23,6 +23,8 @@
 //! configuration ([`defaults`]), created at bootstrap; until then (and if every schema is
 //! deleted) the same defaults are used from memory.
 
+pub mod config;
+
 use crate::audit::ObjectRef;
 use crate::auth::User;
 use crate::cache::Cache;
@@ -74,6 +76,22 @@ static REJECTED: LazyLock<capstan_metrics::IntCounterVec> = LazyLock::new(|| {
         &["priority_level", "flow_schema", "reason"],
     )
 });
+static WAIT: LazyLock<capstan_metrics::HistogramVec> = LazyLock::new(|| {
+    capstan_metrics::histograms(
+        "apiserver_flowcontrol_request_wait_duration_seconds",
+        "Length of time a request spent waiting in its queue",
+        &["flow_schema", "priority_level", "execute"],
+        &[0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 25.0, 50.0],
+    )
+});
+
+/// Records how long a limited request waited in a queue (0 when it was not queued) and
+/// whether it then ran.
+fn waited(class: &Classification, wait: Duration, execute: bool) {
+    let execute = if execute { "true" } else { "false" };
+    WAIT.with_label_values(&[&class.flow_schema, &class.priority_level, execute]).observe(wait.as_secs_f64());
+}
+
 static NOMINAL: LazyLock<capstan_metrics::IntGaugeVec> = LazyLock::new(|| {
     capstan_metrics::gauges(
         "apiserver_flowcontrol_nominal_limit_seats",
@@ -369,10 +387,22 @@ impl Config {
             let end = capstan_storage::prefix_end(prefix);
             cache.list(prefix, &end, 0, |_| true).0.iter().map(|o| o.value().clone()).collect()
         };
-        let (schemas, levels) = (read(SCHEMAS), read(LEVELS));
+        let (mut schemas, mut levels) = (read(SCHEMAS), read(LEVELS));
+        let (s, l) = defaults();
         if schemas.is_empty() || levels.is_empty() {
-            let (s, l) = defaults();
             return Config::from_objects(&s, &l);
+        }
+        // As upstream, the mandatory objects are imagined while they are missing (the
+        // config controller creates them again).
+        for (have, boots) in [(&mut schemas, s), (&mut levels, l)] {
+            for boot in boots {
+                let name = capstan_api::meta::name(&boot).unwrap_or("");
+                if config::MANDATORY.contains(&name)
+                    && !have.iter().any(|o| capstan_api::meta::name(o) == Some(name))
+                {
+                    have.push(boot);
+                }
+            }
         }
         Config::from_objects(&schemas, &levels)
     }
@@ -619,11 +649,13 @@ impl FlowControl {
             Distinguisher::ByUser => user.name.as_str(),
             Distinguisher::ByNamespace => req.object.as_ref().map(|o| o.namespace.as_str()).unwrap_or(""),
         };
+        let arrived = std::time::Instant::now();
         let rx = {
             let mut d = self.inner.dispatch.lock().unwrap_or_else(|e| e.into_inner());
             let start = d.levels.get(&schema.level).is_some_and(|l| !l.waiting())
                 && d.can_start(&schema.level, self.inner.limit);
             if start {
+                waited(&class, Duration::ZERO, true);
                 let seat = self.inner.seat(&mut d, &schema.level, &schema.name);
                 return (class, Ok(Some(seat)));
             }
@@ -631,16 +663,19 @@ impl FlowControl {
                 return (class, Ok(None));
             };
             let Some(q) = l.queuing else {
+                waited(&class, Duration::ZERO, false);
                 let e = rejected(&class, "concurrency-limit");
                 return (class, Err(e));
             };
             let hand = deal(flow_hash(&schema.name, distinguisher), l.queues.len(), q.hand_size);
             let Some(&qi) = hand.iter().min_by_key(|&&i| l.queues[i].len()) else {
+                waited(&class, Duration::ZERO, false);
                 let e = rejected(&class, "queue-full");
                 return (class, Err(e));
             };
             l.queues[qi].retain(|w| !w.tx.is_closed());
             if l.queues[qi].len() >= q.queue_length_limit {
+                waited(&class, Duration::ZERO, false);
                 let e = rejected(&class, "queue-full");
                 return (class, Err(e));
             }
@@ -653,14 +688,19 @@ impl FlowControl {
         };
         let mut rx = rx;
         match tokio::time::timeout(QUEUE_WAIT, &mut rx).await {
-            Ok(Ok(seat)) => (class, Ok(Some(seat))),
+            Ok(Ok(seat)) => {
+                waited(&class, arrived.elapsed(), true);
+                (class, Ok(Some(seat)))
+            }
             _ => {
                 rx.close();
                 if let Ok(seat) = rx.try_recv() {
+                    waited(&class, arrived.elapsed(), true);
                     return (class, Ok(Some(seat))); // it came as the wait ended
                 }
                 // Counted out of the queue here; the dispatcher skips closed waiters.
                 INQUEUE.with_label_values(&[&schema.level, &schema.name]).dec();
+                waited(&class, arrived.elapsed(), false);
                 let e = rejected(&class, "time-out");
                 (class, Err(e))
             }

@@ -341,6 +341,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     );
     bootstrap::cluster(&service).await?;
     crds::start(service.clone()).await;
+    flowcontrol::config::start(service.clone()).await;
     let aggregator_clients = Arc::new(aggregator::Clients::default());
     aggregator::start(service.clone(), aggregator_clients.clone()).await;
     // With a bus, the change log is kept until the relay has published it.

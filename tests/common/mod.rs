@@ -586,6 +586,11 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// The same, to kill and restart it.
+    pub fn nats_mut(&mut self) -> Option<&mut nats::Nats> {
+        self.nats.as_mut()
+    }
+
     /// The NATS URL of a multi-process cluster.
     pub fn nats_url(&self) -> Option<String> {
         self.nats.as_ref().map(|n| n.url())
@@ -657,6 +662,17 @@ impl Role {
     /// SIGTERM, then up to `within` for it to exit (see [`Cluster::terminate`]).
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         terminate(&mut self.child, within)
+    }
+
+    /// Whether the process has exited (e.g. a scheduler or controller pool member that lost
+    /// its leader lease exits, as upstream's, for its supervisor to start it again).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its arguments.
+    pub fn args(&self) -> &[String] {
+        &self.args
     }
 
     /// Starts it again with the same arguments.

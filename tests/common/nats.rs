@@ -163,6 +163,20 @@ impl Nats {
         assert!(res.status.success(), "capstan bus-config failed: {}", String::from_utf8_lossy(&res.stderr));
     }
 
+    /// `kill -9` of the server (by PID), waiting for it to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again, on the same port and store, after [`Nats::kill9`] or
+    /// [`Nats::stop`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.stop();
