@@ -5,7 +5,9 @@
 //! PodMetrics, computes the desired replicas as upstream's replica calculator does
 //! ([`desired_replicas`]: `ceil(ready pods × usage / target)`, tolerance 0.1, pods without
 //! metrics assumed at 100 % of their request when scaling down and at 0 when scaling up,
-//! unready pods ignored when scaling up), applies the behavior (stabilization windows: the
+//! unready pods left out, and taken at 0 when scaling up; pods are grouped as upstream's
+//! `groupPods`, [`counts`]: Pending pods are unready, and for CPU so is a pod not Ready or,
+//! in its first 5 minutes, sampled less than a window after it became Ready), applies the behavior (stabilization windows: the
 //! lowest recommendation of the scale-up window, the highest of the scale-down window;
 //! rate policies; min/max replicas) and writes the new size through the `scale`
 //! subresource, with a `SuccessfulRescale` event, and the status (`currentMetrics`,
@@ -34,6 +36,12 @@ pub const POD_METRICS: Gvr = Gvr::new("metrics.k8s.io", "v1beta1", "pods");
 pub const SYNC_PERIOD: Duration = Duration::from_secs(15);
 /// Upstream's `--horizontal-pod-autoscaler-tolerance`.
 pub const TOLERANCE: f64 = 0.1;
+/// Upstream's `--horizontal-pod-autoscaler-cpu-initialization-period`: how long after its
+/// start a pod's CPU sample is only used once taken a whole window after it became Ready.
+pub const CPU_INITIALIZATION_PERIOD: Duration = Duration::from_secs(300);
+/// Upstream's `--horizontal-pod-autoscaler-initial-readiness-delay`: a pod not Ready that
+/// turned so within this long of its start has never been ready.
+pub const INITIAL_READINESS_DELAY: Duration = Duration::from_secs(30);
 
 /// What one metric gives.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,8 +61,57 @@ pub struct PodSample {
     pub usage_milli: Option<i64>,
     /// The summed requests of its containers, in milli-units.
     pub request_milli: i64,
-    /// Ready (counts when scaling up).
+    /// Whether its sample counts (upstream's grouping, [`counts`]): a pod that does not is
+    /// "unready", left out of the average and, when scaling up, taken at 0.
     pub ready: bool,
+}
+
+fn time_of(v: &Value) -> Option<jiff::Timestamp> {
+    v.as_str()?.parse().ok()
+}
+
+/// A metrics window (`30s`, `15.5s`, `1m0s`) in milliseconds.
+fn window_millis(w: &str) -> Option<i64> {
+    let (mins, secs) = match w.split_once('m') {
+        Some((m, rest)) => (m.parse::<f64>().ok()?, rest),
+        None => (0.0, w),
+    };
+    let secs = match secs.strip_suffix('s') {
+        Some(s) => s.parse::<f64>().ok()?,
+        None if secs.is_empty() => 0.0,
+        None => return None,
+    };
+    Some(((mins * 60.0 + secs) * 1000.0) as i64)
+}
+
+/// Upstream's `groupPods` for one pod with metrics `metric` (None: missing): whether its
+/// sample counts. Pending pods never do; without metrics a pod is "missing" (it counts, at
+/// its request or 0, see [`desired_replicas`]); for CPU, a pod counts once Ready, and during
+/// its first [`CPU_INITIALIZATION_PERIOD`] only when Ready and sampled a whole window after
+/// it became Ready; after that period, a pod not Ready counts unless it has never been
+/// Ready (its condition turned within [`INITIAL_READINESS_DELAY`] of its start).
+pub fn counts(pod: &Value, metric: Option<&Value>, resource: &str, now: jiff::Timestamp) -> bool {
+    if pod["status"]["phase"] == "Pending" {
+        return false;
+    }
+    let Some(metric) = metric else { return true };
+    if resource != "cpu" {
+        return true;
+    }
+    let ready =
+        pod["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
+    let (Some(ready), Some(start)) = (ready, time_of(&pod["status"]["startTime"])) else { return false };
+    let is_ready = ready["status"] == "True";
+    let transition = time_of(&ready["lastTransitionTime"]).unwrap_or(start);
+    let after = |t: jiff::Timestamp, d: Duration| t.checked_add(d).unwrap_or(t);
+    if after(start, CPU_INITIALIZATION_PERIOD) > now {
+        let window = metric["window"].as_str().and_then(window_millis).unwrap_or(0);
+        let sampled = time_of(&metric["timestamp"]).unwrap_or(now);
+        let settled = transition.checked_add(jiff::SignedDuration::from_millis(window)).unwrap_or(transition);
+        is_ready && sampled >= settled
+    } else {
+        is_ready || after(start, INITIAL_READINESS_DELAY) <= transition
+    }
 }
 
 /// Upstream's `GetResourceReplicas` (utilization when `target_utilization` is set, else
@@ -65,13 +122,15 @@ pub fn desired_replicas(
     target_utilization: Option<i64>,
     target_average_milli: i64,
 ) -> Result<MetricResult, String> {
-    let with: Vec<&PodSample> = pods.iter().filter(|p| p.usage_milli.is_some()).collect();
-    if with.is_empty() {
+    if pods.iter().all(|p| p.usage_milli.is_none()) {
         return Err("did not receive metrics for targeted pods (pods might be unready)".into());
     }
-    let ready: Vec<&&PodSample> = with.iter().filter(|p| p.ready).collect();
-    let missing = pods.iter().filter(|p| p.usage_milli.is_none()).count();
-    let unready = with.len() - ready.len();
+    let ready: Vec<&PodSample> = pods.iter().filter(|p| p.ready && p.usage_milli.is_some()).collect();
+    if ready.is_empty() {
+        return Err("did not receive metrics for any ready pods".into());
+    }
+    let missing = pods.iter().filter(|p| p.ready && p.usage_milli.is_none()).count();
+    let unready = pods.iter().filter(|p| !p.ready).count();
     let usage: i64 = ready.iter().map(|p| p.usage_milli.unwrap_or(0)).sum();
     let requests: i64 = ready.iter().map(|p| p.request_milli).sum();
     let n = ready.len().max(1) as f64;
@@ -99,7 +158,7 @@ pub fn desired_replicas(
     let mut u = usage as f64;
     let mut r = requests as f64;
     let mut count = ready.len() as f64;
-    for p in pods.iter().filter(|p| p.usage_milli.is_none()) {
+    for p in pods.iter().filter(|p| p.ready && p.usage_milli.is_none()) {
         if ratio < 1.0 {
             u += match target_utilization {
                 Some(_) => p.request_milli as f64,
@@ -110,7 +169,7 @@ pub fn desired_replicas(
         count += 1.0;
     }
     if rebalance_unready {
-        for p in with.iter().filter(|p| !p.ready) {
+        for p in pods.iter().filter(|p| !p.ready) {
             r += p.request_milli as f64;
             count += 1.0;
         }
@@ -239,12 +298,6 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str, old: &Value,
     json!({"type": kind, "status": status, "lastTransitionTime": since, "reason": reason, "message": message})
 }
 
-fn pod_ready(p: &Value) -> bool {
-    p["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-}
-
 /// The summed requests of `resource` of a pod's containers, in milli-units; `Err` names the
 /// container without one.
 fn requests(p: &Value, resource: &str) -> Result<i64, String> {
@@ -315,14 +368,17 @@ impl Hpa {
         let target = &src["target"];
         let utilization = target["averageUtilization"].as_i64();
         let mut samples = Vec::new();
+        let now = jiff::Timestamp::now();
         for p in &pods {
             let request = if utilization.is_some() {
                 requests(p, resource).map_err(|e| format!("failed to get {resource} utilization: {e}"))?
             } else {
                 0
             };
-            let usage = by_name.get(meta::name(p).unwrap_or("")).map(|m| usage_milli(m, resource));
-            samples.push(PodSample { usage_milli: usage, request_milli: request, ready: pod_ready(p) });
+            let metric = by_name.get(meta::name(p).unwrap_or("")).copied();
+            let usage = metric.map(|m| usage_milli(m, resource));
+            let ready = counts(p, metric, resource, now);
+            samples.push(PodSample { usage_milli: usage, request_milli: request, ready });
         }
         let avg_target = target["averageValue"].as_str().and_then(quantity::parse_milli).unwrap_or(0);
         let r = desired_replicas(current, &samples, utilization, avg_target)
@@ -655,6 +711,78 @@ mod tests {
 
     fn pod(usage: Option<i64>, request: i64) -> PodSample {
         PodSample { usage_milli: usage, request_milli: request, ready: true }
+    }
+
+    #[test]
+    fn cpu_samples_count_as_upstream_groups_pods() {
+        let now: jiff::Timestamp = "2026-12-03T12:00:00Z".parse().unwrap();
+        let pod = |phase: &str, start: &str, ready: &str, since: &str| {
+            json!({"status": {"phase": phase, "startTime": start,
+                "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": since}]}})
+        };
+        let m = |at: &str| json!({"timestamp": at, "window": "30s"});
+        let sample = m("2026-12-03T11:59:50Z");
+        // Pending: never; without metrics: counts (as missing); memory: whatever readiness.
+        assert!(!counts(
+            &pod("Pending", "2026-12-03T10:00:00Z", "False", "2026-12-03T10:00:00Z"),
+            Some(&sample),
+            "cpu",
+            now
+        ));
+        assert!(counts(
+            &pod("Running", "2026-12-03T11:59:00Z", "False", "2026-12-03T11:59:00Z"),
+            None,
+            "cpu",
+            now
+        ));
+        assert!(counts(
+            &pod("Running", "2026-12-03T11:59:00Z", "False", "2026-12-03T11:59:00Z"),
+            Some(&sample),
+            "memory",
+            now
+        ));
+        // In the initialization period: Ready and sampled a window after it became Ready.
+        let young = pod("Running", "2026-12-03T11:58:00Z", "True", "2026-12-03T11:59:10Z");
+        assert!(counts(&young, Some(&m("2026-12-03T11:59:45Z")), "cpu", now));
+        assert!(
+            !counts(&young, Some(&m("2026-12-03T11:59:30Z")), "cpu", now),
+            "sampled before the window passed"
+        );
+        assert!(!counts(
+            &pod("Running", "2026-12-03T11:58:00Z", "False", "2026-12-03T11:59:10Z"),
+            Some(&sample),
+            "cpu",
+            now
+        ));
+        // After it: not Ready counts, unless it has never been Ready.
+        assert!(counts(
+            &pod("Running", "2026-12-03T11:00:00Z", "False", "2026-12-03T11:30:00Z"),
+            Some(&sample),
+            "cpu",
+            now
+        ));
+        assert!(!counts(
+            &pod("Running", "2026-12-03T11:00:00Z", "False", "2026-12-03T11:00:10Z"),
+            Some(&sample),
+            "cpu",
+            now
+        ));
+        assert!(counts(
+            &pod("Running", "2026-12-03T11:00:00Z", "True", "2026-12-03T11:00:10Z"),
+            Some(&sample),
+            "cpu",
+            now
+        ));
+        assert_eq!(window_millis("1m0s"), Some(60_000));
+        assert_eq!(window_millis("15.5s"), Some(15_500));
+        // An unready pod is left out, and taken at 0 when scaling up: 2 ready pods at 100 %
+        // of a 50 % target would ask 4; with a third at 0 it is ceil(200/300/0.5 * 3) = 4.
+        let mut pods = vec![PodSample { usage_milli: Some(100), request_milli: 100, ready: true }; 2];
+        pods.push(PodSample { usage_milli: Some(900), request_milli: 100, ready: false });
+        assert_eq!(desired_replicas(3, &pods, Some(50), 0).unwrap().replicas, 4);
+        pods[0].ready = false;
+        pods[1].ready = false;
+        assert!(desired_replicas(3, &pods, Some(50), 0).unwrap_err().contains("any ready pods"));
     }
 
     #[test]
