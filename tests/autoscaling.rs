@@ -129,6 +129,46 @@ spec:
         "{raw}"
     );
     assert!(raw.contains("node_memory_working_set_bytes "), "{raw}");
+    // The kubelet's Summary API: the node and the busy pod, in upstream's shape.
+    let summary: Value = wait_for("/stats/summary with the burn pod", Duration::from_secs(30), || {
+        let out = c.kubectl(&["get", "--raw", "/api/v1/nodes/node-1/proxy/stats/summary"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let pods = v["pods"].as_array()?;
+        pods.iter()
+            .any(|p| p["podRef"]["name"] == "burn" && p["cpu"]["usageNanoCores"].as_u64().is_some())
+            .then_some(v)
+    });
+    let n = &summary["node"];
+    assert_eq!(n["nodeName"], "node-1");
+    assert!(n["cpu"]["usageNanoCores"].as_u64().is_some_and(|c| c > 0), "{n}");
+    assert!(n["memory"]["workingSetBytes"].as_u64().is_some_and(|m| m > 0), "{n}");
+    assert!(n["fs"]["capacityBytes"].as_u64().is_some_and(|b| b > 0), "{n}");
+    assert!(n["runtime"]["imageFs"]["availableBytes"].as_u64().is_some(), "{n}");
+    assert!(n["rlimit"]["maxpid"].as_u64().is_some_and(|p| p > 0), "{n}");
+    let burn = summary["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "burn").unwrap();
+    assert_eq!(burn["podRef"]["namespace"], "default");
+    // The loop burns most of its 300m quota: between 0.1 and 0.4 cores.
+    let cores = burn["cpu"]["usageNanoCores"].as_u64().unwrap();
+    assert!((100_000_000..=400_000_000).contains(&cores), "{burn}");
+    assert_eq!(burn["containers"][0]["name"], "main");
+    assert!(burn["containers"][0]["memory"]["workingSetBytes"].as_u64().is_some_and(|m| m > 0), "{burn}");
+    // 64Mi limit: what is left of it.
+    assert!(
+        burn["containers"][0]["memory"]["availableBytes"].as_u64().is_some_and(|a| a < 64 << 20),
+        "{burn}"
+    );
+    assert!(burn["network"]["interfaces"].as_array().is_some_and(|i| !i.is_empty()), "{burn}");
+    assert!(burn["process_stats"]["process_count"].as_u64().is_some_and(|p| p >= 1), "{burn}");
+    // The node lists its image (digest and tag, size) with the next status post (60 s).
+    let images = wait_for("the Node's status.images", Duration::from_secs(90), || {
+        let v = json(&c, &["get", "node", "node-1"]);
+        let list = v["status"]["images"].as_array()?.clone();
+        (!list.is_empty()).then_some(list)
+    });
+    let names: Vec<&str> = images[0]["names"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(names.iter().any(|n| n.contains("/busybox@sha256:")), "{images:?}");
+    assert!(names.iter().any(|n| n.ends_with("/busybox:1")), "{images:?}");
+    assert!(images[0]["sizeBytes"].as_u64().is_some_and(|s| s > 100_000), "{images:?}");
 }
 
 fn hpa(c: &Cluster) -> Value {

@@ -1032,3 +1032,58 @@ fn memory_pressure_evicts_best_effort_pods_first() {
     let out = c.ok(&["get", "pod", "best-effort"]);
     assert!(out.contains("Evicted"), "{out}");
 }
+
+#[test]
+fn soft_pid_pressure_evicts_after_its_grace_period_with_a_grace_period() {
+    let (_reg, image) = registry_with_image(None);
+    // Every node has fewer pids available than all of them: PID pressure from the first
+    // check on, as a soft threshold with a 15 s grace period (time for the pod to start);
+    // evicted pods get up to 20 s to stop.
+    let c = Cluster::start_node(
+        "evictionHard: {memory.available: \"\"}\nevictionSoft: {pid.available: \"100%\"}\n\
+         evictionSoftGracePeriod: {pid.available: 15s}\nevictionMaxPodGracePeriod: 20\n\
+         evictionMonitoringPeriodSeconds: 1",
+    );
+    // It traps SIGTERM and exits 0: a graceful stop ends with 0, a kill with 137. (It
+    // tolerates the pid-pressure taint the node lifecycle controller puts on the node.)
+    let toleration =
+        "  tolerations:\n  - {key: node.kubernetes.io/pid-pressure, operator: Exists, effect: NoSchedule}\n";
+    let graceful =
+        simple_pod("graceful", &image, "trap 'exit 0' TERM; while :; do sleep 1; done", toleration);
+    apply(&c, "graceful.yaml", &graceful);
+    wait_running(&c, "graceful");
+    let condition = wait_for("PIDPressure=True", Duration::from_secs(30), || {
+        let n = json(&c, &["get", "node", "node-1"]);
+        n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PIDPressure" && c["status"] == "True")
+            .cloned()
+    });
+    assert_eq!(condition["reason"], "KubeletHasInsufficientPID", "{condition}");
+    assert_eq!(condition["message"], "kubelet has insufficient PID available", "{condition}");
+    let p = wait_for("graceful evicted", Duration::from_secs(60), || {
+        try_pod(&c, "graceful").filter(|p| p["status"]["phase"] == "Failed")
+    });
+    assert_eq!(p["status"]["reason"], "Evicted", "{p}");
+    let message = p["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("The node was low on resource: pids. Threshold quantity: 100%, available: "),
+        "{message}"
+    );
+    let exit = &p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"];
+    assert_eq!(exit, 0, "stopped with SIGTERM and its grace period, not killed: {p}");
+    // Not before the soft threshold had been crossed for its grace period.
+    let events =
+        json(&c, &["get", "events", "--field-selector", "involvedObject.name=graceful,reason=Evicted"]);
+    let evicted_at = events["items"][0]["firstTimestamp"].as_str().expect("an Evicted event").to_string();
+    let since = condition["lastTransitionTime"].as_str().unwrap().to_string();
+    // RFC 3339 in whole seconds (`2026-12-03T20:25:13Z`): seconds of the day, a day later
+    // when the date moved on.
+    let secs = |t: &str| -> i64 {
+        let hms: Vec<i64> = t[11..19].split(':').map(|x| x.parse().expect("a time")).collect();
+        hms[0] * 3600 + hms[1] * 60 + hms[2]
+    };
+    let day = if evicted_at[..10] == since[..10] { 0 } else { 86_400 };
+    assert!(secs(&evicted_at) + day - secs(&since) >= 14, "pressure since {since}, evicted at {evicted_at}");
+}

@@ -226,6 +226,14 @@ impl Scheduler {
                         let message = full.split(" preemption:").next().unwrap_or(&full).to_string();
                         st.preempting.retain(|_, (_, at)| at.elapsed() < PREEMPTION_WAIT);
                         st.preempting.insert(key.to_string(), (victims.clone(), Instant::now()));
+                        // As upstream's nominator: the decision counts at once, not when the
+                        // informer shows the victims terminating and the nomination (a burst
+                        // of preemptors would otherwise all pick the first node and its
+                        // victims, and wait on each other).
+                        for (k, _) in &victims {
+                            st.cache.mark_evicting(k);
+                        }
+                        st.cache.nominate(key, Some((c.node.clone(), info.requests.clone(), info.priority)));
                         return Decision::Preempt { node: c.node, victims, message };
                     }
                 }
@@ -307,7 +315,10 @@ impl Scheduler {
                         self.recorder.event(&v, "Normal", "Preempted", &msg).await;
                     }
                 }
-                Err(e) => tracing::debug!(pod = %key, "failed to preempt: {e}"),
+                Err(e) => {
+                    tracing::debug!(pod = %key, "failed to preempt: {e}");
+                    lock(&self.state).cache.unmark_evicting(key);
+                }
             }
         }
         let (ns, name) =
@@ -542,7 +553,11 @@ pub fn start(client: ApiClient, informers: Arc<Informers>, recorder: Recorder) {
                             let p = PodInfo::parse(new);
                             (n.to_string(), p.requests, p.priority)
                         });
-                    s.cache.nominate(&key, nominated);
+                    // A nomination this scheduler just made stays until the pod shows it
+                    // (its own earlier status writes do not carry it yet).
+                    if nominated.is_some() || !wants(new) || !s.preempting.contains_key(&key) {
+                        s.cache.nominate(&key, nominated);
+                    }
                     match s.cache.observe_pod(&key, new) {
                         PodEffect::Freed => s.moves += 1,
                         PodEffect::Added if s.waiting_for_pods > 0 => s.moves += 1,

@@ -26,12 +26,16 @@
 //! admission webhook adds.
 //!
 //! `capstan-bench dns` (module [`dns`]) measures the node's cluster DNS against dnsmasq.
+//!
+//! `capstan-bench preempt` (module [`preempt`]) measures scheduling with preemption in play
+//! on simulated nodes.
 
 mod crd;
 mod dns;
 mod etcd;
 mod pods;
 mod pool;
+mod preempt;
 mod proxy;
 mod quota;
 mod rbac;
@@ -60,6 +64,7 @@ const USAGE: &str =
        capstan-bench crd --help (CRD create to served; custom object creates/s beside ConfigMaps)
        capstan-bench webhook --help (create latency added by one validating admission webhook)
        capstan-bench quota --help (ConfigMap creates/s with and without a ResourceQuota in the namespace)
+       capstan-bench preempt --help (preemption throughput: a burst of high-priority pods on full simulated nodes)
 
   --capstan PATH      the capstan binary (default: next to this binary, else `capstan` on PATH)
   --clients N         concurrent HTTPS connections for creates and GETs (default 16)
@@ -627,6 +632,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("crd") {
         return crd::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("preempt") {
+        return preempt::main(std::env::args().skip(2));
     }
     if std::env::args().nth(1).as_deref() == Some("quota") {
         return quota::main(std::env::args().skip(2));

@@ -138,7 +138,7 @@ pub(crate) fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
@@ -150,7 +150,7 @@ fn percentile_ms(sorted: &[Duration], q: f64) -> Option<f64> {
     Some(ms(sorted[i.min(sorted.len() - 1)]))
 }
 
-fn latency_json(mut v: Vec<Duration>) -> Value {
+pub(crate) fn latency_json(mut v: Vec<Duration>) -> Value {
     v.sort();
     json!({"count": v.len(), "p50_ms": percentile_ms(&v, 0.5), "p99_ms": percentile_ms(&v, 0.99),
            "max_ms": v.last().map(|d| ms(*d))})
@@ -337,11 +337,11 @@ pub(crate) fn cpu_delta(a: &CpuSnap, b: &CpuSnap) -> Value {
 }
 
 /// The cluster under test.
-struct Cluster {
+pub(crate) struct Cluster {
     procs: Vec<Proc>,
-    kubeconfig: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
     dir: tempfile::TempDir,
-    ready_ms: f64,
+    pub(crate) ready_ms: f64,
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
@@ -351,24 +351,35 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 
 impl Cluster {
     fn start(o: &Opts) -> anyhow::Result<Cluster> {
+        Cluster::launch(&o.capstan, &o.nats_server, o.nodes, o.multiprocess)
+    }
+
+    /// Starts `capstan up --sim-nodes nodes` or, with `multiprocess`, nats-server and the
+    /// four roles; returns once each process said it is ready.
+    pub(crate) fn launch(
+        capstan_bin: &Path,
+        nats_server: &Path,
+        nodes: usize,
+        multiprocess: bool,
+    ) -> anyhow::Result<Cluster> {
         let dir =
             tempfile::Builder::new().prefix("capstan-sched-bench-").tempdir().context("create temp dir")?;
         let data = dir.path().join("data");
         let t0 = Instant::now();
         let capstan = |role: &str| {
-            let mut c = Command::new(&o.capstan);
+            let mut c = Command::new(capstan_bin);
             c.arg(role).env("CAPSTAN_LOG", "warn");
             c
         };
         let wait = Duration::from_secs(60);
         let mut procs = Vec::new();
-        if !o.multiprocess {
+        if !multiprocess {
             let mut c = capstan("up");
             c.arg("--data-dir").arg(&data).args([
                 "--listen",
                 "127.0.0.1:0",
                 "--sim-nodes",
-                &o.nodes.to_string(),
+                &nodes.to_string(),
                 // Simulated nodes only: the real node would take pods and run containers.
                 "--no-node",
             ]);
@@ -378,7 +389,7 @@ impl Cluster {
         } else {
             let port = free_port()?;
             let nats_url = format!("nats://127.0.0.1:{port}");
-            let mut c = Command::new(&o.nats_server);
+            let mut c = Command::new(nats_server);
             c.arg("-js").arg("-sd").arg(dir.path().join("nats")).args([
                 "-a",
                 "127.0.0.1",
@@ -410,7 +421,7 @@ impl Cluster {
             let (p, _) = Proc::spawn("scheduler", c, &log, Some("capstan scheduler running"), wait)?;
             procs.push(p);
             let mut c = capstan("sim-nodes");
-            c.args(["--nats", &nats_url, "--count", &o.nodes.to_string()]);
+            c.args(["--nats", &nats_url, "--count", &nodes.to_string()]);
             let log = dir.path().join("sim-nodes.log");
             let (p, _) = Proc::spawn("sim-nodes", c, &log, Some("capstan sim-nodes running"), wait)?;
             procs.push(p);
@@ -419,20 +430,20 @@ impl Cluster {
     }
 
     /// The capstan processes (not nats-server).
-    fn capstan_procs(&self) -> impl Iterator<Item = &Proc> {
+    pub(crate) fn capstan_procs(&self) -> impl Iterator<Item = &Proc> {
         self.procs.iter().filter(|p| p.name != "nats-server")
     }
 
-    fn rss(&self) -> Value {
+    pub(crate) fn rss(&self) -> Value {
         self.procs.iter().map(|p| (p.name.to_string(), json!(mb(p.rss_kb())))).collect()
     }
 
-    fn hwm(&self) -> Value {
+    pub(crate) fn hwm(&self) -> Value {
         self.procs.iter().map(|p| (p.name.to_string(), json!(mb(p.hwm_kb())))).collect()
     }
 
     /// Each process's threads as `tid name`, in tid order (the order they were started).
-    fn thread_list(&self) -> Value {
+    pub(crate) fn thread_list(&self) -> Value {
         self.procs
             .iter()
             .map(|p| {
@@ -445,11 +456,11 @@ impl Cluster {
             .collect()
     }
 
-    fn cpu_snaps(&self) -> Vec<CpuSnap> {
+    pub(crate) fn cpu_snaps(&self) -> Vec<CpuSnap> {
         self.procs.iter().map(|p| cpu_snap(p.pid)).collect()
     }
 
-    fn cpu_json(&self, before: &[CpuSnap]) -> Value {
+    pub(crate) fn cpu_json(&self, before: &[CpuSnap]) -> Value {
         self.procs
             .iter()
             .zip(before)
@@ -458,7 +469,7 @@ impl Cluster {
     }
 
     /// Counts WARN/ERROR lines in each process's log.
-    fn log_counts(&self) -> Value {
+    pub(crate) fn log_counts(&self) -> Value {
         self.procs
             .iter()
             .map(|p| {
@@ -475,11 +486,11 @@ impl Cluster {
             .collect()
     }
 
-    fn all_alive(&mut self) -> bool {
+    pub(crate) fn all_alive(&mut self) -> bool {
         self.procs.iter_mut().all(Proc::alive)
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         // Clients of the bus first, nats-server last.
         while let Some(mut p) = self.procs.pop() {
             p.stop();
@@ -673,7 +684,7 @@ async fn start_watch(
     Ok((rec, task))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

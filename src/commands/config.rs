@@ -274,9 +274,20 @@ pub struct NodeConfig {
     #[serde(rename = "imageGCPeriodSeconds")]
     pub image_gc_period_seconds: Option<u64>,
     /// Hard eviction thresholds, upstream's `evictionHard` signals `memory.available`
-    /// (default `100Mi`), `nodefs.available` (`10%`), `imagefs.available` (`15%`); a quantity
-    /// or a percentage of capacity; an empty string turns a signal off.
+    /// (default `100Mi`), `nodefs.available` (`10%`), `imagefs.available` (`15%`),
+    /// `pid.available` (off); a quantity (a count for pids) or a percentage of capacity; an
+    /// empty string turns a signal off.
     pub eviction_hard: Option<std::collections::BTreeMap<String, String>>,
+    /// Soft eviction thresholds (upstream's `evictionSoft`), the same signals and values as
+    /// `evictionHard`; each needs a grace period in `evictionSoftGracePeriod`.
+    pub eviction_soft: Option<std::collections::BTreeMap<String, String>>,
+    /// How long a soft threshold must stay crossed before a pod is evicted, by signal, as
+    /// Go durations (`1m30s`; upstream's `evictionSoftGracePeriod`).
+    pub eviction_soft_grace_period: Option<std::collections::BTreeMap<String, String>>,
+    /// The longest grace period, in seconds, a pod evicted for a soft threshold gets (caps
+    /// its `terminationGracePeriodSeconds`; default 0, as upstream's
+    /// `evictionMaxPodGracePeriod`).
+    pub eviction_max_pod_grace_period: Option<i64>,
     /// How often the eviction manager measures, in seconds (default 10).
     pub eviction_monitoring_period_seconds: Option<u64>,
 }

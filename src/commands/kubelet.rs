@@ -115,25 +115,13 @@ pub fn agent_config(
         if let Some(s) = n.image_gc_period_seconds {
             gc.period = std::time::Duration::from_secs(s.max(1));
         }
-        for (signal, value) in n.eviction_hard.unwrap_or_default() {
-            use capstan_kubelet::agent::eviction::Threshold;
-            let threshold = if value.trim().is_empty() {
-                None
-            } else {
-                Some(Threshold::parse(&value).with_context(|| {
-                    format!("node.evictionHard.{signal}: {value:?} is not a quantity or a percentage")
-                })?)
-            };
-            let e = &mut cfg.eviction;
-            match signal.as_str() {
-                "memory.available" => e.memory_available = threshold,
-                "nodefs.available" => e.nodefs_available = threshold,
-                "imagefs.available" => e.imagefs_available = threshold,
-                other => anyhow::bail!(
-                    "node.evictionHard: unknown signal {other:?} (memory.available, nodefs.available, imagefs.available)"
-                ),
-            }
-        }
+        cfg.eviction = eviction_config(
+            cfg.eviction,
+            n.eviction_hard.unwrap_or_default(),
+            n.eviction_soft.unwrap_or_default(),
+            n.eviction_soft_grace_period.unwrap_or_default(),
+            n.eviction_max_pod_grace_period,
+        )?;
         if let Some(s) = n.eviction_monitoring_period_seconds {
             cfg.eviction.period = std::time::Duration::from_secs(s.max(1));
         }
@@ -223,6 +211,92 @@ pub fn reset(args: ResetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A Go duration (`1m30s`, `90s`, `1.5h`, `500ms`, `0`), as upstream's config takes.
+fn go_duration(text: &str) -> Option<std::time::Duration> {
+    let s = text.trim();
+    if s == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += n * unit;
+    }
+    Some(std::time::Duration::from_secs_f64(total))
+}
+
+/// The eviction thresholds of the `node:` section over `base`: `evictionHard`, `evictionSoft`
+/// with `evictionSoftGracePeriod` (each soft signal needs one, and a grace period needs its
+/// threshold, as upstream's `ParseThresholdConfig`), `evictionMaxPodGracePeriod`.
+fn eviction_config(
+    mut cfg: capstan_kubelet::agent::eviction::EvictionConfig,
+    hard: std::collections::BTreeMap<String, String>,
+    soft: std::collections::BTreeMap<String, String>,
+    soft_grace: std::collections::BTreeMap<String, String>,
+    max_pod_grace: Option<i64>,
+) -> anyhow::Result<capstan_kubelet::agent::eviction::EvictionConfig> {
+    use capstan_kubelet::agent::eviction::{Signal, Soft, Threshold};
+    const SIGNALS: &str = "memory.available, nodefs.available, imagefs.available, pid.available";
+    let signal = |field: &str, name: &str| {
+        Signal::parse(name).with_context(|| format!("node.{field}: unknown signal {name:?} ({SIGNALS})"))
+    };
+    let threshold = |field: &str, name: &str, value: &str| -> anyhow::Result<Option<Threshold>> {
+        if value.trim().is_empty() {
+            return Ok(None);
+        }
+        Threshold::parse(value)
+            .map(Some)
+            .with_context(|| format!("node.{field}.{name}: {value:?} is not a quantity or a percentage"))
+    };
+    for (name, value) in &hard {
+        let s = signal("evictionHard", name)?;
+        cfg.set_hard(s, threshold("evictionHard", name, value)?);
+    }
+    for name in soft_grace.keys() {
+        if !soft.contains_key(name) {
+            signal("evictionSoftGracePeriod", name)?;
+            anyhow::bail!(
+                "node.evictionSoftGracePeriod.{name}: a grace period without a threshold in evictionSoft"
+            );
+        }
+    }
+    for (name, value) in &soft {
+        let s = signal("evictionSoft", name)?;
+        let Some(t) = threshold("evictionSoft", name, value)? else { continue };
+        let g = soft_grace.get(name).with_context(|| {
+            format!("node.evictionSoft.{name}: grace period must be specified for the soft eviction threshold (evictionSoftGracePeriod.{name})")
+        })?;
+        let grace = go_duration(g).with_context(|| {
+            format!("node.evictionSoftGracePeriod.{name}: {g:?} is not a duration (such as 1m30s)")
+        })?;
+        cfg.soft.insert(s, Soft { threshold: t, grace });
+    }
+    if let Some(m) = max_pod_grace {
+        if m < 0 {
+            anyhow::bail!("node.evictionMaxPodGracePeriod must not be negative ({m})");
+        }
+        cfg.max_pod_grace_period = std::time::Duration::from_secs(m as u64);
+    }
+    Ok(cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,8 +331,43 @@ mod tests {
             "node: {imageGCHighThresholdPercent: 80, imageGCLowThresholdPercent: 85}",
             "node: {evictionHard: {pids.available: 10%}}",
             "node: {evictionHard: {memory.available: lots}}",
+            "node: {evictionSoft: {memory.available: 1Gi}}",
+            "node: {evictionSoft: {memory.available: 1Gi}, evictionSoftGracePeriod: {memory.available: soon}}",
+            "node: {evictionSoftGracePeriod: {memory.available: 1m}}",
+            "node: {evictionSoft: {pid.avail: 10%}, evictionSoftGracePeriod: {pid.avail: 1m}}",
+            "node: {evictionMaxPodGracePeriod: -1}",
         ] {
             assert!(config(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn soft_eviction_settings_as_upstreams_kubelet_configuration() {
+        use capstan_kubelet::agent::eviction::{Signal, Soft};
+        use std::time::Duration;
+        let d = config("node: {}").unwrap();
+        assert!(d.eviction.soft.is_empty());
+        assert_eq!((d.eviction.max_pod_grace_period, d.eviction.pid_available), (Duration::ZERO, None));
+        let c = config(
+            "node:\n  evictionHard: {pid.available: 5%}\n  evictionSoft: {memory.available: 1.5Gi, nodefs.available: 15%}\n  \
+             evictionSoftGracePeriod: {memory.available: 1m30s, nodefs.available: 2m}\n  evictionMaxPodGracePeriod: 60\n",
+        )
+        .unwrap();
+        let e = &c.eviction;
+        assert_eq!(e.pid_available, Some(Threshold::Percent(5.0)));
+        assert_eq!(e.memory_available, Some(Threshold::Bytes(100 << 20)), "the hard default stays");
+        assert_eq!(
+            e.soft.get(&Signal::MemoryAvailable),
+            Some(&Soft { threshold: Threshold::Bytes(3 << 29), grace: Duration::from_secs(90) })
+        );
+        assert_eq!(
+            e.soft.get(&Signal::NodefsAvailable),
+            Some(&Soft { threshold: Threshold::Percent(15.0), grace: Duration::from_secs(120) })
+        );
+        assert_eq!(e.max_pod_grace_period, Duration::from_secs(60));
+        assert_eq!(go_duration("1h2m3.5s"), Some(Duration::from_secs_f64(3723.5)));
+        assert_eq!(go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(go_duration("0"), Some(Duration::ZERO));
+        assert_eq!(go_duration("10"), None);
     }
 }

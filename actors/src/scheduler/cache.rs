@@ -104,6 +104,9 @@ pub struct Cache {
     with_anti_affinity: HashSet<String>,
     /// Unbound pods nominated to a node by preemption: key → (node, requests, priority).
     nominated: HashMap<String, (String, Requests, i64)>,
+    /// Pods this scheduler is evicting (key → uid): terminating to it before the informer
+    /// shows their deletion.
+    evicting: HashMap<String, String>,
 }
 
 fn is_terminal(pod: &Value) -> bool {
@@ -354,7 +357,7 @@ impl Cache {
             requests: super::model::pod_requests(spec),
             anti_affinity: required_anti_affinity(pod),
             assumed: false,
-            terminating: is_terminating(pod),
+            terminating: is_terminating(pod) || self.evicting.get(key).is_some_and(|u| u == uid),
             priority: spec.get("priority").and_then(Value::as_i64).unwrap_or(0),
         };
         let effect = match self.pods.get(key) {
@@ -380,8 +383,27 @@ impl Cache {
         effect
     }
 
+    /// Marks a pod this scheduler is evicting as terminating before the informer shows its
+    /// deletion, so the next preemption does not pick it (or its node's room) again.
+    pub fn mark_evicting(&mut self, key: &str) {
+        if let Some(r) = self.pods.get_mut(key) {
+            r.terminating = true;
+            self.evicting.insert(key.to_string(), r.uid.clone());
+        }
+    }
+
+    /// Undoes [`Cache::mark_evicting`] (its deletion failed).
+    pub fn unmark_evicting(&mut self, key: &str) {
+        if self.evicting.remove(key).is_some() {
+            if let Some(r) = self.pods.get_mut(key) {
+                r.terminating = false;
+            }
+        }
+    }
+
     /// Applies a pod deletion; true if it was accounted on a node.
     pub fn delete_pod(&mut self, key: &str) -> bool {
+        self.evicting.remove(key);
         self.remove_pod(key).is_some()
     }
 }

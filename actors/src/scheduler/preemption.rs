@@ -9,8 +9,10 @@
 //! violations, lowest highest-victim priority, lowest sum of victim priorities, fewest
 //! victims, then scan order.
 //!
-//! Simplification: the filters re-run with the victims' requests and pod count taken off
-//! the node; spread and inter-pod affinity counts are not recomputed without them, so
+//! The trial counts the pods nominated to the node that are at least as important (their
+//! room is spoken for). Simplification: the filters re-run with the victims' requests and
+//! pod count taken off the node; spread and inter-pod affinity counts are not recomputed
+//! without them, so
 //! preemption helps with resources (cpu, memory, pods, extended resources), not with
 //! anti-affinity or skew.
 
@@ -84,8 +86,16 @@ pub fn find(cache: &Cache, pod: &PodInfo, pre: &PreState, budgets: &[Arc<Value>]
         if victims.is_empty() {
             continue;
         }
-        let mut trial =
-            NodeState { name: st.name.clone(), def: None, usage: st.usage.clone(), pods: st.pods.clone() };
+        // With the pods nominated there that are at least as important (upstream runs the
+        // victims' filters with them too): room freed for another preemptor is not free.
+        let seen = cache.with_nominated(st, pod);
+        let base = seen.as_ref().unwrap_or(st);
+        let mut trial = NodeState {
+            name: st.name.clone(),
+            def: None,
+            usage: base.usage.clone(),
+            pods: base.pods.clone(),
+        };
         for (k, r) in &victims {
             trial.usage.sub(&r.requests);
             trial.pods.remove(*k);
@@ -230,6 +240,43 @@ mod tests {
         assert!(sched(&mut c, &pod("top", "1", 20, "top"), &mut rng).is_ok(), "a more important one may go");
         c.nominate("d/hi", None);
         assert!(sched(&mut c, &pod("low", "1", 5, "low"), &mut rng).is_ok());
+    }
+
+    #[test]
+    fn victims_being_evicted_are_not_chosen_twice() {
+        let mut c = Cache::new();
+        c.set_node(node("n1"));
+        c.set_node(node("n2"));
+        c.assume(&pod("a", "2", 1, "a"), Vec::new(), "n1");
+        c.assume(&pod("b", "2", 1, "b"), Vec::new(), "n2");
+        let p1 = pod("hi1", "2", 10, "hi");
+        let first = find(&c, &p1, &PreState::compute(&c, &p1, &no_ns), &[]).expect("a candidate");
+        // What the scheduler records with its decision, before any informer update.
+        for k in &first.victims {
+            c.mark_evicting(k);
+        }
+        c.nominate("d/hi1", Some((first.node.clone(), p1.requests.clone(), 10)));
+        let p2 = pod("hi2", "2", 10, "hi");
+        let second = find(&c, &p2, &PreState::compute(&c, &p2, &no_ns), &[]).expect("another candidate");
+        assert_ne!(second.node, first.node, "the second preemptor goes elsewhere");
+        // An update of the victim that does not show its deletion yet keeps it terminating.
+        let victim = first.victims[0].clone();
+        let name = victim.trim_start_matches("d/");
+        c.observe_pod(
+            &victim,
+            &json!({"metadata": {"name": name, "namespace": "d", "uid": name},
+                "spec": {"nodeName": first.node, "priority": 1}}),
+        );
+        assert!(c.pod(&victim).is_some_and(|r| r.terminating));
+        c.unmark_evicting(&victim);
+        assert!(c.pod(&victim).is_some_and(|r| !r.terminating));
+        // Once the victims are gone, the room is the first preemptor's: no other one of its
+        // priority preempts (nothing) there.
+        for k in &first.victims {
+            c.delete_pod(k);
+        }
+        let third = find(&c, &p2, &PreState::compute(&c, &p2, &no_ns), &[]).expect("a candidate");
+        assert_ne!(third.node, first.node, "nominated room is spoken for");
     }
 
     #[test]

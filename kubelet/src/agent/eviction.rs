@@ -1,17 +1,28 @@
-//! Node pressure and eviction, as upstream's kubelet eviction manager (`pkg/kubelet/eviction`)
-//! with hard thresholds only: every monitoring period the agent measures
-//! `memory.available` (MemAvailable of /proc/meminfo), `nodefs.available` (the filesystem of
-//! the node's data directory) and `imagefs.available` (that of the image store); a signal
-//! below its threshold sets the Node's MemoryPressure or DiskPressure condition and evicts
-//! one pod per period: the pod is stopped at once (hard eviction: no grace period) and
-//! reported `Failed` with reason `Evicted`, upstream's message and a Warning Event `Evicted`.
-//! Pods are ranked as upstream: BestEffort first, then Burstable, then Guaranteed; within a
-//! class the lower priority first, then, for memory, the larger memory usage (the pod's
-//! cgroup) first. Critical pods (priority of a system class) are never evicted.
+//! Node pressure and eviction, as upstream's kubelet eviction manager (`pkg/kubelet/eviction`):
+//! every monitoring period the agent observes its signals — `memory.available`
+//! (MemAvailable of /proc/meminfo), `nodefs.available` (the filesystem of the node's data
+//! directory), `imagefs.available` (that of the image store) and `pid.available` (the
+//! smaller of `kernel.pid_max` and `kernel.threads-max`, less the tasks running, as
+//! upstream's `pidlimit`) — and compares them with the thresholds:
+//!
+//! - a signal below its **hard** threshold (`evictionHard`) or its **soft** threshold
+//!   (`evictionSoft`) sets the Node's MemoryPressure, DiskPressure or PIDPressure condition
+//!   (at once, as upstream: the conditions follow the observed thresholds);
+//! - a hard threshold crossed evicts one pod per period at once (no grace period); a soft
+//!   threshold evicts only once it has been crossed for its `evictionSoftGracePeriod`
+//!   without a break, and then gives the pod `min(terminationGracePeriodSeconds,
+//!   evictionMaxPodGracePeriod)` seconds to stop (upstream's default maximum 0: at once).
+//!
+//! An evicted pod is reported `Failed` with reason `Evicted`, upstream's message and a
+//! Warning Event `Evicted`. Pods are ranked as upstream: BestEffort first, then Burstable,
+//! then Guaranteed; within a class the lower priority first, then, for memory, the larger
+//! memory usage (the pod's cgroup) first. Critical pods (priority of a system class) are
+//! never evicted.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use capstan_actors::informer::Informer;
 use serde_json::Value;
@@ -23,12 +34,66 @@ pub struct Pressure {
     pub memory: bool,
     /// `nodefs.available` or `imagefs.available` is below its threshold.
     pub disk: bool,
+    /// `pid.available` is below its threshold.
+    pub pid: bool,
 }
 
-/// A threshold: an absolute quantity in bytes, or a percentage of capacity.
+/// An eviction signal (upstream's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Signal {
+    /// `memory.available`.
+    MemoryAvailable,
+    /// `nodefs.available`.
+    NodefsAvailable,
+    /// `imagefs.available`.
+    ImagefsAvailable,
+    /// `pid.available`.
+    PidAvailable,
+}
+
+impl Signal {
+    /// Every signal this agent observes.
+    pub const ALL: [Signal; 4] =
+        [Signal::MemoryAvailable, Signal::NodefsAvailable, Signal::ImagefsAvailable, Signal::PidAvailable];
+
+    /// The signal named `name` (`memory.available`, ...).
+    pub fn parse(name: &str) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Upstream's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::MemoryAvailable => "memory.available",
+            Signal::NodefsAvailable => "nodefs.available",
+            Signal::ImagefsAvailable => "imagefs.available",
+            Signal::PidAvailable => "pid.available",
+        }
+    }
+
+    /// The resource upstream names in the eviction message.
+    fn resource(self) -> &'static str {
+        match self {
+            Signal::MemoryAvailable => "memory",
+            Signal::NodefsAvailable | Signal::ImagefsAvailable => "ephemeral-storage",
+            Signal::PidAvailable => "pids",
+        }
+    }
+
+    /// The signal's quantity as upstream prints it (`Ki` for bytes, a count for pids).
+    fn quantity(self, n: u64) -> String {
+        match self {
+            Signal::PidAvailable => n.to_string(),
+            _ => ki(n),
+        }
+    }
+}
+
+/// A threshold: an absolute quantity (bytes; a count for `pid.available`), or a percentage
+/// of capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Threshold {
-    /// Bytes.
+    /// Bytes (or a count).
     Bytes(u64),
     /// Percent of capacity.
     Percent(f64),
@@ -56,7 +121,17 @@ impl Threshold {
     }
 }
 
-/// Eviction settings (upstream's `evictionHard` defaults and housekeeping period).
+/// A soft threshold: evicts once crossed for `grace` without a break.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Soft {
+    /// The threshold.
+    pub threshold: Threshold,
+    /// How long it must stay crossed (`evictionSoftGracePeriod`).
+    pub grace: Duration,
+}
+
+/// Eviction settings (upstream's `evictionHard` defaults, `evictionSoft`,
+/// `evictionSoftGracePeriod`, `evictionMaxPodGracePeriod`, housekeeping period).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvictionConfig {
     /// `memory.available` (default `100Mi`).
@@ -65,6 +140,13 @@ pub struct EvictionConfig {
     pub nodefs_available: Option<Threshold>,
     /// `imagefs.available` (upstream's default `15%`; off by default here).
     pub imagefs_available: Option<Threshold>,
+    /// `pid.available` (off by default, as upstream on Linux).
+    pub pid_available: Option<Threshold>,
+    /// Soft thresholds by signal (none by default).
+    pub soft: BTreeMap<Signal, Soft>,
+    /// The longest grace period a pod evicted for a soft threshold gets
+    /// (`evictionMaxPodGracePeriod`, default 0 as upstream).
+    pub max_pod_grace_period: Duration,
     /// How often signals are measured (default 10 s).
     pub period: Duration,
 }
@@ -79,8 +161,38 @@ impl Default for EvictionConfig {
             memory_available: Some(Threshold::Bytes(100 << 20)),
             nodefs_available: None,
             imagefs_available: None,
+            pid_available: None,
+            soft: BTreeMap::new(),
+            max_pod_grace_period: Duration::ZERO,
             period: Duration::from_secs(10),
         }
+    }
+}
+
+impl EvictionConfig {
+    /// The hard threshold of `signal`.
+    pub fn hard(&self, signal: Signal) -> Option<Threshold> {
+        match signal {
+            Signal::MemoryAvailable => self.memory_available,
+            Signal::NodefsAvailable => self.nodefs_available,
+            Signal::ImagefsAvailable => self.imagefs_available,
+            Signal::PidAvailable => self.pid_available,
+        }
+    }
+
+    /// Sets the hard threshold of `signal`.
+    pub fn set_hard(&mut self, signal: Signal, t: Option<Threshold>) {
+        match signal {
+            Signal::MemoryAvailable => self.memory_available = t,
+            Signal::NodefsAvailable => self.nodefs_available = t,
+            Signal::ImagefsAvailable => self.imagefs_available = t,
+            Signal::PidAvailable => self.pid_available = t,
+        }
+    }
+
+    /// Whether any threshold watches `signal` (else it is not measured).
+    fn watches(&self, signal: Signal) -> bool {
+        self.hard(signal).is_some() || self.soft.contains_key(&signal)
     }
 }
 
@@ -89,8 +201,9 @@ fn ki(bytes: u64) -> String {
     format!("{}Ki", bytes / 1024)
 }
 
-fn threshold_text(t: &Threshold) -> String {
+fn threshold_text(signal: Signal, t: &Threshold) -> String {
     match t {
+        Threshold::Bytes(b) if signal == Signal::PidAvailable => b.to_string(),
         Threshold::Bytes(b) if b % (1 << 20) == 0 => format!("{}Mi", b >> 20),
         Threshold::Bytes(b) => ki(*b),
         Threshold::Percent(p) => format!("{p}%"),
@@ -107,44 +220,117 @@ fn meminfo() -> Option<(u64, u64)> {
     Some((field("MemTotal:")?, field("MemAvailable:")?))
 }
 
-/// The resource under pressure and why (upstream's message start), if any; and the pressure.
-pub fn measure(
+/// The smaller of `kernel.pid_max` and `kernel.threads-max`, and the tasks (threads) running
+/// now (the 4th field of /proc/loadavg, as sysinfo's `procs`).
+pub fn pid_counts() -> Option<(u64, u64)> {
+    let read = |p: &str| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok();
+    let max = match (read("/proc/sys/kernel/pid_max"), read("/proc/sys/kernel/threads-max")) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let running = loadavg.split_whitespace().nth(3)?.split('/').nth(1)?.parse::<u64>().ok()?;
+    Some((max, running))
+}
+
+/// One observed signal: the capacity and what is available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    /// The signal.
+    pub signal: Signal,
+    /// Its capacity (bytes, or the pid limit).
+    pub capacity: u64,
+    /// What is available.
+    pub available: u64,
+}
+
+/// Observes the signals some threshold of `cfg` watches (blocking: statvfs, /proc).
+pub fn observe(
     cfg: &EvictionConfig,
     nodefs: &std::path::Path,
     imagefs: &std::path::Path,
-) -> (Pressure, Option<(&'static str, String)>) {
+) -> Vec<Observation> {
+    let mut out = Vec::new();
+    for signal in Signal::ALL.into_iter().filter(|s| cfg.watches(*s)) {
+        let seen = match signal {
+            Signal::MemoryAvailable => meminfo(),
+            Signal::NodefsAvailable => super::imagegc::fs_usage(nodefs).ok(),
+            Signal::ImagefsAvailable => super::imagegc::fs_usage(imagefs).ok(),
+            Signal::PidAvailable => pid_counts().map(|(max, running)| (max, max.saturating_sub(running))),
+        };
+        if let Some((capacity, available)) = seen {
+            out.push(Observation { signal, capacity, available });
+        }
+    }
+    out
+}
+
+/// What the eviction manager concludes from one round of observations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The conditions to report.
+    pub pressure: Pressure,
+    /// A pod must go: the resource, upstream's message, and whether a soft threshold (met
+    /// for its grace period) asks for it, so the pod gets a grace period.
+    pub evict: Option<(&'static str, String, bool)>,
+}
+
+/// Soft thresholds crossed and since when (the eviction manager's memory between rounds).
+pub type FirstObserved = BTreeMap<Signal, Instant>;
+
+/// Compares `observations` with the thresholds at `now`: pressure from every threshold
+/// crossed; an eviction for the first hard threshold crossed, else for the first soft one
+/// crossed for its whole grace period. `first` keeps when each soft threshold was first
+/// seen crossed; one not crossed now is forgotten (its grace period starts again).
+pub fn evaluate(
+    cfg: &EvictionConfig,
+    observations: &[Observation],
+    first: &mut FirstObserved,
+    now: Instant,
+) -> Verdict {
     let mut pressure = Pressure::default();
-    let mut why = None;
-    let low = |resource: &'static str, t: &Threshold, capacity: u64, available: u64| {
-        let limit = t.bytes(capacity);
-        (available < limit).then(|| {
-            (
-                resource,
-                format!(
-                    "The node was low on resource: {resource}. Threshold quantity: {}, available: {}. ",
-                    threshold_text(t),
-                    ki(available)
-                ),
-            )
-        })
+    let (mut hard, mut soft) = (None, None);
+    let message = |o: &Observation, t: &Threshold| {
+        format!(
+            "The node was low on resource: {}. Threshold quantity: {}, available: {}. ",
+            o.signal.resource(),
+            threshold_text(o.signal, t),
+            o.signal.quantity(o.available)
+        )
     };
-    if let (Some(t), Some((total, available))) = (&cfg.memory_available, meminfo()) {
-        if let Some(w) = low("memory", t, total, available) {
-            pressure.memory = true;
-            why = Some(w);
+    let mut crossed_soft = Vec::new();
+    for o in observations {
+        let below = |t: &Threshold| o.available < t.bytes(o.capacity);
+        let hard_crossed = cfg.hard(o.signal).filter(|t| below(t));
+        let soft_crossed = cfg.soft.get(&o.signal).filter(|s| below(&s.threshold));
+        if hard_crossed.is_none() && soft_crossed.is_none() {
+            continue;
+        }
+        match o.signal {
+            Signal::MemoryAvailable => pressure.memory = true,
+            Signal::NodefsAvailable | Signal::ImagefsAvailable => pressure.disk = true,
+            Signal::PidAvailable => pressure.pid = true,
+        }
+        if let Some(t) = hard_crossed {
+            hard.get_or_insert_with(|| (o.signal.resource(), message(o, &t), false));
+        }
+        if let Some(s) = soft_crossed {
+            crossed_soft.push(o.signal);
+            let since = *first.entry(o.signal).or_insert(now);
+            if now.saturating_duration_since(since) >= s.grace {
+                soft.get_or_insert_with(|| (o.signal.resource(), message(o, &s.threshold), true));
+            }
         }
     }
-    for (t, path, resource) in [
-        (&cfg.nodefs_available, nodefs, "ephemeral-storage"),
-        (&cfg.imagefs_available, imagefs, "ephemeral-storage"),
-    ] {
-        let (Some(t), Ok((capacity, available))) = (t, super::imagegc::fs_usage(path)) else { continue };
-        if let Some(w) = low(resource, t, capacity, available) {
-            pressure.disk = true;
-            why.get_or_insert(w);
-        }
-    }
-    (pressure, why)
+    first.retain(|s, _| crossed_soft.contains(s));
+    Verdict { pressure, evict: hard.or(soft) }
+}
+
+/// The grace period a pod evicted for a soft threshold gets: its own
+/// `terminationGracePeriodSeconds` (default 30), at most `max`.
+pub fn soft_grace(pod: &Value, max: Duration) -> Duration {
+    let own = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+    Duration::from_secs(own).min(max)
 }
 
 /// 0 BestEffort, 1 Burstable, 2 Guaranteed (from `status.qosClass`, as the API sets it).
@@ -192,19 +378,21 @@ pub async fn run(
     pods.wait_synced().await;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.period, cfg.period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = FirstObserved::new();
     loop {
         tick.tick().await;
         let (c, n, i) = (cfg.clone(), nodefs.clone(), deps.images.root().to_path_buf());
-        let Ok((now, why)) = tokio::task::spawn_blocking(move || measure(&c, &n, &i)).await else { continue };
+        let Ok(seen) = tokio::task::spawn_blocking(move || observe(&c, &n, &i)).await else { continue };
+        let Verdict { pressure: now, evict } = evaluate(&cfg, &seen, &mut first, Instant::now());
         let changed = {
             let mut p = pressure.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *p, now) != now
         };
         if changed {
-            tracing::info!(memory = now.memory, disk = now.disk, "node pressure changed");
+            tracing::info!(memory = now.memory, disk = now.disk, pid = now.pid, "node pressure changed");
             on_change();
         }
-        let Some((resource, message)) = why else { continue };
+        let Some((resource, message, soft)) = evict else { continue };
         let usage = |uid: &str| deps.runtime.pod_memory_usage(uid).unwrap_or(0);
         let ranked = rank(&pods.list(), usage);
         let victim = ranked.iter().find_map(|p| {
@@ -213,8 +401,9 @@ pub async fn run(
             Some((p.clone(), worker))
         });
         if let Some((pod, worker)) = victim {
-            tracing::info!(pod = %pod["metadata"]["name"], resource, "evicting a pod: {message}");
-            worker.do_send(super::pod::Evict(message));
+            let grace = if soft { soft_grace(&pod, cfg.max_pod_grace_period) } else { Duration::ZERO };
+            tracing::info!(pod = %pod["metadata"]["name"], resource, soft, grace = grace.as_secs(), "evicting a pod: {message}");
+            worker.do_send(super::pod::Evict { message, grace });
         }
     }
 }
@@ -231,7 +420,10 @@ mod tests {
         assert_eq!(Threshold::parse("101%"), None);
         assert_eq!(Threshold::parse("x"), None);
         assert_eq!(Threshold::Percent(10.0).bytes(1000), 100);
-        assert_eq!(threshold_text(&Threshold::Bytes(100 << 20)), "100Mi");
+        assert_eq!(threshold_text(Signal::MemoryAvailable, &Threshold::Bytes(100 << 20)), "100Mi");
+        assert_eq!(threshold_text(Signal::PidAvailable, &Threshold::Bytes(1000)), "1000");
+        assert_eq!(Signal::parse("pid.available"), Some(Signal::PidAvailable));
+        assert_eq!(Signal::parse("pids.available"), None);
     }
 
     #[test]
@@ -259,20 +451,87 @@ mod tests {
     fn a_threshold_of_all_memory_is_always_crossed() {
         let cfg = EvictionConfig {
             memory_available: Threshold::parse("100%"),
-            nodefs_available: None,
-            imagefs_available: None,
             period: Duration::from_secs(1),
+            ..EvictionConfig::default()
         };
-        let (p, why) = measure(&cfg, std::path::Path::new("/"), std::path::Path::new("/"));
-        assert_eq!(p, Pressure { memory: true, disk: false });
-        let (resource, message) = why.unwrap();
-        assert_eq!(resource, "memory");
+        let seen = observe(&cfg, std::path::Path::new("/"), std::path::Path::new("/"));
+        assert_eq!(seen.len(), 1, "only the watched signal is observed: {seen:?}");
+        let v = evaluate(&cfg, &seen, &mut FirstObserved::new(), Instant::now());
+        assert_eq!(v.pressure, Pressure { memory: true, ..Pressure::default() });
+        let (resource, message, soft) = v.evict.unwrap();
+        assert_eq!((resource, soft), ("memory", false));
         assert!(message
             .starts_with("The node was low on resource: memory. Threshold quantity: 100%, available: "));
         let none = EvictionConfig { memory_available: None, ..cfg };
-        assert_eq!(
-            measure(&none, std::path::Path::new("/"), std::path::Path::new("/")).0,
-            Pressure::default()
+        assert!(observe(&none, std::path::Path::new("/"), std::path::Path::new("/")).is_empty());
+    }
+
+    #[test]
+    fn pid_available_is_observed_from_the_kernel() {
+        let cfg = EvictionConfig {
+            memory_available: None,
+            pid_available: Threshold::parse("100%"),
+            ..EvictionConfig::default()
+        };
+        let seen = observe(&cfg, std::path::Path::new("/"), std::path::Path::new("/"));
+        let o = seen.first().expect("pid.available observed");
+        assert_eq!(o.signal, Signal::PidAvailable);
+        assert!(o.capacity >= 1000 && o.available < o.capacity, "{o:?}");
+        let v = evaluate(&cfg, &seen, &mut FirstObserved::new(), Instant::now());
+        assert_eq!(v.pressure, Pressure { pid: true, ..Pressure::default() });
+        let (resource, message, _) = v.evict.unwrap();
+        assert_eq!(resource, "pids");
+        assert!(
+            message.starts_with("The node was low on resource: pids. Threshold quantity: 100%, available: ")
         );
+    }
+
+    #[test]
+    fn soft_thresholds_wait_for_their_grace_period() {
+        let mut cfg = EvictionConfig { memory_available: None, ..EvictionConfig::default() };
+        cfg.soft.insert(
+            Signal::MemoryAvailable,
+            Soft { threshold: Threshold::Bytes(500 << 20), grace: Duration::from_secs(30) },
+        );
+        cfg.memory_available = Some(Threshold::Bytes(100 << 20));
+        let obs =
+            |available: u64| [Observation { signal: Signal::MemoryAvailable, capacity: 8 << 30, available }];
+        let t0 = Instant::now();
+        let mut first = FirstObserved::new();
+        // Above both: nothing.
+        let v = evaluate(&cfg, &obs(1 << 30), &mut first, t0);
+        assert_eq!((v.pressure, v.evict), (Pressure::default(), None));
+        // Below the soft threshold: pressure at once, no eviction before the grace period.
+        let v = evaluate(&cfg, &obs(300 << 20), &mut first, t0);
+        assert!(v.pressure.memory);
+        assert_eq!(v.evict, None);
+        let v = evaluate(&cfg, &obs(300 << 20), &mut first, t0 + Duration::from_secs(29));
+        assert_eq!(v.evict, None);
+        let v = evaluate(&cfg, &obs(300 << 20), &mut first, t0 + Duration::from_secs(30));
+        let (resource, message, soft) = v.evict.expect("soft eviction after 30 s");
+        assert_eq!((resource, soft), ("memory", true));
+        assert_eq!(
+            message,
+            "The node was low on resource: memory. Threshold quantity: 500Mi, available: 307200Ki. "
+        );
+        // A break resets the grace period.
+        let v = evaluate(&cfg, &obs(1 << 30), &mut first, t0 + Duration::from_secs(31));
+        assert!(!v.pressure.memory && first.is_empty());
+        let v = evaluate(&cfg, &obs(300 << 20), &mut first, t0 + Duration::from_secs(40));
+        assert_eq!(v.evict, None);
+        // Below the hard threshold: evicted at once, without a grace period.
+        let v = evaluate(&cfg, &obs(50 << 20), &mut first, t0 + Duration::from_secs(41));
+        let (_, message, soft) = v.evict.expect("hard eviction at once");
+        assert!(!soft);
+        assert!(message.contains("Threshold quantity: 100Mi"), "{message}");
+    }
+
+    #[test]
+    fn soft_evictions_cap_the_pods_grace_period() {
+        let pod = |g: Option<u64>| json!({"spec": {"terminationGracePeriodSeconds": g}});
+        assert_eq!(soft_grace(&pod(Some(60)), Duration::from_secs(20)), Duration::from_secs(20));
+        assert_eq!(soft_grace(&pod(Some(5)), Duration::from_secs(20)), Duration::from_secs(5));
+        assert_eq!(soft_grace(&pod(None), Duration::from_secs(90)), Duration::from_secs(30));
+        assert_eq!(soft_grace(&pod(Some(60)), Duration::ZERO), Duration::ZERO);
     }
 }

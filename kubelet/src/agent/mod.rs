@@ -16,6 +16,7 @@ pub mod security;
 pub mod service_env;
 pub mod sessions;
 pub mod spec;
+pub mod summary;
 pub mod usage;
 pub mod volumes;
 
@@ -596,7 +597,7 @@ impl Handler<Synced> for NodeAgent {
 pub fn start(client: ApiClient, cfg: AgentConfig) -> Option<String> {
     let runtime_version =
         runc_version(&cfg.runc).map(|v| format!("runc://{v}")).unwrap_or_else(|| "runc://unknown".into());
-    let host = node::HostInfo::read(&runtime_version);
+    let mut host = node::HostInfo::read(&runtime_version);
     // Services and EndpointSlices: cluster DNS records, the service proxy's rules and pods'
     // Service variables.
     let services = Informer::new(client.clone(), gvr::SERVICES);
@@ -633,7 +634,10 @@ pub fn start(client: ApiClient, cfg: AgentConfig) -> Option<String> {
     }
     services.start();
     let (deps, not_ready) = match build_deps(&cfg, &client, &host.internal_ip, services) {
-        Ok(d) => (Some(Arc::new(d)), None),
+        Ok(d) => {
+            host.images = node::Images(Some(d.images.clone()));
+            (Some(Arc::new(d)), None)
+        }
         Err(why) => {
             tracing::error!(node = %cfg.node_name, "this node cannot run containers: {why}");
             (None, Some(format!("container runtime is not ready: {why}")))

@@ -25,6 +25,25 @@ pub struct HostInfo {
     pub runtime_version: String,
     /// The pressure the eviction manager sees now (shared, updated every period).
     pub pressure: std::sync::Arc<std::sync::Mutex<super::eviction::Pressure>>,
+    /// The image store `status.images` lists (none before the runtime is set up).
+    pub images: Images,
+}
+
+/// The image store whose images the Node lists in `status.images`.
+#[derive(Clone, Default)]
+pub struct Images(pub Option<crate::image::ImageStore>);
+
+impl std::fmt::Debug for Images {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Images(store)" } else { "Images(none)" })
+    }
+}
+
+impl Images {
+    /// `status.images`: upstream's 50 largest images, largest first.
+    fn status(&self) -> Value {
+        json!(self.0.as_ref().map(|s| s.node_images()).unwrap_or_default())
+    }
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -91,6 +110,7 @@ impl HostInfo {
             boot_id: read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default().replace('-', ""),
             runtime_version: runtime_version.to_string(),
             pressure: Default::default(),
+            images: Images::default(),
         }
     }
 }
@@ -103,7 +123,7 @@ pub fn conditions(now: &str, not_ready: &NotReady, current: Option<&Value>) -> V
     capstan_actors::nodeobjects::conditions_with(now, not_ready.as_deref(), current)
 }
 
-/// The conditions with MemoryPressure / DiskPressure set as `pressure` says (upstream's
+/// The conditions with MemoryPressure / DiskPressure / PIDPressure set as `pressure` says (upstream's
 /// reasons and messages), each keeping its transition time while its status holds.
 pub fn with_pressure(
     mut conditions: Value,
@@ -121,6 +141,9 @@ pub fn with_pressure(
             }
             Some("DiskPressure") if pressure.disk => {
                 (true, "KubeletHasDiskPressure", "kubelet has disk pressure")
+            }
+            Some("PIDPressure") if pressure.pid => {
+                (true, "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
             }
             _ => continue,
         };
@@ -171,6 +194,7 @@ pub fn node_status(name: &str, host: &HostInfo, not_ready: &NotReady, current: O
             "operatingSystem": "linux",
             "architecture": "amd64",
         },
+        "images": host.images.status(),
         "conditions": with_pressure(
             conditions(&now, not_ready, current),
             *host.pressure.lock().unwrap_or_else(|e| e.into_inner()),
@@ -228,7 +252,8 @@ mod tests {
         let st2 = node_status("n", &h, &None, Some(&json!({"status": st})));
         let ready2 = st2["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
         assert_eq!(ready2["status"], "True");
-        *h.pressure.lock().unwrap() = crate::agent::eviction::Pressure { memory: true, disk: false };
+        *h.pressure.lock().unwrap() =
+            crate::agent::eviction::Pressure { memory: true, disk: false, pid: true };
         let st3 = node_status("n", &h, &None, Some(&json!({"status": st2})));
         let get = |st: &Value, t: &str| {
             st["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).cloned().unwrap()
@@ -236,5 +261,7 @@ mod tests {
         assert_eq!(get(&st3, "MemoryPressure")["status"], "True");
         assert_eq!(get(&st3, "MemoryPressure")["reason"], "KubeletHasInsufficientMemory");
         assert_eq!(get(&st3, "DiskPressure")["status"], "False");
+        assert_eq!(get(&st3, "PIDPressure")["status"], "True");
+        assert_eq!(get(&st3, "PIDPressure")["reason"], "KubeletHasInsufficientPID");
     }
 }

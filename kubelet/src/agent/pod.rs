@@ -224,8 +224,9 @@ pub struct PodState {
     finished_ip: Option<String>,
     /// Why the node refused to run the pod (reason, message), as upstream's admission.
     rejected: Option<(String, String)>,
-    /// An eviction asked for by the eviction manager, not yet carried out (its message).
-    pub evicting: Option<String>,
+    /// An eviction asked for by the eviction manager, not yet carried out (its message and
+    /// the grace period the containers get).
+    pub evicting: Option<(String, Duration)>,
     /// The pod's admitted sysctls.
     sysctls: std::collections::BTreeMap<String, String>,
     deleted: bool,
@@ -411,9 +412,9 @@ impl PodState {
         if terminating && self.stage != Stage::Gone {
             self.stage = Stage::Terminating;
         }
-        if let Some(message) = self.evicting.take() {
+        if let Some((message, grace)) = self.evicting.take() {
             if matches!(self.stage, Stage::Prepare | Stage::Init | Stage::Main) {
-                self.evict(deps, message).await;
+                self.evict(deps, message, grace).await;
             }
         }
         match self.stage {
@@ -839,12 +840,14 @@ impl PodState {
         }
     }
 
-    /// Hard eviction under node pressure (upstream's eviction manager): every container is
-    /// killed at once and the pod reports `Failed`, reason `Evicted`, with the message.
-    async fn evict(&mut self, deps: &Deps, message: String) {
+    /// Eviction under node pressure (upstream's eviction manager): every container is
+    /// stopped within `grace` (zero for a hard threshold: killed at once) and the pod
+    /// reports `Failed`, reason `Evicted`, with the message.
+    async fn evict(&mut self, deps: &Deps, message: String, grace: Duration) {
         emit(deps, &self.pod(), "Warning", "Evicted", &message);
-        self.stop_containers(deps, Duration::ZERO, false).await;
-        self.stop_containers(deps, Duration::ZERO, true).await;
+        let deadline = Instant::now() + grace;
+        self.stop_containers(deps, grace, false).await;
+        self.stop_containers(deps, deadline.saturating_duration_since(Instant::now()), true).await;
         self.rejected = Some(("Evicted".to_string(), message));
         self.finish(deps, "Failed").await;
     }
@@ -1783,7 +1786,7 @@ pub struct PodWorker {
     latest: Option<Arc<Value>>,
     deleted: bool,
     again: bool,
-    evict: Option<String>,
+    evict: Option<(String, Duration)>,
 }
 
 impl PodWorker {
@@ -1809,8 +1812,8 @@ impl PodWorker {
             st.pod = self.latest.clone();
         }
         st.deleted |= self.deleted;
-        if let Some(message) = self.evict.take() {
-            st.evicting = Some(message);
+        if let Some(e) = self.evict.take() {
+            st.evicting = Some(e);
         }
         let deps = self.deps.clone();
         let fut = async move {
@@ -1851,17 +1854,22 @@ impl Actor for PodWorker {
     }
 }
 
-/// Evict the pod (node pressure): stop its containers at once and report it `Failed` with
-/// reason `Evicted` and this message.
+/// Evict the pod (node pressure): stop its containers within `grace` and report it
+/// `Failed` with reason `Evicted` and the message.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Evict(pub String);
+pub struct Evict {
+    /// Upstream's eviction message.
+    pub message: String,
+    /// How long the containers get to stop (zero: killed at once).
+    pub grace: Duration,
+}
 
 impl Handler<Evict> for PodWorker {
     type Result = ();
 
     fn handle(&mut self, msg: Evict, ctx: &mut Context<Self>) {
-        self.evict = Some(msg.0);
+        self.evict = Some((msg.message, msg.grace));
         self.tick(ctx);
     }
 }

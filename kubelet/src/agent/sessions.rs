@@ -66,7 +66,7 @@ fn target(deps: &Deps, incoming: &Incoming) -> Result<Target, (u16, &'static str
 /// Serves one session request.
 pub async fn handle(deps: Arc<Deps>, incoming: Incoming) {
     if let SessionKind::NodeProxy { method, path } = incoming.request.kind.clone() {
-        return node_proxy(incoming, &method, &path).await;
+        return node_proxy(&deps, incoming, &method, &path).await;
     }
     let t = match target(&deps, &incoming) {
         Ok(t) => t,
@@ -303,9 +303,10 @@ const LOG_DIR: &str = "/var/log";
 
 /// `nodes/proxy`: the agent's own endpoints, as upstream's kubelet serves them: `/healthz`,
 /// `/metrics` (this process's Prometheus metrics), `/metrics/resource` (resource usage,
-/// `usage.rs`), and `/logs/` (files and directories under
+/// `usage.rs`), `/stats/summary` (the Summary API, `summary.rs`; 503 before the first
+/// sample) and `/logs/` (files and directories under
 /// `/var/log`, listed as Go's file server lists them). Anything else is 404.
-async fn node_proxy(incoming: Incoming, method: &str, path: &str) {
+async fn node_proxy(deps: &Deps, incoming: Incoming, method: &str, path: &str) {
     if method != "GET" && method != "HEAD" {
         let _ =
             incoming.reject(405, "MethodNotAllowed", format!("{method} is not supported on {path}")).await;
@@ -317,6 +318,10 @@ async fn node_proxy(incoming: Incoming, method: &str, path: &str) {
         "/metrics/resource" => {
             (200, capstan_metrics::CONTENT_TYPE, super::usage::resource_metrics().into_bytes())
         }
+        "/stats/summary" | "/stats/summary/" => match super::usage::summary(deps) {
+            Some(v) => (200, "application/json", serde_json::to_vec_pretty(&v).unwrap_or_default()),
+            None => (503, "text/plain; charset=utf-8", b"no stats sampled yet\n".to_vec()),
+        },
         p if p == "/logs" || p.starts_with("/logs/") => match log_file(p.trim_start_matches("/logs")).await {
             Some(r) => r,
             None => (404, "text/plain; charset=utf-8", b"404 page not found\n".to_vec()),

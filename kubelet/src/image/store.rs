@@ -36,6 +36,21 @@ const INDEX_TYPES: &[&str] =
 const CONFIG_TYPES: &[&str] =
     &["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
 
+/// Upstream's `nodeStatusMaxImages` default: the Node lists at most this many images.
+pub const MAX_NODE_IMAGES: usize = 50;
+/// Upstream's `MaxNamesPerImageInNodeStatus`.
+pub const MAX_NAMES_PER_IMAGE: usize = 5;
+
+/// One entry of a Node's `status.images`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeImage {
+    /// Repository digests (`repo@sha256:…`), then tags.
+    pub names: Vec<String>,
+    /// Bytes of its blobs in the content store.
+    pub size_bytes: u64,
+}
+
 /// The node's image store: pulls images and keeps their blobs and unpacked layers under one
 /// root directory. Cheap to clone; clones share the store.
 #[derive(Clone)]
@@ -355,6 +370,48 @@ impl ImageStore {
                 last_used: *used.entry(key.clone()).or_insert(now),
             })
             .collect()
+    }
+
+    /// The images as a Node's `status.images` lists them, as upstream's kubelet does: one
+    /// entry per image ID, named by its repository digests and then its tags (at most
+    /// [`MAX_NAMES_PER_IMAGE`]), sized by its blobs in the content store (manifest, config
+    /// and compressed layers, as containerd reports an image's size); the
+    /// [`MAX_NODE_IMAGES`] largest, largest first.
+    pub fn node_images(&self) -> Vec<NodeImage> {
+        let records: Vec<(String, ImageRecord)> = {
+            let index = lock_ignoring_poison(&self.inner.index);
+            index.images.iter().map(|(k, r)| (k.clone(), r.clone())).collect()
+        };
+        // Image ID → (digests, tags, blobs).
+        type Names = (Vec<String>, Vec<String>, std::collections::BTreeSet<String>);
+        let mut by_id: BTreeMap<String, Names> = BTreeMap::new();
+        for (key, rec) in records {
+            let e = by_id.entry(rec.config_digest.clone()).or_default();
+            let digest = format!("{}@{}", rec.repository, rec.digest);
+            if !e.0.contains(&digest) {
+                e.0.push(digest);
+            }
+            if !key.contains('@') && !e.1.contains(&key) {
+                e.1.push(key);
+            }
+            for d in [&rec.manifest_digest, &rec.config_digest].into_iter().chain(&rec.layers) {
+                e.2.insert(d.trim_start_matches("sha256:").to_string());
+            }
+        }
+        let mut out: Vec<NodeImage> = by_id
+            .into_values()
+            .map(|(digests, tags, blobs)| NodeImage {
+                names: digests.into_iter().chain(tags).take(MAX_NAMES_PER_IMAGE).collect(),
+                size_bytes: blobs
+                    .iter()
+                    .filter_map(|hex| std::fs::metadata(self.blob_path(hex)).ok())
+                    .map(|m| m.len())
+                    .sum(),
+            })
+            .collect();
+        out.sort_by(|a, b| b.size_bytes.cmp(&a.size_bytes).then_with(|| a.names.cmp(&b.names)));
+        out.truncate(MAX_NODE_IMAGES);
+        out
     }
 
     /// Removes the image stored under `reference` (an index key, see [`ImageStore::images`])
@@ -865,6 +922,49 @@ mod tests {
         let by_digest = store.local(&format!("127.0.0.1:5000/x@sha256:{}", "c".repeat(64))).unwrap();
         assert_eq!(by_digest.image_id, info.image_id);
         assert!(store.local("127.0.0.1:5000/x:2").is_none());
+    }
+
+    #[test]
+    fn node_images_are_named_by_digest_then_tag_largest_first() {
+        let (_dir, store) = temp_store();
+        let blob = |fill: char, len: usize| {
+            let d = format!("sha256:{}", fill.to_string().repeat(64));
+            fs::write(store.blob_path(sha256_hex(&d).unwrap()), vec![0u8; len]).unwrap();
+            d
+        };
+        let (small_cfg, small_layer) = (blob('1', 10), blob('2', 100));
+        let (big_cfg, big_layer, big_manifest) = (blob('3', 20), blob('4', 5000), blob('5', 7));
+        let rec = |repo: &str, digest: &str, cfg: &str, layer: &str| ImageRecord {
+            repository: repo.into(),
+            digest: digest.into(),
+            manifest_digest: digest.into(),
+            config_digest: cfg.into(),
+            layers: vec![layer.to_string()],
+            config: ImageRuntimeConfig::default(),
+        };
+        let small_digest = format!("sha256:{}", "6".repeat(64));
+        store.record("r/small:1".into(), rec("r/small", &small_digest, &small_cfg, &small_layer)).unwrap();
+        // One image under two tags: one entry, its digest first, both tags.
+        store.record("r/big:1".into(), rec("r/big", &big_manifest, &big_cfg, &big_layer)).unwrap();
+        store.record("r/big:latest".into(), rec("r/big", &big_manifest, &big_cfg, &big_layer)).unwrap();
+        let got = store.node_images();
+        assert_eq!(
+            got,
+            vec![
+                NodeImage {
+                    names: vec![format!("r/big@{big_manifest}"), "r/big:1".into(), "r/big:latest".into()],
+                    size_bytes: 5027,
+                },
+                NodeImage {
+                    names: vec![format!("r/small@{small_digest}"), "r/small:1".into()],
+                    size_bytes: 110
+                },
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(&got[1]).unwrap(),
+            serde_json::json!({"names": [format!("r/small@{small_digest}"), "r/small:1"], "sizeBytes": 110})
+        );
     }
 
     #[test]
