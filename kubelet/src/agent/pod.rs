@@ -1350,8 +1350,9 @@ impl PodState {
     /// The pod status this agent reports.
     pub fn status(&self, deps: &Deps) -> Value {
         let pod = self.pod();
-        // A rejected pod reports only that (upstream's rejectPod).
-        if let Some((reason, message)) = &self.rejected {
+        // A rejected pod reports only that (upstream's rejectPod); an evicted one also how
+        // its containers ended.
+        if let Some((reason, message)) = self.rejected.as_ref().filter(|(r, _)| r != "Evicted") {
             let mut st = json!({"phase": "Failed", "reason": reason, "message": message});
             if !pod["status"]["qosClass"].is_null() {
                 st["qosClass"] = pod["status"]["qosClass"].clone();
@@ -1440,6 +1441,11 @@ impl PodState {
         if let Some(ip) = ip {
             st["podIP"] = json!(ip);
             st["podIPs"] = json!([{"ip": ip}]);
+        }
+        if let Some((reason, message)) = &self.rejected {
+            st["phase"] = json!("Failed");
+            st["reason"] = json!(reason);
+            st["message"] = json!(message);
         }
         if st["qosClass"].is_null() {
             st.as_object_mut().map(|o| o.remove("qosClass"));
