@@ -1029,8 +1029,11 @@ fn memory_pressure_evicts_best_effort_pods_first() {
     };
     let (be_at, g_at) = (when("best-effort"), when("guaranteed"));
     assert!(be_at < g_at, "best-effort evicted at {be_at}, guaranteed at {g_at}");
-    let out = c.ok(&["get", "pod", "best-effort"]);
-    assert!(out.contains("Evicted"), "{out}");
+    // As upstream, an evicted pod's containers report how they ended, so kubectl's STATUS
+    // shows the container's reason (`Error`), and the pod's reason stays `Evicted`.
+    let be = json(&c, &["get", "pod", "best-effort"]);
+    assert_eq!(be["status"]["reason"], "Evicted", "{be}");
+    assert!(be["status"]["containerStatuses"][0]["state"]["terminated"].is_object(), "{be}");
 }
 
 #[test]
