@@ -19,7 +19,7 @@
 //! place. One JSON object goes to stdout, a summary to stderr; processes are stopped by
 //! PID. Every wait is bounded by `--timeout`.
 
-use crate::sched::{latency_json, lock, secs, wait_nodes_ready, Cluster};
+use crate::sched::{latency_json, lock, secs, wait_nodes_ready, wait_progress, Cluster};
 use anyhow::{bail, Context};
 use capstan_bench::client::Client;
 use serde::Deserialize;
@@ -321,31 +321,10 @@ async fn wait_until(
     what: &str,
     done: impl Fn(&Recorder) -> bool,
 ) -> bool {
-    let t0 = Instant::now();
-    let mut last = Instant::now();
-    loop {
-        {
-            let r = lock(rec);
-            if done(&r) {
-                return true;
-            }
-            if last.elapsed() >= Duration::from_secs(5) {
-                eprintln!(
-                    "  {what}: {:.0} s: {} bound, {} Running, {} terminating, {} gone",
-                    t0.elapsed().as_secs_f64(),
-                    r.bound,
-                    r.running,
-                    r.terminating,
-                    r.gone
-                );
-                last = Instant::now();
-            }
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_progress(rec, deadline, what, done, |r| {
+        format!("{} bound, {} Running, {} terminating, {} gone", r.bound, r.running, r.terminating, r.gone)
+    })
+    .await
 }
 
 fn rate(n: usize, first: Option<Instant>, last: Option<Instant>) -> Option<f64> {

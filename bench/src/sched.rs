@@ -705,6 +705,21 @@ async fn wait_for(
     what: &str,
     done: impl Fn(&Recorder) -> bool,
 ) -> bool {
+    wait_progress(rec, deadline, what, done, |r| {
+        format!("{} seen, {} bound, {} Running", r.added, r.bound, r.running)
+    })
+    .await
+}
+
+/// Waits until `done(recorder)` or `deadline`, printing `what` and `progress(recorder)`
+/// every 5 s.
+pub(crate) async fn wait_progress<R>(
+    rec: &Mutex<R>,
+    deadline: Instant,
+    what: &str,
+    done: impl Fn(&R) -> bool,
+    progress: impl Fn(&R) -> String,
+) -> bool {
     let t0 = Instant::now();
     let mut last = Instant::now();
     loop {
@@ -714,13 +729,7 @@ async fn wait_for(
                 return true;
             }
             if last.elapsed() >= Duration::from_secs(5) {
-                eprintln!(
-                    "  {what}: {:.0} s: {} seen, {} bound, {} Running",
-                    t0.elapsed().as_secs_f64(),
-                    r.added,
-                    r.bound,
-                    r.running
-                );
+                eprintln!("  {what}: {:.0} s: {}", t0.elapsed().as_secs_f64(), progress(&r));
                 last = Instant::now();
             }
         }
